@@ -1,0 +1,1 @@
+"""aioelastic: asyncio-native distributed cron jobs with sharding over ZooKeeper."""

@@ -1,0 +1,1 @@
+"""ZooKeeper fixtures (filled in by the ZooKeeper harness)."""
