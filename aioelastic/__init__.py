@@ -1,1 +1,67 @@
-"""aioelastic: asyncio-native distributed cron jobs with sharding over ZooKeeper."""
+"""aioelastic: asyncio-native distributed cron jobs, sharded over live instances (ElasticJob-Lite's
+model): ZooKeeper coordination, failover, misfire and an execution trace."""
+
+from ._config import ErrorHandler, JobConfig, Settings
+from ._context import ShardingContext, ShardingContexts
+from ._coordination import TimeDiffError
+from ._cron import CronTrigger
+from ._errors import (
+    AioelasticError,
+    BadVersionError,
+    ConfigError,
+    JobNotFoundError,
+    NodeExistsError,
+    NoNodeError,
+    RegistryError,
+    SessionLostError,
+    TransactionFailedError,
+)
+from ._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    Source,
+    State,
+    TraceEvent,
+    TraceSink,
+)
+from ._jobs import DataflowJob, ScriptJob, ScriptJobError
+from ._listeners import JobListener
+from ._scheduler import Scheduler
+from ._sharding import ShardingStrategy
+
+__all__ = [
+    "AioelasticError",
+    "BadVersionError",
+    "ConfigError",
+    "CronTrigger",
+    "DataflowJob",
+    "ErrorHandler",
+    "ExecutionSource",
+    "ExecutionType",
+    "JobConfig",
+    "JobExecutionEvent",
+    "JobListener",
+    "JobNotFoundError",
+    "JobStatusTraceEvent",
+    "NoNodeError",
+    "NodeExistsError",
+    "RegistryError",
+    "Scheduler",
+    "ScriptJob",
+    "ScriptJobError",
+    "SessionLostError",
+    "Settings",
+    "ShardingContext",
+    "ShardingContexts",
+    "ShardingStrategy",
+    "Source",
+    "State",
+    "TimeDiffError",
+    "TraceEvent",
+    "TraceSink",
+    "TransactionFailedError",
+]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,246 @@
+"""Job configuration and scheduler settings: the only validation boundary.
+
+Every invalid value raises ``ConfigError`` naming the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._cron import CronTrigger
+from ._errors import ConfigError
+from ._listeners import JobListener
+from ._sharding import ShardingStrategy
+from ._urls import check_node_name, parse_registry_url, parse_tracing_url
+
+__all__ = ["ErrorHandler", "JobConfig", "Settings", "load_settings"]
+
+#: ``"log"`` (default), ``"raise"`` (stop the scheduler with the error), ``"ignore"``, or a
+#: callable ``(job_name, exception)``, sync or async.
+ErrorHandler = Literal["log", "raise", "ignore"] | Callable[[str, BaseException], Any]
+
+#: Fields that live in code only, never in the registry's ``config`` node.
+_LOCAL_ONLY = frozenset({"listeners", "overwrite"})
+
+
+def _as_config_error(exc: ValidationError, model: str) -> ConfigError:
+    err = exc.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    field = ".".join(str(p) for p in err["loc"]) or model
+    return ConfigError(field, err.get("input"), err["msg"])
+
+
+def _parse_item_parameters(raw: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isdigit():
+            raise ConfigError(
+                "sharding_item_parameters", raw, f"{part!r} is not of the form 'item=value'"
+            )
+        out[int(key)] = value.strip()
+    return out
+
+
+class JobConfig(BaseModel):
+    """One job's configuration, with ElasticJob's fields and defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    cron: str | None = None
+    time_zone: str = "UTC"
+    sharding_total_count: int = 1
+    sharding_item_parameters: dict[int, str] = Field(default_factory=dict)
+    job_parameter: str = ""
+    monitor_execution: bool = True
+    failover: bool = False
+    misfire: bool = True
+    max_time_diff_seconds: int = -1
+    reconcile_interval_minutes: int = 10
+    sharding_strategy: ShardingStrategy = ShardingStrategy.AVG_ALLOCATION
+    error_handler: ErrorHandler = "log"
+    listeners: tuple[JobListener, ...] = ()
+    description: str = ""
+    disabled: bool = False
+    overwrite: bool = False
+    static_sharding: bool = False
+    props: dict[str, str] = Field(default_factory=dict)
+    max_concurrency: int | None = None
+    timeout: float | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _as_config_error(exc, "JobConfig") from None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_node_name("name", v)
+
+    @field_validator("sharding_total_count")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if v <= 0:
+            raise ConfigError("sharding_total_count", v, "must be > 0")
+        return v
+
+    @field_validator("sharding_item_parameters", mode="before")
+    @classmethod
+    def _item_params(cls, v: object) -> object:
+        if isinstance(v, str):
+            return _parse_item_parameters(v)
+        return v
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _concurrency(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ConfigError("max_concurrency", v, "must be > 0 (or None for no limit)")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ConfigError("timeout", v, "must be > 0 seconds (or None for no limit)")
+        return v
+
+    @field_validator("reconcile_interval_minutes")
+    @classmethod
+    def _reconcile(cls, v: int) -> int:
+        if v < 0:
+            raise ConfigError("reconcile_interval_minutes", v, "must be >= 0 (0 disables it)")
+        return v
+
+    @field_validator("max_time_diff_seconds")
+    @classmethod
+    def _time_diff(cls, v: int) -> int:
+        if v < -1:
+            raise ConfigError("max_time_diff_seconds", v, "must be >= 0, or -1 to disable")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> JobConfig:
+        for item in self.sharding_item_parameters:
+            if not 0 <= item < self.sharding_total_count:
+                raise ConfigError(
+                    "sharding_item_parameters",
+                    item,
+                    f"item out of range 0..{self.sharding_total_count - 1}",
+                )
+        # Validates the zone always, and the expression when there is one.
+        CronTrigger(self.cron or "0 0 0 * * ?", self.time_zone)
+        return self
+
+    def trigger(self) -> CronTrigger | None:
+        """The cron trigger, or None for a one-off job (runs only when triggered)."""
+        return CronTrigger(self.cron, self.time_zone) if self.cron else None
+
+    def to_registry(self) -> bytes:
+        """The JSON stored in the registry's ``config`` node (code-only fields left out)."""
+        data = self.model_dump(mode="json", exclude=set(_LOCAL_ONLY))
+        if not isinstance(self.error_handler, str):
+            data["error_handler"] = "custom"
+        return json.dumps(data, sort_keys=True).encode()
+
+    def merged_with_registry(self, raw: bytes) -> JobConfig:
+        """This config with the shared fields taken from the registry's JSON (registry wins)."""
+        try:
+            stored: Mapping[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError("config", raw[:200], f"registry config is not JSON: {exc}") from None
+        update = {
+            k: v
+            for k, v in stored.items()
+            if k in type(self).model_fields and k not in _LOCAL_ONLY and k != "name"
+        }
+        if update.get("error_handler") == "custom" or not isinstance(self.error_handler, str):
+            update.pop("error_handler", None)
+        merged = {**self.model_dump(), **update, "listeners": self.listeners}
+        return type(self)(**merged)
+
+    def with_changes(self, **changes: Any) -> JobConfig:
+        return type(self)(**{**self.model_dump(), "listeners": self.listeners, **changes})
+
+
+class Settings(BaseSettings):
+    """Scheduler settings; every field can come from an ``AIOELASTIC_<FIELD>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="AIOELASTIC_", frozen=True, extra="forbid")
+
+    registry_url: SecretStr = SecretStr("memory://")
+    """``memory://[name][/namespace]`` (embedded) or
+    ``zookeeper://[user:pass@]host:port[,host:port]/namespace[?session_timeout=s&connect_timeout=s]``."""
+    tracing_url: SecretStr | None = None
+    """``postgresql://...``, ``sqlite:///path.db``, ``memory://`` or ``log://``; None: no trace."""
+    instance_id: str | None = None
+    """Defaults to ``{ip}@-@{pid}@-@{random}``; must be unique per process."""
+    host: str | None = None
+    """The server name under ``servers/``; defaults to this machine's IP address."""
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    shutdown_grace_period: float = 10.0
+    """Seconds running items get to finish on stop before they are cancelled."""
+    reshard_wait_timeout: float = 10.0
+    """Seconds a fire waits for a pending reshard before running with the assignment it has."""
+    trace_journal_path: Path | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _as_config_error(exc, "Settings") from None
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, v: SecretStr) -> SecretStr:
+        parse_registry_url(v.get_secret_value())
+        return v
+
+    @field_validator("tracing_url")
+    @classmethod
+    def _tracing_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_tracing_url(v.get_secret_value())
+        return v
+
+    @field_validator("instance_id", "host")
+    @classmethod
+    def _no_slash(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v):
+            raise ConfigError("instance_id/host", v, "must be non-empty and contain no '/'")
+        return v
+
+    @field_validator("shutdown_grace_period", "reshard_wait_timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 0:
+            raise ConfigError("settings", v, "durations must be >= 0")
+        return v
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with ``overrides`` (None values ignored) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,70 @@
+"""Value objects handed to jobs and listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ._events import ExecutionSource, ExecutionType
+
+__all__ = ["ShardingContext", "ShardingContexts"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardingContexts:
+    """One fire of one job on one instance: every item it runs (what listeners receive)."""
+
+    job_name: str
+    task_id: str
+    sharding_total_count: int
+    job_parameter: str
+    sharding_item_parameters: Mapping[int, str]
+    execution_type: ExecutionType = ExecutionType.READY
+    execution_source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER
+    scheduled_fire_time: datetime | None = None
+    props: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def items(self) -> list[int]:
+        return sorted(self.sharding_item_parameters)
+
+    def for_item(self, item: int) -> ShardingContext:
+        return ShardingContext(
+            job_name=self.job_name,
+            task_id=self.task_id,
+            sharding_total_count=self.sharding_total_count,
+            job_parameter=self.job_parameter,
+            sharding_item=item,
+            sharding_parameter=self.sharding_item_parameters.get(item, ""),
+            execution_source=self.execution_source,
+            scheduled_fire_time=self.scheduled_fire_time,
+            props=self.props,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardingContext:
+    """What one item's run receives."""
+
+    job_name: str
+    task_id: str
+    sharding_total_count: int
+    job_parameter: str
+    sharding_item: int
+    sharding_parameter: str
+    execution_source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER
+    scheduled_fire_time: datetime | None = None
+    """When the cron trigger meant this fire to start (None for manual/misfire/failover runs)."""
+    props: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "job_name": self.job_name,
+            "task_id": self.task_id,
+            "sharding_total_count": self.sharding_total_count,
+            "job_parameter": self.job_parameter,
+            "sharding_item": self.sharding_item,
+            "sharding_parameter": self.sharding_parameter,
+            "execution_source": self.execution_source.value,
+        }

@@ -1,0 +1,406 @@
+"""Per-job coordination over the registry: registration, election, sharding, running marks.
+
+Every read on a fire's path comes from the job's ``TreeView``; writes are single requests or
+one multi-op. Safety rests on three registry facts rather than on timing:
+
+* running marks are *ephemeral* nodes created in one multi-op, so a second instance (or a
+  second fire) trying to run an item that is running fails atomically and misfires instead;
+* the leader is whoever holds the ephemeral ``leader/election/instance`` node *and* has a
+  connected session: a suspended instance stops acting as leader before the server could expire
+  its session and let another instance win;
+* a reshard is one multi-op that writes every item's owner and deletes
+  ``leader/sharding/necessary`` last, so a view that sees the flag gone sees the new owners.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import anyio
+
+from ._config import JobConfig
+from ._errors import (
+    AioelasticError,
+    NodeExistsError,
+    NoNodeError,
+    RegistryError,
+    TransactionFailedError,
+)
+from ._paths import JobPaths
+from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
+from ._sharding import shard
+from ._view import TreeView
+
+__all__ = ["InstanceIdentity", "JobCoordinator", "TimeDiffError", "make_identity"]
+
+log = logging.getLogger("aioelastic.coordination")
+
+ENABLED = b"ENABLED"
+DISABLED = b"DISABLED"
+
+
+class TimeDiffError(AioelasticError):
+    """The local clock differs from the registry's by more than ``max_time_diff_seconds``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceIdentity:
+    instance_id: str
+    host: str
+    ip: str
+    hostname: str
+    pid: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "instance_id": self.instance_id,
+                "host": self.host,
+                "ip": self.ip,
+                "hostname": self.hostname,
+                "pid": self.pid,
+            }
+        ).encode()
+
+
+def _local_ip(hostname: str) -> str:
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        return "127.0.0.1"
+
+
+def make_identity(instance_id: str | None = None, host: str | None = None) -> InstanceIdentity:
+    """This process's identity: ``{ip}@-@{pid}@-@{random}`` unless ``instance_id`` is given."""
+    hostname = socket.gethostname()
+    ip = _local_ip(hostname)
+    pid = os.getpid()
+    return InstanceIdentity(
+        instance_id=instance_id or f"{ip}@-@{pid}@-@{uuid.uuid4().hex[:6]}",
+        host=host or ip,
+        ip=ip,
+        hostname=hostname,
+        pid=pid,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _instance_host(raw: bytes) -> str | None:
+    try:
+        host = json.loads(raw).get("host")
+    except (ValueError, AttributeError):
+        return None
+    return host if isinstance(host, str) else None
+
+
+class JobCoordinator:
+    """One job's view of the cluster, from one instance."""
+
+    def __init__(
+        self, registry: Registry, paths: JobPaths, identity: InstanceIdentity, config: JobConfig
+    ) -> None:
+        self.registry = registry
+        self.paths = paths
+        self.identity = identity
+        self.config = config
+        self.view = TreeView(registry, paths.root)
+        self._me = identity.instance_id.encode()
+        self._reshard_lock = anyio.Lock()
+        self._members_seen: frozenset[str] | None = None
+        self._count_seen: int | None = None
+
+    # -- registration --
+
+    async def register(self) -> None:
+        """Create the job's persistent nodes, settle its config, register this instance."""
+        for path in self.paths.persistent_skeleton():
+            await self._ensure(path)
+        try:
+            stored, _ = await self.registry.get(self.paths.config)
+        except NoNodeError:
+            stored = None
+        if stored is None or self.config.overwrite:
+            await self._put(self.paths.config, self.config.to_registry())
+        else:
+            self.config = self.config.merged_with_registry(stored)
+        server = self.paths.server(self.identity.host)
+        if self.config.overwrite or await self.registry.exists(server) is None:
+            await self._put(server, DISABLED if self.config.disabled else ENABLED)
+        await self.register_instance()
+        if not (self.config.static_sharding and await self._fully_assigned()):
+            await self._ensure(self.paths.sharding_necessary)
+
+    async def register_instance(self) -> None:
+        """(Re)create this instance's ephemeral node; waits out a stale node of an old session."""
+        path = self.paths.instance(self.identity.instance_id)
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    await self.registry.create(path, self.identity.to_json(), ephemeral=True)
+                    return
+                except NodeExistsError:
+                    stat = await self.registry.exists(path)
+                    if stat is not None and stat.ephemeral_owner == self.registry.session_id:
+                        return
+                    await anyio.sleep(0.2)  # the old session's node goes when it expires
+
+    async def deregister(self) -> None:
+        """Delete this instance's node (a graceful stop), so the others reshard at once."""
+        try:
+            await self.registry.delete(self.paths.instance(self.identity.instance_id))
+        except (NoNodeError, RegistryError):
+            pass
+
+    async def _ensure(self, path: str) -> None:
+        try:
+            await self.registry.create(path, make_parents=True)
+        except NodeExistsError:
+            pass
+
+    async def _put(self, path: str, data: bytes) -> None:
+        try:
+            await self.registry.set(path, data)
+        except NoNodeError:
+            await self.registry.create(path, data, make_parents=True)
+
+    async def _fully_assigned(self) -> bool:
+        for item in range(self.config.sharding_total_count):
+            if await self.registry.exists(self.paths.item_instance(item)) is None:
+                return False
+        return True
+
+    # -- reads from the view --
+
+    def available_instances(self) -> list[str]:
+        """Live instances whose server is not disabled."""
+        out = []
+        for inst in self.view.children(self.paths.instances):
+            raw = self.view.get(self.paths.instance(inst))
+            host = _instance_host(raw) if raw is not None else None
+            if host is not None and self.view.get(self.paths.server(host)) == DISABLED:
+                continue
+            out.append(inst)
+        return out
+
+    def owner(self, item: int) -> str | None:
+        raw = self.view.get(self.paths.item_instance(item))
+        return raw.decode() if raw else None
+
+    def is_running(self, item: int) -> bool:
+        return self.view.exists(self.paths.item_running(item))
+
+    def is_misfired(self, item: int) -> bool:
+        return self.view.exists(self.paths.item_misfire(item))
+
+    def reshard_pending(self) -> bool:
+        return self.view.exists(self.paths.sharding_necessary)
+
+    def local_items(self) -> list[int]:
+        """Items this instance owns, minus disabled ones."""
+        me = self.identity.instance_id
+        return [
+            i
+            for i in range(self.config.sharding_total_count)
+            if self.owner(i) == me and not self.view.exists(self.paths.item_disabled(i))
+        ]
+
+    @property
+    def is_leader(self) -> bool:
+        stat = self.view.stat(self.paths.leader_election_instance)
+        return (
+            self.view.fresh
+            and self.view.get(self.paths.leader_election_instance) == self._me
+            and stat is not None
+            and stat.ephemeral_owner in (0, self.registry.session_id)
+        )
+
+    def _assignment_valid(self) -> bool:
+        live = set(self.available_instances())
+        total = self.config.sharding_total_count
+        for item in range(total):
+            owner = self.owner(item)
+            if owner is None or (not self.config.static_sharding and owner not in live):
+                return False
+        return all(
+            int(name) < total for name in self.view.children(self.paths.sharding) if name.isdigit()
+        )
+
+    # -- election and leader duties --
+
+    async def leader_step(self) -> None:
+        """One round of the leader loop: elect if vacant; as leader, flag and run reshards."""
+        if not self.view.fresh:
+            return
+        if not self.view.exists(self.paths.leader_election_instance):
+            try:
+                await self.registry.create(
+                    self.paths.leader_election_instance, self._me, ephemeral=True
+                )
+                log.info("%s: %s is leader", self.paths.job, self.identity.instance_id)
+            except NodeExistsError:
+                pass
+            return  # the view will show the outcome
+        if not self.is_leader:
+            self._members_seen = None
+            return
+        members = frozenset(self.available_instances())
+        total = self.config.sharding_total_count
+        changed = self._members_seen is not None and (
+            members != self._members_seen or total != self._count_seen
+        )
+        self._members_seen, self._count_seen = members, total
+        if not self.reshard_pending() and (
+            (changed and not self.config.static_sharding) or not self._assignment_valid()
+        ):
+            await self._ensure(self.paths.sharding_necessary)
+            return
+        if self.reshard_pending():
+            await self.reshard()
+
+    async def reshard(self) -> bool:
+        """As leader: write the whole new assignment in one multi-op. True if written."""
+        async with self._reshard_lock:
+            if not (self.is_leader and self.reshard_pending()):
+                return False
+            members = self.available_instances()
+            if not members:
+                return False
+            total = self.config.sharding_total_count
+            assignment = shard(self.config.sharding_strategy, members, self.paths.job, total)
+            owners = {item: inst for inst, items in assignment.items() for item in items}
+            ops: list[Op] = []
+            for item in range(total):
+                ops += self._owner_ops(item, owners[item])
+            for name in self.view.children(self.paths.sharding):
+                if name.isdigit() and int(name) >= total:
+                    ops += self._delete_item_ops(int(name))
+            ops.append(DeleteOp(self.paths.sharding_necessary))
+            try:
+                await self.registry.transaction(ops)
+            except TransactionFailedError as exc:
+                log.info("%s: reshard raced with a change (%s); will retry", self.paths.job, exc)
+                return False
+            log.info(
+                "%s: resharded over %d instance(s): %s",
+                self.paths.job,
+                len(members),
+                {k: v for k, v in sorted(assignment.items())},
+            )
+            return True
+
+    def _owner_ops(self, item: int, owner: str) -> list[Op]:
+        p = self.paths
+        if not self.view.exists(p.item(item)):
+            return [CreateOp(p.item(item)), CreateOp(p.item_instance(item), owner.encode())]
+        if not self.view.exists(p.item_instance(item)):
+            return [CreateOp(p.item_instance(item), owner.encode())]
+        if self.owner(item) != owner:
+            return [SetOp(p.item_instance(item), owner.encode())]
+        return []
+
+    def _delete_item_ops(self, item: int) -> list[Op]:
+        base = self.paths.item(item)
+        ops: list[Op] = [DeleteOp(f"{base}/{kid}") for kid in self.view.children(base)]
+        return [*ops, DeleteOp(base)]
+
+    async def wait_for_sharding(self, timeout: float) -> bool:
+        """Before a fire: let a pending reshard complete (the leader does it; others watch)."""
+        if not self.reshard_pending():
+            return True
+        if self.is_leader:
+            await self.reshard()
+        done = await self.view.wait_for(lambda: not self.reshard_pending(), timeout)
+        if not done:
+            log.warning(
+                "%s: reshard still pending after %.1fs; running with the current assignment",
+                self.paths.job,
+                timeout,
+            )
+        return done
+
+    # -- running and misfire marks --
+
+    async def mark_running(self, items: Sequence[int]) -> bool:
+        """Atomically create the running marks (and clear misfire marks) of ``items``.
+
+        False if any item is already running (here or on another instance): nothing is marked.
+        """
+        ops: list[Op] = [
+            CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
+        ]
+        ops += [DeleteOp(self.paths.item_misfire(i)) for i in items if self.is_misfired(i)]
+        try:
+            await self.registry.transaction(ops)
+        except TransactionFailedError as exc:
+            if isinstance(exc.cause, NodeExistsError | NoNodeError):
+                return False
+            raise
+        return True
+
+    async def clear_running(self, items: Sequence[int]) -> None:
+        """Delete this instance's running marks of ``items`` (one multi-op when all are there)."""
+        if not items or self.registry.session_state is not SessionState.CONNECTED:
+            return  # a lost session's ephemerals are gone with it
+        try:
+            await self.registry.transaction([DeleteOp(self.paths.item_running(i)) for i in items])
+        except TransactionFailedError:
+            for item in items:
+                try:
+                    await self.registry.delete(self.paths.item_running(item))
+                except NoNodeError:
+                    pass
+
+    async def mark_misfire(self, items: Sequence[int]) -> None:
+        for item in items:
+            if not self.is_misfired(item):
+                try:
+                    await self.registry.create(self.paths.item_misfire(item))
+                except (NodeExistsError, NoNodeError):
+                    pass
+
+    # -- clock and triggers --
+
+    async def check_time_diff(self) -> None:
+        """Raise ``TimeDiffError`` if the local clock is off the registry's by too much."""
+        limit = self.config.max_time_diff_seconds
+        if limit < 0:
+            return
+        try:
+            stat = await self.registry.set(self.paths.system_time, b"")
+        except NoNodeError:
+            await self.registry.create(self.paths.system_time, make_parents=True)
+            stat = await self.registry.set(self.paths.system_time, b"")
+        diff = abs(time.time() - stat.mtime)
+        if diff > limit:
+            raise TimeDiffError(
+                f"time difference between this instance and the registry is {diff:.1f}s, "
+                f"more than max_time_diff_seconds={limit}"
+            )
+
+    async def request_trigger(self) -> list[str]:
+        """Ask every live instance to run its items once now (``trigger/{instanceId}``)."""
+        instances = await self.registry.get_children(self.paths.instances)
+        for inst in instances:
+            try:
+                await self.registry.create(self.paths.trigger(inst), make_parents=True)
+            except NodeExistsError:
+                pass  # already queued
+        return instances
+
+    def has_trigger(self) -> bool:
+        return self.view.exists(self.paths.trigger(self.identity.instance_id))
+
+    async def consume_trigger(self) -> bool:
+        try:
+            await self.registry.delete(self.paths.trigger(self.identity.instance_id))
+        except NoNodeError:
+            return False
+        return True

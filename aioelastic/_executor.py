@@ -1,0 +1,296 @@
+"""The execution template: one fire of one job on one instance (ElasticJob's, step by step)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import anyio
+
+from ._config import JobConfig
+from ._context import ShardingContexts
+from ._coordination import JobCoordinator
+from ._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    State,
+    TraceEvent,
+    format_failure,
+)
+from ._jobs import ItemRunner
+from ._registry import SessionState
+
+__all__ = ["JobExecutor", "make_task_id"]
+
+log = logging.getLogger("aioelastic.executor")
+
+Post = Callable[[TraceEvent], None]
+Fatal = Callable[[BaseException], None]
+
+
+def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_id: str) -> str:
+    """``{job}@-@{items}@-@{READY|FAILOVER}@-@{instanceId}@-@{uuid}``, unique per run."""
+    joined = ",".join(map(str, items))
+    return f"{job}@-@{joined}@-@{kind.value}@-@{instance_id}@-@{uuid.uuid4().hex}"
+
+
+class ItemFenced(Exception):  # noqa: N818 - a reason, not an error kind users handle
+    """The item was cancelled because this instance lost its registry session."""
+
+
+class JobExecutor:
+    """Runs fires of one job through the template; owned by that job's ``JobRunner``."""
+
+    def __init__(
+        self,
+        coordinator: JobCoordinator,
+        run_item: ItemRunner,
+        post: Post,
+        fatal: Fatal,
+        keep_going: Callable[[], bool],
+        reshard_timeout: float = 10.0,
+    ) -> None:
+        self.coordinator = coordinator
+        self._reshard_timeout = reshard_timeout
+        self._run_item = run_item
+        self._post = post
+        self._fatal = fatal
+        self._keep_going = keep_going
+        self._limiters: dict[int, anyio.CapacityLimiter] = {}
+        self.in_flight = 0
+        self._item_scopes: dict[int, anyio.CancelScope] = {}
+
+    @property
+    def config(self) -> JobConfig:
+        return self.coordinator.config
+
+    @property
+    def _job(self) -> str:
+        return self.coordinator.paths.job
+
+    def fence(self) -> None:
+        """Cancel every running item: the session is lost, so is our claim on the items."""
+        for scope in list(self._item_scopes.values()):
+            scope.cancel()
+
+    # -- the template --
+
+    async def fire(
+        self,
+        source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
+        scheduled: datetime | None = None,
+    ) -> None:
+        """One fire (steps 1-11 of DESIGN.md's template)."""
+        cfg, coord = self.config, self.coordinator
+        try:
+            await coord.check_time_diff()
+        except Exception as exc:
+            await self.handle_error(exc)
+        if coord.registry.session_state is not SessionState.CONNECTED:
+            await self.handle_error(
+                RuntimeError(f"job {self._job!r}: registry session not connected; fire skipped")
+            )
+            return
+        await coord.wait_for_sharding(self._reshard_timeout)
+        items = coord.local_items()
+        contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
+        self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
+        if cfg.monitor_execution and any(coord.is_running(i) for i in items):
+            await self._misfire(contexts)
+            return
+        await self._listeners(contexts, before=True)
+        await self.execute(contexts)
+        while self._misfire_due(items):
+            again = self.contexts(
+                [i for i in items if coord.is_misfired(i)],
+                ExecutionType.READY,
+                ExecutionSource.MISFIRE,
+                None,
+            )
+            if not await self.execute(again, quiet_conflict=True):
+                break
+        await self._listeners(contexts, before=False)
+
+    def _misfire_due(self, items: Sequence[int]) -> bool:
+        coord = self.coordinator
+        return (
+            self.config.misfire
+            and self.config.monitor_execution
+            and self._keep_going()
+            and not coord.reshard_pending()
+            and any(
+                coord.is_misfired(i) and coord.owner(i) == coord.identity.instance_id for i in items
+            )
+        )
+
+    async def _misfire(self, contexts: ShardingContexts) -> None:
+        if self.config.misfire:
+            await self.coordinator.mark_misfire(contexts.items)
+        self._status(
+            contexts,
+            State.TASK_FINISHED,
+            f"Previous job '{self._job}' - shardingItems '{contexts.items}' is still running, "
+            "misfired job will start after previous job completed.",
+        )
+
+    async def execute(self, contexts: ShardingContexts, *, quiet_conflict: bool = False) -> bool:
+        """Steps 6-8: run the items of ``contexts``. False if they could not be claimed."""
+        items = contexts.items
+        if not items:
+            self._status(
+                contexts, State.TASK_FINISHED, f"Sharding item for job '{self._job}' is empty."
+            )
+            return True
+        monitor = self.config.monitor_execution
+        if monitor and not await self.coordinator.mark_running(items):
+            # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
+            if not quiet_conflict:
+                await self._misfire(contexts)
+            return False
+        errors: dict[int, BaseException] = {}
+        try:
+            self._status(contexts, State.TASK_RUNNING, "")
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    tg.start_soon(self._run_one, contexts, item, errors)
+        finally:
+            if monitor:
+                with anyio.move_on_after(5, shield=True):
+                    await self.coordinator.clear_running(items)
+        if errors:
+            text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
+            self._status(contexts, State.TASK_ERROR, "{" + text + "}")
+        else:
+            self._status(contexts, State.TASK_FINISHED, "")
+        for exc in errors.values():
+            await self.handle_error(exc)
+        return True
+
+    async def _run_one(
+        self, contexts: ShardingContexts, item: int, errors: dict[int, BaseException]
+    ) -> None:
+        ctx = contexts.for_item(item)
+        ident = self.coordinator.identity
+        start = JobExecutionEvent(
+            job_name=self._job,
+            task_id=contexts.task_id,
+            hostname=ident.hostname,
+            ip=ident.ip,
+            sharding_item=item,
+            execution_source=contexts.execution_source,
+        )
+        self._post(start)
+        failure: BaseException | None = None
+        limiter = self._limiter()
+        with anyio.CancelScope() as scope:
+            self._item_scopes[id(scope)] = scope
+            try:
+                if limiter is not None:
+                    async with limiter:
+                        await self._call(ctx)
+                else:
+                    await self._call(ctx)
+            except Exception as exc:
+                failure = exc
+            finally:
+                del self._item_scopes[id(scope)]
+        if scope.cancelled_caught:
+            failure = ItemFenced(f"item {item} cancelled: registry session lost")
+        if failure is not None:
+            errors[item] = failure
+        self._post(
+            dataclasses.replace(
+                start,
+                complete_time=datetime.now(UTC),
+                is_success=failure is None,
+                failure_cause=format_failure(failure) if failure else None,
+            )
+        )
+
+    async def _call(self, ctx: object) -> None:
+        timeout = self.config.timeout
+        if timeout is None:
+            await self._run_item(ctx, self._keep_going)  # type: ignore[arg-type]
+            return
+        try:
+            with anyio.fail_after(timeout):
+                await self._run_item(ctx, self._keep_going)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise TimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
+
+    def _limiter(self) -> anyio.CapacityLimiter | None:
+        n = self.config.max_concurrency
+        if n is None:
+            return None
+        if n not in self._limiters:
+            self._limiters = {n: anyio.CapacityLimiter(n)}
+        return self._limiters[n]
+
+    # -- helpers --
+
+    def contexts(
+        self,
+        items: Sequence[int],
+        kind: ExecutionType,
+        source: ExecutionSource,
+        scheduled: datetime | None,
+    ) -> ShardingContexts:
+        cfg = self.config
+        params = cfg.sharding_item_parameters
+        return ShardingContexts(
+            job_name=self._job,
+            task_id=make_task_id(self._job, items, kind, self.coordinator.identity.instance_id),
+            sharding_total_count=cfg.sharding_total_count,
+            job_parameter=cfg.job_parameter,
+            sharding_item_parameters={i: params.get(i, "") for i in items},
+            execution_type=kind,
+            execution_source=source,
+            scheduled_fire_time=scheduled,
+            props=dict(cfg.props),
+        )
+
+    def _status(self, contexts: ShardingContexts, state: State, message: str) -> None:
+        self._post(
+            JobStatusTraceEvent(
+                job_name=self._job,
+                task_id=contexts.task_id,
+                slave_id=self.coordinator.identity.instance_id,
+                execution_type=contexts.execution_type,
+                sharding_items=tuple(contexts.items),
+                state=state,
+                message=message,
+                original_task_id=contexts.task_id,
+            )
+        )
+
+    async def _listeners(self, contexts: ShardingContexts, *, before: bool) -> None:
+        for listener in self.config.listeners:
+            hook = listener.before_job_executed if before else listener.after_job_executed
+            try:
+                await hook(contexts)
+            except Exception as exc:
+                await self.handle_error(exc)
+
+    async def handle_error(self, exc: BaseException) -> None:
+        """Route a job error to the configured handler (log | raise | ignore | callable)."""
+        handler = self.config.error_handler
+        if handler == "ignore":
+            return
+        if handler == "raise":
+            self._fatal(exc)
+            return
+        if handler == "log":
+            log.error("job %r failed: %s", self._job, exc, exc_info=exc)
+            return
+        try:
+            result = handler(self._job, exc)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("error handler of job %r failed", self._job)

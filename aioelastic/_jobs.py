@@ -1,0 +1,144 @@
+"""Job kinds and their normalisation into one item-runner shape."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shlex
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from ._context import ShardingContext
+from ._errors import AioelasticError, ConfigError
+
+__all__ = [
+    "DataflowJob",
+    "ItemRunner",
+    "ScriptJob",
+    "ScriptJobError",
+    "SimpleJob",
+    "job_kind_name",
+    "make_item_runner",
+]
+
+SimpleJob = Callable[[ShardingContext], Awaitable[object]]
+#: ``(ctx, keep_going)``: keep_going() turns False when a streaming job should stop looping.
+ItemRunner = Callable[[ShardingContext, Callable[[], bool]], Awaitable[None]]
+
+
+class _Dataflow(Protocol):
+    async def fetch_data(self, ctx: ShardingContext) -> Sequence[Any]: ...
+
+    async def process_data(self, ctx: ShardingContext, data: Sequence[Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class DataflowJob:
+    """Fetch a batch, process it; with ``streaming`` repeat until fetch returns nothing, a
+    reshard is pending or the scheduler is stopping (ElasticJob's ``streaming.process``)."""
+
+    fetch_data: Callable[[ShardingContext], Awaitable[Sequence[Any]]]
+    process_data: Callable[[ShardingContext, Sequence[Any]], Awaitable[object]]
+    streaming: bool = False
+
+    @classmethod
+    def from_object(cls, obj: _Dataflow, streaming: bool = False) -> DataflowJob:
+        return cls(obj.fetch_data, obj.process_data, streaming)
+
+
+class ScriptJobError(AioelasticError):
+    """A script job exited with a non-zero status; the message holds the tail of stderr."""
+
+
+@dataclass(frozen=True)
+class ScriptJob:
+    """Runs a command line per item; the item's ``ShardingContext`` as JSON is the last argument.
+
+    A non-zero exit status fails the item, with the end of stderr as the failure cause.
+    """
+
+    command: str | Sequence[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    stderr_limit: int = field(default=2000)
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+
+def _is_async_callable(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async __call__ objects
+    )
+
+
+def job_kind_name(job: object) -> str:
+    if isinstance(job, ScriptJob):
+        return "script"
+    if isinstance(job, DataflowJob) or hasattr(job, "fetch_data"):
+        return "dataflow"
+    return "simple"
+
+
+def _check_async(what: str, fn: object) -> None:
+    if not callable(fn):
+        raise ConfigError("job", fn, f"{what} is not callable")
+    if not _is_async_callable(fn):
+        raise ConfigError(
+            "job",
+            getattr(fn, "__qualname__", fn),
+            f"{what} must be an 'async def' coroutine function; run blocking code inside it "
+            "with 'await anyio.to_thread.run_sync(...)'",
+        )
+
+
+def make_item_runner(job: object) -> ItemRunner:
+    """Normalise a simple job (async callable), a dataflow job or a script job; sync callables
+    are refused with a ``ConfigError`` (they would block every other job's event loop)."""
+    if isinstance(job, ScriptJob):
+        if not job.argv:
+            raise ConfigError("job", job.command, "script command is empty")
+        return _script_runner(job)
+    if not isinstance(job, DataflowJob) and hasattr(job, "fetch_data"):
+        job = DataflowJob.from_object(job, bool(getattr(job, "streaming", False)))  # type: ignore[arg-type]
+    if isinstance(job, DataflowJob):
+        _check_async("fetch_data", job.fetch_data)
+        _check_async("process_data", job.process_data)
+        return _dataflow_runner(job)
+    _check_async("job", job)
+    fn: SimpleJob = job  # type: ignore[assignment]
+
+    async def run_simple(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
+        await fn(ctx)
+
+    return run_simple
+
+
+def _dataflow_runner(job: DataflowJob) -> ItemRunner:
+    async def run_dataflow(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
+        while True:
+            data = await job.fetch_data(ctx)
+            if not data:
+                return
+            await job.process_data(ctx, data)
+            if not job.streaming or not keep_going():
+                return
+
+    return run_dataflow
+
+
+def _script_runner(job: ScriptJob) -> ItemRunner:
+    async def run_script(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
+        argv = [*job.argv, json.dumps(ctx.to_json_dict())]
+        result = await anyio.run_process(
+            argv, check=False, env=dict(job.env) if job.env else None, cwd=job.cwd
+        )
+        if result.returncode != 0:
+            stderr = result.stderr.decode(errors="replace")[-job.stderr_limit :]
+            raise ScriptJobError(f"{argv[0]} exited with status {result.returncode}: {stderr}")
+
+    return run_script

@@ -1,0 +1,371 @@
+"""The embedded ``memory://`` registry: ZooKeeper's semantics in one process.
+
+A process-wide ``MemoryStore`` per ``memory://NAME`` plays the server: several ``MemoryRegistry``
+clients (schedulers) in one process with the same URL share it, each with its own session,
+ephemeral nodes and one-shot watches. ``expire_session()`` simulates a session expiry for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from itertools import count
+from typing import TypeVar
+
+import anyio.lowlevel
+
+from ._errors import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RegistryError,
+    SessionLostError,
+    TransactionFailedError,
+)
+from ._registry import (
+    CheckOp,
+    CreateOp,
+    DeleteOp,
+    Op,
+    SessionEvent,
+    SessionListener,
+    SessionState,
+    SetOp,
+    Stat,
+    Watcher,
+    WatchEvent,
+    WatchEventType,
+)
+from ._urls import RegistryURL
+
+__all__ = ["MemoryRegistry", "MemoryStore"]
+
+log = logging.getLogger("aioelastic.registry")
+_session_ids = count(1)
+
+
+@dataclass
+class _Node:
+    data: bytes
+    version: int = 0
+    mtime: float = field(default_factory=time.time)
+    ephemeral_owner: int = 0
+    seq: int = 0
+    children: set[str] = field(default_factory=set)
+
+    def stat(self) -> Stat:
+        return Stat(self.version, self.mtime, self.ephemeral_owner, len(self.children))
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+V = TypeVar("V")
+
+
+def _copy_node(node: _Node | None) -> _Node | None:
+    if node is None:
+        return None
+    return _Node(
+        node.data, node.version, node.mtime, node.ephemeral_owner, node.seq, set(node.children)
+    )
+
+
+def _restore(table: dict[str, V], key: str, value: V | None) -> None:
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or (path != "/" and path.endswith("/")) or "//" in path:
+        raise RegistryError(f"invalid path {path!r}")
+
+
+class MemoryStore:
+    """The shared state of one ``memory://NAME`` (plays the ZooKeeper server)."""
+
+    _stores: dict[str, MemoryStore] = {}  # noqa: RUF012 - process-wide registry of stores
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {"/": _Node(b"")}
+        self.data_watches: dict[str, list[tuple[int, Watcher]]] = {}
+        self.child_watches: dict[str, list[tuple[int, Watcher]]] = {}
+
+    @classmethod
+    def named(cls, name: str) -> MemoryStore:
+        return cls._stores.setdefault(name, cls())
+
+    @classmethod
+    def reset(cls, name: str | None = None) -> None:
+        """Forget one named store (or all): for tests."""
+        if name is None:
+            cls._stores.clear()
+        else:
+            cls._stores.pop(name, None)
+
+    # -- mutations: each returns the watchers to notify once the state is consistent --
+
+    def _fire(
+        self, table: dict[str, list[tuple[int, Watcher]]], path: str, kind: WatchEventType
+    ) -> list[tuple[Watcher, WatchEvent]]:
+        return [(w, WatchEvent(kind, path)) for _, w in table.pop(path, [])]
+
+    def create(
+        self, path: str, data: bytes, ephemeral_owner: int, sequential: bool
+    ) -> tuple[str, list[tuple[Watcher, WatchEvent]]]:
+        _check_path(path)
+        parent = self.nodes.get(_parent(path))
+        if parent is None:
+            raise NoNodeError(f"parent of {path} does not exist")
+        if parent.ephemeral_owner:
+            raise RegistryError(f"ephemeral {_parent(path)} cannot have children")
+        if sequential:
+            path = f"{path}{parent.seq:010d}"
+            parent.seq += 1
+        if path in self.nodes:
+            raise NodeExistsError(path)
+        self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
+        parent.children.add(path.rsplit("/", 1)[1])
+        fired = self._fire(self.data_watches, path, WatchEventType.CREATED)
+        fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
+        return path, fired
+
+    def set(
+        self, path: str, data: bytes, version: int
+    ) -> tuple[Stat, list[tuple[Watcher, WatchEvent]]]:
+        node = self._node(path)
+        if version not in (-1, node.version):
+            raise BadVersionError(f"{path}: version {node.version}, expected {version}")
+        node.data, node.version, node.mtime = data, node.version + 1, time.time()
+        return node.stat(), self._fire(self.data_watches, path, WatchEventType.CHANGED)
+
+    def delete(self, path: str, version: int) -> list[tuple[Watcher, WatchEvent]]:
+        node = self._node(path)
+        if path == "/":
+            raise RegistryError("cannot delete /")
+        if version not in (-1, node.version):
+            raise BadVersionError(f"{path}: version {node.version}, expected {version}")
+        if node.children:
+            raise NotEmptyError(path)
+        del self.nodes[path]
+        self.nodes[_parent(path)].children.discard(path.rsplit("/", 1)[1])
+        fired = self._fire(self.data_watches, path, WatchEventType.DELETED)
+        fired += self._fire(self.child_watches, path, WatchEventType.DELETED)
+        fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
+        return fired
+
+    def check(self, path: str, version: int) -> None:
+        node = self._node(path)
+        if version not in (-1, node.version):
+            raise BadVersionError(f"{path}: version {node.version}, expected {version}")
+
+    def _node(self, path: str) -> _Node:
+        _check_path(path)
+        node = self.nodes.get(path)
+        if node is None:
+            raise NoNodeError(path)
+        return node
+
+    def end_session(self, session_id: int) -> list[tuple[Watcher, WatchEvent]]:
+        """Delete the session's ephemerals and drop its watches (expiry or close)."""
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        for table in (self.data_watches, self.child_watches):
+            for path, watchers in list(table.items()):
+                table[path] = [(s, w) for s, w in watchers if s != session_id]
+        for path in sorted(
+            (p for p, n in self.nodes.items() if n.ephemeral_owner == session_id),
+            key=len,
+            reverse=True,
+        ):
+            if path in self.nodes:
+                fired += self.delete(path, -1)
+        return fired
+
+
+class MemoryRegistry:
+    """A session on a ``MemoryStore``; implements the ``Registry`` protocol."""
+
+    def __init__(self, url: RegistryURL, store: MemoryStore | None = None) -> None:
+        self.url = url
+        self.store = store or MemoryStore.named(url.hosts)
+        self._session_id = 0
+        self._state = SessionState.LOST
+        self._listeners: list[SessionListener] = []
+        self._requests = 0
+
+    @property
+    def session_state(self) -> SessionState:
+        return self._state
+
+    @property
+    def session_id(self) -> int:
+        return self._session_id
+
+    @property
+    def request_count(self) -> int:
+        return self._requests
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        self._new_session()
+        exit_stack.callback(self.close)
+
+    def close(self) -> None:
+        if self._session_id:
+            self._notify(self.store.end_session(self._session_id))
+        self._session_id = 0
+        self._state = SessionState.LOST
+
+    def expire_session(self) -> None:
+        """Test helper: the session expires (ephemerals and watches go) and a new one starts."""
+        self._notify(self.store.end_session(self._session_id))
+        self._set_state(SessionState.LOST)
+        self._new_session()
+
+    def _new_session(self) -> None:
+        self._session_id = next(_session_ids)
+        self._set_state(SessionState.CONNECTED)
+
+    def _set_state(self, state: SessionState) -> None:
+        self._state = state
+        event = SessionEvent(state, self._session_id)
+        for listener in list(self._listeners):
+            listener(event)
+
+    def add_session_listener(self, listener: SessionListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_session_listener(self, listener: SessionListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def _enter(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._state is not SessionState.CONNECTED:
+            raise SessionLostError(f"session {self._session_id} is {self._state.value}")
+        self._requests += 1
+
+    @staticmethod
+    def _notify(fired: list[tuple[Watcher, WatchEvent]]) -> None:
+        for watcher, event in fired:
+            try:
+                watcher(event)
+            except Exception:
+                log.exception("watcher %r failed", watcher)
+
+    def _watch(self, table: dict[str, list[tuple[int, Watcher]]], path: str, w: Watcher) -> None:
+        entries = table.setdefault(path, [])
+        if all(existing is not w for _, existing in entries):
+            entries.append((self._session_id, w))
+
+    async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
+        await self._enter()
+        node = self.store._node(path)
+        if watcher:
+            self._watch(self.store.data_watches, path, watcher)
+        return node.data, node.stat()
+
+    async def get_children(self, path: str, watcher: Watcher | None = None) -> list[str]:
+        await self._enter()
+        node = self.store._node(path)
+        if watcher:
+            self._watch(self.store.child_watches, path, watcher)
+        return list(node.children)
+
+    async def exists(self, path: str, watcher: Watcher | None = None) -> Stat | None:
+        await self._enter()
+        _check_path(path)
+        node = self.store.nodes.get(path)
+        if watcher:
+            self._watch(self.store.data_watches, path, watcher)
+        return node.stat() if node else None
+
+    async def create(
+        self,
+        path: str,
+        data: bytes = b"",
+        *,
+        ephemeral: bool = False,
+        sequential: bool = False,
+        make_parents: bool = False,
+    ) -> str:
+        await self._enter()
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        if make_parents:
+            parts = path.strip("/").split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                parent = "/" + "/".join(parts[:i])
+                if parent not in self.store.nodes:
+                    fired += self.store.create(parent, b"", 0, False)[1]
+        owner = self._session_id if ephemeral else 0
+        try:
+            created, more = self.store.create(path, data, owner, sequential)
+        finally:
+            self._notify(fired)
+        self._notify(more)
+        return created
+
+    async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
+        await self._enter()
+        stat, fired = self.store.set(path, data, version)
+        self._notify(fired)
+        return stat
+
+    async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
+        await self._enter()
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        try:
+            if recursive:
+                for sub in self._subtree(path):
+                    fired += self.store.delete(sub, -1)
+            fired += self.store.delete(path, version)
+        finally:
+            self._notify(fired)
+
+    def _subtree(self, path: str) -> list[str]:
+        """Descendants of ``path``, deepest first."""
+        node = self.store._node(path)
+        out: list[str] = []
+        for child in node.children:
+            sub = f"{path.rstrip('/')}/{child}"
+            out += [*self._subtree(sub), sub]
+        return out
+
+    async def transaction(self, ops: Sequence[Op]) -> None:
+        await self._enter()
+        # Apply for real, keeping the touched nodes and watches to put back if an op fails.
+        store = self.store
+        touched = {op.path for op in ops} | {_parent(op.path) for op in ops}
+        nodes = {p: _copy_node(store.nodes.get(p)) for p in touched}
+        watches = {p: (store.data_watches.get(p), store.child_watches.get(p)) for p in touched}
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        for index, op in enumerate(ops):
+            try:
+                fired += self._apply(op)
+            except RegistryError as exc:
+                for path, node in nodes.items():
+                    _restore(store.nodes, path, node)
+                for path, (data_w, child_w) in watches.items():
+                    _restore(store.data_watches, path, data_w)
+                    _restore(store.child_watches, path, child_w)
+                raise TransactionFailedError(index, exc) from exc
+        self._notify(fired)
+
+    def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:
+        match op:
+            case CreateOp(path, data, ephemeral):
+                return self.store.create(path, data, self._session_id if ephemeral else 0, False)[1]
+            case SetOp(path, data, version):
+                return self.store.set(path, data, version)[1]
+            case DeleteOp(path, version):
+                return self.store.delete(path, version)
+            case CheckOp(path, version):
+                self.store.check(path, version)
+                return []
+        raise TypeError(f"unknown op {op!r}")

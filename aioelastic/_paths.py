@@ -1,0 +1,137 @@
+"""The registry node layout (ElasticJob's): the only place that builds registry paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["JobPaths", "namespace_root"]
+
+
+def namespace_root(namespace: str) -> str:
+    return f"/{namespace}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaths:
+    """Paths of one job's nodes under ``/{namespace}/{job}``."""
+
+    namespace: str
+    job: str
+
+    @property
+    def root(self) -> str:
+        return f"/{self.namespace}/{self.job}"
+
+    def _p(self, *parts: object) -> str:
+        return "/".join([self.root, *map(str, parts)])
+
+    @property
+    def config(self) -> str:
+        return self._p("config")
+
+    @property
+    def servers(self) -> str:
+        return self._p("servers")
+
+    def server(self, host: str) -> str:
+        return self._p("servers", host)
+
+    @property
+    def instances(self) -> str:
+        return self._p("instances")
+
+    def instance(self, instance_id: str) -> str:
+        return self._p("instances", instance_id)
+
+    @property
+    def sharding(self) -> str:
+        return self._p("sharding")
+
+    def item(self, item: int) -> str:
+        return self._p("sharding", item)
+
+    def item_instance(self, item: int) -> str:
+        return self._p("sharding", item, "instance")
+
+    def item_running(self, item: int) -> str:
+        return self._p("sharding", item, "running")
+
+    def item_misfire(self, item: int) -> str:
+        return self._p("sharding", item, "misfire")
+
+    def item_disabled(self, item: int) -> str:
+        return self._p("sharding", item, "disabled")
+
+    def item_failover(self, item: int) -> str:
+        return self._p("sharding", item, "failover")
+
+    @property
+    def leader(self) -> str:
+        return self._p("leader")
+
+    @property
+    def leader_election(self) -> str:
+        return self._p("leader", "election")
+
+    @property
+    def leader_election_instance(self) -> str:
+        return self._p("leader", "election", "instance")
+
+    @property
+    def leader_sharding(self) -> str:
+        return self._p("leader", "sharding")
+
+    @property
+    def sharding_necessary(self) -> str:
+        return self._p("leader", "sharding", "necessary")
+
+    @property
+    def sharding_processing(self) -> str:
+        return self._p("leader", "sharding", "processing")
+
+    @property
+    def failover_items(self) -> str:
+        return self._p("leader", "failover", "items")
+
+    def failover_item(self, item: int) -> str:
+        return self._p("leader", "failover", "items", item)
+
+    def guarantee_started(self, item: int | None = None) -> str:
+        return (
+            self._p("guarantee", "started")
+            if item is None
+            else self._p("guarantee", "started", item)
+        )
+
+    def guarantee_completed(self, item: int | None = None) -> str:
+        return (
+            self._p("guarantee", "completed")
+            if item is None
+            else self._p("guarantee", "completed", item)
+        )
+
+    @property
+    def triggers(self) -> str:
+        return self._p("trigger")
+
+    def trigger(self, instance_id: str) -> str:
+        return self._p("trigger", instance_id)
+
+    @property
+    def system_time(self) -> str:
+        return self._p("systemTime", "current")
+
+    def persistent_skeleton(self) -> list[str]:
+        """Persistent container nodes every job has (created once, never ephemeral)."""
+        return [
+            self.root,
+            self.servers,
+            self.instances,
+            self.sharding,
+            self.leader,
+            self.leader_election,
+            self.leader_sharding,
+            self._p("leader", "failover"),
+            self.failover_items,
+            self.triggers,
+        ]

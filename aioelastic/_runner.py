@@ -1,0 +1,200 @@
+"""One job's life on one instance: registration, its loops, its fires, its shutdown."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._config import JobConfig
+from ._coordination import InstanceIdentity, JobCoordinator
+from ._errors import RegistryError
+from ._events import ExecutionSource, ExecutionType
+from ._executor import Fatal, JobExecutor, Post
+from ._jobs import ItemRunner
+from ._paths import JobPaths
+from ._registry import Registry, SessionEvent, SessionState
+
+__all__ = ["JobRunner"]
+
+log = logging.getLogger("aioelastic.runner")
+
+
+class JobRunner:
+    """Owns one job's coordinator, executor and loops (cron, leader, watch) on this instance."""
+
+    def __init__(
+        self,
+        *,
+        config: JobConfig,
+        run_item: ItemRunner,
+        registry: Registry,
+        namespace: str,
+        identity: InstanceIdentity,
+        post: Post,
+        fatal: Fatal,
+        grace_period: float,
+        reshard_timeout: float,
+    ) -> None:
+        self.registry = registry
+        self.coordinator = JobCoordinator(
+            registry, JobPaths(namespace, config.name), identity, config
+        )
+        self.executor = JobExecutor(
+            self.coordinator, run_item, post, fatal, self.keep_going, reshard_timeout
+        )
+        self._grace = grace_period
+        self._stopping = False
+        self._stop = anyio.Event()
+        self._wake = anyio.Event()
+        self._fires: TaskGroup | None = None
+        self._registered_session = 0
+
+    @property
+    def name(self) -> str:
+        return self.coordinator.paths.job
+
+    def keep_going(self) -> bool:
+        """False once stopping or while a reshard is pending (streaming jobs stop looping)."""
+        return not self._stopping and not self.coordinator.reshard_pending()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        coord = self.coordinator
+        await coord.register()
+        self._registered_session = self.registry.session_id
+        self.registry.add_session_listener(self._on_session)
+        try:
+            async with anyio.create_task_group() as infra:
+                await infra.start(coord.view.run)
+                async with anyio.create_task_group() as fires:
+                    self._fires = fires
+                    async with anyio.create_task_group() as loops:
+                        loops.start_soon(self._leader_loop)
+                        loops.start_soon(self._cron_loop)
+                        loops.start_soon(self._watch_loop)
+                        task_status.started()
+                        await self._stop.wait()
+                        loops.cancel_scope.cancel()
+                    self._stopping = True
+                    with anyio.move_on_after(5, shield=True):
+                        await coord.deregister()
+                    # Running items get the grace period, then are cancelled.
+                    fires.cancel_scope.deadline = anyio.current_time() + self._grace
+                infra.cancel_scope.cancel()
+        finally:
+            self._fires = None
+            self.registry.remove_session_listener(self._on_session)
+
+    def _on_session(self, event: SessionEvent) -> None:
+        if event.state is SessionState.LOST:
+            log.warning("%s: registry session lost; cancelling running items", self.name)
+            self.executor.fence()
+
+    # -- fires --
+
+    def start_fire(
+        self,
+        source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
+        scheduled: datetime | None = None,
+    ) -> None:
+        if self._fires is not None and not self._stopping:
+            self._fires.start_soon(self._guarded, self.executor.fire(source, scheduled))
+
+    def _start_misfire_run(self, items: list[int]) -> None:
+        if self._fires is None or self._stopping:
+            return
+        contexts = self.executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, None)
+        self._fires.start_soon(self._guarded, self.executor.execute(contexts, quiet_conflict=True))
+
+    async def _guarded(self, work: object) -> None:
+        self.executor.in_flight += 1
+        try:
+            await work  # type: ignore[misc]
+        except Exception as exc:
+            await self.executor.handle_error(exc)
+        finally:
+            self.executor.in_flight -= 1
+
+    # -- loops --
+
+    async def _cron_loop(self) -> None:
+        last: datetime | None = None
+        while True:
+            self._wake = anyio.Event()
+            trigger = self.coordinator.config.trigger()
+            now = datetime.now(UTC)
+            after = max(now, last) if last else now
+            scheduled = trigger.next_fire_time(after) if trigger else None
+            if scheduled is None:
+                await self._wake.wait()  # one-off job: only config changes wake it
+                continue
+            with anyio.move_on_after((scheduled - now).total_seconds()):
+                await self._wake.wait()
+            if self._wake.is_set():
+                continue  # config changed: recompute the next fire
+            early = (scheduled - datetime.now(UTC)).total_seconds()
+            if early > 0:
+                await anyio.sleep(early)
+            last = scheduled
+            self.start_fire(ExecutionSource.NORMAL_TRIGGER, scheduled)
+
+    async def _leader_loop(self) -> None:
+        coord = self.coordinator
+        while True:
+            timeout: float = coord.config.reconcile_interval_minutes * 60 or 3600
+            try:
+                await coord.leader_step()
+            except RegistryError as exc:
+                log.debug("%s: leader step failed (%s); retrying", self.name, exc)
+                timeout = 0.5
+            await coord.view.wait_changed(timeout)
+
+    async def _watch_loop(self) -> None:
+        coord = self.coordinator
+        config_raw = coord.view.get(coord.paths.config)
+        while True:
+            await coord.view.wait_changed(60)
+            if not coord.view.fresh:
+                continue
+            try:
+                if self._registered_session != self.registry.session_id:
+                    await coord.register_instance()
+                    self._registered_session = self.registry.session_id
+                raw = coord.view.get(coord.paths.config)
+                if raw is not None and raw != config_raw:
+                    config_raw = raw
+                    self._apply_config(raw)
+                if coord.has_trigger() and await coord.consume_trigger():
+                    self.start_fire(ExecutionSource.NORMAL_TRIGGER)
+                self._run_misfired_if_due()
+            except RegistryError as exc:
+                log.debug("%s: watch step failed (%s)", self.name, exc)
+
+    def _apply_config(self, raw: bytes) -> None:
+        coord = self.coordinator
+        try:
+            new = coord.config.merged_with_registry(raw)
+        except ValueError as exc:
+            log.error("%s: ignoring invalid config in the registry: %s", self.name, exc)
+            return
+        if new != coord.config:
+            log.info("%s: config changed in the registry", self.name)
+            coord.config = new
+            self._wake.set()
+
+    def _run_misfired_if_due(self) -> None:
+        """Run owned misfired items once nothing runs them (e.g. after moving here)."""
+        coord, cfg = self.coordinator, self.coordinator.config
+        if self.executor.in_flight or not (cfg.misfire and cfg.monitor_execution):
+            return
+        if coord.reshard_pending() or self._stopping:
+            return
+        items = [i for i in coord.local_items() if coord.is_misfired(i) and not coord.is_running(i)]
+        if items:
+            self._start_misfire_run(items)

@@ -1,0 +1,300 @@
+"""The ``Scheduler``: registers jobs and runs them on this instance."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._backends import create_registry, create_trace_sink
+from ._config import JobConfig, Settings, load_settings
+from ._coordination import InstanceIdentity, make_identity
+from ._errors import ConfigError, JobNotFoundError
+from ._events import TraceEvent, TraceSink
+from ._jobs import ItemRunner, make_item_runner
+from ._registry import Registry
+from ._runner import JobRunner
+from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
+from .tracing import TraceBus
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("aioelastic.scheduler")
+J = TypeVar("J")
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    config: JobConfig
+    run_item: ItemRunner
+
+
+class Scheduler:
+    """Runs registered jobs on this instance, sharing their items with the other instances that
+    use the same registry namespace.
+
+    ``Scheduler()`` runs embedded (``memory://``) in one process. ``registry`` and ``tracing``
+    are URLs; ``settings`` gives everything at once (and reads ``AIOELASTIC_*`` variables when
+    omitted). ``sinks`` are extra trace sinks (anything with ``async def write(batch)``).
+    """
+
+    def __init__(
+        self,
+        registry: str | None = None,
+        tracing: str | None = None,
+        *,
+        settings: Settings | None = None,
+        instance_id: str | None = None,
+        sinks: Sequence[TraceSink] = (),
+    ) -> None:
+        overrides = {"registry_url": registry, "tracing_url": tracing, "instance_id": instance_id}
+        if settings is None:
+            settings = load_settings(**overrides)
+        elif any(v is not None for v in overrides.values()):
+            settings = Settings(
+                **{**settings.model_dump(), **{k: v for k, v in overrides.items() if v}}
+            )
+        self.settings = settings
+        self.registry_url: RegistryURL = parse_registry_url(
+            settings.registry_url.get_secret_value()
+        )
+        if settings.registry_username and self.registry_url.username is None:
+            from dataclasses import replace
+
+            self.registry_url = replace(
+                self.registry_url,
+                username=settings.registry_username,
+                password=settings.registry_password,
+            )
+        self.identity: InstanceIdentity = make_identity(settings.instance_id, settings.host)
+        self._sinks = list(sinks)
+        if settings.tracing_url is not None:
+            self._sinks.append(
+                create_trace_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
+            )
+        self._jobs: dict[str, _JobSpec] = {}
+        self._runners: dict[str, JobRunner] = {}
+        self._registry: Registry | None = None
+        self._bus: TraceBus | None = None
+        self._running = False
+        self._stop_event: anyio.Event | None = None
+        self._started: anyio.Event | None = None
+        self._done: anyio.Event | None = None
+        self._error: BaseException | None = None
+        self._cm_group: TaskGroup | None = None
+
+    # -- registration --
+
+    @property
+    def instance_id(self) -> str:
+        return self.identity.instance_id
+
+    @property
+    def jobs(self) -> dict[str, JobConfig]:
+        """The registered jobs' configs (as effective on this instance once running)."""
+        return {
+            name: self._runners[name].coordinator.config if name in self._runners else spec.config
+            for name, spec in self._jobs.items()
+        }
+
+    @property
+    def registry(self) -> Registry:
+        """The running registry session (for operations and tests)."""
+        if self._registry is None:
+            raise RuntimeError("the scheduler is not running")
+        return self._registry
+
+    def add_job(self, job: object, name: str | None = None, **config: Any) -> JobConfig:
+        """Register ``job`` (an ``async def``, a ``DataflowJob``, a ``ScriptJob`` or an object with
+        async ``fetch_data``/``process_data``) with ``JobConfig`` fields as keywords."""
+        if self._running:
+            raise RuntimeError("add jobs before the scheduler starts")
+        if name is None:
+            name = getattr(job, "__name__", None) or type(job).__name__
+        if "name" in config:
+            raise ConfigError("name", config["name"], "pass the name as the 'name' argument")
+        cfg = config.pop("config", None)
+        if cfg is not None:
+            if not isinstance(cfg, JobConfig) or config:
+                raise ConfigError("config", cfg, "pass either a JobConfig or keyword fields")
+            job_config = cfg
+        else:
+            job_config = JobConfig(name=name, **config)
+        if job_config.name in self._jobs:
+            raise ConfigError("name", job_config.name, "a job with this name is already registered")
+        self._jobs[job_config.name] = _JobSpec(job_config, make_item_runner(job))
+        return job_config
+
+    def job(self, name: str | None = None, **config: Any) -> Callable[[J], J]:
+        """Decorator form of ``add_job``: ``@scheduler.job(cron=..., sharding_total_count=...)``."""
+
+        def register(job: J) -> J:
+            self.add_job(job, name, **config)
+            return job
+
+        return register
+
+    # -- running --
+
+    async def run(self) -> None:
+        """Run until ``stop()`` or cancellation; either way running items get
+        ``settings.shutdown_grace_period`` seconds to finish before they are cancelled."""
+        if self._running:
+            raise RuntimeError("the scheduler is already running")
+        self._running = True
+        self._error = None
+        self._stop_event, self._started, self._done = anyio.Event(), anyio.Event(), anyio.Event()
+        done = self._done
+        core = anyio.CancelScope(shield=True)
+
+        async def body() -> None:
+            with core:
+                try:
+                    await self._run_core()
+                except Exception as exc:
+                    self._error = self._error or exc
+                finally:
+                    done.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(body)
+                try:
+                    await done.wait()
+                except anyio.get_cancelled_exc_class():
+                    self.stop()
+                    with anyio.move_on_after(self.settings.shutdown_grace_period + 10, shield=True):
+                        await done.wait()
+                    core.cancel()
+                    raise
+        finally:
+            self._running = False
+        if self._error is not None:
+            raise self._error
+
+    async def _run_core(self) -> None:
+        assert self._stop_event is not None and self._started is not None
+        async with AsyncExitStack() as stack:
+            registry = create_registry(self.registry_url)
+            await registry.start(stack)
+            self._registry = registry
+            stack.callback(setattr, self, "_registry", None)
+            bus = TraceBus(
+                self._sinks,
+                grace_period=self.settings.shutdown_grace_period,
+                journal_path=self.settings.trace_journal_path,
+            )
+            await bus.start(stack)
+            self._bus = bus
+            log.info("instance %s started on %s", self.instance_id, self.registry_url)
+            async with anyio.create_task_group() as tg:
+                for spec in self._jobs.values():
+                    runner = self._make_runner(spec, registry, bus)
+                    await tg.start(runner.run)
+                    self._runners[spec.config.name] = runner
+                self._started.set()
+                await self._stop_event.wait()
+                log.info("instance %s stopping", self.instance_id)
+                for runner in self._runners.values():
+                    runner.request_stop()
+            self._runners.clear()
+
+    def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:
+        return JobRunner(
+            config=spec.config,
+            run_item=spec.run_item,
+            registry=registry,
+            namespace=self.registry_url.namespace,
+            identity=self.identity,
+            post=self._post(bus),
+            fatal=self._fatal,
+            grace_period=self.settings.shutdown_grace_period,
+            reshard_timeout=self.settings.reshard_wait_timeout,
+        )
+
+    @staticmethod
+    def _post(bus: TraceBus) -> Callable[[TraceEvent], None]:
+        return bus.post
+
+    def _fatal(self, exc: BaseException) -> None:
+        """An ``error_handler="raise"`` job failed: stop, and make ``run()`` raise ``exc``."""
+        if self._error is None:
+            self._error = exc
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop triggering, let running items finish within the grace period, then return."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def wait_started(self) -> None:
+        """Wait until every job is registered and its loops run (raises if start failed)."""
+        if self._started is None or self._done is None:
+            raise RuntimeError("the scheduler is not running")
+        async with anyio.create_task_group() as tg:
+
+            async def watch_done() -> None:
+                assert self._done is not None
+                await self._done.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_done)
+            await self._started.wait()
+            tg.cancel_scope.cancel()
+        if not self._started.is_set():
+            raise self._error or RuntimeError("the scheduler stopped before it started")
+
+    async def trigger(self, name: str) -> None:
+        """Run job ``name`` once now on every live instance (a one-off job's only way to run)."""
+        runner = self._runners.get(name)
+        if runner is None:
+            if name in self._jobs:
+                raise RuntimeError("the scheduler is not running")
+            raise JobNotFoundError(name)
+        await runner.coordinator.request_trigger()
+
+    async def __aenter__(self) -> Self:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._cm_group = group
+        group.start_soon(self.run)
+        # run() sets up its events synchronously before its first await.
+        await anyio.lowlevel.checkpoint()
+        try:
+            await self.wait_started()
+        except BaseException:
+            self.stop()
+            await self._exit_group(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        await self._exit_group(exc_type, exc, tb)
+
+    async def _exit_group(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        group, self._cm_group = self._cm_group, None
+        if group is None:
+            return
+        try:
+            await group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as eg:
+            if len(eg.exceptions) == 1:
+                raise eg.exceptions[0] from None
+            raise

@@ -1,0 +1,917 @@
+"""The ZooKeeper registry: the ``Registry`` protocol over aiozk's wire protocol.
+
+We use aiozk for what it does well, the jute wire format (``aiozk.protocol`` request and
+response classes, ``ACL``, ``Stat``, ``aiozk.exc`` error codes), and own everything above it:
+framing on an anyio socket, the session, heartbeats, reconnection, watches and recipes. aiozk's
+``Session`` turned out to be unfit for a coordinator (see DESIGN.md and the notes below), and
+patching it would mean overriding most of it, so this module keeps the session in our hands.
+
+Session rule (``T`` = session timeout negotiated with the server):
+
+* a ping is sent when no request went out for ``T/4``;
+* the connection is deemed dead (state SUSPENDED) when it breaks, or when no reply arrived to
+  anything sent in the last ``T/2``;
+* the session is declared LOST by us when ``2/3·T`` (``SESSION_LOSS_FRACTION``) has passed since
+  the *send time* of the last request the server answered. The server cannot expire the session
+  before ``T`` has passed since it last heard from us, which is after that send time: so we stop
+  trusting the session (and its ephemerals) at least ``T/3`` before any other instance can see
+  it expire and take over. A session the server reports expired is LOST at once.
+* after LOST we connect with a *new* session (listeners get LOST, then CONNECTED with the new id;
+  every watch of the old session is dropped, never delivered). If the old session was declared
+  lost by us and is still alive on the server, we close it there first, so its ephemerals are
+  gone before the new session starts re-registering.
+
+Requests: every call has a deadline (``request_timeout``, default the session timeout); while
+SUSPENDED a call waits for the reconnection within that deadline, while LOST it fails at once;
+both raise ``SessionLostError``. Requests are never replayed: a write whose connection broke
+raises ``SessionLostError`` and may or may not have been applied (for a sequential create, an
+orphan node may exist). (aiozk's own ``Session.send`` replays such requests, which can duplicate
+a sequential node; we do not use it.)
+
+Watches are one-shot, registered when the server's reply is read (so no event can overtake
+them), re-armed with ``SetWatches`` (relative to the last zxid we saw) after a reconnection to
+the same session, and called synchronously by the registry's reader task.
+
+ACLs: with ``zookeeper://user:pass@...`` every connection sends a digest ``AuthRequest`` and
+the nodes we create get ALL for ``digest:user:base64(sha1(user:pass))`` plus READ for
+``world:anyone``, so operators can browse the tree with ``zkCli`` but only we can change it.
+Without credentials nodes are open (``world:anyone`` ALL).
+
+aiozk pitfalls avoided by owning the session: ``Session.send`` retries forever (replays);
+``find_server`` backs off exponentially up to 60 s (a restarted server is found too late for
+the session to survive); ``establish_session`` resets the last zxid to ``None`` so re-armed data
+watches all fire spuriously; DELETED-only watches are not re-armed; the read loop exits silently
+on EOF (a dropped connection is only noticed by a ping timeout); callbacks run as unreferenced
+tasks; ``ensure_path`` makes container nodes; ``delete``/``set_data`` default to cached versions;
+failed multi-ops return a falsy result; ``close()`` can hang during an outage;
+``exc.get_response_error`` prints unknown codes to stdout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+from aiozk import exc as zk_exc
+from aiozk import protocol
+from anyio.abc import SocketAttribute
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ._errors import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RegistryError,
+    SessionLostError,
+    TransactionFailedError,
+)
+from ._registry import (
+    CheckOp,
+    CreateOp,
+    DeleteOp,
+    Op,
+    SessionEvent,
+    SessionListener,
+    SessionState,
+    SetOp,
+    Stat,
+    Watcher,
+    WatchEvent,
+    WatchEventType,
+)
+from ._urls import RegistryURL
+
+__all__ = ["SESSION_LOSS_FRACTION", "ZooKeeperRegistry"]
+
+log = logging.getLogger("aioelastic.registry")
+
+SESSION_LOSS_FRACTION = 2 / 3
+"""Declare the session LOST this fraction of the negotiated timeout after the last answer."""
+_SUSPEND_FRACTION = 1 / 2
+_PING_FRACTION = 1 / 4
+
+_SIZE = struct.Struct("!i")
+_REPLY_HEADER = struct.Struct("!iqi")
+_MAX_FRAME = 64 * 1024 * 1024
+_WATCH_XID = -1
+_PING_XID = -2
+_AUTH_XID = -4
+_SET_WATCHES_BATCH = 128 * 1024  # bytes of paths per SetWatches request, as the Java client
+_RETRY_PAUSE = (0.05, 1.0)  # pause between connection rounds: first, maximum
+_PERM_ALL = 31
+_EPHEMERAL, _SEQUENTIAL = 1, 2
+_MAX_ATTEMPTS = 8  # make_parents / recursive delete rounds against concurrent changes
+
+_CONNECTION_ERRORS = (
+    OSError,
+    EOFError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.IncompleteRead,
+)
+
+_ERROR_TYPES: tuple[tuple[Any, type[RegistryError]], ...] = (
+    (zk_exc.NoNode, NoNodeError),
+    (zk_exc.NodeExists, NodeExistsError),
+    (zk_exc.BadVersion, BadVersionError),
+    (zk_exc.NotEmpty, NotEmptyError),
+    (zk_exc.ConnectionLoss, SessionLostError),
+    (zk_exc.SessionExpired, SessionLostError),
+    (zk_exc.SessionMoved, SessionLostError),
+    (zk_exc.OperationTimeout, SessionLostError),
+)
+
+_EVENT_TYPES = {
+    protocol.WatchEvent.CREATED: WatchEventType.CREATED,
+    protocol.WatchEvent.DELETED: WatchEventType.DELETED,
+    protocol.WatchEvent.DATA_CHANGED: WatchEventType.CHANGED,
+    protocol.WatchEvent.CHILDREN_CHANGED: WatchEventType.CHILDREN,
+}
+
+
+class _ServerError(Exception):
+    """A non-zero error code in a reply, kept as the aiozk exception until mapped."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _response_error(code: int) -> Exception:
+    if code in zk_exc.response_error_xref:  # aiozk's fallback prints unknown codes to stdout
+        error: Exception = zk_exc.response_error_xref[code]()
+        return error
+    return RegistryError(f"ZooKeeper error code {code}")
+
+
+def _map_error(error: Exception, path: str) -> RegistryError:
+    if isinstance(error, RegistryError):
+        return error
+    for zk_type, ours in _ERROR_TYPES:
+        if isinstance(error, zk_type):
+            return ours(f"{path}: {type(error).__name__}")
+    if isinstance(error, zk_exc.NoAuth):
+        return RegistryError(f"{path}: not authorized (NoAuth): the node's ACL denies this client")
+    return RegistryError(f"{path}: ZooKeeper error {type(error).__name__}")
+
+
+def _stat(raw: Any) -> Stat:
+    return Stat(
+        version=int(raw.version),
+        mtime=raw.modified / 1000.0,
+        ephemeral_owner=int(raw.ephemeral_owner),
+        num_children=int(raw.num_children),
+    )
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path.rstrip('/')}/{name}"
+
+
+def _parse_hosts(hosts: str) -> list[tuple[str, int]]:
+    out = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _make_acl(url: RegistryURL) -> list[Any]:
+    """ALL for our digest identity + READ for the world; open without credentials."""
+    if url.username is None or url.password is None:
+        return [protocol.UNRESTRICTED_ACCESS]
+    secret = f"{url.username}:{url.password.get_secret_value()}".encode()
+    digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()  # noqa: S324 - ZK's scheme
+    ours = protocol.ACL.make("digest", f"{url.username}:{digest}", True, True, True, True, True)
+    return [ours, protocol.WORLD_READABLE]
+
+
+@dataclass(eq=False)
+class _Call:
+    """A request waiting for its reply on one connection."""
+
+    opcode: int
+    sent_at: float
+    on_reply: Callable[[Any, Exception | None], None] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    response: Any = None
+    error: Exception | None = None
+
+
+class _Connection:
+    """One TCP connection to one server: framing, request/reply matching, pings."""
+
+    def __init__(self, stream: anyio.abc.SocketStream, host: str, last_zxid: int) -> None:
+        self.host = host
+        self.last_zxid = last_zxid
+        now = anyio.current_time()
+        self.acked_at = now  # send time of the newest request the server answered
+        self.last_send = now
+        self.closed = anyio.Event()
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._send_lock = anyio.Lock()
+        self._pending: dict[int, _Call] = {}
+        self._pings: deque[float] = deque()
+        self._xid = 0
+
+    @classmethod
+    async def open(cls, host: str, port: int, last_zxid: int) -> _Connection:
+        stream = await anyio.connect_tcp(host, port)
+        return cls(stream, f"{host}:{port}", last_zxid)
+
+    @property
+    def raw_socket(self) -> socket.socket:
+        sock: socket.socket = self._stream.extra(SocketAttribute.raw_socket)  # noqa: S610
+        return sock
+
+    async def _write(self, payload: bytes) -> None:
+        self.last_send = anyio.current_time()
+        await self._stream.send(_SIZE.pack(len(payload)) + payload)
+
+    async def _read_frame(self) -> bytes:
+        (size,) = _SIZE.unpack(await self._reader.receive_exactly(_SIZE.size))
+        if not 0 <= size <= _MAX_FRAME:
+            raise EOFError(f"bad frame size {size} from {self.host}")
+        return await self._reader.receive_exactly(size)
+
+    async def handshake(self, request: Any) -> Any:
+        """Send the ConnectRequest and read the ConnectResponse (before ``run``)."""
+        sent = anyio.current_time()
+        await self._write(request.serialize())
+        response = protocol.ConnectResponse.deserialize(await self._read_frame())
+        self.acked_at = sent
+        return response
+
+    async def authenticate(self, credentials: bytes) -> None:
+        """Digest auth (before ``run``); the server answers on the special auth xid."""
+        request = protocol.AuthRequest(type=0, scheme="digest", auth=credentials)
+        await self._write(request.serialize(_AUTH_XID))
+        xid, _, err = _REPLY_HEADER.unpack_from(await self._read_frame())
+        if xid != _AUTH_XID or err:
+            raise RegistryError(f"digest authentication refused by {self.host} (code {err})")
+
+    async def call(
+        self, request: Any, on_reply: Callable[[Any, Exception | None], None] | None = None
+    ) -> Any:
+        """Send a request and wait for its reply; ``_ServerError`` for an error code."""
+        async with self._send_lock:
+            if self.closed.is_set():
+                raise SessionLostError(f"connection to {self.host} is closed")
+            self._xid = self._xid % 0x7FFFFFFF + 1
+            xid = self._xid
+            pending = _Call(request.opcode, anyio.current_time(), on_reply)
+            self._pending[xid] = pending
+            try:
+                await self._write(request.serialize(xid))
+            except _CONNECTION_ERRORS as error:
+                self._pending.pop(xid, None)
+                raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
+        try:
+            await pending.done.wait()
+        finally:
+            self._pending.pop(xid, None)  # abandoned (cancelled): a late reply is dropped
+        if pending.error is not None:
+            raise pending.error
+        return pending.response
+
+    async def ping(self) -> None:
+        async with self._send_lock:
+            if self.closed.is_set():
+                return
+            self._pings.append(anyio.current_time())
+            try:
+                await self._write(protocol.PingRequest().serialize(_PING_XID))
+            except _CONNECTION_ERRORS:
+                self._pings.pop()
+
+    async def run(self, on_event: Callable[[Any], None]) -> None:
+        """Read replies and watch events until the connection ends; then fail what waits."""
+        reason = "closed"
+        try:
+            while True:
+                self._dispatch(await self._read_frame(), on_event)
+        except _CONNECTION_ERRORS as error:
+            reason = repr(error)
+        except Exception as error:  # a protocol bug must not take the registry down
+            log.exception("ZooKeeper connection to %s: unreadable reply", self.host)
+            reason = repr(error)
+        finally:
+            self._shutdown(reason)
+
+    def _dispatch(self, frame: bytes, on_event: Callable[[Any], None]) -> None:
+        xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
+        body = frame[_REPLY_HEADER.size :]
+        if xid == _WATCH_XID:
+            on_event(protocol.WatchEvent.deserialize(body))
+            return
+        if xid == _PING_XID:
+            if self._pings:
+                self.acked_at = max(self.acked_at, self._pings.popleft())
+            return
+        pending = self._pending.pop(xid, None)
+        if pending is None:
+            return  # the caller gave up; its reply is dropped
+        self.acked_at = max(self.acked_at, pending.sent_at)
+        if zxid > 0:
+            self.last_zxid = max(self.last_zxid, zxid)
+        if err:
+            pending.error = _ServerError(_response_error(err))
+        else:
+            pending.response = protocol.response_xref[pending.opcode].deserialize(body)
+        if pending.on_reply is not None:
+            error = pending.error.error if isinstance(pending.error, _ServerError) else None
+            pending.on_reply(pending.response, error)
+        pending.done.set()
+
+    def _shutdown(self, reason: str) -> None:
+        if not self.closed.is_set():
+            log.debug("ZooKeeper connection to %s ended: %s", self.host, reason)
+        self.closed.set()
+        for pending in self._pending.values():
+            pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
+            pending.done.set()
+        self._pending.clear()
+
+    async def aclose(self) -> None:
+        self._shutdown("closed by us")
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
+_DATA, _EXIST, _CHILD = "data", "exist", "child"  # the server's three kinds of watch
+_FIRED_BY = {
+    WatchEventType.CREATED: (_DATA, _EXIST),
+    WatchEventType.CHANGED: (_DATA, _EXIST),
+    WatchEventType.DELETED: (_DATA, _EXIST, _CHILD),
+    WatchEventType.CHILDREN: (_CHILD,),
+}
+
+
+class _Watches:
+    """One-shot watchers of the current session, by (kind, path)."""
+
+    def __init__(self) -> None:
+        self._table: dict[tuple[str, str], list[Watcher]] = {}
+
+    def add(self, kind: str, path: str, watcher: Watcher) -> None:
+        watchers = self._table.setdefault((kind, path), [])
+        if watcher not in watchers:
+            watchers.append(watcher)
+
+    def pop(self, event_type: WatchEventType, path: str) -> list[Watcher]:
+        fired: list[Watcher] = []
+        for kind in _FIRED_BY[event_type]:
+            for watcher in self._table.pop((kind, path), []):
+                if watcher not in fired:
+                    fired.append(watcher)
+        return fired
+
+    def paths(self, kind: str) -> list[str]:
+        return [path for (k, path) in self._table if k == kind]
+
+    def clear(self) -> None:
+        self._table.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
+
+
+class _SessionExpiredError(Exception):
+    """The server refused to resume the session: it expired."""
+
+
+class ZooKeeperRegistry:
+    """A ZooKeeper session implementing the ``Registry`` protocol (see the module docstring)."""
+
+    def __init__(self, url: RegistryURL, *, request_timeout: float | None = None) -> None:
+        if url.scheme != "zookeeper":
+            raise ValueError(f"not a zookeeper:// URL: {url}")
+        self.url = url
+        self._hosts = _parse_hosts(url.hosts)
+        self._request_timeout = request_timeout or url.session_timeout
+        self._acl = _make_acl(url)
+        self._credentials = (
+            None
+            if url.username is None or url.password is None
+            else f"{url.username}:{url.password.get_secret_value()}".encode()
+        )
+        self._state = SessionState.LOST
+        self._state_changed = anyio.Event()
+        self._listeners: list[SessionListener] = []
+        self._watches = _Watches()
+        self._session_id = 0
+        self._password = b"\x00" * 16
+        self._timeout = url.session_timeout
+        self._last_zxid = 0
+        self._conn: _Connection | None = None
+        self._retire: tuple[int, bytes] | None = None  # a session we declared lost, to close
+        self._next_host = 0
+        self._last_error = "no attempt yet"
+        self._requests = 0
+        self._started = self._closing = False
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- protocol properties -------------------------------------------------------------
+
+    @property
+    def session_state(self) -> SessionState:
+        return self._state
+
+    @property
+    def session_id(self) -> int:
+        """The current session's id (the lost one's until a new session is established)."""
+        return self._session_id
+
+    @property
+    def session_password(self) -> bytes:
+        """The session's password (with ``session_id``, lets a test expire it kazoo-style)."""
+        return self._password
+
+    @property
+    def negotiated_timeout(self) -> float:
+        """The session timeout granted by the server, seconds."""
+        return self._timeout
+
+    @property
+    def request_count(self) -> int:
+        """Requests sent for callers (pings, auth, watch re-arming and close excluded)."""
+        return self._requests
+
+    def raw_socket(self) -> socket.socket | None:
+        """The current connection's TCP socket, for fault-injection tests; else None."""
+        return self._conn.raw_socket if self._conn is not None else None
+
+    def add_session_listener(self, listener: SessionListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_session_listener(self, listener: SessionListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        """Connect (within ``connect_timeout``) and push a bounded close onto ``exit_stack``."""
+        if self._started:
+            raise RuntimeError("ZooKeeperRegistry.start() called twice")
+        self._started = True
+        self._tg = await exit_stack.enter_async_context(anyio.create_task_group())
+        exit_stack.push_async_callback(self._close)
+        await self._tg.start(self._supervise)
+
+    async def _close(self) -> None:
+        self._closing = True
+        conn = self._conn if self._state is SessionState.CONNECTED else None
+        with anyio.move_on_after(self.url.connect_timeout, shield=True):
+            if conn is not None:
+                try:
+                    await conn.call(protocol.CloseRequest())
+                except (RegistryError, _ServerError) as error:
+                    log.debug("closing ZooKeeper session: %r", error)
+        self._watches.clear()
+        self._set_state(SessionState.LOST)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        log.info("ZooKeeper session 0x%x closed (%s)", self._session_id, self.url)
+
+    # -- session supervisor ---------------------------------------------------------------
+
+    async def _supervise(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        conn, resumed = await self._first_connection()
+        while True:
+            await self._serve(conn, resumed, task_status)
+            task_status = anyio.TASK_STATUS_IGNORED
+            if self._closing:
+                return
+            conn, resumed = await self._recover(conn)
+
+    async def _first_connection(self) -> tuple[_Connection, bool]:
+        per_attempt = self.url.connect_timeout / len(self._hosts)
+        with anyio.move_on_after(self.url.connect_timeout):
+            pause = _RETRY_PAUSE[0]
+            while True:
+                for _ in self._hosts:
+                    attempt = await self._attempt(math.inf, per_attempt)
+                    if attempt is not None:
+                        return attempt
+                await anyio.sleep(pause)
+                pause = min(pause * 2, _RETRY_PAUSE[1])
+        raise SessionLostError(
+            f"cannot connect to ZooKeeper at {self.url.hosts} within "
+            f"{self.url.connect_timeout:g}s (last error: {self._last_error})"
+        )
+
+    async def _serve(
+        self, conn: _Connection, resumed: bool, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Run one connection: reader, watch re-arming, CONNECTED, keepalive until it dies."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.run, self._on_watch_event)
+                if not resumed or await self._rearm_watches(conn):
+                    self._conn = conn
+                    self._set_state(SessionState.CONNECTED)
+                    task_status.started()
+                    await self._keepalive(conn)
+                tg.cancel_scope.cancel()
+        finally:
+            self._conn = None
+            self._last_zxid = max(self._last_zxid, conn.last_zxid)
+            await conn.aclose()
+
+    async def _keepalive(self, conn: _Connection) -> None:
+        """Ping when idle; return when the connection ends or stays silent too long."""
+        ping_every = self._timeout * _PING_FRACTION
+        silent_max = self._timeout * _SUSPEND_FRACTION
+        while not conn.closed.is_set():
+            now = anyio.current_time()
+            if now - conn.acked_at >= silent_max:
+                log.warning(
+                    "ZooKeeper %s: no answer for %.1fs, dropping the connection",
+                    conn.host,
+                    now - conn.acked_at,
+                )
+                return
+            if now - conn.last_send >= ping_every:
+                await conn.ping()
+                continue
+            wake = min(conn.last_send + ping_every, conn.acked_at + silent_max)
+            with anyio.move_on_after(wake - now):
+                await conn.closed.wait()
+
+    async def _recover(self, dead: _Connection) -> tuple[_Connection, bool]:
+        """SUSPENDED; reconnect, resuming the session until it is lost, then a new one."""
+        self._set_state(SessionState.SUSPENDED)
+        loss_at = dead.acked_at + self._timeout * SESSION_LOSS_FRACTION
+        log.warning(
+            "ZooKeeper session 0x%x suspended (connection to %s lost); declared lost in %.1fs "
+            "unless resumed",
+            self._session_id,
+            dead.host,
+            max(0.0, loss_at - anyio.current_time()),
+        )
+        per_attempt = self.url.connect_timeout / len(self._hosts)
+        pause = _RETRY_PAUSE[0]
+        while True:
+            for _ in self._hosts:
+                if self._state is SessionState.SUSPENDED and anyio.current_time() >= loss_at:
+                    self._declare_lost(
+                        f"no answer from ZooKeeper for {SESSION_LOSS_FRACTION:.2f} of the "
+                        f"{self._timeout:g}s session timeout",
+                        retire=True,
+                    )
+                attempt = await self._attempt(loss_at, per_attempt)
+                if attempt is not None:
+                    return attempt
+            wait = pause
+            if self._state is SessionState.SUSPENDED:
+                wait = max(0.0, min(pause, loss_at - anyio.current_time()))
+            await anyio.sleep(wait)
+            pause = min(pause * 2, _RETRY_PAUSE[1])
+
+    async def _attempt(self, loss_at: float, budget: float) -> tuple[_Connection, bool] | None:
+        """One connection attempt to the next host; (connection, resumed) or None."""
+        host, port = self._hosts[self._next_host % len(self._hosts)]
+        self._next_host += 1
+        if self._retire is not None:
+            await self._retire_session(host, port, budget)
+        resume = self._state is not SessionState.LOST and self._session_id != 0
+        if resume:
+            budget = min(budget, loss_at - anyio.current_time())
+        try:
+            with anyio.fail_after(max(budget, 0.0)):
+                try:
+                    return await self._open(host, port, resume=resume)
+                except _SessionExpiredError:
+                    self._declare_lost("ZooKeeper reports the session expired", retire=False)
+                    return await self._open(host, port, resume=False)
+        except (*_CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
+            self._last_error = f"{host}:{port}: {error!r}"
+            log.debug("ZooKeeper connection attempt failed: %s", self._last_error)
+            return None
+
+    async def _open(self, host: str, port: int, *, resume: bool) -> tuple[_Connection, bool]:
+        """TCP connect, ConnectRequest (resuming or new session), digest auth."""
+        conn = await _Connection.open(host, port, self._last_zxid if resume else 0)
+        try:
+            response = await conn.handshake(
+                protocol.ConnectRequest(
+                    protocol_version=0,
+                    last_seen_zxid=conn.last_zxid,
+                    timeout=int(self.url.session_timeout * 1000),
+                    session_id=self._session_id if resume else 0,
+                    password=self._password if resume else b"\x00" * 16,
+                    read_only=False,
+                )
+            )
+            if response.timeout <= 0 or response.session_id == 0:
+                raise _SessionExpiredError
+            if self._credentials is not None:
+                await conn.authenticate(self._credentials)
+        except BaseException:
+            await conn.aclose()
+            raise
+        return conn, self._adopt(response)
+
+    def _adopt(self, response: Any) -> bool:
+        """Take the session the server granted; True if it is the one we had."""
+        resumed = self._session_id != 0 and response.session_id == self._session_id
+        if not resumed and self._session_id and self._state is not SessionState.LOST:
+            self._declare_lost("ZooKeeper granted a new session id", retire=False)
+        if not resumed:
+            self._watches.clear()
+            log.info(
+                "ZooKeeper session 0x%x established (%s, timeout %.1fs)",
+                response.session_id,
+                self.url,
+                response.timeout / 1000,
+            )
+        self._session_id = int(response.session_id)
+        self._password = bytes(response.password)
+        self._timeout = response.timeout / 1000
+        return resumed
+
+    async def _retire_session(self, host: str, port: int, budget: float) -> None:
+        """Close a session we declared lost, if the server still has it (best effort)."""
+        assert self._retire is not None
+        session_id, password = self._retire
+        with anyio.move_on_after(budget):
+            try:
+                conn = await _Connection.open(host, port, 0)
+            except _CONNECTION_ERRORS:
+                return
+            try:
+                response = await conn.handshake(
+                    protocol.ConnectRequest(
+                        protocol_version=0,
+                        last_seen_zxid=0,
+                        timeout=int(self.url.session_timeout * 1000),
+                        session_id=session_id,
+                        password=password,
+                        read_only=False,
+                    )
+                )
+                if response.timeout > 0 and response.session_id == session_id:
+                    await conn._write(protocol.CloseRequest().serialize(1))
+                    await conn._read_frame()
+                    log.info("closed lost ZooKeeper session 0x%x on the server", session_id)
+                self._retire = None
+            except _CONNECTION_ERRORS:
+                return
+            finally:
+                await conn.aclose()
+
+    def _declare_lost(self, reason: str, *, retire: bool) -> None:
+        log.warning("ZooKeeper session 0x%x lost: %s", self._session_id, reason)
+        self._watches.clear()
+        self._retire = (self._session_id, self._password) if retire else None
+        self._set_state(SessionState.LOST)
+
+    async def _rearm_watches(self, conn: _Connection) -> bool:
+        """Re-send the session's watches on a new connection (SetWatches); False if it died."""
+        lists = [self._watches.paths(kind) for kind in (_DATA, _EXIST)]
+        lists.append(self._watches.paths(_CHILD))
+        batches: list[list[list[str]]] = [[[], [], []]]
+        size = 0
+        for index, paths in enumerate(lists):
+            for path in paths:
+                if size > _SET_WATCHES_BATCH:
+                    batches.append([[], [], []])
+                    size = 0
+                batches[-1][index].append(path)
+                size += len(path) + 4
+        try:
+            with anyio.fail_after(self._request_timeout):
+                for data, exist, child in batches:
+                    if data or exist or child:
+                        await conn.call(
+                            protocol.SetWatchesRequest(
+                                relative_zxid=conn.last_zxid,
+                                data_watches=data,
+                                exist_watches=exist,
+                                child_watches=child,
+                            )
+                        )
+        except (TimeoutError, SessionLostError, _ServerError) as error:
+            log.warning("ZooKeeper %s: re-arming watches failed: %r", conn.host, error)
+            return False
+        return True
+
+    def _set_state(self, state: SessionState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+        event = SessionEvent(state, self._session_id)
+        log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("session listener %r failed", listener)
+
+    def _on_watch_event(self, raw: Any) -> None:
+        event_type = _EVENT_TYPES.get(raw.type)
+        if event_type is None:
+            return  # a connection-state notification: our supervisor tracks state itself
+        event = WatchEvent(event_type, raw.path)
+        for watcher in self._watches.pop(event_type, raw.path):
+            try:
+                watcher(event)
+            except Exception:
+                log.exception("watcher %r failed on %s", watcher, event)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _connection(self) -> _Connection:
+        while True:
+            if self._closing:
+                raise SessionLostError(f"ZooKeeper registry {self.url} is closed")
+            if self._state is SessionState.CONNECTED and self._conn is not None:
+                return self._conn
+            if self._state is SessionState.LOST:
+                raise SessionLostError(
+                    f"ZooKeeper session 0x{self._session_id:x} is lost ({self.url})"
+                )
+            await self._state_changed.wait()
+
+    async def _call(
+        self,
+        request: Any,
+        path: str,
+        on_reply: Callable[[Any, Exception | None], None] | None = None,
+    ) -> Any:
+        """Send one request with a deadline; map every failure to our errors."""
+        try:
+            with anyio.fail_after(self._request_timeout):
+                conn = await self._connection()
+                self._requests += 1
+                return await conn.call(request, on_reply)
+        except TimeoutError:
+            raise SessionLostError(
+                f"{path}: no answer from ZooKeeper within {self._request_timeout:g}s"
+            ) from None
+        except _ServerError as error:
+            raise _map_error(error.error, path) from None
+
+    def _watch_on_reply(
+        self, watcher: Watcher | None, kind: str, path: str, *, absent_kind: str | None = None
+    ) -> Callable[[Any, Exception | None], None] | None:
+        """Register ``watcher`` when the reply is read (before any event can follow it)."""
+        if watcher is None:
+            return None
+        watches = self._watches
+
+        def register(_response: Any, error: Exception | None) -> None:
+            if error is None:
+                watches.add(kind, path, watcher)
+            elif absent_kind is not None and isinstance(error, zk_exc.NoNode):
+                watches.add(absent_kind, path, watcher)
+
+        return register
+
+    async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
+        on_reply = self._watch_on_reply(watcher, _DATA, path)
+        request = protocol.GetDataRequest(path=path, watch=watcher is not None)
+        response = await self._call(request, path, on_reply)
+        return bytes(response.data or b""), _stat(response.stat)
+
+    async def get_children(self, path: str, watcher: Watcher | None = None) -> list[str]:
+        on_reply = self._watch_on_reply(watcher, _CHILD, path)
+        request = protocol.GetChildrenRequest(path=path, watch=watcher is not None)
+        response = await self._call(request, path, on_reply)
+        return list(response.children)
+
+    async def exists(self, path: str, watcher: Watcher | None = None) -> Stat | None:
+        on_reply = self._watch_on_reply(watcher, _DATA, path, absent_kind=_EXIST)
+        request = protocol.ExistsRequest(path=path, watch=watcher is not None)
+        try:
+            response = await self._call(request, path, on_reply)
+        except NoNodeError:
+            return None
+        return _stat(response.stat)
+
+    def _create_request(self, path: str, data: bytes, flags: int) -> Any:
+        request = protocol.CreateRequest(path=path, data=data, acl=self._acl)
+        request.flags = flags
+        return request
+
+    async def create(
+        self,
+        path: str,
+        data: bytes = b"",
+        *,
+        ephemeral: bool = False,
+        sequential: bool = False,
+        make_parents: bool = False,
+    ) -> str:
+        flags = (_EPHEMERAL if ephemeral else 0) | (_SEQUENTIAL if sequential else 0)
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                response = await self._call(self._create_request(path, data, flags), path)
+                return str(response.path)
+            except NoNodeError:
+                if not make_parents:
+                    raise
+            await self._make_parents(path)
+        raise NoNodeError(f"{path}: parents keep disappearing")
+
+    async def _make_parents(self, path: str) -> None:
+        """Create the missing ancestors of ``path`` as plain persistent nodes, bottom-up."""
+        missing: list[str] = []
+        parent = _parent(path)
+        while parent != "/":
+            try:
+                await self._call(self._create_request(parent, b"", 0), parent)
+            except NodeExistsError:
+                break
+            except NoNodeError:
+                missing.append(parent)
+                parent = _parent(parent)
+                continue
+            break
+        for node in reversed(missing):
+            try:
+                await self._call(self._create_request(node, b"", 0), node)
+            except NodeExistsError:
+                pass
+
+    async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
+        request = protocol.SetDataRequest(path=path, data=data, version=version)
+        return _stat((await self._call(request, path)).stat)
+
+    async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
+        if not recursive:
+            await self._call(protocol.DeleteRequest(path=path, version=version), path)
+            return
+        await self._delete_tree(path, version, missing_ok=False)
+
+    async def _delete_tree(self, path: str, version: int, *, missing_ok: bool) -> None:
+        """Delete ``path`` and its subtree, children first; NoNode races are tolerated."""
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                await self._call(protocol.DeleteRequest(path=path, version=version), path)
+                return
+            except NoNodeError:
+                if missing_ok:
+                    return
+                raise
+            except NotEmptyError:
+                missing_ok = True  # it existed: if it vanishes now, someone else deleted it
+            try:
+                children = await self.get_children(path)
+            except NoNodeError:
+                return
+            for name in children:
+                await self._delete_tree(_child(path, name), -1, missing_ok=True)
+        raise NotEmptyError(f"{path}: children keep appearing")
+
+    def _op_request(self, op: Op) -> Any:
+        match op:
+            case CreateOp(path, data, ephemeral):
+                return self._create_request(path, data, _EPHEMERAL if ephemeral else 0)
+            case SetOp(path, data, version):
+                return protocol.SetDataRequest(path=path, data=data, version=version)
+            case DeleteOp(path, version):
+                return protocol.DeleteRequest(path=path, version=version)
+            case CheckOp(path, version):
+                return protocol.CheckVersionRequest(path=path, version=version)
+        raise TypeError(f"unknown op {op!r}")
+
+    async def transaction(self, ops: Sequence[Op]) -> None:
+        """A ZooKeeper multi; per-op results are checked (aiozk returns them, not raises)."""
+        if not ops:
+            return
+        request = protocol.TransactionRequest()
+        for op in ops:
+            request.add(self._op_request(op))
+        label = f"transaction on {ops[0].path}"
+        response = await self._call(request, label)
+        errors = [r for r in response.responses if isinstance(r, Exception)]
+        if not errors and len(response.responses) == len(ops):
+            return
+        for index, result in enumerate(response.responses):
+            if isinstance(result, Exception) and not isinstance(
+                result, zk_exc.RolledBack | zk_exc.RuntimeInconsistency
+            ):
+                raise TransactionFailedError(index, _map_error(result, ops[index].path))
+        raise TransactionFailedError(0, RegistryError(f"{label}: failed ({response})"))

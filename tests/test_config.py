@@ -1,0 +1,114 @@
+"""JobConfig / Settings validation: each field's rule and error text."""
+
+from __future__ import annotations
+
+import pytest
+
+from aioelastic import ConfigError, JobConfig, Scheduler, Settings, ShardingStrategy
+
+
+def test_defaults_match_elasticjob() -> None:
+    cfg = JobConfig(name="job", cron="0/5 * * * * ?", sharding_total_count=3)
+    assert cfg.monitor_execution is True
+    assert cfg.failover is False
+    assert cfg.misfire is True
+    assert cfg.max_time_diff_seconds == -1
+    assert cfg.reconcile_interval_minutes == 10
+    assert cfg.sharding_strategy is ShardingStrategy.AVG_ALLOCATION
+    assert cfg.error_handler == "log"
+    assert cfg.overwrite is False and cfg.static_sharding is False and cfg.disabled is False
+    assert cfg.max_concurrency is None and cfg.timeout is None
+
+
+def test_item_parameters_string_and_dict() -> None:
+    a = JobConfig(name="j", sharding_total_count=3, sharding_item_parameters="0=a, 1=b,2=c")
+    b = JobConfig(name="j", sharding_total_count=3, sharding_item_parameters={0: "a", 1: "b", 2: "c"})
+    assert a.sharding_item_parameters == b.sharding_item_parameters == {0: "a", 1: "b", 2: "c"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"),
+    [
+        ({"cron": "not a cron"}, "cron", "not a cron"),
+        ({"cron": "0 0 0 * * ?", "time_zone": "Mars/Olympus"}, "time_zone", "Mars/Olympus"),
+        ({"sharding_total_count": 0}, "sharding_total_count", "must be > 0"),
+        ({"sharding_total_count": -2}, "sharding_total_count", "-2"),
+        ({"sharding_total_count": 2, "sharding_item_parameters": "0=a,5=b"}, "sharding_item_parameters", "out of range 0..1"),
+        ({"sharding_item_parameters": "0:a"}, "sharding_item_parameters", "item=value"),
+        ({"max_concurrency": 0}, "max_concurrency", "must be > 0"),
+        ({"timeout": -1}, "timeout", "must be > 0"),
+        ({"max_time_diff_seconds": -5}, "max_time_diff_seconds", ">= 0"),
+        ({"reconcile_interval_minutes": -1}, "reconcile_interval_minutes", ">= 0"),
+        ({"sharding_strategy": "RANDOM"}, "sharding_strategy", "RANDOM"),
+        ({"error_handler": "explode"}, "error_handler", "explode"),
+        ({"unknown_field": 1}, "unknown_field", "Extra inputs"),
+    ],
+)
+def test_bad_fields_raise_config_error_naming_field_and_value(
+    fields: dict[str, object], field: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        JobConfig(name="job", **fields)
+    assert info.value.field.startswith(field)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "with space", "zookeeper", "ünï"])
+def test_job_names_must_be_node_names(name: str) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        JobConfig(name=name)
+
+
+def test_scheduler_rejects_duplicates_and_sync_jobs() -> None:
+    s = Scheduler()
+
+    async def job(ctx: object) -> None: ...
+
+    s.add_job(job, cron="0/5 * * * * ?")
+    with pytest.raises(ConfigError, match="already registered"):
+        s.add_job(job, cron="0/5 * * * * ?")
+
+    def sync_job(ctx: object) -> None: ...
+
+    with pytest.raises(ConfigError, match="async def"):
+        s.add_job(sync_job, cron="0/5 * * * * ?")
+    with pytest.raises(ConfigError, match="cron"):
+        s.add_job(job, name="other", cron="61 * * * * ?")
+
+
+def test_registry_json_round_trip_keeps_local_fields() -> None:
+    local = JobConfig(name="j", cron="0/5 * * * * ?", sharding_total_count=2, overwrite=False)
+    remote = JobConfig(name="j", cron="0 0 * * * ?", sharding_total_count=7, job_parameter="p")
+    merged = local.merged_with_registry(remote.to_registry())
+    assert merged.cron == "0 0 * * * ?" and merged.sharding_total_count == 7
+    assert merged.job_parameter == "p" and merged.overwrite is False
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOELASTIC_REGISTRY_URL", "zookeeper://u:secret@127.0.0.1:2181/ns?session_timeout=4")
+    monkeypatch.setenv("AIOELASTIC_TRACING_URL", "sqlite:////tmp/x.db")
+    monkeypatch.setenv("AIOELASTIC_INSTANCE_ID", "node-1")
+    s = Settings()
+    assert s.instance_id == "node-1"
+    assert "secret" not in repr(s) and "secret" not in str(s)
+    sched = Scheduler(settings=s, instance_id="node-2", tracing="memory://")
+    assert sched.instance_id == "node-2"
+    assert sched.registry_url.session_timeout == 4 and sched.registry_url.namespace == "ns"
+    assert "secret" not in str(sched.registry_url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://x", "zookeeper://", "zookeeper://host/ns", "zookeeper://h:1/ns?session_timeout=x",
+     "zookeeper://h:1/ns?bogus=1", "zookeeper://h:1/bad ns", "zookeeper://user@h:1/ns"],
+)
+def test_bad_registry_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match="registry_url"):
+        Settings(registry_url=url)
+
+
+def test_bad_registry_url_hides_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(registry_url="zookeeper://u:hunter2@h:1/ns?bogus=1")
+    assert "hunter2" not in str(info.value)
