@@ -160,8 +160,11 @@ class JobConfig(BaseModel):
 
     def to_registry(self) -> bytes:
         """The JSON stored in the registry's ``config`` node (code-only fields left out)."""
-        data = self.model_dump(mode="json", exclude=set(_LOCAL_ONLY))
-        if not isinstance(self.error_handler, str):
+        custom = not isinstance(self.error_handler, str)
+        data = self.model_dump(
+            mode="json", exclude=set(_LOCAL_ONLY) | ({"error_handler"} if custom else set())
+        )
+        if custom:
             data["error_handler"] = "custom"
         return json.dumps(data, sort_keys=True).encode()
 

@@ -40,8 +40,9 @@ def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_i
     return f"{job}@-@{joined}@-@{kind.value}@-@{instance_id}@-@{uuid.uuid4().hex}"
 
 
-class ItemFenced(Exception):  # noqa: N818 - a reason, not an error kind users handle
-    """The item was cancelled because this instance lost its registry session."""
+class ItemCancelled(Exception):  # noqa: N818 - a reason recorded in the trace
+    """The item was cancelled: its instance lost its registry session, or shutdown's grace
+    period ran out."""
 
 
 class JobExecutor:
@@ -163,11 +164,11 @@ class JobExecutor:
             if monitor:
                 with anyio.move_on_after(5, shield=True):
                     await self.coordinator.clear_running(items)
-        if errors:
-            text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
-            self._status(contexts, State.TASK_ERROR, "{" + text + "}")
-        else:
-            self._status(contexts, State.TASK_FINISHED, "")
+            if errors:
+                text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
+                self._status(contexts, State.TASK_ERROR, "{" + text + "}")
+            else:
+                self._status(contexts, State.TASK_FINISHED, "")
         for exc in errors.values():
             await self.handle_error(exc)
         return True
@@ -188,30 +189,35 @@ class JobExecutor:
         self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
-        with anyio.CancelScope() as scope:
-            self._item_scopes[id(scope)] = scope
-            try:
-                if limiter is not None:
-                    async with limiter:
+        try:
+            with anyio.CancelScope() as scope:
+                self._item_scopes[id(scope)] = scope
+                try:
+                    if limiter is not None:
+                        async with limiter:
+                            await self._call(ctx)
+                    else:
                         await self._call(ctx)
-                else:
-                    await self._call(ctx)
-            except Exception as exc:
-                failure = exc
-            finally:
-                del self._item_scopes[id(scope)]
-        if scope.cancelled_caught:
-            failure = ItemFenced(f"item {item} cancelled: registry session lost")
-        if failure is not None:
-            errors[item] = failure
-        self._post(
-            dataclasses.replace(
-                start,
-                complete_time=datetime.now(UTC),
-                is_success=failure is None,
-                failure_cause=format_failure(failure) if failure else None,
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    del self._item_scopes[id(scope)]
+            if scope.cancelled_caught:
+                failure = ItemCancelled(f"item {item} cancelled: registry session lost")
+        except anyio.get_cancelled_exc_class():
+            failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+            raise
+        finally:
+            if failure is not None:
+                errors[item] = failure
+            self._post(
+                dataclasses.replace(
+                    start,
+                    complete_time=datetime.now(UTC),
+                    is_success=failure is None,
+                    failure_cause=format_failure(failure) if failure else None,
+                )
             )
-        )
 
     async def _call(self, ctx: object) -> None:
         timeout = self.config.timeout

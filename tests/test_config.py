@@ -22,7 +22,9 @@ def test_defaults_match_elasticjob() -> None:
 
 def test_item_parameters_string_and_dict() -> None:
     a = JobConfig(name="j", sharding_total_count=3, sharding_item_parameters="0=a, 1=b,2=c")
-    b = JobConfig(name="j", sharding_total_count=3, sharding_item_parameters={0: "a", 1: "b", 2: "c"})
+    b = JobConfig(
+        name="j", sharding_total_count=3, sharding_item_parameters={0: "a", 1: "b", 2: "c"}
+    )
     assert a.sharding_item_parameters == b.sharding_item_parameters == {0: "a", 1: "b", 2: "c"}
 
 
@@ -33,7 +35,11 @@ def test_item_parameters_string_and_dict() -> None:
         ({"cron": "0 0 0 * * ?", "time_zone": "Mars/Olympus"}, "time_zone", "Mars/Olympus"),
         ({"sharding_total_count": 0}, "sharding_total_count", "must be > 0"),
         ({"sharding_total_count": -2}, "sharding_total_count", "-2"),
-        ({"sharding_total_count": 2, "sharding_item_parameters": "0=a,5=b"}, "sharding_item_parameters", "out of range 0..1"),
+        (
+            {"sharding_total_count": 2, "sharding_item_parameters": "0=a,5=b"},
+            "sharding_item_parameters",
+            "out of range 0..1",
+        ),
         ({"sharding_item_parameters": "0:a"}, "sharding_item_parameters", "item=value"),
         ({"max_concurrency": 0}, "max_concurrency", "must be > 0"),
         ({"timeout": -1}, "timeout", "must be > 0"),
@@ -86,7 +92,9 @@ def test_registry_json_round_trip_keeps_local_fields() -> None:
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIOELASTIC_REGISTRY_URL", "zookeeper://u:secret@127.0.0.1:2181/ns?session_timeout=4")
+    monkeypatch.setenv(
+        "AIOELASTIC_REGISTRY_URL", "zookeeper://u:secret@127.0.0.1:2181/ns?session_timeout=4"
+    )
     monkeypatch.setenv("AIOELASTIC_TRACING_URL", "sqlite:////tmp/x.db")
     monkeypatch.setenv("AIOELASTIC_INSTANCE_ID", "node-1")
     s = Settings()
@@ -100,8 +108,15 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://x", "zookeeper://", "zookeeper://host/ns", "zookeeper://h:1/ns?session_timeout=x",
-     "zookeeper://h:1/ns?bogus=1", "zookeeper://h:1/bad ns", "zookeeper://user@h:1/ns"],
+    [
+        "http://x",
+        "zookeeper://",
+        "zookeeper://host/ns",
+        "zookeeper://h:1/ns?session_timeout=x",
+        "zookeeper://h:1/ns?bogus=1",
+        "zookeeper://h:1/bad ns",
+        "zookeeper://user@h:1/ns",
+    ],
 )
 def test_bad_registry_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="registry_url"):

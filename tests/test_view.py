@@ -51,7 +51,9 @@ async def test_deleted_and_recreated_path_is_watched_again(registry: MemoryRegis
             await registry.delete("/ns/job/a")
             await registry.create("/ns/job/a", f"v{round_}".encode())
             await registry.set("/ns/job/a", f"w{round_}".encode())
-            assert await view.wait_for(lambda r=round_: view.get("/ns/job/a") == f"w{r}".encode(), 2)
+            assert await view.wait_for(
+                lambda r=round_: view.get("/ns/job/a") == f"w{r}".encode(), 2
+            )
         # The root itself deleted and re-created.
         await registry.delete("/ns/job", recursive=True)
         assert await view.wait_for(lambda: not view.exists("/ns/job"), 2)

@@ -1,0 +1,518 @@
+"""The embedded scheduler end to end: the execution template, job kinds, shutdown."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aioelastic import (
+    ConfigError,
+    DataflowJob,
+    ExecutionSource,
+    JobListener,
+    JobNotFoundError,
+    Scheduler,
+    ScriptJob,
+    Settings,
+    ShardingContext,
+    ShardingContexts,
+    State,
+)
+from aioelastic._memory_registry import MemoryStore
+from aioelastic._paths import JobPaths
+from aioelastic.tracing import MemorySink
+
+from .helpers import completions, eventually, executions, statuses
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> Any:
+    store = f"sched-{request.node.name}"
+    MemoryStore.reset(store)
+
+    def make(**settings: Any) -> Scheduler:
+        s = Settings(registry_url=f"memory://{store}/ns", **settings)
+        return Scheduler(settings=s, sinks=[sink])
+
+    return make
+
+
+def states(sink: MemorySink, job: str) -> list[tuple[State, str]]:
+    return [(e.state, e.message) for e in statuses(sink.events, job)]
+
+
+async def test_success_events_in_order_and_context_fields(
+    make_scheduler: Any, sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    seen: list[ShardingContext] = []
+
+    @scheduler.job(
+        sharding_total_count=3,
+        sharding_item_parameters="0=Beijing,1=Shanghai,2=Guangzhou",
+        job_parameter="x",
+    )
+    async def settle(ctx: ShardingContext) -> None:
+        seen.append(ctx)
+
+    async with scheduler:
+        await scheduler.trigger("settle")
+        await eventually(lambda: len(statuses(sink.events, "settle")) == 3)
+
+    assert [s for s, _ in states(sink, "settle")] == [
+        State.TASK_STAGING,
+        State.TASK_RUNNING,
+        State.TASK_FINISHED,
+    ]
+    assert states(sink, "settle")[0][1] == "Job 'settle' execute begin."
+    assert sorted((c.sharding_item, c.sharding_parameter) for c in seen) == [
+        (0, "Beijing"),
+        (1, "Shanghai"),
+        (2, "Guangzhou"),
+    ]
+    task_id = seen[0].task_id
+    assert {c.task_id for c in seen} == {task_id}
+    job, items, kind, instance, uid = task_id.split("@-@", 4)[:4] + [task_id.rsplit("@-@", 1)[1]]
+    assert (job, items, kind) == ("settle", "0,1,2", "READY")
+    assert all(c.job_parameter == "x" and c.sharding_total_count == 3 for c in seen)
+    execs = executions(sink.events, "settle")
+    assert len(execs) == 6  # a start and a completion per item, sharing the event id
+    for item in range(3):
+        start, done = [e for e in execs if e.sharding_item == item]
+        assert start.id == done.id and not start.is_completion and done.is_success
+        assert done.execution_source is ExecutionSource.NORMAL_TRIGGER
+
+
+async def test_task_ids_are_unique_per_run(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job()
+    async def once(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        for n in range(1, 4):
+            await scheduler.trigger("once")
+            await eventually(lambda n=n: len(completions(sink.events, "once")) == n)
+    assert len({e.task_id for e in completions(sink.events, "once")}) == 3
+
+
+async def test_failure_does_not_cancel_siblings(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    handled: list[tuple[str, BaseException]] = []
+
+    async def handler(job: str, exc: BaseException) -> None:
+        handled.append((job, exc))
+
+    @scheduler.job(sharding_total_count=3, error_handler=handler)
+    async def flaky(ctx: ShardingContext) -> None:
+        if ctx.sharding_item == 1:
+            raise RuntimeError("boom on 1")
+        await anyio.sleep(0.05)  # still running when item 1 fails
+
+    async with scheduler:
+        await scheduler.trigger("flaky")
+        await eventually(lambda: len(statuses(sink.events, "flaky")) == 3)
+
+    final_state, message = states(sink, "flaky")[-1]
+    assert final_state is State.TASK_ERROR
+    assert "1=RuntimeError: boom on 1" in message
+    done = {e.sharding_item: e for e in completions(sink.events, "flaky")}
+    assert done[0].is_success and done[2].is_success and not done[1].is_success
+    assert "Traceback" in (done[1].failure_cause or "") and "boom on 1" in (
+        done[1].failure_cause or ""
+    )
+    assert [(j, str(e)) for j, e in handled] == [("flaky", "boom on 1")]
+
+
+async def test_empty_items(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job(sharding_total_count=1)
+    async def idle(ctx: ShardingContext) -> None:
+        raise AssertionError("no item should run")
+
+    async with scheduler:
+        paths = JobPaths("ns", "idle")
+        await eventually(lambda: scheduler._runners["idle"].coordinator.owner(0) is not None)
+        await scheduler.registry.create(paths.item_disabled(0))
+        await eventually(lambda: scheduler._runners["idle"].coordinator.local_items() == [])
+        await scheduler.trigger("idle")
+        await eventually(lambda: len(statuses(sink.events, "idle")) == 2)
+    assert states(sink, "idle") == [
+        (State.TASK_STAGING, "Job 'idle' execute begin."),
+        (State.TASK_FINISHED, "Sharding item for job 'idle' is empty."),
+    ]
+
+
+async def test_misfire_marks_and_reruns_once(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    release = anyio.Event()
+    runs: list[ExecutionSource] = []
+
+    @scheduler.job(sharding_total_count=2)
+    async def slow(ctx: ShardingContext) -> None:
+        runs.append(ctx.execution_source)
+        if len(runs) <= 2:
+            await release.wait()
+
+    async with scheduler:
+        coord = scheduler._runners["slow"].coordinator
+        await scheduler.trigger("slow")
+        await eventually(lambda: len(runs) == 2)
+        for n in range(1, 4):  # three fires while running collapse into one re-run
+            await scheduler.trigger("slow")
+            await eventually(
+                lambda n=n: sum("still running" in m for _, m in states(sink, "slow")) == n
+            )
+            assert coord.is_misfired(0) and coord.is_misfired(1)
+        release.set()
+        await eventually(lambda: len(runs) == 4)
+        await eventually(lambda: len(completions(sink.events, "slow")) == 4)
+        assert not coord.is_misfired(0) and not coord.is_misfired(1)
+
+    assert runs == [ExecutionSource.NORMAL_TRIGGER] * 2 + [ExecutionSource.MISFIRE] * 2
+    misfire_msgs = [m for s, m in states(sink, "slow") if "still running" in m]
+    assert len(misfire_msgs) == 3
+    assert misfire_msgs[0] == (
+        "Previous job 'slow' - shardingItems '[0, 1]' is still running, "
+        "misfired job will start after previous job completed."
+    )
+    sources = [e.execution_source for e in completions(sink.events, "slow")]
+    assert sources.count(ExecutionSource.MISFIRE) == 2
+
+
+async def test_no_misfire_skips_and_leaves_no_marks(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    release = anyio.Event()
+    runs = 0
+
+    @scheduler.job(misfire=False)
+    async def skip(ctx: ShardingContext) -> None:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+
+    async with scheduler:
+        coord = scheduler._runners["skip"].coordinator
+        await scheduler.trigger("skip")
+        await eventually(lambda: runs == 1)
+        await scheduler.trigger("skip")
+        await eventually(lambda: any("still running" in m for _, m in states(sink, "skip")))
+        assert not coord.is_misfired(0)
+        release.set()
+        await eventually(lambda: len(completions(sink.events, "skip")) == 1)
+        await anyio.sleep(0.2)  # give a wrong re-run the chance to show up
+    assert runs == 1
+
+
+async def test_items_run_concurrently(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    n = 8
+    active = 0
+    all_in = anyio.Event()
+
+    @scheduler.job(sharding_total_count=n)
+    async def parallel(ctx: ShardingContext) -> None:
+        nonlocal active
+        active += 1
+        if active == n:
+            all_in.set()
+        with anyio.fail_after(5):  # fails if items ran one after another
+            await all_in.wait()
+
+    async with scheduler:
+        await scheduler.trigger("parallel")
+        await eventually(lambda: len(completions(sink.events, "parallel")) == n)
+    assert all(e.is_success for e in completions(sink.events, "parallel"))
+
+
+async def test_max_concurrency_limits_items(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    active = peak = 0
+
+    @scheduler.job(sharding_total_count=6, max_concurrency=2)
+    async def limited(ctx: ShardingContext) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await anyio.sleep(0.02)
+        active -= 1
+
+    async with scheduler:
+        await scheduler.trigger("limited")
+        await eventually(lambda: len(completions(sink.events, "limited")) == 6)
+    assert peak == 2
+
+
+async def test_timeout_cancels_item_and_records_failure(
+    make_scheduler: Any, sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    cancelled = anyio.Event()
+
+    @scheduler.job(sharding_total_count=2, timeout=0.2)
+    async def hangs(ctx: ShardingContext) -> None:
+        if ctx.sharding_item == 0:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cancelled.set()
+
+    async with scheduler:
+        await scheduler.trigger("hangs")
+        await eventually(lambda: len(completions(sink.events, "hangs")) == 2)
+    assert cancelled.is_set()
+    done = {e.sharding_item: e for e in completions(sink.events, "hangs")}
+    assert done[1].is_success and not done[0].is_success
+    assert "timed out after 0.2s" in (done[0].failure_cause or "")
+    assert states(sink, "hangs")[-1][0] is State.TASK_ERROR
+
+
+async def test_cron_fires_at_scheduled_times(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    fires: list[tuple[datetime, datetime]] = []
+
+    @scheduler.job(cron="* * * * * ?")
+    async def tick(ctx: ShardingContext) -> None:
+        assert ctx.scheduled_fire_time is not None
+        fires.append((ctx.scheduled_fire_time, datetime.now(UTC)))
+
+    async with scheduler:
+        await eventually(lambda: len(fires) >= 2, timeout=5)
+    scheduled = [s for s, _ in fires]
+    assert all(s.microsecond == 0 for s in scheduled)
+    assert (scheduled[1] - scheduled[0]).total_seconds() == 1
+    assert all(started >= s for s, started in fires)  # never early
+
+
+async def test_graceful_stop_lets_items_finish(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler(shutdown_grace_period=5)
+    started = anyio.Event()
+    finished = False
+
+    @scheduler.job()
+    async def steady(ctx: ShardingContext) -> None:
+        nonlocal finished
+        started.set()
+        await anyio.sleep(0.3)
+        finished = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler.run)
+        await eventually(lambda: scheduler._runners.get("steady") is not None)
+        await scheduler.trigger("steady")
+        await started.wait()
+        scheduler.stop()
+    assert finished
+    assert completions(sink.events, "steady")[0].is_success  # the trace was flushed on stop
+
+
+async def test_cancelling_run_gives_grace_then_cancels(
+    make_scheduler: Any, sink: MemorySink
+) -> None:
+    scheduler = make_scheduler(shutdown_grace_period=0.3)
+    started = anyio.Event()
+    cancelled = anyio.Event()
+
+    @scheduler.job()
+    async def forever(ctx: ShardingContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler.run)
+            await eventually(lambda: scheduler._runners.get("forever") is not None)
+            await scheduler.trigger("forever")
+            await started.wait()
+            tg.cancel_scope.cancel()
+    assert cancelled.is_set()
+    assert not completions(sink.events, "forever")[0].is_success
+
+
+async def test_listeners_run_around_the_fire(make_scheduler: Any, sink: MemorySink) -> None:
+    calls: list[str] = []
+
+    class Recorder(JobListener):
+        async def before_job_executed(self, contexts: ShardingContexts) -> None:
+            calls.append(f"before {contexts.items}")
+
+        async def after_job_executed(self, contexts: ShardingContexts) -> None:
+            calls.append(f"after {contexts.items}")
+
+    scheduler = make_scheduler()
+
+    @scheduler.job(sharding_total_count=2, listeners=[Recorder()])
+    async def listened(ctx: ShardingContext) -> None:
+        calls.append(f"item {ctx.sharding_item}")
+
+    async with scheduler:
+        await scheduler.trigger("listened")
+        await eventually(lambda: len(calls) == 4)
+    assert calls[0] == "before [0, 1]" and calls[-1] == "after [0, 1]"
+    assert sorted(calls[1:3]) == ["item 0", "item 1"]
+
+
+async def test_error_handler_raise_stops_the_scheduler(make_scheduler: Any) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job(error_handler="raise")
+    async def fatal(ctx: ShardingContext) -> None:
+        raise ValueError("stop everything")
+
+    async def trigger_when_ready() -> None:
+        await eventually(lambda: scheduler._runners.get("fatal") is not None)
+        await scheduler.trigger("fatal")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trigger_when_ready)
+            with pytest.raises(ValueError, match="stop everything"):
+                await scheduler.run()
+
+
+async def test_dataflow_jobs(make_scheduler: Any, sink: MemorySink) -> None:
+    scheduler = make_scheduler()
+    queue = {0: [[1, 2], [3], []], 1: [[10], []]}
+    processed: dict[int, list[int]] = {0: [], 1: []}
+
+    async def fetch(ctx: ShardingContext) -> list[int]:
+        return queue[ctx.sharding_item].pop(0) if queue[ctx.sharding_item] else []
+
+    async def process(ctx: ShardingContext, data: list[int]) -> None:
+        processed[ctx.sharding_item].extend(data)
+
+    scheduler.add_job(
+        DataflowJob(fetch, process, streaming=True), name="stream", sharding_total_count=2
+    )
+
+    class OneShot:
+        calls = 0
+
+        async def fetch_data(self, ctx: ShardingContext) -> list[str]:
+            return ["a", "b"]
+
+        async def process_data(self, ctx: ShardingContext, data: list[str]) -> None:
+            OneShot.calls += 1
+
+    scheduler.add_job(OneShot(), name="oneshot")
+
+    async with scheduler:
+        await scheduler.trigger("stream")
+        await scheduler.trigger("oneshot")
+        await eventually(lambda: len(completions(sink.events)) == 3)
+    assert processed == {0: [1, 2, 3], 1: [10]}  # streaming looped until fetch returned nothing
+    assert OneShot.calls == 1  # not streaming: one fetch, one process
+
+
+async def test_script_jobs(make_scheduler: Any, sink: MemorySink, tmp_path: Path) -> None:
+    scheduler = make_scheduler()
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (
+        "import json, sys, pathlib; ctx = json.loads(sys.argv[-1]);"
+        f"pathlib.Path({str(out)!r}, str(ctx['sharding_item'])).write_text(sys.argv[-1]);"
+        "sys.exit(0 if ctx['sharding_item'] == 0 else (sys.stderr.write('bad item\\n'), 3)[1])"
+    )
+    scheduler.add_job(
+        ScriptJob([sys.executable, "-c", code]),
+        name="script",
+        sharding_total_count=2,
+        sharding_item_parameters="0=zero,1=one",
+    )
+    async with scheduler:
+        await scheduler.trigger("script")
+        await eventually(lambda: len(completions(sink.events, "script")) == 2)
+    ctx0 = json.loads((out / "0").read_text())
+    assert ctx0["sharding_parameter"] == "zero" and ctx0["job_name"] == "script"
+    done = {e.sharding_item: e for e in completions(sink.events, "script")}
+    assert done[0].is_success and not done[1].is_success
+    assert "status 3" in (done[1].failure_cause or "") and "bad item" in (
+        done[1].failure_cause or ""
+    )
+
+
+async def test_trigger_errors(make_scheduler: Any) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job()
+    async def known(ctx: ShardingContext) -> None: ...
+
+    with pytest.raises(RuntimeError, match="not running"):
+        await scheduler.trigger("known")
+    async with scheduler:
+        with pytest.raises(JobNotFoundError):
+            await scheduler.trigger("unknown")
+        with pytest.raises(RuntimeError, match="before the scheduler starts"):
+            scheduler.add_job(known, name="late")
+
+
+async def test_registry_config_change_is_picked_up_live(
+    make_scheduler: Any, sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    seen: list[ShardingContext] = []
+
+    @scheduler.job(sharding_total_count=2)
+    async def live(ctx: ShardingContext) -> None:
+        seen.append(ctx)
+
+    async with scheduler:
+        runner = scheduler._runners["live"]
+        cfg = runner.coordinator.config.with_changes(sharding_total_count=4, job_parameter="new")
+        await scheduler.registry.set(JobPaths("ns", "live").config, cfg.to_registry())
+        await eventually(lambda: runner.coordinator.config.sharding_total_count == 4)
+        await eventually(lambda: runner.coordinator.local_items() == [0, 1, 2, 3])
+        await scheduler.trigger("live")
+        await eventually(lambda: len(seen) == 4)
+    assert {c.job_parameter for c in seen} == {"new"}
+
+
+async def test_start_failure_is_reported(sink: MemorySink) -> None:
+    with pytest.raises(ConfigError, match="registry_url"):
+        Scheduler(registry="zookeeper://127.0.0.1:notaport/ns")
+
+
+async def test_async_context_manager_stops_cleanly(make_scheduler: Any) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job(cron="* * * * * ?")
+    async def bg(ctx: ShardingContext) -> None: ...
+
+    with anyio.fail_after(5):
+        async with scheduler:
+            assert "bg" in scheduler.jobs
+    with pytest.raises(RuntimeError):
+        _ = scheduler.registry  # closed
+
+
+@pytest.fixture(autouse=True)
+async def _no_leftover_tasks() -> AsyncIterator[None]:
+    import asyncio
+
+    before = set(asyncio.all_tasks())
+    yield
+    await anyio.sleep(0)
+    leftover = {
+        t
+        for t in asyncio.all_tasks() - before
+        if not t.done() and "_call_in_runner_task" not in repr(t.get_coro())
+    }
+    assert not leftover, f"tasks left behind: {leftover}"
