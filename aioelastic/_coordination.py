@@ -328,22 +328,33 @@ class JobCoordinator:
 
     # -- running and misfire marks --
 
+    def running_elsewhere(self, item: int) -> bool:
+        """The view shows a running mark of another instance (our own are tracked locally:
+        the view may still show one we have just deleted)."""
+        raw = self.view.get(self.paths.item_running(item))
+        return raw is not None and raw != self._me
+
     async def mark_running(self, items: Sequence[int]) -> bool:
         """Atomically create the running marks (and clear misfire marks) of ``items``.
 
         False if any item is already running (here or on another instance): nothing is marked.
         """
-        ops: list[Op] = [
+        creates: list[Op] = [
             CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
         ]
-        ops += [DeleteOp(self.paths.item_misfire(i)) for i in items if self.is_misfired(i)]
-        try:
-            await self.registry.transaction(ops)
-        except TransactionFailedError as exc:
-            if isinstance(exc.cause, NodeExistsError | NoNodeError):
-                return False
-            raise
-        return True
+        misfired = [i for i in items if self.is_misfired(i)]
+        while True:
+            deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
+            try:
+                await self.registry.transaction(creates + deletes)
+                return True
+            except TransactionFailedError as exc:
+                if exc.index >= len(creates) and isinstance(exc.cause, NoNodeError):
+                    del misfired[exc.index - len(creates)]  # a mark the view still showed
+                    continue
+                if isinstance(exc.cause, NodeExistsError | NoNodeError):
+                    return False
+                raise
 
     async def clear_running(self, items: Sequence[int]) -> None:
         """Delete this instance's running marks of ``items`` (one multi-op when all are there)."""

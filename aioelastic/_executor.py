@@ -40,7 +40,7 @@ def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_i
     return f"{job}@-@{joined}@-@{kind.value}@-@{instance_id}@-@{uuid.uuid4().hex}"
 
 
-class ItemCancelled(Exception):  # noqa: N818 - a reason recorded in the trace
+class ItemCancelled(Exception):
     """The item was cancelled: its instance lost its registry session, or shutdown's grace
     period ran out."""
 
@@ -65,6 +65,8 @@ class JobExecutor:
         self._keep_going = keep_going
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
         self.in_flight = 0
+        self.running: set[int] = set()
+        """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, anyio.CancelScope] = {}
 
     @property
@@ -102,7 +104,7 @@ class JobExecutor:
         items = coord.local_items()
         contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
         self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
-        if cfg.monitor_execution and any(coord.is_running(i) for i in items):
+        if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
             return
         await self._listeners(contexts, before=True)
@@ -117,6 +119,9 @@ class JobExecutor:
             if not await self.execute(again, quiet_conflict=True):
                 break
         await self._listeners(contexts, before=False)
+
+    def is_running(self, item: int) -> bool:
+        return item in self.running or self.coordinator.running_elsewhere(item)
 
     def _misfire_due(self, items: Sequence[int]) -> bool:
         coord = self.coordinator
@@ -155,6 +160,7 @@ class JobExecutor:
                 await self._misfire(contexts)
             return False
         errors: dict[int, BaseException] = {}
+        self.running.update(items)
         try:
             self._status(contexts, State.TASK_RUNNING, "")
             async with anyio.create_task_group() as tg:
@@ -164,6 +170,7 @@ class JobExecutor:
             if monitor:
                 with anyio.move_on_after(5, shield=True):
                     await self.coordinator.clear_running(items)
+            self.running.difference_update(items)
             if errors:
                 text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
                 self._status(contexts, State.TASK_ERROR, "{" + text + "}")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["JobPaths", "namespace_root"]
 
 
 def namespace_root(namespace: str) -> str:
     return f"/{namespace}"
+
+
+@lru_cache(maxsize=65536)
+def _join(namespace: str, job: str, parts: tuple[object, ...]) -> str:
+    # Paths are rebuilt on every fire for every item: cache the strings.
+    return "/".join([f"/{namespace}/{job}", *map(str, parts)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +30,7 @@ class JobPaths:
         return f"/{self.namespace}/{self.job}"
 
     def _p(self, *parts: object) -> str:
-        return "/".join([self.root, *map(str, parts)])
+        return _join(self.namespace, self.job, parts)
 
     @property
     def config(self) -> str:

@@ -195,6 +195,10 @@ class JobRunner:
             return
         if coord.reshard_pending() or self._stopping:
             return
-        items = [i for i in coord.local_items() if coord.is_misfired(i) and not coord.is_running(i)]
+        items = [
+            i
+            for i in coord.local_items()
+            if coord.is_misfired(i) and not self.executor.is_running(i) and not coord.is_running(i)
+        ]
         if items:
             self._start_misfire_run(items)

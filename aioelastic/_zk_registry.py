@@ -50,13 +50,14 @@ failed multi-ops return a falsy result; ``close()`` can hang during an outage;
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import math
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ import anyio
 import anyio.abc
 from aiozk import exc as zk_exc
 from aiozk import protocol
+from aiozk.protocol.acl import ACL
 from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -199,7 +201,7 @@ def _make_acl(url: RegistryURL) -> list[Any]:
         return [protocol.UNRESTRICTED_ACCESS]
     secret = f"{url.username}:{url.password.get_secret_value()}".encode()
     digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()  # noqa: S324 - ZK's scheme
-    ours = protocol.ACL.make("digest", f"{url.username}:{digest}", True, True, True, True, True)
+    ours = ACL.make("digest", f"{url.username}:{digest}", True, True, True, True, True)
     return [ours, protocol.WORLD_READABLE]
 
 
@@ -231,6 +233,7 @@ class _Connection:
         self._pending: dict[int, _Call] = {}
         self._pings: deque[float] = deque()
         self._xid = 0
+        self._on_closed: Callable[[_Connection], None] | None = None
 
     @classmethod
     async def open(cls, host: str, port: int, last_zxid: int) -> _Connection:
@@ -302,8 +305,11 @@ class _Connection:
             except _CONNECTION_ERRORS:
                 self._pings.pop()
 
-    async def run(self, on_event: Callable[[Any], None]) -> None:
+    async def run(
+        self, on_event: Callable[[Any], None], on_closed: Callable[[_Connection], None]
+    ) -> None:
         """Read replies and watch events until the connection ends; then fail what waits."""
+        self._on_closed = on_closed
         reason = "closed"
         try:
             while True:
@@ -349,6 +355,9 @@ class _Connection:
             pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
             pending.done.set()
         self._pending.clear()
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            on_closed(self)
 
     async def aclose(self) -> None:
         self._shutdown("closed by us")
@@ -422,7 +431,9 @@ class ZooKeeperRegistry:
         self._timeout = url.session_timeout
         self._last_zxid = 0
         self._conn: _Connection | None = None
-        self._retire: tuple[int, bytes] | None = None  # a session we declared lost, to close
+        # a session we declared lost, to close on the server before a new one: id, password,
+        # and the time after which we give up (it expires on its own by then)
+        self._retire: tuple[int, bytes, float] | None = None
         self._next_host = 0
         self._last_error = "no attempt yet"
         self._requests = 0
@@ -473,9 +484,32 @@ class ZooKeeperRegistry:
         if self._started:
             raise RuntimeError("ZooKeeperRegistry.start() called twice")
         self._started = True
-        self._tg = await exit_stack.enter_async_context(anyio.create_task_group())
+        conn, resumed = await self._first_connection()  # raises before touching the stack
+        try:
+            tg = await exit_stack.enter_async_context(self._running())
+        except BaseException:
+            await conn.aclose()
+            raise
         exit_stack.push_async_callback(self._close)
-        await self._tg.start(self._supervise)
+        await tg.start(self._supervise, conn, resumed)
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[anyio.abc.TaskGroup]:
+        """Own the background tasks; an exception of the owner passes through unwrapped."""
+        owner_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    yield tg
+                except BaseException as error:
+                    owner_error = error
+                    raise
+        except BaseExceptionGroup as group:
+            if owner_error is None or list(group.exceptions) != [owner_error]:
+                raise
+        if owner_error is not None:
+            raise owner_error
 
     async def _close(self) -> None:
         self._closing = True
@@ -494,8 +528,9 @@ class ZooKeeperRegistry:
 
     # -- session supervisor ---------------------------------------------------------------
 
-    async def _supervise(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        conn, resumed = await self._first_connection()
+    async def _supervise(
+        self, conn: _Connection, resumed: bool, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
         while True:
             await self._serve(conn, resumed, task_status)
             task_status = anyio.TASK_STATUS_IGNORED
@@ -525,7 +560,7 @@ class ZooKeeperRegistry:
         """Run one connection: reader, watch re-arming, CONNECTED, keepalive until it dies."""
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(conn.run, self._on_watch_event)
+                tg.start_soon(conn.run, self._on_watch_event, self._on_connection_closed)
                 if not resumed or await self._rearm_watches(conn):
                     self._conn = conn
                     self._set_state(SessionState.CONNECTED)
@@ -533,9 +568,16 @@ class ZooKeeperRegistry:
                     await self._keepalive(conn)
                 tg.cancel_scope.cancel()
         finally:
-            self._conn = None
+            self._on_connection_closed(conn)
             self._last_zxid = max(self._last_zxid, conn.last_zxid)
             await conn.aclose()
+
+    def _on_connection_closed(self, conn: _Connection) -> None:
+        """SUSPENDED as soon as the connection ends, before any failed request resumes."""
+        if conn is self._conn:
+            self._conn = None
+            if not self._closing and self._state is SessionState.CONNECTED:
+                self._set_state(SessionState.SUSPENDED)
 
     async def _keepalive(self, conn: _Connection) -> None:
         """Ping when idle; return when the connection ends or stays silent too long."""
@@ -558,8 +600,7 @@ class ZooKeeperRegistry:
                 await conn.closed.wait()
 
     async def _recover(self, dead: _Connection) -> tuple[_Connection, bool]:
-        """SUSPENDED; reconnect, resuming the session until it is lost, then a new one."""
-        self._set_state(SessionState.SUSPENDED)
+        """Reconnect (we are SUSPENDED), resuming the session until it is lost, then a new one."""
         loss_at = dead.acked_at + self._timeout * SESSION_LOSS_FRACTION
         log.warning(
             "ZooKeeper session 0x%x suspended (connection to %s lost); declared lost in %.1fs "
@@ -591,13 +632,13 @@ class ZooKeeperRegistry:
         """One connection attempt to the next host; (connection, resumed) or None."""
         host, port = self._hosts[self._next_host % len(self._hosts)]
         self._next_host += 1
-        if self._retire is not None:
-            await self._retire_session(host, port, budget)
         resume = self._state is not SessionState.LOST and self._session_id != 0
         if resume:
             budget = min(budget, loss_at - anyio.current_time())
         try:
             with anyio.fail_after(max(budget, 0.0)):
+                if self._retire is not None:
+                    await self._retire_session(host, port)
                 try:
                     return await self._open(host, port, resume=resume)
                 except _SessionExpiredError:
@@ -606,6 +647,9 @@ class ZooKeeperRegistry:
         except (*_CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
             self._last_error = f"{host}:{port}: {error!r}"
             log.debug("ZooKeeper connection attempt failed: %s", self._last_error)
+            if self._retire is not None and anyio.current_time() > self._retire[2]:
+                log.warning("giving up closing lost session 0x%x: it will expire", self._retire[0])
+                self._retire = None
             return None
 
     async def _open(self, host: str, port: int, *, resume: bool) -> tuple[_Connection, bool]:
@@ -649,15 +693,16 @@ class ZooKeeperRegistry:
         self._timeout = response.timeout / 1000
         return resumed
 
-    async def _retire_session(self, host: str, port: int, budget: float) -> None:
-        """Close a session we declared lost, if the server still has it (best effort)."""
+    async def _retire_session(self, host: str, port: int) -> None:
+        """Close a session we declared lost, until the server refuses it as expired.
+
+        Attach with its id and password and close it, until a ConnectRequest is refused: a
+        close can be undone by a stale request of ours that reached the server late.
+        """
         assert self._retire is not None
-        session_id, password = self._retire
-        with anyio.move_on_after(budget):
-            try:
-                conn = await _Connection.open(host, port, 0)
-            except _CONNECTION_ERRORS:
-                return
+        session_id, password, _ = self._retire
+        while True:
+            conn = await _Connection.open(host, port, 0)
             try:
                 response = await conn.handshake(
                     protocol.ConnectRequest(
@@ -669,20 +714,22 @@ class ZooKeeperRegistry:
                         read_only=False,
                     )
                 )
-                if response.timeout > 0 and response.session_id == session_id:
-                    await conn._write(protocol.CloseRequest().serialize(1))
+                if response.timeout <= 0 or response.session_id != session_id:
+                    log.info("lost ZooKeeper session 0x%x is gone on the server", session_id)
+                    self._retire = None
+                    return
+                await conn._write(protocol.CloseRequest().serialize(1))
+                with contextlib.suppress(*_CONNECTION_ERRORS):
                     await conn._read_frame()
-                    log.info("closed lost ZooKeeper session 0x%x on the server", session_id)
-                self._retire = None
-            except _CONNECTION_ERRORS:
-                return
+                log.info("closing lost ZooKeeper session 0x%x on the server", session_id)
             finally:
                 await conn.aclose()
 
     def _declare_lost(self, reason: str, *, retire: bool) -> None:
         log.warning("ZooKeeper session 0x%x lost: %s", self._session_id, reason)
         self._watches.clear()
-        self._retire = (self._session_id, self._password) if retire else None
+        give_up = anyio.current_time() + self._timeout
+        self._retire = (self._session_id, self._password, give_up) if retire else None
         self._set_state(SessionState.LOST)
 
     async def _rearm_watches(self, conn: _Connection) -> bool:

@@ -86,7 +86,7 @@ async def test_success_events_in_order_and_context_fields(
     ]
     task_id = seen[0].task_id
     assert {c.task_id for c in seen} == {task_id}
-    job, items, kind, instance, uid = task_id.split("@-@", 4)[:4] + [task_id.rsplit("@-@", 1)[1]]
+    job, items, kind, _instance, _uid = [*task_id.split("@-@", 4)[:4], task_id.rsplit("@-@", 1)[1]]
     assert (job, items, kind) == ("settle", "0,1,2", "READY")
     assert all(c.job_parameter == "x" and c.sharding_total_count == 3 for c in seen)
     execs = executions(sink.events, "settle")
