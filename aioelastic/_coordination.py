@@ -123,17 +123,16 @@ class JobCoordinator:
         """Create the job's persistent nodes, settle its config, register this instance."""
         for path in self.paths.persistent_skeleton():
             await self._ensure(path)
-        try:
-            stored, _ = await self.registry.get(self.paths.config)
-        except NoNodeError:
-            stored = None
-        if stored is None or self.config.overwrite:
-            await self._put(self.paths.config, self.config.to_registry())
-        else:
-            self.config = self.config.merged_with_registry(stored)
+        stored = await self._create_or_get(self.paths.config, self.config.to_registry())
+        if stored is not None:  # another instance (or an operator) wrote it first
+            if self.config.overwrite:
+                await self.registry.set(self.paths.config, self.config.to_registry())
+            else:
+                self.config = self.config.merged_with_registry(stored)
+        server_status = DISABLED if self.config.disabled else ENABLED
         server = self.paths.server(self.identity.host)
-        if self.config.overwrite or await self.registry.exists(server) is None:
-            await self._put(server, DISABLED if self.config.disabled else ENABLED)
+        if await self._create_or_get(server, server_status) is not None and self.config.overwrite:
+            await self.registry.set(server, server_status)
         await self.register_instance()
         if not (self.config.static_sharding and await self._fully_assigned()):
             await self._ensure(self.paths.sharding_necessary)
@@ -165,11 +164,19 @@ class JobCoordinator:
         except NodeExistsError:
             pass
 
-    async def _put(self, path: str, data: bytes) -> None:
-        try:
-            await self.registry.set(path, data)
-        except NoNodeError:
-            await self.registry.create(path, data, make_parents=True)
+    async def _create_or_get(self, path: str, data: bytes) -> bytes | None:
+        """Create ``path`` with ``data``; if it exists already, return its data instead."""
+        while True:
+            try:
+                await self.registry.create(path, data, make_parents=True)
+                return None
+            except NodeExistsError:
+                pass
+            try:
+                stored, _ = await self.registry.get(path)
+                return stored
+            except NoNodeError:
+                continue  # deleted in between: try creating again
 
     async def _fully_assigned(self) -> bool:
         for item in range(self.config.sharding_total_count):

@@ -1,0 +1,173 @@
+"""Multi-instance test harness: instances as OS processes, their histories, and checks on them.
+
+Each instance process (``tests/cluster_instance.py``) appends JSON lines to its own history
+file; ``Cluster.history()`` merges them into ``ItemRun`` records that ``check_no_overlap`` and the
+other invariant checks read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ItemRun:
+    instance: str
+    job: str
+    item: int
+    task_id: str
+    source: str
+    start: float
+    end: float | None = None
+    ok: bool | None = None
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    died_at: float | None = None
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by SIGKILL
+        return out
+
+    def has(self, event: str) -> bool:
+        return any(r["ev"] == event for r in self.records())
+
+    def signal(self, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            self.died_at = time.time()
+        self.proc.send_signal(sig)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    """Starts instance processes against one registry URL; stops them all on ``close()``."""
+
+    registry_url: str
+    workdir: Path
+    job_options: dict[str, Any] = field(default_factory=dict)
+    jobs: str = "cluster_job"
+    grace: float = 2.0
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+    def start(self, instance_id: str, **job_options: Any) -> Instance:
+        log = self.workdir / f"{instance_id}.jsonl"
+        options = {**self.job_options, **job_options}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.cluster_instance",
+                "--registry",
+                self.registry_url,
+                "--log",
+                str(log),
+                "--instance-id",
+                instance_id,
+                "--jobs",
+                self.jobs,
+                "--job-options",
+                json.dumps(options),
+                "--grace",
+                str(self.grace),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / f"{instance_id}.stderr", "ab"),  # noqa: SIM115
+        )
+        inst = Instance(instance_id, log, proc)
+        self.instances[instance_id] = inst
+        return inst
+
+    def wait_ready(self, *instances: Instance, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for inst in instances:
+            while not inst.has("ready"):
+                if not inst.alive:
+                    raise AssertionError(f"{inst.instance_id} died:\n{self.stderr(inst)}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{inst.instance_id} not ready:\n{self.stderr(inst)}")
+                time.sleep(0.05)
+
+    def stderr(self, inst: Instance) -> str:
+        path = self.workdir / f"{inst.instance_id}.stderr"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def close(self) -> None:
+        for inst in self.instances.values():
+            if inst.alive:
+                inst.proc.send_signal(signal.SIGCONT)
+                inst.proc.kill()
+        for inst in self.instances.values():
+            inst.proc.wait(timeout=10)
+
+    def history(self) -> list[ItemRun]:
+        runs: dict[tuple[str, str, int], ItemRun] = {}
+        for inst in self.instances.values():
+            for r in inst.records():
+                key = (r["instance"], r.get("task_id", ""), r.get("item", -1))
+                if r["ev"] == "start":
+                    runs[key] = ItemRun(
+                        r["instance"], r["job"], r["item"], r["task_id"], r["source"], r["t"]
+                    )
+                elif r["ev"] == "end" and key in runs:
+                    runs[key].end, runs[key].ok = r["t"], r["ok"]
+            if inst.died_at is not None:  # SIGKILLed: unfinished runs ended with the process
+                for run in runs.values():
+                    if run.instance == inst.instance_id and run.end is None:
+                        run.end = inst.died_at
+        return sorted(runs.values(), key=lambda r: r.start)
+
+
+def overlaps(runs: Iterable[ItemRun], now: float | None = None) -> list[tuple[ItemRun, ItemRun]]:
+    """Pairs of runs of the same job item on two instances at overlapping times."""
+    now = now or time.time()
+    by_item: dict[tuple[str, int], list[ItemRun]] = {}
+    for run in runs:
+        by_item.setdefault((run.job, run.item), []).append(run)
+    bad = []
+    for item_runs in by_item.values():
+        item_runs.sort(key=lambda r: r.start)
+        for i, a in enumerate(item_runs):
+            for b in item_runs[i + 1 :]:
+                if b.start >= (a.end or now):
+                    break
+                if a.instance != b.instance:
+                    bad.append((a, b))
+    return bad
+
+
+def check_no_overlap(runs: Iterable[ItemRun]) -> None:
+    bad = overlaps(runs)
+    assert not bad, "item ran on two instances at once:\n" + "\n".join(
+        f"  {a.job}#{a.item}: {a.instance} [{a.start:.3f}, {a.end}] vs "
+        f"{b.instance} [{b.start:.3f}, {b.end}]"
+        for a, b in bad[:10]
+    )

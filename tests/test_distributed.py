@@ -1,0 +1,236 @@
+"""Distributed mode: instance processes sharing a job's items through a real ZooKeeper."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aioelastic._paths import JobPaths
+from aioelastic._sharding import ShardingStrategy, shard
+from aioelastic._urls import parse_registry_url
+from aioelastic._zk_registry import ZooKeeperRegistry
+from tests.cluster import Cluster, Instance, check_no_overlap
+from tests.harness.zookeeper import ZooKeeperServer, _close_session
+
+pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)]
+
+JOB = "cluster_job"
+
+
+@asynccontextmanager
+async def zk_client(url: str) -> AsyncIterator[ZooKeeperRegistry]:
+    async with AsyncExitStack() as stack:
+        reg = ZooKeeperRegistry(parse_registry_url(url))
+        await reg.start(stack)
+        yield reg
+
+
+async def read_assignment(
+    reg: ZooKeeperRegistry, url: str, total: int
+) -> dict[str, list[int]] | None:
+    """The committed assignment (None while a reshard is pending or an item has no owner)."""
+    paths = JobPaths(parse_registry_url(url).namespace, JOB)
+    if await reg.exists(paths.sharding_necessary) is not None:
+        return None
+    out: dict[str, list[int]] = {}
+    for item in range(total):
+        try:
+            owner, _ = await reg.get(paths.item_instance(item))
+        except Exception:
+            return None
+        out.setdefault(owner.decode(), []).append(item)
+    return out
+
+
+def expected(
+    instances: list[str], total: int, strategy: ShardingStrategy = ShardingStrategy.AVG_ALLOCATION
+) -> dict[str, list[int]]:
+    return {k: v for k, v in shard(strategy, instances, JOB, total).items() if v}
+
+
+async def wait_assignment(
+    reg: ZooKeeperRegistry, url: str, total: int, want: dict[str, list[int]], timeout: float
+) -> float:
+    """Wait until the committed assignment equals ``want``; return when it was first seen."""
+    last = None
+    with anyio.move_on_after(timeout):
+        while True:
+            last = await read_assignment(reg, url, total)
+            if last == want:
+                return time.time()
+            await anyio.sleep(0.05)
+    raise AssertionError(f"assignment {last} != expected {want} within {timeout}s")
+
+
+async def ready(cluster: Cluster, *instances: Instance) -> None:
+    await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*instances))
+
+
+def url_with(zk_server: ZooKeeperServer, session_timeout: float) -> str:
+    return zk_server.url(
+        f"t{uuid.uuid4().hex[:12]}", session_timeout=session_timeout, connect_timeout=5
+    )
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Cluster] = []
+
+    def make(url: str, **job_options: object) -> Cluster:
+        c = Cluster(url, tmp_path, job_options=job_options)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.mark.parametrize("strategy", list(ShardingStrategy))
+async def test_three_instances_share_items_by_strategy(
+    zk_url: str, cluster_factory, strategy: ShardingStrategy
+) -> None:
+    total = 10
+    cluster = cluster_factory(
+        zk_url,
+        cron="0/1 * * * * ?",
+        sharding_total_count=total,
+        sharding_strategy=strategy.value,
+        duration=0.05,
+    )
+    ids = ["inst-a", "inst-b", "inst-c"]
+    procs = [cluster.start(i) for i in ids]
+    await ready(cluster, *procs)
+    async with zk_client(zk_url) as reg:
+        committed = await wait_assignment(reg, zk_url, total, expected(ids, total, strategy), 15)
+        # Every fire after the commit ran each item once, on its owner.
+        owner = {i: inst for inst, items in expected(ids, total, strategy).items() for i in items}
+        await anyio.sleep(2.2)
+    runs = [r for r in cluster.history() if r.start > committed + 0.01]
+    assert runs, "no fire after the assignment was committed"
+    assert all(owner[r.item] == r.instance for r in runs)
+    check_no_overlap(cluster.history())
+
+
+async def test_join_and_graceful_leave_reshard_within_one_fire(
+    zk_server: ZooKeeperServer, cluster_factory
+) -> None:
+    total = 10
+    url = url_with(zk_server, session_timeout=10)  # long: a reshard must not wait for it
+    cluster = cluster_factory(url, cron="0/1 * * * * ?", sharding_total_count=total, duration=0.05)
+    ids = ["inst-a", "inst-b", "inst-c"]
+    procs = {i: cluster.start(i) for i in ids}
+    await ready(cluster, *procs.values())
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, total, expected(ids, total), 15)
+
+        fourth = cluster.start("inst-d")
+        await ready(cluster, fourth)
+        joined = time.time()
+        committed = await wait_assignment(reg, url, total, expected([*ids, "inst-d"], total), 5)
+        assert committed - joined < 1.5, f"join reshard took {committed - joined:.2f}s"
+
+        procs["inst-b"].signal(signal.SIGTERM)
+        left = time.time()
+        remaining = ["inst-a", "inst-c", "inst-d"]
+        committed = await wait_assignment(reg, url, total, expected(remaining, total), 5)
+        assert committed - left < 2.5, f"leave reshard took {committed - left:.2f}s (timeout 10)"
+        await anyio.to_thread.run_sync(lambda: procs["inst-b"].proc.wait(10))
+        assert procs["inst-b"].has("stopped")
+
+        await anyio.sleep(1.5)
+        after = [r for r in cluster.history() if r.start > committed + 0.01]
+        owners = {i: inst for inst, items in expected(remaining, total).items() for i in items}
+        assert after and all(owners[r.item] == r.instance for r in after)
+    check_no_overlap(cluster.history())
+
+
+async def test_sigkilled_instance_is_dropped_after_session_timeout(
+    zk_server: ZooKeeperServer, cluster_factory
+) -> None:
+    total = 6
+    timeout = 4.0
+    url = url_with(zk_server, session_timeout=timeout)
+    cluster = cluster_factory(url, cron="0/1 * * * * ?", sharding_total_count=total, duration=0.05)
+    ids = ["inst-a", "inst-b", "inst-c"]
+    procs = {i: cluster.start(i) for i in ids}
+    await ready(cluster, *procs.values())
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, total, expected(ids, total), 15)
+        procs["inst-c"].signal(signal.SIGKILL)
+        killed = time.time()
+        await anyio.sleep(timeout / 2)
+        # Its session (and so its instance node) outlives the process until the timeout.
+        assert await read_assignment(reg, url, total) == expected(ids, total)
+        committed = await wait_assignment(reg, url, total, expected(ids[:2], total), timeout + 5)
+        assert timeout / 2 <= committed - killed <= timeout + 3
+    check_no_overlap(cluster.history())
+
+
+async def test_server_restart_is_survived_without_double_runs(
+    zk_restartable_server: ZooKeeperServer, cluster_factory
+) -> None:
+    total = 6
+    url = url_with(zk_restartable_server, session_timeout=6)
+    cluster = cluster_factory(url, cron="0/1 * * * * ?", sharding_total_count=total, duration=0.3)
+    ids = ["inst-a", "inst-b", "inst-c"]
+    procs = [cluster.start(i) for i in ids]
+    await ready(cluster, *procs)
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, total, expected(ids, total), 15)
+    await anyio.to_thread.run_sync(zk_restartable_server.restart)
+    restarted = time.time()
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, total, expected(ids, total), 20)
+    # Fires go on after the restart, on every instance.
+    deadline = time.time() + 15
+    while {r.instance for r in cluster.history() if r.start > restarted + 1} != set(ids):
+        assert time.time() < deadline, "fires did not resume on every instance"
+        await anyio.sleep(0.2)
+    assert all(p.alive for p in procs)
+    check_no_overlap(cluster.history())
+
+
+async def test_forced_session_expiry_is_survived(
+    zk_server: ZooKeeperServer, cluster_factory
+) -> None:
+    total = 6
+    url = url_with(zk_server, session_timeout=4)
+    cluster = cluster_factory(url, cron="0/1 * * * * ?", sharding_total_count=total, duration=0.3)
+    ids = ["inst-a", "inst-b", "inst-c"]
+    procs = {i: cluster.start(i) for i in ids}
+    await ready(cluster, *procs.values())
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, total, expected(ids, total), 15)
+        victim = procs["inst-a"]
+        session = next(r for r in victim.records() if r["ev"] == "session")
+        host, _, port = zk_server.hosts.rpartition(":")
+        with anyio.fail_after(10):
+            while await _close_session(
+                host, int(port), session["session_id"], bytes.fromhex(session["password"])
+            ):
+                await anyio.sleep(0.01)
+        expired = time.time()
+        # It gets a new session, re-registers, and the cluster settles on all three again.
+        deadline = time.time() + 20
+        while not any(
+            r["ev"] == "session"
+            and r["session_id"] != session["session_id"]
+            and r["state"] == "CONNECTED"
+            for r in victim.records()
+        ):
+            assert time.time() < deadline, cluster.stderr(victim)
+            await anyio.sleep(0.1)
+        await wait_assignment(reg, url, total, expected(ids, total), 20)
+    deadline = time.time() + 10
+    while not any(r.instance == "inst-a" and r.start > expired + 1 for r in cluster.history()):
+        assert time.time() < deadline, "the expired instance did not resume its items"
+        await anyio.sleep(0.2)
+    check_no_overlap(cluster.history())
