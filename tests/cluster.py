@@ -100,7 +100,7 @@ class Cluster:
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / f"{instance_id}.stderr", "ab"),  # noqa: SIM115
+            stderr=open(self.workdir / f"{instance_id}.stderr", "ab"),
         )
         inst = Instance(instance_id, log, proc)
         self.instances[instance_id] = inst

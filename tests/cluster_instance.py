@@ -24,7 +24,7 @@ from aioelastic._registry import SessionEvent
 
 class History:
     def __init__(self, path: str, instance_id: str) -> None:
-        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        self._file = open(path, "a", buffering=1)
         self.instance_id = instance_id
 
     def write(self, event: str, **fields: Any) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from aioelastic._errors import ConfigError
 from aioelastic._events import (
     ExecutionSource,
     ExecutionType,
@@ -295,3 +296,26 @@ async def test_stop_is_bounded_even_when_cancelled(caplog: pytest.LogCaptureFixt
             bus.post(status(1))
             await anyio.sleep_forever()
     assert "not written within the 0.3s grace period" in caplog.text
+
+
+async def test_the_bus_journal_path_goes_to_the_durable_sink(tmp_path: Path) -> None:
+    class DurableSink(MemorySink):
+        def __init__(self, journal_path: Path) -> None:
+            super().__init__()
+            self.journal_path = journal_path
+
+    durable = DurableSink(tmp_path / "default.journal")
+    plain, other = MemorySink(), DurableSink(tmp_path / "other.journal")
+    async with AsyncExitStack() as stack:
+        bus = TraceBus([plain, durable, other], journal_path=tmp_path / "chosen.journal")
+        await bus.start(stack)
+        assert [s.journal for s in bus.stats()] == [
+            None,
+            tmp_path / "chosen.journal",
+            tmp_path / "other.journal",
+        ]
+    clash = TraceBus([MemorySink()], journal_path=tmp_path / "other.journal")
+    clash.subscribe(MemorySink(), journal_path=tmp_path / "other.journal")
+    with pytest.raises(ConfigError):
+        async with AsyncExitStack() as stack:
+            await clash.start(stack)

@@ -1,87 +1,65 @@
-"""Execution trace: the event bus and its sinks.
+"""Execution trace: the event bus, its sinks, and the search over the trace tables.
 
-PLACEHOLDER CONTRACT (the tracing work replaces the internals, keeping these names/signatures):
+- :class:`TraceBus` — ``bus.post(event)`` (synchronous, never blocks, never raises) and
+  ``await bus.start(exit_stack)``; bounded queue per sink, batching, retry, overflow journal,
+  flush on shutdown within ``grace_period``.
+- Sinks: :class:`PostgresSink`, :class:`SqliteSink`, :class:`MemorySink` (``events``),
+  :class:`LoggingSink`, or any object with ``async def write(batch)`` (``TraceSink``).
+- :func:`create_sink` / :func:`open_trace_store` build them from a tracing URL;
+  :class:`TraceSearch` queries ``JOB_EXECUTION_LOG`` and ``JOB_STATUS_TRACE_LOG``.
 
-- ``TraceBus(sinks, *, max_queue=10_000, batch_size=500, flush_interval=0.2, grace_period=5.0,
-  journal_path=None)``; ``await bus.start(exit_stack)`` starts its writer; on exit of the stack
-  the queue is flushed within ``grace_period``. ``bus.post(event)`` never blocks and never raises.
-- ``MemorySink`` keeps ``events`` (a list) for tests; ``LoggingSink`` logs each event.
+Tracing URLs: ``postgresql://user:password@host:5432/db`` (asyncpg DSN; tables created on first
+use), ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, ``memory://``, ``log://``.
+
+Nothing lost: each sink's queue holds ``max_queue`` events; beyond that, and for whatever is not
+written within ``grace_period`` at shutdown, events go to the sink's journal, an append-only
+JSON-lines file replayed into the sink once it accepts writes (also by the next process).
+Default journal: ``$XDG_CACHE_HOME/aioelastic/trace-<hash of the URL>.journal`` (``~/.cache``
+when unset), overridable with ``create_sink(url, journal_path=...)``. Lines reach the OS as they
+are appended and are fsync'd every ``journal_fsync_interval`` (1 s) and at shutdown.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
-from pathlib import Path
+from .._events import TraceSink
+from ._bus import ClosableSink, SinkStats, TraceBus
+from ._factory import TraceStore, create_sink, default_journal_path, open_trace_store
+from ._postgres import PostgresSearch, PostgresSink
+from ._schema import EXECUTION_TABLE, STATUS_TABLE
+from ._search import (
+    ExecutionRecord,
+    JobStats,
+    Page,
+    PurgeResult,
+    SortOrder,
+    StatusTraceRecord,
+    TraceSearch,
+)
+from ._sinks import LoggingSink, MemorySink
+from ._sqlite import SqliteSearch, SqliteSink
 
-import anyio
-from anyio.abc import TaskStatus
-
-from .._events import TraceEvent, TraceSink
-
-__all__ = ["LoggingSink", "MemorySink", "TraceBus"]
-
-log = logging.getLogger("aioelastic.tracing")
-
-
-class MemorySink:
-    """Keeps every event in ``events``, in order (tests, embedded inspection)."""
-
-    def __init__(self) -> None:
-        self.events: list[TraceEvent] = []
-
-    async def write(self, batch: Sequence[TraceEvent]) -> None:
-        self.events.extend(batch)
-
-
-class LoggingSink:
-    """Logs every event at DEBUG on ``aioelastic.trace``."""
-
-    async def write(self, batch: Sequence[TraceEvent]) -> None:
-        for event in batch:
-            logging.getLogger("aioelastic.trace").debug("%r", event)
-
-
-class TraceBus:
-    def __init__(
-        self,
-        sinks: Sequence[TraceSink],
-        *,
-        max_queue: int = 10_000,
-        batch_size: int = 500,
-        flush_interval: float = 0.2,
-        grace_period: float = 5.0,
-        journal_path: Path | None = None,
-    ) -> None:
-        self.sinks = list(sinks)
-        self._send, self._receive = anyio.create_memory_object_stream[TraceEvent](max_queue)
-        self._batch_size = batch_size
-        self._grace = grace_period
-
-    def post(self, event: TraceEvent) -> None:
-        try:
-            self._send.send_nowait(event)
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            log.warning("trace queue full; event dropped: %r", event)
-
-    async def start(self, exit_stack: AsyncExitStack) -> None:
-        tg = await exit_stack.enter_async_context(anyio.create_task_group())
-        await tg.start(self._run)
-        exit_stack.push_async_callback(self._send.aclose)
-
-    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async with self._receive:
-            async for event in self._receive:
-                batch = [event]
-                while len(batch) < self._batch_size:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                for sink in self.sinks:
-                    try:
-                        await sink.write(batch)
-                    except Exception:
-                        log.exception("trace sink %r failed", sink)
+__all__ = [
+    "EXECUTION_TABLE",
+    "STATUS_TABLE",
+    "ClosableSink",
+    "ExecutionRecord",
+    "JobStats",
+    "LoggingSink",
+    "MemorySink",
+    "Page",
+    "PostgresSearch",
+    "PostgresSink",
+    "PurgeResult",
+    "SinkStats",
+    "SortOrder",
+    "SqliteSearch",
+    "SqliteSink",
+    "StatusTraceRecord",
+    "TraceBus",
+    "TraceSearch",
+    "TraceSink",
+    "TraceStore",
+    "create_sink",
+    "default_journal_path",
+    "open_trace_store",
+]

@@ -1,0 +1,514 @@
+"""The trace bus: a bounded, non-blocking hand-off from executors to sinks.
+
+Each sink gets its own *lane*: a bounded in-memory queue, a writer task, and (optionally) an
+overflow journal. ``post()`` appends the event to every lane; a lane whose queue is full appends
+it to its journal instead (or, without a journal, drops it and says so). A lane's writer sends
+batches (``batch_size`` events, or fewer after ``flush_interval`` seconds) and retries a failed
+batch with capped exponential backoff until it is written, so one slow or broken sink delays only
+its own lane. Journal backlogs (overflow, or files left by an earlier process) are replayed
+alternately with the live queue once the sink accepts writes.
+
+Shutdown (the owner's exit stack unwinding): lanes flush their queues for up to
+``grace_period`` seconds, then stop; whatever is still queued (including an unconfirmed batch) is
+appended to the lane's journal and fsync'd, to be replayed by the next process. Finally the bus
+closes the sinks that have an ``aclose()`` method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup, TaskStatus
+
+from .._errors import ConfigError
+from .._events import TraceEvent, TraceSink
+from ._journal import Journal
+
+__all__ = ["ClosableSink", "SinkStats", "TraceBus"]
+
+log = logging.getLogger("aioelastic.tracing")
+
+#: Bound on each shutdown step that is not the flush itself (fsync, sink close, task exit).
+_CLEANUP_TIMEOUT = 5.0
+
+
+@runtime_checkable
+class ClosableSink(Protocol):
+    """A sink with resources (a pool, a file) that the bus releases after its final flush."""
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """Counters of one sink's lane (since the bus was created)."""
+
+    sink: str
+    queued: int
+    written: int
+    journaled: int
+    replayed: int
+    dropped: int
+    failed_writes: int
+    journal: Path | None
+
+
+class _Throttle:
+    """Allows one log line per ``interval`` seconds; counts the suppressed ones."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.suppressed = 0
+        self._last = -interval
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        self.suppressed += 1
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _LaneConfig:
+    max_queue: int
+    batch_size: int
+    flush_interval: float
+    write_timeout: float
+    retry_initial: float
+    retry_max: float
+
+
+def _sink_name(sink: TraceSink) -> str:
+    return getattr(sink, "name", None) or type(sink).__name__
+
+
+class _Lane:
+    """Queue, writer and journal of one sink."""
+
+    def __init__(self, sink: TraceSink, journal_path: Path | None, config: _LaneConfig) -> None:
+        self.sink = sink
+        self.name = _sink_name(sink)
+        self.explicit_journal = journal_path is not None
+        own = getattr(sink, "journal_path", None)
+        self.wants_journal = own is not None
+        self.journal_path = journal_path or (Path(own) if own is not None else None)
+        self.journal: Journal | None = None
+        self.config = config
+        self.queue: deque[TraceEvent] = deque()
+        self.written = self.dropped = self.failed_writes = 0
+        self.closing = self.closed = False
+        self.busy = self.running = False
+        self.drained = anyio.Event()
+        self.exited = anyio.Event()
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._prefer_journal = False
+        self._journal_retry_at = 0.0
+        self._drop_log = _Throttle()
+        self._fail_log = _Throttle()
+
+    # -- producer side (event loop, never awaits, never raises) -------------------------------
+
+    def offer(self, event: TraceEvent) -> None:
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        if self.closed:
+            self._drop([event], "the trace bus is stopped")
+        elif len(self.queue) < self.config.max_queue:
+            self.queue.append(event)
+            if len(self.queue) == 1 or len(self.queue) >= self.config.batch_size:
+                self._wake.set()
+        else:
+            self.overflow([event])
+
+    def overflow(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        if self.journal is None:
+            self._drop(events, "queue full and no journal")
+            return
+        try:
+            self.journal.append(events)
+        except (OSError, ValueError) as exc:
+            self._drop(events, f"journal {self.journal.path} failed: {exc!r}")
+        self._wake.set()
+
+    def _drop(self, events: Sequence[TraceEvent], why: str) -> None:
+        self.dropped += len(events)
+        if self._drop_log.allow():
+            log.error(
+                "trace sink %s: %d event(s) dropped (%s); %d dropped so far",
+                self.name,
+                len(events),
+                why,
+                self.dropped,
+            )
+
+    # -- writer ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer; an unexpected error restarts it (the trace never fails its owner)."""
+        self.running = True
+        task_status.started()
+        try:
+            while True:
+                try:
+                    await self._write_forever()
+                except Exception:
+                    self.busy = False
+                    log.exception("trace sink %s: writer failed; restarting", self.name)
+                    await anyio.sleep(self.config.retry_max)
+        finally:
+            self.exited.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch, from_journal = await self._next_batch()
+            self.busy = True
+            await self._deliver(batch)
+            self._confirm(batch, from_journal)
+            self.busy = False
+
+    async def _next_batch(self) -> tuple[list[TraceEvent], bool]:
+        while True:
+            if self._journal_turn():
+                events = await self._read_journal()
+                if events:
+                    self._prefer_journal = False
+                    return events, True
+            if self.queue:
+                await self._fill()
+                self._prefer_journal = True
+                return list(itertools.islice(self.queue, self.config.batch_size)), False
+            if self.closing:
+                self.drained.set()
+            if self.idle:
+                self._idle.set()
+            await self._sleep_until_woken()
+
+    def _journal_turn(self) -> bool:
+        """Replay journal backlog (never while closing), alternating with the live queue."""
+        journal = self.journal
+        if journal is None or self.closing or not journal.has_backlog:
+            return False
+        if time.monotonic() < self._journal_retry_at:
+            return False
+        return self._prefer_journal or not self.queue
+
+    async def _read_journal(self) -> list[TraceEvent]:
+        """The next journal batch; a disk error pauses replay (``retry_max``), never the lane."""
+        assert self.journal is not None
+        try:
+            self.journal.rotate()
+            return await self.journal.read(self.config.batch_size)
+        except OSError as exc:
+            self._journal_retry_at = time.monotonic() + self.config.retry_max
+            log.error("trace journal %s: replay failed: %r", self.journal.path, exc)
+            return []
+
+    async def _fill(self) -> None:
+        """Wait up to ``flush_interval`` for a full batch."""
+        with anyio.move_on_after(self.config.flush_interval):
+            while len(self.queue) < self.config.batch_size and not self.closing:
+                await self._sleep_until_woken()
+
+    async def _sleep_until_woken(self) -> None:
+        if not self._wake.is_set():
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _deliver(self, batch: list[TraceEvent]) -> None:
+        """Write ``batch``; on failure retry with capped, jittered exponential backoff."""
+        attempt = 0
+        while True:
+            try:
+                with anyio.fail_after(self.config.write_timeout):
+                    await self.sink.write(batch)
+            except Exception as exc:
+                attempt += 1
+                self.failed_writes += 1
+                delay = self._backoff(attempt)
+                self._log_failure(exc, len(batch), attempt, delay)
+                await anyio.sleep(delay)
+                continue
+            if attempt:
+                log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
+            return
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.retry_max, self.config.retry_initial * 2.0 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _log_failure(self, exc: Exception, size: int, attempt: int, delay: float) -> None:
+        if attempt == 1 or self._fail_log.allow():
+            log.warning(
+                "trace sink %s: writing %d event(s) failed (attempt %d: %s: %s); "
+                "retrying in %.1fs, %d queued",
+                self.name,
+                size,
+                attempt,
+                type(exc).__name__,
+                exc,
+                delay,
+                len(self.queue),
+            )
+            log.debug("trace sink %s failure", self.name, exc_info=exc)
+
+    def _confirm(self, batch: list[TraceEvent], from_journal: bool) -> None:
+        self.written += len(batch)
+        if from_journal:
+            assert self.journal is not None
+            self.journal.commit(len(batch))
+            return
+        for _ in range(len(batch)):
+            self.queue.popleft()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def spill(self) -> int:
+        """Move the whole queue to the journal (or count it dropped); the lane is then closed."""
+        remaining = list(self.queue)
+        self.queue.clear()
+        self.closed = True
+        self.overflow(remaining)
+        return len(remaining)
+
+    async def wait_idle(self) -> None:
+        """Return once queue and journal backlog are written (the lane has nothing to do)."""
+        while not self.idle:
+            await self._idle.wait()
+
+    @property
+    def idle(self) -> bool:
+        backlog = self.journal is not None and self.journal.has_backlog
+        return not self.queue and not self.busy and not backlog
+
+    def stats(self) -> SinkStats:
+        journal = self.journal
+        return SinkStats(
+            sink=self.name,
+            queued=len(self.queue),
+            written=self.written,
+            journaled=journal.appended if journal else 0,
+            replayed=journal.replayed if journal else 0,
+            dropped=self.dropped,
+            failed_writes=self.failed_writes,
+            journal=journal.path if journal else self.journal_path,
+        )
+
+
+class TraceBus:
+    """Bounded, non-blocking delivery of trace events to one or more sinks.
+
+    Args:
+        sinks: where events go; each gets every event, independently.
+        max_queue: events kept in memory per sink; beyond it they go to the sink's journal.
+        batch_size: most events per ``write()``.
+        flush_interval: longest wait (seconds) for a batch to fill before it is sent.
+        grace_period: seconds allowed at shutdown to flush queues before spilling to journals.
+        journal_path: the overflow journal of the bus's durable sink: the first sink that
+            has a ``journal_path`` attribute (sinks from :func:`create_sink` do, defaulting to
+            :func:`default_journal_path`), which it overrides; without one, the first sink.
+            Other sinks keep their own ``journal_path`` (or ``subscribe(sink, journal_path=)``);
+            a sink without any journal drops overflow (and logs it).
+        write_timeout: deadline of one ``sink.write()`` call.
+        retry_initial, retry_max: backoff between failed writes (doubling, capped, jittered).
+        journal_fsync_interval: how often (seconds) appended journal lines are fsync'd.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[TraceSink],
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        grace_period: float = 5.0,
+        journal_path: Path | None = None,
+        write_timeout: float = 30.0,
+        retry_initial: float = 0.2,
+        retry_max: float = 10.0,
+        journal_fsync_interval: float = 1.0,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1:
+            raise ConfigError("max_queue/batch_size", (max_queue, batch_size), "must be >= 1")
+        self._config = _LaneConfig(
+            max_queue=max_queue,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            write_timeout=write_timeout,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+        )
+        self._grace = grace_period
+        self._fsync_interval = journal_fsync_interval
+        self._journal_path = journal_path
+        self._lanes: list[_Lane] = []
+        self._started = False
+        self.posted = 0
+        for sink in sinks:
+            self.subscribe(sink)
+
+    @property
+    def sinks(self) -> list[TraceSink]:
+        """The subscribed sinks, in subscription order."""
+        return [lane.sink for lane in self._lanes]
+
+    def subscribe(self, sink: TraceSink, *, journal_path: Path | None = None) -> None:
+        """Add a sink (before ``start``); ``journal_path`` overrides any other choice."""
+        if self._started:
+            raise RuntimeError("subscribe() after start()")
+        self._lanes.append(_Lane(sink, journal_path, self._config))
+
+    def _assign_journals(self) -> None:
+        """Give the bus's ``journal_path`` to its sink; refuse two sinks sharing one file."""
+        if self._journal_path is not None:
+            free = [lane for lane in self._lanes if not lane.explicit_journal]
+            target = next((lane for lane in free if lane.wants_journal), None)
+            target = target or (free[0] if free else None)
+            if target is not None:
+                target.journal_path = self._journal_path
+        paths = [lane.journal_path for lane in self._lanes if lane.journal_path is not None]
+        if len(set(paths)) != len(paths):
+            raise ConfigError("journal_path", [str(p) for p in paths], "two sinks share a journal")
+
+    def post(self, event: TraceEvent) -> None:
+        """Hand ``event`` to every sink. Synchronous; never blocks on a sink, never raises."""
+        try:
+            self.posted += 1
+            for lane in self._lanes:
+                lane.offer(event)
+        except Exception:
+            log.exception("trace bus: post() failed for %r", event)
+
+    def stats(self) -> list[SinkStats]:
+        """Counters of every sink's lane."""
+        return [lane.stats() for lane in self._lanes]
+
+    async def flush(self) -> None:
+        """Wait until every queue and journal backlog is written (callers set the deadline:
+        ``with anyio.fail_after(5): await bus.flush()``)."""
+        while not all(lane.idle for lane in self._lanes):
+            for lane in self._lanes:
+                await lane.wait_idle()
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        """Open journals (queueing leftovers for replay) and start the writers.
+
+        Everything stops when ``exit_stack`` unwinds: see the module docstring.
+        """
+        self._assign_journals()
+        self._started = True
+        for lane in self._lanes:
+            await self._open_journal(lane)
+        tg = await exit_stack.enter_async_context(anyio.create_task_group())
+        exit_stack.push_async_callback(self._stop, tg)
+        for lane in self._lanes:
+            await tg.start(lane.run)
+        if any(lane.journal for lane in self._lanes):
+            await tg.start(self._sync_journals)
+
+    async def _open_journal(self, lane: _Lane) -> None:
+        if lane.journal_path is None:
+            return
+        journal = Journal(lane.journal_path)
+        try:
+            with anyio.fail_after(_CLEANUP_TIMEOUT):
+                await anyio.to_thread.run_sync(journal.open)
+        except (OSError, TimeoutError) as exc:
+            log.error(
+                "trace sink %s: journal %s unusable (%r); overflow will be dropped",
+                lane.name,
+                lane.journal_path,
+                exc,
+            )
+            return
+        lane.journal = journal
+
+    async def _sync_journals(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await anyio.sleep(self._fsync_interval)
+            for lane in self._lanes:
+                if lane.journal is not None:
+                    await self._sync_journal(lane.journal)
+
+    @staticmethod
+    async def _sync_journal(journal: Journal) -> None:
+        try:
+            with anyio.fail_after(_CLEANUP_TIMEOUT):
+                await journal.sync()
+        except Exception as exc:
+            log.error("trace journal %s: fsync failed: %r", journal.path, exc)
+
+    async def _stop(self, tg: TaskGroup) -> None:
+        await self._drain_queues()
+        tg.cancel_scope.cancel()
+        with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            for lane in self._lanes:
+                if lane.running:
+                    await lane.exited.wait()
+        await self._spill_and_close_journals()
+        await self._close_sinks()
+
+    async def _drain_queues(self) -> None:
+        for lane in self._lanes:
+            lane.closing = True
+            lane.wake()
+        with anyio.move_on_after(self._grace, shield=True):
+            for lane in self._lanes:
+                await lane.drained.wait()
+
+    async def _spill_and_close_journals(self) -> None:
+        for lane in self._lanes:
+            spilled = lane.spill()
+            if spilled:
+                where = lane.journal.path if lane.journal else "nowhere (no journal)"
+                log.warning(
+                    "trace sink %s: %d event(s) not written within the %.1fs grace period; "
+                    "saved to %s",
+                    lane.name,
+                    spilled,
+                    self._grace,
+                    where,
+                )
+            journal = lane.journal
+            if journal is not None:
+                with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                    await self._sync_journal(journal)
+                    await anyio.to_thread.run_sync(journal.close)
+
+    async def _close_sinks(self) -> None:
+        for lane in self._lanes:
+            if isinstance(lane.sink, ClosableSink):
+                await _bounded_cleanup(lane.sink.aclose, f"closing trace sink {lane.name}")
+
+
+async def _bounded_cleanup(fn: Callable[[], Awaitable[None]], what: str) -> None:
+    with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True) as scope:
+        try:
+            await fn()
+        except Exception as exc:
+            log.warning("%s failed: %r", what, exc)
+    if scope.cancelled_caught:
+        log.warning("%s timed out after %.1fs", what, _CLEANUP_TIMEOUT)

@@ -1,0 +1,380 @@
+"""Searching the trace (what ElasticJob's console offered): one protocol, shared SQL building.
+
+Every value reaches the database as a bound parameter; column names and sort directions come
+only from the whitelists below, never from the caller's strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from .._errors import ConfigError
+from ._schema import EXECUTION_COLUMNS, EXECUTION_TABLE, STATUS_COLUMNS, STATUS_TABLE
+
+__all__ = [
+    "EXECUTION_SORT_COLUMNS",
+    "MAX_PAGE_SIZE",
+    "STATUS_SORT_COLUMNS",
+    "Dialect",
+    "ExecutionRecord",
+    "JobStats",
+    "Page",
+    "PurgeResult",
+    "SortOrder",
+    "SqlTraceSearch",
+    "StatusTraceRecord",
+    "TraceSearch",
+]
+
+T = TypeVar("T")
+SortOrder = Literal["asc", "desc"]
+
+MAX_PAGE_SIZE = 1000
+EXECUTION_SORT_COLUMNS = frozenset(EXECUTION_COLUMNS) - {"failure_cause"}
+STATUS_SORT_COLUMNS = frozenset(STATUS_COLUMNS) - {"message"}
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """A row of ``JOB_EXECUTION_LOG``: one sharding item's run (``complete_time`` None: running)."""
+
+    id: str
+    job_name: str
+    task_id: str
+    hostname: str
+    ip: str
+    sharding_item: int
+    execution_source: str
+    failure_cause: str | None
+    is_success: bool
+    start_time: datetime | None
+    complete_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTraceRecord:
+    """A row of ``JOB_STATUS_TRACE_LOG``: one state change of a task (``sharding_item`` as text)."""
+
+    id: str
+    job_name: str
+    original_task_id: str
+    task_id: str
+    slave_id: str
+    source: str
+    execution_type: str
+    sharding_item: str
+    state: str
+    message: str | None
+    creation_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a search and the number of rows matching it in all."""
+
+    items: tuple[T, ...]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+@dataclass(frozen=True, slots=True)
+class JobStats:
+    """Item runs of one job that started in a period."""
+
+    job_name: str
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """Rows deleted by a retention purge."""
+
+    executions: int
+    status_traces: int
+
+
+class TraceSearch(Protocol):
+    """Queries over the two trace tables (PostgreSQL and SQLite implement it).
+
+    Filters are exact matches and combine with AND; ``since`` is inclusive and ``until``
+    exclusive (on ``start_time`` / ``creation_time``; naive datetimes are taken as UTC).
+    ``sort`` must name a column of the table; ties are broken by ``id``.
+    """
+
+    async def executions(
+        self,
+        *,
+        job_name: str | None = None,
+        task_id: str | None = None,
+        hostname: str | None = None,
+        ip: str | None = None,
+        sharding_item: int | None = None,
+        is_success: bool | None = None,
+        execution_source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort: str = "start_time",
+        order: SortOrder = "desc",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[ExecutionRecord]:
+        """Item runs matching the filters, one page of them, and their total."""
+        ...
+
+    async def status_traces(
+        self,
+        *,
+        job_name: str | None = None,
+        task_id: str | None = None,
+        original_task_id: str | None = None,
+        slave_id: str | None = None,
+        source: str | None = None,
+        execution_type: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort: str = "creation_time",
+        order: SortOrder = "desc",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[StatusTraceRecord]:
+        """Task state changes matching the filters, one page of them, and their total."""
+        ...
+
+    async def job_stats(
+        self, *, since: datetime, until: datetime | None = None, job_name: str | None = None
+    ) -> list[JobStats]:
+        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome."""
+        ...
+
+    async def purge(self, older_than_days: float) -> PurgeResult:
+        """Delete executions started and status rows created more than N days ago."""
+        ...
+
+
+class Dialect(Protocol):
+    """How one database spells parameters and stores times and booleans."""
+
+    def placeholder(self, index: int) -> str: ...
+
+    def encode(self, value: object) -> object: ...
+
+    def decode_time(self, value: Any) -> datetime | None: ...
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Where:
+    """Collects ``column op $n`` clauses and their parameters."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.clauses: list[str] = []
+        self.params: list[object] = []
+
+    def add(self, column: str, op: str, value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, datetime):
+            value = _utc(value)
+        self.params.append(self.dialect.encode(value))
+        self.clauses.append(f"{column} {op} {self.dialect.placeholder(len(self.params))}")
+
+    def sql(self) -> str:
+        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+def _check_page(sort: str, allowed: frozenset[str], order: str, offset: int, limit: int) -> None:
+    if sort not in allowed:
+        raise ConfigError("sort", sort, f"must be one of {sorted(allowed)}")
+    if order not in ("asc", "desc"):
+        raise ConfigError("order", order, "must be 'asc' or 'desc'")
+    if offset < 0:
+        raise ConfigError("offset", offset, "must be >= 0")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ConfigError("limit", limit, f"must be between 1 and {MAX_PAGE_SIZE}")
+
+
+_STATS_SQL = (
+    "SELECT job_name, count(*),"
+    " sum(CASE WHEN complete_time IS NOT NULL AND is_success THEN 1 ELSE 0 END),"
+    " sum(CASE WHEN complete_time IS NOT NULL AND NOT is_success THEN 1 ELSE 0 END),"
+    " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
+    " FROM JOB_EXECUTION_LOG"
+)
+
+
+class SqlTraceSearch:
+    """The search over SQL; subclasses run the statements (``_page``, ``_rows``, ``_purge``)."""
+
+    dialect: Dialect
+
+    async def _page(
+        self, count_sql: str, rows_sql: str, params: Sequence[object], paging: Sequence[object]
+    ) -> tuple[int, list[Sequence[Any]]]:
+        raise NotImplementedError
+
+    async def _rows(self, sql: str, params: Sequence[object]) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
+        raise NotImplementedError
+
+    async def _select(
+        self,
+        table: str,
+        columns: Sequence[str],
+        where: _Where,
+        sort: str,
+        order: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[Sequence[Any]]]:
+        condition = where.sql()
+        count_sql = f"SELECT count(*) FROM {table}{condition}"  # noqa: S608 - whitelisted names
+        n = len(where.params)
+        placeholders = self.dialect.placeholder(n + 1), self.dialect.placeholder(n + 2)
+        rows_sql = (
+            f"SELECT {', '.join(columns)} FROM {table}{condition}"  # noqa: S608 - whitelisted
+            f" ORDER BY {sort} {order.upper()} NULLS LAST, id {order.upper()}"
+            f" LIMIT {placeholders[0]} OFFSET {placeholders[1]}"
+        )
+        return await self._page(count_sql, rows_sql, where.params, (limit, offset))
+
+    async def executions(
+        self,
+        *,
+        job_name: str | None = None,
+        task_id: str | None = None,
+        hostname: str | None = None,
+        ip: str | None = None,
+        sharding_item: int | None = None,
+        is_success: bool | None = None,
+        execution_source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort: str = "start_time",
+        order: SortOrder = "desc",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[ExecutionRecord]:
+        """Item runs matching the filters, one page of them, and their total."""
+        _check_page(sort, EXECUTION_SORT_COLUMNS, order, offset, limit)
+        where = _Where(self.dialect)
+        for column, value in (
+            ("job_name", job_name),
+            ("task_id", task_id),
+            ("hostname", hostname),
+            ("ip", ip),
+            ("sharding_item", sharding_item),
+            ("is_success", is_success),
+            ("execution_source", execution_source),
+        ):
+            where.add(column, "=", value)
+        where.add("start_time", ">=", since)
+        where.add("start_time", "<", until)
+        total, rows = await self._select(
+            EXECUTION_TABLE, EXECUTION_COLUMNS, where, sort, order, offset, limit
+        )
+        return Page(tuple(self._execution(row) for row in rows), total, offset, limit)
+
+    async def status_traces(
+        self,
+        *,
+        job_name: str | None = None,
+        task_id: str | None = None,
+        original_task_id: str | None = None,
+        slave_id: str | None = None,
+        source: str | None = None,
+        execution_type: str | None = None,
+        state: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        sort: str = "creation_time",
+        order: SortOrder = "desc",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[StatusTraceRecord]:
+        """Task state changes matching the filters, one page of them, and their total."""
+        _check_page(sort, STATUS_SORT_COLUMNS, order, offset, limit)
+        where = _Where(self.dialect)
+        for column, value in (
+            ("job_name", job_name),
+            ("task_id", task_id),
+            ("original_task_id", original_task_id),
+            ("slave_id", slave_id),
+            ("source", source),
+            ("execution_type", execution_type),
+            ("state", state),
+        ):
+            where.add(column, "=", value)
+        where.add("creation_time", ">=", since)
+        where.add("creation_time", "<", until)
+        total, rows = await self._select(
+            STATUS_TABLE, STATUS_COLUMNS, where, sort, order, offset, limit
+        )
+        return Page(tuple(self._status(row) for row in rows), total, offset, limit)
+
+    async def job_stats(
+        self, *, since: datetime, until: datetime | None = None, job_name: str | None = None
+    ) -> list[JobStats]:
+        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome."""
+        where = _Where(self.dialect)
+        where.add("start_time", ">=", since)
+        where.add("start_time", "<", until)
+        where.add("job_name", "=", job_name)
+        sql = _STATS_SQL + where.sql() + " GROUP BY job_name ORDER BY job_name"
+        rows = await self._rows(sql, where.params)
+        return [JobStats(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    async def purge(self, older_than_days: float) -> PurgeResult:
+        """Delete executions started and status rows created more than N days ago."""
+        if older_than_days < 0:
+            raise ConfigError("older_than_days", older_than_days, "must be >= 0")
+        cutoff = self.dialect.encode(datetime.now(UTC) - timedelta(days=older_than_days))
+        executions = await self._purge(EXECUTION_TABLE, "start_time", cutoff)
+        statuses = await self._purge(STATUS_TABLE, "creation_time", cutoff)
+        return PurgeResult(executions=executions, status_traces=statuses)
+
+    def _execution(self, row: Sequence[Any]) -> ExecutionRecord:
+        return ExecutionRecord(
+            id=row[0],
+            job_name=row[1],
+            task_id=row[2],
+            hostname=row[3],
+            ip=row[4],
+            sharding_item=int(row[5]),
+            execution_source=row[6],
+            failure_cause=row[7],
+            is_success=bool(row[8]),
+            start_time=self.dialect.decode_time(row[9]),
+            complete_time=self.dialect.decode_time(row[10]),
+        )
+
+    def _status(self, row: Sequence[Any]) -> StatusTraceRecord:
+        return StatusTraceRecord(
+            id=row[0],
+            job_name=row[1],
+            original_task_id=row[2],
+            task_id=row[3],
+            slave_id=row[4],
+            source=row[5],
+            execution_type=row[6],
+            sharding_item=row[7],
+            state=row[8],
+            message=row[9],
+            creation_time=self.dialect.decode_time(row[10]),
+        )

@@ -1,0 +1,257 @@
+"""SQLite (stdlib ``sqlite3`` in worker threads): the embedded trace sink and its search.
+
+Same tables, same upsert rules and the same search as PostgreSQL. Times are stored as UTC text
+``YYYY-MM-DD HH:MM:SS.ffffff`` (sorts as time), booleans as 0/1. One connection per database
+object, used by one thread call at a time; WAL mode so readers do not block the writer.
+URLs follow SQLAlchemy: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``.
+Needs SQLite >= 3.30 (upsert, ``NULLS LAST``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .._errors import ConfigError
+from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from .._urls import TracingURL, parse_tracing_url
+from ._rows import OriginalTaskIds, clean_text, items_text, prepare_batch
+from ._schema import SQLITE_DDL
+from ._search import SqlTraceSearch
+
+__all__ = ["SqliteDatabase", "SqliteDialect", "SqliteSearch", "SqliteSink", "sqlite_path"]
+
+T = TypeVar("T")
+
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_PURGE_CHUNK = 10_000
+
+_UPSERT_EXECUTION = """
+INSERT INTO JOB_EXECUTION_LOG (id, job_name, task_id, hostname, ip, sharding_item,
+    execution_source, failure_cause, is_success, start_time, complete_time)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    job_name = excluded.job_name, task_id = excluded.task_id, hostname = excluded.hostname,
+    ip = excluded.ip, sharding_item = excluded.sharding_item,
+    execution_source = excluded.execution_source, failure_cause = excluded.failure_cause,
+    is_success = excluded.is_success,
+    start_time = COALESCE(JOB_EXECUTION_LOG.start_time, excluded.start_time),
+    complete_time = excluded.complete_time
+WHERE excluded.complete_time IS NOT NULL
+"""
+
+_INSERT_STATUS = """
+INSERT INTO JOB_STATUS_TRACE_LOG (id, job_name, original_task_id, task_id, slave_id, source,
+    execution_type, sharding_item, state, message, creation_time)
+VALUES (?, ?, COALESCE(?, (SELECT s.original_task_id FROM JOB_STATUS_TRACE_LOG s
+                           WHERE s.task_id = ? AND s.state = ? LIMIT 1), ''),
+        ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+"""
+
+_BACKFILL_ORIGINAL = """
+UPDATE JOB_STATUS_TRACE_LOG SET original_task_id = ?
+WHERE task_id = ? AND original_task_id = '' AND state <> ?
+"""
+
+
+def sqlite_path(url: TracingURL) -> str:
+    """The file of a ``sqlite:///`` URL (``:memory:`` allowed)."""
+    raw = url.dsn.get_secret_value()
+    path = raw[len("sqlite:///") :].split("?", 1)[0]
+    if not path:
+        raise ConfigError("tracing_url", str(url), "sqlite URLs need a file: sqlite:///trace.db")
+    return path
+
+
+def _time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime(_TIME_FORMAT)
+
+
+class SqliteDatabase:
+    """One sqlite3 connection, used from worker threads one call at a time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread (opening the database first if needed)."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+        return fn(self._conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with _transaction(conn):
+            for statement in SQLITE_DDL:
+                conn.execute(statement)
+        return conn
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await anyio.to_thread.run_sync(conn.close)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _execution_row(e: JobExecutionEvent) -> tuple[object, ...]:
+    return (
+        clean_text(e.id),
+        clean_text(e.job_name),
+        clean_text(e.task_id),
+        clean_text(e.hostname),
+        clean_text(e.ip),
+        e.sharding_item,
+        e.execution_source.value,
+        None if e.failure_cause is None else clean_text(e.failure_cause),
+        int(e.is_success),
+        _time(e.start_time),
+        _time(e.complete_time),
+    )
+
+
+def _status_row(e: JobStatusTraceEvent, original: str | None) -> tuple[object, ...]:
+    task_id = clean_text(e.task_id)
+    return (
+        clean_text(e.id),
+        clean_text(e.job_name),
+        None if original is None else clean_text(original),
+        task_id,
+        State.TASK_STAGING.value,
+        task_id,
+        clean_text(e.slave_id),
+        e.source.value,
+        e.execution_type.value,
+        items_text(e.sharding_items),
+        e.state.value,
+        clean_text(e.message),
+        _time(e.creation_time),
+    )
+
+
+class SqliteSink:
+    """Writes trace batches to a SQLite file, one transaction per batch (idempotent by id)."""
+
+    def __init__(
+        self,
+        url: str | TracingURL,
+        *,
+        database: SqliteDatabase | None = None,
+        journal_path: Path | None = None,
+    ) -> None:
+        self.url = parse_tracing_url(url) if isinstance(url, str) else url
+        self.name = str(self.url)
+        self.journal_path = journal_path
+        self._db = database or SqliteDatabase(sqlite_path(self.url))
+        self._owns_db = database is None
+        self._originals = OriginalTaskIds()
+
+    def __repr__(self) -> str:
+        return f"SqliteSink({self.name!r})"
+
+    async def write(self, batch: Sequence[TraceEvent]) -> None:
+        """Write ``batch`` in one transaction."""
+        prepared = prepare_batch(batch, self._originals)
+        executions = [_execution_row(e) for e in prepared.executions]
+        statuses = [_status_row(e, original) for e, original in prepared.statuses]
+        staging = State.TASK_STAGING.value
+        backfill = [(original, task, staging) for task, original in prepared.backfill]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(_UPSERT_EXECUTION, executions)
+                conn.executemany(_INSERT_STATUS, statuses)
+                conn.executemany(_BACKFILL_ORIGINAL, backfill)
+
+        await self._db.run(write)
+
+    async def aclose(self) -> None:
+        """Close the database if this sink opened it."""
+        if self._owns_db:
+            await self._db.aclose()
+
+
+class SqliteDialect:
+    """``?`` parameters; times as UTC text, booleans as 0/1."""
+
+    def placeholder(self, index: int) -> str:
+        return "?"
+
+    def encode(self, value: object) -> object:
+        if isinstance(value, datetime):
+            return _time(value)
+        if isinstance(value, bool):
+            return int(value)
+        return value
+
+    def decode_time(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+class SqliteSearch(SqlTraceSearch):
+    """:class:`TraceSearch` over a SQLite database (page and total read in one transaction)."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.dialect = SqliteDialect()
+        self._db = database
+
+    async def _page(
+        self, count_sql: str, rows_sql: str, params: Sequence[object], paging: Sequence[object]
+    ) -> tuple[int, list[Sequence[Any]]]:
+        def page(conn: sqlite3.Connection) -> tuple[int, list[Sequence[Any]]]:
+            with _transaction(conn, "DEFERRED"):
+                total = conn.execute(count_sql, params).fetchone()[0]
+                rows = conn.execute(rows_sql, [*params, *paging]).fetchall()
+            return int(total), rows
+
+        return await self._db.run(page)
+
+    async def _rows(self, sql: str, params: Sequence[object]) -> list[Sequence[Any]]:
+        return await self._db.run(lambda conn: list(conn.execute(sql, params).fetchall()))
+
+    async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
+        sql = (
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
+            f" WHERE {time_column} < ? LIMIT {_PURGE_CHUNK})"
+        )
+        deleted = 0
+        while True:
+            count = await self._db.run(lambda conn: conn.execute(sql, (cutoff,)).rowcount)
+            deleted += count
+            if count < _PURGE_CHUNK:
+                return deleted

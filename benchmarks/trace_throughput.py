@@ -1,0 +1,385 @@
+"""Sustained trace throughput into PostgreSQL: our bus + sink vs ElasticJob's way vs raw COPY.
+
+Starts its own PostgreSQL (``tests/harness/postgres.py``; fsync on unless ``--no-fsync``) and
+feeds each contender the same stream of events, shaped like real fires of a 4-item job
+(staging, running, 4 item starts, 4 item completions, finished: 11 events per fire):
+
+a) ``bus``: ``TraceBus`` + ``PostgresSink`` (batches, set-based upsert, one transaction each);
+   the producer posts as fast as it can while the queue stays under ``max_queue`` (so nothing
+   spills to the journal); the clock stops when everything is committed.
+b) ``naive``: ElasticJob's ``RDBJobEventStorage`` pattern: per event a new connection, for a
+   non-staging status a ``SELECT`` of the original task id, then one INSERT (UPDATE for an item
+   completion), autocommit. Run for a fixed time budget over a prefix of the stream.
+   ``naive_pooled`` is the same statements on one kept connection (ElasticJob with a pooled
+   DataSource), to show what batching buys beyond saving connections.
+c) ``copy``: the final rows of the stream loaded with ``COPY`` (``copy_records_to_table``), no
+   upsert: an upper bound for getting these rows into these (indexed) tables.
+
+Each contender writes into a fresh database with the same schema and indexes.
+
+    python benchmarks/trace_throughput.py [--quick] [--events N] [--no-fsync]
+
+Prints events/second and ratios; writes ``benchmarks/results/trace_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aioelastic._events import (  # noqa: E402
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    State,
+    TraceEvent,
+)
+from aioelastic.tracing import TraceBus, create_sink  # noqa: E402
+from aioelastic.tracing._postgres import ensure_schema  # noqa: E402
+from aioelastic.tracing._rows import items_text  # noqa: E402
+from tests.harness.postgres import PostgresServer, running_postgres  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "trace_throughput.json"
+ITEMS = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def fire(run: int, at: datetime) -> list[TraceEvent]:
+    """The 11 events of one successful fire of a 4-item job."""
+    task = f"bench@-@0,1,2,3@-@READY@-@10.0.0.1@-@run{run}"
+
+    def status(state: State) -> JobStatusTraceEvent:
+        return JobStatusTraceEvent(
+            job_name="bench",
+            task_id=task,
+            slave_id="10.0.0.1",
+            execution_type=ExecutionType.READY,
+            sharding_items=ITEMS,
+            state=state,
+            message=f"{state} bench",
+            creation_time=at,
+        )
+
+    starts = [
+        JobExecutionEvent(
+            job_name="bench",
+            task_id=task,
+            hostname="bench-host",
+            ip="10.0.0.1",
+            sharding_item=item,
+            execution_source=ExecutionSource.NORMAL_TRIGGER,
+            start_time=at,
+        )
+        for item in ITEMS
+    ]
+    completions = [
+        JobExecutionEvent(
+            id=s.id,
+            job_name=s.job_name,
+            task_id=s.task_id,
+            hostname=s.hostname,
+            ip=s.ip,
+            sharding_item=s.sharding_item,
+            execution_source=s.execution_source,
+            start_time=at,
+            complete_time=at + timedelta(milliseconds=20),
+            is_success=True,
+        )
+        for s in starts
+    ]
+    return [
+        status(State.TASK_STAGING),
+        status(State.TASK_RUNNING),
+        *starts,
+        *completions,
+        status(State.TASK_FINISHED),
+    ]
+
+
+def stream(count: int) -> list[TraceEvent]:
+    at = datetime.now(UTC)
+    events: list[TraceEvent] = []
+    run = 0
+    while len(events) < count:
+        events += fire(run, at + timedelta(seconds=run))
+        run += 1
+    return events[:count]
+
+
+async def fresh_database(server: PostgresServer) -> str:
+    url = await anyio.to_thread.run_sync(server.create_database)
+    conn = await asyncpg.connect(url)
+    try:
+        await ensure_schema(conn)  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+    return url
+
+
+async def count_rows(url: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        executions = await conn.fetchval("SELECT count(*) FROM JOB_EXECUTION_LOG")
+        statuses = await conn.fetchval("SELECT count(*) FROM JOB_STATUS_TRACE_LOG")
+        return int(executions), int(statuses)
+    finally:
+        await conn.close()
+
+
+async def run_bus(url: str, events: Sequence[TraceEvent], journal_dir: Path) -> Result:
+    max_queue = 20_000
+    sink = create_sink(url, journal_path=journal_dir / "bench.journal")
+    async with AsyncExitStack() as stack:
+        bus = TraceBus([sink], max_queue=max_queue, batch_size=1000, flush_interval=0.05)
+        await bus.start(stack)
+        started = time.perf_counter()
+        for index, event in enumerate(events):
+            bus.post(event)
+            if index % 500 == 0:
+                while bus.stats()[0].queued > max_queue // 2:
+                    await anyio.sleep(0.001)
+        with anyio.fail_after(300):
+            await bus.flush()
+        elapsed = time.perf_counter() - started
+        stats = bus.stats()[0]
+    if stats.journaled or stats.dropped or stats.written != len(events):
+        raise RuntimeError(f"bus run was not clean: {stats}")
+    return Result("bus", len(events), elapsed)
+
+
+_NAIVE_INSERT_EXECUTION = (
+    "INSERT INTO JOB_EXECUTION_LOG (id, job_name, task_id, hostname, ip, sharding_item,"
+    " execution_source, is_success, start_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
+_NAIVE_COMPLETE_EXECUTION = (
+    "UPDATE JOB_EXECUTION_LOG SET is_success = $1, complete_time = $2, failure_cause = $3"
+    " WHERE id = $4"
+)
+_NAIVE_ORIGINAL = (
+    "SELECT original_task_id FROM JOB_STATUS_TRACE_LOG WHERE task_id = $1 AND state = $2 LIMIT 1"
+)
+_NAIVE_INSERT_STATUS = (
+    "INSERT INTO JOB_STATUS_TRACE_LOG (id, job_name, original_task_id, task_id, slave_id,"
+    " source, execution_type, sharding_item, state, message, creation_time)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+
+
+async def naive_write(conn: asyncpg.Connection, event: TraceEvent) -> None:
+    if isinstance(event, JobExecutionEvent):
+        if event.is_completion:
+            await conn.execute(
+                _NAIVE_COMPLETE_EXECUTION,
+                event.is_success,
+                event.complete_time,
+                event.failure_cause,
+                event.id,
+            )
+            return
+        await conn.execute(
+            _NAIVE_INSERT_EXECUTION,
+            event.id,
+            event.job_name,
+            event.task_id,
+            event.hostname,
+            event.ip,
+            event.sharding_item,
+            event.execution_source.value,
+            event.is_success,
+            event.start_time,
+        )
+        return
+    original = event.original_task_id
+    if event.state is not State.TASK_STAGING:
+        original = await conn.fetchval(_NAIVE_ORIGINAL, event.task_id, "TASK_STAGING") or ""
+    await conn.execute(
+        _NAIVE_INSERT_STATUS,
+        event.id,
+        event.job_name,
+        original,
+        event.task_id,
+        event.slave_id,
+        event.source.value,
+        event.execution_type.value,
+        items_text(event.sharding_items),
+        event.state.value,
+        event.message,
+        event.creation_time,
+    )
+
+
+async def run_naive(url: str, events: Sequence[TraceEvent], budget: float) -> Result:
+    done = 0
+    started = time.perf_counter()
+    for event in events:
+        conn = await asyncpg.connect(url)
+        try:
+            await naive_write(conn, event)
+        finally:
+            await conn.close()
+        done += 1
+        if time.perf_counter() - started >= budget:
+            break
+    return Result("naive", done, time.perf_counter() - started)
+
+
+async def run_naive_pooled(url: str, events: Sequence[TraceEvent], budget: float) -> Result:
+    """ElasticJob's statements on one kept connection (as with a pooled DataSource)."""
+    done = 0
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        for event in events:
+            await naive_write(conn, event)
+            done += 1
+            if time.perf_counter() - started >= budget:
+                break
+        return Result("naive_pooled", done, time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+def final_rows(events: Sequence[TraceEvent]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    executions: dict[str, JobExecutionEvent] = {}
+    statuses: list[tuple[Any, ...]] = []
+    for event in events:
+        if isinstance(event, JobExecutionEvent):
+            if event.id not in executions or event.is_completion:
+                executions[event.id] = event
+        else:
+            statuses.append(
+                (
+                    event.id,
+                    event.job_name,
+                    event.original_task_id,
+                    event.task_id,
+                    event.slave_id,
+                    event.source.value,
+                    event.execution_type.value,
+                    items_text(event.sharding_items),
+                    event.state.value,
+                    event.message,
+                    event.creation_time,
+                )
+            )
+    execution_rows = [
+        (
+            e.id,
+            e.job_name,
+            e.task_id,
+            e.hostname,
+            e.ip,
+            e.sharding_item,
+            e.execution_source.value,
+            e.failure_cause,
+            e.is_success,
+            e.start_time,
+            e.complete_time,
+        )
+        for e in executions.values()
+    ]
+    return execution_rows, statuses
+
+
+async def run_copy(url: str, events: Sequence[TraceEvent]) -> Result:
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        executions, statuses = final_rows(events)
+        async with conn.transaction():
+            await conn.copy_records_to_table("job_execution_log", records=executions)
+            await conn.copy_records_to_table("job_status_trace_log", records=statuses)
+        return Result("copy", len(events), time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def benchmark(server: PostgresServer, count: int, naive_budget: float) -> list[Result]:
+    events = stream(count)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as journal_dir:
+        url = await fresh_database(server)
+        results.append(await run_bus(url, events, Path(journal_dir)))
+        expected = (len({e.id for e in events if isinstance(e, JobExecutionEvent)}),)
+        rows = await count_rows(url)
+        if rows[0] != expected[0]:
+            raise RuntimeError(f"bus wrote {rows}, expected {expected[0]} executions")
+    results.append(await run_naive(await fresh_database(server), events, naive_budget))
+    results.append(await run_naive_pooled(await fresh_database(server), events, naive_budget))
+    results.append(await run_copy(await fresh_database(server), events))
+    return results
+
+
+def report(results: list[Result], args: argparse.Namespace) -> dict[str, Any]:
+    by_name = {r.name: r for r in results}
+    ratios = {
+        "bus_over_naive": by_name["bus"].rate / by_name["naive"].rate,
+        "bus_over_naive_pooled": by_name["bus"].rate / by_name["naive_pooled"].rate,
+        "bus_over_copy": by_name["bus"].rate / by_name["copy"].rate,
+    }
+    print(f"{'contender':<13} {'events':>9} {'seconds':>9} {'events/s':>11}")
+    for r in results:
+        print(f"{r.name:<13} {r.events:>9} {r.seconds:>9.3f} {r.rate:>11,.0f}")
+    print(
+        f"bus = {ratios['bus_over_naive']:.0f}x naive (connection per event), "
+        f"{ratios['bus_over_naive_pooled']:.1f}x naive on one connection, "
+        f"{ratios['bus_over_copy']:.2f}x raw COPY"
+    )
+    return {
+        "benchmark": "trace_throughput",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "postgres_fsync": not args.no_fsync,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "results": {r.name: {**asdict(r), "events_per_second": round(r.rate, 1)} for r in results},
+        "ratios": {key: round(value, 3) for key, value in ratios.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run, a few seconds")
+    parser.add_argument("--events", type=int, help="events in the stream")
+    parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    count = args.events or (20_000 if args.quick else 200_000)
+    budget = 1.0 if args.quick else 10.0
+    with running_postgres(fsync=not args.no_fsync) as server:
+        results = anyio.run(benchmark, server, count, budget)
+    data = report(results, args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
