@@ -6,7 +6,7 @@ from ._events import TraceSink
 from ._memory_registry import MemoryRegistry
 from ._registry import Registry
 from ._urls import RegistryURL, TracingURL
-from .tracing import LoggingSink, MemorySink
+from .tracing import create_sink
 
 __all__ = ["create_registry", "create_trace_sink"]
 
@@ -21,15 +21,5 @@ def create_registry(url: RegistryURL) -> Registry:
 
 
 def create_trace_sink(url: TracingURL) -> TraceSink:
-    """The sink for a tracing URL."""
-    if url.scheme == "memory":
-        return MemorySink()
-    if url.scheme == "log":
-        return LoggingSink()
-    from . import tracing
-
-    factory = getattr(tracing, "create_sink", None)
-    if factory is None:
-        raise NotImplementedError(f"tracing to {url.scheme}:// is not available yet")
-    sink: TraceSink = factory(url)
-    return sink
+    """The sink for a tracing URL (PostgreSQL, SQLite, memory or log)."""
+    return create_sink(url)

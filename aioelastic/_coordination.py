@@ -341,22 +341,25 @@ class JobCoordinator:
         raw = self.view.get(self.paths.item_running(item))
         return raw is not None and raw != self._me
 
-    async def mark_running(self, items: Sequence[int]) -> bool:
+    async def mark_running(self, items: Sequence[int], *, misfire_run: bool = False) -> bool:
         """Atomically create the running marks (and clear misfire marks) of ``items``.
 
         False if any item is already running (here or on another instance): nothing is marked.
+        A misfire re-run (``misfire_run``) must also consume every item's misfire mark in the
+        same multi-op, so two instances (or a stale view) cannot both re-run a misfire.
         """
         creates: list[Op] = [
             CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
         ]
-        misfired = [i for i in items if self.is_misfired(i)]
+        misfired = list(items) if misfire_run else [i for i in items if self.is_misfired(i)]
         while True:
             deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
             try:
                 await self.registry.transaction(creates + deletes)
                 return True
             except TransactionFailedError as exc:
-                if exc.index >= len(creates) and isinstance(exc.cause, NoNodeError):
+                stale_mark = exc.index >= len(creates) and isinstance(exc.cause, NoNodeError)
+                if stale_mark and not misfire_run:
                     del misfired[exc.index - len(creates)]  # a mark the view still showed
                     continue
                 if isinstance(exc.cause, NodeExistsError | NoNodeError):
@@ -377,8 +380,14 @@ class JobCoordinator:
                     pass
 
     async def mark_misfire(self, items: Sequence[int]) -> None:
-        for item in items:
-            if not self.is_misfired(item):
+        """Create the misfire marks of ``items`` (at once, so views never see part of them)."""
+        missing = [i for i in items if not self.is_misfired(i)]
+        if not missing:
+            return
+        try:
+            await self.registry.transaction([CreateOp(self.paths.item_misfire(i)) for i in missing])
+        except TransactionFailedError:
+            for item in missing:  # some exist already (a stale view): create the rest
                 try:
                     await self.registry.create(self.paths.item_misfire(item))
                 except (NodeExistsError, NoNodeError):

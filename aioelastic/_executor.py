@@ -154,7 +154,8 @@ class JobExecutor:
             )
             return True
         monitor = self.config.monitor_execution
-        if monitor and not await self.coordinator.mark_running(items):
+        misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
+        if monitor and not await self.coordinator.mark_running(items, misfire_run=misfire_run):
             # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
             if not quiet_conflict:
                 await self._misfire(contexts)
