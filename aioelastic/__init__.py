@@ -28,6 +28,7 @@ from ._events import (
 )
 from ._jobs import DataflowJob, ScriptJob, ScriptJobError
 from ._listeners import JobListener
+from ._observer import Observer
 from ._scheduler import Scheduler
 from ._sharding import ShardingStrategy
 
@@ -47,6 +48,7 @@ __all__ = [
     "JobStatusTraceEvent",
     "NoNodeError",
     "NodeExistsError",
+    "Observer",
     "RegistryError",
     "Scheduler",
     "ScriptJob",

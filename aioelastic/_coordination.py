@@ -34,6 +34,7 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
+from ._observer import Observer
 from ._paths import JobPaths
 from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
 from ._sharding import shard
@@ -105,9 +106,15 @@ class JobCoordinator:
     """One job's view of the cluster, from one instance."""
 
     def __init__(
-        self, registry: Registry, paths: JobPaths, identity: InstanceIdentity, config: JobConfig
+        self,
+        registry: Registry,
+        paths: JobPaths,
+        identity: InstanceIdentity,
+        config: JobConfig,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.registry = registry
+        self.observers = list(observers)
         self.paths = paths
         self.identity = identity
         self.config = config
@@ -301,6 +308,8 @@ class JobCoordinator:
                 len(members),
                 {k: v for k, v in sorted(assignment.items())},
             )
+            for observer in self.observers:
+                observer.reshard_committed(self.paths.job, len(members), total)
             return True
 
     def _owner_ops(self, item: int, owner: str) -> list[Op]:

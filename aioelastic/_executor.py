@@ -24,6 +24,7 @@ from ._events import (
     format_failure,
 )
 from ._jobs import ItemRunner
+from ._observer import Observer
 from ._registry import SessionState
 
 __all__ = ["JobExecutor", "make_task_id"]
@@ -56,8 +57,10 @@ class JobExecutor:
         fatal: Fatal,
         keep_going: Callable[[], bool],
         reshard_timeout: float = 10.0,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.coordinator = coordinator
+        self.observers = list(observers)
         self._reshard_timeout = reshard_timeout
         self._run_item = run_item
         self._post = post
@@ -91,6 +94,9 @@ class JobExecutor:
     ) -> None:
         """One fire (steps 1-11 of DESIGN.md's template)."""
         cfg, coord = self.config, self.coordinator
+        started = datetime.now(UTC)
+        for observer in self.observers:
+            observer.fire_started(self._job, scheduled, started)
         try:
             await coord.check_time_diff()
         except Exception as exc:

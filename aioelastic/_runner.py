@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -14,6 +15,7 @@ from ._errors import RegistryError
 from ._events import ExecutionSource, ExecutionType
 from ._executor import Fatal, JobExecutor, Post
 from ._jobs import ItemRunner
+from ._observer import Observer
 from ._paths import JobPaths
 from ._registry import Registry, SessionEvent, SessionState
 
@@ -37,13 +39,13 @@ class JobRunner:
         fatal: Fatal,
         grace_period: float,
         reshard_timeout: float,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.registry = registry
-        self.coordinator = JobCoordinator(
-            registry, JobPaths(namespace, config.name), identity, config
-        )
+        paths = JobPaths(namespace, config.name)
+        self.coordinator = JobCoordinator(registry, paths, identity, config, observers)
         self.executor = JobExecutor(
-            self.coordinator, run_item, post, fatal, self.keep_going, reshard_timeout
+            self.coordinator, run_item, post, fatal, self.keep_going, reshard_timeout, observers
         )
         self._grace = grace_period
         self._stopping = False

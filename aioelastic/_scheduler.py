@@ -18,7 +18,8 @@ from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
 from ._events import TraceEvent, TraceSink
 from ._jobs import ItemRunner, make_item_runner
-from ._registry import Registry
+from ._observer import Observer
+from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
 from .tracing import TraceBus
@@ -35,13 +36,21 @@ class _JobSpec:
     run_item: ItemRunner
 
 
+def _session_forwarder(observer: Observer) -> SessionListener:
+    def forward(event: SessionEvent) -> None:
+        observer.session_state_changed(event.state.value)
+
+    return forward
+
+
 class Scheduler:
     """Runs registered jobs on this instance, sharing their items with the other instances that
     use the same registry namespace.
 
     ``Scheduler()`` runs embedded (``memory://``) in one process. ``registry`` and ``tracing``
     are URLs; ``settings`` gives everything at once (and reads ``AIOELASTIC_*`` variables when
-    omitted). ``sinks`` are extra trace sinks (anything with ``async def write(batch)``).
+    omitted). ``sinks`` are extra trace sinks (anything with ``async def write(batch)``);
+    ``observers`` get scheduler-level hooks (see ``Observer``), e.g. for metrics.
     """
 
     def __init__(
@@ -52,6 +61,7 @@ class Scheduler:
         settings: Settings | None = None,
         instance_id: str | None = None,
         sinks: Sequence[TraceSink] = (),
+        observers: Sequence[Observer] = (),
     ) -> None:
         overrides = {"registry_url": registry, "tracing_url": tracing, "instance_id": instance_id}
         if settings is None:
@@ -74,6 +84,7 @@ class Scheduler:
             )
         self.identity: InstanceIdentity = make_identity(settings.instance_id, settings.host)
         self._sinks = list(sinks)
+        self.observers = list(observers)
         if settings.tracing_url is not None:
             self._sinks.append(
                 create_trace_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
@@ -102,6 +113,13 @@ class Scheduler:
             name: self._runners[name].coordinator.config if name in self._runners else spec.config
             for name, spec in self._jobs.items()
         }
+
+    @property
+    def trace_bus(self) -> TraceBus:
+        """The running trace bus (its ``stats()`` give queue depths and spill counts)."""
+        if self._bus is None:
+            raise RuntimeError("the scheduler is not running")
+        return self._bus
 
     @property
     def registry(self) -> Registry:
@@ -184,6 +202,10 @@ class Scheduler:
             registry = create_registry(self.registry_url)
             await registry.start(stack)
             self._registry = registry
+            for observer in self.observers:
+                listener = _session_forwarder(observer)
+                registry.add_session_listener(listener)
+                observer.session_state_changed(registry.session_state.value)
             stack.callback(setattr, self, "_registry", None)
             bus = TraceBus(
                 self._sinks,
@@ -192,6 +214,7 @@ class Scheduler:
             )
             await bus.start(stack)
             self._bus = bus
+            stack.callback(setattr, self, "_bus", None)
             log.info("instance %s started on %s", self.instance_id, self.registry_url)
             async with anyio.create_task_group() as tg:
                 for spec in self._jobs.values():
@@ -216,6 +239,7 @@ class Scheduler:
             fatal=self._fatal,
             grace_period=self.settings.shutdown_grace_period,
             reshard_timeout=self.settings.reshard_wait_timeout,
+            observers=self.observers,
         )
 
     @staticmethod

@@ -56,7 +56,6 @@ import logging
 import math
 import socket
 import struct
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -112,9 +111,9 @@ _PING_XID = -2
 _AUTH_XID = -4
 _SET_WATCHES_BATCH = 128 * 1024  # bytes of paths per SetWatches request, as the Java client
 _RETRY_PAUSE = (0.05, 1.0)  # pause between connection rounds: first, maximum
-_PERM_ALL = 31
 _EPHEMERAL, _SEQUENTIAL = 1, 2
 _MAX_ATTEMPTS = 8  # make_parents / recursive delete rounds against concurrent changes
+_RETIRE_TRIES = 3  # attempts to close a lost session on a reachable server before giving up
 
 _CONNECTION_ERRORS = (
     OSError,
@@ -179,6 +178,19 @@ def _stat(raw: Any) -> Stat:
     )
 
 
+def _check_path(path: str, *, sequential: bool = False) -> None:
+    """Reject what the Java client rejects (the server would answer NoNode or BadArguments)."""
+    body = path[:-1] if sequential and path.endswith("/") else path
+    names = body.split("/")[1:]
+    if (
+        not path.startswith("/")
+        or (body != "/" and not all(names))
+        or any(name in (".", "..") for name in names)
+        or "\x00" in path
+    ):
+        raise RegistryError(f"invalid path {path!r}")
+
+
 def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
 
@@ -231,7 +243,7 @@ class _Connection:
         self._reader = BufferedByteReceiveStream(stream)
         self._send_lock = anyio.Lock()
         self._pending: dict[int, _Call] = {}
-        self._pings: deque[float] = deque()
+        self.ping_sent_at: float | None = None  # the one outstanding ping, if any
         self._xid = 0
         self._on_closed: Callable[[_Connection], None] | None = None
 
@@ -246,8 +258,8 @@ class _Connection:
         return sock
 
     async def _write(self, payload: bytes) -> None:
+        await self._stream.send(_SIZE.pack(len(payload)) + payload)  # one atomic write
         self.last_send = anyio.current_time()
-        await self._stream.send(_SIZE.pack(len(payload)) + payload)
 
     async def _read_frame(self) -> bytes:
         (size,) = _SIZE.unpack(await self._reader.receive_exactly(_SIZE.size))
@@ -275,20 +287,18 @@ class _Connection:
         self, request: Any, on_reply: Callable[[Any, Exception | None], None] | None = None
     ) -> Any:
         """Send a request and wait for its reply; ``_ServerError`` for an error code."""
-        async with self._send_lock:
-            if self.closed.is_set():
-                raise SessionLostError(f"connection to {self.host} is closed")
-            self._xid = self._xid % 0x7FFFFFFF + 1
-            xid = self._xid
-            pending = _Call(request.opcode, anyio.current_time(), on_reply)
-            self._pending[xid] = pending
-            try:
-                await self._write(request.serialize(xid))
-            except _CONNECTION_ERRORS as error:
-                self._pending.pop(xid, None)
-                raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
+        xid = 0
         try:
+            async with self._send_lock:
+                if self.closed.is_set():
+                    raise SessionLostError(f"connection to {self.host} is closed")
+                self._xid = xid = self._xid % 0x7FFFFFFF + 1
+                pending = _Call(request.opcode, anyio.current_time(), on_reply)
+                self._pending[xid] = pending
+                await self._write(request.serialize(xid))
             await pending.done.wait()
+        except _CONNECTION_ERRORS as error:
+            raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
         finally:
             self._pending.pop(xid, None)  # abandoned (cancelled): a late reply is dropped
         if pending.error is not None:
@@ -296,14 +306,13 @@ class _Connection:
         return pending.response
 
     async def ping(self) -> None:
+        """Send a ping unless one is outstanding; its reply acknowledges its send time."""
         async with self._send_lock:
-            if self.closed.is_set():
+            if self.closed.is_set() or self.ping_sent_at is not None:
                 return
-            self._pings.append(anyio.current_time())
-            try:
+            self.ping_sent_at = anyio.current_time()
+            with contextlib.suppress(*_CONNECTION_ERRORS):  # the reader sees the breakage
                 await self._write(protocol.PingRequest().serialize(_PING_XID))
-            except _CONNECTION_ERRORS:
-                self._pings.pop()
 
     async def run(
         self, on_event: Callable[[Any], None], on_closed: Callable[[_Connection], None]
@@ -329,8 +338,9 @@ class _Connection:
             on_event(protocol.WatchEvent.deserialize(body))
             return
         if xid == _PING_XID:
-            if self._pings:
-                self.acked_at = max(self.acked_at, self._pings.popleft())
+            if self.ping_sent_at is not None:
+                self.acked_at = max(self.acked_at, self.ping_sent_at)
+                self.ping_sent_at = None
             return
         pending = self._pending.pop(xid, None)
         if pending is None:
@@ -403,6 +413,16 @@ class _Watches:
         return bool(self._table)
 
 
+@dataclass
+class _Retiring:
+    """A session we declared lost, to close on the server before opening a new one."""
+
+    session_id: int
+    password: bytes
+    reached: bool = False  # the current attempt got a TCP connection
+    failures: int = 0  # attempts that reached the server but could not close it
+
+
 class _SessionExpiredError(Exception):
     """The server refused to resume the session: it expired."""
 
@@ -431,9 +451,7 @@ class ZooKeeperRegistry:
         self._timeout = url.session_timeout
         self._last_zxid = 0
         self._conn: _Connection | None = None
-        # a session we declared lost, to close on the server before a new one: id, password,
-        # and the time after which we give up (it expires on its own by then)
-        self._retire: tuple[int, bytes, float] | None = None
+        self._retire: _Retiring | None = None
         self._next_host = 0
         self._last_error = "no attempt yet"
         self._requests = 0
@@ -585,17 +603,21 @@ class ZooKeeperRegistry:
         silent_max = self._timeout * _SUSPEND_FRACTION
         while not conn.closed.is_set():
             now = anyio.current_time()
-            if now - conn.acked_at >= silent_max:
+            silent_until = conn.acked_at + silent_max
+            if now >= silent_until:
                 log.warning(
                     "ZooKeeper %s: no answer for %.1fs, dropping the connection",
                     conn.host,
                     now - conn.acked_at,
                 )
                 return
-            if now - conn.last_send >= ping_every:
-                await conn.ping()
-                continue
-            wake = min(conn.last_send + ping_every, conn.acked_at + silent_max)
+            wake = silent_until
+            if conn.ping_sent_at is None:
+                if now - conn.last_send >= ping_every:
+                    with anyio.move_on_after(silent_until - now):  # the send lock may be busy
+                        await conn.ping()
+                    continue
+                wake = min(wake, conn.last_send + ping_every)
             with anyio.move_on_after(wake - now):
                 await conn.closed.wait()
 
@@ -614,9 +636,10 @@ class ZooKeeperRegistry:
         while True:
             for _ in self._hosts:
                 if self._state is SessionState.SUSPENDED and anyio.current_time() >= loss_at:
+                    silent = self._timeout * SESSION_LOSS_FRACTION
                     self._declare_lost(
-                        f"no answer from ZooKeeper for {SESSION_LOSS_FRACTION:.2f} of the "
-                        f"{self._timeout:g}s session timeout",
+                        f"no answer from ZooKeeper for {silent:.1f}s "
+                        f"({SESSION_LOSS_FRACTION:.2f} of the {self._timeout:g}s session timeout)",
                         retire=True,
                     )
                 attempt = await self._attempt(loss_at, per_attempt)
@@ -647,9 +670,7 @@ class ZooKeeperRegistry:
         except (*_CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
             self._last_error = f"{host}:{port}: {error!r}"
             log.debug("ZooKeeper connection attempt failed: %s", self._last_error)
-            if self._retire is not None and anyio.current_time() > self._retire[2]:
-                log.warning("giving up closing lost session 0x%x: it will expire", self._retire[0])
-                self._retire = None
+            self._retire_failed()
             return None
 
     async def _open(self, host: str, port: int, *, resume: bool) -> tuple[_Connection, bool]:
@@ -700,9 +721,11 @@ class ZooKeeperRegistry:
         close can be undone by a stale request of ours that reached the server late.
         """
         assert self._retire is not None
-        session_id, password, _ = self._retire
+        retiring = self._retire
+        session_id, password = retiring.session_id, retiring.password
         while True:
             conn = await _Connection.open(host, port, 0)
+            retiring.reached = True
             try:
                 response = await conn.handshake(
                     protocol.ConnectRequest(
@@ -725,11 +748,24 @@ class ZooKeeperRegistry:
             finally:
                 await conn.aclose()
 
+    def _retire_failed(self) -> None:
+        """Count a failed close of a lost session that reached the server; give up at last."""
+        retiring = self._retire
+        if retiring is None or not retiring.reached:
+            return  # unreachable server: a new session cannot be opened either
+        retiring.reached = False
+        retiring.failures += 1
+        if retiring.failures >= _RETIRE_TRIES:
+            log.warning(
+                "could not close lost ZooKeeper session 0x%x; it will expire on its own",
+                retiring.session_id,
+            )
+            self._retire = None
+
     def _declare_lost(self, reason: str, *, retire: bool) -> None:
         log.warning("ZooKeeper session 0x%x lost: %s", self._session_id, reason)
         self._watches.clear()
-        give_up = anyio.current_time() + self._timeout
-        self._retire = (self._session_id, self._password, give_up) if retire else None
+        self._retire = _Retiring(self._session_id, self._password) if retire else None
         self._set_state(SessionState.LOST)
 
     async def _rearm_watches(self, conn: _Connection) -> bool:
@@ -837,18 +873,21 @@ class ZooKeeperRegistry:
         return register
 
     async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
+        _check_path(path)
         on_reply = self._watch_on_reply(watcher, _DATA, path)
         request = protocol.GetDataRequest(path=path, watch=watcher is not None)
         response = await self._call(request, path, on_reply)
         return bytes(response.data or b""), _stat(response.stat)
 
     async def get_children(self, path: str, watcher: Watcher | None = None) -> list[str]:
+        _check_path(path)
         on_reply = self._watch_on_reply(watcher, _CHILD, path)
         request = protocol.GetChildrenRequest(path=path, watch=watcher is not None)
         response = await self._call(request, path, on_reply)
         return list(response.children)
 
     async def exists(self, path: str, watcher: Watcher | None = None) -> Stat | None:
+        _check_path(path)
         on_reply = self._watch_on_reply(watcher, _DATA, path, absent_kind=_EXIST)
         request = protocol.ExistsRequest(path=path, watch=watcher is not None)
         try:
@@ -871,6 +910,7 @@ class ZooKeeperRegistry:
         sequential: bool = False,
         make_parents: bool = False,
     ) -> str:
+        _check_path(path, sequential=sequential)
         flags = (_EPHEMERAL if ephemeral else 0) | (_SEQUENTIAL if sequential else 0)
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -903,10 +943,12 @@ class ZooKeeperRegistry:
                 pass
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
+        _check_path(path)
         request = protocol.SetDataRequest(path=path, data=data, version=version)
         return _stat((await self._call(request, path)).stat)
 
     async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
+        _check_path(path)
         if not recursive:
             await self._call(protocol.DeleteRequest(path=path, version=version), path)
             return
@@ -933,6 +975,7 @@ class ZooKeeperRegistry:
         raise NotEmptyError(f"{path}: children keep appearing")
 
     def _op_request(self, op: Op) -> Any:
+        _check_path(op.path)
         match op:
             case CreateOp(path, data, ephemeral):
                 return self._create_request(path, data, _EPHEMERAL if ephemeral else 0)
