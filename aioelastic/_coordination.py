@@ -46,6 +46,7 @@ log = logging.getLogger("aioelastic.coordination")
 
 ENABLED = b"ENABLED"
 DISABLED = b"DISABLED"
+SHUTDOWN = b"SHUTDOWN"
 
 
 class TimeDiffError(AioelasticError):
@@ -218,13 +219,92 @@ class JobCoordinator:
         return self.view.exists(self.paths.sharding_necessary)
 
     def local_items(self) -> list[int]:
-        """Items this instance owns, minus disabled ones."""
+        """Items this instance owns, minus disabled ones and ones another instance is failing
+        over."""
         me = self.identity.instance_id
         return [
             i
             for i in range(self.config.sharding_total_count)
-            if self.owner(i) == me and not self.view.exists(self.paths.item_disabled(i))
+            if self.owner(i) == me
+            and not self.view.exists(self.paths.item_disabled(i))
+            and self.failover_taker(i) in (None, me)
         ]
+
+    def shutdown_requested(self) -> bool:
+        """An operator asked this instance to stop the job (ElasticJob's ``SHUTDOWN``)."""
+        return self.view.get(self.paths.instance(self.identity.instance_id)) == SHUTDOWN
+
+    # -- failover --
+
+    def failover_taker(self, item: int) -> str | None:
+        raw = self.view.get(self.paths.item_failover(item))
+        return raw.decode() if raw is not None else None
+
+    def _runner_alive(self, raw: bytes) -> bool:
+        """Whether the run recorded in a failover intent still has its runner's session."""
+        try:
+            record = json.loads(raw)
+            instance, session = record["instance"], int(record["session"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        stat = self.view.stat(self.paths.instance(instance))
+        return stat is not None and stat.ephemeral_owner in (0, session)
+
+    def failover_candidates(self) -> list[int]:
+        """Items whose run was left unfinished by a dead runner and that nobody has taken."""
+        out = []
+        for name in self.view.children(self.paths.failover_items):
+            if not name.isdigit():
+                continue
+            item = int(name)
+            raw = self.view.get(self.paths.failover_item(item))
+            if (
+                raw is not None
+                and not self.view.exists(self.paths.item_running(item))
+                and self.failover_taker(item) is None
+                and not self._runner_alive(raw)
+            ):
+                out.append(item)
+        return sorted(out)
+
+    def failover_share(self, candidates: Sequence[int]) -> list[int]:
+        """This instance's part of ``candidates`` when split over the available instances (every
+        instance computes the same split, so one pass claims them all, spread out)."""
+        members = self.available_instances()
+        if self.identity.instance_id not in members:
+            return []
+        split = shard(self.config.sharding_strategy, members, self.paths.job, len(candidates))
+        return [candidates[k] for k in split.get(self.identity.instance_id, [])]
+
+    async def claim_failover(self, items: Sequence[int]) -> list[int]:
+        """Take ``items`` over (ephemeral ``sharding/{i}/failover`` = this instance), all at once;
+        items someone else took meanwhile are skipped. Returns the items claimed."""
+        pending = list(items)
+        while pending:
+            ops: list[Op] = [
+                CreateOp(self.paths.item_failover(i), self._me, ephemeral=True) for i in pending
+            ]
+            try:
+                await self.registry.transaction(ops)
+                return pending
+            except TransactionFailedError as exc:
+                if not isinstance(exc.cause, NodeExistsError | NoNodeError):
+                    raise
+                del pending[exc.index]
+        return []
+
+    async def release_failover(self, items: Sequence[int]) -> None:
+        """Give back takeover marks this instance holds (the item runs elsewhere already)."""
+        for item in items:
+            try:
+                await self.registry.delete(self.paths.item_failover(item))
+            except NoNodeError:
+                pass
+
+    def _intent(self) -> bytes:
+        return json.dumps(
+            {"instance": self.identity.instance_id, "session": self.registry.session_id}
+        ).encode()
 
     @property
     def is_leader(self) -> bool:
@@ -355,36 +435,66 @@ class JobCoordinator:
 
         False if any item is already running (here or on another instance): nothing is marked.
         A misfire re-run (``misfire_run``) must also consume every item's misfire mark in the
-        same multi-op, so two instances (or a stale view) cannot both re-run a misfire.
+        same multi-op, so two instances (or a stale view) cannot both re-run a misfire. With
+        failover on, a persistent intent (``leader/failover/items/{i}``: runner and session) is
+        written in the same multi-op: if this instance dies mid-run, survivors find it.
         """
         creates: list[Op] = [
             CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
         ]
+        if self.config.failover:
+            intent = self._intent()
+            creates += [
+                SetOp(self.paths.failover_item(i), intent)
+                if self.view.exists(self.paths.failover_item(i))
+                else CreateOp(self.paths.failover_item(i), intent)
+                for i in items
+            ]
         misfired = list(items) if misfire_run else [i for i in items if self.is_misfired(i)]
-        while True:
+        for _ in range(2 * len(items) + 2):
             deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
             try:
                 await self.registry.transaction(creates + deletes)
                 return True
             except TransactionFailedError as exc:
-                stale_mark = exc.index >= len(creates) and isinstance(exc.cause, NoNodeError)
-                if stale_mark and not misfire_run:
+                op = (creates + deletes)[exc.index]
+                if exc.index >= len(creates) and isinstance(exc.cause, NoNodeError):
+                    if misfire_run:
+                        return False  # another re-run consumed the mark
                     del misfired[exc.index - len(creates)]  # a mark the view still showed
+                    continue
+                if op.path.startswith(self.paths.failover_items):
+                    # The view was stale about an intent node: flip create/set and retry.
+                    creates[exc.index] = (
+                        SetOp(op.path, self._intent())
+                        if isinstance(op, CreateOp)
+                        else CreateOp(op.path, self._intent())
+                    )
                     continue
                 if isinstance(exc.cause, NodeExistsError | NoNodeError):
                     return False
                 raise
+        return False
 
-    async def clear_running(self, items: Sequence[int]) -> None:
-        """Delete this instance's running marks of ``items`` (one multi-op when all are there)."""
+    async def clear_running(
+        self, items: Sequence[int], *, failover_run: bool = False, keep_intents: bool = False
+    ) -> None:
+        """The run of ``items`` is over: delete their running marks and, with failover, the
+        failover intents (unless ``keep_intents``: the items were cancelled, not completed)
+        and, for a takeover run, this instance's takeover marks, in one multi-op."""
         if not items or self.registry.session_state is not SessionState.CONNECTED:
-            return  # a lost session's ephemerals are gone with it
+            return  # a lost session's ephemerals are gone with it; intents stay for failover
+        paths: list[str] = [self.paths.item_running(i) for i in items]
+        if (self.config.failover or failover_run) and not keep_intents:
+            paths += [self.paths.failover_item(i) for i in items]
+        if failover_run:
+            paths += [self.paths.item_failover(i) for i in items]
         try:
-            await self.registry.transaction([DeleteOp(self.paths.item_running(i)) for i in items])
+            await self.registry.transaction([DeleteOp(p) for p in paths])
         except TransactionFailedError:
-            for item in items:
+            for path in paths:  # some were not there (a stale view): delete the rest
                 try:
-                    await self.registry.delete(self.paths.item_running(item))
+                    await self.registry.delete(path)
                 except NoNodeError:
                     pass
 

@@ -161,22 +161,33 @@ class JobExecutor:
             return True
         monitor = self.config.monitor_execution
         misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
+        failover_run = contexts.execution_type is ExecutionType.FAILOVER
         if monitor and not await self.coordinator.mark_running(items, misfire_run=misfire_run):
             # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
-            if not quiet_conflict:
+            if failover_run:
+                # Someone runs the item already: give the takeover back.
+                await self.coordinator.release_failover(items)
+            elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
         errors: dict[int, BaseException] = {}
         self.running.update(items)
+        cleared: set[int] = set()
         try:
             self._status(contexts, State.TASK_RUNNING, "")
             async with anyio.create_task_group() as tg:
                 for item in items:
-                    tg.start_soon(self._run_one, contexts, item, errors)
+                    tg.start_soon(self._run_one, contexts, item, errors, cleared)
         finally:
-            if monitor:
+            left = [i for i in items if i not in cleared]
+            if monitor and left:
+                # Items that did not complete (cancelled) keep their failover intents.
                 with anyio.move_on_after(5, shield=True):
-                    await self.coordinator.clear_running(items)
+                    await self.coordinator.clear_running(
+                        left,
+                        failover_run=failover_run,
+                        keep_intents=any(isinstance(errors.get(i), ItemCancelled) for i in left),
+                    )
             self.running.difference_update(items)
             if errors:
                 text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
@@ -188,7 +199,11 @@ class JobExecutor:
         return True
 
     async def _run_one(
-        self, contexts: ShardingContexts, item: int, errors: dict[int, BaseException]
+        self,
+        contexts: ShardingContexts,
+        item: int,
+        errors: dict[int, BaseException],
+        cleared: set[int],
     ) -> None:
         ctx = contexts.for_item(item)
         ident = self.coordinator.identity
@@ -232,6 +247,14 @@ class JobExecutor:
                     failure_cause=format_failure(failure) if failure else None,
                 )
             )
+        if self.config.failover and self.config.monitor_execution:
+            # With failover, an item that completed must not be re-run if this instance dies
+            # before its siblings finish: clear its marks now (one multi-op per item).
+            with anyio.move_on_after(5, shield=True):
+                await self.coordinator.clear_running(
+                    [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
+                )
+                cleared.add(item)
 
     async def _call(self, ctx: object) -> None:
         timeout = self.config.timeout

@@ -228,6 +228,10 @@ class MemoryRegistry:
         self._set_state(SessionState.LOST)
         self._new_session()
 
+    def abandon_session(self, reason: str) -> None:
+        log.warning("memory registry session %d abandoned: %s", self._session_id, reason)
+        self.expire_session()
+
     def _new_session(self) -> None:
         self._session_id = next(_session_ids)
         self._set_state(SessionState.CONNECTED)

@@ -177,3 +177,8 @@ class Registry(Protocol):
     async def transaction(self, ops: Sequence[Op]) -> None:
         """Apply every op atomically or none; raises ``TransactionFailedError``."""
         ...
+
+    def abandon_session(self, reason: str) -> None:
+        """Give the session up now (this process was paused too long to trust it): report LOST,
+        end the session on the server as soon as possible, and open a new one."""
+        ...

@@ -53,6 +53,7 @@ class JobRunner:
         self._wake = anyio.Event()
         self._fires: TaskGroup | None = None
         self._registered_session = 0
+        self._failover_seen: dict[int, float] = {}
 
     @property
     def name(self) -> str:
@@ -160,11 +161,17 @@ class JobRunner:
     async def _watch_loop(self) -> None:
         coord = self.coordinator
         config_raw = coord.view.get(coord.paths.config)
+        wait = 60.0
         while True:
-            await coord.view.wait_changed(60)
+            await coord.view.wait_changed(wait)
+            wait = 60.0
             if not coord.view.fresh:
                 continue
             try:
+                if coord.shutdown_requested():
+                    log.info("%s: shutdown requested by an operator", self.name)
+                    self.request_stop()
+                    return
                 if self._registered_session != self.registry.session_id:
                     await coord.register_instance()
                     self._registered_session = self.registry.session_id
@@ -175,6 +182,8 @@ class JobRunner:
                 if coord.has_trigger() and await coord.consume_trigger():
                     self.start_fire(ExecutionSource.NORMAL_TRIGGER)
                 self._run_misfired_if_due()
+                if await self._failover_if_due():
+                    wait = 0.5  # unclaimed candidates left: look again soon
             except RegistryError as exc:
                 log.debug("%s: watch step failed (%s)", self.name, exc)
 
@@ -189,6 +198,31 @@ class JobRunner:
             log.info("%s: config changed in the registry", self.name)
             coord.config = new
             self._wake.set()
+
+    async def _failover_if_due(self) -> bool:
+        """Claim and run at once this instance's share of a dead runner's unfinished items, and
+        any candidate its preferred taker has not claimed within 2 s. True if some are left."""
+        coord = self.coordinator
+        if not coord.config.failover or self._stopping:
+            return False
+        candidates = coord.failover_candidates()
+        now = anyio.current_time()
+        self._failover_seen = {i: self._failover_seen.get(i, now) for i in candidates}
+        if not candidates:
+            return False
+        mine = set(coord.failover_share(candidates))
+        mine |= {i for i in candidates if now - self._failover_seen[i] > 2.0}
+        claimed = await coord.claim_failover(sorted(mine)) if mine else []
+        if claimed:
+            log.info("%s: failing over items %s", self.name, claimed)
+            for observer in self.executor.observers:
+                observer.failover_claimed(self.name, claimed)
+            contexts = self.executor.contexts(
+                claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER, None
+            )
+            if self._fires is not None:
+                self._fires.start_soon(self._guarded, self.executor.execute(contexts))
+        return len(claimed) < len(candidates)
 
     def _run_misfired_if_due(self) -> None:
         """Run owned misfired items once nothing runs them (e.g. after moving here)."""

@@ -19,6 +19,7 @@ from ._errors import ConfigError, JobNotFoundError
 from ._events import TraceEvent, TraceSink
 from ._jobs import ItemRunner, make_item_runner
 from ._observer import Observer
+from ._pause import PauseDetector
 from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
@@ -216,16 +217,24 @@ class Scheduler:
             self._bus = bus
             stack.callback(setattr, self, "_bus", None)
             log.info("instance %s started on %s", self.instance_id, self.registry_url)
-            async with anyio.create_task_group() as tg:
-                for spec in self._jobs.values():
-                    runner = self._make_runner(spec, registry, bus)
-                    await tg.start(runner.run)
-                    self._runners[spec.config.name] = runner
-                self._started.set()
-                await self._stop_event.wait()
-                log.info("instance %s stopping", self.instance_id)
-                for runner in self._runners.values():
-                    runner.request_stop()
+            async with anyio.create_task_group() as guards:
+                if self.registry_url.scheme == "zookeeper":
+                    detector = PauseDetector(
+                        self.registry_url.session_timeout * 2 / 3,
+                        lambda gap: registry.abandon_session(f"process paused for {gap:.1f}s"),
+                    )
+                    await guards.start(detector.run)
+                async with anyio.create_task_group() as tg:
+                    for spec in self._jobs.values():
+                        runner = self._make_runner(spec, registry, bus)
+                        await tg.start(runner.run)
+                        self._runners[spec.config.name] = runner
+                    self._started.set()
+                    await self._stop_event.wait()
+                    log.info("instance %s stopping", self.instance_id)
+                    for runner in self._runners.values():
+                        runner.request_stop()
+                guards.cancel_scope.cancel()
             self._runners.clear()
 
     def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:

@@ -43,6 +43,7 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
     history = History(args.log, scheduler.instance_id)
     options: dict[str, Any] = json.loads(args.job_options)
     duration = float(options.pop("duration", 0.2))
+    durations = {int(k): float(v) for k, v in options.pop("durations", {}).items()}
 
     async def work(ctx: ShardingContext) -> None:
         history.write(
@@ -55,7 +56,7 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
         )
         ok = False
         try:
-            await anyio.sleep(duration)
+            await anyio.sleep(durations.get(ctx.sharding_item, duration))
             ok = True
         finally:
             history.write(

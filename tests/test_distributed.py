@@ -4,93 +4,23 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 import anyio
 import pytest
 
-from aioelastic._paths import JobPaths
-from aioelastic._sharding import ShardingStrategy, shard
-from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
-from tests.cluster import Cluster, Instance, check_no_overlap
+from aioelastic._sharding import ShardingStrategy
+from tests.cluster import (
+    check_no_overlap,
+    expected,
+    read_assignment,
+    ready,
+    url_with,
+    wait_assignment,
+    zk_client,
+)
 from tests.harness.zookeeper import ZooKeeperServer, _close_session
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)]
-
-JOB = "cluster_job"
-
-
-@asynccontextmanager
-async def zk_client(url: str) -> AsyncIterator[ZooKeeperRegistry]:
-    async with AsyncExitStack() as stack:
-        reg = ZooKeeperRegistry(parse_registry_url(url))
-        await reg.start(stack)
-        yield reg
-
-
-async def read_assignment(
-    reg: ZooKeeperRegistry, url: str, total: int
-) -> dict[str, list[int]] | None:
-    """The committed assignment (None while a reshard is pending or an item has no owner)."""
-    paths = JobPaths(parse_registry_url(url).namespace, JOB)
-    if await reg.exists(paths.sharding_necessary) is not None:
-        return None
-    out: dict[str, list[int]] = {}
-    for item in range(total):
-        try:
-            owner, _ = await reg.get(paths.item_instance(item))
-        except Exception:
-            return None
-        out.setdefault(owner.decode(), []).append(item)
-    return out
-
-
-def expected(
-    instances: list[str], total: int, strategy: ShardingStrategy = ShardingStrategy.AVG_ALLOCATION
-) -> dict[str, list[int]]:
-    return {k: v for k, v in shard(strategy, instances, JOB, total).items() if v}
-
-
-async def wait_assignment(
-    reg: ZooKeeperRegistry, url: str, total: int, want: dict[str, list[int]], timeout: float
-) -> float:
-    """Wait until the committed assignment equals ``want``; return when it was first seen."""
-    last = None
-    with anyio.move_on_after(timeout):
-        while True:
-            last = await read_assignment(reg, url, total)
-            if last == want:
-                return time.time()
-            await anyio.sleep(0.05)
-    raise AssertionError(f"assignment {last} != expected {want} within {timeout}s")
-
-
-async def ready(cluster: Cluster, *instances: Instance) -> None:
-    await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*instances))
-
-
-def url_with(zk_server: ZooKeeperServer, session_timeout: float) -> str:
-    return zk_server.url(
-        f"t{uuid.uuid4().hex[:12]}", session_timeout=session_timeout, connect_timeout=5
-    )
-
-
-@pytest.fixture
-def cluster_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    made: list[Cluster] = []
-
-    def make(url: str, **job_options: object) -> Cluster:
-        c = Cluster(url, tmp_path, job_options=job_options)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
 
 
 @pytest.mark.parametrize("strategy", list(ShardingStrategy))
