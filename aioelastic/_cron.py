@@ -24,10 +24,9 @@ validation limits, is replicated and checked against real Quartz by ``tests/test
   trailing text after a value (``5X``, ``*5``, ``?X``), a step after a name (``JAN-JUN/2``,
   Quartz drops the step), ``L``/``W``/``#`` on ranges or lists (``1-5W``, ``2,6#3``,
   ``1W,15``; Quartz uses only the first value), more than 7 fields (Quartz ignores the rest),
-  ``0W`` and ``#`` with a day-of-week outside 1-7, a step of 0, a leading ``/5``, ``'?'`` inside
-  a list, years outside 1970-2099 and range ends out of range (``1-0`` in day-of-week).
-* Steps larger than the field (``*/61``) are rejected for every form; Quartz checks only
-  ``*/n`` and ``a/n`` and accepts ``10-40/70`` (= 10).
+  empty list items (``1,,2``), ``'?'`` inside a list, a step of 0, a leading ``/5``, ``0W``
+  (Quartz then loops forever), ``#`` with a day-of-week outside 1-7, range ends out of range
+  (``1-0`` in day-of-week) and years outside 1970-2099.
 * ``nW`` in a month shorter than ``n`` (``31W`` in April) never fires. Quartz treats the day as
   overflowing into the next month and sometimes fires on the month's last day, depending on
   where its search started (e.g. a chain of fires from March skips April, a start in April
@@ -43,7 +42,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,6 +54,7 @@ __all__ = ["CronTrigger"]
 MIN_YEAR = 1970
 MAX_YEAR = 2099
 _EPOCH = datetime(1970, 1, 1)
+_BEFORE_MIN_YEAR = datetime(1969, 12, 30, tzinfo=UTC)  # earlier starts are equivalent
 _ONE_SECOND = timedelta(seconds=1)
 
 
@@ -82,7 +82,7 @@ class _Field:
     name: str
     lo: int
     hi: int
-    max_step: int  # Quartz's limit for '/n'
+    max_step: int  # Quartz's limit for '*/n' and 'a/n' (it does not check 'a-b/n')
     names: Mapping[str, int]
 
     def error(self, reason: str) -> _SyntaxError:
@@ -97,7 +97,7 @@ _DAY_OF_MONTH = _Field("day-of-month", 1, 31, 31, _NO_NAMES)
 _MONTH = _Field("month", 1, 12, 12, _MONTH_NAMES)
 _DAY_OF_WEEK = _Field("day-of-week", 1, 7, 7, _QUARTZ_DAY_NAMES)
 _UNIX_DAY_OF_WEEK = _Field("day-of-week", 0, 7, 7, _UNIX_DAY_NAMES)
-_YEAR = _Field("year", MIN_YEAR, MAX_YEAR, MAX_YEAR - MIN_YEAR, _NO_NAMES)
+_YEAR = _Field("year", MIN_YEAR, MAX_YEAR, 2**31 - 1, _NO_NAMES)  # Quartz: no limit
 
 _ALL_DAYS = frozenset(range(1, 32))
 _ALL_WEEKDAYS = frozenset(range(1, 8))
@@ -121,12 +121,14 @@ def _parse_value(token: str, field: _Field) -> int:
     return value
 
 
-def _parse_step(token: str, field: _Field) -> int:
+def _parse_step(token: str, field: _Field, in_range: bool) -> int:
     if not (token.isdecimal() and token.isascii()):
         raise field.error(f"step {token!r} is not a number")
     step = int(token)
-    if not 1 <= step <= field.max_step:
-        raise field.error(f"step {step} is out of range 1-{field.max_step}")
+    if step < 1:
+        raise field.error(f"step {step} must be at least 1")
+    if step > field.max_step and not in_range:
+        raise field.error(f"step {step} is larger than {field.max_step}")
     return step
 
 
@@ -141,13 +143,17 @@ def _expand(first: int, last: int, step: int, field: _Field) -> Iterable[int]:
 
 def _parse_item(item: str, field: _Field) -> Iterable[int]:
     base, slash, step_text = item.partition("/")
-    step = _parse_step(step_text, field) if slash else 1
+    step = _parse_step(step_text, field, "-" in base) if slash else 1
     if slash and any(c.isalpha() for c in base):
         raise field.error(f"{item!r}: Quartz ignores a step after a name; use numbers")
     if base == "*":
         return range(field.lo, field.hi + 1, step)
+    if not base and slash:
+        raise field.error(f"{item!r}: a step needs a start, e.g. '*/{step_text}'")
     if "-" in base:
         first_text, _, last_text = base.partition("-")
+        if first_text and last_text and first_text.isalpha() != last_text.isalpha():
+            raise field.error(f"range {base!r} mixes a name and a number")
         first, last = _parse_value(first_text, field), _parse_value(last_text, field)
     else:
         first = _parse_value(base, field)
@@ -261,10 +267,10 @@ def _day_sets(dom: frozenset[int], dow: frozenset[int], either: bool) -> _DaySet
     return _DaySets(dom, dow, either)
 
 
-_LAST_DAY = re.compile(r"L(?:-(\d+))?(W?)")
-_NEAREST = re.compile(r"(\d+)W")
-_LAST_WEEKDAY = re.compile(r"(\d+|[A-Z]+)L")
-_NTH_WEEKDAY = re.compile(r"(\d+|[A-Z]+)#(\d+)")
+_LAST_DAY = re.compile(r"L(?:-([0-9]+))?(W?)")
+_NEAREST = re.compile(r"([0-9]+)W")
+_LAST_WEEKDAY = re.compile(r"([0-9]+|[A-Z]+)L")
+_NTH_WEEKDAY = re.compile(r"([0-9]+|[A-Z]+)#([0-9]+)")
 
 
 def _quartz_day_of_month(text: str) -> _DayRule | None:
@@ -301,23 +307,25 @@ def _quartz_day_of_week(text: str) -> _DayRule | None:
             raise field.error(f"{text!r}: the number after '#' must be 1-5")
         return _NthWeekday(_parse_value(match[1], field), nth)
     if "L" in text or "#" in text:
-        raise field.error(f"{text!r}: 'L' and '#' must stand alone (L, nL, n#k), not in lists")
+        raise field.error(
+            f"{text!r}: 'L' and '#' must stand alone (L, nL, n#k), not in lists or ranges"
+        )
     return _day_sets(_ALL_DAYS, _parse_list(text, field), either=False)
 
 
 def _quartz_days(dom_text: str, dow_text: str) -> _DayRule:
     by_month = _quartz_day_of_month(dom_text)
     by_week = _quartz_day_of_week(dow_text)
-    if by_month is None and by_week is None:
-        raise _SyntaxError("'?' may be used in only one of day-of-month and day-of-week")
-    if by_month is not None and by_week is not None:
+    if by_month is None:
+        if by_week is None:
+            raise _SyntaxError("'?' may be used in only one of day-of-month and day-of-week")
+        return by_week
+    if by_week is not None:
         raise _SyntaxError(
             "one of day-of-month and day-of-week must be '?' (Quartz cannot restrict both), "
             "e.g. '0 0 12 * * ?'"
         )
-    rule = by_month if by_month is not None else by_week
-    assert rule is not None
-    return rule
+    return by_month
 
 
 def _unix_days(dom_text: str, dow_text: str) -> _DayRule:
@@ -417,8 +425,9 @@ class CronTrigger:
       03:00) fires at the first instant after the gap (03:00 EDT); several gap times fire once.
       Quartz instead skips them (a daily 02:30 job does not run that day).
     * A wall time inside a fall-back overlap (01:30 on the day New York repeats 01:00-02:00)
-      fires at its first occurrence (01:30 EDT) only; the repeated hour fires nothing.
-      Quartz instead fires at the second occurrence (01:30 EST) only.
+      fires at its first occurrence (01:30 EDT) only; the second pass fires nothing.
+      Quartz instead fires at the second occurrence (01:30 EST) only, so it fires nothing
+      during the first pass.
 
     Compare returned datetimes by instant (``.timestamp()`` or after ``astimezone(UTC)``):
     Python compares two datetimes that share a tzinfo by wall time, ignoring ``fold``.
@@ -469,7 +478,7 @@ class CronTrigger:
             raise ValueError(f"after must be timezone-aware, got naive {after.isoformat()}")
         if after.year > MAX_YEAR:
             return None
-        local = after.astimezone(self._zone)
+        local = max(after, _BEFORE_MIN_YEAR).astimezone(self._zone)
         if local.fold and local.replace(fold=0).utcoffset() != local.utcoffset():
             wall = self._next_wall(self._overlap_end(local))  # second pass of a repeated hour
         else:

@@ -395,13 +395,13 @@ def parse_sample(query: tuple[str, str, int, int], line: str) -> dict[str, objec
         sys.exit(f"Quartz rejected corpus expression {expr!r}: {line}")
     fires: list[int | None] = []
     dst: list[int] = []
-    for i, token in enumerate(rest.split(",")):
-        if token == "null":
+    for i, item in enumerate(rest.split(",")):
+        if item == "null":
             fires.append(None)
             break
-        if token.endswith("*"):
+        if item.endswith("*"):
             dst.append(i)
-        fires.append(int(token.rstrip("*")))
+        fires.append(int(item.rstrip("*")))
     sample: dict[str, object] = {"expr": expr, "zone": zone, "start": start, "fires": fires}
     if dst:
         sample["dst"] = dst
@@ -463,8 +463,7 @@ def main() -> None:
         "java": java_version(),
         "samples": [parse_sample(q, line) for q, line in zip(samples, lines, strict=False)],
         "verdicts": [
-            parse_verdict(q[0], line)
-            for q, line in zip(edge, lines[len(samples) :], strict=True)
+            parse_verdict(q[0], line) for q, line in zip(edge, lines[len(samples) :], strict=True)
         ],
     }
     text = dump(corpus)

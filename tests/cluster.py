@@ -45,6 +45,7 @@ class ItemRun:
     start: float
     end: float | None = None
     ok: bool | None = None
+    scheduled: float | None = None
 
 
 @dataclass
@@ -155,7 +156,8 @@ class Cluster:
                 key = (r["instance"], r.get("task_id", ""), r.get("item", -1))
                 if r["ev"] == "start":
                     runs[key] = ItemRun(
-                        r["instance"], r["job"], r["item"], r["task_id"], r["source"], r["t"]
+                        r["instance"], r["job"], r["item"], r["task_id"], r["source"], r["t"],
+                        scheduled=r.get("scheduled"),
                     )
                 elif r["ev"] == "end" and key in runs:
                     runs[key].end, runs[key].ok = r["t"], r["ok"]

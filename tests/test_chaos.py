@@ -1,0 +1,69 @@
+"""Chaos: faults injected into a 3-process cluster on a real ZooKeeper; the history checker
+must find no violated invariant (tests/history.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from tests.chaos import Chaos
+from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.zookeeper import ZooKeeperServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(180)]
+
+TIMEOUT = 3.0
+TOTAL = 6
+IDS = ["inst-a", "inst-b", "inst-c"]
+
+
+async def start(
+    server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+) -> tuple[Chaos, str]:
+    url = url_with(server, session_timeout=TIMEOUT)
+    cluster = cluster_factory(
+        url, cron="0/1 * * * * ?", sharding_total_count=TOTAL, failover=True, duration=0.4
+    )
+    procs = [cluster.start(i) for i in IDS]
+    await ready(cluster, *procs)
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, TOTAL, expected(IDS, TOTAL), 15)
+    return Chaos(cluster, server, TIMEOUT, TOTAL), url
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause", "restart", "expire"])
+async def test_invariants_hold_under_fault(
+    fault: str, zk_restartable_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+) -> None:
+    chaos, url = await start(zk_restartable_server, cluster_factory)
+    await anyio.sleep(2.2)  # the workload: fires every second
+    victim = chaos.cluster.instances["inst-c"]
+    if fault == "kill":
+        await chaos.kill(victim)
+    elif fault == "pause":
+        await chaos.pause(victim, TIMEOUT * 1.5)
+    elif fault == "restart":
+        await chaos.restart_server(1.0)
+    else:
+        await chaos.expire(victim)
+    await anyio.sleep(TIMEOUT + 7)  # the workload goes on after the fault
+    report = await chaos.finish(url, settle=2.0)
+    assert report.ok, str(report)
+    assert report.fires_checked >= 2, str(report)
+
+
+async def test_invariants_hold_under_random_faults(
+    zk_restartable_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+) -> None:
+    chaos, url = await start(zk_restartable_server, cluster_factory)
+    rng = random.Random(20261121)
+    kinds = []
+    for _ in range(4):
+        await anyio.sleep(rng.uniform(1.5, 3.0))
+        kinds.append(await chaos.random_fault(rng))
+    await anyio.sleep(TIMEOUT + 7)
+    report = await chaos.finish(url, settle=2.0)
+    assert report.ok, f"faults {kinds}: {report}"
