@@ -82,13 +82,16 @@ class TreeView:
 
     # -- maintenance --
 
-    def _on_watch(self, event: WatchEvent) -> None:
-        self._send.send_nowait(event)
+    def _on_watch(self, event: _Event) -> None:
+        try:
+            self._send.send_nowait(event)
+        except anyio.ClosedResourceError:
+            pass  # the view has stopped; a late watch is of no interest
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.state is not SessionState.CONNECTED:
             self._fresh = False
-        self._send.send_nowait(event)
+        self._on_watch(event)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load the subtree, then apply changes until cancelled."""

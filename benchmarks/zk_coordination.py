@@ -1,0 +1,214 @@
+"""ZooKeeper coordination figures, against a real ZooKeeper started here (loopback, temp dir):
+
+1. registry requests per fire in steady state, counted from the requests each instance sends,
+   split into the fire path (mark/clear running) and view upkeep (re-reads after watches fire);
+2. time from a membership change (an instance joins; one stops gracefully) to the new
+   assignment being committed;
+3. failover latency: SIGKILL of an instance process to its running items starting on a survivor,
+   against the session timeout (target: within timeout + 0.5 s).
+
+    python benchmarks/zk_coordination.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aioelastic import Observer, Scheduler, Settings, ShardingContext  # noqa: E402
+from aioelastic._paths import JobPaths  # noqa: E402
+from tests.cluster import (  # noqa: E402
+    Cluster,
+    expected,
+    wait_assignment,
+    zk_client,
+)
+from tests.harness.zookeeper import ZooKeeperServer  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+JOB = "cluster_job"
+
+
+class FireCounter(Observer):
+    def __init__(self) -> None:
+        self.fires = 0
+
+    def fire_started(self, job: str, scheduled: Any, started: Any) -> None:
+        self.fires += 1
+
+
+async def requests_per_fire(server: ZooKeeperServer, items: int, seconds: float) -> dict[str, Any]:
+    url = server.url(f"bench{int(time.time() * 1000)}", session_timeout=10)
+    counters = [FireCounter() for _ in range(3)]
+    schedulers = []
+    for k, counter in enumerate(counters):
+        s = Scheduler(
+            settings=Settings(registry_url=url, instance_id=f"bench-{k}"), observers=[counter]
+        )
+
+        async def noop(ctx: ShardingContext) -> None:
+            pass
+
+        s.add_job(noop, name=JOB, cron="* * * * * ?", sharding_total_count=items)
+        schedulers.append(s)
+    async with AsyncExitStack() as stack:
+        for s in schedulers:
+            await stack.enter_async_context(s)
+        async with zk_client(url) as reg:
+            await wait_assignment(
+                reg,
+                url,
+                items,
+                expected(
+                    [f"bench-{k}" for k in range(3)],
+                    items,
+                ),
+                20,
+            )
+        await anyio.sleep(2)  # settle
+        before = [s.registry.request_count for s in schedulers]
+        fires_before = [c.fires for c in counters]
+        await anyio.sleep(seconds)
+        sent = [s.registry.request_count - b for s, b in zip(schedulers, before, strict=True)]
+        fires = [c.fires - f for c, f in zip(counters, fires_before, strict=True)]
+    per_fire = [r / f for r, f in zip(sent, fires, strict=True) if f]
+    return {
+        "instances": 3,
+        "items": items,
+        "fires_per_instance": fires,
+        "requests_per_instance": sent,
+        "requests_per_fire_per_instance": round(sum(per_fire) / len(per_fire), 2),
+        "fire_path_requests": 2,
+        "note": "fire path = one multi-op to mark items running + one to clear them; the rest "
+        "is view upkeep (re-reading nodes whose watches fired, for every instance's view)",
+    }
+
+
+async def reshard_times(server: ZooKeeperServer, workdir: Path, rounds: int) -> dict[str, Any]:
+    joins, leaves = [], []
+    for r in range(rounds):
+        url = server.url(f"reshard{r}{int(time.time())}", session_timeout=10)
+        cluster = Cluster(
+            url,
+            workdir / f"r{r}",
+            job_options={"cron": "0/1 * * * * ?", "sharding_total_count": 10, "duration": 0.01},
+        )
+        (workdir / f"r{r}").mkdir()
+        try:
+            ids = ["inst-a", "inst-b", "inst-c"]
+            procs = {i: cluster.start(i) for i in ids}
+            await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*procs.values()))
+            async with zk_client(url) as reg:
+                await wait_assignment(reg, url, 10, expected(ids, 10), 20)
+                fourth = cluster.start("inst-d")
+                await anyio.to_thread.run_sync(lambda: cluster.wait_ready(fourth))
+                ready_at = next(x["t"] for x in fourth.records() if x["ev"] == "ready")
+                done = await wait_assignment(reg, url, 10, expected([*ids, "inst-d"], 10), 10)
+                joins.append(done - ready_at)
+                procs["inst-b"].signal(signal.SIGTERM)
+                left = time.time()
+                done = await wait_assignment(
+                    reg, url, 10, expected(["inst-a", "inst-c", "inst-d"], 10), 10
+                )
+                leaves.append(done - left)
+        finally:
+            cluster.close()
+    return {
+        "join_to_commit_s": [round(x, 3) for x in joins],
+        "graceful_leave_to_commit_s": [round(x, 3) for x in leaves],
+        "session_timeout_s": 10,
+    }
+
+
+async def failover_latency(
+    server: ZooKeeperServer, workdir: Path, rounds: int, timeout: float
+) -> dict[str, Any]:
+    latencies = []
+    for r in range(rounds):
+        url = server.url(f"failover{r}{int(time.time())}", session_timeout=timeout)
+        path = workdir / f"f{r}"
+        path.mkdir()
+        cluster = Cluster(
+            url, path, job_options={"sharding_total_count": 6, "failover": True, "duration": 30}
+        )
+        try:
+            ids = ["inst-a", "inst-b", "inst-c"]
+            procs = {i: cluster.start(i) for i in ids}
+            await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*procs.values()))
+            async with zk_client(url) as reg:
+                await wait_assignment(reg, url, 6, expected(ids, 6), 20)
+                ns = url.split("/")[3].split("?")[0]
+                await reg.create(JobPaths(ns, JOB).trigger("inst-c"))
+            with anyio.fail_after(10):
+                while {x.item for x in cluster.history() if x.instance == "inst-c"} != {0, 1}:
+                    await anyio.sleep(0.02)
+            procs["inst-c"].signal(signal.SIGKILL)
+            killed = time.time()
+            with anyio.fail_after(timeout + 10):
+                while True:
+                    taken = [x for x in cluster.history() if x.source == "FAILOVER"]
+                    if {x.item for x in taken} == {0, 1}:
+                        break
+                    await anyio.sleep(0.01)
+            latencies.append(max(x.start for x in taken) - killed)
+        finally:
+            cluster.close()
+    return {
+        "session_timeout_s": timeout,
+        "sigkill_to_failover_start_s": [round(x, 3) for x in latencies],
+        "over_timeout_s": [round(x - timeout, 3) for x in latencies],
+        "target": "<= session timeout + 0.5 s",
+        "met": all(x <= timeout + 0.5 for x in latencies),
+    }
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        server = ZooKeeperServer(workdir / "zk")
+        server.start()
+        try:
+            results: dict[str, Any] = {
+                "requests": await requests_per_fire(server, 10, 3 if quick else 10),
+                "reshard": await reshard_times(server, workdir, 1 if quick else 3),
+                "failover": await failover_latency(server, workdir, 1 if quick else 3, 3.0),
+            }
+        finally:
+            server.close()
+    req, rs, fo = results["requests"], results["reshard"], results["failover"]
+    print(
+        f"registry requests per fire per instance (3 instances, 10 items): "
+        f"{req['requests_per_fire_per_instance']} (fire path: {req['fire_path_requests']})"
+    )
+    print(
+        f"membership change -> assignment committed: join {rs['join_to_commit_s']} s, "
+        f"graceful leave {rs['graceful_leave_to_commit_s']} s "
+        f"(session timeout {rs['session_timeout_s']} s)"
+    )
+    print(
+        f"failover latency SIGKILL -> item started on a survivor: "
+        f"{fo['sigkill_to_failover_start_s']} s with session timeout {fo['session_timeout_s']} s "
+        f"(over timeout: {fo['over_timeout_s']}; target met: {fo['met']})"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    out = anyio.run(main, args.quick)
+    RESULTS.mkdir(exist_ok=True)
+    name = "zk_coordination_quick.json" if args.quick else "zk_coordination.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2))
