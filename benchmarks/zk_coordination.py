@@ -26,15 +26,16 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aioelastic import Observer, Scheduler, Settings, ShardingContext  # noqa: E402
-from aioelastic._paths import JobPaths  # noqa: E402
-from tests.cluster import (  # noqa: E402
+from aioelastic import Observer, Scheduler, Settings, ShardingContext
+from aioelastic._paths import JobPaths
+from tests.cluster import (
     Cluster,
     expected,
+    ready,
     wait_assignment,
     zk_client,
 )
-from tests.harness.zookeeper import ZooKeeperServer  # noqa: E402
+from tests.harness.zookeeper import ZooKeeperServer
 
 RESULTS = Path(__file__).parent / "results"
 JOB = "cluster_job"
@@ -108,11 +109,11 @@ async def reshard_times(server: ZooKeeperServer, workdir: Path, rounds: int) -> 
         try:
             ids = ["inst-a", "inst-b", "inst-c"]
             procs = {i: cluster.start(i) for i in ids}
-            await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*procs.values()))
+            await ready(cluster, *procs.values())
             async with zk_client(url) as reg:
                 await wait_assignment(reg, url, 10, expected(ids, 10), 20)
                 fourth = cluster.start("inst-d")
-                await anyio.to_thread.run_sync(lambda: cluster.wait_ready(fourth))
+                await ready(cluster, fourth)
                 ready_at = next(x["t"] for x in fourth.records() if x["ev"] == "ready")
                 done = await wait_assignment(reg, url, 10, expected([*ids, "inst-d"], 10), 10)
                 joins.append(done - ready_at)
@@ -145,7 +146,7 @@ async def failover_latency(
         try:
             ids = ["inst-a", "inst-b", "inst-c"]
             procs = {i: cluster.start(i) for i in ids}
-            await anyio.to_thread.run_sync(lambda: cluster.wait_ready(*procs.values()))
+            await ready(cluster, *procs.values())
             async with zk_client(url) as reg:
                 await wait_assignment(reg, url, 6, expected(ids, 6), 20)
                 ns = url.split("/")[3].split("?")[0]
