@@ -1,50 +1,50 @@
 """The ZooKeeper registry: the ``Registry`` protocol over aiozk's wire protocol.
 
-We use aiozk for what it does well, the jute wire format (``aiozk.protocol`` request and
-response classes, ``ACL``, ``Stat``, ``aiozk.exc`` error codes), and own everything above it:
-framing on an anyio socket, the session, heartbeats, reconnection, watches and recipes. aiozk's
-``Session`` turned out to be unfit for a coordinator (see DESIGN.md and the notes below), and
-patching it would mean overriding most of it, so this module keeps the session in our hands.
+aiozk gives us the jute wire format (``aiozk.protocol`` requests and responses, ``ACL``,
+``Stat``, ``aiozk.exc`` error codes). Everything above it is ours: framing on an anyio socket,
+the session and its supervisor, heartbeats, reconnection, watches, recipes. aiozk's ``Session``
+is unfit for a coordinator (DESIGN.md and the pitfalls below) and fixing it would mean
+overriding most of it, so we do not use ``ZKClient``/``Session`` at all.
 
-Session rule (``T`` = session timeout negotiated with the server):
+Session rule (``T`` = the session timeout negotiated with the server):
 
-* a ping is sent when no request went out for ``T/4``;
-* the connection is deemed dead (state SUSPENDED) when it breaks, or when no reply arrived to
-  anything sent in the last ``T/2``;
-* the session is declared LOST by us when ``2/3·T`` (``SESSION_LOSS_FRACTION``) has passed since
-  the *send time* of the last request the server answered. The server cannot expire the session
-  before ``T`` has passed since it last heard from us, which is after that send time: so we stop
-  trusting the session (and its ephemerals) at least ``T/3`` before any other instance can see
-  it expire and take over. A session the server reports expired is LOST at once.
-* after LOST we connect with a *new* session (listeners get LOST, then CONNECTED with the new id;
-  every watch of the old session is dropped, never delivered). If the old session was declared
-  lost by us and is still alive on the server, we close it there first, so its ephemerals are
-  gone before the new session starts re-registering.
+* a ping goes out when nothing was sent for ``T/4`` (one ping in flight at most);
+* SUSPENDED as soon as the connection breaks, or when nothing sent in the last ``T/2`` was
+  answered (the connection is then dropped);
+* LOST, declared by us, ``2/3·T`` (``SESSION_LOSS_FRACTION``) after the *send time* of the last
+  request the server answered. The server cannot expire the session before ``T`` has passed
+  since it last heard from us, which is after that send time: we stop trusting the session
+  (and its ephemerals) at least ``T/3`` before another instance can see it expire and take
+  over. A session the server reports expired (or that comes back with another id) is LOST too.
+* after LOST we open a *new* session (listeners get LOST with the old id, then CONNECTED with
+  the new one; the old session's watches are dropped, never delivered). If we declared the loss
+  ourselves and the server still has the old session, we first attach to it and close it, so
+  its ephemerals are gone before the new session re-registers (given up after 3 failed tries
+  on a reachable server: it then expires on its own).
 
-Requests: every call has a deadline (``request_timeout``, default the session timeout); while
-SUSPENDED a call waits for the reconnection within that deadline, while LOST it fails at once;
-both raise ``SessionLostError``. Requests are never replayed: a write whose connection broke
-raises ``SessionLostError`` and may or may not have been applied (for a sequential create, an
-orphan node may exist). (aiozk's own ``Session.send`` replays such requests, which can duplicate
-a sequential node; we do not use it.)
+Requests: each call has a deadline (``request_timeout``, default the session timeout). While
+SUSPENDED a call waits for the reconnection within it; while LOST it fails at once; both raise
+``SessionLostError``. Requests are never replayed: a write whose connection broke raises
+``SessionLostError`` and may or may not have been applied (a sequential create may have left an
+orphan node). aiozk's ``Session.send`` replays such requests, duplicating sequential nodes.
 
-Watches are one-shot, registered when the server's reply is read (so no event can overtake
-them), re-armed with ``SetWatches`` (relative to the last zxid we saw) after a reconnection to
-the same session, and called synchronously by the registry's reader task.
+Watches are one-shot, registered when the server's reply is read (no event can overtake them),
+re-armed after a reconnection to the same session with ``SetWatches`` relative to the last zxid
+we saw (changes missed meanwhile fire then), and called synchronously by the connection's reader
+task, which the registry owns.
 
-ACLs: with ``zookeeper://user:pass@...`` every connection sends a digest ``AuthRequest`` and
-the nodes we create get ALL for ``digest:user:base64(sha1(user:pass))`` plus READ for
-``world:anyone``, so operators can browse the tree with ``zkCli`` but only we can change it.
-Without credentials nodes are open (``world:anyone`` ALL).
+ACLs: with ``zookeeper://user:pass@...`` each connection sends a digest ``AuthRequest`` and the
+nodes we create get ALL for ``digest:user:base64(sha1(user:pass))`` plus READ for
+``world:anyone``: operators can browse the tree with ``zkCli``, only we can change it. Without
+credentials nodes are open (``world:anyone`` ALL). The password is never logged.
 
-aiozk pitfalls avoided by owning the session: ``Session.send`` retries forever (replays);
-``find_server`` backs off exponentially up to 60 s (a restarted server is found too late for
-the session to survive); ``establish_session`` resets the last zxid to ``None`` so re-armed data
-watches all fire spuriously; DELETED-only watches are not re-armed; the read loop exits silently
-on EOF (a dropped connection is only noticed by a ping timeout); callbacks run as unreferenced
-tasks; ``ensure_path`` makes container nodes; ``delete``/``set_data`` default to cached versions;
-failed multi-ops return a falsy result; ``close()`` can hang during an outage;
-``exc.get_response_error`` prints unknown codes to stdout.
+aiozk pitfalls avoided this way: ``Session.send`` retries forever (replays) and has no timeout;
+``find_server`` backs off exponentially up to 60 s (a restarted server is found too late for the
+session to survive); ``establish_session`` resets the last zxid to ``None``, so every re-armed
+data watch fires spuriously; DELETED-only watches are not re-armed; the read loop exits silently
+on EOF (a drop is only noticed by a ping timeout); callbacks run as unreferenced tasks;
+``ensure_path`` makes container nodes; ``delete``/``set_data`` default to cached versions; a
+failed multi returns a falsy result; ``close()`` can hang; unknown error codes are printed.
 """
 
 from __future__ import annotations
@@ -322,7 +322,10 @@ class _Connection:
         reason = "closed"
         try:
             while True:
-                self._dispatch(await self._read_frame(), on_event)
+                frame = await self._read_frame()
+                if self.closed.is_set():
+                    return  # aborted: nothing of this connection is delivered any more
+                self._dispatch(frame, on_event)
         except _CONNECTION_ERRORS as error:
             reason = repr(error)
         except Exception as error:  # a protocol bug must not take the registry down
@@ -369,6 +372,10 @@ class _Connection:
         if on_closed is not None:
             on_closed(self)
 
+    def abort(self, reason: str) -> None:
+        """End the connection now (sync): waiting calls fail, the reader dispatches no more."""
+        self._shutdown(reason)
+
     async def aclose(self) -> None:
         self._shutdown("closed by us")
         with anyio.CancelScope(shield=True):
@@ -408,9 +415,6 @@ class _Watches:
 
     def clear(self) -> None:
         self._table.clear()
-
-    def __bool__(self) -> bool:
-        return bool(self._table)
 
 
 @dataclass
@@ -490,6 +494,14 @@ class ZooKeeperRegistry:
 
     def add_session_listener(self, listener: SessionListener) -> None:
         self._listeners.append(listener)
+
+    def abandon_session(self, reason: str) -> None:
+        """Give the session up now: LOST, close it on the server, then a new session."""
+        if not self._started or self._closing or self._state is SessionState.LOST:
+            return
+        self._declare_lost(f"abandoned: {reason}", retire=True)
+        if self._conn is not None:
+            self._conn.abort("session abandoned")
 
     def remove_session_listener(self, listener: SessionListener) -> None:
         if listener in self._listeners:
@@ -622,15 +634,16 @@ class ZooKeeperRegistry:
                 await conn.closed.wait()
 
     async def _recover(self, dead: _Connection) -> tuple[_Connection, bool]:
-        """Reconnect (we are SUSPENDED), resuming the session until it is lost, then a new one."""
+        """Reconnect: resume the session while SUSPENDED, until it is lost; then a new one."""
         loss_at = dead.acked_at + self._timeout * SESSION_LOSS_FRACTION
-        log.warning(
-            "ZooKeeper session 0x%x suspended (connection to %s lost); declared lost in %.1fs "
-            "unless resumed",
-            self._session_id,
-            dead.host,
-            max(0.0, loss_at - anyio.current_time()),
-        )
+        if self._state is SessionState.SUSPENDED:
+            log.warning(
+                "ZooKeeper session 0x%x suspended (connection to %s lost); declared lost in "
+                "%.1fs unless resumed",
+                self._session_id,
+                dead.host,
+                max(0.0, loss_at - anyio.current_time()),
+            )
         per_attempt = self.url.connect_timeout / len(self._hosts)
         pause = _RETRY_PAUSE[0]
         while True:
@@ -689,6 +702,8 @@ class ZooKeeperRegistry:
             )
             if response.timeout <= 0 or response.session_id == 0:
                 raise _SessionExpiredError
+            if resume and self._state is SessionState.LOST:  # abandoned meanwhile
+                raise RegistryError("the session was abandoned during the reconnection")
             if self._credentials is not None:
                 await conn.authenticate(self._credentials)
         except BaseException:
@@ -769,9 +784,12 @@ class ZooKeeperRegistry:
         self._set_state(SessionState.LOST)
 
     async def _rearm_watches(self, conn: _Connection) -> bool:
-        """Re-send the session's watches on a new connection (SetWatches); False if it died."""
-        lists = [self._watches.paths(kind) for kind in (_DATA, _EXIST)]
-        lists.append(self._watches.paths(_CHILD))
+        """Re-send the session's watches on a new connection (SetWatches); False if it died.
+
+        The server fires at once the watches whose node changed after our last seen zxid.
+        """
+        relative_zxid = conn.last_zxid  # replies to the batches below move conn.last_zxid
+        lists = [self._watches.paths(kind) for kind in (_DATA, _EXIST, _CHILD)]
         batches: list[list[list[str]]] = [[[], [], []]]
         size = 0
         for index, paths in enumerate(lists):
@@ -787,7 +805,7 @@ class ZooKeeperRegistry:
                     if data or exist or child:
                         await conn.call(
                             protocol.SetWatchesRequest(
-                                relative_zxid=conn.last_zxid,
+                                relative_zxid=relative_zxid,
                                 data_watches=data,
                                 exist_watches=exist,
                                 child_watches=child,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import anyio
@@ -23,6 +23,7 @@ from aioelastic._registry import (
     CheckOp,
     CreateOp,
     DeleteOp,
+    Op,
     Registry,
     SessionEvent,
     SessionState,
@@ -32,34 +33,20 @@ from aioelastic._registry import (
 )
 from aioelastic._urls import parse_registry_url
 from aioelastic._zk_registry import SESSION_LOSS_FRACTION, ZooKeeperRegistry
-from tests.harness.zookeeper import ZooKeeperServer, drop_connection, expire_session, free_port
+from tests.harness.zookeeper import (
+    Recorder,
+    ZooKeeperServer,
+    barrier,
+    drop_connection,
+    expire_session,
+    free_port,
+)
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper]
 
 CONNECTED, SUSPENDED, LOST = SessionState.CONNECTED, SessionState.SUSPENDED, SessionState.LOST
 CREATED, DELETED = WatchEventType.CREATED, WatchEventType.DELETED
 CHANGED, CHILDREN = WatchEventType.CHANGED, WatchEventType.CHILDREN
-
-
-class Recorder:
-    """A sync callable (watcher or session listener) that records calls; await ``until``."""
-
-    def __init__(self) -> None:
-        self.calls: list[object] = []
-        self._changed = anyio.Event()
-
-    def __call__(self, item: object) -> None:
-        self.calls.append(item)
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def until(self, predicate: Callable[[list[object]], bool], timeout: float = 5) -> None:
-        with anyio.fail_after(timeout):
-            while not predicate(self.calls):
-                await self._changed.wait()
-
-    def states(self) -> list[SessionState]:
-        return [c.state for c in self.calls if isinstance(c, SessionEvent)]
 
 
 def ns(url: str) -> str:
@@ -133,8 +120,9 @@ async def test_make_parents_are_persistent_plain_nodes(zk_url: str) -> None:
         assert (await reg.get(leaf))[1].ephemeral_owner == reg.session_id
         await reg.create(f"{root}/job/sharding/1/instance", make_parents=True)  # partly there
         await reg.delete(leaf)
-        # A container node would be reaped within ~0.2 s once empty (see the harness).
-        await anyio.sleep(1.0)
+        # A container node would be reaped within ~0.2 s once empty (the harness sets the
+        # reaper interval): watch three reaper rounds go by.
+        await anyio.sleep(0.6)
         for parent in (root, f"{root}/job", f"{root}/job/sharding", f"{root}/job/sharding/0"):
             stat = await reg.exists(parent)
             assert stat is not None and stat.ephemeral_owner == 0, parent  # not ephemeral/container
@@ -191,22 +179,21 @@ async def test_transaction_is_atomic_and_reports_the_failing_op(zk_url: str) -> 
         )
         assert sorted(await reg.get_children(root)) == ["a", "b", "eph"]
         assert (await reg.get(f"{root}/eph"))[1].ephemeral_owner == reg.session_id
-        failing = [
+        failing: list[tuple[Op, type[RegistryError]]] = [
             (CheckOp(f"{root}/a", 0), BadVersionError),  # it is at version 1 now
             (CreateOp(f"{root}/b"), NodeExistsError),
             (DeleteOp(f"{root}/missing"), NoNodeError),
             (SetOp(f"{root}/a", b"x", version=7), BadVersionError),
         ]
         for index, (bad_op, cause) in enumerate(failing):
-            ops = [CreateOp(f"{root}/new"), SetOp(f"{root}/b", b"b1")]
-            ops.insert(1, bad_op)
+            ops = [CreateOp(f"{root}/new"), bad_op, SetOp(f"{root}/b", b"b1")]
             with pytest.raises(TransactionFailedError) as info:
                 await reg.transaction(ops)
             assert info.value.index == 1, index
             assert isinstance(info.value.cause, cause)
         assert await reg.exists(f"{root}/new") is None
-        assert await reg.get(f"{root}/b") == (b"b", (await reg.get(f"{root}/b"))[1])
-        assert (await reg.get(f"{root}/b"))[1].version == 0
+        data, stat = await reg.get(f"{root}/b")
+        assert (data, stat.version) == (b"b", 0)
         await reg.transaction([])
 
 
@@ -230,7 +217,7 @@ async def test_watches_fire_once_with_the_first_change(zk_url: str) -> None:
         await created.until(lambda c: len(c) >= 1)
         await child.until(lambda c: len(c) >= 1)
         await both.until(lambda c: len(c) >= 2)
-        await anyio.sleep(0.2)  # nothing else may arrive
+        await barrier(reg, other, root)  # nothing else may arrive
         assert data.calls == [WatchEvent(CHANGED, f"{root}/d")]
         assert created.calls == [WatchEvent(CREATED, f"{root}/later")]
         assert child.calls == [WatchEvent(CHILDREN, root)]
@@ -280,7 +267,7 @@ async def test_watches_survive_a_dropped_connection(zk_url: str) -> None:
         drop_connection(reg)
         await listener.until(lambda c: len(c) >= 1)
         await other.delete(f"{root}/deleted")  # while we may be disconnected
-        await listener.until(lambda c: CONNECTED in [e.state for e in c])  # type: ignore[attr-defined]
+        await listener.until_state(CONNECTED)
         assert listener.states() == [SUSPENDED, CONNECTED] and reg.session_id == session
         await deleted.until(lambda c: c == [WatchEvent(DELETED, f"{root}/deleted")])
         await children.until(lambda c: c == [WatchEvent(CHILDREN, root)])
@@ -288,8 +275,28 @@ async def test_watches_survive_a_dropped_connection(zk_url: str) -> None:
         await other.create(f"{root}/created")
         await changed.until(lambda c: c == [WatchEvent(CHANGED, f"{root}/changed")])
         await created.until(lambda c: c == [WatchEvent(CREATED, f"{root}/created")])
-        await anyio.sleep(0.2)
+        await barrier(reg, other, root)
         assert quiet.calls == []  # no spurious event from re-arming (relative zxid is right)
+
+
+async def test_many_watches_are_re_armed_in_batches(zk_url: str) -> None:
+    root = ns(zk_url)
+    names = [f"{i:04d}-" + "x" * 180 for i in range(800)]  # > 128 KiB of paths: 2 batches
+    async with registry(zk_url) as reg, registry(zk_url) as other:
+        await reg.create(root)
+        recorders = [Recorder() for _ in names]
+        async with anyio.create_task_group() as tg:
+            for name, rec in zip(names, recorders, strict=True):
+                tg.start_soon(reg.exists, f"{root}/{name}", rec)
+        listener = Recorder()
+        reg.add_session_listener(listener)
+        drop_connection(reg)
+        await listener.until_state(CONNECTED)
+        for name in (names[0], names[-1]):
+            await other.create(f"{root}/{name}")
+        await recorders[0].until(lambda c: c == [WatchEvent(CREATED, f"{root}/{names[0]}")])
+        await recorders[-1].until(lambda c: c == [WatchEvent(CREATED, f"{root}/{names[-1]}")])
+        await reg.delete(root, recursive=True)
 
 
 async def test_expired_session_is_lost_then_replaced(zk_url: str) -> None:
@@ -303,15 +310,14 @@ async def test_expired_session_is_lost_then_replaced(zk_url: str) -> None:
         reg.add_session_listener(listener)
         old = reg.session_id
         await expire_session(reg)
-        await listener.until(lambda c: CONNECTED in [e.state for e in c])  # type: ignore[attr-defined]
-        lost = [e for e in listener.calls if e.state is LOST]  # type: ignore[attr-defined]
-        assert lost == [SessionEvent(LOST, old)]
+        await listener.until_state(CONNECTED)
+        assert [e for e in listener.calls if e == SessionEvent(LOST, old)] == [listener.calls[-2]]
         assert listener.states()[-2:] == [LOST, CONNECTED]
-        assert listener.calls[-1] == SessionEvent(CONNECTED, reg.session_id) != old
+        assert listener.calls[-1] == SessionEvent(CONNECTED, reg.session_id)
         assert reg.session_id != old
         assert await other.exists(f"{root}/mine") is None  # the old ephemeral is gone
         await other.set(root, b"changed")
-        await anyio.sleep(0.2)
+        await barrier(reg, other, root)
         assert stale.calls == []  # watches of the old session are never delivered
         await reg.create(f"{root}/mine", ephemeral=True)  # the new session works
 
@@ -329,8 +335,8 @@ async def test_server_restart_within_the_timeout_keeps_the_session(
         listener = Recorder()
         reg.add_session_listener(listener)
         session = reg.session_id
-        server.restart()
-        await listener.until(lambda c: CONNECTED in [e.state for e in c], timeout=8)  # type: ignore[attr-defined]
+        await anyio.to_thread.run_sync(server.restart)  # the loop keeps running meanwhile
+        await listener.until_state(CONNECTED, timeout=8)
         assert listener.states() == [SUSPENDED, CONNECTED] and reg.session_id == session
         assert (await reg.get("/restart/eph"))[1].ephemeral_owner == session
         await reg.set("/restart", b"x")
@@ -353,7 +359,7 @@ async def test_suspended_too_long_is_declared_lost_before_the_server_expires_it(
         heard = time.monotonic()
         server.pause()
         try:
-            await listener.until(lambda c: LOST in [e.state for e in c], timeout=timeout)  # type: ignore[attr-defined]
+            await listener.until_state(LOST, timeout=timeout)
             lost_after = time.monotonic() - heard
             with pytest.raises(SessionLostError):
                 await reg.get("/frozen")  # LOST: fails at once
@@ -361,10 +367,48 @@ async def test_suspended_too_long_is_declared_lost_before_the_server_expires_it(
             server.resume()
         assert listener.states() == [SUSPENDED, LOST]
         assert lost_after <= timeout * SESSION_LOSS_FRACTION + 0.3 < timeout
-        await listener.until(lambda c: c[-1].state is CONNECTED, timeout=10)  # type: ignore[attr-defined]
+        await listener.until(lambda _: listener.states()[-1] is CONNECTED, timeout=10)
         assert reg.session_id != old
         # The old session was closed on the server, not left to expire with its ephemeral.
         assert await reg.exists("/frozen/eph") is None
+
+
+async def test_outage_past_the_loss_limit_ends_in_a_new_session(
+    zk_restartable_server: ZooKeeperServer,
+) -> None:
+    server = zk_restartable_server
+    async with registry(server.url("outage", session_timeout=3)) as reg:
+        await reg.create("/outage")
+        await reg.create("/outage/eph", ephemeral=True)
+        listener = Recorder()
+        reg.add_session_listener(listener)
+        old = reg.session_id
+        server.stop(kill=True)
+        await listener.until_state(LOST)
+        await anyio.to_thread.run_sync(server.start)  # the old session lives there again
+        await listener.until(lambda _: listener.states()[-1] is CONNECTED, timeout=10)
+        assert listener.states() == [SUSPENDED, LOST, CONNECTED] and reg.session_id != old
+        assert await reg.exists("/outage/eph") is None  # we closed it rather than wait
+
+
+async def test_abandoning_a_suspended_session(zk_restartable_server: ZooKeeperServer) -> None:
+    server = zk_restartable_server
+    async with registry(server.url("abandon", session_timeout=6)) as reg:
+        await reg.create("/abandon")
+        await reg.create("/abandon/eph", ephemeral=True)
+        listener = Recorder()
+        reg.add_session_listener(listener)
+        old = reg.session_id
+        server.stop()
+        await listener.until_state(SUSPENDED)
+        reg.abandon_session("process paused")  # well before the 4 s loss limit
+        assert listener.states() == [SUSPENDED, LOST] and reg.session_state is LOST
+        with pytest.raises(SessionLostError):
+            await reg.get("/abandon")
+        await anyio.to_thread.run_sync(server.start)  # old session: closed, not resumed
+        await listener.until_state(CONNECTED)
+        assert listener.states() == [SUSPENDED, LOST, CONNECTED] and reg.session_id != old
+        assert await reg.exists("/abandon/eph") is None
 
 
 async def test_requests_have_deadlines(zk_restartable_server: ZooKeeperServer) -> None:

@@ -1,0 +1,381 @@
+"""The Registry protocol, run against both backends: embedded ``memory://`` and ZooKeeper.
+
+Only protocol-level behaviour lives here (ZooKeeper-only matters such as connection loss, ACLs
+and deadlines are in test_zk_registry.py). ZooKeeper is the reference: where the embedded
+registry is known to differ, the test is marked ``xfail(strict=True)`` for it, with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import pytest
+
+from aioelastic._errors import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RegistryError,
+    SessionLostError,
+    TransactionFailedError,
+)
+from aioelastic._memory_registry import MemoryRegistry, MemoryStore
+from aioelastic._registry import (
+    CheckOp,
+    CreateOp,
+    DeleteOp,
+    Registry,
+    SessionEvent,
+    SessionState,
+    SetOp,
+    WatchEvent,
+    WatchEventType,
+)
+from aioelastic._urls import parse_registry_url
+from aioelastic._zk_registry import ZooKeeperRegistry
+from tests.harness.zookeeper import Recorder, barrier, expire_session
+
+pytestmark = pytest.mark.anyio
+
+CREATED, DELETED = WatchEventType.CREATED, WatchEventType.DELETED
+CHANGED, CHILDREN = WatchEventType.CHANGED, WatchEventType.CHILDREN
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    root: str  # the namespace node, e.g. /ns1a2b3c
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Registry]:
+        parsed = parse_registry_url(self.url)
+        reg: Registry = (
+            MemoryRegistry(parsed) if parsed.scheme == "memory" else ZooKeeperRegistry(parsed)
+        )
+        async with AsyncExitStack() as stack:
+            await reg.start(stack)
+            yield reg
+
+    async def expire(self, reg: Registry) -> None:
+        """End the session the way the server would (LOST, then a new session)."""
+        if isinstance(reg, MemoryRegistry):
+            reg.expire_session()
+        else:
+            assert isinstance(reg, ZooKeeperRegistry)
+            await expire_session(reg)
+
+
+@pytest.fixture(params=["memory", "zookeeper"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        store, namespace = f"conformance-{uuid.uuid4().hex[:8]}", f"ns{uuid.uuid4().hex[:8]}"
+        yield Backend("memory", f"memory://{store}/{namespace}", f"/{namespace}")
+        MemoryStore.reset(store)
+    else:
+        url = request.getfixturevalue("zk_url")
+        yield Backend("zookeeper", url, "/" + parse_registry_url(url).namespace)
+
+
+def memory_differs(request: pytest.FixtureRequest, backend: Backend, reason: str) -> None:
+    """Mark a known gap of the embedded registry (strict: a fix turns it into a failure)."""
+    if backend.name == "memory":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"memory registry: {reason}"))
+
+
+async def settled(*recorders: Recorder, count: int = 1) -> None:
+    for rec in recorders:
+        await rec.until(lambda calls: len(calls) >= count)
+
+
+async def test_crud_stat_and_errors(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        assert reg.session_state is SessionState.CONNECTED and reg.session_id != 0
+        before = reg.request_count
+        assert await reg.create(root) == root
+        assert await reg.create(f"{root}/a", b"one") == f"{root}/a"
+        assert reg.request_count > before
+        data, stat = await reg.get(f"{root}/a")
+        assert (data, stat.version, stat.ephemeral_owner, stat.num_children) == (b"one", 0, 0, 0)
+        assert (await reg.set(f"{root}/a", b"two")).version == 1
+        assert (await reg.get(f"{root}/a"))[0] == b"two"
+        assert await reg.exists(f"{root}/zz") is None
+        stat_root = await reg.exists(root)
+        assert stat_root is not None and stat_root.num_children == 1
+        assert await reg.get_children(root) == ["a"]
+        assert await reg.get_children(f"{root}/a") == []
+        with pytest.raises(NodeExistsError):
+            await reg.create(f"{root}/a")
+        with pytest.raises(NoNodeError):
+            await reg.get(f"{root}/zz")
+        with pytest.raises(NoNodeError):
+            await reg.get_children(f"{root}/zz")
+        with pytest.raises(NoNodeError):
+            await reg.set(f"{root}/zz", b"")
+        with pytest.raises(NoNodeError):
+            await reg.delete(f"{root}/zz")
+        with pytest.raises(NoNodeError):
+            await reg.create(f"{root}/zz/child")
+        with pytest.raises(NotEmptyError):
+            await reg.delete(root)
+        for bad in ("relative", f"{root}/", f"{root}//x"):
+            with pytest.raises(RegistryError):
+                await reg.get(bad)
+        await reg.delete(f"{root}/a")
+        assert await reg.get_children(root) == []
+
+
+async def test_explicit_versions(backend: Backend) -> None:
+    path = backend.root
+    async with backend.open() as reg:
+        await reg.create(path, b"0")
+        assert (await reg.set(path, b"1", version=0)).version == 1
+        with pytest.raises(BadVersionError):
+            await reg.set(path, b"x", version=0)
+        assert (await reg.set(path, b"2", version=-1)).version == 2
+        with pytest.raises(BadVersionError):
+            await reg.delete(path, version=0)
+        await reg.delete(path, version=2)
+
+
+async def test_make_parents_and_sequential_names(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        leaf = f"{root}/job/instances/i1"
+        assert await reg.create(leaf, b"x", ephemeral=True, make_parents=True) == leaf
+        assert await reg.create(f"{root}/job/other", make_parents=True) == f"{root}/job/other"
+        for parent in (root, f"{root}/job", f"{root}/job/instances"):
+            stat = await reg.exists(parent)
+            assert stat is not None and stat.ephemeral_owner == 0
+        with pytest.raises(NodeExistsError):
+            await reg.create(leaf, make_parents=True)
+        names = [await reg.create(f"{root}/job/q-", sequential=True) for _ in range(3)]
+        assert all(re.fullmatch(rf"{root}/job/q-\d{{10}}", name) for name in names)
+        assert names == sorted(names) and len(set(names)) == 3
+
+
+async def test_recursive_delete(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        for path in ("a/b/c", "a/b/d", "a/e"):
+            await reg.create(f"{root}/{path}", make_parents=True)
+        await reg.delete(f"{root}/a", recursive=True)
+        assert await reg.get_children(root) == []
+        with pytest.raises(NoNodeError):
+            await reg.delete(f"{root}/a", recursive=True)
+
+
+async def test_recursive_delete_with_a_bad_version_deletes_nothing(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    memory_differs(request, backend, "deletes the subtree before checking the top's version")
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(f"{root}/a/b", make_parents=True)
+        with pytest.raises(BadVersionError):
+            await reg.delete(f"{root}/a", version=3, recursive=True)
+        assert await reg.exists(f"{root}/a/b") is not None
+
+
+async def test_ephemerals_belong_to_the_session(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as observer:
+        await observer.create(root)
+        gone = Recorder()
+        async with backend.open() as owner:
+            assert owner.session_id != observer.session_id
+            await owner.create(f"{root}/e", b"", ephemeral=True)
+            stat = await observer.exists(f"{root}/e", gone)
+            assert stat is not None and stat.ephemeral_owner == owner.session_id
+            with pytest.raises(RegistryError):
+                await owner.create(f"{root}/e/child")  # no children under ephemerals
+        await gone.until(lambda calls: calls == [WatchEvent(DELETED, f"{root}/e")])
+        assert owner.session_state is SessionState.LOST
+        with pytest.raises(SessionLostError):
+            await owner.get(root)
+
+
+async def test_close_reports_lost_to_listeners(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    memory_differs(request, backend, "close() sets LOST without telling the listeners")
+    listener = Recorder()
+    async with backend.open() as reg:
+        reg.add_session_listener(listener)
+    assert listener.states() == [SessionState.LOST]
+
+
+async def test_transaction_all_or_nothing(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        await reg.create(f"{root}/a", b"a")
+        await reg.create(f"{root}/old")
+        on_a, on_root = Recorder(), Recorder()
+        await other.get(f"{root}/a", on_a)
+        await other.get_children(root, on_root)
+        with pytest.raises(TransactionFailedError) as info:
+            await reg.transaction(
+                [CreateOp(f"{root}/n"), SetOp(f"{root}/a", b"x"), CheckOp(f"{root}/a", 0)]
+            )
+        assert info.value.index == 2 and isinstance(info.value.cause, BadVersionError)
+        with pytest.raises(TransactionFailedError) as info:
+            await reg.transaction([DeleteOp(f"{root}/old"), DeleteOp(f"{root}/missing")])
+        assert info.value.index == 1 and isinstance(info.value.cause, NoNodeError)
+        with pytest.raises(TransactionFailedError) as info:
+            await reg.transaction([CreateOp(f"{root}/a")])
+        assert info.value.index == 0 and isinstance(info.value.cause, NodeExistsError)
+        assert sorted(await reg.get_children(root)) == ["a", "old"]
+        await barrier(other, reg, f"{root}/a")
+        assert on_a.calls == [] and on_root.calls == []  # failed multis change nothing
+        await reg.transaction(
+            [
+                CheckOp(f"{root}/a", 0),
+                CreateOp(f"{root}/n", b"n"),
+                CreateOp(f"{root}/n/kid", ephemeral=True),  # sees the op before it
+                SetOp(f"{root}/a", b"a2", version=0),
+                DeleteOp(f"{root}/old"),
+            ]
+        )
+        assert sorted(await reg.get_children(root)) == ["a", "n"]
+        assert (await reg.get(f"{root}/n/kid"))[1].ephemeral_owner == reg.session_id
+        await settled(on_a, on_root)
+        assert on_a.calls == [WatchEvent(CHANGED, f"{root}/a")]
+        assert on_root.calls == [WatchEvent(CHILDREN, root)]
+        await reg.transaction([])
+
+
+async def test_watch_kinds_and_one_shot(backend: Backend) -> None:
+    root = backend.root
+    node = f"{root}/d"
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        await reg.create(node, b"0")
+        data, exists_on, exists_off, children, on_delete = (Recorder() for _ in range(5))
+        await reg.get(node, data)
+        await reg.exists(node, exists_on)
+        assert await reg.exists(f"{root}/later", exists_off) is None
+        await reg.get_children(root, children)
+        await reg.get_children(node, on_delete)
+        await other.set(node, b"1")
+        await other.set(node, b"2")  # one-shot: not seen
+        await other.create(f"{root}/later")
+        await other.delete(node)
+        await barrier(reg, other, root)
+        assert data.calls == [WatchEvent(CHANGED, node)]
+        assert exists_on.calls == [WatchEvent(CHANGED, node)]
+        assert exists_off.calls == [WatchEvent(CREATED, f"{root}/later")]
+        assert children.calls == [WatchEvent(CHILDREN, root)]
+        assert on_delete.calls == [WatchEvent(DELETED, node)]
+        deleted, recreated = Recorder(), Recorder()
+        await reg.get(f"{root}/later", deleted)
+        await other.delete(f"{root}/later")
+        await deleted.until(lambda calls: calls == [WatchEvent(DELETED, f"{root}/later")])
+        assert await reg.exists(f"{root}/later", recreated) is None
+        await other.create(f"{root}/later")
+        await recreated.until(lambda calls: calls == [WatchEvent(CREATED, f"{root}/later")])
+
+
+async def test_no_watch_is_left_on_a_missing_node(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        data, children = Recorder(), Recorder()
+        with pytest.raises(NoNodeError):
+            await reg.get(f"{root}/x", data)
+        with pytest.raises(NoNodeError):
+            await reg.get_children(f"{root}/x", children)
+        await other.create(f"{root}/x")
+        await other.create(f"{root}/x/y")
+        await barrier(reg, other, root)
+        assert data.calls == [] and children.calls == []
+
+
+class _Target:
+    def __init__(self) -> None:
+        self.calls: list[WatchEvent] = []
+
+    def watcher(self, event: WatchEvent) -> None:
+        self.calls.append(event)
+
+
+async def test_an_equal_watcher_registered_twice_is_called_once(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    memory_differs(request, backend, "dedupes watchers by identity, bound methods are new objects")
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        target = _Target()
+        await reg.get(root, target.watcher)
+        await reg.get(root, target.watcher)  # equal bound methods, distinct objects
+        await other.set(root, b"x")
+        await barrier(reg, other, root)
+        assert target.calls == [WatchEvent(CHANGED, root)]
+
+
+async def test_one_watcher_on_data_and_children_is_called_once_on_delete(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    memory_differs(request, backend, "calls it once per watch kind")
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(f"{root}/n", make_parents=True)
+        both = Recorder()
+        await reg.get(f"{root}/n", both)
+        await reg.get_children(f"{root}/n", both)
+        await other.delete(f"{root}/n")
+        await barrier(reg, other, root)
+        assert both.calls == [WatchEvent(DELETED, f"{root}/n")]
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["expired", "abandoned"])
+async def test_expiry_or_abandon_replaces_the_session(backend: Backend, abandon: bool) -> None:
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        await reg.create(f"{root}/mine", ephemeral=True)
+        stale, listener = Recorder(), Recorder()
+        await reg.get(root, stale)
+        reg.add_session_listener(listener)
+        old = reg.session_id
+        if abandon:
+            reg.abandon_session("test")
+        else:
+            await backend.expire(reg)
+        await listener.until_state(SessionState.CONNECTED)
+        events = [c for c in listener.calls if isinstance(c, SessionEvent)]
+        assert events[-2:] == [
+            SessionEvent(SessionState.LOST, old),
+            SessionEvent(SessionState.CONNECTED, reg.session_id),
+        ]
+        assert reg.session_id not in (0, old)
+        assert await other.exists(f"{root}/mine") is None
+        await other.set(root, b"changed")
+        await barrier(reg, other, root)
+        assert stale.calls == []  # the old session's watches are gone
+        await reg.create(f"{root}/mine", ephemeral=True)
+        assert (await other.get(f"{root}/mine"))[1].ephemeral_owner == reg.session_id
+
+
+async def test_a_failing_watcher_does_not_break_the_registry(backend: Backend) -> None:
+    root = backend.root
+
+    def explode(_event: WatchEvent) -> None:
+        raise RuntimeError("watcher bug")
+
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        after = Recorder()
+        await reg.get(root, explode)
+        await reg.get(root, after)
+        await other.set(root, b"x")
+        await after.until(lambda calls: calls == [WatchEvent(CHANGED, root)])
+        assert (await reg.get(root))[0] == b"x"
