@@ -27,7 +27,7 @@ from ._events import (
     TraceSink,
 )
 from ._jobs import DataflowJob, ScriptJob, ScriptJobError
-from ._listeners import JobListener
+from ._listeners import DistributedOnceListener, DistributedOnceTimeoutError, JobListener
 from ._observer import Observer
 from ._scheduler import Scheduler
 from ._sharding import ShardingStrategy
@@ -38,6 +38,8 @@ __all__ = [
     "ConfigError",
     "CronTrigger",
     "DataflowJob",
+    "DistributedOnceListener",
+    "DistributedOnceTimeoutError",
     "ErrorHandler",
     "ExecutionSource",
     "ExecutionType",

@@ -34,6 +34,7 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
+from ._listeners import DistributedOnceTimeoutError
 from ._observer import Observer
 from ._paths import JobPaths
 from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
@@ -511,6 +512,60 @@ class JobCoordinator:
                     await self.registry.create(self.paths.item_misfire(item))
                 except (NodeExistsError, NoNodeError):
                     pass
+
+    # -- distributed-once listeners --
+
+    async def guarantee(self, kind: str, items: Sequence[int], timeout: float) -> bool:
+        """Register ``items`` as started/completed (``kind``) and wait until every item of the job
+        is; True on the one instance that claims the hook (by deleting the whole set in one
+        multi-op). Raises ``DistributedOnceTimeoutError`` past ``timeout``."""
+        base = (
+            self.paths.guarantee_started()
+            if kind == "started"
+            else self.paths.guarantee_completed()
+        )
+        mine = [f"{base}/{i}" for i in items]
+        try:
+            await self.registry.transaction([CreateOp(p) for p in mine])
+        except TransactionFailedError:
+            for path in mine:  # left over from a timed-out fire: reuse them
+                try:
+                    await self.registry.create(path)
+                except NodeExistsError:
+                    pass
+        total = self.config.sharding_total_count
+
+        def settled() -> bool:
+            full = len(self.view.children(base)) >= total
+            return full or not any(self.view.exists(p) for p in mine)
+
+        deadline = anyio.current_time() + timeout
+        while await self.view.wait_for(settled, deadline - anyio.current_time()):
+            if len(self.view.children(base)) >= total:
+                try:
+                    await self.registry.transaction(
+                        [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
+                    )
+                    return True
+                except TransactionFailedError:
+                    return False  # another instance claimed it first
+            # The view shows none of ours: claimed elsewhere, or the view has not caught up
+            # with our own creates yet. One read tells.
+            if await self.registry.exists(mine[0]) is None:
+                return False
+            if anyio.current_time() >= deadline:
+                break
+            await self.view.wait_changed(deadline - anyio.current_time())
+        started = len(self.view.children(base))
+        for path in mine:
+            try:
+                await self.registry.delete(path)
+            except NoNodeError:
+                pass
+        raise DistributedOnceTimeoutError(
+            f"job {self.paths.job!r}: only {started}/{total} items {kind} across the cluster "
+            f"within {timeout:g}s; the distributed-once hook did not run"
+        )
 
     # -- clock and triggers --
 

@@ -24,6 +24,7 @@ from ._events import (
     format_failure,
 )
 from ._jobs import ItemRunner
+from ._listeners import DistributedOnceListener
 from ._observer import Observer
 from ._registry import SessionState
 
@@ -314,11 +315,25 @@ class JobExecutor:
 
     async def _listeners(self, contexts: ShardingContexts, *, before: bool) -> None:
         for listener in self.config.listeners:
-            hook = listener.before_job_executed if before else listener.after_job_executed
             try:
-                await hook(contexts)
+                if isinstance(listener, DistributedOnceListener):
+                    await self._distributed_once(listener, contexts, before=before)
+                else:
+                    hook = listener.before_job_executed if before else listener.after_job_executed
+                    await hook(contexts)
             except Exception as exc:
                 await self.handle_error(exc)
+
+    async def _distributed_once(
+        self, listener: DistributedOnceListener, contexts: ShardingContexts, *, before: bool
+    ) -> None:
+        if not contexts.items:
+            return
+        kind = "started" if before else "completed"
+        timeout = listener.started_timeout if before else listener.completed_timeout
+        if await self.coordinator.guarantee(kind, contexts.items, timeout):
+            hook = listener.before_all_started if before else listener.after_all_completed
+            await hook(contexts)
 
     async def handle_error(self, exc: BaseException) -> None:
         """Route a job error to the configured handler (log | raise | ignore | callable)."""

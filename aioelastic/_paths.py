@@ -141,4 +141,6 @@ class JobPaths:
             self._p("leader", "failover"),
             self.failover_items,
             self.triggers,
+            self.guarantee_started(),
+            self.guarantee_completed(),
         ]
