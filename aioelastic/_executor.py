@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 
@@ -34,6 +36,13 @@ log = logging.getLogger("aioelastic.executor")
 
 Post = Callable[[TraceEvent], None]
 Fatal = Callable[[BaseException], None]
+
+
+def _current_asyncio_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None  # not on asyncio
 
 
 def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_id: str) -> str:
@@ -71,7 +80,7 @@ class JobExecutor:
         self.in_flight = 0
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
-        self._item_scopes: dict[int, anyio.CancelScope] = {}
+        self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
 
     @property
     def config(self) -> JobConfig:
@@ -83,8 +92,13 @@ class JobExecutor:
 
     def fence(self) -> None:
         """Cancel every running item: the session is lost, so is our claim on the items."""
-        for scope in list(self._item_scopes.values()):
+        for scope, task in list(self._item_scopes.values()):
             scope.cancel()
+            # anyio delivers a scope's cancellation on a later loop turn; after a pause the item's
+            # wake-up may be queued before that. Cancelling the task itself takes effect at its
+            # very next step, so the item takes no step past the fence.
+            if task is not None:
+                task.cancel()
 
     # -- the template --
 
@@ -221,7 +235,7 @@ class JobExecutor:
         limiter = self._limiter()
         try:
             with anyio.CancelScope() as scope:
-                self._item_scopes[id(scope)] = scope
+                self._item_scopes[id(scope)] = (scope, _current_asyncio_task())
                 try:
                     if limiter is not None:
                         async with limiter:
