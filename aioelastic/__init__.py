@@ -29,6 +29,18 @@ from ._events import (
 from ._jobs import DataflowJob, ScriptJob, ScriptJobError
 from ._listeners import DistributedOnceListener, DistributedOnceTimeoutError, JobListener
 from ._observer import Observer
+from ._operations import (
+    InstanceInfo,
+    ItemInfo,
+    ItemStatus,
+    JobBrief,
+    JobStatus,
+    NotFoundError,
+    OperationRefusedError,
+    Operations,
+    ServerInfo,
+    ServerStatus,
+)
 from ._scheduler import Scheduler
 from ._sharding import ShardingStrategy
 
@@ -43,18 +55,28 @@ __all__ = [
     "ErrorHandler",
     "ExecutionSource",
     "ExecutionType",
+    "InstanceInfo",
+    "ItemInfo",
+    "ItemStatus",
+    "JobBrief",
     "JobConfig",
     "JobExecutionEvent",
     "JobListener",
     "JobNotFoundError",
+    "JobStatus",
     "JobStatusTraceEvent",
     "NoNodeError",
     "NodeExistsError",
+    "NotFoundError",
     "Observer",
+    "OperationRefusedError",
+    "Operations",
     "RegistryError",
     "Scheduler",
     "ScriptJob",
     "ScriptJobError",
+    "ServerInfo",
+    "ServerStatus",
     "SessionLostError",
     "Settings",
     "ShardingContext",

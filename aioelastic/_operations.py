@@ -1,0 +1,565 @@
+"""Operations on jobs through the registry alone (ElasticJob's Lifecycle, Statistics, Sharding
+and Config APIs): no running scheduler needed, only the registry URL.
+
+    async with Operations("zookeeper://127.0.0.1:2181/my-app") as ops:
+        for job in await ops.jobs():
+            print(job.name, job.status)
+        await ops.trigger("settle")
+
+On a scheduler's live session (e.g. the embedded ``memory://`` one): ``Operations.of(scheduler)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+
+from ._backends import create_registry
+from ._config import JobConfig
+from ._errors import (
+    AioelasticError,
+    BadVersionError,
+    ConfigError,
+    JobNotFoundError,
+    NodeExistsError,
+    NoNodeError,
+    SessionLostError,
+)
+from ._paths import JobPaths, namespace_root
+from ._registry import Registry, Watcher, WatchEvent
+from ._urls import RegistryURL, check_node_name, parse_registry_url
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+__all__ = [
+    "InstanceInfo",
+    "ItemInfo",
+    "ItemStatus",
+    "JobBrief",
+    "JobStatus",
+    "NotFoundError",
+    "OperationRefusedError",
+    "Operations",
+    "ServerInfo",
+    "ServerStatus",
+]
+
+T = TypeVar("T")
+
+ENABLED = b"ENABLED"
+DISABLED = b"DISABLED"
+SHUTDOWN = b"SHUTDOWN"
+#: Fields an operator may not change through ``update_job_config``.
+_FIXED_FIELDS = frozenset({"name", "listeners", "overwrite"})
+
+
+class NotFoundError(AioelasticError, LookupError):
+    """A server, instance or item named in an operation does not exist."""
+
+
+class OperationRefusedError(AioelasticError):
+    """The operation would be unsafe now (e.g. removing a job that instances still run)."""
+
+
+class JobStatus(enum.StrEnum):
+    """ElasticJob's ``JobStatisticsAPI`` statuses."""
+
+    OK = "OK"
+    CRASHED = "CRASHED"  # no live instance
+    DISABLED = "DISABLED"  # every server of the job is disabled
+    SHARDING_FLAG = "SHARDING_FLAG"  # a reshard is pending or an owner is gone
+
+
+class ServerStatus(enum.StrEnum):
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+
+
+class ItemStatus(enum.StrEnum):
+    """ElasticJob's ``ShardingStatisticsAPI`` statuses, in their order of precedence."""
+
+    DISABLED = "DISABLED"
+    RUNNING = "RUNNING"
+    SHARDING_FLAG = "SHARDING_FLAG"  # no owner, or the owner is not a live instance
+    PENDING = "PENDING"
+
+
+@dataclass(frozen=True, slots=True)
+class JobBrief:
+    name: str
+    cron: str | None
+    sharding_total_count: int
+    description: str
+    instance_count: int
+    status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    host: str
+    status: ServerStatus
+    instances: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """A live instance's node. ``shutting_down``: an operator asked it to stop the job (its
+    identity fields are then unknown: the node holds ``SHUTDOWN``)."""
+
+    instance_id: str
+    host: str | None
+    ip: str | None
+    hostname: str | None
+    pid: int | None
+    shutting_down: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemInfo:
+    item: int
+    instance: str | None
+    status: ItemStatus
+    failover: bool
+    misfire: bool
+
+
+def _parse_instance(instance_id: str, raw: bytes) -> InstanceInfo:
+    if raw == SHUTDOWN:
+        return InstanceInfo(instance_id, None, None, None, None, shutting_down=True)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return InstanceInfo(instance_id, None, None, None, None)
+    pid = data.get("pid")
+    return InstanceInfo(
+        instance_id=instance_id,
+        host=_str_or_none(data.get("host")),
+        ip=_str_or_none(data.get("ip")),
+        hostname=_str_or_none(data.get("hostname")),
+        pid=pid if isinstance(pid, int) else None,
+    )
+
+
+def _parse_config(job: str, raw: bytes) -> dict[str, Any]:
+    try:
+        stored = json.loads(raw)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise ConfigError("config", raw[:200], f"job {job!r}: stored config is not a JSON object")
+    return stored
+
+
+def _setter(event: anyio.Event) -> Watcher:
+    def watcher(_: WatchEvent) -> None:
+        event.set()
+
+    return watcher
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class Operations:
+    """Job operations over one registry namespace. Every call has a deadline (``timeout``
+    seconds); an unreachable or lost registry raises ``SessionLostError``."""
+
+    def __init__(self, registry_url: str | RegistryURL, *, timeout: float = 30.0) -> None:
+        url = parse_registry_url(registry_url) if isinstance(registry_url, str) else registry_url
+        self._setup(url, url.namespace, None, timeout)
+
+    def _setup(
+        self, url: RegistryURL | None, namespace: str, registry: Registry | None, timeout: float
+    ) -> None:
+        self.url = url
+        self.namespace = check_node_name("namespace", namespace)
+        self.timeout = timeout
+        self._registry = registry
+        self._stack: AsyncExitStack | None = None
+
+    @classmethod
+    def for_registry(cls, registry: Registry, namespace: str, *, timeout: float = 30.0) -> Self:
+        """Operations on a registry session someone else owns (and has started)."""
+        ops = cls.__new__(cls)
+        ops._setup(None, namespace, registry, timeout)
+        return ops
+
+    @classmethod
+    def of(cls, scheduler: Scheduler, *, timeout: float = 30.0) -> Self:
+        """Operations on a running scheduler's registry session and namespace."""
+        return cls.for_registry(
+            scheduler.registry, scheduler.registry_url.namespace, timeout=timeout
+        )
+
+    async def __aenter__(self) -> Self:
+        if self.url is None or self._stack is not None:
+            return self  # a borrowed session (or already open): nothing to open
+        stack = AsyncExitStack()
+        registry = create_registry(self.url)
+        try:
+            await registry.start(stack)  # bounded by the URL's connect_timeout
+        except (SessionLostError, OSError) as exc:
+            await stack.aclose()
+            raise SessionLostError(f"cannot reach the registry at {self.url}: {exc}") from exc
+        self._stack, self._registry = stack, registry
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            self._registry = None
+            await stack.aclose()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise RuntimeError("use `async with Operations(url) as ops:` first")
+        return self._registry
+
+    def paths(self, job: str) -> JobPaths:
+        return JobPaths(self.namespace, job)
+
+    async def _bounded(self, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            with anyio.fail_after(self.timeout):
+                return await work()
+        except TimeoutError:
+            where = f" at {self.url}" if self.url is not None else ""
+            raise SessionLostError(
+                f"the registry{where} did not answer within {self.timeout:g}s"
+            ) from None
+
+    # -- small reads --
+
+    async def _data(self, path: str) -> bytes | None:
+        try:
+            data, _ = await self.registry.get(path)
+        except NoNodeError:
+            return None
+        return data
+
+    async def _children(self, path: str) -> list[str]:
+        try:
+            return await self.registry.get_children(path)
+        except NoNodeError:
+            return []
+
+    async def _exists(self, path: str) -> bool:
+        return await self.registry.exists(path) is not None
+
+    async def _stored_config(self, job: str) -> dict[str, Any]:
+        raw = await self._data(self.paths(job).config)
+        if raw is None:
+            raise JobNotFoundError(job)
+        return _parse_config(job, raw)
+
+    async def _live_instances(self, job: str) -> dict[str, InstanceInfo]:
+        p = self.paths(job)
+        out = {}
+        for inst in sorted(await self._children(p.instances)):
+            raw = await self._data(p.instance(inst))
+            if raw is not None:
+                out[inst] = _parse_instance(inst, raw)
+        return out
+
+    # -- statistics --
+
+    async def jobs(self) -> list[JobBrief]:
+        """Every job of the namespace (sorted by name), with ElasticJob's job status."""
+        return await self._bounded(self._jobs)
+
+    async def _jobs(self) -> list[JobBrief]:
+        out = []
+        for name in sorted(await self._children(namespace_root(self.namespace))):
+            try:
+                out.append(await self._brief(name))
+            except (JobNotFoundError, ConfigError):
+                continue  # not a job (or one being removed / corrupt): `job show` tells more
+        return out
+
+    async def job(self, name: str) -> JobBrief:
+        """One job's brief; ``JobNotFoundError`` if there is none."""
+        return await self._bounded(lambda: self._brief(name))
+
+    async def _brief(self, name: str) -> JobBrief:
+        stored = await self._stored_config(name)
+        instances = await self._children(self.paths(name).instances)
+        return JobBrief(
+            name=name,
+            cron=_str_or_none(stored.get("cron")),
+            sharding_total_count=int(stored.get("sharding_total_count", 1)),
+            description=str(stored.get("description", "")),
+            instance_count=len(instances),
+            status=await self._status(name, instances),
+        )
+
+    async def _status(self, name: str, instances: list[str]) -> JobStatus:
+        p = self.paths(name)
+        if not instances:
+            return JobStatus.CRASHED
+        servers = await self._children(p.servers)
+        states = [await self._data(p.server(host)) for host in servers]
+        if servers and all(state == DISABLED for state in states):
+            return JobStatus.DISABLED
+        if await self._exists(p.sharding_necessary):
+            return JobStatus.SHARDING_FLAG
+        owners = set()
+        for item in await self._children(p.sharding):
+            owner = await self._data(p.item_instance(int(item))) if item.isdigit() else None
+            if owner:
+                owners.add(owner.decode())
+        if not owners or not owners <= set(instances):  # ElasticJob's own check
+            return JobStatus.SHARDING_FLAG
+        return JobStatus.OK
+
+    async def servers(self, name: str) -> list[ServerInfo]:
+        """The job's servers (sorted by host) with their status and live instances."""
+        return await self._bounded(lambda: self._servers(name))
+
+    async def _servers(self, name: str) -> list[ServerInfo]:
+        await self._stored_config(name)
+        p = self.paths(name)
+        instances = await self._live_instances(name)
+        out = []
+        for host in sorted(await self._children(p.servers)):
+            raw = await self._data(p.server(host))
+            if raw is None:
+                continue
+            status = ServerStatus.DISABLED if raw == DISABLED else ServerStatus.ENABLED
+            mine = tuple(i for i, info in instances.items() if info.host == host)
+            out.append(ServerInfo(host, status, mine))
+        return out
+
+    async def instances(self, name: str) -> list[InstanceInfo]:
+        """The job's live instances (sorted by id), as their nodes describe them."""
+
+        async def read() -> list[InstanceInfo]:
+            await self._stored_config(name)
+            return list((await self._live_instances(name)).values())
+
+        return await self._bounded(read)
+
+    async def sharding(self, name: str) -> list[ItemInfo]:
+        """Every item (``0..sharding_total_count-1`` and any stale one still in the registry)."""
+        return await self._bounded(lambda: self._sharding(name))
+
+    async def _sharding(self, name: str) -> list[ItemInfo]:
+        stored = await self._stored_config(name)
+        p = self.paths(name)
+        live = set(await self._children(p.instances))
+        present = {int(c) for c in await self._children(p.sharding) if c.isdigit()}
+        items = sorted(present | set(range(int(stored.get("sharding_total_count", 1)))))
+        out = []
+        for item in items:
+            raw = await self._data(p.item_instance(item))
+            owner = raw.decode() if raw else None
+            if await self._exists(p.item_disabled(item)):
+                status = ItemStatus.DISABLED
+            elif await self._exists(p.item_running(item)):
+                status = ItemStatus.RUNNING
+            elif owner is None or owner not in live:
+                status = ItemStatus.SHARDING_FLAG
+            else:
+                status = ItemStatus.PENDING
+            failover = await self._exists(p.item_failover(item))
+            misfire = await self._exists(p.item_misfire(item))
+            out.append(ItemInfo(item, owner, status, failover, misfire))
+        return out
+
+    async def dump(self, name: str) -> dict[str, str]:
+        """The job's registry subtree, path → data (UTF-8, undecodable bytes escaped)."""
+        return await self._bounded(lambda: self._dump(name))
+
+    async def _dump(self, name: str) -> dict[str, str]:
+        root = self.paths(name).root
+        if not await self._exists(root):
+            raise JobNotFoundError(name)
+        out: dict[str, str] = {}
+        pending = [root]
+        while pending:
+            path = pending.pop()
+            try:
+                data, _ = await self.registry.get(path)
+                kids = await self.registry.get_children(path)
+            except NoNodeError:
+                continue  # deleted while we walked
+            out[path] = data.decode("utf-8", "backslashreplace")
+            pending.extend(f"{path}/{kid}" for kid in kids)
+        return dict(sorted(out.items()))
+
+    # -- config --
+
+    async def job_config(self, name: str) -> dict[str, Any]:
+        """The job's stored config: ``JobConfig`` fields as JSON, minus code-only ones
+        (``error_handler`` is ``"custom"`` when code passed a callable)."""
+        return await self._bounded(lambda: self._stored_config(name))
+
+    async def update_job_config(self, name: str, /, **changes: Any) -> dict[str, Any]:
+        """Validate ``changes`` through ``JobConfig`` and store them; live instances apply them
+        (they watch the node). Returns the new stored config."""
+        fixed = _FIXED_FIELDS & changes.keys()
+        if fixed:
+            raise ConfigError(sorted(fixed)[0], changes[sorted(fixed)[0]], "cannot be changed here")
+        return await self._bounded(lambda: self._update_config(name, changes))
+
+    async def _update_config(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        path = self.paths(name).config
+        while True:  # compare-and-set on the node's version: no lost concurrent update
+            try:
+                raw, stat = await self.registry.get(path)
+            except NoNodeError:
+                raise JobNotFoundError(name) from None
+            stored = _parse_config(name, raw)
+            custom = stored.get("error_handler") == "custom"
+            base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
+            if custom:
+                base.pop("error_handler")
+            new = JobConfig(**{**base, **changes, "name": name}).to_registry()
+            if custom and "error_handler" not in changes:
+                data = json.loads(new)
+                data["error_handler"] = "custom"
+                new = json.dumps(data, sort_keys=True).encode()
+            try:
+                await self.registry.set(path, new, version=stat.version)
+            except BadVersionError:
+                continue
+            result: dict[str, Any] = json.loads(new)
+            return result
+
+    async def remove_job(self, name: str, *, force: bool = False) -> None:
+        """Delete the job's whole registry tree. Refused (``OperationRefusedError``) while
+        instances are alive, unless ``force`` (they are asked to shut the job down first)."""
+
+        async def remove() -> None:
+            p = self.paths(name)
+            if not await self._exists(p.root):
+                raise JobNotFoundError(name)
+            live = await self._children(p.instances)
+            if live and not force:
+                raise OperationRefusedError(
+                    f"job {name!r} still runs on {len(live)} instance(s): "
+                    "stop them first, or force the removal"
+                )
+            for inst in live:
+                await self._set_if_exists(p.instance(inst), SHUTDOWN)
+            if live:  # let them leave, or they may recreate nodes of the deleted tree
+                await self._wait_no_instances(p, self.timeout / 2)
+            try:
+                await self.registry.delete(p.root, recursive=True)
+            except NoNodeError:
+                pass
+
+        await self._bounded(remove)
+
+    async def _wait_no_instances(self, p: JobPaths, timeout: float) -> bool:
+        """Wait (watching, not polling) until the job has no instance node; False on timeout."""
+        with anyio.move_on_after(timeout):
+            while True:
+                changed = anyio.Event()
+                try:
+                    left = await self.registry.get_children(p.instances, _setter(changed))
+                except NoNodeError:
+                    return True
+                if not left:
+                    return True
+                await changed.wait()
+        return False
+
+    async def _set_if_exists(self, path: str, data: bytes) -> bool:
+        try:
+            await self.registry.set(path, data)
+        except NoNodeError:
+            return False
+        return True
+
+    # -- lifecycle --
+
+    async def trigger(self, name: str) -> list[str]:
+        """Ask every live instance to run the job's items once now; returns their ids (an
+        instance that already has a trigger queued keeps just that one)."""
+
+        async def trigger() -> list[str]:
+            await self._stored_config(name)
+            p = self.paths(name)
+            instances = sorted(await self._children(p.instances))
+            for inst in instances:
+                try:
+                    await self.registry.create(p.trigger(inst), make_parents=True)
+                except NodeExistsError:
+                    pass  # already queued
+            return instances
+
+        return await self._bounded(trigger)
+
+    async def disable_server(self, name: str, host: str | None = None) -> list[str]:
+        """Disable one server (or every server of the job); the leader reshards its items away.
+        Returns the hosts changed."""
+        return await self._bounded(lambda: self._set_servers(name, host, DISABLED))
+
+    async def enable_server(self, name: str, host: str | None = None) -> list[str]:
+        """Enable one server (or every server of the job). Returns the hosts changed."""
+        return await self._bounded(lambda: self._set_servers(name, host, ENABLED))
+
+    async def _set_servers(self, name: str, host: str | None, state: bytes) -> list[str]:
+        await self._stored_config(name)
+        p = self.paths(name)
+        hosts = sorted(await self._children(p.servers)) if host is None else [host]
+        done = [h for h in hosts if await self._set_if_exists(p.server(h), state)]
+        if host is not None and not done:
+            raise NotFoundError(f"job {name!r} has no server {host!r}")
+        return done
+
+    async def disable_item(self, name: str, item: int) -> None:
+        """Stop running ``item`` (on whichever instance owns it) until enabled again."""
+
+        async def disable() -> None:
+            path = self.paths(name).item_disabled(await self._check_item(name, item))
+            try:
+                await self.registry.create(path, make_parents=True)
+            except NodeExistsError:
+                pass
+
+        await self._bounded(disable)
+
+    async def enable_item(self, name: str, item: int) -> None:
+        async def enable() -> None:
+            path = self.paths(name).item_disabled(await self._check_item(name, item))
+            try:
+                await self.registry.delete(path)
+            except NoNodeError:
+                pass
+
+        await self._bounded(enable)
+
+    async def _check_item(self, name: str, item: int) -> int:
+        total = int((await self._stored_config(name)).get("sharding_total_count", 1))
+        if not 0 <= item < total:
+            raise NotFoundError(f"job {name!r} has items 0..{total - 1}, not {item}")
+        return item
+
+    async def shutdown_instance(self, name: str, instance_id: str) -> None:
+        """Ask one instance to stop running the job (its node's data becomes ``SHUTDOWN``,
+        ElasticJob's protocol); it then deletes its node and the others reshard."""
+
+        async def shutdown() -> None:
+            await self._stored_config(name)
+            if not await self._set_if_exists(self.paths(name).instance(instance_id), SHUTDOWN):
+                raise NotFoundError(f"job {name!r} has no live instance {instance_id!r}")
+
+        await self._bounded(shutdown)

@@ -1,0 +1,7 @@
+"""``python -m aioelastic.cli`` runs the ``aioelastic`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,213 @@
+"""Registry commands: jobs, job, servers, instances, sharding, item, instance, dump."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+from .._config import JobConfig, load_settings
+from .._errors import ConfigError
+from .._operations import OperationRefusedError, Operations
+from .._urls import RegistryURL, parse_registry_url
+from ._format import write_json, write_table
+
+__all__ = ["registry_url", "run_registry_command"]
+
+
+@dataclass(frozen=True)
+class _Call:
+    ops: Operations
+    args: argparse.Namespace
+    out: TextIO
+    json: bool
+
+    def done(self, message: str, data: Any) -> None:
+        if self.json:
+            write_json(self.out, data)
+        else:
+            self.out.write(message + "\n")
+
+    def table(self, data: Any, headers: list[str], rows: list[tuple[Any, ...]]) -> None:
+        if self.json:
+            write_json(self.out, data)
+        else:
+            write_table(self.out, headers, rows)
+
+
+def registry_url(args: argparse.Namespace) -> RegistryURL:
+    """``--registry`` or ``AIOELASTIC_REGISTRY_URL`` (with ``AIOELASTIC_REGISTRY_USERNAME`` /
+    ``..._PASSWORD``); the embedded ``memory://`` registry is refused (it lives in one process)."""
+    settings = load_settings(registry_url=getattr(args, "registry", None))
+    url = parse_registry_url(settings.registry_url.get_secret_value())
+    if url.scheme == "memory":
+        raise ConfigError(
+            "registry_url",
+            str(url),
+            "the CLI needs a zookeeper:// URL (--registry or AIOELASTIC_REGISTRY_URL); "
+            "a memory:// registry lives inside one process",
+        )
+    if settings.registry_username and url.username is None:
+        url = replace(url, username=settings.registry_username, password=settings.registry_password)
+    return url
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    field, sep, raw = text.partition("=")
+    if not sep or not field.strip():
+        raise ConfigError("FIELD=VALUE", text, "expected FIELD=VALUE")
+    field = field.strip()
+    info = JobConfig.model_fields.get(field)
+    if info is not None and info.annotation in (str, str | None) and raw != "null":
+        return field, raw  # a text field: job_parameter=7 stays "7"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # a bare string: cron=0/5 * * * * ? needs no JSON quotes
+    return field, value
+
+
+async def _jobs(c: _Call) -> None:
+    jobs = await c.ops.jobs()
+    c.table(
+        jobs,
+        ["NAME", "STATUS", "CRON", "ITEMS", "INSTANCES", "DESCRIPTION"],
+        [
+            (j.name, j.status, j.cron, j.sharding_total_count, j.instance_count, j.description)
+            for j in jobs
+        ],
+    )
+
+
+async def _job_show(c: _Call) -> None:
+    brief, config = await c.ops.job(c.args.name), await c.ops.job_config(c.args.name)
+    rows: list[tuple[Any, ...]] = [("status", brief.status), ("instances", brief.instance_count)]
+    rows += [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in config.items()]
+    c.table({"job": brief, "config": config}, ["FIELD", "VALUE"], rows)
+
+
+async def _job_trigger(c: _Call) -> None:
+    name = c.args.name
+    instances = await c.ops.trigger(name)
+    if not instances:
+        raise OperationRefusedError(f"job {name!r} has no live instance to trigger")
+    c.done(
+        f"triggered {name!r} on {len(instances)} instance(s)",
+        {"job": name, "instances": instances},
+    )
+
+
+async def _job_enable_disable(c: _Call) -> None:
+    name, action = c.args.name, c.args.action
+    change = c.ops.disable_server if action == "disable" else c.ops.enable_server
+    hosts = await change(name, c.args.host)
+    c.done(
+        f"{action}d {name!r} on server(s): {', '.join(hosts) or '-'}",
+        {"job": name, "servers": hosts, "status": f"{action.upper()}D"},
+    )
+
+
+async def _job_remove(c: _Call) -> None:
+    await c.ops.remove_job(c.args.name, force=c.args.force)
+    c.done(f"removed {c.args.name!r}", {"job": c.args.name, "removed": True})
+
+
+async def _job_update(c: _Call) -> None:
+    changes = dict(_assignment(a) for a in c.args.changes)
+    config = await c.ops.update_job_config(c.args.name, **changes)
+    c.done(f"updated {c.args.name!r}: {', '.join(changes)}", config)
+
+
+async def _servers(c: _Call) -> None:
+    servers = await c.ops.servers(c.args.name)
+    c.table(
+        servers, ["HOST", "STATUS", "INSTANCES"], [(s.host, s.status, s.instances) for s in servers]
+    )
+
+
+async def _instances(c: _Call) -> None:
+    found = await c.ops.instances(c.args.name)
+    c.table(
+        found,
+        ["INSTANCE", "HOST", "IP", "HOSTNAME", "PID", "STATE"],
+        [
+            (
+                i.instance_id,
+                i.host,
+                i.ip,
+                i.hostname,
+                i.pid,
+                "SHUTDOWN" if i.shutting_down else "ONLINE",
+            )
+            for i in found
+        ],
+    )
+
+
+async def _sharding(c: _Call) -> None:
+    items = await c.ops.sharding(c.args.name)
+    c.table(
+        items,
+        ["ITEM", "STATUS", "INSTANCE", "FAILOVER", "MISFIRE"],
+        [(i.item, i.status, i.instance, i.failover, i.misfire) for i in items],
+    )
+
+
+async def _item(c: _Call) -> None:
+    name, item, action = c.args.name, c.args.item, c.args.action
+    await (c.ops.disable_item if action == "disable" else c.ops.enable_item)(name, item)
+    c.done(
+        f"{action}d item {item} of {name!r}",
+        {"job": name, "item": item, "disabled": action == "disable"},
+    )
+
+
+async def _instance_shutdown(c: _Call) -> None:
+    name, instance = c.args.name, c.args.instance_id
+    await c.ops.shutdown_instance(name, instance)
+    c.done(
+        f"asked {instance!r} to shut {name!r} down",
+        {"job": name, "instance": instance, "shutdown": True},
+    )
+
+
+async def _dump(c: _Call) -> None:
+    tree = await c.ops.dump(c.args.name)
+    if c.json:
+        write_json(c.out, tree)
+        return
+    for path, data in tree.items():
+        c.out.write(f"{path} = {data}\n" if data else f"{path}\n")
+
+
+_HANDLERS: dict[str, Callable[[_Call], Awaitable[None]]] = {
+    "jobs": _jobs,
+    "job show": _job_show,
+    "job trigger": _job_trigger,
+    "job disable": _job_enable_disable,
+    "job enable": _job_enable_disable,
+    "job remove": _job_remove,
+    "job update": _job_update,
+    "servers": _servers,
+    "instances": _instances,
+    "sharding": _sharding,
+    "item disable": _item,
+    "item enable": _item,
+    "instance shutdown": _instance_shutdown,
+    "dump": _dump,
+}
+
+
+def command_key(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if action else str(args.command)
+
+
+async def run_registry_command(args: argparse.Namespace) -> int:
+    handler = _HANDLERS[command_key(args)]
+    async with Operations(registry_url(args), timeout=args.timeout) as ops:
+        await handler(_Call(ops, args, sys.stdout, getattr(args, "json", False)))
+    return 0

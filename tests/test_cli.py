@@ -1,0 +1,390 @@
+"""The ``aioelastic`` command, run as a subprocess against the harness's ZooKeeper and
+PostgreSQL: output, JSON, exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
+from aioelastic._memory_registry import MemoryStore
+from tests.harness.zookeeper import free_port
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOELASTIC_")}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    with anyio.fail_after(30):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "aioelastic.cli", *args],
+            check=False,
+            env=env or clean_env(),
+            cwd=ROOT,
+        )
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def until(predicate: Callable[[], Awaitable[object]], timeout: float = 5.0) -> None:
+    with anyio.move_on_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.02)
+        return
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def dead_zk(credentials: str = "") -> str:
+    return f"zookeeper://{credentials}127.0.0.1:{free_port()}/ns?connect_timeout=0.5"
+
+
+# -- without services ----------------------------------------------------------------------
+
+
+async def test_help_documents_commands_and_exit_codes() -> None:
+    result = await cli("--help")
+    assert result.code == 0
+    for text in (
+        "run",
+        "jobs",
+        "sharding",
+        "trace",
+        "exit codes",
+        "3  unknown job",
+        "4  the registry",
+    ):
+        assert text in result.out
+    result = await cli("trace", "executions", "--help")
+    assert result.code == 0 and "--failure" in result.out and "--since" in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--registry", "http://127.0.0.1:1/x", "jobs"],
+            2,
+            "scheme must be memory:// or zookeeper://",
+        ),
+        (["jobs"], 2, "needs a zookeeper:// URL"),
+        (["--registry", "memory://", "jobs"], 2, "needs a zookeeper:// URL"),
+        (["trace", "stats"], 2, "give --tracing URL"),
+        (["--tracing", "mysql://u:pw@127.0.0.1/db", "trace", "stats"], 2, "scheme must be"),
+        (["run", "no_such_module:scheduler"], 2, "cannot import 'no_such_module'"),
+        (["run", "json:dumps"], 2, "is a function, not a Scheduler"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+    ids=[
+        "bad-scheme",
+        "no-registry",
+        "memory",
+        "no-tracing",
+        "bad-tracing",
+        "import",
+        "not-scheduler",
+        "usage",
+    ],
+)
+async def test_usage_errors_exit_2(args: list[str], code: int, message: str) -> None:
+    result = await cli(*args)
+    assert (result.code, result.out) == (code, "")
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) <= 3  # argparse's usage + one error line
+
+
+async def test_unreachable_registry_exits_4_without_the_password() -> None:
+    result = await cli("--registry", dead_zk("ops:s3cret-pw@"), "jobs")
+    assert result.code == 4
+    assert "cannot reach the registry" in result.err and "ops:***@" in result.err
+    assert "s3cret-pw" not in result.err + result.out
+    assert len(result.err.strip().splitlines()) == 1
+
+
+async def test_unreachable_trace_database_exits_4_without_the_password() -> None:
+    url = f"postgresql://tracer:s3cret-pw@127.0.0.1:{free_port()}/trace"
+    result = await cli("--tracing", url, "--timeout", "2", "trace", "executions")
+    assert result.code == 4, result.err
+    assert "cannot reach the trace database" in result.err
+    assert "s3cret-pw" not in result.err + result.out
+
+
+# -- registry commands on ZooKeeper --------------------------------------------------------
+
+
+@pytest.mark.zookeeper
+async def test_registry_commands(zk_url: str) -> None:
+    scheduler = Scheduler(registry=zk_url)
+    runs: list[int] = []
+
+    @scheduler.job(sharding_total_count=3, description="nightly settlement")
+    async def settle(ctx: ShardingContext) -> None:
+        runs.append(ctx.sharding_item)
+
+    me = scheduler.instance_id
+    reg = ("--registry", zk_url)
+    async with scheduler, Operations(zk_url) as ops:
+        await until(lambda: _status_is(ops, "settle", JobStatus.OK))
+
+        table = await cli(*reg, "jobs")
+        assert table.code == 0
+        header, row = table.out.splitlines()
+        assert header.split() == ["NAME", "STATUS", "CRON", "ITEMS", "INSTANCES", "DESCRIPTION"]
+        assert row.split() == ["settle", "OK", "-", "3", "1", "nightly", "settlement"]
+        assert header.index("STATUS") == row.index("OK")  # aligned columns
+
+        env = clean_env(AIOELASTIC_REGISTRY_URL=zk_url)  # the env var instead of --registry
+        listed = await cli("jobs", "--json", env=env)
+        assert listed.code == 0 and listed.json() == [
+            {
+                "name": "settle",
+                "cron": None,
+                "sharding_total_count": 3,
+                "description": "nightly settlement",
+                "instance_count": 1,
+                "status": "OK",
+            }
+        ]
+        shown = (await cli(*reg, "--json", "job", "show", "settle")).json()
+        assert shown["config"]["sharding_total_count"] == 3  # type: ignore[index]
+        servers = (await cli(*reg, "servers", "settle", "--json")).json()
+        assert servers == [
+            {"host": scheduler.identity.host, "status": "ENABLED", "instances": [me]}
+        ]
+        instances = (await cli(*reg, "instances", "settle", "--json")).json()
+        assert [i["pid"] for i in instances] == [os.getpid()]  # type: ignore[index,union-attr]
+
+        assert (await cli(*reg, "item", "disable", "settle", "1")).code == 0
+        sharding = (await cli(*reg, "sharding", "settle", "--json")).json()
+        assert [(i["item"], i["status"], i["instance"]) for i in sharding] == [  # type: ignore[index,union-attr]
+            (0, "PENDING", me),
+            (1, "DISABLED", me),
+            (2, "PENDING", me),
+        ]
+        triggered = await cli(*reg, "job", "trigger", "settle")
+        assert (triggered.code, triggered.out) == (0, "triggered 'settle' on 1 instance(s)\n")
+        await until(lambda: _value(sorted(runs) == [0, 2]))
+        assert (await cli(*reg, "item", "enable", "settle", "1")).code == 0
+
+        updated = await cli(
+            *reg, "job", "update", "settle", "description=weekly", "job_parameter=7"
+        )
+        assert updated.code == 0, updated.err
+        await until(lambda: _value(scheduler.jobs["settle"].description == "weekly"))
+        assert scheduler.jobs["settle"].job_parameter == "7"
+        bad = await cli(*reg, "job", "update", "settle", "sharding_total_count=0")
+        assert bad.code == 2 and "sharding_total_count" in bad.err
+
+        assert (await cli(*reg, "job", "disable", "settle")).code == 0
+        assert (await ops.job("settle")).status is JobStatus.DISABLED
+        assert (
+            await cli(*reg, "job", "enable", "settle", "--host", scheduler.identity.host)
+        ).code == 0
+        await until(lambda: _status_is(ops, "settle", JobStatus.OK))
+
+        dump = await cli(*reg, "dump", "settle")
+        assert dump.code == 0
+        assert f"/{ops.namespace}/settle/servers/{scheduler.identity.host} = ENABLED" in dump.out
+
+        refused = await cli(*reg, "job", "remove", "settle")
+        assert refused.code == 1 and "still runs on 1 instance" in refused.err
+        for args in (
+            ("job", "show", "nope"),
+            ("sharding", "nope"),
+            ("item", "disable", "settle", "9"),
+            ("job", "enable", "settle", "--host", "nohost"),
+            ("instance", "shutdown", "settle", "no-such-instance"),
+        ):
+            missing = await cli(*reg, *args)
+            assert missing.code == 3, (args, missing.err)
+            assert missing.err.startswith("aioelastic: error: ") and missing.out == ""
+
+        down = await cli(*reg, "instance", "shutdown", "settle", me)
+        assert down.code == 0
+        await until(lambda: _crashed(ops))  # the instance left the job: no live instance
+        refused_no_more = await cli(*reg, "job", "trigger", "settle")
+        assert refused_no_more.code == 1 and "no live instance" in refused_no_more.err
+    removed = await cli(*reg, "job", "remove", "settle")
+    assert removed.code == 0, removed.err
+    assert (await cli(*reg, "jobs", "--json")).json() == []
+
+
+async def _status_is(ops: Operations, job: str, status: JobStatus) -> bool:
+    return (await ops.job(job)).status is status
+
+
+async def _crashed(ops: Operations) -> bool:
+    return await _status_is(ops, "settle", JobStatus.CRASHED)
+
+
+async def _value(value: object) -> object:
+    return value
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+@pytest.mark.zookeeper
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_run_imports_the_scheduler_and_stops_cleanly_on_signals(
+    zk_url: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    ran, log = tmp_path / "ran.txt", tmp_path / "run.log"
+    (tmp_path / "myjobs.py").write_text(
+        textwrap.dedent(
+            f"""
+            from aioelastic import Scheduler
+
+            scheduler = Scheduler()  # the registry comes from --registry (via the environment)
+
+            @scheduler.job(cron="0/1 * * * * ?", sharding_total_count=2)
+            async def tick(ctx):
+                with open({str(ran)!r}, "a") as f:
+                    f.write(f"{{ctx.sharding_item}}\\n")
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aioelastic.cli",
+            "--registry",
+            zk_url,
+            "run",
+            "myjobs:scheduler",
+            "--app-dir",
+            str(tmp_path),
+        ],
+        env=clean_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    try:
+        async with Operations(zk_url) as ops:
+            with anyio.fail_after(15):
+                while not (ran.exists() and len(ran.read_text().split()) >= 2):
+                    assert proc.poll() is None, log.read_text()
+                    await anyio.sleep(0.05)
+            assert (await ops.job("tick")).instance_count == 1
+            proc.send_signal(sig)
+            with anyio.fail_after(20):
+                while proc.poll() is None:
+                    await anyio.sleep(0.05)
+            assert proc.returncode == 0, log.read_text()
+            assert "stopping gracefully" in log.read_text()
+            assert (await ops.job("tick")).status is JobStatus.CRASHED  # its node is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def test_run_with_unreachable_registry_exits_4(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "from aioelastic import Scheduler\nscheduler = Scheduler()\n"
+        "@scheduler.job()\nasync def j(ctx): ...\n"
+    )
+    result = await cli("--registry", dead_zk(), "run", "app:scheduler", "--app-dir", str(tmp_path))
+    assert result.code == 4 and "cannot connect to ZooKeeper" in result.err
+
+
+# -- trace commands on PostgreSQL ----------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_trace_commands(postgres_url: str, tmp_path: Path) -> None:
+    name = f"cli{uuid.uuid4().hex[:6]}"
+    MemoryStore.reset(name)
+    scheduler = Scheduler(
+        settings=Settings(
+            registry_url=f"memory://{name}/ns",
+            tracing_url=postgres_url,
+            trace_journal_path=tmp_path / "trace.journal",
+        )
+    )
+    done = 0
+
+    @scheduler.job(sharding_total_count=3)
+    async def payroll(ctx: ShardingContext) -> None:
+        nonlocal done
+        done += 1
+        if ctx.sharding_item == 2:
+            raise RuntimeError("item 2 failed")
+
+    async with scheduler:
+        for n in (3, 6):
+            await scheduler.trigger("payroll")
+            with anyio.fail_after(5):
+                while done < n:
+                    await anyio.sleep(0.01)
+    # leaving `async with` flushed the trace: 6 item runs, 2 of them failed
+
+    tr = ("--tracing", postgres_url)
+    table = await cli(*tr, "trace", "executions", "--job", "payroll")
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert lines[0].split()[:4] == ["START", "COMPLETE", "JOB", "ITEM"]
+    assert len(lines) == 1 + 6 + 1 and lines[-1] == "(1-6 of 6)"
+    assert postgres_url.split("@")[0].split(":")[-1] not in table.out  # no password
+
+    failures = (await cli(*tr, "trace", "executions", "--failure", "--json")).json()
+    assert failures["total"] == 2  # type: ignore[index]
+    assert {e["sharding_item"] for e in failures["items"]} == {2}  # type: ignore[index]
+    assert "item 2 failed" in failures["items"][0]["failure_cause"]  # type: ignore[index]
+    page = (
+        await cli(
+            *tr,
+            "trace",
+            "executions",
+            "--success",
+            "--limit",
+            "2",
+            "--offset",
+            "3",
+            "--since",
+            "1h",
+            "--json",
+        )
+    ).json()
+    assert (page["total"], len(page["items"])) == (4, 1)  # type: ignore[index,arg-type]
+    later = (await cli(*tr, "trace", "executions", "--since", "2099-01-01", "--json")).json()
+    assert later == {"total": 0, "items": []}
+
+    env = clean_env(AIOELASTIC_TRACING_URL=postgres_url)
+    errors = (await cli("trace", "status", "--state", "TASK_ERROR", "--json", env=env)).json()
+    assert errors["total"] == 2 and errors["items"][0]["job_name"] == "payroll"  # type: ignore[index]
+    stats = (await cli(*tr, "trace", "stats", "--json")).json()
+    assert stats == [{"job_name": "payroll", "total": 6, "succeeded": 4, "failed": 2, "running": 0}]
+    bad_time = await cli(*tr, "trace", "stats", "--since", "yesterday")
+    assert bad_time.code == 2 and "ISO 8601" in bad_time.err
+
+    purged = await cli(*tr, "trace", "purge", "--older-than-days", "0")
+    assert purged.code == 0 and purged.out.startswith("purged 6 execution row(s) and ")
+    assert (await cli(*tr, "trace", "executions", "--json")).json() == {"total": 0, "items": []}
