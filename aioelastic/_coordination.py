@@ -121,6 +121,7 @@ class JobCoordinator:
         self.identity = identity
         self.config = config
         self.view = TreeView(registry, paths.root)
+        self.clock = time.time  # the local clock the time-diff check compares
         self._me = identity.instance_id.encode()
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
@@ -579,7 +580,7 @@ class JobCoordinator:
         except NoNodeError:
             await self.registry.create(self.paths.system_time, make_parents=True)
             stat = await self.registry.set(self.paths.system_time, b"")
-        diff = abs(time.time() - stat.mtime)
+        diff = abs(self.clock() - stat.mtime)
         if diff > limit:
             raise TimeDiffError(
                 f"time difference between this instance and the registry is {diff:.1f}s, "

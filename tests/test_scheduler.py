@@ -516,3 +516,27 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
         if not t.done() and "_call_in_runner_task" not in repr(t.get_coro())
     }
     assert not leftover, f"tasks left behind: {leftover}"
+
+
+async def test_time_diff_violation_goes_to_the_error_handler(
+    make_scheduler: Any, sink: MemorySink
+) -> None:
+    import time
+
+    from aioelastic import TimeDiffError
+
+    scheduler = make_scheduler()
+    errors: list[BaseException] = []
+
+    @scheduler.job(max_time_diff_seconds=5, error_handler=lambda job, exc: errors.append(exc))
+    async def clocked(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        await scheduler.trigger("clocked")
+        await eventually(lambda: len(completions(sink.events, "clocked")) == 1)
+        assert errors == []  # in step with the registry's clock
+        scheduler._runners["clocked"].coordinator.clock = lambda: time.time() + 60
+        await scheduler.trigger("clocked")
+        await eventually(lambda: len(errors) == 1)
+    assert isinstance(errors[0], TimeDiffError)
+    assert "max_time_diff_seconds=5" in str(errors[0])
