@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from ._config import JobConfig
-from ._context import ShardingContexts
+from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
 from ._events import (
     ExecutionSource,
@@ -271,14 +271,14 @@ class JobExecutor:
                 )
                 cleared.add(item)
 
-    async def _call(self, ctx: object) -> None:
+    async def _call(self, ctx: ShardingContext) -> None:
         timeout = self.config.timeout
         if timeout is None:
-            await self._run_item(ctx, self._keep_going)  # type: ignore[arg-type]
+            await self._run_item(ctx, self._keep_going)
             return
         try:
             with anyio.fail_after(timeout):
-                await self._run_item(ctx, self._keep_going)  # type: ignore[arg-type]
+                await self._run_item(ctx, self._keep_going)
         except TimeoutError:
             raise TimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -115,10 +115,10 @@ class JobRunner:
         contexts = self.executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, None)
         self._fires.start_soon(self._guarded, self.executor.execute(contexts, quiet_conflict=True))
 
-    async def _guarded(self, work: object) -> None:
+    async def _guarded(self, work: Awaitable[object]) -> None:
         self.executor.in_flight += 1
         try:
-            await work  # type: ignore[misc]
+            await work
         except Exception as exc:
             await self.executor.handle_error(exc)
         finally:

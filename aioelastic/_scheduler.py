@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._backends import create_registry, create_trace_sink
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
-from ._events import TraceEvent, TraceSink
+from ._events import TraceSink
 from ._jobs import ItemRunner, make_item_runner
 from ._observer import Observer
 from ._pause import PauseDetector
@@ -76,8 +76,6 @@ class Scheduler:
             settings.registry_url.get_secret_value()
         )
         if settings.registry_username and self.registry_url.username is None:
-            from dataclasses import replace
-
             self.registry_url = replace(
                 self.registry_url,
                 username=settings.registry_username,
@@ -161,9 +159,12 @@ class Scheduler:
 
     # -- running --
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop()`` or cancellation; either way running items get
-        ``settings.shutdown_grace_period`` seconds to finish before they are cancelled."""
+        ``settings.shutdown_grace_period`` seconds to finish before they are cancelled.
+
+        ``await task_group.start(scheduler.run)`` returns once every job is registered and
+        running (and raises if starting failed)."""
         if self._running:
             raise RuntimeError("the scheduler is already running")
         self._running = True
@@ -185,6 +186,8 @@ class Scheduler:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(body)
                 try:
+                    if await self._wait_started():
+                        task_status.started()
                     await done.wait()
                 except anyio.get_cancelled_exc_class():
                     self.stop()
@@ -244,16 +247,12 @@ class Scheduler:
             registry=registry,
             namespace=self.registry_url.namespace,
             identity=self.identity,
-            post=self._post(bus),
+            post=bus.post,
             fatal=self._fatal,
             grace_period=self.settings.shutdown_grace_period,
             reshard_timeout=self.settings.reshard_wait_timeout,
             observers=self.observers,
         )
-
-    @staticmethod
-    def _post(bus: TraceBus) -> Callable[[TraceEvent], None]:
-        return bus.post
 
     def _fatal(self, exc: BaseException) -> None:
         """An ``error_handler="raise"`` job failed: stop, and make ``run()`` raise ``exc``."""
@@ -268,20 +267,23 @@ class Scheduler:
 
     async def wait_started(self) -> None:
         """Wait until every job is registered and its loops run (raises if start failed)."""
-        if self._started is None or self._done is None:
+        if not await self._wait_started():
+            raise self._error or RuntimeError("the scheduler stopped before it started")
+
+    async def _wait_started(self) -> bool:
+        """Wait until the scheduler started (True) or ended without starting (False)."""
+        started, done = self._started, self._done
+        if started is None or done is None:
             raise RuntimeError("the scheduler is not running")
         async with anyio.create_task_group() as tg:
 
-            async def watch_done() -> None:
-                assert self._done is not None
-                await self._done.wait()
+            async def watch(event: anyio.Event) -> None:
+                await event.wait()
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(watch_done)
-            await self._started.wait()
-            tg.cancel_scope.cancel()
-        if not self._started.is_set():
-            raise self._error or RuntimeError("the scheduler stopped before it started")
+            tg.start_soon(watch, done)
+            tg.start_soon(watch, started)
+        return started.is_set()
 
     async def trigger(self, name: str) -> None:
         """Run job ``name`` once now on every live instance (a one-off job's only way to run)."""
@@ -296,14 +298,11 @@ class Scheduler:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._cm_group = group
-        group.start_soon(self.run)
-        # run() sets up its events synchronously before its first await.
-        await anyio.lowlevel.checkpoint()
         try:
-            await self.wait_started()
+            await group.start(self.run)
         except BaseException:
-            self.stop()
-            await self._exit_group(None, None, None)
+            self._cm_group = None
+            await _close_group(group)
             raise
         return self
 
@@ -331,3 +330,10 @@ class Scheduler:
             if len(eg.exceptions) == 1:
                 raise eg.exceptions[0] from None
             raise
+
+
+async def _close_group(group: TaskGroup) -> None:
+    try:
+        await group.__aexit__(None, None, None)
+    except BaseException:  # noqa: S110 - the start error is what the caller sees
+        pass

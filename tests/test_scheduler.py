@@ -540,3 +540,31 @@ async def test_time_diff_violation_goes_to_the_error_handler(
         await eventually(lambda: len(errors) == 1)
     assert isinstance(errors[0], TimeDiffError)
     assert "max_time_diff_seconds=5" in str(errors[0])
+
+
+async def test_unreachable_registry_fails_start_with_a_clear_error() -> None:
+    from aioelastic import SessionLostError
+
+    scheduler = Scheduler(registry="zookeeper://127.0.0.1:1/ns?connect_timeout=1")
+
+    @scheduler.job()
+    async def never(ctx: ShardingContext) -> None: ...
+
+    with anyio.fail_after(10), pytest.raises(SessionLostError, match=r"127\.0\.0\.1:1"):
+        async with scheduler:
+            pass
+    with anyio.fail_after(10), pytest.raises(SessionLostError):
+        await scheduler.run()
+
+
+async def test_task_group_start_returns_once_running(make_scheduler: Any) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job()
+    async def ready(ctx: ShardingContext) -> None: ...
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        assert scheduler.registry.session_state.value == "CONNECTED"
+        assert "ready" in scheduler._runners
+        scheduler.stop()
