@@ -219,8 +219,7 @@ class MemoryRegistry:
     def close(self) -> None:
         if self._session_id:
             self._notify(self.store.end_session(self._session_id))
-        self._session_id = 0
-        self._state = SessionState.LOST
+            self._set_state(SessionState.LOST)
 
     def expire_session(self) -> None:
         """Test helper: the session expires (ephemerals and watches go) and a new one starts."""
@@ -257,7 +256,11 @@ class MemoryRegistry:
 
     @staticmethod
     def _notify(fired: list[tuple[Watcher, WatchEvent]]) -> None:
-        for watcher, event in fired:
+        seen: list[tuple[Watcher, WatchEvent]] = []
+        for pair in fired:  # a watcher on a node's data and children hears its deletion once
+            if pair not in seen:
+                seen.append(pair)
+        for watcher, event in seen:
             try:
                 watcher(event)
             except Exception:
@@ -265,7 +268,7 @@ class MemoryRegistry:
 
     def _watch(self, table: dict[str, list[tuple[int, Watcher]]], path: str, w: Watcher) -> None:
         entries = table.setdefault(path, [])
-        if all(existing is not w for _, existing in entries):
+        if all(existing != w for _, existing in entries):
             entries.append((self._session_id, w))
 
     async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
@@ -324,6 +327,8 @@ class MemoryRegistry:
     async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
         await self._enter()
         fired: list[tuple[Watcher, WatchEvent]] = []
+        if recursive:
+            self.store.check(path, version)  # before touching the subtree, as ZooKeeper's client
         try:
             if recursive:
                 for sub in self._subtree(path):

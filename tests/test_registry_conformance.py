@@ -83,12 +83,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield Backend("zookeeper", url, "/" + parse_registry_url(url).namespace)
 
 
-def memory_differs(request: pytest.FixtureRequest, backend: Backend, reason: str) -> None:
-    """Mark a known gap of the embedded registry (strict: a fix turns it into a failure)."""
-    if backend.name == "memory":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"memory registry: {reason}"))
-
-
 async def settled(*recorders: Recorder, count: int = 1) -> None:
     for rec in recorders:
         await rec.until(lambda calls: len(calls) >= count)
@@ -175,7 +169,6 @@ async def test_recursive_delete(backend: Backend) -> None:
 async def test_recursive_delete_with_a_bad_version_deletes_nothing(
     backend: Backend, request: pytest.FixtureRequest
 ) -> None:
-    memory_differs(request, backend, "deletes the subtree before checking the top's version")
     root = backend.root
     async with backend.open() as reg:
         await reg.create(f"{root}/a/b", make_parents=True)
@@ -205,7 +198,6 @@ async def test_ephemerals_belong_to_the_session(backend: Backend) -> None:
 async def test_close_reports_lost_to_listeners(
     backend: Backend, request: pytest.FixtureRequest
 ) -> None:
-    memory_differs(request, backend, "close() sets LOST without telling the listeners")
     listener = Recorder()
     async with backend.open() as reg:
         reg.add_session_listener(listener)
@@ -309,7 +301,6 @@ class _Target:
 async def test_an_equal_watcher_registered_twice_is_called_once(
     backend: Backend, request: pytest.FixtureRequest
 ) -> None:
-    memory_differs(request, backend, "dedupes watchers by identity, bound methods are new objects")
     root = backend.root
     async with backend.open() as reg, backend.open() as other:
         await reg.create(root)
@@ -324,7 +315,6 @@ async def test_an_equal_watcher_registered_twice_is_called_once(
 async def test_one_watcher_on_data_and_children_is_called_once_on_delete(
     backend: Backend, request: pytest.FixtureRequest
 ) -> None:
-    memory_differs(request, backend, "calls it once per watch kind")
     root = backend.root
     async with backend.open() as reg, backend.open() as other:
         await reg.create(f"{root}/n", make_parents=True)
