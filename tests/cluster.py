@@ -156,7 +156,12 @@ class Cluster:
                 key = (r["instance"], r.get("task_id", ""), r.get("item", -1))
                 if r["ev"] == "start":
                     runs[key] = ItemRun(
-                        r["instance"], r["job"], r["item"], r["task_id"], r["source"], r["t"],
+                        r["instance"],
+                        r["job"],
+                        r["item"],
+                        r["task_id"],
+                        r["source"],
+                        r["t"],
                         scheduled=r.get("scheduled"),
                     )
                 elif r["ev"] == "end" and key in runs:
@@ -264,3 +269,11 @@ def url_with(zk_server: ZooKeeperServer, session_timeout: float) -> str:
     return zk_server.url(
         f"t{uuid.uuid4().hex[:12]}", session_timeout=session_timeout, connect_timeout=5
     )
+
+
+async def trigger(url: str, *instance_ids: str) -> None:
+    """Ask these instances to run their items of the cluster job once now."""
+    paths = JobPaths(parse_registry_url(url).namespace, JOB)
+    async with zk_client(url) as reg:
+        for instance_id in instance_ids:
+            await reg.create(paths.trigger(instance_id))

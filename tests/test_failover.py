@@ -16,6 +16,7 @@ from tests.cluster import (
     check_no_overlap,
     expected,
     ready,
+    trigger,
     url_with,
     wait_assignment,
     zk_client,
@@ -28,8 +29,9 @@ TIMEOUT = 3.0  # session timeout of these tests' instances
 IDS = ["inst-a", "inst-b", "inst-c"]  # inst-c sorts first: it owns items 0 and 1 of 6
 
 
-async def wait_runs(cluster: Cluster, predicate: Callable[[list[ItemRun]], bool],
-                    timeout: float, what: str) -> list[ItemRun]:
+async def wait_runs(
+    cluster: Cluster, predicate: Callable[[list[ItemRun]], bool], timeout: float, what: str
+) -> list[ItemRun]:
     with anyio.move_on_after(timeout):
         while True:
             runs = cluster.history()
@@ -39,8 +41,9 @@ async def wait_runs(cluster: Cluster, predicate: Callable[[list[ItemRun]], bool]
     raise AssertionError(f"{what} within {timeout}s; history: {cluster.history()}")
 
 
-async def start_cluster(zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster],
-                        **options: object) -> tuple[Cluster, str, dict[str, Instance]]:
+async def start_cluster(
+    zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster], **options: object
+) -> tuple[Cluster, str, dict[str, Instance]]:
     url = url_with(zk_server, session_timeout=TIMEOUT)
     cluster = cluster_factory(url, sharding_total_count=6, failover=True, **options)
     procs = {i: cluster.start(i) for i in IDS}
@@ -61,25 +64,23 @@ async def test_sigkill_mid_run_fails_over_unfinished_items_only(
     cluster, url, procs = await start_cluster(
         zk_server, cluster_factory, duration=0.2, durations={"1": 6, "0": 0.1, "2": 6}
     )
-    async with zk_client(url) as reg:
-        from aioelastic._paths import JobPaths
-        from aioelastic._urls import parse_registry_url
-
-        paths = JobPaths(parse_registry_url(url).namespace, "cluster_job")
-        for name in IDS:
-            await reg.create(paths.trigger(name))
+    await trigger(url, *IDS)
     await wait_runs(
         cluster,
-        lambda runs: any(r.instance == "inst-c" and r.item == 0 and r.end for r in runs)
-        and any(r.instance == "inst-c" and r.item == 1 for r in runs),
+        lambda runs: (
+            any(r.instance == "inst-c" and r.item == 0 and r.end for r in runs)
+            and any(r.instance == "inst-c" and r.item == 1 for r in runs)
+        ),
         10,
         "inst-c did not finish item 0 and start item 1",
     )
     procs["inst-c"].signal(signal.SIGKILL)
     killed = time.time()
     runs = await wait_runs(
-        cluster, lambda runs: any(r.item == 1 for r in failover_runs(runs)),
-        TIMEOUT + 5, "item 1 was not failed over",
+        cluster,
+        lambda runs: any(r.item == 1 for r in failover_runs(runs)),
+        TIMEOUT + 5,
+        "item 1 was not failed over",
     )
     taken = [r for r in failover_runs(runs) if r.item == 1]
     assert len(taken) == 1 and taken[0].instance in {"inst-a", "inst-b"}
@@ -94,20 +95,19 @@ async def test_all_running_items_are_claimed_in_one_pass_spread_over_survivors(
     zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=4)
-    async with zk_client(url) as reg:
-        from aioelastic._paths import JobPaths
-        from aioelastic._urls import parse_registry_url
-
-        paths = JobPaths(parse_registry_url(url).namespace, "cluster_job")
-        await reg.create(paths.trigger("inst-c"))
+    await trigger(url, "inst-c")
     await wait_runs(
-        cluster, lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
-        10, "inst-c did not start items 0 and 1",
+        cluster,
+        lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+        10,
+        "inst-c did not start items 0 and 1",
     )
     procs["inst-c"].signal(signal.SIGKILL)
     runs = await wait_runs(
-        cluster, lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
-        TIMEOUT + 5, "items 0 and 1 were not both failed over",
+        cluster,
+        lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+        TIMEOUT + 5,
+        "items 0 and 1 were not both failed over",
     )
     takers = {r.instance for r in failover_runs(runs)}
     assert takers == {"inst-a", "inst-b"}, f"not spread over the survivors: {takers}"
@@ -120,23 +120,20 @@ async def test_cluster_restarted_after_everyone_died_recovers_running_items(
     zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=5)
-    async with zk_client(url) as reg:
-        from aioelastic._paths import JobPaths
-        from aioelastic._urls import parse_registry_url
-
-        paths = JobPaths(parse_registry_url(url).namespace, "cluster_job")
-        for name in IDS:
-            await reg.create(paths.trigger(name))
-    await wait_runs(cluster, lambda runs: len({r.item for r in runs}) == 6, 10,
-                    "not every item started")
+    await trigger(url, *IDS)
+    await wait_runs(
+        cluster, lambda runs: len({r.item for r in runs}) == 6, 10, "not every item started"
+    )
     for proc in procs.values():
         proc.signal(signal.SIGKILL)
     await anyio.sleep(TIMEOUT + 1)  # every session expires
     fresh = [cluster.start(name) for name in ("inst-x", "inst-y")]
     await ready(cluster, *fresh)
     runs = await wait_runs(
-        cluster, lambda runs: {r.item for r in failover_runs(runs)} == set(range(6)),
-        15, "the restarted cluster did not recover every item left running",
+        cluster,
+        lambda runs: {r.item for r in failover_runs(runs)} == set(range(6)),
+        15,
+        "the restarted cluster did not recover every item left running",
     )
     assert {r.instance for r in failover_runs(runs)} <= {"inst-x", "inst-y"}
     check_no_overlap(cluster.history())
@@ -146,28 +143,28 @@ async def test_paused_instance_does_not_go_on_after_waking(
     zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=8)
-    async with zk_client(url) as reg:
-        from aioelastic._paths import JobPaths
-        from aioelastic._urls import parse_registry_url
-
-        paths = JobPaths(parse_registry_url(url).namespace, "cluster_job")
-        await reg.create(paths.trigger("inst-c"))
+    await trigger(url, "inst-c")
     await wait_runs(
-        cluster, lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
-        10, "inst-c did not start its items",
+        cluster,
+        lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+        10,
+        "inst-c did not start its items",
     )
     victim = procs["inst-c"]
     victim.signal(signal.SIGSTOP)
     await wait_runs(
-        cluster, lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
-        TIMEOUT + 6, "the paused instance's items were not failed over",
+        cluster,
+        lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+        TIMEOUT + 6,
+        "the paused instance's items were not failed over",
     )
     victim.signal(signal.SIGCONT)
     woke = time.time()
     runs = await wait_runs(
         cluster,
         lambda runs: all(r.end is not None for r in runs if r.instance == "inst-c"),
-        5, "the paused instance did not stop its items after waking",
+        5,
+        "the paused instance did not stop its items after waking",
     )
     for run in (r for r in runs if r.instance == "inst-c" and r.item in {0, 1}):
         assert run.ok is False and run.end is not None and run.end - woke < 0.5
