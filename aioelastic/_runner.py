@@ -128,9 +128,12 @@ class JobRunner:
 
     async def _cron_loop(self) -> None:
         last: datetime | None = None
+        config, trigger = None, None
         while True:
             self._wake = anyio.Event()
-            trigger = self.coordinator.config.trigger()
+            if config is not self.coordinator.config:  # parse once per config, not per fire
+                config = self.coordinator.config
+                trigger = config.trigger()
             now = datetime.now(UTC)
             after = max(now, last) if last else now
             scheduled = trigger.next_fire_time(after) if trigger else None
