@@ -16,6 +16,7 @@ import anyio
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
+from ._errors import SessionLostError
 from ._events import (
     ExecutionSource,
     ExecutionType,
@@ -87,6 +88,10 @@ class JobExecutor:
         return self.coordinator.config
 
     @property
+    def _me(self) -> str:
+        return self.coordinator.identity.instance_id
+
+    @property
     def _job(self) -> str:
         return self.coordinator.paths.job
 
@@ -118,7 +123,7 @@ class JobExecutor:
             await self.handle_error(exc)
         if coord.registry.session_state is not SessionState.CONNECTED:
             await self.handle_error(
-                RuntimeError(f"job {self._job!r}: registry session not connected; fire skipped")
+                SessionLostError(f"job {self._job!r}: registry session not connected; fire skipped")
             )
             return
         await coord.wait_for_sharding(self._reshard_timeout)
@@ -132,7 +137,7 @@ class JobExecutor:
         await self.execute(contexts)
         while self._misfire_due(items):
             again = self.contexts(
-                [i for i in items if coord.is_misfired(i)],
+                [i for i in items if coord.is_misfired(i) and coord.owner(i) == self._me],
                 ExecutionType.READY,
                 ExecutionSource.MISFIRE,
                 None,
@@ -151,9 +156,7 @@ class JobExecutor:
             and self.config.monitor_execution
             and self._keep_going()
             and not coord.reshard_pending()
-            and any(
-                coord.is_misfired(i) and coord.owner(i) == coord.identity.instance_id for i in items
-            )
+            and any(coord.is_misfired(i) and coord.owner(i) == self._me for i in items)
         )
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
