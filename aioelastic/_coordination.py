@@ -329,6 +329,41 @@ class JobCoordinator:
             int(name) < total for name in self.view.children(self.paths.sharding) if name.isdigit()
         )
 
+    # -- which changes each loop cares about --
+
+    def leader_relevant(self, path: str) -> bool:
+        """Changes that can alter membership, leadership or the assignment."""
+        parts = self.paths.parts(path)
+        if not parts:
+            return True
+        head = parts[0]
+        if head in {"instances", "servers", "config"}:
+            return True
+        if head == "sharding":
+            return len(parts) <= 2 or parts[2] == "instance"
+        return head == "leader" and parts[1:2] in (("election",), ("sharding",))
+
+    def watch_relevant(self, path: str, *, marks_pending: bool) -> bool:
+        """Changes the watch loop acts on: config, triggers, operator requests, misfire and
+        failover marks; running marks only while misfires or failovers wait for them."""
+        parts = self.paths.parts(path)
+        if not parts:
+            return True
+        head = parts[0]
+        if head in {"config", "trigger", "instances", "servers"}:
+            return True
+        if head == "leader":
+            return parts[1:2] == ("failover",)
+        if head == "sharding" and len(parts) == 3:
+            return parts[2] in {"misfire", "failover"} or (parts[2] == "running" and marks_pending)
+        return False
+
+    def marks_pending(self) -> bool:
+        """Misfire marks or failover intents exist: running marks' changes matter then."""
+        if self.view.children(self.paths.failover_items):
+            return True
+        return any(self.is_misfired(i) for i in range(self.config.sharding_total_count))
+
     # -- election and leader duties --
 
     async def leader_step(self) -> None:

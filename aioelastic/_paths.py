@@ -128,6 +128,13 @@ class JobPaths:
     def system_time(self) -> str:
         return self._p("systemTime", "current")
 
+    def parts(self, path: str) -> tuple[str, ...]:
+        """``path`` relative to the job's root, split (``()`` for the root, or outside it)."""
+        root = self.root
+        if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
+            return ()
+        return tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()
+
     def persistent_skeleton(self) -> list[str]:
         """Persistent container nodes every job has (created once, never ephemeral)."""
         return [

@@ -54,6 +54,14 @@ class JobRunner:
         self._fires: TaskGroup | None = None
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
+        # The leader and watch loops wake only for changes they act on: a fire's own running
+        # marks would otherwise wake both on every fire of every job.
+        view = self.coordinator.view
+        self._leader_changes = view.subscribe(self.coordinator.leader_relevant)
+        self._marks_pending = False
+        self._watch_changes = view.subscribe(
+            lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending)
+        )
 
     @property
     def name(self) -> str:
@@ -159,14 +167,15 @@ class JobRunner:
             except RegistryError as exc:
                 log.debug("%s: leader step failed (%s); retrying", self.name, exc)
                 timeout = 0.5
-            await coord.view.wait_changed(timeout)
+            await self._leader_changes.wait(timeout)
 
     async def _watch_loop(self) -> None:
         coord = self.coordinator
         config_raw = coord.view.get(coord.paths.config)
         wait = 60.0
         while True:
-            await coord.view.wait_changed(wait)
+            self._marks_pending = coord.marks_pending()
+            await self._watch_changes.wait(wait)
             wait = 60.0
             if not coord.view.fresh:
                 continue
@@ -201,6 +210,7 @@ class JobRunner:
             log.info("%s: config changed in the registry", self.name)
             coord.config = new
             self._wake.set()
+            self._leader_changes.notify()  # e.g. a new sharding count
 
     async def _failover_if_due(self) -> bool:
         """Claim and run at once this instance's share of a dead runner's unfinished items, and

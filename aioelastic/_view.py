@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from ._errors import NoNodeError, RegistryError, SessionLostError
 from ._registry import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
-__all__ = ["TreeView"]
+__all__ = ["Subscription", "TreeView"]
 
 log = logging.getLogger("aioelastic.view")
 
@@ -29,6 +29,27 @@ _Event = WatchEvent | SessionEvent
 
 def _join(path: str, child: str) -> str:
     return f"{path.rstrip('/')}/{child}"
+
+
+class Subscription:
+    """Wakes its owner only for changes to the paths it cares about (``relevant(path)``)."""
+
+    def __init__(self, relevant: Callable[[str], bool]) -> None:
+        self.relevant = relevant
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        """Wake the owner as if a relevant change happened."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a relevant change since the last wait (True) or ``timeout`` (False)."""
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        changed = self._event.is_set()
+        if changed:
+            self._event = anyio.Event()
+        return changed
 
 
 class TreeView:
@@ -45,6 +66,9 @@ class TreeView:
         self._changed = anyio.Event()
         self._fresh = False
         self.generation = 0
+        self._subscriptions: list[Subscription] = []
+        self._batch: set[str] = set()  # paths changed since the last signal
+        self._everything = False  # a resync: every subscription hears about it
 
     # -- reads (no I/O) --
 
@@ -64,6 +88,12 @@ class TreeView:
 
     def children(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
+
+    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
+        """A change signal restricted to paths for which ``relevant(path)`` is true."""
+        subscription = Subscription(relevant)
+        self._subscriptions.append(subscription)
+        return subscription
 
     async def wait_changed(self, timeout: float) -> bool:
         """Wait for the next change (True) or ``timeout`` seconds (False)."""
@@ -117,6 +147,11 @@ class TreeView:
         self.generation += 1
         self._changed.set()
         self._changed = anyio.Event()
+        batch, everything = self._batch, self._everything
+        self._batch, self._everything = set(), False
+        for subscription in self._subscriptions:
+            if everything or any(subscription.relevant(path) for path in batch):
+                subscription.notify()
 
     async def _apply(self, event: _Event) -> None:
         try:
@@ -137,6 +172,7 @@ class TreeView:
 
     async def _resync(self) -> None:
         self._fresh = False
+        self._everything = True
         self._data.clear()
         self._stats.clear()
         self._children.clear()
@@ -166,6 +202,7 @@ class TreeView:
             return
         self._data[path], self._stats[path] = data, stat
         self._children[path] = set(kids)
+        self._batch.add(path)
         parent = path.rsplit("/", 1)[0]
         if path != self.root and parent in self._children:
             self._children[parent].add(path.rsplit("/", 1)[1])
@@ -173,6 +210,8 @@ class TreeView:
             await self._load(_join(path, kid))
 
     def _drop(self, path: str) -> None:
+        if path in self._data:
+            self._batch.add(path)
         for kid in self._children.pop(path, ()):
             self._drop(_join(path, kid))
         self._data.pop(path, None)
@@ -196,6 +235,7 @@ class TreeView:
                     self._data[path], self._stats[path] = await self._registry.get(
                         path, self._watcher
                     )
+                    self._batch.add(path)
                 except NoNodeError:
                     self._drop(path)
         elif event.type is WatchEventType.CHILDREN and path in self._children:
