@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -85,3 +86,47 @@ async def test_runs_leave_execution_and_status_rows(tracing_url: str, tmp_path: 
         stats = await store.search.job_stats(since=rows[0].start_time.replace(year=2000))  # type: ignore[union-attr]
         by_job = {s.job_name: s for s in stats}
         assert by_job["settlement"].succeeded == 4 and by_job["settlement"].failed == 2
+
+
+async def test_database_outage_mid_run_loses_nothing(
+    postgres_server: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stops while jobs keep firing, comes back, and every run is there once."""
+    MemoryStore.reset("trace-outage")
+    settings = Settings(
+        registry_url="memory://trace-outage/ns",
+        tracing_url=postgres_url,
+        trace_journal_path=tmp_path / "outage.journal",
+    )
+    scheduler = Scheduler(settings=settings)
+    runs: list[str] = []
+
+    @scheduler.job(cron="* * * * * ?", sharding_total_count=2)
+    async def ticking(ctx: ShardingContext) -> None:
+        runs.append(f"{ctx.task_id}#{ctx.sharding_item}")
+
+    async with scheduler:
+        with anyio.fail_after(10):
+            while len(runs) < 2:
+                await anyio.sleep(0.05)
+        await anyio.to_thread.run_sync(postgres_server.stop)
+        during = len(runs)
+        with anyio.fail_after(10):
+            while len(runs) < during + 4:  # jobs keep running with the database down
+                await anyio.sleep(0.05)
+        await anyio.to_thread.run_sync(postgres_server.start)
+        with anyio.fail_after(10):
+            while len(runs) < during + 6:
+                await anyio.sleep(0.05)
+    # Stopped: whatever was not written yet went to the journal; the next store replays it.
+    async with open_trace_store(postgres_url, journal_path=tmp_path / "outage.journal") as store:
+        assert store.search is not None
+        with anyio.fail_after(20):
+            while True:
+                page = await store.search.executions(job_name="ticking", limit=1000)
+                if page.total >= len(runs):
+                    break
+                await anyio.sleep(0.2)
+        found = [f"{r.task_id}#{r.sharding_item}" for r in page.items]
+        assert sorted(found) == sorted(runs)  # every run, exactly once
+        assert all(r.complete_time is not None for r in page.items)
