@@ -64,6 +64,7 @@ class Chaos:
         session = sessions[-1]
         host, _, port = self.server.hosts.rpartition(":")
         start = time.time()
+        inst.expiries.append(start)
         with anyio.fail_after(10):
             while await _close_session(
                 host, int(port), session["session_id"], bytes.fromhex(session["password"])

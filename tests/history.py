@@ -10,6 +10,13 @@ knows of its faults. Checks:
     membership was settled started all items;
 (c) once membership settles, every item is owned by exactly one live instance (checked on the
     registry's committed assignment).
+
+What (a) can and cannot demand: a session that *times out* is fenced (the client declares it lost
+before the server could expire it), and a frozen process cancels its items before they take a
+step after waking. A session *killed on the server* (forced expiry) lets survivors start at once,
+while the victim learns of it only when its connection drops; ``Cluster.history()`` counts a run
+cancelled within ``WAKE_SLACK`` of such a fault as ended at the fault — the one overlap no client
+can prevent — and the check judges every run that went on longer.
 """
 
 from __future__ import annotations
