@@ -37,6 +37,17 @@ class _JobSpec:
     run_item: ItemRunner
 
 
+#: Jobs registering with the registry at the same time when the scheduler starts.
+_CONCURRENT_STARTS = 32
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The one error inside (nested) single-exception groups, for a readable ``run()`` error."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _session_forwarder(observer: Observer) -> SessionListener:
     def forward(event: SessionEvent) -> None:
         observer.session_state_changed(event.state.value)
@@ -178,7 +189,7 @@ class Scheduler:
                 try:
                     await self._run_core()
                 except Exception as exc:
-                    self._error = self._error or exc
+                    self._error = self._error or _unwrap(exc)
                 finally:
                     done.set()
 
@@ -228,10 +239,18 @@ class Scheduler:
                     )
                     await guards.start(detector.run)
                 async with anyio.create_task_group() as tg:
-                    for spec in self._jobs.values():
-                        runner = self._make_runner(spec, registry, bus)
-                        await tg.start(runner.run)
-                        self._runners[spec.config.name] = runner
+                    # Registering a job is a few dozen registry round trips: do many at once.
+                    limiter = anyio.CapacityLimiter(_CONCURRENT_STARTS)
+
+                    async def start(spec: _JobSpec) -> None:
+                        async with limiter:
+                            runner = self._make_runner(spec, registry, bus)
+                            await tg.start(runner.run)
+                            self._runners[spec.config.name] = runner
+
+                    async with anyio.create_task_group() as starting:
+                        for spec in self._jobs.values():
+                            starting.start_soon(start, spec)
                     self._started.set()
                     await self._stop_event.wait()
                     log.info("instance %s stopping", self.instance_id)
