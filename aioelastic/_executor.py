@@ -75,6 +75,8 @@ class JobExecutor:
         self._reshard_timeout = reshard_timeout
         self._run_item = run_item
         self._post = post
+        # Without a trace sink, events would be built only to be dropped: skip building them.
+        self.tracing = True
         self._fatal = fatal
         self._keep_going = keep_going
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
@@ -225,15 +227,20 @@ class JobExecutor:
     ) -> None:
         ctx = contexts.for_item(item)
         ident = self.coordinator.identity
-        start = JobExecutionEvent(
-            job_name=self._job,
-            task_id=contexts.task_id,
-            hostname=ident.hostname,
-            ip=ident.ip,
-            sharding_item=item,
-            execution_source=contexts.execution_source,
+        start = (
+            _NO_EVENT
+            if not self.tracing
+            else JobExecutionEvent(
+                job_name=self._job,
+                task_id=contexts.task_id,
+                hostname=ident.hostname,
+                ip=ident.ip,
+                sharding_item=item,
+                execution_source=contexts.execution_source,
+            )
         )
-        self._post(start)
+        if start is not None:
+            self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
         try:
@@ -257,14 +264,15 @@ class JobExecutor:
         finally:
             if failure is not None:
                 errors[item] = failure
-            self._post(
-                dataclasses.replace(
-                    start,
-                    complete_time=datetime.now(UTC),
-                    is_success=failure is None,
-                    failure_cause=format_failure(failure) if failure else None,
+            if start is not None:
+                self._post(
+                    dataclasses.replace(
+                        start,
+                        complete_time=datetime.now(UTC),
+                        is_success=failure is None,
+                        failure_cause=format_failure(failure) if failure else None,
+                    )
                 )
-            )
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
@@ -317,6 +325,8 @@ class JobExecutor:
         )
 
     def _status(self, contexts: ShardingContexts, state: State, message: str) -> None:
+        if not self.tracing:
+            return
         self._post(
             JobStatusTraceEvent(
                 job_name=self._job,

@@ -260,7 +260,7 @@ class Scheduler:
             self._runners.clear()
 
     def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:
-        return JobRunner(
+        runner = JobRunner(
             config=spec.config,
             run_item=spec.run_item,
             registry=registry,
@@ -272,6 +272,8 @@ class Scheduler:
             reshard_timeout=self.settings.reshard_wait_timeout,
             observers=self.observers,
         )
+        runner.executor.tracing = bool(self._sinks)
+        return runner
 
     def _fatal(self, exc: BaseException) -> None:
         """An ``error_handler="raise"`` job failed: stop, and make ``run()`` raise ``exc``."""
