@@ -228,7 +228,7 @@ class JobExecutor:
         ctx = contexts.for_item(item)
         ident = self.coordinator.identity
         start = (
-            _NO_EVENT
+            None
             if not self.tracing
             else JobExecutionEvent(
                 job_name=self._job,
