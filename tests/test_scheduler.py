@@ -568,3 +568,17 @@ async def test_task_group_start_returns_once_running(make_scheduler: Any) -> Non
         assert scheduler.registry.session_state.value == "CONNECTED"
         assert "ready" in scheduler._runners
         scheduler.stop()
+
+
+async def test_runs_without_any_trace_sink() -> None:
+    MemoryStore.reset("no-sink")
+    scheduler = Scheduler(settings=Settings(registry_url="memory://no-sink/ns"))
+    seen: list[int] = []
+
+    @scheduler.job(sharding_total_count=2)
+    async def quiet(ctx: ShardingContext) -> None:
+        seen.append(ctx.sharding_item)
+
+    async with scheduler:
+        await scheduler.trigger("quiet")
+        await eventually(lambda: sorted(seen) == [0, 1])
