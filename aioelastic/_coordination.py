@@ -122,6 +122,7 @@ class JobCoordinator:
         self.config = config
         self.view = TreeView(registry, paths.root)
         self.clock = time.time  # the local clock the time-diff check compares
+        self._uncleared: dict[int, set[str]] = {}  # session id -> marks still to delete
         self._me = identity.instance_id.encode()
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
@@ -518,14 +519,44 @@ class JobCoordinator:
     ) -> None:
         """The run of ``items`` is over: delete their running marks and, with failover, the
         failover intents (unless ``keep_intents``: the items were cancelled, not completed)
-        and, for a takeover run, this instance's takeover marks, in one multi-op."""
-        if not items or self.registry.session_state is not SessionState.CONNECTED:
+        and, for a takeover run, this instance's takeover marks, in one multi-op.
+
+        If the registry cannot be reached now (e.g. the server restarts) but the session may
+        live on, the marks are remembered and deleted by ``retry_clears`` once it is back:
+        a surviving session's running mark would otherwise block the item forever."""
+        if not items or self.registry.session_state is SessionState.LOST:
             return  # a lost session's ephemerals are gone with it; intents stay for failover
         paths: list[str] = [self.paths.item_running(i) for i in items]
         if (self.config.failover or failover_run) and not keep_intents:
             paths += [self.paths.failover_item(i) for i in items]
         if failover_run:
             paths += [self.paths.item_failover(i) for i in items]
+        session = self.registry.session_id
+        try:
+            await self._delete_all(paths)
+        except RegistryError as exc:
+            log.warning(
+                "%s: clearing marks failed (%s); retrying when connected", self.paths.job, exc
+            )
+            self._uncleared.setdefault(session, set()).update(paths)
+
+    async def retry_clears(self) -> None:
+        """Delete marks a failed ``clear_running`` left, if their session still lives."""
+        session = self.registry.session_id
+        for old in [s for s in self._uncleared if s != session]:
+            del self._uncleared[old]  # that session ended: its ephemerals went with it
+        paths = self._uncleared.pop(session, set())
+        if paths:
+            try:
+                await self._delete_all(sorted(paths))
+            except RegistryError:
+                self._uncleared.setdefault(session, set()).update(paths)
+                raise
+
+    def clears_pending(self) -> bool:
+        return bool(self._uncleared)
+
+    async def _delete_all(self, paths: Sequence[str]) -> None:
         try:
             await self.registry.transaction([DeleteOp(p) for p in paths])
         except TransactionFailedError:

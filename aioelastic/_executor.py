@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -16,7 +17,7 @@ import anyio
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
-from ._errors import SessionLostError
+from ._errors import RegistryError, SessionLostError
 from ._events import (
     ExecutionSource,
     ExecutionType,
@@ -182,7 +183,16 @@ class JobExecutor:
         monitor = self.config.monitor_execution
         misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
-        if monitor and not await self.coordinator.mark_running(items, misfire_run=misfire_run):
+        try:
+            claimed = not monitor or await self.coordinator.mark_running(
+                items, misfire_run=misfire_run
+            )
+        except RegistryError:
+            if failover_run:  # give the takeover back rather than block the items
+                with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
+                    await self.coordinator.release_failover(items)
+            raise
+        if not claimed:
             # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
             if failover_run:
                 # Someone runs the item already: give the takeover back.

@@ -187,6 +187,8 @@ class JobRunner:
                 if self._registered_session != self.registry.session_id:
                     await coord.register_instance()
                     self._registered_session = self.registry.session_id
+                if coord.clears_pending():
+                    await coord.retry_clears()
                 raw = coord.view.get(coord.paths.config)
                 if raw is not None and raw != config_raw:
                     config_raw = raw
@@ -198,6 +200,7 @@ class JobRunner:
                     wait = 0.5  # unclaimed candidates left: look again soon
             except RegistryError as exc:
                 log.debug("%s: watch step failed (%s)", self.name, exc)
+                wait = 0.5
 
     def _apply_config(self, raw: bytes) -> None:
         coord = self.coordinator

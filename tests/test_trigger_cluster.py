@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import pytest
@@ -58,3 +59,33 @@ async def test_trigger_runs_every_live_instances_items_once_and_queues_during_a_
     assert len(runs) == 12
     assert Counter(i for _, i, _ in runs) == {i: 2 for i in range(6)}
     assert [src for _, _, src in runs[6:]] == [ExecutionSource.MISFIRE] * 6
+
+
+async def test_run_finishing_while_the_server_is_down_leaves_no_running_mark(
+    zk_restartable_server: Any,
+) -> None:
+    url = zk_restartable_server.url("suspended", session_timeout=10)
+    scheduler = Scheduler(settings=Settings(registry_url=url, instance_id="solo"))
+    started, release = anyio.Event(), anyio.Event()
+    runs: list[ExecutionSource] = []
+
+    @scheduler.job(sharding_total_count=1)
+    async def slow(ctx: ShardingContext) -> None:
+        runs.append(ctx.execution_source)
+        started.set()
+        await release.wait()
+
+    async with scheduler:
+        coord = scheduler._runners["slow"].coordinator
+        await eventually(lambda: coord.owner(0) == "solo", timeout=10)
+        await scheduler.trigger("slow")
+        await started.wait()
+        await anyio.to_thread.run_sync(zk_restartable_server.stop)
+        release.set()  # the run completes while the session is suspended
+        await anyio.sleep(0.5)
+        await anyio.to_thread.run_sync(zk_restartable_server.start)
+        # Same session after the restart: the mark must be deleted, not left to block item 0.
+        await eventually(lambda: coord.view.fresh and not coord.is_running(0), timeout=15)
+        await scheduler.trigger("slow")
+        await eventually(lambda: len(runs) == 2, timeout=10)
+    assert runs == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.NORMAL_TRIGGER]
