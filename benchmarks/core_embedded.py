@@ -81,10 +81,14 @@ async def baseline_lag(jobs: int, seconds: float) -> list[float]:
     return lags
 
 
-async def aioelastic_throughput(items: int, rounds: int) -> float:
-    MemoryStore.reset("bench-tp")
+async def aioelastic_throughput(
+    items: int, rounds: int, registry_url: str = "memory://bench-tp/bench", timeout: float = 120
+) -> float:
+    """No-op items/s of ``rounds`` fires of one ``items``-item job (any registry URL)."""
+    if registry_url.startswith("memory://"):
+        MemoryStore.reset(registry_url.split("/")[2])
     sink = MemorySink()
-    scheduler = Scheduler(settings=Settings(registry_url="memory://bench-tp/bench"), sinks=[sink])
+    scheduler = Scheduler(settings=Settings(registry_url=registry_url), sinks=[sink])
     done = 0
     finished = anyio.Event()
 
@@ -97,11 +101,14 @@ async def aioelastic_throughput(items: int, rounds: int) -> float:
 
     async with scheduler:
         runner = scheduler._runners["noop"]
-        await runner.coordinator.view.wait_for(lambda: runner.coordinator.local_items() != [], 5)
+        coord = runner.coordinator
+        if not await coord.view.wait_for(lambda: len(coord.local_items()) == items, timeout):
+            raise TimeoutError(f"the {items} items were not assigned within {timeout}s")
         start = time.perf_counter()
-        for _ in range(rounds):
-            await runner.executor.fire()
-        await finished.wait()
+        with anyio.fail_after(timeout):
+            for _ in range(rounds):
+                await runner.executor.fire()
+            await finished.wait()
         elapsed = time.perf_counter() - start
     return items * rounds / elapsed
 

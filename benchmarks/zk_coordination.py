@@ -96,6 +96,54 @@ async def requests_per_fire(server: ZooKeeperServer, items: int, seconds: float)
     }
 
 
+async def requests_per_reshard(server: ZooKeeperServer, items: int = 10) -> dict[str, Any]:
+    """ZooKeeper requests one membership change costs, for a one-off job (nothing fires, so every
+    request is registration, view upkeep or the reshard itself): a 4th instance joins 3, then one
+    of the first three stops gracefully. Counted until the new assignment is committed + 1 s."""
+    url = server.url(f"reshardreq{int(time.time() * 1000)}", session_timeout=10)
+    ids = [f"bench-{k}" for k in range(4)]
+
+    async def noop(ctx: ShardingContext) -> None:
+        pass
+
+    schedulers = {}
+    for i in ids:
+        s = Scheduler(settings=Settings(registry_url=url, instance_id=i, shutdown_grace_period=1))
+        s.add_job(noop, name=JOB, sharding_total_count=items)
+        schedulers[i] = s
+
+    def counts(names: list[str]) -> dict[str, int]:
+        return {n: schedulers[n].registry.request_count for n in names}
+
+    async with anyio.create_task_group() as tg, zk_client(url) as reg:
+        try:
+            for i in ids[:3]:
+                await tg.start(schedulers[i].run)
+            await wait_assignment(reg, url, items, expected(ids[:3], items), 20)
+            await anyio.sleep(1)
+            before = counts(ids[:3])
+            await tg.start(schedulers[ids[3]].run)
+            await wait_assignment(reg, url, items, expected(ids, items), 20)
+            await anyio.sleep(1)
+            after = counts(ids)
+            join_existing = sum(after[n] - before[n] for n in ids[:3])
+            before = counts(ids[1:])
+            schedulers[ids[0]].stop()
+            await wait_assignment(reg, url, items, expected(ids[1:], items), 20)
+            await anyio.sleep(1)
+            leave = sum(v - before[n] for n, v in counts(ids[1:]).items())
+        finally:
+            for s in schedulers.values():
+                s.stop()
+    return {
+        "items": items,
+        "join_3_to_4": {"existing_instances": join_existing, "joiner": after[ids[3]]},
+        "graceful_leave_4_to_3": {"survivors": leave},
+        "note": "joiner = its whole start (session, registration, view load); the others' "
+        "requests are view upkeep and, on the leader, the reshard multi-op",
+    }
+
+
 async def reshard_times(server: ZooKeeperServer, workdir: Path, rounds: int) -> dict[str, Any]:
     joins, leaves = [], []
     for r in range(rounds):
@@ -135,7 +183,8 @@ async def reshard_times(server: ZooKeeperServer, workdir: Path, rounds: int) -> 
 async def failover_latency(
     server: ZooKeeperServer, workdir: Path, rounds: int, timeout: float
 ) -> dict[str, Any]:
-    latencies = []
+    latencies: list[float] = []
+    timeline: list[dict[str, Any]] = []
     for r in range(rounds):
         url = server.url(f"failover{r}{int(time.time())}", session_timeout=timeout)
         path = workdir / f"f{r}"
@@ -154,6 +203,7 @@ async def failover_latency(
             with anyio.fail_after(10):
                 while {x.item for x in cluster.history() if x.instance == "inst-c"} != {0, 1}:
                     await anyio.sleep(0.02)
+            await anyio.sleep(1)  # items run a while before the kill (for the timeline)
             procs["inst-c"].signal(signal.SIGKILL)
             killed = time.time()
             with anyio.fail_after(timeout + 10):
@@ -163,9 +213,20 @@ async def failover_latency(
                         break
                     await anyio.sleep(0.01)
             latencies.append(max(x.start for x in taken) - killed)
+            timeline = [
+                {
+                    "instance": x.instance,
+                    "item": x.item,
+                    "source": x.source,
+                    "start": round(x.start - killed, 4),
+                    "end": None if x.end is None else round(x.end - killed, 4),
+                }
+                for x in cluster.history()
+            ]
         finally:
             cluster.close()
     return {
+        "timeline_last_round": timeline,
         "session_timeout_s": timeout,
         "sigkill_to_failover_start_s": [round(x, 3) for x in latencies],
         "over_timeout_s": [round(x - timeout, 3) for x in latencies],
@@ -182,15 +243,21 @@ async def main(quick: bool) -> dict[str, Any]:
         try:
             results: dict[str, Any] = {
                 "requests": await requests_per_fire(server, 10, 3 if quick else 10),
+                "reshard_requests": await requests_per_reshard(server, 10),
                 "reshard": await reshard_times(server, workdir, 1 if quick else 3),
                 "failover": await failover_latency(server, workdir, 1 if quick else 3, 3.0),
             }
         finally:
             server.close()
     req, rs, fo = results["requests"], results["reshard"], results["failover"]
+    rr = results["reshard_requests"]
     print(
         f"registry requests per fire per instance (3 instances, 10 items): "
         f"{req['requests_per_fire_per_instance']} (fire path: {req['fire_path_requests']})"
+    )
+    print(
+        f"registry requests per reshard (10 items): join 3->4 {rr['join_3_to_4']}, "
+        f"graceful leave 4->3 {rr['graceful_leave_4_to_3']}"
     )
     print(
         f"membership change -> assignment committed: join {rs['join_to_commit_s']} s, "

@@ -1,0 +1,513 @@
+"""Every benchmark side by side in one run: aioelastic against what a Python user would pick.
+
+    python benchmarks/run_all.py            # full run (~15 min on 2 cores)
+    python benchmarks/run_all.py --quick    # CI smoke: tiny sizes, a few seconds each
+    python benchmarks/run_all.py --no-baselines   # aioelastic only (no venv, no PostgreSQL)
+
+Starts one ZooKeeper (and, with baselines, one PostgreSQL, fsync on like ZooKeeper's log) on
+loopback in a temp dir; the baselines (APScheduler 4, kazoo) run as subprocesses of their own venv
+``benchmarks/.venv-baselines`` (created on demand, see baselines.py). Sections:
+
+1. fire lag: N jobs firing every second on one instance (lag_window.py says what is measured);
+2. throughput: no-op executions per second on one instance;
+3. coordination cost: ZooKeeper requests per fire and per reshard (zk_coordination.py), next to
+   APScheduler's SQL statements and notifications per job run;
+4. recovery: SIGKILL of an instance -> its items running elsewhere (failover), and kazoo's
+   ``SetPartitioner`` re-partition time under the same session timeout;
+5. scale: jobs x items over many instances (scale.py).
+
+Prints markdown tables, writes ``run_all.json`` and ``run_all.md`` and PNG plots (plots.py) to
+``benchmarks/results/`` (``--quick``: ``benchmarks/results/quick/``, or ``--out DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import aioelastic_workloads as ours  # noqa: E402
+import baselines  # noqa: E402
+import zk_coordination  # noqa: E402
+from core_embedded import aioelastic_throughput, baseline_lag, baseline_throughput  # noqa: E402
+
+from tests.harness.postgres import PostgresServer  # noqa: E402
+from tests.harness.zookeeper import ZooKeeperServer  # noqa: E402
+
+FLOOR, EMBEDDED, ZOOKEEPER = "bare anyio (reference)", "aioelastic embedded", "aioelastic ZooKeeper"
+AP_MEMORY, AP_POSTGRES = "APScheduler 4 memory", "APScheduler 4 PostgreSQL"
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    lag_jobs: tuple[int, ...]
+    lag_seconds: int
+    warmup: float
+    drain: float
+    start_timeout: float
+    items: int
+    item_rounds: int
+    fire_jobs: int
+    fire_rounds: int
+    ap_jobs: int
+    coordination_seconds: float
+    recovery_rounds: int
+    session_timeout: float
+    scale_jobs: tuple[int, ...]
+    scale_items: int
+    scale_instances: int
+    scale_budget: float
+
+
+FULL = Plan(
+    quick=False,
+    lag_jobs=(10, 100, 1000),
+    lag_seconds=15,
+    warmup=3,
+    drain=3,
+    start_timeout=60,
+    items=500,
+    item_rounds=20,
+    fire_jobs=200,
+    fire_rounds=5,
+    ap_jobs=2000,
+    coordination_seconds=10,
+    recovery_rounds=3,
+    session_timeout=3.0,
+    scale_jobs=(10, 100, 300, 1000),
+    scale_items=10,
+    scale_instances=10,
+    scale_budget=240,
+)
+QUICK = Plan(
+    quick=True,
+    lag_jobs=(10,),
+    lag_seconds=2,
+    warmup=1,
+    drain=1,
+    start_timeout=30,
+    items=50,
+    item_rounds=3,
+    fire_jobs=10,
+    fire_rounds=2,
+    ap_jobs=100,
+    coordination_seconds=2,
+    recovery_rounds=1,
+    session_timeout=2.0,
+    scale_jobs=(5,),
+    scale_items=3,
+    scale_instances=3,
+    scale_budget=60,
+)
+
+
+@dataclass
+class Services:
+    zk: ZooKeeperServer
+    pg: PostgresServer | None  # None: baselines off
+    workdir: Path
+
+
+def step(text: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {text}", flush=True)
+
+
+# -- statistics --
+
+
+def pct(ordered: list[float], p: float) -> float:
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def describe(lags: list[float], expected: int) -> dict[str, Any]:
+    """Percentiles, the share of due fires that ran, and 201 quantiles for the CDF plot."""
+    if not lags:
+        return {"runs": 0, "expected": expected, "ran_fraction": 0.0}
+    ordered = sorted(lags)
+    last = len(ordered) - 1
+    return {
+        "runs": len(ordered),
+        "expected": expected,
+        "ran_fraction": round(min(1.0, len(ordered) / expected), 4),
+        "p50_ms": round(pct(ordered, 50), 2),
+        "p99_ms": round(pct(ordered, 99), 2),
+        "max_ms": round(ordered[-1], 2),
+        "quantiles_ms": [round(ordered[round(k / 200 * last)], 3) for k in range(201)],
+    }
+
+
+def lag_row(raw: dict[str, Any], expected: int) -> dict[str, Any]:
+    if "error" in raw:
+        return raw
+    extra = {k: v for k, v in raw.items() if k not in ("lags_ms", "window_s")}
+    return {**describe(raw["lags_ms"], expected), **extra}
+
+
+# -- sections --
+
+
+async def in_baselines(script: str, *args: object, timeout: float, **kw: Any) -> dict[str, Any]:
+    """A script's JSON, run in the baselines venv (see ``baselines.run``) from a worker thread."""
+    work = partial(baselines.run, script, *args, timeout=timeout, **kw)
+    return await anyio.to_thread.run_sync(work)
+
+
+async def lag_section(plan: Plan, svc: Services) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    timing = {"warmup": plan.warmup, "drain": plan.drain, "start_timeout": plan.start_timeout}
+    for n in plan.lag_jobs:
+        expected = n * plan.lag_seconds
+        row: dict[str, Any] = {}
+        step(f"lag, {n} jobs: {FLOOR}")
+        row[FLOOR] = describe(await baseline_lag(n, plan.lag_seconds), expected)
+        step(f"lag, {n} jobs: {EMBEDDED}")
+        raw = await ours.lag("memory://bench-lag/bench", n, plan.lag_seconds, **timing)
+        row[EMBEDDED] = lag_row(raw, expected)
+        step(f"lag, {n} jobs: {ZOOKEEPER}")
+        url = svc.zk.url(f"lag{n}-{uuid.uuid4().hex[:6]}", session_timeout=10)
+        row[ZOOKEEPER] = lag_row(await ours.lag(url, n, plan.lag_seconds, **timing), expected)
+        if svc.pg is not None:
+            for name, store in ((AP_MEMORY, "memory"), (AP_POSTGRES, "sqlalchemy")):
+                step(f"lag, {n} jobs: {name}")
+                args = ["lag", "--store", store, "--jobs", n, "--seconds", plan.lag_seconds]
+                args += ["--warmup", plan.warmup, "--drain", plan.drain]
+                if store == "sqlalchemy":
+                    args += ["--dsn", svc.pg.create_database()]
+                raw = await in_baselines("baseline_apscheduler.py", *args, timeout=300)
+                row[name] = lag_row(raw, expected)
+        out[str(n)] = row
+    return out
+
+
+async def throughput_section(plan: Plan, svc: Services) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, unit: str, per_s: float) -> None:
+        rows.append({"scheduler": name, "unit": unit, "per_s": round(per_s, 1)})
+
+    items_unit = f"items/s, one job of {plan.items} items fired {plan.item_rounds}x"
+    fires_unit = f"fires/s, {plan.fire_jobs} one-item jobs fired at once, {plan.fire_rounds}x"
+    step("throughput: items")
+    add(FLOOR, items_unit, await baseline_throughput(plan.items, plan.item_rounds))
+    add(EMBEDDED, items_unit, await aioelastic_throughput(plan.items, plan.item_rounds))
+    url = svc.zk.url(f"tp-{uuid.uuid4().hex[:6]}", session_timeout=10)
+    add(ZOOKEEPER, items_unit, await aioelastic_throughput(plan.items, plan.item_rounds, url))
+    step("throughput: fires")
+    memory = "memory://bench-fires/bench"
+    add(EMBEDDED, fires_unit, await ours.fire_throughput(memory, plan.fire_jobs, plan.fire_rounds))
+    url = svc.zk.url(f"fires-{uuid.uuid4().hex[:6]}", session_timeout=10)
+    add(ZOOKEEPER, fires_unit, await ours.fire_throughput(url, plan.fire_jobs, plan.fire_rounds))
+    if svc.pg is not None:
+        step("throughput: APScheduler")
+        ap_unit = f"job runs/s, {plan.ap_jobs} no-op jobs via add_job"
+        raw = await in_baselines(
+            "baseline_apscheduler.py", "throughput", "--jobs", plan.ap_jobs, timeout=300
+        )
+        add(AP_MEMORY, ap_unit, raw["runs_per_s"])
+        dsn = svc.pg.create_database()
+        args = ["throughput", "--store", "sqlalchemy", "--dsn", dsn, "--jobs", plan.ap_jobs]
+        raw = await in_baselines("baseline_apscheduler.py", *args, timeout=600)
+        add(AP_POSTGRES, ap_unit, raw["runs_per_s"])
+    return rows
+
+
+async def coordination_section(plan: Plan, svc: Services) -> dict[str, Any]:
+    step("coordination: requests per fire (3 instances, 10 items)")
+    per_fire = await zk_coordination.requests_per_fire(svc.zk, 10, plan.coordination_seconds)
+    step("coordination: requests per reshard")
+    per_reshard = await zk_coordination.requests_per_reshard(svc.zk, 10)
+    return {"requests_per_fire": per_fire, "requests_per_reshard": per_reshard}
+
+
+async def recovery_section(plan: Plan, svc: Services) -> dict[str, Any]:
+    step(f"recovery: aioelastic failover, {plan.recovery_rounds} round(s)")
+    workdir = svc.workdir / f"recovery-{uuid.uuid4().hex[:6]}"
+    workdir.mkdir()
+    out = {
+        "aioelastic_failover": await zk_coordination.failover_latency(
+            svc.zk, workdir, plan.recovery_rounds, plan.session_timeout
+        )
+    }
+    if svc.pg is not None:
+        step("recovery: kazoo SetPartitioner")
+        args = ["run", "--hosts", svc.zk.hosts, "--session-timeout", plan.session_timeout]
+        args += ["--rounds", plan.recovery_rounds, "--items", 6, "--members", 3]
+        out["kazoo_set_partitioner"] = await in_baselines("baseline_kazoo.py", *args, timeout=300)
+    return out
+
+
+async def scale_section(plan: Plan) -> dict[str, Any]:
+    """One fresh process (with its own ZooKeeper) per size, so RSS growth is this size's alone;
+    stops at the first size that does not fit the budget."""
+    rows: list[dict[str, Any]] = []
+    for jobs in plan.scale_jobs:
+        step(f"scale: {jobs} jobs x {plan.scale_items} items, {plan.scale_instances} instances")
+        args = ["--jobs", jobs, "--items", plan.scale_items, "--instances", plan.scale_instances]
+        args += ["--budget", plan.scale_budget, "--no-file"]
+        row = await in_baselines(
+            "scale.py",
+            *args,
+            timeout=2 * plan.scale_budget + 120,
+            interpreter=sys.executable,
+            stop=lambda row: "error" in row,  # an overloaded process's teardown: not waited for
+        )
+        rows.append(row)
+        if "error" in row:
+            break
+    note = "per size: one process, its instances each with their own ZooKeeper session"
+    return {"note": note, "rows": rows}
+
+
+# -- machine --
+
+
+def _first(path: str, prefix: str) -> str:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _zookeeper_version(zk: ZooKeeperServer) -> str:
+    for line in (zk.four_letter("mntr") or b"").decode().splitlines():
+        if line.startswith("zk_version"):
+            return line.split(None, 1)[1].split("-")[0].split(",")[0]
+    return "?"
+
+
+def _memory() -> str:
+    kib = _first("/proc/meminfo", "MemTotal").split()[0]
+    return f"{int(kib) / 2**20:.1f} GiB" if kib.isdigit() else "?"
+
+
+def machine(svc: Services) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "memory": _memory(),
+        "cpu": _first("/proc/cpuinfo", "model name"),
+        "python": platform.python_version(),
+        "zookeeper": _zookeeper_version(svc.zk),
+        "load_average_at_start": os.getloadavg(),
+    }
+    if svc.pg is not None:
+        info["postgresql"] = svc.pg.psql("SHOW server_version")
+        info["baselines"] = baselines.versions()
+    return info
+
+
+# -- tables --
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:,.1f}" if key in row else "-"
+
+
+def lag_table(lag: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| jobs | scheduler | p50 ms | p99 ms | max ms | due fires run | coordination per run |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for n, row in lag.items():
+        for name, r in row.items():
+            if "error" in r:
+                lines.append(f"| {n} | {name} | - | - | - | - | {r['error']} |")
+                continue
+            cost = ""
+            if "registry_requests_per_run" in r:
+                kind = "ZooKeeper requests" if name == ZOOKEEPER else "in-process registry ops"
+                cost = f"{r['registry_requests_per_run']} {kind}"
+            elif r.get("sql_statements_per_run"):
+                cost = (
+                    f"{r['sql_statements_per_run']} SQL statements + "
+                    f"{r['notifications_per_run']} NOTIFY"
+                )
+            ran = f"{100 * r['ran_fraction']:.1f}%"
+            lines.append(
+                f"| {n} | {name} | {_ms(r, 'p50_ms')} | {_ms(r, 'p99_ms')} | {_ms(r, 'max_ms')} "
+                f"| {ran} | {cost} |"
+            )
+    return lines
+
+
+def throughput_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| scheduler | workload | per second |", "|---|---|---:|"]
+    lines += [f"| {r['scheduler']} | {r['unit']} | {r['per_s']:,.0f} |" for r in rows]
+    return lines
+
+
+def coordination_table(coord: dict[str, Any]) -> list[str]:
+    fire, reshard = coord["requests_per_fire"], coord["requests_per_reshard"]
+    join, leave = reshard["join_3_to_4"], reshard["graceful_leave_4_to_3"]
+    return [
+        "| ZooKeeper requests (one job, 10 items) | count |",
+        "|---|---:|",
+        f"| per fire per instance, steady state, 3 instances | "
+        f"{fire['requests_per_fire_per_instance']} (fire path {fire['fire_path_requests']}) |",
+        f"| per reshard, a 4th instance joins: the 3 others | {join['existing_instances']} |",
+        f"| per reshard, a 4th instance joins: the joiner's whole start | {join['joiner']} |",
+        f"| per reshard, graceful leave 4 -> 3: the survivors | {leave['survivors']} |",
+    ]
+
+
+def recovery_table(rec: dict[str, Any]) -> list[str]:
+    lines = [
+        "| what | session timeout | SIGKILL -> running again (s), per round | over timeout (s) |",
+        "|---|---:|---|---|",
+    ]
+    fo = rec["aioelastic_failover"]
+    lines.append(
+        f"| aioelastic failover (items restart on survivors) | {fo['session_timeout_s']} s | "
+        f"{fo['sigkill_to_failover_start_s']} | {fo['over_timeout_s']} |"
+    )
+    if "kazoo_set_partitioner" in rec:
+        kz = rec["kazoo_set_partitioner"]
+        lines.append(
+            f"| kazoo SetPartitioner (time_boundary {kz['time_boundary_s']:g} s; set "
+            f"re-acquired) | {kz['session_timeout_s']} s | {kz['sigkill_to_repartitioned_s']} "
+            f"| {kz['over_timeout_s']} |"
+        )
+    return lines
+
+
+def scale_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| jobs x items x instances | start (s) | reshard after a leave (s) | RSS KiB per job "
+        "per instance | znodes (per job) | requests per job: start per instance / reshard |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        shape = f"{r['jobs']} x {r['items']} x {r['instances']}"
+        if "error" in r:
+            lines.append(f"| {shape} | {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {shape} | {r['start_s']} | {r['reshard_after_leave_s']} | "
+            f"{r['rss_per_job_instance_kib']} | {r['znodes']:,} ({r['znodes_per_job']}) | "
+            f"{r['requests_per_job_instance_start']} / {r['requests_per_job_reshard']} |"
+        )
+    return lines
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    parts = [
+        f"Machine: {m['cores']} cores, {m['memory']}, {m['cpu']}; Python {m['python']}, "
+        f"ZooKeeper {m['zookeeper']}, PostgreSQL {m.get('postgresql', '-')}; {m['date']}; "
+        f"load average at start {m['load_average_at_start']}, at end {m['load_average_at_end']}",
+        "",
+        "### Fire lag",
+        *lag_table(results["lag"]),
+        "",
+        "### Throughput",
+        *throughput_table(results["throughput"]),
+        "",
+        "### Coordination cost",
+        *coordination_table(results["coordination"]),
+        "",
+        "### Recovery",
+        *recovery_table(results["recovery"]),
+        "",
+        "### Scale",
+        *scale_table(results["scale"]["rows"]),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# -- plots --
+
+
+def plot(json_path: Path, out: Path) -> None:
+    try:
+        import plots
+    except ImportError:  # no matplotlib here: the baselines venv has it
+        if not baselines.python().exists():
+            print("plots skipped: no matplotlib (pip install -e '.[bench]') and no baselines venv")
+            return
+        cmd = [str(baselines.python()), str(HERE / "plots.py"), str(json_path), "--out", str(out)]
+        subprocess.run(cmd, check=True, timeout=300)
+        return
+    for path in plots.render(json.loads(json_path.read_text()), out):
+        print(path)
+
+
+# -- main --
+
+
+async def run(plan: Plan, svc: Services) -> dict[str, Any]:
+    results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(svc)}
+    results["lag"] = await lag_section(plan, svc)
+    results["throughput"] = await throughput_section(plan, svc)
+    results["coordination"] = await coordination_section(plan, svc)
+    results["recovery"] = await recovery_section(plan, svc)
+    results["scale"] = await scale_section(plan)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    return results
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    baselines.kill_running()  # they run in their own sessions: the signal did not reach them
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: servers get stopped
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Overload shows in the results (errors, session troubles), not as thousands of log lines.
+    logging.getLogger("aioelastic").setLevel(logging.ERROR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that all runs")
+    parser.add_argument("--no-baselines", action="store_true", help="aioelastic only")
+    parser.add_argument("--out", type=Path, help="results directory")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    began = time.monotonic()
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aioelastic-bench-")))
+        pg = None
+        if not args.no_baselines:
+            step("baselines venv")
+            baselines.ensure_venv()
+            pg = PostgresServer(fsync=True)
+            stack.callback(pg.cleanup)
+            pg.start()
+        zk = ZooKeeperServer(workdir / "zk")
+        stack.callback(zk.close)
+        zk.start()
+        results = anyio.run(run, plan, Services(zk, pg, workdir))
+    results["runtime_s"] = round(time.monotonic() - began, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "run_all.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    text = report(results)
+    (out / "run_all.md").write_text(text)
+    print("\n" + text)
+    plot(json_path, out)
+    print(f"results in {out} ({results['runtime_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
