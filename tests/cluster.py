@@ -176,15 +176,19 @@ class Cluster:
                     run.end = inst.died_at  # SIGKILLed: unfinished runs ended with the process
                 # A session killed on the server (not timed out) lets others start at once; the
                 # instance learns of it when its connection drops, and cancels then.
-                cut = [(t, t) for t in inst.expiries] + list(inst.pauses)
-                for stopped, resumed in cut:
-                    # A run cancelled right after SIGCONT did no work after the SIGSTOP: it
-                    # ended when the process froze. A run that went on after waking keeps its
-                    # real end, and the overlap check judges it.
+                # A run that ended right after SIGCONT did no work after the SIGSTOP: it was
+                # cancelled at once, or its timer had expired during the pause and it took its
+                # last step (a short item cannot tell the two apart; tests/test_failover.py
+                # checks the cancellation with items still pending at wake). It ended when the
+                # process froze. A run that went on longer keeps its real end, and the overlap
+                # check judges it. A session killed on the server: the run must be cancelled.
+                cut = [(t, t, False) for t in inst.expiries]
+                cut += [(t0, t1, None) for t0, t1 in inst.pauses]
+                for stopped, resumed, must_be in cut:
                     if (
                         resumed is not None
                         and run.start < stopped
-                        and run.ok is False
+                        and (must_be is None or run.ok is must_be)
                         and run.end is not None
                         and resumed <= run.end <= resumed + WAKE_SLACK
                     ):
