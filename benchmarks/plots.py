@@ -48,17 +48,8 @@ def _lag_panel(ax: Any, size: str, rows: dict[str, Any]) -> list[str]:
     ax.set_ylim(0, 102)
     ax.set_title(f"{size} jobs, every second, one instance")
     ax.grid(True, which="both", alpha=0.3)
-    if notes:
-        ax.text(
-            0.98,
-            0.03,
-            "\n".join(notes),
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=7.5,
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#cccccc"},
-        )
+    if notes:  # under the axis label, where no curve can hide them
+        ax.set_xlabel(ax.get_xlabel() + "\n" + "\n".join(notes), color="#b00000")
     return notes
 
 

@@ -1,6 +1,6 @@
 """Every benchmark side by side in one run: aioelastic against what a Python user would pick.
 
-    python benchmarks/run_all.py            # full run (~15 min on 2 cores)
+    python benchmarks/run_all.py            # full run (12-17 min on 2 cores)
     python benchmarks/run_all.py --quick    # CI smoke: tiny sizes, a few seconds each
     python benchmarks/run_all.py --no-baselines   # aioelastic only (no venv, no PostgreSQL)
 
@@ -264,13 +264,22 @@ async def scale_section(plan: Plan) -> dict[str, Any]:
         step(f"scale: {jobs} jobs x {plan.scale_items} items, {plan.scale_instances} instances")
         args = ["--jobs", jobs, "--items", plan.scale_items, "--instances", plan.scale_instances]
         args += ["--budget", plan.scale_budget, "--no-file"]
-        row = await in_baselines(
-            "scale.py",
-            *args,
-            timeout=2 * plan.scale_budget + 120,
-            interpreter=sys.executable,
-            stop=lambda row: "error" in row,  # an overloaded process's teardown: not waited for
-        )
+        timeout = plan.scale_budget + 90
+        try:
+            row = await in_baselines(
+                "scale.py",
+                *args,
+                timeout=timeout,
+                interpreter=sys.executable,
+                stop=lambda row: "error" in row,  # an overloaded process's teardown: not waited
+            )
+        except RuntimeError as exc:  # so overloaded that it missed its own budget: killed
+            print(f"  {exc}"[-1500:], flush=True)
+            row = {"jobs": jobs, "items": plan.scale_items, "instances": plan.scale_instances}
+            row["error"] = (
+                f"no result within {timeout:.0f} s: overloaded past its own "
+                f"{plan.scale_budget:.0f} s budget, killed"
+            )
         rows.append(row)
         if "error" in row:
             break
@@ -303,9 +312,28 @@ def _memory() -> str:
     return f"{int(kib) / 2**20:.1f} GiB" if kib.isdigit() else "?"
 
 
+def _revision() -> str:
+    """The commit measured, with ``+dirty`` if the package's files differ from it."""
+    git = ["git", "-C", str(HERE.parent)]
+    try:
+        rev = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "aioelastic"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (rev or "?") + ("+dirty" if dirty else "")
+
+
 def machine(svc: Services) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "revision": _revision(),
         "cores": os.cpu_count(),
         "memory": _memory(),
         "cpu": _first("/proc/cpuinfo", "model name"),
@@ -417,6 +445,7 @@ def report(results: dict[str, Any]) -> str:
     parts = [
         f"Machine: {m['cores']} cores, {m['memory']}, {m['cpu']}; Python {m['python']}, "
         f"ZooKeeper {m['zookeeper']}, PostgreSQL {m.get('postgresql', '-')}; {m['date']}; "
+        f"aioelastic at {m['revision']}; "
         f"load average at start {m['load_average_at_start']}, at end {m['load_average_at_end']}",
         "",
         "### Fire lag",
