@@ -117,10 +117,11 @@ class JobRunner:
         if self._fires is not None and not self._stopping:
             self._fires.start_soon(self._guarded, self.executor.fire(source, scheduled))
 
-    def _start_misfire_run(self, items: list[int]) -> None:
+    def _start_run(self, items: list[int], kind: ExecutionType, source: ExecutionSource) -> None:
+        """Run ``items`` outside a cron fire (a misfire re-run or a failover takeover)."""
         if self._fires is None or self._stopping:
             return
-        contexts = self.executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, None)
+        contexts = self.executor.contexts(items, kind, source, None)
         self._fires.start_soon(self._guarded, self.executor.execute(contexts, quiet_conflict=True))
 
     async def _guarded(self, work: Awaitable[object]) -> None:
@@ -233,11 +234,7 @@ class JobRunner:
             log.info("%s: failing over items %s", self.name, claimed)
             for observer in self.executor.observers:
                 observer.failover_claimed(self.name, claimed)
-            contexts = self.executor.contexts(
-                claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER, None
-            )
-            if self._fires is not None:
-                self._fires.start_soon(self._guarded, self.executor.execute(contexts))
+            self._start_run(claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER)
         return len(claimed) < len(candidates)
 
     def _run_misfired_if_due(self) -> None:
@@ -253,4 +250,4 @@ class JobRunner:
             if coord.is_misfired(i) and not self.executor.is_running(i) and not coord.is_running(i)
         ]
         if items:
-            self._start_misfire_run(items)
+            self._start_run(items, ExecutionType.READY, ExecutionSource.MISFIRE)
