@@ -5,7 +5,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-__all__ = ["ShardingStrategy", "java_string_hash", "order_instances", "shard"]
+__all__ = [
+    "ShardingStrategy",
+    "allocate",
+    "java_compare_key",
+    "java_string_hash",
+    "order_instances",
+    "shard",
+]
 
 
 class ShardingStrategy(enum.StrEnum):
@@ -29,10 +36,20 @@ def _java_rem(a: int, b: int) -> int:
     return -r if a < 0 else r
 
 
+def java_compare_key(text: str) -> bytes:
+    """A sort key ordering strings as Java's ``String.compareTo``: by UTF-16 code units.
+
+    Big-endian UTF-16 bytes compare as the code units do. This differs from Python's code-point
+    order only when characters above U+FFFF (surrogate pairs, 0xD800-0xDFFF) meet characters in
+    U+E000-U+FFFF.
+    """
+    return text.encode("utf-16-be", "surrogatepass")
+
+
 def order_instances(instance_ids: Sequence[str]) -> list[str]:
-    """The deterministic instance order every strategy starts from: descending string order,
-    as ElasticJob reads ZooKeeper children, so a cluster gets the same layout as ElasticJob's."""
-    return sorted(instance_ids, reverse=True)
+    """The deterministic instance order every strategy starts from: ElasticJob's, which sorts
+    the ZooKeeper children in reverse ``String.compareTo`` order (UTF-16 code units)."""
+    return sorted(instance_ids, key=java_compare_key, reverse=True)
 
 
 def _average(instances: Sequence[str], total: int) -> dict[str, list[int]]:
@@ -48,9 +65,16 @@ def shard(
     strategy: ShardingStrategy, instance_ids: Sequence[str], job_name: str, total: int
 ) -> dict[str, list[int]]:
     """Assign items ``0..total-1`` to instances; every instance appears in the result."""
-    if not instance_ids:
+    return allocate(strategy, order_instances(instance_ids), job_name, total)
+
+
+def allocate(
+    strategy: ShardingStrategy, ordered: Sequence[str], job_name: str, total: int
+) -> dict[str, list[int]]:
+    """ElasticJob's ``JobShardingStrategy.sharding`` on instances already in order."""
+    if not ordered:
         return {}
-    instances = order_instances(instance_ids)
+    instances = list(ordered)
     if strategy is ShardingStrategy.ODEVITY:
         if java_string_hash(job_name) % 2 == 0:
             instances.reverse()
