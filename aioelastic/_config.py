@@ -46,18 +46,43 @@ def _as_config_error(exc: ValidationError, model: str) -> ConfigError:
     return ConfigError(field, err.get("input"), err["msg"])
 
 
+def _java_split(text: str, sep: str) -> list[str]:
+    """Java's ``String.split`` for a one-character literal: trailing empty strings dropped."""
+    parts = text.split(sep)
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
+
+
+def _java_trim(text: str) -> str:
+    """Java's ``String.trim``: strips characters up to U+0020 (not Unicode spaces)."""
+    return text.strip("".join(map(chr, range(0x21))))
+
+
+def _is_java_int(text: str) -> bool:
+    """``Integer.parseInt`` would accept it: an optional sign, decimal digits, 32 bits."""
+    digits = text[1:] if text.startswith(("+", "-")) else text
+    return len(digits) < 4000 and digits.isdecimal() and -(2**31) <= int(text) < 2**31
+
+
 def _parse_item_parameters(raw: str) -> dict[int, str]:
+    """ElasticJob's ``ShardingItemParameters``: ``"0=a,1=b"``; every piece must be one
+    ``int=value`` pair (``"0=A,,1=B"``, ``"0="``, ``"0=a=b"``, ``"x=1"`` are errors)."""
     out: dict[int, str] = {}
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip().isdigit():
+    if not raw:
+        return out
+    for part in _java_split(raw, ","):
+        pair = _java_split(_java_trim(part), "=")
+        if len(pair) != 2:
             raise ConfigError(
-                "sharding_item_parameters", raw, f"{part!r} is not of the form 'item=value'"
+                "sharding_item_parameters",
+                raw,
+                f"{part!r} is not of the form 'item=value' (should be int=xx,int=xx)",
             )
-        out[int(key)] = value.strip()
+        key = _java_trim(pair[0])
+        if not _is_java_int(key):
+            raise ConfigError("sharding_item_parameters", raw, f"key {key!r} is not an integer")
+        out[int(key)] = _java_trim(pair[1])
     return out
 
 

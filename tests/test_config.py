@@ -28,6 +28,53 @@ def test_item_parameters_string_and_dict() -> None:
     assert a.sharding_item_parameters == b.sharding_item_parameters == {0: "a", 1: "b", 2: "c"}
 
 
+# ElasticJob's ShardingItemParametersTest, plus the pieces its parser refuses or keeps (Java's
+# String.split drops trailing empty strings, so "0=A," and "0=a=" parse; trim() is ASCII-only).
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", {}),  # assertGetMapWhenIsEmpty
+        ("0=A,1=B,2=C", {0: "A", 1: "B", 2: "C"}),  # assertGetMap
+        (" 0 = A , 1=B ", {0: "A", 1: "B"}),
+        ("0=A,", {0: "A"}),
+        ("0=A,,", {0: "A"}),
+        (",", {}),
+        ("0=a=", {0: "a"}),
+        ("+1=x,0=y,1=z", {0: "y", 1: "z"}),  # the last value of an item wins (HashMap.put)
+        ("0=\u00a0a\u00a0", {0: "\u00a0a\u00a0"}),  # NBSP is not trimmed by Java
+    ],
+)
+def test_item_parameters_parse_as_elasticjob(raw: str, expected: dict[int, str]) -> None:
+    cfg = JobConfig(name="j", sharding_total_count=3, sharding_item_parameters=raw)
+    assert cfg.sharding_item_parameters == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "xxx-xxx",  # assertNewWhenPairFormatInvalid
+        "xxx=xxx",  # assertNewWhenItemIsNotNumber
+        "0=A,,1=B",
+        "0=",
+        "0=a=b",
+        "=a",
+        "0==a",
+        ",0=A",
+        "0=A, ",
+        " ",
+        "1_0=a",
+        "0x1=a",
+        "99999999999=a",
+        "9" * 5000 + "=a",
+        "0:a",
+    ],
+)
+def test_item_parameters_refused_as_elasticjob(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        JobConfig(name="j", sharding_total_count=3, sharding_item_parameters=raw)
+    assert info.value.field == "sharding_item_parameters"
+
+
 @pytest.mark.parametrize(
     ("fields", "field", "fragment"),
     [
