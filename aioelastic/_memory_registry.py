@@ -26,6 +26,7 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from ._paths import validate_path
 from ._registry import (
     CheckOp,
     CreateOp,
@@ -83,11 +84,6 @@ def _restore(table: dict[str, V], key: str, value: V | None) -> None:
         table[key] = value
 
 
-def _check_path(path: str) -> None:
-    if not path.startswith("/") or (path != "/" and path.endswith("/")) or "//" in path:
-        raise RegistryError(f"invalid path {path!r}")
-
-
 class MemoryStore:
     """The shared state of one ``memory://NAME`` (plays the ZooKeeper server)."""
 
@@ -120,7 +116,7 @@ class MemoryStore:
     def create(
         self, path: str, data: bytes, ephemeral_owner: int, sequential: bool
     ) -> tuple[str, list[tuple[Watcher, WatchEvent]]]:
-        _check_path(path)
+        validate_path(path, sequential=sequential)
         parent = self.nodes.get(_parent(path))
         if parent is None:
             raise NoNodeError(f"parent of {path} does not exist")
@@ -167,7 +163,7 @@ class MemoryStore:
             raise BadVersionError(f"{path}: version {node.version}, expected {version}")
 
     def _node(self, path: str) -> _Node:
-        _check_path(path)
+        validate_path(path)
         node = self.nodes.get(path)
         if node is None:
             raise NoNodeError(path)
@@ -287,7 +283,7 @@ class MemoryRegistry:
 
     async def exists(self, path: str, watcher: Watcher | None = None) -> Stat | None:
         await self._enter()
-        _check_path(path)
+        validate_path(path)
         node = self.store.nodes.get(path)
         if watcher:
             self._watch(self.store.data_watches, path, watcher)
@@ -303,6 +299,7 @@ class MemoryRegistry:
         make_parents: bool = False,
     ) -> str:
         await self._enter()
+        validate_path(path, sequential=sequential)  # before any parent is made
         fired: list[tuple[Watcher, WatchEvent]] = []
         if make_parents:
             parts = path.strip("/").split("/")[:-1]
@@ -348,6 +345,8 @@ class MemoryRegistry:
 
     async def transaction(self, ops: Sequence[Op]) -> None:
         await self._enter()
+        for op in ops:  # refused before anything is sent, as by the ZooKeeper client
+            validate_path(op.path)
         # Apply for real, keeping the touched nodes and watches to put back if an op fails.
         store = self.store
         touched = {op.path for op in ops} | {_parent(op.path) for op in ops}

@@ -78,6 +78,7 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from ._paths import validate_path as _check_path
 from ._registry import (
     CheckOp,
     CreateOp,
@@ -176,19 +177,6 @@ def _stat(raw: Any) -> Stat:
         ephemeral_owner=int(raw.ephemeral_owner),
         num_children=int(raw.num_children),
     )
-
-
-def _check_path(path: str, *, sequential: bool = False) -> None:
-    """Reject what the Java client rejects (the server would answer NoNode or BadArguments)."""
-    body = path[:-1] if sequential and path.endswith("/") else path
-    names = body.split("/")[1:]
-    if (
-        not path.startswith("/")
-        or (body != "/" and not all(names))
-        or any(name in (".", "..") for name in names)
-        or "\x00" in path
-    ):
-        raise RegistryError(f"invalid path {path!r}")
 
 
 def _parent(path: str) -> str:

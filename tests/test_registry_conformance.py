@@ -369,3 +369,104 @@ async def test_a_failing_watcher_does_not_break_the_registry(backend: Backend) -
         await other.set(root, b"x")
         await after.until(lambda calls: calls == [WatchEvent(CHANGED, root)])
         assert (await reg.get(root))[0] == b"x"
+
+
+# -- one set of path rules (ZooKeeper's PathUtils.validatePath) -------------------------------
+
+# Refused by ZooKeeper's PathUtils.validatePath (on UTF-16 code units; inclusive ranges
+# 0x01-0x1F, 0x7F-0x9F, 0xD800-0xF8FF, 0xFFF0-0xFFFF, so anything above U+FFFF too).
+BAD_NAMES = {
+    "dot": "a/./b",
+    "dotdot": "a/../b",
+    "dot-last": ".",
+    "dotdot-last": "a/..",
+    "trailing-slash": "a/",
+    "empty-segment": "a//b",
+    "nul": "a\x00b",
+    "ctrl-01": "a\x01",
+    "ctrl-1f": "a\x1f",
+    "del-7f": "a\x7f",
+    "c1-9f": "a\x9f",
+    "surrogate-range": "a\ud7ff\ue000",
+    "private-use-f8ff": "a\uf8ff",
+    "specials-fff0": "a\ufff0",
+    "ffff": "a\uffff",
+    "emoji": "a\U0001f600",
+}
+# Odd but accepted by ZooKeeper: both backends create them.
+ODD_NAMES = ["a.", ".a", "...", "..a", "a..", "a b", "a\ud7ff", "a\uf900", "a\u00a0", "é"]
+
+
+@pytest.mark.parametrize("name", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
+async def test_paths_zookeeper_refuses_are_refused_by_every_call(
+    backend: Backend, name: str
+) -> None:
+    root = backend.root
+    bad = f"{root}/{name}"
+    async with backend.open() as reg:
+        await reg.create(root)
+        calls = {
+            "create": lambda: reg.create(bad),
+            "create-parents": lambda: reg.create(f"{bad}/leaf", make_parents=True),
+            "get": lambda: reg.get(bad),
+            "exists": lambda: reg.exists(bad),
+            "children": lambda: reg.get_children(bad),
+            "set": lambda: reg.set(bad, b""),
+            "delete": lambda: reg.delete(bad),
+            "delete-recursive": lambda: reg.delete(bad, recursive=True),
+            "transaction": lambda: reg.transaction([CreateOp(f"{root}/ok"), CreateOp(bad)]),
+        }
+        for call, run in calls.items():
+            with pytest.raises(RegistryError, match="invalid path") as info:
+                await run()
+            assert type(info.value) is RegistryError, call
+        assert await reg.get_children(root) == []  # no parent, no first op of the multi
+
+
+async def test_sequential_create_validates_the_name_with_its_suffix(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        assert re.fullmatch(rf"{root}/\d{{10}}", await reg.create(f"{root}/", sequential=True))
+        for bad in (f"{root}/./", f"{root}//", f"{root}/a\x00"):
+            with pytest.raises(RegistryError, match="invalid path"):
+                await reg.create(bad, sequential=True)
+        for bad in ("", "a", "a/b"):
+            with pytest.raises(RegistryError, match="invalid path"):
+                await reg.create(bad)
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+async def test_odd_names_zookeeper_accepts_are_accepted(backend: Backend, name: str) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        path = await reg.create(f"{root}/{name}", b"v", make_parents=True)
+        assert path == f"{root}/{name}"
+        assert await reg.get_children(root) == [name]
+        assert (await reg.get(path))[0] == b"v"
+        await reg.delete(path)
+
+
+@pytest.mark.zookeeper
+async def test_the_zookeeper_server_itself_draws_the_same_line(zk_url: str) -> None:
+    """The rules are ZooKeeper's: sent raw, past our client-side check, the server refuses every
+    bad path (setData validates the path before looking it up; create looks up the parent
+    first, so it refuses only where the parent exists) and accepts every odd one."""
+    from aiozk import protocol
+
+    root = "/" + parse_registry_url(zk_url).namespace
+    reg = ZooKeeperRegistry(parse_registry_url(zk_url))
+    async with AsyncExitStack() as stack:
+        await reg.start(stack)
+        await reg.create(f"{root}/a", make_parents=True)
+        for name in [*BAD_NAMES.values(), *ODD_NAMES]:
+            path = f"{root}/{name}"
+            refused = name in BAD_NAMES.values()
+            setdata = protocol.SetDataRequest(path=path, data=b"", version=-1)
+            with pytest.raises(RegistryError, match="BadArguments" if refused else "NoNode"):
+                await reg._call(setdata, path)
+            if refused and path.rsplit("/", 1)[0] in (root, f"{root}/a"):
+                with pytest.raises(RegistryError, match="BadArguments"):
+                    await reg._call(reg._create_request(path, b"", 0), path)
+        assert await reg.get_children(root) == ["a"]
+        assert await reg.get_children(f"{root}/a") == []
