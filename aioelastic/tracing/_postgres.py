@@ -79,7 +79,9 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """A lazy asyncpg pool (no connection until first use, no background task)."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn=url.dsn.get_secret_value(),
+        dsn=url.connect_dsn,  # credentials apart: asyncpg's DSN errors cannot echo them
+        user=url.username,
+        password=url.password.get_secret_value() if url.password else None,
         min_size=0,
         max_size=max_size,
         timeout=connect_timeout,
