@@ -3,8 +3,10 @@ PostgreSQL: output, JSON, exit codes and error messages."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,8 +19,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+import aioelastic
 from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._memory_registry import MemoryStore
+from aioelastic.cli import EXIT_BROKEN_PIPE, build_parser
 from tests.harness.zookeeper import free_port
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +138,123 @@ async def test_unreachable_trace_database_exits_4_without_the_password() -> None
     assert "s3cret-pw" not in result.err + result.out
 
 
+async def test_version_and_python_dash_m_aioelastic() -> None:
+    with anyio.fail_after(30):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "aioelastic", "--version"], check=False, env=clean_env()
+        )
+    assert (done.returncode, done.stdout.decode()) == (0, f"aioelastic {aioelastic.__version__}\n")
+    assert (await cli("--version")).out == done.stdout.decode()
+
+
+REGISTRY_COMMANDS = [
+    ["jobs"],
+    ["job", "show"],
+    ["job", "trigger"],
+    ["job", "disable"],
+    ["job", "enable"],
+    ["job", "remove"],
+    ["job", "update"],
+    ["servers"],
+    ["instances"],
+    ["sharding"],
+    ["dump"],
+    ["item", "disable"],
+    ["item", "enable"],
+    ["instance", "shutdown"],
+]
+
+
+def _subparser(words: list[str]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for word in words:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("words", REGISTRY_COMMANDS, ids=[" ".join(w) for w in REGISTRY_COMMANDS])
+def test_registry_subcommands_show_only_their_options_each_with_help(words: list[str]) -> None:
+    parser = _subparser(words)
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert {"--registry", "--json", "--timeout"} <= options
+    assert "--tracing" not in options  # a trace-only option
+    for act in parser._actions:
+        assert act.help, (words, act.dest)
+    help_text = parser.format_help()
+    assert "--tracing" not in help_text and "--older-than-days" not in help_text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e400", "abc", ""])
+async def test_timeout_must_be_a_positive_number(value: str) -> None:
+    result = await cli("--registry", dead_zk(), "jobs", "--timeout", value)
+    assert (result.code, result.out) == (2, "")
+    assert "argument --timeout" in result.err and "Traceback" not in result.err
+
+
+UNDECODABLE = os.fsdecode(b"\xff")  # what Python makes of a byte that is not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["item", "disable", "j", "99999999999"], {}, "out of range 0..2147483647"),
+        (["item", "enable", "j", "--", "-1"], {}, "out of range"),
+        (["item", "enable", "j", "1e3"], {}, "not an integer"),
+        (["item", "enable", "j", "9" * 5000], {}, "not an integer"),
+        (["job", "show", UNDECODABLE], {}, "argument NAME: not valid UTF-8"),
+        (["job", "disable", "j", "--host", f"h{UNDECODABLE}"], {}, "--host: not valid UTF-8"),
+        (["job", "update", "j", f"description={UNDECODABLE}"], {}, "CHANGES: not valid UTF-8"),
+        (["job", "show", "a\x01"], {}, "not a registry node name"),
+        (["job", "show", "a/b"], {}, "not a registry node name"),
+        (["instance", "shutdown", "j", ".."], {}, "not a registry node name"),
+        (["--registry", f"zookeeper://h:1/n{UNDECODABLE}", "jobs"], {}, "--registry: not valid"),
+        (
+            ["jobs"],
+            {"AIOELASTIC_REGISTRY_URL": f"zookeeper://u:p{UNDECODABLE}@h:1/ns"},
+            "not valid UTF-8",
+        ),
+    ],
+    ids=[
+        "item-too-big",
+        "item-negative",
+        "item-float",
+        "item-huge",
+        "name-bytes",
+        "host-bytes",
+        "change-bytes",
+        "name-control",
+        "name-slash",
+        "instance-dotdot",
+        "url-bytes",
+        "env-bytes",
+    ],
+)
+async def test_bad_numbers_and_text_get_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    registry = [] if "--registry" in args or env else ["--registry", dead_zk()]
+    result = await cli(*args[:1], *registry, *args[1:], env=clean_env(**env))
+    assert (result.code, result.out) == (2, ""), result.err
+    assert message in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) <= 3  # argparse's usage + one error line
+
+
+async def test_help_into_a_closed_pipe_is_quiet() -> None:
+    for args in (["--help"], ["--version"], ["jobs", "--help"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aioelastic", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first byte is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) in (0, EXIT_BROKEN_PIPE) and err == "", (args, err)
+
+
 # -- registry commands on ZooKeeper --------------------------------------------------------
 
 
@@ -232,6 +353,55 @@ async def test_registry_commands(zk_url: str) -> None:
     removed = await cli(*reg, "job", "remove", "settle")
     assert removed.code == 0, removed.err
     assert (await cli(*reg, "jobs", "--json")).json() == []
+
+
+@pytest.mark.zookeeper
+async def test_a_namespace_without_jobs_says_so(zk_url: str) -> None:
+    result = await cli("--registry", zk_url, "jobs")
+    namespace = zk_url.split("/")[3].split("?")[0]
+    assert (result.code, result.out) == (0, "")
+    assert result.err == f"aioelastic: no jobs in namespace {namespace!r}\n"
+    assert (await cli("--registry", zk_url, "jobs", "--json")).json() == []
+
+
+@pytest.mark.zookeeper
+async def test_output_into_a_closed_pipe_exits_quietly(zk_url: str) -> None:
+    scheduler = Scheduler(registry=zk_url)
+
+    for n in range(40):
+
+        async def job(ctx: ShardingContext) -> None: ...
+
+        scheduler.add_job(job, name=f"job{n:02d}", description="x" * 200)
+    async with scheduler:
+        base = [sys.executable, "-m", "aioelastic", "--registry", zk_url]
+        for args in (["jobs"], ["jobs", "--json"], ["dump", "job00"]):
+            proc = subprocess.Popen(
+                [*base, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_env(),
+                cwd=ROOT,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            proc.stdout.close()
+            err = proc.stderr.read().decode()
+            assert (proc.wait(timeout=30), err) == (EXIT_BROKEN_PIPE, ""), args
+        # The shell's way: `| head -1` reads one line and leaves.
+        command = " ".join([*map(shlex.quote, base), "jobs", "|", "head", "-1"])
+        with anyio.fail_after(30):
+            done = await anyio.run_process(
+                ["sh", "-c", command], check=False, env=clean_env(), cwd=ROOT
+            )
+        assert done.stdout.decode().split() == [
+            "NAME",
+            "STATUS",
+            "CRON",
+            "ITEMS",
+            "INSTANCES",
+            "DESCRIPTION",
+        ]
+        assert done.stderr.decode() == "" and done.returncode == 0
 
 
 async def _status_is(ops: Operations, job: str, status: JobStatus) -> bool:

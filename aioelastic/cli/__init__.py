@@ -4,20 +4,26 @@ trace. ``aioelastic --help`` lists the commands and exit codes."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 
+from .. import __version__
 from .._errors import AioelasticError, ConfigError, JobNotFoundError, SessionLostError
 from .._operations import NotFoundError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_ERROR",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "bounded_float",
+    "bounded_int",
     "build_parser",
     "main",
 ]
@@ -27,6 +33,10 @@ EXIT_ERROR = 1  # the operation failed or was refused
 EXIT_USAGE = 2  # bad arguments, bad URL or bad value (argparse's own code too)
 EXIT_NOT_FOUND = 3  # unknown job (or server, instance, item)
 EXIT_UNREACHABLE = 4  # the registry or the trace database cannot be reached
+EXIT_BROKEN_PIPE = 141  # stdout closed early (| head): 128 + SIGPIPE, as a shell reports it
+
+MAX_ITEM = 2**31 - 1  # ElasticJob's items are Java ints
+MAX_TIMEOUT = 86400.0
 
 _EPILOG = """\
 environment:
@@ -40,21 +50,75 @@ exit codes:
   2  bad arguments, bad URL or bad value
   3  unknown job (or server, instance, item)
   4  the registry or the trace database cannot be reached
+  141  the output pipe was closed early (e.g. | head), nothing else printed
 
-Passwords in URLs are never printed. Add --json for machine-readable output.
+Passwords in URLs are never printed; percent-encode / ? # @ : % in them (%2F %3F %23 %40 %3A %25).
+Add --json for machine-readable output.
 """
 
 
-def _common() -> argparse.ArgumentParser:
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a decimal integer in ``low..high`` (a one-line usage error else)."""
+
+    def parse(text: str) -> int:
+        digits = text[1:] if text[:1] in ("+", "-") else text
+        if not (0 < len(digits) <= 20 and digits.isascii() and digits.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range {low}..{high}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def bounded_float(low: float, high: float, *, low_inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``low..high`` (``nan``/``inf`` refused); with
+    ``low_inclusive=False`` it must be greater than ``low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value >= low if low_inclusive else value > low
+        if not (math.isfinite(value) and above and value <= high):
+            bound = ">=" if low_inclusive else ">"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound} {low:g} and <= {high:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _common(*, tracing: bool = True) -> argparse.ArgumentParser:
     """Options accepted both before and after the command (defaults suppressed, so a value given
-    in one place is not overwritten by the other's default)."""
+    in one place is not overwritten by the other's default); ``tracing=False`` for the
+    registry commands, which have no use for ``--tracing``."""
     common = argparse.ArgumentParser(add_help=False)
     s = argparse.SUPPRESS
-    common.add_argument("--registry", metavar="URL", default=s, help="registry URL")
-    common.add_argument("--tracing", metavar="URL", default=s, help="trace database URL")
+    common.add_argument(
+        "--registry",
+        metavar="URL",
+        default=s,
+        help="zookeeper://[user:password@]host:port[,host:port]/namespace "
+        "(default: $AIOELASTIC_REGISTRY_URL)",
+    )
+    if tracing:
+        common.add_argument(
+            "--tracing",
+            metavar="URL",
+            default=s,
+            help="postgresql://... or sqlite:///file.db (default: $AIOELASTIC_TRACING_URL)",
+        )
     common.add_argument("--json", action="store_true", default=s, help="print JSON")
     common.add_argument(
-        "--timeout", type=float, metavar="S", default=s, help="deadline of each request (30 s)"
+        "--timeout",
+        type=bounded_float(0, MAX_TIMEOUT, low_inclusive=False),
+        metavar="S",
+        default=s,
+        help="deadline of each request in seconds, > 0 (default 30)",
     )
     return common
 
@@ -73,6 +137,7 @@ def _page(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
+    registry_options = _common(tracing=False)
     parser = argparse.ArgumentParser(
         prog="aioelastic",
         description="Run and operate aioelastic jobs (ElasticJob-Lite's model, in asyncio).",
@@ -80,23 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"aioelastic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    def cmd(
+        name: str, help: str, options: argparse.ArgumentParser = common
+    ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[options])
 
     run = cmd("run", "run the Scheduler MODULE:ATTR until SIGINT/SIGTERM (then stop cleanly)")
     run.add_argument("target", metavar="MODULE:ATTR", help="e.g. myapp.jobs:scheduler")
     run.add_argument("--app-dir", default=".", help="put this directory first on sys.path")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    cmd("jobs", "list the jobs of the namespace with their status")
+    cmd("jobs", "list the jobs of the namespace with their status", registry_options)
 
-    job = cmd("job", "show or operate one job")
+    job = cmd("job", "show or operate one job", registry_options)
     actions = job.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help, description=help, parents=[common])
+        p = actions.add_parser(name, help=help, description=help, parents=[registry_options])
         p.add_argument("name", metavar="NAME", help="the job")
         return p
 
@@ -123,22 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
         ("sharding", "the job's items: owner, status, failover and misfire flags"),
         ("dump", "the job's registry tree (for bug reports)"),
     ):
-        cmd(name, help).add_argument("name", metavar="NAME", help="the job")
+        cmd(name, help, registry_options).add_argument("name", metavar="NAME", help="the job")
 
-    item = cmd("item", "disable or enable one sharding item")
+    item = cmd("item", "disable or enable one sharding item", registry_options)
     item_actions = item.add_subparsers(dest="action", required=True, metavar="ACTION")
     for verb in ("disable", "enable"):
-        p = item_actions.add_parser(verb, help=f"{verb} ITEM of job NAME", parents=[common])
-        p.add_argument("name", metavar="NAME")
-        p.add_argument("item", metavar="ITEM", type=int)
+        text = f"{verb} ITEM of job NAME"
+        p = item_actions.add_parser(verb, help=text, description=text, parents=[registry_options])
+        p.add_argument("name", metavar="NAME", help="the job")
+        p.add_argument(
+            "item", metavar="ITEM", type=bounded_int(0, MAX_ITEM), help="the sharding item"
+        )
 
-    instance = cmd("instance", "operate one instance")
+    instance = cmd("instance", "operate one instance", registry_options)
     instance_actions = instance.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "ask INSTANCE_ID to stop running job NAME"
     shutdown = instance_actions.add_parser(
-        "shutdown", help="ask INSTANCE_ID to stop running job NAME", parents=[common]
+        "shutdown", help=text, description=text, parents=[registry_options]
     )
-    shutdown.add_argument("name", metavar="NAME")
-    shutdown.add_argument("instance_id", metavar="INSTANCE_ID")
+    shutdown.add_argument("name", metavar="NAME", help="the job")
+    shutdown.add_argument("instance_id", metavar="INSTANCE_ID", help="as `instances NAME` lists")
 
     trace = cmd("trace", "search the execution trace (PostgreSQL or SQLite)")
     trace_actions = trace.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -173,28 +245,97 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aioelastic`` console script; returns the exit code."""
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested task-group wrappers (so it maps to its exit code)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+_TEXT_EXEMPT = frozenset({"app_dir"})  # a file system path may be any bytes
+_POSITIONALS = frozenset({"name", "item", "instance_id", "target", "changes"})
+
+
+def _undecodable(args: argparse.Namespace) -> str | None:
+    """The first argument that is not UTF-8 text (bytes like 0xff arrive as surrogates)."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for text in values:
+            if isinstance(text, str) and dest not in _TEXT_EXEMPT:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return dest.upper() if dest in _POSITIONALS else f"--{dest.replace('_', '-')}"
+    return None
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from ._commands import run_registry_command
     from ._run import run_scheduler_command
-    from ._trace import TraceUnreachableError, run_trace_command
+    from ._trace import run_trace_command
 
+    if args.command == "run":
+        return run_scheduler_command(args)
+    if args.command == "trace":
+        return anyio.run(run_trace_command, args, backend="asyncio")
+    return anyio.run(run_registry_command, args, backend="asyncio")
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The exit code of an expected error (printed on one line), None for anything else."""
+    from ._trace import TraceUnreachableError
+
+    if isinstance(exc, ConfigError):
+        return _fail(EXIT_USAGE, str(exc))
+    if isinstance(exc, JobNotFoundError | NotFoundError):
+        return _fail(EXIT_NOT_FOUND, str(exc))
+    if isinstance(exc, SessionLostError | TraceUnreachableError):
+        return _fail(EXIT_UNREACHABLE, str(exc))
+    if isinstance(exc, AioelasticError):
+        return _fail(EXIT_ERROR, str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return None
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    bad = _undecodable(args)
+    if bad is not None:
+        return _fail(EXIT_USAGE, f"argument {bad}: not valid UTF-8 text")
     if not hasattr(args, "timeout"):
         args.timeout = 30.0
     try:
-        if args.command == "run":
-            return run_scheduler_command(args)
-        if args.command == "trace":
-            return anyio.run(run_trace_command, args, backend="asyncio")
-        return anyio.run(run_registry_command, args, backend="asyncio")
-    except ConfigError as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except (JobNotFoundError, NotFoundError) as exc:
-        return _fail(EXIT_NOT_FOUND, str(exc))
-    except (SessionLostError, TraceUnreachableError) as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc))
-    except AioelasticError as exc:
-        return _fail(EXIT_ERROR, str(exc))
-    except KeyboardInterrupt:
-        return 130
+        return _run_command(args)
+    except BrokenPipeError:
+        raise
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, BrokenPipeError):
+            raise leaf from None
+        code = _exit_code(leaf)
+        if code is None:
+            raise
+        return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aioelastic`` console script; returns the exit code.
+
+    Output into a pipe closed early (``aioelastic jobs | head -1``) ends quietly with 141.
+    """
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as exc:  # argparse's --help, --version and usage errors
+            if exc.code is not None and not isinstance(exc.code, int):
+                raise
+            code = exc.code or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's last flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from .._config import JobConfig, load_settings
 from .._errors import ConfigError
 from .._operations import OperationRefusedError, Operations
+from .._paths import invalid_path_reason
 from .._urls import RegistryURL, parse_registry_url
 from ._format import write_json, write_table
 
@@ -72,6 +73,9 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 async def _jobs(c: _Call) -> None:
     jobs = await c.ops.jobs()
+    if not jobs and not c.json:
+        print(f"aioelastic: no jobs in namespace {c.ops.namespace!r}", file=sys.stderr)
+        return
     c.table(
         jobs,
         ["NAME", "STATUS", "CRON", "ITEMS", "INSTANCES", "DESCRIPTION"],
@@ -206,8 +210,24 @@ def command_key(args: argparse.Namespace) -> str:
     return f"{args.command} {action}" if action else str(args.command)
 
 
+_NODE_ARGUMENTS = {"name": "NAME", "host": "--host", "instance_id": "INSTANCE_ID"}
+
+
+def check_node_arguments(args: argparse.Namespace) -> None:
+    """Names that become one registry node must be one that ZooKeeper accepts (exit 2, not a
+    registry error)."""
+    for dest, shown in _NODE_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        reason = "contains '/'" if "/" in value else invalid_path_reason(f"/{value}")
+        if reason is not None:
+            raise ConfigError(shown, value, f"not a registry node name ({reason})")
+
+
 async def run_registry_command(args: argparse.Namespace) -> int:
     handler = _HANDLERS[command_key(args)]
+    check_node_arguments(args)
     async with Operations(registry_url(args), timeout=args.timeout) as ops:
         await handler(_Call(ops, args, sys.stdout, getattr(args, "json", False)))
     return 0
