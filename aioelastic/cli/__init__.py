@@ -140,13 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     registry_options = _common(tracing=False)
     parser = argparse.ArgumentParser(
         prog="aioelastic",
+        usage="%(prog)s [-h] [--version] [--registry URL] [--tracing URL] [--json] [--timeout S] "
+        "COMMAND ...",
         description="Run and operate aioelastic jobs (ElasticJob-Lite's model, in asyncio).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"aioelastic {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog: the subcommands' usage starts "aioelastic jobs", not the custom usage above.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="aioelastic")
 
     def cmd(
         name: str, help: str, options: argparse.ArgumentParser = common
