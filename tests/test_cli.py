@@ -202,6 +202,7 @@ UNDECODABLE = os.fsdecode(b"\xff")  # what Python makes of a byte that is not UT
         (["item", "enable", "j", "--", "-1"], {}, "out of range"),
         (["item", "enable", "j", "1e3"], {}, "not an integer"),
         (["item", "enable", "j", "9" * 5000], {}, "not an integer"),
+        (["trace", "executions", "--item", "99999999999"], {}, "out of range 0..2147483647"),
         (["job", "show", UNDECODABLE], {}, "argument NAME: not valid UTF-8"),
         (["job", "disable", "j", "--host", f"h{UNDECODABLE}"], {}, "--host: not valid UTF-8"),
         (["job", "update", "j", f"description={UNDECODABLE}"], {}, "CHANGES: not valid UTF-8"),
@@ -220,6 +221,7 @@ UNDECODABLE = os.fsdecode(b"\xff")  # what Python makes of a byte that is not UT
         "item-negative",
         "item-float",
         "item-huge",
+        "trace-item",
         "name-bytes",
         "host-bytes",
         "change-bytes",
@@ -237,7 +239,8 @@ async def test_bad_numbers_and_text_get_one_line_and_exit_2(
     result = await cli(*args[:1], *registry, *args[1:], env=clean_env(**env))
     assert (result.code, result.out) == (2, ""), result.err
     assert message in result.err and "Traceback" not in result.err
-    assert len(result.err.strip().splitlines()) <= 3  # argparse's usage + one error line
+    lines = result.err.strip().splitlines()  # argparse's usage, then one error line
+    assert "error:" in lines[-1] and all(line.startswith(("usage:", " ")) for line in lines[:-1])
 
 
 async def test_help_into_a_closed_pipe_is_quiet() -> None:

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task-id", help="one task (fire)")
         _time_filters(p)
         _page(p)
-    executions.add_argument("--item", type=int, help="sharding item")
+    executions.add_argument("--item", type=bounded_int(0, MAX_ITEM), help="sharding item")
     outcome = executions.add_mutually_exclusive_group()
     outcome.add_argument(
         "--success", dest="success", action="store_const", const=True, help="successful runs only"
