@@ -44,7 +44,7 @@ def check_node_name(field: str, value: str) -> str:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:,\s]+)(?::([0-9]{1,5}))?")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+_QUERY_PARAM = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 _AT_AFTER_HOST = (
     "has an '@' after its host part: percent-encode '/', '?', '#' and '@' in the user name "
     "and password (%2F, %3F, %23, %40), and '@' anywhere else (%40)"
@@ -58,7 +58,20 @@ def redact_url(url: str) -> str:
     start = match.end() if match else 0
     if "@" in url[start:]:
         url = f"{url[:start]}***@{url[start:].rsplit('@', 1)[1]}"
-    return _QUERY_PASSWORD.sub(r"\1***", url)
+    return _hide_password_params(url)
+
+
+def _is_password_key(key: str) -> bool:
+    return unquote(key).lower() == "password"
+
+
+def _hide_password_params(text: str) -> str:
+    """``password=...`` query values (however the key is encoded) as ``***``."""
+
+    def hide(match: re.Match[str]) -> str:
+        return f"{match[1]}{match[2]}=***" if _is_password_key(match[2]) else match[0]
+
+    return _QUERY_PARAM.sub(hide, text)
 
 
 @dataclass(frozen=True)
@@ -229,7 +242,7 @@ def _without_password_param(query: str) -> tuple[str, str | None]:
     kept, password = [], None
     for piece in query.split("&") if query else []:
         key, _, value = piece.partition("=")
-        if unquote(key).lower() == "password":
+        if _is_password_key(key):
             password = unquote(value)
         else:
             kept.append(piece)
@@ -260,8 +273,8 @@ def _parse_postgres(parser: _Parser, url: str) -> TracingURL:
         connect_dsn=f"{parts.raw_scheme}://{parts.hostport}{tail}",
         username=username,
         password=password,
-        shown=_QUERY_PASSWORD.sub(
-            r"\1***", f"{parts.raw_scheme}://{shown_auth}{parts.hostport}{shown_tail}"
+        shown=_hide_password_params(
+            f"{parts.raw_scheme}://{shown_auth}{parts.hostport}{shown_tail}"
         ),
     )
 

@@ -135,6 +135,11 @@ def test_a_password_parameter_is_hidden_and_handed_over_apart() -> None:
     assert url.password is not None and url.password.get_secret_value() == "s/x"
     assert url.connect_dsn == "postgresql://127.0.0.1/trace?sslmode=disable"
     assert str(url) == "postgresql://tracer@127.0.0.1/trace?sslmode=disable&password=***"
+    odd = "postgresql://127.0.0.1:x/trace?%70assword=hunter%2Ftwelve&PASSWORD=hunter"
+    with pytest.raises(ConfigError) as info:
+        parse_tracing_url(odd)
+    assert_hidden(info.value)
+    assert_hidden(parse_tracing_url(odd.replace(":x", "")))
 
 
 def test_shown_forms_stay_as_before_for_plain_urls() -> None:
