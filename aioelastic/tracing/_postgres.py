@@ -139,8 +139,7 @@ def _columns_of(
 ) -> list[list[object]]:
     specs = [layout.get(name) for name in columns]
     return [
-        [bind(spec, row[name]) for row in rows]
-        for name, spec in zip(columns, specs, strict=True)
+        [bind(spec, row[name]) for row in rows] for name, spec in zip(columns, specs, strict=True)
     ]
 
 

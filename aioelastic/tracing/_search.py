@@ -313,9 +313,7 @@ class SqlTraceSearch:
             executions, statuses = await self._read_layouts()
             for layout in (executions, statuses):
                 if not layout.columns:
-                    raise ConfigError(
-                        "tracing_url", layout.table, "the trace table does not exist"
-                    )
+                    raise ConfigError("tracing_url", layout.table, "the trace table does not exist")
             self._layouts = executions, statuses
         return self._layouts
 

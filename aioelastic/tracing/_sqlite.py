@@ -210,8 +210,7 @@ class SqliteSink:
                 self._statements = _Statements(*read_layouts(conn))
             sql = self._statements
             executions = [
-                sql.execution_row(execution_values(e, sql.executions))
-                for e in prepared.executions
+                sql.execution_row(execution_values(e, sql.executions)) for e in prepared.executions
             ]
             statuses = [
                 sql.status_row(status_values(e, original, sql.statuses))
