@@ -193,6 +193,10 @@ class TraceSearch(Protocol):
         (``since`` defaults to :data:`DEFAULT_STATS_WINDOW` ago, as the CLI's)."""
         ...
 
+    async def count_older(self, older_than_days: float) -> PurgeResult:
+        """How many rows :meth:`purge` with the same argument would delete now."""
+        ...
+
     async def purge(self, older_than_days: float) -> PurgeResult:
         """Delete executions started and status rows created more than N days ago."""
         ...

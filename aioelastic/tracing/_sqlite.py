@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,10 +76,12 @@ def _time(value: datetime | None) -> str | None:
 
 
 class SqliteDatabase:
-    """One sqlite3 connection, used from worker threads one call at a time."""
+    """One sqlite3 connection, used from worker threads one call at a time (``create=False``:
+    the file must exist, and no table or index is created)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = path
+        self._create = create
         self._conn: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
 
@@ -93,6 +96,11 @@ class SqliteDatabase:
         return fn(self._conn)
 
     def _connect(self) -> sqlite3.Connection:
+        if not self._create:  # an existing file only, as it is (``mode=rw`` never creates one)
+            uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            return conn
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
