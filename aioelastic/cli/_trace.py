@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 
+import anyio
 import asyncpg
 
 from .._config import load_settings
@@ -23,6 +24,7 @@ from .._errors import AioelasticError, ConfigError
 from .._events import State
 from .._urls import TracingURL, parse_tracing_url
 from ..tracing import TraceSearch, open_trace_store
+from ..tracing._search import SqlTraceSearch
 from ..tracing._sqlite import sqlite_path
 from ._format import parse_time, write_json, write_table
 
@@ -65,6 +67,9 @@ async def _open_search(stack: AsyncExitStack, url: TracingURL, timeout: float) -
         store = await stack.enter_async_context(
             open_trace_store(url, connect_timeout=timeout, create_schema=False)
         )
+        if isinstance(store.search, SqlTraceSearch):
+            with anyio.fail_after(timeout):
+                await store.search.check()
     except ConfigError:
         raise
     except Exception as exc:  # the driver's connection errors vary; none carries the password

@@ -312,6 +312,10 @@ class SqlTraceSearch:
     async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
         return default_layout(EXECUTION_TABLE), default_layout(STATUS_TABLE)
 
+    async def check(self) -> None:
+        """Connect and read the tables' columns (``ConfigError`` if a table is missing)."""
+        await self._tables()
+
     async def _tables(self) -> tuple[TableLayout, TableLayout]:
         if self._layouts is None:
             executions, statuses = await self._read_layouts()
