@@ -19,15 +19,18 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic._events import ExecutionSource, JobExecutionEvent, TraceEvent
 from aioelastic._memory_registry import MemoryStore
+from aioelastic.metrics import PrometheusMetrics
 from aioelastic.tracing import MemorySink, PostgresSink, TraceBus
 
 pytestmark = pytest.mark.anyio
@@ -150,6 +153,11 @@ async def test_a_journal_on_a_full_disk_fails_loudly_once_and_keeps_events_in_me
         assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
         assert "No space left" in errors[0].getMessage()
         assert stats_of(bus).dropped == 0 and stats_of(bus).queued == 40  # kept in memory
+        registry = CollectorRegistry()
+        metrics = PrometheusMetrics(registry, prefix="app")
+        metrics.bind(SimpleNamespace(trace_bus=bus))  # type: ignore[arg-type]
+        exported = generate_latest(registry).decode()
+        assert 'app_trace_journal_errors_total{sink="SwitchSink"}' in exported
         journal.unlink()  # space again
         await until(lambda: journal_lines(journal) >= 40)
         assert any("writable again" in r.getMessage() for r in caplog.records)
@@ -297,3 +305,41 @@ async def test_kill_9_during_a_database_outage_loses_at_most_the_window(
     assert all(killed_at - at < 1.0 for at in lost_fires), lost_fires
     assert len(lost) + len(unfinished) <= 40
     assert len(ran) - stopped_runs >= 120
+
+
+async def test_raising_or_broken_sinks_never_affect_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Raising:
+        async def write(self, batch: Sequence[TraceEvent]) -> None:
+            raise RuntimeError("metrics backend bug")
+
+    class NotAsync:
+        def write(self, batch: Sequence[TraceEvent]) -> None:  # awaiting None: TypeError
+            return None
+
+    class Hanging:
+        async def write(self, batch: Sequence[TraceEvent]) -> None:
+            await anyio.sleep_forever()
+
+    good = MemorySink()
+    bad = [Raising(), NotAsync(), Hanging()]
+    bus = TraceBus(
+        [*bad, good],  # type: ignore[list-item]
+        flush_interval=0.01,
+        write_timeout=0.2,
+        retry_initial=0.05,
+        retry_max=0.2,
+        grace_period=0.2,
+    )
+    posted = [event(i) for i in range(50)]
+    caplog.set_level(logging.WARNING, logger="aioelastic.tracing")
+    async with AsyncExitStack() as stack:
+        await bus.start(stack)
+        for e in posted:
+            bus.post(e)
+        await until(lambda: len(good.events) == 50)
+        await until(lambda: all(s.failed_writes >= 1 for s in bus.stats()[:3]))
+    assert [e.id for e in good.events] == [e.id for e in posted]
+    failures = {r.getMessage().split(":")[0] for r in caplog.records if "failed" in r.getMessage()}
+    assert {"trace sink Raising", "trace sink NotAsync", "trace sink Hanging"} <= failures
