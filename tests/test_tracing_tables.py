@@ -44,6 +44,16 @@ ELASTICJOB_305_DDL = (
     "CREATE INDEX TASK_ID_STATE_INDEX ON JOB_STATUS_TRACE_LOG (task_id, state)",
 )
 
+# ElasticJob 3.0.0-3.0.4: the same, with ``source VARCHAR(50) NOT NULL`` in the status table
+ELASTICJOB_304_DDL = (
+    ELASTICJOB_305_DDL[0],
+    ELASTICJOB_305_DDL[1].replace(
+        "slave_id VARCHAR(50) NOT NULL,",
+        "slave_id VARCHAR(50) NOT NULL, source VARCHAR(50) NOT NULL,",
+    ),
+    ELASTICJOB_305_DDL[2],
+)
+
 INJECTIONS = [
     'x\'; DROP TABLE "JOB_EXECUTION_LOG"; --',
     "x'); DROP TABLE JOB_STATUS_TRACE_LOG; --",
@@ -61,17 +71,17 @@ def trace_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/trace.db"
 
 
-async def create_elasticjob_tables(url: str) -> None:
+async def create_elasticjob_tables(url: str, ddl: tuple[str, ...]) -> None:
     if url.startswith("sqlite:///"):
         conn = sqlite3.connect(url[len("sqlite:///") :])
-        for statement in ELASTICJOB_305_DDL:
+        for statement in ddl:
             conn.execute(statement)
         conn.commit()
         conn.close()
         return
     pg = await asyncpg.connect(url)
     try:
-        for statement in ELASTICJOB_305_DDL:
+        for statement in ddl:
             await pg.execute(statement)
     finally:
         await pg.close()
@@ -193,10 +203,13 @@ def _fields(e: JobExecutionEvent) -> dict[str, object]:
 # -- ElasticJob 3.0.5's tables, as they are --------------------------------------------------------
 
 
-async def test_elasticjob_305_tables_are_written_and_searched(
-    trace_url: str, tmp_path: Path
+@pytest.mark.parametrize("version", ["3.0.5", "3.0.4"])
+async def test_elasticjob_tables_are_written_and_searched(
+    trace_url: str, tmp_path: Path, version: str
 ) -> None:
-    await create_elasticjob_tables(trace_url)
+    await create_elasticjob_tables(
+        trace_url, ELASTICJOB_305_DDL if version == "3.0.5" else ELASTICJOB_304_DDL
+    )
     items = list(range(70))
     instance = "10.0.0.1@-@12345" + "x" * 60  # longer than slave_id's 50 characters
     task = make_task_id("billing", items, ExecutionType.READY, instance)
@@ -247,17 +260,21 @@ async def test_elasticjob_305_tables_are_written_and_searched(
         trace = await store.search.status_traces(task_id=task)
         assert trace.total == 3
         for record in trace.items:
-            assert record.source == ""  # 3.0.5 has no source column
+            # 3.0.5 has no source column
+            assert record.source == ("" if version == "3.0.5" else "LITE_EXECUTOR")
             assert record.message is not None and len(record.message) == 4000
             assert len(record.slave_id) == 50
             assert record.original_task_id == task
             assert record.sharding_item == "[0-69]"  # "[0, 1, ..., 69]" exceeds VARCHAR(100)
         error = await store.search.status_traces(state="TASK_ERROR")
         assert error.total == 1 and error.items[0].creation_time == NOW + timedelta(seconds=2)
-        with pytest.raises(ConfigError, match="no such column"):
-            await store.search.status_traces(source="LITE_EXECUTOR")
-        with pytest.raises(ConfigError):
-            await store.search.status_traces(sort="source")
+        if version == "3.0.5":
+            with pytest.raises(ConfigError, match="no such column"):
+                await store.search.status_traces(source="LITE_EXECUTOR")
+            with pytest.raises(ConfigError):
+                await store.search.status_traces(sort="source")
+        else:
+            assert (await store.search.status_traces(source="LITE_EXECUTOR")).total == 3
         (stats,) = await store.search.job_stats(since=NOW - timedelta(hours=1))
         assert (stats.total, stats.failed, stats.running) == (70, 1, 69)
         assert (await store.search.count_older(0)).executions == 70
