@@ -2,7 +2,8 @@
 
 ElasticJob's trace tables hold task ids in ``VARCHAR(255)``, and a plain comma list of a fire's
 items overflows that for large fires (70 items already make 273 characters). So the item list
-is written compactly and reversibly:
+is ElasticJob's plain ``0,1,2`` while the id fits in 255 characters, and otherwise written
+compactly and reversibly:
 
 - runs of at least two consecutive items become ``first-last`` ranges: ``0-69``, ``0,2,5-9``
   (items are non-negative, so ``-`` is unambiguous);
@@ -114,7 +115,8 @@ def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_i
         instance_id = instance_id[: len(instance_id) - cut]
         job = job[: max(len(job) - (excess - cut), 1)]
         room = minimum
-    joined = format_items(items, room)
+    plain = ",".join(map(str, items))
+    joined = plain if len(plain) <= room else format_items(items, room)
     return _SEP.join((job, joined, kind.value, instance_id, run))[:TASK_ID_LIMIT]
 
 

@@ -285,7 +285,10 @@ def test_task_ids_never_exceed_255_and_give_their_items_back() -> None:
     assert reexported is make_task_id
     task = make_task_id("job", [0, 1, 2, 5, 7, 8, 9], ExecutionType.FAILOVER, "10.0.0.1@-@7")
     parsed = parse_task_id(task)
-    assert task.split("@-@")[1] == "0-2,5,7-9"
+    assert task.split("@-@")[1] == "0,1,2,5,7,8,9"  # ElasticJob's form while it fits
+    ranged = make_task_id("job", [*range(70), 75, *range(80, 90)], ExecutionType.READY, "i")
+    assert ranged.split("@-@")[1] == "0-69,75,80-89"
+    assert parse_task_id(ranged).items == (*range(70), 75, *range(80, 90))
     assert (parsed.job_name, parsed.items, parsed.execution_type) == (
         "job",
         (0, 1, 2, 5, 7, 8, 9),
