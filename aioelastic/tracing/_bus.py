@@ -551,6 +551,7 @@ class TraceBus:
             with anyio.fail_after(_CLEANUP_TIMEOUT):
                 await anyio.to_thread.run_sync(journal.open)
         except (OSError, TimeoutError) as exc:
+            lane.journal_errors += 1
             log.error(
                 "trace sink %s: journal %s unusable (%r); overflow will be dropped",
                 lane.name,
