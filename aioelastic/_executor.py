@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,7 @@ from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
 from ._observer import Observer
 from ._registry import SessionState
+from ._task_id import make_task_id
 
 __all__ = ["JobExecutor", "make_task_id"]
 
@@ -45,12 +45,6 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None  # not on asyncio
-
-
-def make_task_id(job: str, items: Sequence[int], kind: ExecutionType, instance_id: str) -> str:
-    """``{job}@-@{items}@-@{READY|FAILOVER}@-@{instanceId}@-@{uuid}``, unique per run."""
-    joined = ",".join(map(str, items))
-    return f"{job}@-@{joined}@-@{kind.value}@-@{instance_id}@-@{uuid.uuid4().hex}"
 
 
 class ItemCancelled(Exception):

@@ -75,6 +75,11 @@ class _TraceBusCollector:
             "Trace events dropped (no journal could take them)",
             labels=["sink"],
         )
+        journal_errors = CounterMetricFamily(
+            f"{p}_trace_journal_errors",
+            "Failed journal appends (full disk, unwritable path)",
+            labels=["sink"],
+        )
         try:
             stats = self.scheduler.trace_bus.stats() if self.scheduler is not None else []
         except RuntimeError:  # not running
@@ -84,7 +89,8 @@ class _TraceBusCollector:
             spilled.add_metric([s.sink], s.journaled)
             written.add_metric([s.sink], s.written)
             dropped.add_metric([s.sink], s.dropped)
-        return [depth, spilled, written, dropped]
+            journal_errors.add_metric([s.sink], s.journal_errors)
+        return [depth, spilled, written, dropped, journal_errors]
 
 
 class PrometheusMetrics(Observer):

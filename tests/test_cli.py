@@ -558,6 +558,6 @@ async def test_trace_commands(postgres_url: str, tmp_path: Path) -> None:
     bad_time = await cli(*tr, "trace", "stats", "--since", "yesterday")
     assert bad_time.code == 2 and "ISO 8601" in bad_time.err
 
-    purged = await cli(*tr, "trace", "purge", "--older-than-days", "0")
+    purged = await cli(*tr, "trace", "purge", "--older-than-days", "0", "--yes")
     assert purged.code == 0 and purged.out.startswith("purged 6 execution row(s) and ")
     assert (await cli(*tr, "trace", "executions", "--json")).json() == {"total": 0, "items": []}

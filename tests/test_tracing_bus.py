@@ -273,6 +273,7 @@ async def test_post_never_raises_and_an_unusable_journal_degrades_to_dropping(
         for event in events(20):
             bus.post(event)
         assert bus.stats()[0].dropped == 15
+        assert bus.stats()[0].journal_errors == 1  # counted for metrics
         bus.post(object())  # type: ignore[arg-type]  # garbage must not raise either
     assert "journal" in caplog.text
 

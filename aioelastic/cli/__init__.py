@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     outcome.add_argument(
         "--failure", dest="success", action="store_const", const=False, help="failed runs only"
     )
+    outcome.add_argument("--running", action="store_true", help="unfinished runs only")
     status.add_argument("--state", help="e.g. TASK_ERROR")
     stats = trace_actions.add_parser(
         "stats", help="item runs per job (default: the last 24 h)", parents=[common]
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _time_filters(stats)
     purge = trace_actions.add_parser("purge", help="delete old rows", parents=[common])
     purge.add_argument("--older-than-days", type=float, required=True, metavar="N")
+    purge.add_argument("--yes", action="store_true", help="delete (without: print the count)")
     return parser
 
 

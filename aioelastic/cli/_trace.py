@@ -1,23 +1,45 @@
-"""Trace commands: executions, status, stats, purge (over ``open_trace_store``)."""
+"""Trace commands: executions, status, stats, purge (over ``open_trace_store``).
+
+No trace command creates anything: a SQLite path that does not exist, or a database without the
+trace tables, is a one-line error (exit 2). ``purge`` without ``--yes`` only prints how many rows
+it would delete and exits 1 (nothing deleted). Bad values (unknown ``--state``, out-of-range
+numbers and dates) are one-line errors with exit 2; a query the database still refuses is a
+one-line error with exit 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import asyncpg
 
 from .._config import load_settings
-from .._errors import ConfigError
+from .._errors import AioelasticError, ConfigError
+from .._events import State
 from .._urls import TracingURL, parse_tracing_url
 from ..tracing import TraceSearch, open_trace_store
+from ..tracing._search import SqlTraceSearch
+from ..tracing._sqlite import sqlite_path
 from ._format import parse_time, write_json, write_table
 
-__all__ = ["TraceUnreachableError", "run_trace_command"]
+__all__ = ["TraceQueryError", "TraceUnreachableError", "run_trace_command"]
+
+#: Exit code of ``trace purge`` without ``--yes`` (nothing deleted).
+EXIT_NOT_CONFIRMED = 1
 
 
 class TraceUnreachableError(Exception):
     """The trace database could not be reached (exit code 4)."""
+
+
+class TraceQueryError(AioelasticError):
+    """The database refused a trace query (exit code 1)."""
 
 
 def tracing_url(args: argparse.Namespace) -> TracingURL:
@@ -30,9 +52,24 @@ def tracing_url(args: argparse.Namespace) -> TracingURL:
     return url
 
 
+def _check_sqlite_file(url: TracingURL) -> None:
+    """A typo'd path must not become an empty database (sqlite3 creates missing files)."""
+    if url.scheme != "sqlite":
+        return
+    path = sqlite_path(url)
+    if path == ":memory:" or not Path(path).is_file():
+        raise ConfigError("tracing_url", str(url), f"no SQLite trace database at {path}")
+
+
 async def _open_search(stack: AsyncExitStack, url: TracingURL, timeout: float) -> TraceSearch:
+    _check_sqlite_file(url)
     try:
-        store = await stack.enter_async_context(open_trace_store(url, connect_timeout=timeout))
+        store = await stack.enter_async_context(
+            open_trace_store(url, connect_timeout=timeout, create_schema=False)
+        )
+        if isinstance(store.search, SqlTraceSearch):
+            with anyio.fail_after(timeout):
+                await store.search.check()
     except ConfigError:
         raise
     except Exception as exc:  # the driver's connection errors vary; none carries the password
@@ -41,10 +78,34 @@ async def _open_search(stack: AsyncExitStack, url: TracingURL, timeout: float) -
     return store.search
 
 
+def _time_arg(name: str, value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except (OverflowError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(name, value, "out of range") from None
+
+
 def _since_until(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
-    since = parse_time(args.since) if args.since else None
-    until = parse_time(args.until) if args.until else None
-    return since, until
+    return _time_arg("since", args.since), _time_arg("until", args.until)
+
+
+def _state(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.upper() not in State.__members__:
+        raise ConfigError("state", value, f"must be one of {', '.join(State.__members__)}")
+    return value.upper()
+
+
+def _success(args: argparse.Namespace) -> tuple[bool | None, bool | None]:
+    """``(is_success, finished)`` from ``--success`` / ``--failure`` / ``--running``."""
+    if getattr(args, "running", False):
+        return None, False
+    return args.success, None
 
 
 def _footer(total: int, shown: int, offset: int) -> str:
@@ -54,17 +115,29 @@ def _footer(total: int, shown: int, offset: int) -> str:
 
 
 async def run_trace_command(args: argparse.Namespace) -> int:
+    """Run one ``aioelastic trace`` action; returns the exit code."""
+    try:
+        return await _run(args)
+    except (asyncpg.PostgresError, sqlite3.Error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TraceQueryError(f"the trace database refused the query: {reason}") from exc
+
+
+async def _run(args: argparse.Namespace) -> int:
     as_json: bool = getattr(args, "json", False)
     out = sys.stdout
+    state = _state(getattr(args, "state", None))
     async with AsyncExitStack() as stack:
         search = await _open_search(stack, tracing_url(args), args.timeout)
         if args.action == "executions":
             since, until = _since_until(args)
+            is_success, finished = _success(args)
             page = await search.executions(
                 job_name=args.job,
                 task_id=args.task_id,
                 sharding_item=args.item,
-                is_success=args.success,
+                is_success=is_success,
+                finished=finished,
                 since=since,
                 until=until,
                 offset=args.offset,
@@ -96,7 +169,7 @@ async def run_trace_command(args: argparse.Namespace) -> int:
             status_page = await search.status_traces(
                 job_name=args.job,
                 task_id=args.task_id,
-                state=args.state,
+                state=state,
                 since=since,
                 until=until,
                 offset=args.offset,
@@ -123,8 +196,7 @@ async def run_trace_command(args: argparse.Namespace) -> int:
             )
             out.write(_footer(status_page.total, len(status_page.items), status_page.offset) + "\n")
         elif args.action == "stats":
-            since, until = _since_until(args)
-            since = since or datetime.now(UTC) - timedelta(days=1)
+            since, until = _since_until(args)  # since: the last day by default (job_stats's)
             stats = await search.job_stats(since=since, until=until, job_name=args.job)
             if as_json:
                 write_json(out, stats)
@@ -134,13 +206,30 @@ async def run_trace_command(args: argparse.Namespace) -> int:
                 ["JOB", "TOTAL", "SUCCEEDED", "FAILED", "RUNNING"],
                 [(s.job_name, s.total, s.succeeded, s.failed, s.running) for s in stats],
             )
-        else:  # purge
-            result = await search.purge(args.older_than_days)
-            if as_json:
-                write_json(out, result)
-            else:
-                out.write(
-                    f"purged {result.executions} execution row(s) and "
-                    f"{result.status_traces} status row(s)\n"
-                )
+        else:
+            return await _purge(search, args, as_json)
+    return 0
+
+
+async def _purge(search: TraceSearch, args: argparse.Namespace, as_json: bool) -> int:
+    out = sys.stdout
+    days: float = args.older_than_days
+    if not getattr(args, "yes", False):
+        count = await search.count_older(days)
+        if as_json:
+            write_json(out, {"deleted": False, "would_delete": count})
+        else:
+            out.write(
+                f"would delete {count.executions} execution row(s) and {count.status_traces}"
+                f" status row(s) older than {days:g} day(s); nothing deleted: add --yes\n"
+            )
+        return EXIT_NOT_CONFIRMED
+    result = await search.purge(days)
+    if as_json:
+        write_json(out, result)
+    else:
+        out.write(
+            f"purged {result.executions} execution row(s) and {result.status_traces}"
+            " status row(s)\n"
+        )
     return 0

@@ -8,6 +8,15 @@ batch with capped exponential backoff until it is written, so one slow or broken
 its own lane. Journal backlogs (overflow, or files left by an earlier process) are replayed
 alternately with the live queue once the sink accepts writes.
 
+A failing sink loses nothing to a kill -9: once a write fails (or has been pending for more than
+``journal_window``, 100 ms), the lane's queue and the unconfirmed batch are appended to its
+journal at once, and every event posted while the sink keeps failing goes straight to the journal
+(each line reaches the OS as it is written; the journal is fsync'd every ``journal_window``). So a
+process killed during a database outage loses at most the events of one ``journal_window``; with
+a healthy sink, at most the events not yet written (``flush_interval`` plus one write). A journal
+that cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``,
+drops the rest, logs one ERROR until it works again, and counts ``journal_errors``.
+
 Shutdown (the owner's exit stack unwinding): lanes flush their queues for up to
 ``grace_period`` seconds, then stop; whatever is still queued (including an unconfirmed batch) is
 appended to the lane's journal and fsync'd, to be replayed by the next process. Finally the bus
@@ -16,7 +25,6 @@ closes the sinks that have an ``aclose()`` method.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
@@ -62,6 +70,10 @@ class SinkStats:
     dropped: int
     failed_writes: int
     journal: Path | None
+    #: failed journal appends (full disk, unwritable path): events stayed in memory or dropped
+    journal_errors: int = 0
+    #: whether the sink's last write failed (events then go straight to the journal)
+    failing: bool = False
 
 
 class _Throttle:
@@ -89,6 +101,7 @@ class _LaneConfig:
     write_timeout: float
     retry_initial: float
     retry_max: float
+    journal_window: float
 
 
 def _sink_name(sink: TraceSink) -> str:
@@ -108,7 +121,13 @@ class _Lane:
         self.journal: Journal | None = None
         self.config = config
         self.queue: deque[TraceEvent] = deque()
-        self.written = self.dropped = self.failed_writes = 0
+        #: the live batch being written (taken from ``queue``), and whether it is journaled
+        self.inflight: list[TraceEvent] = []
+        self.inflight_journaled = False
+        self.write_started = 0.0
+        self.failing = False
+        self.written = self.dropped = self.failed_writes = self.journal_errors = 0
+        self._journal_broken = False
         self.closing = self.closed = False
         self.busy = self.running = False
         self.drained = anyio.Event()
@@ -127,26 +146,95 @@ class _Lane:
             self._idle = anyio.Event()
         if self.closed:
             self._drop([event], "the trace bus is stopped")
-        elif len(self.queue) < self.config.max_queue:
+        elif self.failing and self.journal is not None and not self._journal_broken:
+            self.overflow([event])
+        elif self.in_memory < self.config.max_queue:
             self.queue.append(event)
             if len(self.queue) == 1 or len(self.queue) >= self.config.batch_size:
                 self._wake.set()
         else:
             self.overflow([event])
 
-    def overflow(self, events: Sequence[TraceEvent]) -> None:
+    def overflow(self, events: Sequence[TraceEvent]) -> bool:
+        """Append ``events`` to the journal; if it fails, keep them in memory while there is
+        room (drop the rest). Returns whether the journal took them."""
         if not events:
-            return
+            return True
         if self.journal is None:
             self._drop(events, "queue full and no journal")
+            return False
+        try:
+            self.journal.append(events)
+        except (OSError, ValueError) as exc:
+            self._journal_failed(exc)
+            room = max(self.config.max_queue - self.in_memory, 0)
+            if not self.closed:
+                self.queue.extend(events[:room])
+            self._drop(events[room:] if not self.closed else events, "the journal failed")
+            return False
+        finally:
+            self._wake.set()
+        self._journal_works()
+        return True
+
+    @property
+    def in_memory(self) -> int:
+        """Events only this process holds (queue and an unjournaled in-flight batch)."""
+        return len(self.queue) + (0 if self.inflight_journaled else len(self.inflight))
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        self.journal_errors += 1
+        if not self._journal_broken:
+            self._journal_broken = True
+            log.error(
+                "trace sink %s: journal %s cannot be written (%r); events stay in memory (up to "
+                "%d) and are dropped beyond; logged once until it works again",
+                self.name,
+                self.journal.path if self.journal else None,
+                exc,
+                self.config.max_queue,
+            )
+
+    def spill_while_failing(self) -> None:
+        """Move what is in memory (queue, unjournaled in-flight batch) to the journal; if the
+        journal fails, everything stays where it is (retried at the next tick)."""
+        if self.journal is None:
+            return
+        take_inflight = bool(self.inflight) and not self.inflight_journaled
+        events = [*(self.inflight if take_inflight else ()), *self.queue]
+        if not events:
             return
         try:
             self.journal.append(events)
         except (OSError, ValueError) as exc:
-            self._drop(events, f"journal {self.journal.path} failed: {exc!r}")
+            self._journal_failed(exc)
+            return
+        self._journal_works()
+        self.queue.clear()
+        self.inflight_journaled = self.inflight_journaled or take_inflight
         self._wake.set()
 
+    def _journal_works(self) -> None:
+        if self._journal_broken and self.journal is not None:
+            self._journal_broken = False
+            log.warning("trace journal %s: writable again", self.journal.path)
+
+    def degrade_if_stuck(self, now: float) -> None:
+        """A write pending for more than ``journal_window``: treat the sink as failing."""
+        if self.busy and self.inflight and now - self.write_started > self.config.journal_window:
+            if not self.failing:
+                log.warning(
+                    "trace sink %s: a write is pending for more than %.1fs; journaling events",
+                    self.name,
+                    self.config.journal_window,
+                )
+            self.failing = True
+        if self.failing and (self.queue or (self.inflight and not self.inflight_journaled)):
+            self.spill_while_failing()
+
     def _drop(self, events: Sequence[TraceEvent], why: str) -> None:
+        if not events:
+            return
         self.dropped += len(events)
         if self._drop_log.allow():
             log.error(
@@ -178,8 +266,10 @@ class _Lane:
         while True:
             batch, from_journal = await self._next_batch()
             self.busy = True
-            await self._deliver(batch)
-            self._confirm(batch, from_journal)
+            if await self._deliver(batch, from_journal):
+                self._confirm(batch, from_journal)
+            self.inflight = []
+            self.inflight_journaled = False
             self.busy = False
 
     async def _next_batch(self) -> tuple[list[TraceEvent], bool]:
@@ -189,15 +279,19 @@ class _Lane:
                 if events:
                     self._prefer_journal = False
                     return events, True
-            if self.queue:
+            if self.queue and (not self.failing or self.journal is None or self._journal_broken):
                 await self._fill()
-                self._prefer_journal = True
-                return list(itertools.islice(self.queue, self.config.batch_size)), False
+                if self.queue:
+                    size = min(self.config.batch_size, len(self.queue))
+                    self.inflight = [self.queue.popleft() for _ in range(size)]
+                    self._prefer_journal = True
+                    return self.inflight, False
+                continue
             if self.closing:
                 self.drained.set()
             if self.idle:
                 self._idle.set()
-            await self._sleep_until_woken()
+            await self._sleep_until_woken(self._journal_retry_at - time.monotonic())
 
     def _journal_turn(self) -> bool:
         """Replay journal backlog (never while closing), alternating with the live queue."""
@@ -206,7 +300,7 @@ class _Lane:
             return False
         if time.monotonic() < self._journal_retry_at:
             return False
-        return self._prefer_journal or not self.queue
+        return self._prefer_journal or not self.queue or self.failing
 
     async def _read_journal(self) -> list[TraceEvent]:
         """The next journal batch; a disk error pauses replay (``retry_max``), never the lane."""
@@ -225,31 +319,47 @@ class _Lane:
             while len(self.queue) < self.config.batch_size and not self.closing:
                 await self._sleep_until_woken()
 
-    async def _sleep_until_woken(self) -> None:
+    async def _sleep_until_woken(self, timeout: float | None = None) -> None:
         if not self._wake.is_set():
-            await self._wake.wait()
+            if timeout is not None and timeout > 0:
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
         self._wake = anyio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def _deliver(self, batch: list[TraceEvent]) -> None:
-        """Write ``batch``; on failure retry with capped, jittered exponential backoff."""
+    async def _deliver(self, batch: list[TraceEvent], from_journal: bool) -> bool:
+        """Write ``batch``; on failure retry with capped, jittered exponential backoff.
+
+        A live batch that fails is journaled (with the queue) instead of retried, when the
+        lane has a working journal: returns False then (the batch will come back from there).
+        """
         attempt = 0
         while True:
+            self.write_started = time.monotonic()
             try:
                 with anyio.fail_after(self.config.write_timeout):
                     await self.sink.write(batch)
             except Exception as exc:
                 attempt += 1
                 self.failed_writes += 1
+                self.failing = True
                 delay = self._backoff(attempt)
                 self._log_failure(exc, len(batch), attempt, delay)
+                if not from_journal and self.journal is not None:
+                    self.spill_while_failing()
+                    if self.inflight_journaled:
+                        self._journal_retry_at = time.monotonic() + delay
+                        return False
                 await anyio.sleep(delay)
                 continue
-            if attempt:
+            if attempt or self.failing:
                 log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
-            return
+            self.failing = False
+            return True
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.retry_max, self.config.retry_initial * 2.0 ** (attempt - 1))
@@ -275,16 +385,16 @@ class _Lane:
         if from_journal:
             assert self.journal is not None
             self.journal.commit(len(batch))
-            return
-        for _ in range(len(batch)):
-            self.queue.popleft()
 
     # -- shutdown --------------------------------------------------------------------------
 
     def spill(self) -> int:
-        """Move the whole queue to the journal (or count it dropped); the lane is then closed."""
-        remaining = list(self.queue)
+        """Move the whole queue (and an unconfirmed, unjournaled batch) to the journal (or count
+        it dropped); the lane is then closed."""
+        remaining = [] if self.inflight_journaled else list(self.inflight)
+        remaining += self.queue
         self.queue.clear()
+        self.inflight = []
         self.closed = True
         self.overflow(remaining)
         return len(remaining)
@@ -303,13 +413,15 @@ class _Lane:
         journal = self.journal
         return SinkStats(
             sink=self.name,
-            queued=len(self.queue),
+            queued=self.in_memory,
             written=self.written,
             journaled=journal.appended if journal else 0,
             replayed=journal.replayed if journal else 0,
             dropped=self.dropped,
             failed_writes=self.failed_writes,
             journal=journal.path if journal else self.journal_path,
+            journal_errors=self.journal_errors,
+            failing=self.failing,
         )
 
 
@@ -330,6 +442,9 @@ class TraceBus:
         write_timeout: deadline of one ``sink.write()`` call.
         retry_initial, retry_max: backoff between failed writes (doubling, capped, jittered).
         journal_fsync_interval: how often (seconds) appended journal lines are fsync'd.
+        journal_window: while a sink fails, or a write has been pending this long (seconds),
+            events go to the journal within this window, and it is fsync'd as often: the most
+            a kill -9 during an outage can lose.
     """
 
     def __init__(
@@ -345,6 +460,7 @@ class TraceBus:
         retry_initial: float = 0.2,
         retry_max: float = 10.0,
         journal_fsync_interval: float = 1.0,
+        journal_window: float = 0.1,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ConfigError("max_queue/batch_size", (max_queue, batch_size), "must be >= 1")
@@ -355,6 +471,7 @@ class TraceBus:
             write_timeout=write_timeout,
             retry_initial=retry_initial,
             retry_max=retry_max,
+            journal_window=journal_window,
         )
         self._grace = grace_period
         self._fsync_interval = journal_fsync_interval
@@ -434,6 +551,7 @@ class TraceBus:
             with anyio.fail_after(_CLEANUP_TIMEOUT):
                 await anyio.to_thread.run_sync(journal.open)
         except (OSError, TimeoutError) as exc:
+            lane.journal_errors += 1
             log.error(
                 "trace sink %s: journal %s unusable (%r); overflow will be dropped",
                 lane.name,
@@ -447,10 +565,19 @@ class TraceBus:
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
+        tick = min(self._config.journal_window, self._fsync_interval)
+        last_sync = time.monotonic()
         while True:
-            await anyio.sleep(self._fsync_interval)
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            periodic = now - last_sync >= self._fsync_interval
+            if periodic:
+                last_sync = now
             for lane in self._lanes:
-                if lane.journal is not None:
+                if lane.journal is None:
+                    continue
+                lane.degrade_if_stuck(now)
+                if periodic or lane.failing:
                     await self._sync_journal(lane.journal)
 
     @staticmethod

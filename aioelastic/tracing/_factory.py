@@ -76,6 +76,8 @@ async def open_trace_store(
 ) -> AsyncIterator[TraceStore]:
     """Connect to a trace database (creating its tables unless told not to); close on exit.
 
+    With ``create_schema=False`` nothing is created: a SQLite file must already exist.
+
     Raises ``ConfigError`` for ``memory://`` and ``log://`` (they have nothing to search) and
     the driver's error when the database cannot be reached.
     """
@@ -85,7 +87,7 @@ async def open_trace_store(
         async with _postgres_store(parsed, journal, create_schema, pool_size, connect_timeout) as s:
             yield s
     elif parsed.scheme == "sqlite":
-        async with _sqlite_store(parsed, journal) as store:
+        async with _sqlite_store(parsed, journal, create_schema) as store:
             yield store
     else:
         raise ConfigError("tracing_url", str(parsed), "only postgresql:// and sqlite:/// search")
@@ -110,8 +112,10 @@ async def _postgres_store(
 
 
 @contextlib.asynccontextmanager
-async def _sqlite_store(url: TracingURL, journal: Path) -> AsyncIterator[TraceStore]:
-    database = SqliteDatabase(sqlite_path(url))
+async def _sqlite_store(
+    url: TracingURL, journal: Path, create_schema: bool
+) -> AsyncIterator[TraceStore]:
+    database = SqliteDatabase(sqlite_path(url), create=create_schema)
     try:
         await database.run(lambda conn: None)  # open and create the schema now
         sink = SqliteSink(url, database=database, journal_path=journal)

@@ -92,6 +92,7 @@ class Journal:
         self._lock: IO[bytes] | None = None
         self._active_lines = 0
         self._dirty = False
+        self._torn = False
         self._segments: deque[_Segment] = deque()
         self._seq = 0
         self._sync_lock = anyio.Lock()
@@ -165,15 +166,31 @@ class Journal:
 
     def append(self, events: Iterable[TraceEvent]) -> int:
         """Append events as lines; returns how many. Raises ``OSError`` if the disk refuses."""
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1, opener=_private)
         lines = [encode_event(event) + "\n" for event in events]
-        self._file.write("".join(lines))  # one write: a line-buffered file flushes it at once
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8", buffering=1, opener=_private)
+                if self._torn:  # end a line a failed write may have cut short
+                    self._file.write("\n")
+                    self._torn = False
+            self._file.write("".join(lines))  # one write: a line-buffered file flushes it at once
+        except (OSError, ValueError):
+            self._discard_file()
+            raise
         count = len(lines)
         self._active_lines += count
         self.appended += count
         self._dirty = self._dirty or count > 0
         return count
+
+    def _discard_file(self) -> None:
+        """Drop the active handle after a failed write (its buffer would repeat the failure);
+        the next append reopens the file."""
+        handle, self._file = self._file, None
+        self._torn = True
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
 
     async def sync(self) -> None:
         """Fsync what was appended (and close rotated-out files)."""
@@ -266,6 +283,8 @@ def _read_lines(segment: _Segment, limit: int) -> tuple[list[TraceEvent], int]:
         raw = handle.readline()
         if not raw:
             break
+        if not raw.strip():
+            continue
         try:
             events.append(decode_event(raw.decode("utf-8")))
         except (ValueError, KeyError, TypeError):

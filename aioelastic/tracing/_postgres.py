@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,52 +20,42 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
-from ._rows import OriginalTaskIds, clean_text, items_text, prepare_batch
-from ._schema import POSTGRES_DDL
+from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
+from ._schema import (
+    BOOLEAN,
+    EXECUTION_COLUMNS,
+    EXECUTION_TABLE,
+    INTEGER,
+    POSTGRES_DDL,
+    STATUS_COLUMNS,
+    STATUS_TABLE,
+    TEXT,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    Column,
+    TableLayout,
+    check_layouts,
+    postgres_column,
+    upsert_clause,
+)
 from ._search import SqlTraceSearch
 
-__all__ = ["PostgresDialect", "PostgresSearch", "PostgresSink", "create_pool", "ensure_schema"]
+__all__ = [
+    "PostgresDialect",
+    "PostgresSearch",
+    "PostgresSink",
+    "create_pool",
+    "ensure_schema",
+    "read_layouts",
+]
 
 log = logging.getLogger("aioelastic.tracing")
 
 #: Arbitrary constant key of the advisory lock that serialises concurrent schema creation.
 _SCHEMA_LOCK_KEY = 0x61696F656C617374
 _PURGE_CHUNK = 10_000
-
-_UPSERT_EXECUTIONS = """
-INSERT INTO JOB_EXECUTION_LOG AS t (id, job_name, task_id, hostname, ip, sharding_item,
-    execution_source, failure_cause, is_success, start_time, complete_time)
-SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
-    $6::integer[], $7::varchar[], $8::varchar[], $9::boolean[], $10::timestamptz[],
-    $11::timestamptz[])
-ON CONFLICT (id) DO UPDATE SET
-    job_name = EXCLUDED.job_name, task_id = EXCLUDED.task_id, hostname = EXCLUDED.hostname,
-    ip = EXCLUDED.ip, sharding_item = EXCLUDED.sharding_item,
-    execution_source = EXCLUDED.execution_source, failure_cause = EXCLUDED.failure_cause,
-    is_success = EXCLUDED.is_success, start_time = COALESCE(t.start_time, EXCLUDED.start_time),
-    complete_time = EXCLUDED.complete_time
-WHERE EXCLUDED.complete_time IS NOT NULL
-"""
-
-_INSERT_STATUSES = """
-INSERT INTO JOB_STATUS_TRACE_LOG (id, job_name, original_task_id, task_id, slave_id, source,
-    execution_type, sharding_item, state, message, creation_time)
-SELECT u.id, u.job_name,
-    COALESCE(u.original_task_id,
-        (SELECT s.original_task_id FROM JOB_STATUS_TRACE_LOG s
-         WHERE s.task_id = u.task_id AND s.state = $12 LIMIT 1),
-        ''),
-    u.task_id, u.slave_id, u.source, u.execution_type, u.sharding_item, u.state, u.message,
-    u.creation_time
-FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
-    $6::varchar[], $7::varchar[], $8::varchar[], $9::varchar[], $10::varchar[],
-    $11::timestamptz[])
-    AS u(id, job_name, original_task_id, task_id, slave_id, source, execution_type,
-         sharding_item, state, message, creation_time)
-ON CONFLICT (id) DO NOTHING
-"""
 
 _BACKFILL_ORIGINALS = """
 UPDATE JOB_STATUS_TRACE_LOG AS s SET original_task_id = u.original_task_id
@@ -98,46 +88,96 @@ async def ensure_schema(conn: PoolConnectionProxy[Any]) -> None:
             await conn.execute(statement)
 
 
-def _execution_columns(events: Sequence[JobExecutionEvent]) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    for e in events:
-        row = (
-            clean_text(e.id),
-            clean_text(e.job_name),
-            clean_text(e.task_id),
-            clean_text(e.hostname),
-            clean_text(e.ip),
-            e.sharding_item,
-            e.execution_source.value,
-            None if e.failure_cause is None else clean_text(e.failure_cause),
-            e.is_success,
-            e.start_time,
-            e.complete_time,
-        )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns
+_ARRAY_TYPES = {
+    TEXT: "varchar[]",
+    INTEGER: "integer[]",
+    BOOLEAN: "boolean[]",
+    TIMESTAMP: "timestamp[]",
+    TIMESTAMPTZ: "timestamptz[]",
+}
+
+_READ_LAYOUT = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
 
 
-def _status_columns(rows: Sequence[tuple[JobStatusTraceEvent, str | None]]) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    for e, original in rows:
-        row = (
-            clean_text(e.id),
-            clean_text(e.job_name),
-            None if original is None else clean_text(original),
-            clean_text(e.task_id),
-            clean_text(e.slave_id),
-            e.source.value,
-            e.execution_type.value,
-            items_text(e.sharding_items),
-            e.state.value,
-            clean_text(e.message),
-            e.creation_time,
+async def read_layouts(conn: PoolConnectionProxy[Any]) -> tuple[TableLayout, TableLayout]:
+    """The columns the two trace tables have (empty layouts for missing tables)."""
+    layouts = []
+    for table in (EXECUTION_TABLE, STATUS_TABLE):
+        rows = await conn.fetch(_READ_LAYOUT, table.lower())
+        layouts.append(TableLayout(table, tuple(postgres_column(r[0], r[1]) for r in rows)))
+    return layouts[0], layouts[1]
+
+
+def bind(column: Column | None, value: object) -> object:
+    """A Python value as the column takes it (UTC wall time for ``TIMESTAMP``, 0/1 for ints)."""
+    if column is None or value is None:
+        return value
+    if isinstance(value, datetime) and column.kind == TIMESTAMP:
+        return to_utc(value).replace(tzinfo=None)
+    if isinstance(value, bool) and column.kind == INTEGER:
+        return int(value)
+    return value
+
+
+def to_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _unnest(layout: TableLayout, columns: Sequence[str]) -> str:
+    types = []
+    for i, name in enumerate(columns, start=1):
+        column = layout.get(name)
+        types.append(f"${i}::{_ARRAY_TYPES[column.kind if column else TEXT]}")
+    return "unnest(" + ", ".join(types) + ")"
+
+
+def _columns_of(
+    layout: TableLayout, columns: Sequence[str], rows: Sequence[dict[str, object]]
+) -> list[list[object]]:
+    specs = [layout.get(name) for name in columns]
+    return [
+        [bind(spec, row[name]) for row in rows] for name, spec in zip(columns, specs, strict=True)
+    ]
+
+
+class _Statements:
+    """The sink's statements for the tables as they are."""
+
+    def __init__(self, executions: TableLayout, statuses: TableLayout) -> None:
+        check_layouts(executions, statuses)
+        self.executions = executions
+        self.statuses = statuses
+        self.execution_columns = executions.present(EXECUTION_COLUMNS)
+        self.status_columns = statuses.present(STATUS_COLUMNS)
+        names = ", ".join(self.execution_columns)
+        self.upsert = (
+            f"INSERT INTO {EXECUTION_TABLE} AS t ({names})"  # noqa: S608 - whitelisted names
+            f" SELECT * FROM {_unnest(executions, self.execution_columns)}"
+            f" {upsert_clause(self.execution_columns, 't', 'EXCLUDED')}"
         )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns
+        staging = f"${len(self.status_columns) + 1}"
+        selected = [
+            (
+                "COALESCE(u.original_task_id, (SELECT s.original_task_id FROM"  # noqa: S608
+                f" {STATUS_TABLE} s WHERE s.task_id = u.task_id AND s.state = {staging}"
+                " LIMIT 1), '')"
+                if name == "original_task_id"
+                else f"u.{name}"
+            )
+            for name in self.status_columns
+        ]
+        self.insert_statuses = (
+            f"INSERT INTO {STATUS_TABLE} ({', '.join(self.status_columns)})"  # noqa: S608
+            f" SELECT {', '.join(selected)}"
+            f" FROM {_unnest(statuses, self.status_columns)}"
+            f" AS u({', '.join(self.status_columns)}) ON CONFLICT (id) DO NOTHING"
+        )
+        self.backfill = "original_task_id" in statuses
 
 
 class PostgresSink:
@@ -171,6 +211,7 @@ class PostgresSink:
         self._schema_ready = not create_schema
         self._pool_lock = anyio.Lock()
         self._originals = OriginalTaskIds()
+        self._statements: _Statements | None = None
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r})"
@@ -191,13 +232,22 @@ class PostgresSink:
             if not self._schema_ready:
                 await ensure_schema(conn)
                 self._schema_ready = True
+            if self._statements is None:
+                self._statements = _Statements(*await read_layouts(conn))
+            sql = self._statements
             async with conn.transaction():
                 if prepared.executions:
-                    await conn.execute(_UPSERT_EXECUTIONS, *_execution_columns(prepared.executions))
+                    rows = [execution_values(e, sql.executions) for e in prepared.executions]
+                    columns = _columns_of(sql.executions, sql.execution_columns, rows)
+                    await conn.execute(sql.upsert, *columns)
                 if prepared.statuses:
-                    columns = _status_columns(prepared.statuses)
-                    await conn.execute(_INSERT_STATUSES, *columns, State.TASK_STAGING.value)
-                if prepared.backfill:
+                    status_rows = [
+                        status_values(e, original, sql.statuses)
+                        for e, original in prepared.statuses
+                    ]
+                    columns = _columns_of(sql.statuses, sql.status_columns, status_rows)
+                    await conn.execute(sql.insert_statuses, *columns, State.TASK_STAGING.value)
+                if prepared.backfill and sql.backfill:
                     tasks, originals = zip(*prepared.backfill, strict=True)
                     await conn.execute(
                         _BACKFILL_ORIGINALS, tasks, originals, State.TASK_STAGING.value
@@ -215,16 +265,20 @@ class PostgresSink:
 
 
 class PostgresDialect:
-    """``$n`` parameters; asyncpg passes datetimes and booleans natively."""
+    """``$n`` parameters; asyncpg passes datetimes and booleans natively (naive UTC times for
+    ``TIMESTAMP`` columns, 0/1 for an integer ``is_success``)."""
 
     def placeholder(self, index: int) -> str:
         return f"${index}"
 
-    def encode(self, value: object) -> object:
-        return value
+    def encode(self, value: object, column: Column | None = None) -> object:
+        return bind(column, value)
 
     def decode_time(self, value: Any) -> datetime | None:
-        return value if value is None or isinstance(value, datetime) else None
+        return to_utc(value) if isinstance(value, datetime) else None
+
+    def truth(self, column: Column | None) -> str:
+        return "is_success" if column is None or column.kind == BOOLEAN else "is_success <> 0"
 
 
 class PostgresSearch(SqlTraceSearch):
@@ -234,6 +288,11 @@ class PostgresSearch(SqlTraceSearch):
         self.dialect = PostgresDialect()
         self._pool = pool
         self._timeout = timeout
+
+    async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
+        with anyio.fail_after(self._timeout):
+            async with self._pool.acquire() as conn:
+                return await read_layouts(conn)
 
     async def _page(
         self, count_sql: str, rows_sql: str, params: Sequence[object], paging: Sequence[object]

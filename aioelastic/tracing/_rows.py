@@ -8,18 +8,39 @@
   A staging that arrives after rows of its task (a replayed journal) back-fills their empty
   ``original_task_id`` (``PreparedBatch.backfill``), so the result does not depend on order.
 - Text is made storable: NUL characters and lone surrogates (which PostgreSQL/UTF-8 reject and
-  would make a row unwritable forever) are replaced by U+FFFD.
+  would make a row unwritable forever) are replaced by U+FFFD, and fitted to the table's column
+  widths (:func:`execution_values`, :func:`status_values`; see ``_schema``).
+- A completion from another process (a survivor completing a dead instance's run) may arrive
+  before or after the run's start: the start gives the row's identity columns (task, host,
+  start time), the *first* completion its outcome; a later start never undoes a completion.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from .._task_id import format_items
+from ._schema import TableLayout
 
-__all__ = ["OriginalTaskIds", "PreparedBatch", "clean_text", "items_text", "prepare_batch"]
+__all__ = [
+    "MESSAGE_LIMIT",
+    "OriginalTaskIds",
+    "PreparedBatch",
+    "clean_text",
+    "cut_text",
+    "execution_values",
+    "items_text",
+    "prepare_batch",
+    "status_values",
+]
+
+#: ElasticJob cuts messages and failure causes to this many characters.
+MESSAGE_LIMIT = 4000
+_CUT_MARKER = "\n... (truncated) ...\n"
 
 
 def clean_text(value: str) -> str:
@@ -33,9 +54,79 @@ def clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def items_text(items: Iterable[int]) -> str:
-    """Sharding items as ElasticJob stores them in the status table: ``[0, 1, 2]``."""
-    return "[" + ", ".join(str(item) for item in items) + "]"
+def cut_text(value: str, limit: int) -> str:
+    """``value`` if it fits in ``limit`` characters, else its head and tail around a marker."""
+    if len(value) <= limit:
+        return value
+    if limit <= len(_CUT_MARKER) * 2:
+        return value[:limit]
+    head = (limit - len(_CUT_MARKER)) // 2
+    tail = limit - len(_CUT_MARKER) - head
+    return value[:head] + _CUT_MARKER + value[-tail:]
+
+
+def items_text(items: Iterable[int], width: int | None = None) -> str:
+    """Sharding items as ElasticJob stores them in the status table: ``[0, 1, 2]``; if that
+    exceeds ``width``, as ranges (``[0-69]``, ``[0,2,5-9,+40]``: see ``aioelastic._task_id``)."""
+    listed = list(items)
+    text = "[" + ", ".join(str(item) for item in listed) + "]"
+    if width is None or len(text) <= width:
+        return text
+    return "[" + format_items(listed, max(width - 2, 1)) + "]"
+
+
+def _fit(layout: TableLayout, column: str, value: str) -> str:
+    value = clean_text(value)
+    spec = layout.get(column)
+    width = spec.width if spec is not None else None
+    return value if width is None or len(value) <= width else value[:width]
+
+
+def _fit_long(layout: TableLayout, column: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    spec = layout.get(column)
+    limit = MESSAGE_LIMIT if spec is None or spec.width is None else min(spec.width, MESSAGE_LIMIT)
+    return cut_text(clean_text(value), limit)
+
+
+def execution_values(e: JobExecutionEvent, layout: TableLayout) -> dict[str, object]:
+    """The row of ``e`` by column name (times and booleans as Python values), fitted."""
+    return {
+        "id": _fit(layout, "id", e.id),
+        "job_name": _fit(layout, "job_name", e.job_name),
+        "task_id": _fit(layout, "task_id", e.task_id),
+        "hostname": _fit(layout, "hostname", e.hostname),
+        "ip": _fit(layout, "ip", e.ip),
+        "sharding_item": e.sharding_item,
+        "execution_source": _fit(layout, "execution_source", e.execution_source.value),
+        "failure_cause": _fit_long(layout, "failure_cause", e.failure_cause),
+        "is_success": e.is_success,
+        "start_time": e.start_time,
+        "complete_time": e.complete_time,
+    }
+
+
+def status_values(
+    e: JobStatusTraceEvent, original: str | None, layout: TableLayout
+) -> dict[str, object]:
+    """The row of ``e`` by column name (``original_task_id`` None: looked up by the database)."""
+    spec = layout.get("sharding_item")
+    return {
+        "id": _fit(layout, "id", e.id),
+        "job_name": _fit(layout, "job_name", e.job_name),
+        "original_task_id": (
+            None if original is None else _fit(layout, "original_task_id", original)
+        ),
+        "task_id": _fit(layout, "task_id", e.task_id),
+        "slave_id": _fit(layout, "slave_id", e.slave_id),
+        "source": _fit(layout, "source", e.source.value),
+        "execution_type": _fit(layout, "execution_type", e.execution_type.value),
+        "sharding_item": items_text(e.sharding_items, spec.width if spec else None),
+        "state": _fit(layout, "state", e.state.value),
+        "message": _fit_long(layout, "message", e.message),
+        "creation_time": e.creation_time,
+    }
 
 
 class OriginalTaskIds:
@@ -69,11 +160,25 @@ class PreparedBatch:
     backfill: list[tuple[str, str]]
 
 
+def _merge(old: JobExecutionEvent, new: JobExecutionEvent) -> JobExecutionEvent:
+    """Identity from a start, outcome from the first completion (as the database upsert)."""
+    start = new if not new.is_completion and old.is_completion else old
+    done = old if old.is_completion else new
+    if not done.is_completion or start is done:
+        return old
+    return dataclasses.replace(
+        start,
+        complete_time=done.complete_time,
+        is_success=done.is_success,
+        failure_cause=done.failure_cause,
+    )
+
+
 def _merge_executions(events: Sequence[JobExecutionEvent]) -> list[JobExecutionEvent]:
     merged: dict[str, JobExecutionEvent] = {}
     for event in events:
-        if event.id not in merged or event.is_completion:
-            merged[event.id] = event
+        old = merged.get(event.id)
+        merged[event.id] = event if old is None else _merge(old, event)
     return list(merged.values())
 
 

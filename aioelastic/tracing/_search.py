@@ -1,21 +1,37 @@
 """Searching the trace (what ElasticJob's console offered): one protocol, shared SQL building.
 
 Every value reaches the database as a bound parameter; column names and sort directions come
-only from the whitelists below, never from the caller's strings.
+only from the whitelists below, never from the caller's strings. Numbers and times out of the
+range the databases store (offsets beyond 64 bits, items beyond 32 bits, dates before year 1 or
+after 9999, non-finite day counts) are ``ConfigError``s, never a driver error.
+
+Tables are searched as they are (see ``_schema``): a column the table lacks (``source`` in
+ElasticJob 3.0.5) reads as empty, and filtering or sorting on it is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from .._errors import ConfigError
-from ._schema import EXECUTION_COLUMNS, EXECUTION_TABLE, STATUS_COLUMNS, STATUS_TABLE
+from ._schema import (
+    EXECUTION_COLUMNS,
+    EXECUTION_TABLE,
+    STATUS_COLUMNS,
+    STATUS_TABLE,
+    Column,
+    TableLayout,
+    default_layout,
+)
 
 __all__ = [
+    "DEFAULT_STATS_WINDOW",
     "EXECUTION_SORT_COLUMNS",
+    "MAX_OFFSET",
     "MAX_PAGE_SIZE",
     "STATUS_SORT_COLUMNS",
     "Dialect",
@@ -33,6 +49,11 @@ T = TypeVar("T")
 SortOrder = Literal["asc", "desc"]
 
 MAX_PAGE_SIZE = 1000
+#: Largest ``offset`` (PostgreSQL's OFFSET is a 64-bit integer).
+MAX_OFFSET = 2**63 - 1
+_MAX_ITEM = 2**31 - 1
+#: ``job_stats()`` and ``aioelastic trace stats`` count runs of the last day by default.
+DEFAULT_STATS_WINDOW = timedelta(days=1)
 EXECUTION_SORT_COLUMNS = frozenset(EXECUTION_COLUMNS) - {"failure_cause"}
 STATUS_SORT_COLUMNS = frozenset(STATUS_COLUMNS) - {"message"}
 
@@ -52,6 +73,11 @@ class ExecutionRecord:
     is_success: bool
     start_time: datetime | None
     complete_time: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run completed (``is_success`` is final only then)."""
+        return self.complete_time is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +136,9 @@ class TraceSearch(Protocol):
     Filters are exact matches and combine with AND; ``since`` is inclusive and ``until``
     exclusive (on ``start_time`` / ``creation_time``; naive datetimes are taken as UTC).
     ``sort`` must name a column of the table; ties are broken by ``id``.
+
+    ``is_success`` matches *completed* runs only (``is_success=False``: runs that failed, not
+    runs still going); ``finished=False`` gives the unfinished ones (no ``complete_time``).
     """
 
     async def executions(
@@ -128,6 +157,7 @@ class TraceSearch(Protocol):
         order: SortOrder = "desc",
         offset: int = 0,
         limit: int = 50,
+        finished: bool | None = None,
     ) -> Page[ExecutionRecord]:
         """Item runs matching the filters, one page of them, and their total."""
         ...
@@ -153,9 +183,18 @@ class TraceSearch(Protocol):
         ...
 
     async def job_stats(
-        self, *, since: datetime, until: datetime | None = None, job_name: str | None = None
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        job_name: str | None = None,
     ) -> list[JobStats]:
-        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome."""
+        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome
+        (``since`` defaults to :data:`DEFAULT_STATS_WINDOW` ago, as the CLI's)."""
+        ...
+
+    async def count_older(self, older_than_days: float) -> PurgeResult:
+        """How many rows :meth:`purge` with the same argument would delete now."""
         ...
 
     async def purge(self, older_than_days: float) -> PurgeResult:
@@ -168,9 +207,11 @@ class Dialect(Protocol):
 
     def placeholder(self, index: int) -> str: ...
 
-    def encode(self, value: object) -> object: ...
+    def encode(self, value: object, column: Column | None = None) -> object: ...
 
     def decode_time(self, value: Any) -> datetime | None: ...
+
+    def truth(self, column: Column | None) -> str: ...
 
 
 def _utc(value: datetime) -> datetime:
@@ -180,47 +221,82 @@ def _utc(value: datetime) -> datetime:
 class _Where:
     """Collects ``column op $n`` clauses and their parameters."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, layout: TableLayout) -> None:
         self.dialect = dialect
+        self.layout = layout
         self.clauses: list[str] = []
         self.params: list[object] = []
 
     def add(self, column: str, op: str, value: object) -> None:
         if value is None:
             return
+        if column not in self.layout:
+            raise ConfigError(column, value, f"{self.layout.table} has no such column")
         if isinstance(value, datetime):
             value = _utc(value)
-        self.params.append(self.dialect.encode(value))
+        self.params.append(self.dialect.encode(value, self.layout.get(column)))
         self.clauses.append(f"{column} {op} {self.dialect.placeholder(len(self.params))}")
+
+    def raw(self, clause: str) -> None:
+        self.clauses.append(clause)
 
     def sql(self) -> str:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
 
-def _check_page(sort: str, allowed: frozenset[str], order: str, offset: int, limit: int) -> None:
-    if sort not in allowed:
-        raise ConfigError("sort", sort, f"must be one of {sorted(allowed)}")
+def _check_page(
+    sort: str, allowed: frozenset[str], layout: TableLayout, order: str, offset: int, limit: int
+) -> None:
+    if sort not in allowed or sort not in layout:
+        raise ConfigError("sort", sort, f"must be one of {sorted(layout.present(allowed))}")
     if order not in ("asc", "desc"):
         raise ConfigError("order", order, "must be 'asc' or 'desc'")
-    if offset < 0:
-        raise ConfigError("offset", offset, "must be >= 0")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ConfigError("offset", offset, f"must be between 0 and {MAX_OFFSET}")
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ConfigError("limit", limit, f"must be between 1 and {MAX_PAGE_SIZE}")
 
 
-_STATS_SQL = (
-    "SELECT job_name, count(*),"
-    " sum(CASE WHEN complete_time IS NOT NULL AND is_success THEN 1 ELSE 0 END),"
-    " sum(CASE WHEN complete_time IS NOT NULL AND NOT is_success THEN 1 ELSE 0 END),"
-    " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
-    " FROM JOB_EXECUTION_LOG"
-)
+def _check_item(item: int | None) -> None:
+    if item is not None and not 0 <= item <= _MAX_ITEM:
+        raise ConfigError("sharding_item", item, f"must be between 0 and {_MAX_ITEM}")
+
+
+def _check_time(name: str, value: datetime | None) -> None:
+    """Times the databases store: UTC between years 1 and 9999 (aware ones are converted)."""
+    if value is None:
+        return
+    try:
+        _utc(value)
+    except OverflowError:
+        raise ConfigError(name, value.isoformat(), "out of range") from None
+
+
+def _cutoff(older_than_days: float) -> datetime:
+    if not math.isfinite(older_than_days) or older_than_days < 0:
+        raise ConfigError("older_than_days", older_than_days, "must be a finite number >= 0")
+    try:
+        return datetime.now(UTC) - timedelta(days=older_than_days)
+    except OverflowError:
+        raise ConfigError("older_than_days", older_than_days, "reaches before year 1") from None
+
+
+def _stats_sql(truth: str) -> str:
+    return (
+        "SELECT job_name, count(*),"  # noqa: S608 - truth is one of two fixed expressions
+        f" sum(CASE WHEN complete_time IS NOT NULL AND {truth} THEN 1 ELSE 0 END),"
+        f" sum(CASE WHEN complete_time IS NOT NULL AND NOT ({truth}) THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
+        " FROM JOB_EXECUTION_LOG"
+    )
 
 
 class SqlTraceSearch:
-    """The search over SQL; subclasses run the statements (``_page``, ``_rows``, ``_purge``)."""
+    """The search over SQL; subclasses run the statements (``_page``, ``_rows``, ``_purge``)
+    and read the tables' columns (``_read_layouts``, once, before the first query)."""
 
     dialect: Dialect
+    _layouts: tuple[TableLayout, TableLayout] | None = None
 
     async def _page(
         self, count_sql: str, rows_sql: str, params: Sequence[object], paging: Sequence[object]
@@ -233,9 +309,25 @@ class SqlTraceSearch:
     async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
         raise NotImplementedError
 
+    async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
+        return default_layout(EXECUTION_TABLE), default_layout(STATUS_TABLE)
+
+    async def check(self) -> None:
+        """Connect and read the tables' columns (``ConfigError`` if a table is missing)."""
+        await self._tables()
+
+    async def _tables(self) -> tuple[TableLayout, TableLayout]:
+        if self._layouts is None:
+            executions, statuses = await self._read_layouts()
+            for layout in (executions, statuses):
+                if not layout.columns:
+                    raise ConfigError("tracing_url", layout.table, "the trace table does not exist")
+            self._layouts = executions, statuses
+        return self._layouts
+
     async def _select(
         self,
-        table: str,
+        layout: TableLayout,
         columns: Sequence[str],
         where: _Where,
         sort: str,
@@ -243,12 +335,14 @@ class SqlTraceSearch:
         offset: int,
         limit: int,
     ) -> tuple[int, list[Sequence[Any]]]:
+        table = layout.table
         condition = where.sql()
         count_sql = f"SELECT count(*) FROM {table}{condition}"  # noqa: S608 - whitelisted names
         n = len(where.params)
         placeholders = self.dialect.placeholder(n + 1), self.dialect.placeholder(n + 2)
+        selected = ", ".join(c if c in layout else f"NULL AS {c}" for c in columns)
         rows_sql = (
-            f"SELECT {', '.join(columns)} FROM {table}{condition}"  # noqa: S608 - whitelisted
+            f"SELECT {selected} FROM {table}{condition}"  # noqa: S608 - whitelisted
             f" ORDER BY {sort} {order.upper()} NULLS LAST, id {order.upper()}"
             f" LIMIT {placeholders[0]} OFFSET {placeholders[1]}"
         )
@@ -270,10 +364,18 @@ class SqlTraceSearch:
         order: SortOrder = "desc",
         offset: int = 0,
         limit: int = 50,
+        finished: bool | None = None,
     ) -> Page[ExecutionRecord]:
-        """Item runs matching the filters, one page of them, and their total."""
-        _check_page(sort, EXECUTION_SORT_COLUMNS, order, offset, limit)
-        where = _Where(self.dialect)
+        """Item runs matching the filters, one page of them, and their total.
+
+        ``is_success`` matches completed runs only; ``finished=False`` the unfinished ones.
+        """
+        layout, _ = await self._tables()
+        _check_page(sort, EXECUTION_SORT_COLUMNS, layout, order, offset, limit)
+        _check_item(sharding_item)
+        _check_time("since", since)
+        _check_time("until", until)
+        where = _Where(self.dialect, layout)
         for column, value in (
             ("job_name", job_name),
             ("task_id", task_id),
@@ -284,10 +386,16 @@ class SqlTraceSearch:
             ("execution_source", execution_source),
         ):
             where.add(column, "=", value)
+        if is_success is not None or finished is True:
+            where.raw("complete_time IS NOT NULL")
+        elif finished is False:
+            where.raw("complete_time IS NULL")
+        if is_success is not None and finished is False:
+            raise ConfigError("finished", finished, "unfinished runs have no outcome yet")
         where.add("start_time", ">=", since)
         where.add("start_time", "<", until)
         total, rows = await self._select(
-            EXECUTION_TABLE, EXECUTION_COLUMNS, where, sort, order, offset, limit
+            layout, EXECUTION_COLUMNS, where, sort, order, offset, limit
         )
         return Page(tuple(self._execution(row) for row in rows), total, offset, limit)
 
@@ -309,8 +417,11 @@ class SqlTraceSearch:
         limit: int = 50,
     ) -> Page[StatusTraceRecord]:
         """Task state changes matching the filters, one page of them, and their total."""
-        _check_page(sort, STATUS_SORT_COLUMNS, order, offset, limit)
-        where = _Where(self.dialect)
+        _, layout = await self._tables()
+        _check_page(sort, STATUS_SORT_COLUMNS, layout, order, offset, limit)
+        _check_time("since", since)
+        _check_time("until", until)
+        where = _Where(self.dialect, layout)
         for column, value in (
             ("job_name", job_name),
             ("task_id", task_id),
@@ -323,30 +434,61 @@ class SqlTraceSearch:
             where.add(column, "=", value)
         where.add("creation_time", ">=", since)
         where.add("creation_time", "<", until)
-        total, rows = await self._select(
-            STATUS_TABLE, STATUS_COLUMNS, where, sort, order, offset, limit
-        )
+        total, rows = await self._select(layout, STATUS_COLUMNS, where, sort, order, offset, limit)
         return Page(tuple(self._status(row) for row in rows), total, offset, limit)
 
     async def job_stats(
-        self, *, since: datetime, until: datetime | None = None, job_name: str | None = None
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        job_name: str | None = None,
     ) -> list[JobStats]:
-        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome."""
-        where = _Where(self.dialect)
+        """Per job (sorted by name): item runs started in ``[since, until)`` by outcome
+        (``since`` defaults to :data:`DEFAULT_STATS_WINDOW` ago, as the CLI's)."""
+        layout, _ = await self._tables()
+        _check_time("since", since)
+        _check_time("until", until)
+        if since is None:
+            since = datetime.now(UTC) - DEFAULT_STATS_WINDOW
+        where = _Where(self.dialect, layout)
         where.add("start_time", ">=", since)
         where.add("start_time", "<", until)
         where.add("job_name", "=", job_name)
-        sql = _STATS_SQL + where.sql() + " GROUP BY job_name ORDER BY job_name"
+        sql = (
+            _stats_sql(self.dialect.truth(layout.get("is_success")))
+            + where.sql()
+            + " GROUP BY job_name ORDER BY job_name"
+        )
         rows = await self._rows(sql, where.params)
         return [JobStats(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
+    async def count_older(self, older_than_days: float) -> PurgeResult:
+        """How many rows :meth:`purge` with the same argument would delete now."""
+        executions, statuses = await self._tables()
+        cutoff = _cutoff(older_than_days)
+        counts = []
+        for layout, column in ((executions, "start_time"), (statuses, "creation_time")):
+            where = _Where(self.dialect, layout)
+            where.add(column, "<", cutoff)
+            sql = f"SELECT count(*) FROM {layout.table}{where.sql()}"  # noqa: S608
+            counts.append(int((await self._rows(sql, where.params))[0][0]))
+        return PurgeResult(executions=counts[0], status_traces=counts[1])
+
     async def purge(self, older_than_days: float) -> PurgeResult:
         """Delete executions started and status rows created more than N days ago."""
-        if older_than_days < 0:
-            raise ConfigError("older_than_days", older_than_days, "must be >= 0")
-        cutoff = self.dialect.encode(datetime.now(UTC) - timedelta(days=older_than_days))
-        executions = await self._purge(EXECUTION_TABLE, "start_time", cutoff)
-        statuses = await self._purge(STATUS_TABLE, "creation_time", cutoff)
+        executions_layout, statuses_layout = await self._tables()
+        cutoff = _cutoff(older_than_days)
+        executions = await self._purge(
+            EXECUTION_TABLE,
+            "start_time",
+            self.dialect.encode(cutoff, executions_layout.get("start_time")),
+        )
+        statuses = await self._purge(
+            STATUS_TABLE,
+            "creation_time",
+            self.dialect.encode(cutoff, statuses_layout.get("creation_time")),
+        )
         return PurgeResult(executions=executions, status_traces=statuses)
 
     def _execution(self, row: Sequence[Any]) -> ExecutionRecord:
@@ -371,7 +513,7 @@ class SqlTraceSearch:
             original_task_id=row[2],
             task_id=row[3],
             slave_id=row[4],
-            source=row[5],
+            source=row[5] or "",
             execution_type=row[6],
             sharding_item=row[7],
             state=row[8],

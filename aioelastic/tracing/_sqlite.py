@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,41 +21,36 @@ import anyio
 import anyio.to_thread
 
 from .._errors import ConfigError
-from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
-from ._rows import OriginalTaskIds, clean_text, items_text, prepare_batch
-from ._schema import SQLITE_DDL
+from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
+from ._schema import (
+    EXECUTION_COLUMNS,
+    EXECUTION_TABLE,
+    SQLITE_DDL,
+    STATUS_COLUMNS,
+    STATUS_TABLE,
+    Column,
+    TableLayout,
+    check_layouts,
+    sqlite_column,
+    upsert_clause,
+)
 from ._search import SqlTraceSearch
 
-__all__ = ["SqliteDatabase", "SqliteDialect", "SqliteSearch", "SqliteSink", "sqlite_path"]
+__all__ = [
+    "SqliteDatabase",
+    "SqliteDialect",
+    "SqliteSearch",
+    "SqliteSink",
+    "read_layouts",
+    "sqlite_path",
+]
 
 T = TypeVar("T")
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _PURGE_CHUNK = 10_000
-
-_UPSERT_EXECUTION = """
-INSERT INTO JOB_EXECUTION_LOG (id, job_name, task_id, hostname, ip, sharding_item,
-    execution_source, failure_cause, is_success, start_time, complete_time)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    job_name = excluded.job_name, task_id = excluded.task_id, hostname = excluded.hostname,
-    ip = excluded.ip, sharding_item = excluded.sharding_item,
-    execution_source = excluded.execution_source, failure_cause = excluded.failure_cause,
-    is_success = excluded.is_success,
-    start_time = COALESCE(JOB_EXECUTION_LOG.start_time, excluded.start_time),
-    complete_time = excluded.complete_time
-WHERE excluded.complete_time IS NOT NULL
-"""
-
-_INSERT_STATUS = """
-INSERT INTO JOB_STATUS_TRACE_LOG (id, job_name, original_task_id, task_id, slave_id, source,
-    execution_type, sharding_item, state, message, creation_time)
-VALUES (?, ?, COALESCE(?, (SELECT s.original_task_id FROM JOB_STATUS_TRACE_LOG s
-                           WHERE s.task_id = ? AND s.state = ? LIMIT 1), ''),
-        ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO NOTHING
-"""
 
 _BACKFILL_ORIGINAL = """
 UPDATE JOB_STATUS_TRACE_LOG SET original_task_id = ?
@@ -80,10 +76,12 @@ def _time(value: datetime | None) -> str | None:
 
 
 class SqliteDatabase:
-    """One sqlite3 connection, used from worker threads one call at a time."""
+    """One sqlite3 connection, used from worker threads one call at a time (``create=False``:
+    the file must exist, and no table or index is created)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = path
+        self._create = create
         self._conn: sqlite3.Connection | None = None
         self._lock = anyio.Lock()
 
@@ -98,6 +96,11 @@ class SqliteDatabase:
         return fn(self._conn)
 
     def _connect(self) -> sqlite3.Connection:
+        if not self._create:  # an existing file only, as it is (``mode=rw`` never creates one)
+            uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            return conn
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -127,39 +130,61 @@ def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[
     conn.execute("COMMIT")
 
 
-def _execution_row(e: JobExecutionEvent) -> tuple[object, ...]:
-    return (
-        clean_text(e.id),
-        clean_text(e.job_name),
-        clean_text(e.task_id),
-        clean_text(e.hostname),
-        clean_text(e.ip),
-        e.sharding_item,
-        e.execution_source.value,
-        None if e.failure_cause is None else clean_text(e.failure_cause),
-        int(e.is_success),
-        _time(e.start_time),
-        _time(e.complete_time),
-    )
+def read_layouts(conn: sqlite3.Connection) -> tuple[TableLayout, TableLayout]:
+    """The columns the two trace tables have (empty layouts for missing tables)."""
+    layouts = []
+    for table in (EXECUTION_TABLE, STATUS_TABLE):
+        rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        layouts.append(TableLayout(table, tuple(sqlite_column(r[1], r[2] or "") for r in rows)))
+    return layouts[0], layouts[1]
 
 
-def _status_row(e: JobStatusTraceEvent, original: str | None) -> tuple[object, ...]:
-    task_id = clean_text(e.task_id)
-    return (
-        clean_text(e.id),
-        clean_text(e.job_name),
-        None if original is None else clean_text(original),
-        task_id,
-        State.TASK_STAGING.value,
-        task_id,
-        clean_text(e.slave_id),
-        e.source.value,
-        e.execution_type.value,
-        items_text(e.sharding_items),
-        e.state.value,
-        clean_text(e.message),
-        _time(e.creation_time),
-    )
+def _bind(value: object) -> object:
+    if isinstance(value, datetime):
+        return _time(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class _Statements:
+    """The sink's statements for the tables as they are."""
+
+    def __init__(self, executions: TableLayout, statuses: TableLayout) -> None:
+        check_layouts(executions, statuses)
+        self.executions = executions
+        self.statuses = statuses
+        self.execution_columns = executions.present(EXECUTION_COLUMNS)
+        self.status_columns = statuses.present(STATUS_COLUMNS)
+        marks = ", ".join("?" for _ in self.execution_columns)
+        self.upsert = (
+            f"INSERT INTO {EXECUTION_TABLE} ({', '.join(self.execution_columns)})"  # noqa: S608
+            f" VALUES ({marks}) "
+            + upsert_clause(self.execution_columns, EXECUTION_TABLE, "excluded")
+        )
+        values = [
+            "COALESCE(?, (SELECT s.original_task_id FROM JOB_STATUS_TRACE_LOG s"
+            " WHERE s.task_id = ? AND s.state = ? LIMIT 1), '')"
+            if name == "original_task_id"
+            else "?"
+            for name in self.status_columns
+        ]
+        self.insert_status = (
+            f"INSERT INTO {STATUS_TABLE} ({', '.join(self.status_columns)})"  # noqa: S608
+            f" VALUES ({', '.join(values)}) ON CONFLICT (id) DO NOTHING"
+        )
+        self.backfill = "original_task_id" in statuses
+
+    def execution_row(self, values: dict[str, object]) -> tuple[object, ...]:
+        return tuple(_bind(values[name]) for name in self.execution_columns)
+
+    def status_row(self, values: dict[str, object]) -> tuple[object, ...]:
+        row: list[object] = []
+        for name in self.status_columns:
+            row.append(_bind(values[name]))
+            if name == "original_task_id":
+                row += [values["task_id"], State.TASK_STAGING.value]
+        return tuple(row)
 
 
 class SqliteSink:
@@ -178,6 +203,7 @@ class SqliteSink:
         self._db = database or SqliteDatabase(sqlite_path(self.url))
         self._owns_db = database is None
         self._originals = OriginalTaskIds()
+        self._statements: _Statements | None = None
 
     def __repr__(self) -> str:
         return f"SqliteSink({self.name!r})"
@@ -185,16 +211,25 @@ class SqliteSink:
     async def write(self, batch: Sequence[TraceEvent]) -> None:
         """Write ``batch`` in one transaction."""
         prepared = prepare_batch(batch, self._originals)
-        executions = [_execution_row(e) for e in prepared.executions]
-        statuses = [_status_row(e, original) for e, original in prepared.statuses]
         staging = State.TASK_STAGING.value
-        backfill = [(original, task, staging) for task, original in prepared.backfill]
 
         def write(conn: sqlite3.Connection) -> None:
+            if self._statements is None:
+                self._statements = _Statements(*read_layouts(conn))
+            sql = self._statements
+            executions = [
+                sql.execution_row(execution_values(e, sql.executions)) for e in prepared.executions
+            ]
+            statuses = [
+                sql.status_row(status_values(e, original, sql.statuses))
+                for e, original in prepared.statuses
+            ]
+            backfill = [(original, task, staging) for task, original in prepared.backfill]
             with _transaction(conn):
-                conn.executemany(_UPSERT_EXECUTION, executions)
-                conn.executemany(_INSERT_STATUS, statuses)
-                conn.executemany(_BACKFILL_ORIGINAL, backfill)
+                conn.executemany(sql.upsert, executions)
+                conn.executemany(sql.insert_status, statuses)
+                if sql.backfill:
+                    conn.executemany(_BACKFILL_ORIGINAL, backfill)
 
         await self._db.run(write)
 
@@ -210,17 +245,22 @@ class SqliteDialect:
     def placeholder(self, index: int) -> str:
         return "?"
 
-    def encode(self, value: object) -> object:
-        if isinstance(value, datetime):
-            return _time(value)
-        if isinstance(value, bool):
-            return int(value)
-        return value
+    def encode(self, value: object, column: Column | None = None) -> object:
+        return _bind(value)
 
     def decode_time(self, value: Any) -> datetime | None:
         if value is None:
             return None
-        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        try:
+            return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+        except (TypeError, ValueError):  # a time written by another tool
+            parsed = datetime.fromisoformat(str(value))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def truth(self, column: Column | None) -> str:
+        return "is_success <> 0"
 
 
 class SqliteSearch(SqlTraceSearch):
@@ -229,6 +269,9 @@ class SqliteSearch(SqlTraceSearch):
     def __init__(self, database: SqliteDatabase) -> None:
         self.dialect = SqliteDialect()
         self._db = database
+
+    async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
+        return await self._db.run(read_layouts)
 
     async def _page(
         self, count_sql: str, rows_sql: str, params: Sequence[object], paging: Sequence[object]
