@@ -44,7 +44,13 @@ async def aioelastic(*args: str) -> tuple[int, str, str]:
 
 
 def one_line_error(err: str) -> bool:
-    return err.count("\n") == 1 and err.startswith("aioelastic: error:") and "Traceback" not in err
+    """One error line (argparse's usage lines may come before it), no traceback."""
+    lines = err.strip().splitlines()
+    return (
+        "Traceback" not in err
+        and "error:" in lines[-1]
+        and all(line.startswith(("usage:", " ")) for line in lines[:-1])
+    )
 
 
 def runs() -> list[TraceEvent]:
