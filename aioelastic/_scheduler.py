@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -22,6 +24,7 @@ from ._observer import Observer
 from ._pause import PauseDetector
 from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
+from ._signals import handling_signals
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
 from .tracing import TraceBus
 
@@ -109,6 +112,8 @@ class Scheduler:
         self._done: anyio.Event | None = None
         self._error: BaseException | None = None
         self._cm_group: TaskGroup | None = None
+        self._signalled = False
+        self._forced = False
 
     # -- registration --
 
@@ -170,16 +175,39 @@ class Scheduler:
 
     # -- running --
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until ``stop()`` or cancellation; either way running items get
+    async def run(
+        self,
+        *,
+        handle_signals: bool | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until ``stop()``, a stop signal or cancellation; running items get
         ``settings.shutdown_grace_period`` seconds to finish before they are cancelled.
+
+        Signals: the first SIGTERM/SIGINT stops gracefully (``run()`` then returns normally),
+        a second one cancels running items at once (``stop(force=True)``). By default
+        (``handle_signals=None``) they are handled when ``run()`` runs in the main thread on
+        asyncio and no one else handles them (``asyncio.run``/``anyio.run``'s Ctrl-C handler is
+        taken over); ``False`` never touches signals (hosts that own them, e.g. uvicorn),
+        ``True`` takes them over whatever was there. Previous handlers are restored on return.
 
         ``await task_group.start(scheduler.run)`` returns once every job is registered and
         running (and raises if starting failed)."""
         if self._running:
             raise RuntimeError("the scheduler is already running")
+        # Before any await, so that a signal is never caught by a default handler once we run.
+        with (
+            handling_signals(self._on_signal, force=True if handle_signals else False)
+            if handle_signals is not False
+            else nullcontext()
+        ):
+            await self._run(task_status)
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         self._running = True
         self._error = None
+        self._signalled = False
+        self._forced = False
         self._stop_event, self._started, self._done = anyio.Event(), anyio.Event(), anyio.Event()
         done = self._done
         core = anyio.CancelScope(shield=True)
@@ -256,6 +284,8 @@ class Scheduler:
                     log.info("instance %s stopping", self.instance_id)
                     for runner in self._runners.values():
                         runner.request_stop()
+                        if self._forced:
+                            runner.cancel_running()
                 guards.cancel_scope.cancel()
             self._runners.clear()
 
@@ -281,10 +311,29 @@ class Scheduler:
             self._error = exc
         self.stop()
 
-    def stop(self) -> None:
-        """Stop triggering, let running items finish within the grace period, then return."""
+    def stop(self, *, force: bool = False) -> None:
+        """Stop triggering, let running items finish within the grace period, then return;
+        with ``force`` running items are cancelled at once (the trace is still flushed)."""
         if self._stop_event is not None:
             self._stop_event.set()
+        if force and not self._forced:
+            self._forced = True
+            for runner in list(self._runners.values()):
+                runner.cancel_running()
+
+    @property
+    def forced_stop(self) -> bool:
+        """True if the last run was stopped with ``force`` (e.g. by a second signal)."""
+        return self._forced
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._signalled:
+            self._signalled = True
+            log.warning("%s: stopping gracefully (again to cancel running items)", sig.name)
+            self.stop()
+        elif not self._forced:
+            log.warning("%s again: cancelling running items", sig.name)
+            self.stop(force=True)
 
     async def wait_started(self) -> None:
         """Wait until every job is registered and its loops run (raises if start failed)."""
@@ -320,7 +369,7 @@ class Scheduler:
         await group.__aenter__()
         self._cm_group = group
         try:
-            await group.start(self.run)
+            await group.start(partial(self.run, handle_signals=False))
         except BaseException:
             self._cm_group = None
             await _close_group(group)
