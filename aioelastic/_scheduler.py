@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, replace
@@ -26,6 +29,7 @@ from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
 from ._signals import handling_signals
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
+from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from .tracing import TraceBus
 
 __all__ = ["Scheduler"]
@@ -260,6 +264,7 @@ class Scheduler:
             stack.callback(setattr, self, "_bus", None)
             log.info("instance %s started on %s", self.instance_id, self.registry_url)
             async with anyio.create_task_group() as guards:
+                await guards.start(self._watchdog(registry).run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,
@@ -288,6 +293,43 @@ class Scheduler:
                             runner.cancel_running()
                 guards.cancel_scope.cancel()
             self._runners.clear()
+
+    def _watchdog(self, registry: Registry) -> LoopWatchdog:
+        limit = None
+        if self.registry_url.scheme == "zookeeper":
+            timeout = self.registry_url.session_timeout
+            negotiated = getattr(registry, "negotiated_timeout", None)
+            if isinstance(negotiated, float | int) and negotiated > 0:
+                timeout = min(timeout, negotiated)
+            limit = safe_stall_limit(timeout)
+        return LoopWatchdog(
+            limit=limit,
+            on_limit=partial(self._loop_stalled, timeout=limit),
+            warn_after=self.settings.loop_stall_warning or None,
+        )
+
+    def _loop_stalled(self, stalled: float, stack: str, *, timeout: float | None) -> None:
+        """Called by the watchdog thread: the session may expire before the loop runs again."""
+        why = (
+            f"event loop blocked for {stalled:.1f}s, past the safe limit of {timeout:.1f}s: "
+            "the registry session may expire and another instance take this process's items "
+            "over while it is still inside one"
+        )
+        if self.settings.loop_stall_action == "warn":
+            log.critical(
+                "%s; loop_stall_action='warn': carrying on (UNSAFE). Blocking code:\n%s",
+                why,
+                stack,
+            )
+            return
+        log.critical(
+            "%s; exiting now (status %d) so that no item runs twice. Blocking code:\n%s",
+            why,
+            STALL_EXIT_STATUS,
+            stack,
+        )
+        _flush_logs()
+        os._exit(STALL_EXIT_STATUS)
 
     def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:
         runner = JobRunner(
@@ -400,6 +442,14 @@ class Scheduler:
             if len(eg.exceptions) == 1:
                 raise eg.exceptions[0] from None
             raise
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers + log.handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
 
 
 async def _close_group(group: TaskGroup) -> None:

@@ -1,0 +1,125 @@
+"""The loop watchdog thread: a blocked loop is reported with the blocking code's stack, a stall
+past the limit calls the action, a frozen process (SIGSTOP, VM pause) does not."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from aioelastic._watchdog import LoopWatchdog, safe_stall_limit
+
+pytestmark = pytest.mark.anyio
+
+
+def blocking_call(until: threading.Event) -> None:
+    until.wait(30)  # the blocking line the stack must name
+
+
+class EventHandler(logging.Handler):
+    def __init__(self, match: Callable[[logging.LogRecord], bool]) -> None:
+        super().__init__()
+        self.match, self.seen, self.records = match, threading.Event(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.match(record):
+            self.records.append(record)
+            self.seen.set()
+
+
+async def test_a_stall_past_warn_after_logs_the_blocking_stack() -> None:
+    handler = EventHandler(lambda r: r.levelno == logging.WARNING and "blocked" in r.getMessage())
+    logging.getLogger("aioelastic.watchdog").addHandler(handler)
+    try:
+        watchdog = LoopWatchdog(limit=None, on_limit=lambda s, st: None, warn_after=0.3)
+        async with anyio.create_task_group() as tg:
+            await tg.start(watchdog.run)
+            blocking_call(handler.seen)  # blocks the loop until the watchdog thread warned
+            tg.cancel_scope.cancel()
+    finally:
+        logging.getLogger("aioelastic.watchdog").removeHandler(handler)
+    assert handler.seen.is_set(), "no warning while the loop was blocked"
+    message = handler.records[0].getMessage()
+    assert "event loop blocked for" in message
+    assert "in blocking_call" in message and "until.wait(30)" in message
+    assert not any(t.name == "aioelastic-loop-watchdog" for t in threading.enumerate())
+
+
+async def test_a_stall_past_the_limit_calls_the_action_once_with_the_stack() -> None:
+    called = threading.Event()
+    calls: list[tuple[float, str]] = []
+
+    def on_limit(stalled: float, stack: str) -> None:
+        calls.append((stalled, stack))
+        called.set()
+
+    watchdog = LoopWatchdog(limit=0.3, on_limit=on_limit, warn_after=None)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watchdog.run)
+        blocking_call(called)
+        await anyio.sleep(0.5)  # the loop runs again: no second call for the same stall
+        tg.cancel_scope.cancel()
+    assert len(calls) == 1
+    stalled, stack = calls[0]
+    assert stalled >= 0.3
+    assert "blocking_call" in stack and "until.wait(30)" in stack
+
+
+def synthetic(limit: float = 1.5) -> tuple[LoopWatchdog, list[float]]:
+    acted: list[float] = []
+    watchdog = LoopWatchdog(limit=limit, on_limit=lambda s, st: acted.append(s), warn_after=None)
+    watchdog.check(0.0, 0.0)  # baseline
+    watchdog.beat(0.0)
+    return watchdog, acted
+
+
+def test_a_blocked_loop_is_acted_on_when_the_limit_passes() -> None:
+    watchdog, acted = synthetic()
+    t = 0.0
+    while t < 2.0:  # the thread wakes every 0.1 s, the loop never beats
+        t += 0.1
+        watchdog.check(t, 0.0)  # e.g. time.sleep: no CPU
+    assert len(acted) == 1 and 1.5 <= acted[0] < 1.7
+
+
+def test_a_frozen_process_is_left_to_the_pause_detector() -> None:
+    watchdog, acted = synthetic()
+    watchdog.check(0.1, 0.0)
+    watchdog.check(5.1, 0.001)  # SIGSTOP for 5 s: this thread slept 5 s too, no CPU used
+    watchdog.check(5.2, 0.001)
+    watchdog.beat(5.25)  # the loop ran again
+    watchdog.check(5.3, 0.002)
+    assert acted == [] and watchdog.freezes == 1
+
+
+def test_a_gil_holding_computation_is_a_stall_not_a_freeze() -> None:
+    watchdog, acted = synthetic()
+    watchdog.check(0.1, 0.1)
+    watchdog.check(5.1, 5.05)  # this thread waited for the GIL while the process computed
+    assert acted == [5.1] and watchdog.freezes == 0
+
+
+def test_a_stall_after_a_freeze_counts_from_the_thaw() -> None:
+    watchdog, acted = synthetic()
+    watchdog.check(5.0, 0.0)  # frozen
+    t = 5.0
+    while t < 6.4:
+        t += 0.1
+        watchdog.check(t, 0.0)
+    assert acted == []  # 1.4 s since the thaw
+    for _ in range(3):
+        t += 0.1
+        watchdog.check(t, 0.0)
+    assert len(acted) == 1
+
+
+@pytest.mark.parametrize(
+    ("timeout", "limit"), [(3.0, 1.7), (10.0, 10 * 2 / 3 - 1.0), (1.0, 0.4167)]
+)
+def test_safe_limit_is_before_the_earliest_expiry(timeout: float, limit: float) -> None:
+    assert safe_stall_limit(timeout) == pytest.approx(limit, abs=1e-3)
+    # The server can expire the session 2T/3 into a stall at the earliest (last ping T/3 before).
+    assert safe_stall_limit(timeout) + 0.2 < timeout * 2 / 3
