@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import anyio
 import pytest
 
-from aioelastic._watchdog import LoopWatchdog, safe_stall_limit
+from aioelastic._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
+from tests.cluster import (
+    Cluster,
+    check_no_overlap,
+    expected,
+    ready,
+    trigger,
+    url_with,
+    wait_assignment,
+    zk_client,
+)
+from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +135,40 @@ def test_safe_limit_is_before_the_earliest_expiry(timeout: float, limit: float) 
     assert safe_stall_limit(timeout) == pytest.approx(limit, abs=1e-3)
     # The server can expire the session 2T/3 into a stall at the earliest (last ping T/3 before).
     assert safe_stall_limit(timeout) + 0.2 < timeout * 2 / 3
+
+
+# -- three instance processes on a real ZooKeeper --
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_blocked_loop_never_runs_an_item_on_two_instances(
+    zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+) -> None:
+    ids = ["inst-a", "inst-b", "inst-c"]
+    url = url_with(zk_server, session_timeout=3.0)
+    cluster = cluster_factory(url, sharding_total_count=3, failover=True, duration=0.5)
+    blocked = cluster.start("inst-a", block_loop=6)  # its first item: time.sleep(6) on the loop
+    others = [cluster.start(i) for i in ids[1:]]
+    await ready(cluster, blocked, *others)
+    async with zk_client(url) as reg:
+        await wait_assignment(reg, url, 3, expected(ids, 3), 15)
+    await trigger(url, *ids)
+
+    def taken_over() -> bool:
+        runs = cluster.history()
+        mine = [r for r in runs if r.instance == "inst-a"]
+        return bool(mine) and any(r.item == mine[0].item and r.source == "FAILOVER" for r in runs)
+
+    with anyio.fail_after(30):  # a survivor takes the item over once the session expired
+        while not (taken_over() and (not blocked.alive or blocked.has("end"))):
+            if blocked.died_at is None and not blocked.alive:
+                blocked.died_at = time.time()  # its unfinished run ended no later than this
+            await anyio.sleep(0.02)
+    check_no_overlap(cluster.history())
+    assert blocked.proc.poll() == STALL_EXIT_STATUS, cluster.stderr(blocked)
+    err = cluster.stderr(blocked)
+    assert "exiting now (status 70)" in err
+    assert "time.sleep(seconds)" in err and "cluster_instance.py" in err
+    assert "event loop blocked for" in err  # the ~1 s warning came first
