@@ -11,6 +11,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
+from aioelastic import Scheduler, Settings
 from aioelastic._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from tests.cluster import (
     Cluster,
@@ -172,3 +173,23 @@ async def test_a_blocked_loop_never_runs_an_item_on_two_instances(
     assert "exiting now (status 70)" in err
     assert "time.sleep(seconds)" in err and "cluster_instance.py" in err
     assert "event loop blocked for" in err  # the ~1 s warning came first
+
+
+def test_warn_action_logs_critical_and_carries_on(caplog: pytest.LogCaptureFixture) -> None:
+    scheduler = Scheduler(
+        settings=Settings(
+            registry_url="zookeeper://127.0.0.1:1/ns?session_timeout=3", loop_stall_action="warn"
+        )
+    )
+    with caplog.at_level(logging.CRITICAL, "aioelastic.scheduler"):
+        scheduler._loop_stalled(1.8, "  File 'x.py', line 1, in job\n", timeout=1.7)
+    assert "UNSAFE" in caplog.text and "File 'x.py'" in caplog.text
+
+
+async def test_embedded_mode_warns_only_and_zookeeper_mode_has_the_safe_limit() -> None:
+    embedded = Scheduler(settings=Settings(registry_url="memory://wd/ns"))
+    assert embedded._watchdog(object()).limit is None  # type: ignore[arg-type]
+    zk = Scheduler(settings=Settings(registry_url="zookeeper://127.0.0.1:1/ns?session_timeout=3"))
+    assert zk._watchdog(object()).limit == pytest.approx(1.7)  # type: ignore[arg-type]
+    quiet = Scheduler(settings=Settings(loop_stall_warning=0))
+    assert quiet._watchdog(object()).warn_after is None  # type: ignore[arg-type]
