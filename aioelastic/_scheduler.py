@@ -201,7 +201,7 @@ class Scheduler:
             raise RuntimeError("the scheduler is already running")
         # Before any await, so that a signal is never caught by a default handler once we run.
         with (
-            handling_signals(self._on_signal, force=True if handle_signals else False)
+            handling_signals(self._on_signal, force=bool(handle_signals))
             if handle_signals is not False
             else nullcontext()
         ):
@@ -304,14 +304,14 @@ class Scheduler:
             limit = safe_stall_limit(timeout)
         return LoopWatchdog(
             limit=limit,
-            on_limit=partial(self._loop_stalled, timeout=limit),
+            on_limit=partial(self._loop_stalled, limit=limit),
             warn_after=self.settings.loop_stall_warning or None,
         )
 
-    def _loop_stalled(self, stalled: float, stack: str, *, timeout: float | None) -> None:
+    def _loop_stalled(self, stalled: float, stack: str, *, limit: float | None) -> None:
         """Called by the watchdog thread: the session may expire before the loop runs again."""
         why = (
-            f"event loop blocked for {stalled:.1f}s, past the safe limit of {timeout:.1f}s: "
+            f"event loop blocked for {stalled:.1f}s, past the safe limit of {limit:.1f}s: "
             "the registry session may expire and another instance take this process's items "
             "over while it is still inside one"
         )

@@ -182,7 +182,7 @@ def test_warn_action_logs_critical_and_carries_on(caplog: pytest.LogCaptureFixtu
         )
     )
     with caplog.at_level(logging.CRITICAL, "aioelastic.scheduler"):
-        scheduler._loop_stalled(1.8, "  File 'x.py', line 1, in job\n", timeout=1.7)
+        scheduler._loop_stalled(1.8, "  File 'x.py', line 1, in job\n", limit=1.7)
     assert "UNSAFE" in caplog.text and "File 'x.py'" in caplog.text
 
 
