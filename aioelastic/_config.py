@@ -234,6 +234,13 @@ class Settings(BaseSettings):
     reshard_wait_timeout: float = 10.0
     """Seconds a fire waits for a pending reshard before running with the assignment it has."""
     trace_journal_path: Path | None = None
+    loop_stall_action: Literal["exit", "warn"] = "exit"
+    """What the loop watchdog does when the event loop stays blocked past the safe limit
+    (about 2/3 of the ZooKeeper session timeout, before the server can expire the session):
+    ``"exit"`` ends the process at once (status 70) so that no survivor runs an item this
+    process is still inside; ``"warn"`` only logs CRITICAL (unsafe: an item may run twice)."""
+    loop_stall_warning: float = Field(default=1.0, ge=0)
+    """Log a WARNING with the blocking code's stack when the loop stalls this long (0: off)."""
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
 import shlex
+import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+from anyio.abc import Process
 
 from ._context import ShardingContext
 from ._errors import AioelasticError, ConfigError
@@ -57,13 +62,23 @@ class ScriptJobError(AioelasticError):
 class ScriptJob:
     """Runs a command line per item; the item's ``ShardingContext`` as JSON is the last argument.
 
-    A non-zero exit status fails the item, with the end of stderr as the failure cause.
+    A non-zero exit status fails the item, with the end of stderr as the failure cause. Each
+    script runs in its own session and process group, so a Ctrl-C in the terminal (SIGINT to
+    the foreground group) does not reach it: it gets the scheduler's grace period like any
+    item. When its item is cancelled (grace period over, a second signal, a timeout) the whole
+    group gets SIGTERM, then SIGKILL ``kill_after`` seconds later if anything of it is left.
+    Its stdout is discarded.
     """
 
     command: str | Sequence[str]
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     stderr_limit: int = field(default=2000)
+    kill_after: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.kill_after >= 0:
+            raise ConfigError("kill_after", self.kill_after, "must be >= 0 seconds")
 
     @property
     def argv(self) -> list[str]:
@@ -134,11 +149,54 @@ def _dataflow_runner(job: DataflowJob) -> ItemRunner:
 def _script_runner(job: ScriptJob) -> ItemRunner:
     async def run_script(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
         argv = [*job.argv, json.dumps(ctx.to_json_dict())]
-        result = await anyio.run_process(
-            argv, check=False, env=dict(job.env) if job.env else None, cwd=job.cwd
+        process = await anyio.open_process(
+            argv,
+            stdin=None,
+            stdout=subprocess.DEVNULL,
+            env=dict(job.env) if job.env else None,
+            cwd=job.cwd,
+            start_new_session=True,
         )
-        if result.returncode != 0:
-            stderr = result.stderr.decode(errors="replace")[-job.stderr_limit :]
-            raise ScriptJobError(f"{argv[0]} exited with status {result.returncode}: {stderr}")
+        tail = bytearray()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keep_tail, process, tail, job.stderr_limit * 4)
+                returncode = await process.wait()
+                # A child that inherited stderr may keep it open: don't wait for it long.
+                tg.cancel_scope.deadline = anyio.current_time() + 1
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _stop_group(process, job.kill_after)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+        if returncode != 0:
+            stderr = tail.decode(errors="replace")[-job.stderr_limit :]
+            raise ScriptJobError(f"{argv[0]} exited with status {returncode}: {stderr}")
 
     return run_script
+
+
+async def _keep_tail(process: Process, tail: bytearray, limit: int) -> None:
+    """Read the script's stderr to the end, keeping its last ``limit`` bytes."""
+    assert process.stderr is not None
+    async for chunk in process.stderr:
+        tail += chunk
+        del tail[:-limit]
+
+
+async def _stop_group(process: Process, kill_after: float) -> None:
+    """SIGTERM to the script's process group, SIGKILL to what is left after ``kill_after``."""
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        with anyio.move_on_after(kill_after):
+            await process.wait()
+    # Also when the leader is gone: its children in the group must not outlive the item.
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 
@@ -74,6 +75,14 @@ class JobRunner:
     def request_stop(self) -> None:
         self._stopping = True
         self._stop.set()
+
+    def cancel_running(self) -> None:
+        """Stop with no grace period: running items are cancelled once deregistered."""
+        self._grace = 0.0
+        self.request_stop()
+        fires = self._fires
+        if fires is not None and fires.cancel_scope.deadline != math.inf:
+            fires.cancel_scope.deadline = anyio.current_time()  # already in its grace period
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         coord = self.coordinator

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -22,7 +27,9 @@ from ._observer import Observer
 from ._pause import PauseDetector
 from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
+from ._signals import handling_signals
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
+from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from .tracing import TraceBus
 
 __all__ = ["Scheduler"]
@@ -109,6 +116,8 @@ class Scheduler:
         self._done: anyio.Event | None = None
         self._error: BaseException | None = None
         self._cm_group: TaskGroup | None = None
+        self._signalled = False
+        self._forced = False
 
     # -- registration --
 
@@ -170,16 +179,39 @@ class Scheduler:
 
     # -- running --
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run until ``stop()`` or cancellation; either way running items get
+    async def run(
+        self,
+        *,
+        handle_signals: bool | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until ``stop()``, a stop signal or cancellation; running items get
         ``settings.shutdown_grace_period`` seconds to finish before they are cancelled.
+
+        Signals: the first SIGTERM/SIGINT stops gracefully (``run()`` then returns normally),
+        a second one cancels running items at once (``stop(force=True)``). By default
+        (``handle_signals=None``) they are handled when ``run()`` runs in the main thread on
+        asyncio and no one else handles them (``asyncio.run``/``anyio.run``'s Ctrl-C handler is
+        taken over); ``False`` never touches signals (hosts that own them, e.g. uvicorn),
+        ``True`` takes them over whatever was there. Previous handlers are restored on return.
 
         ``await task_group.start(scheduler.run)`` returns once every job is registered and
         running (and raises if starting failed)."""
         if self._running:
             raise RuntimeError("the scheduler is already running")
+        # Before any await, so that a signal is never caught by a default handler once we run.
+        with (
+            handling_signals(self._on_signal, force=bool(handle_signals))
+            if handle_signals is not False
+            else nullcontext()
+        ):
+            await self._run(task_status)
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         self._running = True
         self._error = None
+        self._signalled = False
+        self._forced = False
         self._stop_event, self._started, self._done = anyio.Event(), anyio.Event(), anyio.Event()
         done = self._done
         core = anyio.CancelScope(shield=True)
@@ -232,6 +264,7 @@ class Scheduler:
             stack.callback(setattr, self, "_bus", None)
             log.info("instance %s started on %s", self.instance_id, self.registry_url)
             async with anyio.create_task_group() as guards:
+                await guards.start(self._watchdog(registry).run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,
@@ -256,8 +289,47 @@ class Scheduler:
                     log.info("instance %s stopping", self.instance_id)
                     for runner in self._runners.values():
                         runner.request_stop()
+                        if self._forced:
+                            runner.cancel_running()
                 guards.cancel_scope.cancel()
             self._runners.clear()
+
+    def _watchdog(self, registry: Registry) -> LoopWatchdog:
+        limit = None
+        if self.registry_url.scheme == "zookeeper":
+            timeout = self.registry_url.session_timeout
+            negotiated = getattr(registry, "negotiated_timeout", None)
+            if isinstance(negotiated, float | int) and negotiated > 0:
+                timeout = min(timeout, negotiated)
+            limit = safe_stall_limit(timeout)
+        return LoopWatchdog(
+            limit=limit,
+            on_limit=partial(self._loop_stalled, limit=limit),
+            warn_after=self.settings.loop_stall_warning or None,
+        )
+
+    def _loop_stalled(self, stalled: float, stack: str, *, limit: float | None) -> None:
+        """Called by the watchdog thread: the session may expire before the loop runs again."""
+        why = (
+            f"event loop blocked for {stalled:.1f}s, past the safe limit of {limit:.1f}s: "
+            "the registry session may expire and another instance take this process's items "
+            "over while it is still inside one"
+        )
+        if self.settings.loop_stall_action == "warn":
+            log.critical(
+                "%s; loop_stall_action='warn': carrying on (UNSAFE). Blocking code:\n%s",
+                why,
+                stack,
+            )
+            return
+        log.critical(
+            "%s; exiting now (status %d) so that no item runs twice. Blocking code:\n%s",
+            why,
+            STALL_EXIT_STATUS,
+            stack,
+        )
+        _flush_logs()
+        os._exit(STALL_EXIT_STATUS)
 
     def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:
         runner = JobRunner(
@@ -281,10 +353,29 @@ class Scheduler:
             self._error = exc
         self.stop()
 
-    def stop(self) -> None:
-        """Stop triggering, let running items finish within the grace period, then return."""
+    def stop(self, *, force: bool = False) -> None:
+        """Stop triggering, let running items finish within the grace period, then return;
+        with ``force`` running items are cancelled at once (the trace is still flushed)."""
         if self._stop_event is not None:
             self._stop_event.set()
+        if force and not self._forced:
+            self._forced = True
+            for runner in list(self._runners.values()):
+                runner.cancel_running()
+
+    @property
+    def forced_stop(self) -> bool:
+        """True if the last run was stopped with ``force`` (e.g. by a second signal)."""
+        return self._forced
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._signalled:
+            self._signalled = True
+            log.warning("%s: stopping gracefully (again to cancel running items)", sig.name)
+            self.stop()
+        elif not self._forced:
+            log.warning("%s again: cancelling running items", sig.name)
+            self.stop(force=True)
 
     async def wait_started(self) -> None:
         """Wait until every job is registered and its loops run (raises if start failed)."""
@@ -320,7 +411,7 @@ class Scheduler:
         await group.__aenter__()
         self._cm_group = group
         try:
-            await group.start(self.run)
+            await group.start(partial(self.run, handle_signals=False))
         except BaseException:
             self._cm_group = None
             await _close_group(group)
@@ -351,6 +442,14 @@ class Scheduler:
             if len(eg.exceptions) == 1:
                 raise eg.exceptions[0] from None
             raise
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers + log.handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
 
 
 async def _close_group(group: TaskGroup) -> None:

@@ -39,7 +39,7 @@ async def settle(ctx: ShardingContext) -> None:
 
 async def main(seconds: float | None) -> None:
     if seconds is None:
-        await scheduler.run()  # until Ctrl-C; running items get a grace period
+        await scheduler.run()  # until Ctrl-C/SIGTERM: graceful stop (twice: cancel items)
         return
     async with scheduler:  # the FastAPI-lifespan style: runs in the background
         await anyio.sleep(seconds)

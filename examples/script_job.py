@@ -49,12 +49,12 @@ scheduler.add_job(
 
 
 async def main(seconds: float | None) -> None:
-    OUT.unlink(missing_ok=True)
-    async with scheduler:
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)  # Ctrl-C / SIGTERM: graceful stop, no traceback
         await scheduler.trigger("backup")
-        if seconds is None:
-            await anyio.sleep_forever()
-        await anyio.sleep(seconds)
+        if seconds is not None:
+            await anyio.sleep(seconds)
+            scheduler.stop()
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ async def invoice(ctx: ShardingContext) -> None:
 
 
 async def main(seconds: float | None) -> None:
-    async with scheduler:
-        if seconds is None:
-            await anyio.sleep_forever()
-        await anyio.sleep(seconds)
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)  # Ctrl-C / SIGTERM: graceful stop, no traceback
+        if seconds is not None:
+            await anyio.sleep(seconds)
+            scheduler.stop()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
     options: dict[str, Any] = json.loads(args.job_options)
     duration = float(options.pop("duration", 0.2))
     durations = {int(k): float(v) for k, v in options.pop("durations", {}).items()}
+    # Blocked loop (issue 11.1): the first item run blocks the event loop this many seconds.
+    block_loop = [float(options.pop("block_loop", 0))]
 
     async def work(ctx: ShardingContext) -> None:
         history.write(
@@ -56,6 +58,9 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
         )
         ok = False
         try:
+            if block_loop[0]:
+                seconds, block_loop[0] = block_loop[0], 0
+                time.sleep(seconds)  # blocks the loop on purpose
             await anyio.sleep(durations.get(ctx.sharding_item, duration))
             ok = True
         finally:

@@ -7,30 +7,48 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import sys
+import traceback
 
 import anyio
 
-from .._errors import ConfigError
+from .._errors import AioelasticError, ConfigError
 from .._scheduler import Scheduler
 
-__all__ = ["load_scheduler", "run_scheduler_command"]
+__all__ = ["EXIT_FORCED", "TargetImportError", "load_scheduler", "run_scheduler_command"]
 
 log = logging.getLogger("aioelastic.cli")
+
+#: ``aioelastic run``'s exit status after a second stop signal cancelled running items.
+EXIT_FORCED = 130
+
+
+class TargetImportError(AioelasticError):
+    """The user's module raised while being imported (its traceback is in ``error``)."""
+
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(f"importing {module!r} failed (traceback above)")
+        self.error = error
 
 
 def load_scheduler(target: str, app_dir: str = ".") -> Scheduler:
     """The ``Scheduler`` named by ``module:attr`` (``attr`` may be dotted; with ``--factory``
-    semantics left to the caller). ``app_dir`` goes first on ``sys.path``."""
+    semantics left to the caller). ``app_dir`` goes first on ``sys.path``.
+
+    A module that cannot be found is a ``ConfigError``; any error raised by the module's own
+    code while importing it is a ``TargetImportError`` carrying that error."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError("target", target, "expected module:attribute, e.g. myapp.jobs:scheduler")
     sys.path.insert(0, os.path.abspath(app_dir))
     try:
         obj: object = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if not _is_target(exc.name, module_name):
+            raise TargetImportError(module_name, exc) from None  # the module imports a missing one
         raise ConfigError("target", target, f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise TargetImportError(module_name, exc) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -41,31 +59,28 @@ def load_scheduler(target: str, app_dir: str = ".") -> Scheduler:
     return obj
 
 
+def _is_target(missing: str | None, module_name: str) -> bool:
+    """True if the missing module is the target itself or one of its parent packages."""
+    return missing is not None and (module_name + ".").startswith(missing + ".")
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback without the frames of this command and of importlib."""
+    tb = exc.__traceback__
+    while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _ours(filename: str) -> bool:
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen ")
+
+
 async def _run(scheduler: Scheduler) -> int:
-    """Run until the first SIGINT/SIGTERM (graceful stop); a second one cancels at once."""
-    forced = False
-    async with anyio.create_task_group() as tg:
-
-        async def on_signals() -> None:
-            nonlocal forced
-            stopping = False
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stopping:
-                        log.warning("%s: stopping gracefully (again to cancel running items)", name)
-                        stopping = True
-                        scheduler.stop()
-                        continue
-                    log.warning("%s again: cancelling running items", name)
-                    forced = True
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(on_signals)
-        await scheduler.run()
-        tg.cancel_scope.cancel()
-    return 130 if forced else 0
+    """Run until the first SIGINT/SIGTERM (graceful stop); a second one cancels running items
+    at once (exit status 130). The handling is ``Scheduler.run``'s own."""
+    await scheduler.run(handle_signals=True)
+    return EXIT_FORCED if scheduler.forced_stop else 0
 
 
 def run_scheduler_command(args: argparse.Namespace) -> int:
@@ -81,7 +96,11 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    scheduler = load_scheduler(args.target, args.app_dir)
+    try:
+        scheduler = load_scheduler(args.target, args.app_dir)
+    except TargetImportError as exc:
+        sys.stderr.write(_user_traceback(exc.error))
+        raise
     log.info(
         "running %s (instance %s, registry %s)",
         args.target,
@@ -92,6 +111,8 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
         return anyio.run(_run, scheduler, backend="asyncio")
     except BaseExceptionGroup as group:
         raise _single(group) from None
+    except KeyboardInterrupt:  # SIGINT before the scheduler's handlers were in
+        return EXIT_FORCED
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
