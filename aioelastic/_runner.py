@@ -250,11 +250,13 @@ class JobRunner:
         created = await coord.heal()
         self._registered_session = self.registry.session_id
         if created:
+            root = coord.paths.root
             log.warning(
                 "%s: registry nodes were missing (server data lost, or the job's root deleted); "
-                "re-created: %s",
+                "re-created under %s: %s",
                 self.name,
-                ", ".join(created),
+                root,
+                ", ".join(p.removeprefix(root + "/") if p != root else "(root)" for p in created),
             )
             self._leader_changes.notify()
 
