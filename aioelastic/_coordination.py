@@ -346,9 +346,7 @@ class JobCoordinator:
         candidates = [p.leader_election_instance]
         if self.is_leader:
             candidates += [p.instance(i) for i in view.children(p.instances)]
-            candidates += [
-                p.item_running(int(n)) for n in view.children(p.sharding) if n.isdigit()
-            ]
+            candidates += [p.item_running(int(n)) for n in view.children(p.sharding) if n.isdigit()]
         deleted = []
         for path in candidates:
             stat = view.stat(path)
