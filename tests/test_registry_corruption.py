@@ -288,3 +288,34 @@ async def test_job_root_deleted_while_running_is_rebuilt(
         await c.good_keeps_firing()
         assert await c.reg.exists(c.paths.instance("inst-a")) is not None
         assert await c.reg.exists(c.paths.config) is not None
+
+
+async def test_items_running_when_the_root_is_deleted_are_cancelled(
+    zk_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Their running marks went with the root: another instance could start them after the
+    rebuild, so they must not go on here."""
+    started, cancelled = anyio.Event(), []
+    scheduler = Scheduler(registry=zk_url, instance_id="inst-a")
+
+    async def slow(ctx: ShardingContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(ctx.sharding_item)
+            raise
+
+    scheduler.add_job(slow, name="slow", sharding_total_count=2)  # one-off: runs when triggered
+    root = JobPaths(parse_registry_url(zk_url).namespace, "slow").root
+    async with zk_client(zk_url) as reg, scheduler:
+        await scheduler.trigger("slow")
+        with anyio.fail_after(10):
+            await started.wait()
+        await delete_tree_at_once(reg, root)
+        await eventually(lambda: sorted(cancelled) == [0, 1], timeout=10)
+        assert any(
+            "were cancelled" in r.getMessage() or "are cancelled" in r.getMessage()
+            for r in caplog.records
+        )
+        await eventually(lambda: any("re-created" in r.getMessage() for r in caplog.records))
