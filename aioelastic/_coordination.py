@@ -208,7 +208,8 @@ class JobCoordinator:
         try:
             new = self.config.merged_with_registry(raw)
         except ValueError as exc:
-            problem = f"{self.paths.config}: {exc}"
+            text = str(exc)
+            problem = f"{self.paths.config}: {text[:500]}{'...' if len(text) > 500 else ''}"
             if problem != self.config_problem:
                 log.error(
                     "%s: not running the job: invalid config in the registry (%s); it resumes "
