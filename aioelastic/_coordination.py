@@ -304,6 +304,8 @@ class JobCoordinator:
         if len(parts) == 3 and parts[0] == "sharding" and parts[1].isdigit():
             if parts[2] == "running" and persistent:
                 return "persistent running mark (no run holds it): the item cannot start"
+            if parts[2] == "failover" and persistent:
+                return "persistent takeover mark (no instance holds it): the item cannot run"
             if parts[2] == "instance" and raw and _node_text(raw) is None:
                 return f"owner is not an instance id ({raw[:40]!r}): the item cannot run"
         if path == self.paths.leader_election_instance:
@@ -322,7 +324,8 @@ class JobCoordinator:
         paths = [p.instance(i) for i in self.view.children(p.instances)]
         for name in self.view.children(p.sharding):
             if name.isdigit():
-                paths += [p.item_instance(int(name)), p.item_running(int(name))]
+                item = int(name)
+                paths += [p.item_instance(item), p.item_running(item), p.item_failover(item)]
         paths.append(p.leader_election_instance)
         return {path: why for path in paths if (why := self._suspicious(path)) is not None}
 
@@ -340,14 +343,15 @@ class JobCoordinator:
     async def repair_stale(self) -> list[str]:
         """Delete persistent nodes where ElasticJob has ephemeral ones, which live only as long
         as their session, so no live instance, run or leader can hold them: the leader deletes
-        stale instance nodes and running marks; anyone a stale election node (there is no
+        stale instance nodes, running and takeover marks; anyone a stale election node (there is no
         leader to do it). Garbage owners need no delete: the leader reshards them. Returns the
         paths deleted."""
         p, view = self.paths, self.view
         candidates = [p.leader_election_instance]
         if self.is_leader:
             candidates += [p.instance(i) for i in view.children(p.instances)]
-            candidates += [p.item_running(int(n)) for n in view.children(p.sharding) if n.isdigit()]
+            for item in (int(n) for n in view.children(p.sharding) if n.isdigit()):
+                candidates += [p.item_running(item), p.item_failover(item)]
         deleted = []
         for path in candidates:
             stat = view.stat(path)

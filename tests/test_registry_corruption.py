@@ -175,19 +175,23 @@ async def test_persistent_instance_node_of_this_instance_does_not_block_its_star
             await c.bad_fires_again()
 
 
-async def test_persistent_running_mark_is_deleted_by_the_leader(
-    zk_url: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("kind", ["running", "failover"])
+async def test_persistent_item_mark_is_deleted_by_the_leader(
+    kind: str, zk_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A persistent running mark blocks the item (every fire misfires); a persistent takeover
+    mark hides it from its owner. Both are ephemeral in ElasticJob: stale, so deleted."""
     async with cluster(zk_url) as c:
         await c.bad_fires_again()
-        mark = c.paths.item_running(1)
-        # Replace whatever run mark there is by a persistent one (as another client would).
-        while True:
-            try:
-                await c.reg.create(mark, b"someone")
-                break
-            except Exception:
-                await anyio.sleep(0.01)
+        mark = c.paths.item_running(1) if kind == "running" else c.paths.item_failover(1)
+        # Replace whatever mark there is by a persistent one (as another client would).
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await c.reg.create(mark, b"\xffsomeone")
+                    break
+                except RegistryError:
+                    await anyio.sleep(0.01)
         await eventually(lambda: errors(caplog, mark), timeout=10)
         await c.bad_fires_again(item=1)
         await c.good_keeps_firing()
