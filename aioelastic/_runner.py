@@ -239,9 +239,9 @@ class JobRunner:
         coord = self.coordinator
         if not coord.needs_heal():
             return
-        if not coord.view.exists(coord.paths.root) and self.executor.running:
+        if not coord.view.exists(coord.paths.sharding) and self.executor.running:
             log.warning(
-                "%s: the job's registry root was deleted while items %s ran: their running "
+                "%s: the job's sharding nodes were deleted while items %s ran: their running "
                 "marks are gone, so they are cancelled",
                 self.name,
                 sorted(self.executor.running),
