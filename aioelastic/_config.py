@@ -6,6 +6,7 @@ Every invalid value raises ``ConfigError`` naming the field and the bad value.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,13 @@ __all__ = ["ErrorHandler", "JobConfig", "Settings", "load_settings"]
 #: ``"log"`` (default), ``"raise"`` (stop the scheduler with the error), ``"ignore"``, or a
 #: callable ``(job_name, exception)``, sync or async.
 ErrorHandler = Literal["log", "raise", "ignore"] | Callable[[str, BaseException], Any]
+
+_JAVA_INT_MIN, _JAVA_INT_MAX = -(2**31), 2**31 - 1
+
+#: The most items a job may have. Far above any real job, it bounds the per-item loops (on
+#: every fire) that a huge count written to the registry by another client would turn into a
+#: stall of the whole process.
+MAX_SHARDING_TOTAL_COUNT = 100_000
 
 #: Fields that live in code only, never in the registry's ``config`` node.
 _LOCAL_ONLY = frozenset({"listeners", "overwrite"})
@@ -129,6 +137,8 @@ class JobConfig(BaseModel):
     def _count(cls, v: int) -> int:
         if v <= 0:
             raise ConfigError("sharding_total_count", v, "must be > 0")
+        if v > MAX_SHARDING_TOTAL_COUNT:
+            raise ConfigError("sharding_total_count", v, f"must be <= {MAX_SHARDING_TOTAL_COUNT}")
         return v
 
     @field_validator("sharding_item_parameters", mode="before")
@@ -194,11 +204,11 @@ class JobConfig(BaseModel):
         return json.dumps(data, sort_keys=True).encode()
 
     def merged_with_registry(self, raw: bytes) -> JobConfig:
-        """This config with the shared fields taken from the registry's JSON (registry wins)."""
-        try:
-            stored: Mapping[str, Any] = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError("config", raw[:200], f"registry config is not JSON: {exc}") from None
+        """This config with the shared fields taken from the registry's JSON (registry wins).
+
+        Raises ``ConfigError`` for anything another client may have written: not JSON, not a
+        JSON object, wrong types, integers outside Java's ``int`` (ElasticJob's field type)."""
+        stored = decode_registry_config(raw)
         update = {
             k: v
             for k, v in stored.items()
@@ -211,6 +221,36 @@ class JobConfig(BaseModel):
 
     def with_changes(self, **changes: Any) -> JobConfig:
         return type(self)(**{**self.model_dump(), "listeners": self.listeners, **changes})
+
+
+def decode_registry_config(raw: bytes) -> Mapping[str, Any]:
+    """The registry's ``config`` node as a JSON object; ``ConfigError`` saying what is wrong."""
+    try:
+        stored = json.loads(raw)
+    except ValueError as exc:  # includes undecodable bytes and over-long integer literals
+        raise ConfigError("config", raw[:200], f"registry config is not JSON: {exc}") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(
+            "config", raw[:200], f"registry config is a JSON {type(stored).__name__}, not an object"
+        )
+    for key, value in stored.items():
+        _check_json_ints(str(key), value)
+    return stored
+
+
+def _check_json_ints(field: str, value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not _JAVA_INT_MIN <= value <= _JAVA_INT_MAX:
+        raise ConfigError(field, value, "integer out of range (a 32-bit int, as in ElasticJob)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, value, "must be a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_ints(f"{field}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_ints(f"{field}[{index}]", item)
 
 
 class Settings(BaseSettings):

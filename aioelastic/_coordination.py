@@ -29,8 +29,10 @@ import anyio
 from ._config import JobConfig
 from ._errors import (
     AioelasticError,
+    BadVersionError,
     NodeExistsError,
     NoNodeError,
+    NotEmptyError,
     RegistryError,
     TransactionFailedError,
 )
@@ -104,6 +106,16 @@ def _instance_host(raw: bytes) -> str | None:
     return host if isinstance(host, str) else None
 
 
+def _node_text(raw: bytes | None) -> str | None:
+    """A node's data as an instance id: None if empty, missing or not UTF-8."""
+    if not raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 class JobCoordinator:
     """One job's view of the cluster, from one instance."""
 
@@ -127,26 +139,100 @@ class JobCoordinator:
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
         self._count_seen: int | None = None
+        self.config_problem: str | None = None
+        """Why the job is held (its registry config is invalid), or None."""
+        self._reported: dict[str, str] = {}  # bad node path -> problem, as logged
+        self._structural = frozenset([*paths.persistent_skeleton(), paths.config])
 
     # -- registration --
 
     async def register(self) -> None:
-        """Create the job's persistent nodes, settle its config, register this instance."""
+        """Create the job's persistent nodes, settle its config, register this instance.
+
+        A stored config that cannot be decoded does not fail the start: the job is held
+        (``config_problem``, one ERROR) until the node holds a valid config again."""
+        await self._register(created=None)
+
+    async def heal(self) -> list[str]:
+        """Re-create the job's nodes that are missing from the registry (a server restarted
+        with an empty data directory, the job's root deleted): the skeleton, the config (the
+        effective one), this server and instance, and the reshard flag. Returns their paths."""
+        created: list[str] = []
+        await self._register(created=created)
+        return created
+
+    def needs_heal(self) -> bool:
+        """The view shows the job's root, its skeleton or its config missing."""
+        return self.view.fresh and not all(self.view.exists(p) for p in self._structural)
+
+    async def _register(self, *, created: list[str] | None) -> None:
         for path in self.paths.persistent_skeleton():
-            await self._ensure(path)
+            if await self._ensure(path) and created is not None:
+                created.append(path)
         stored = await self._create_or_get(self.paths.config, self.config.to_registry())
+        if stored is None and created is not None:
+            created.append(self.paths.config)
         if stored is not None:  # another instance (or an operator) wrote it first
-            if self.config.overwrite:
+            if self.config.overwrite and created is None:
                 await self.registry.set(self.paths.config, self.config.to_registry())
             else:
-                self.config = self.config.merged_with_registry(stored)
+                self.adopt_config(stored)
         server_status = DISABLED if self.config.disabled else ENABLED
         server = self.paths.server(self.identity.host)
-        if await self._create_or_get(server, server_status) is not None and self.config.overwrite:
+        if await self._create_or_get(server, server_status) is None:
+            if created is not None:
+                created.append(server)
+        elif self.config.overwrite and created is None:
             await self.registry.set(server, server_status)
+        instance = self.paths.instance(self.identity.instance_id)
+        stat = await self.registry.exists(instance)
+        if stat is not None and not stat.ephemeral_owner:
+            log.warning(
+                "%s: deleting %s: a persistent node where this instance's ephemeral one goes "
+                "(written by another client; no live instance holds it)",
+                self.paths.job,
+                instance,
+            )
+            await self._delete_if(instance, stat.version)
+            stat = None
         await self.register_instance()
+        if stat is None and created is not None:
+            created.append(instance)
         if not (self.config.static_sharding and await self._fully_assigned()):
-            await self._ensure(self.paths.sharding_necessary)
+            if await self._ensure(self.paths.sharding_necessary) and created is not None:
+                created.append(self.paths.sharding_necessary)
+
+    def adopt_config(self, raw: bytes) -> bool:
+        """Take the registry's config ``raw`` as effective; if it is invalid, hold the job
+        (``config_problem``) with one ERROR per bad value. True if the config changed."""
+        try:
+            new = self.config.merged_with_registry(raw)
+        except ValueError as exc:
+            text = str(exc)
+            problem = f"{self.paths.config}: {text[:500]}{'...' if len(text) > 500 else ''}"
+            if problem != self.config_problem:
+                log.error(
+                    "%s: not running the job: invalid config in the registry (%s); it resumes "
+                    "once the node holds a valid config",
+                    self.paths.job,
+                    problem,
+                )
+            self.config_problem = problem
+            return False
+        if self.config_problem is not None:
+            log.info("%s: config in the registry is valid again; resuming", self.paths.job)
+            self.config_problem = None
+        changed = new != self.config
+        self.config = new
+        return changed
+
+    async def _delete_if(self, path: str, version: int) -> bool:
+        """Delete ``path`` if it still is at ``version``; False if it changed or went."""
+        try:
+            await self.registry.delete(path, version=version)
+        except (NoNodeError, BadVersionError, NotEmptyError):
+            return False
+        return True
 
     async def register_instance(self) -> None:
         """(Re)create this instance's ephemeral node; waits out a stale node of an old session."""
@@ -169,11 +255,13 @@ class JobCoordinator:
         except (NoNodeError, RegistryError):
             pass
 
-    async def _ensure(self, path: str) -> None:
+    async def _ensure(self, path: str) -> bool:
+        """Create persistent ``path`` (and parents) unless it exists; True if created."""
         try:
             await self.registry.create(path, make_parents=True)
         except NodeExistsError:
-            pass
+            return False
+        return True
 
     async def _create_or_get(self, path: str, data: bytes) -> bytes | None:
         """Create ``path`` with ``data``; if it exists already, return its data instead."""
@@ -195,6 +283,84 @@ class JobCoordinator:
                 return False
         return True
 
+    # -- nodes other clients may have corrupted: report, and repair what is ours --
+
+    def repair_relevant(self, path: str) -> bool:
+        """Changes the repair loop acts on: the skeleton or config going, a suspicious node
+        appearing, a reported node changing (cheap: a fire's own marks never match)."""
+        if path in self._structural:
+            return True
+        return path in self._reported or self._suspicious(path) is not None
+
+    def _suspicious(self, path: str) -> str | None:
+        """What is wrong with the node at ``path`` as the view shows it, or None."""
+        stat, raw = self.view.stat(path), self.view.get(path)
+        if stat is None or raw is None:
+            return None
+        parts = self.paths.parts(path)
+        persistent = not stat.ephemeral_owner
+        if len(parts) == 2 and parts[0] == "instances" and persistent:
+            return "persistent node where an instance's ephemeral node goes (no live instance)"
+        if len(parts) == 3 and parts[0] == "sharding" and parts[1].isdigit():
+            if parts[2] == "running" and persistent:
+                return "persistent running mark (no run holds it): the item cannot start"
+            if parts[2] == "failover" and persistent:
+                return "persistent takeover mark (no instance holds it): the item cannot run"
+            if parts[2] == "instance" and raw and _node_text(raw) is None:
+                return f"owner is not an instance id ({raw[:40]!r}): the item cannot run"
+        if path == self.paths.leader_election_instance:
+            if persistent:
+                return "persistent election node (no session holds it): no leader"
+            if _node_text(raw) is None:
+                return (
+                    f"a live session's election node holds {raw[:40]!r}, not an instance id: "
+                    "no leader until that session ends"
+                )
+        return None
+
+    def node_problems(self) -> dict[str, str]:
+        """This job's nodes holding what no instance writes, path -> problem."""
+        p = self.paths
+        paths = [p.instance(i) for i in self.view.children(p.instances)]
+        for name in self.view.children(p.sharding):
+            if name.isdigit():
+                item = int(name)
+                paths += [p.item_instance(item), p.item_running(item), p.item_failover(item)]
+        paths.append(p.leader_election_instance)
+        return {path: why for path in paths if (why := self._suspicious(path)) is not None}
+
+    def report_problems(self) -> dict[str, str]:
+        """Log each bad node once (ERROR), and once more (INFO) when it is fine again."""
+        problems = self.node_problems()
+        for path, problem in problems.items():
+            if self._reported.get(path) != problem:
+                log.error("%s: bad registry node %s: %s", self.paths.job, path, problem)
+        for path in sorted(self._reported.keys() - problems.keys()):
+            log.info("%s: registry node %s is fine again", self.paths.job, path)
+        self._reported = problems
+        return problems
+
+    async def repair_stale(self) -> list[str]:
+        """Delete persistent nodes where ElasticJob has ephemeral ones, which live only as long
+        as their session, so no live instance, run or leader can hold them: the leader deletes
+        stale instance nodes, running and takeover marks; anyone a stale election node (there is no
+        leader to do it). Garbage owners need no delete: the leader reshards them. Returns the
+        paths deleted."""
+        p, view = self.paths, self.view
+        candidates = [p.leader_election_instance]
+        if self.is_leader:
+            candidates += [p.instance(i) for i in view.children(p.instances)]
+            for item in (int(n) for n in view.children(p.sharding) if n.isdigit()):
+                candidates += [p.item_running(item), p.item_failover(item)]
+        deleted = []
+        for path in candidates:
+            stat = view.stat(path)
+            if stat is not None and not stat.ephemeral_owner:
+                if await self._delete_if(path, stat.version):
+                    log.warning("%s: deleted stale persistent node %s", p.job, path)
+                    deleted.append(path)
+        return deleted
+
     # -- reads from the view --
 
     def available_instances(self) -> list[str]:
@@ -209,8 +375,8 @@ class JobCoordinator:
         return out
 
     def owner(self, item: int) -> str | None:
-        raw = self.view.get(self.paths.item_instance(item))
-        return raw.decode() if raw else None
+        """The item's owner; None if unassigned or unreadable (the leader then reassigns it)."""
+        return _node_text(self.view.get(self.paths.item_instance(item)))
 
     def is_running(self, item: int) -> bool:
         return self.view.exists(self.paths.item_running(item))
@@ -241,7 +407,9 @@ class JobCoordinator:
 
     def failover_taker(self, item: int) -> str | None:
         raw = self.view.get(self.paths.item_failover(item))
-        return raw.decode() if raw is not None else None
+        if raw is None:
+            return None
+        return _node_text(raw) or raw.decode("utf-8", "backslashreplace")  # taken, by whom?
 
     def _runner_alive(self, raw: bytes) -> bool:
         """Whether the run recorded in a failover intent still has its runner's session."""
@@ -369,7 +537,7 @@ class JobCoordinator:
 
     async def leader_step(self) -> None:
         """One round of the leader loop: elect if vacant; as leader, flag and run reshards."""
-        if not self.view.fresh:
+        if not self.view.fresh or self.config_problem:
             return
         if not self.view.exists(self.paths.leader_election_instance):
             try:

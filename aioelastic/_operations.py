@@ -15,14 +15,14 @@ import enum
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 
 from ._backends import create_registry
-from ._config import JobConfig
+from ._config import MAX_SHARDING_TOTAL_COUNT, JobConfig, decode_registry_config
 from ._errors import (
     AioelasticError,
     BadVersionError,
@@ -76,6 +76,7 @@ class JobStatus(enum.StrEnum):
     CRASHED = "CRASHED"  # no live instance
     DISABLED = "DISABLED"  # every server of the job is disabled
     SHARDING_FLAG = "SHARDING_FLAG"  # a reshard is pending or an owner is gone
+    INVALID_CONFIG = "INVALID_CONFIG"  # the config node cannot be decoded: the job is held
 
 
 class ServerStatus(enum.StrEnum):
@@ -94,6 +95,8 @@ class ItemStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobBrief:
+    """A job's summary; with ``INVALID_CONFIG`` the description says what is wrong."""
+
     name: str
     cron: str | None
     sharding_total_count: int
@@ -120,6 +123,8 @@ class InstanceInfo:
     hostname: str | None
     pid: int | None
     shutting_down: bool = False
+    problem: str | None = None
+    """What is wrong with the node (e.g. persistent: no live instance holds it), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,8 @@ class ItemInfo:
     status: ItemStatus
     failover: bool
     misfire: bool
+    problem: str | None = None
+    """What is wrong with the item's nodes (an unreadable owner, a stale mark), or None."""
 
 
 def _parse_instance(instance_id: str, raw: bytes) -> InstanceInfo:
@@ -152,12 +159,32 @@ def _parse_instance(instance_id: str, raw: bytes) -> InstanceInfo:
 
 def _parse_config(job: str, raw: bytes) -> dict[str, Any]:
     try:
-        stored = json.loads(raw)
-    except ValueError:
-        stored = None
-    if not isinstance(stored, dict):
-        raise ConfigError("config", raw[:200], f"job {job!r}: stored config is not a JSON object")
-    return stored
+        return dict(decode_registry_config(raw))
+    except ConfigError as exc:
+        raise ConfigError(exc.field, exc.value, f"job {job!r}: {exc.reason}") from None
+
+
+def _owner_text(raw: bytes | None) -> tuple[str | None, str | None]:
+    """An owner node's data as shown (undecodable bytes escaped) and its problem, if any."""
+    if not raw:
+        return None, None
+    try:
+        return raw.decode(), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), "owner is not UTF-8 (leader reshards)"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def _printable(data: bytes) -> str:
+    """Node data as text: undecodable bytes and control characters escaped (``\\xNN``)."""
+    return data.decode("utf-8", "backslashreplace").translate(_CONTROL)
+
+
+def _count(stored: dict[str, Any]) -> int:
+    count = stored.get("sharding_total_count", 1)
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _setter(event: anyio.Event) -> Watcher:
@@ -269,13 +296,23 @@ class Operations:
             raise JobNotFoundError(job)
         return _parse_config(job, raw)
 
+    async def _require_job(self, job: str) -> None:
+        """``JobNotFoundError`` unless the job has a config node (valid or not)."""
+        if not await self._exists(self.paths(job).config):
+            raise JobNotFoundError(job)
+
     async def _live_instances(self, job: str) -> dict[str, InstanceInfo]:
         p = self.paths(job)
         out = {}
         for inst in sorted(await self._children(p.instances)):
-            raw = await self._data(p.instance(inst))
-            if raw is not None:
-                out[inst] = _parse_instance(inst, raw)
+            try:
+                raw, stat = await self.registry.get(p.instance(inst))
+            except NoNodeError:
+                continue
+            info = _parse_instance(inst, raw)
+            if not stat.ephemeral_owner:
+                info = replace(info, problem="persistent node: no live instance holds it")
+            out[inst] = info
         return out
 
     # -- statistics --
@@ -289,8 +326,8 @@ class Operations:
         for name in sorted(await self._children(namespace_root(self.namespace))):
             try:
                 out.append(await self._brief(name))
-            except (JobNotFoundError, ConfigError):
-                continue  # not a job (or one being removed / corrupt): `job show` tells more
+            except JobNotFoundError:
+                continue  # not a job (or one being removed)
         return out
 
     async def job(self, name: str) -> JobBrief:
@@ -298,12 +335,15 @@ class Operations:
         return await self._bounded(lambda: self._brief(name))
 
     async def _brief(self, name: str) -> JobBrief:
-        stored = await self._stored_config(name)
         instances = await self._children(self.paths(name).instances)
+        try:
+            stored = await self._stored_config(name)
+        except ConfigError as exc:
+            return JobBrief(name, None, 0, str(exc), len(instances), JobStatus.INVALID_CONFIG)
         return JobBrief(
             name=name,
             cron=_str_or_none(stored.get("cron")),
-            sharding_total_count=int(stored.get("sharding_total_count", 1)),
+            sharding_total_count=_count(stored),
             description=str(stored.get("description", "")),
             instance_count=len(instances),
             status=await self._status(name, instances),
@@ -322,8 +362,9 @@ class Operations:
         owners = set()
         for item in await self._children(p.sharding):
             owner = await self._data(p.item_instance(int(item))) if item.isdigit() else None
-            if owner:
-                owners.add(owner.decode())
+            text, _ = _owner_text(owner)
+            if text is not None:
+                owners.add(text)
         if not owners or not owners <= set(instances):  # ElasticJob's own check
             return JobStatus.SHARDING_FLAG
         return JobStatus.OK
@@ -333,7 +374,7 @@ class Operations:
         return await self._bounded(lambda: self._servers(name))
 
     async def _servers(self, name: str) -> list[ServerInfo]:
-        await self._stored_config(name)
+        await self._require_job(name)
         p = self.paths(name)
         instances = await self._live_instances(name)
         out = []
@@ -350,7 +391,7 @@ class Operations:
         """The job's live instances (sorted by id), as their nodes describe them."""
 
         async def read() -> list[InstanceInfo]:
-            await self._stored_config(name)
+            await self._require_job(name)
             return list((await self._live_instances(name)).values())
 
         return await self._bounded(read)
@@ -360,18 +401,23 @@ class Operations:
         return await self._bounded(lambda: self._sharding(name))
 
     async def _sharding(self, name: str) -> list[ItemInfo]:
-        stored = await self._stored_config(name)
+        """With an invalid config, the items present in the registry."""
+        try:
+            total = _count(await self._stored_config(name))
+        except ConfigError:
+            total = 0
         p = self.paths(name)
         live = set(await self._children(p.instances))
         present = {int(c) for c in await self._children(p.sharding) if c.isdigit()}
-        items = sorted(present | set(range(int(stored.get("sharding_total_count", 1)))))
         out = []
-        for item in items:
-            raw = await self._data(p.item_instance(item))
-            owner = raw.decode() if raw else None
+        for item in sorted(present | set(range(min(total, MAX_SHARDING_TOTAL_COUNT)))):
+            owner, problem = _owner_text(await self._data(p.item_instance(item)))
+            running = await self.registry.exists(p.item_running(item))
+            if running is not None and not running.ephemeral_owner:
+                problem = "persistent running mark: no run holds it (leader deletes it)"
             if await self._exists(p.item_disabled(item)):
                 status = ItemStatus.DISABLED
-            elif await self._exists(p.item_running(item)):
+            elif running is not None:
                 status = ItemStatus.RUNNING
             elif owner is None or owner not in live:
                 status = ItemStatus.SHARDING_FLAG
@@ -379,11 +425,12 @@ class Operations:
                 status = ItemStatus.PENDING
             failover = await self._exists(p.item_failover(item))
             misfire = await self._exists(p.item_misfire(item))
-            out.append(ItemInfo(item, owner, status, failover, misfire))
+            out.append(ItemInfo(item, owner, status, failover, misfire, problem))
         return out
 
     async def dump(self, name: str) -> dict[str, str]:
-        """The job's registry subtree, path → data (UTF-8, undecodable bytes escaped)."""
+        """The job's registry subtree, path → data (UTF-8; undecodable bytes and control
+        characters escaped)."""
         return await self._bounded(lambda: self._dump(name))
 
     async def _dump(self, name: str) -> dict[str, str]:
@@ -399,7 +446,7 @@ class Operations:
                 kids = await self.registry.get_children(path)
             except NoNodeError:
                 continue  # deleted while we walked
-            out[path] = data.decode("utf-8", "backslashreplace")
+            out[path] = _printable(data)
             pending.extend(f"{path}/{kid}" for kid in kids)
         return dict(sorted(out.items()))
 

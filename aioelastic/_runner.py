@@ -63,6 +63,7 @@ class JobRunner:
         self._watch_changes = view.subscribe(
             lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending)
         )
+        self._repair_changes = view.subscribe(self.coordinator.repair_relevant)
 
     @property
     def name(self) -> str:
@@ -98,6 +99,7 @@ class JobRunner:
                         loops.start_soon(self._leader_loop)
                         loops.start_soon(self._cron_loop)
                         loops.start_soon(self._watch_loop)
+                        loops.start_soon(self._repair_loop)
                         task_status.started()
                         await self._stop.wait()
                         loops.cancel_scope.cancel()
@@ -123,7 +125,7 @@ class JobRunner:
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
     ) -> None:
-        if self._fires is not None and not self._stopping:
+        if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
             self._fires.start_soon(self._guarded, self.executor.fire(source, scheduled))
 
     def _start_run(self, items: list[int], kind: ExecutionType, source: ExecutionSource) -> None:
@@ -205,6 +207,8 @@ class JobRunner:
                     self._apply_config(raw)
                 if coord.has_trigger() and await coord.consume_trigger():
                     self.start_fire(ExecutionSource.NORMAL_TRIGGER)
+                if coord.config_problem:
+                    continue  # held: no misfire re-runs or takeovers with an unknown config
                 self._run_misfired_if_due()
                 if await self._failover_if_due():
                     wait = 0.5  # unclaimed candidates left: look again soon
@@ -213,17 +217,57 @@ class JobRunner:
                 wait = 0.5
 
     def _apply_config(self, raw: bytes) -> None:
+        """Adopt the registry's new config; an invalid one holds the job (one ERROR) until
+        the node is valid again."""
         coord = self.coordinator
-        try:
-            new = coord.config.merged_with_registry(raw)
-        except ValueError as exc:
-            log.error("%s: ignoring invalid config in the registry: %s", self.name, exc)
-            return
-        if new != coord.config:
+        held = coord.config_problem is not None
+        if coord.adopt_config(raw):
             log.info("%s: config changed in the registry", self.name)
-            coord.config = new
-            self._wake.set()
+        if held != (coord.config_problem is not None) or not held:
+            self._wake.set()  # e.g. a new cron, or held/resumed
             self._leader_changes.notify()  # e.g. a new sharding count
+
+    async def _repair_loop(self) -> None:
+        """Heal missing nodes (an emptied server, a deleted root), report bad nodes once and
+        delete stale persistent marks where ephemerals belong."""
+        coord = self.coordinator
+        while True:
+            wait = 60.0
+            if coord.view.fresh:
+                try:
+                    await self._heal_if_needed()
+                    coord.report_problems()
+                    if not coord.config_problem and await coord.repair_stale():
+                        self._leader_changes.notify()
+                except RegistryError as exc:
+                    log.debug("%s: repair step failed (%s)", self.name, exc)
+                    wait = 0.5
+            await self._repair_changes.wait(wait)
+
+    async def _heal_if_needed(self) -> None:
+        coord = self.coordinator
+        if not coord.needs_heal():
+            return
+        if not coord.view.exists(coord.paths.sharding) and self.executor.running:
+            log.warning(
+                "%s: the job's sharding nodes were deleted while items %s ran: their running "
+                "marks are gone, so they are cancelled",
+                self.name,
+                sorted(self.executor.running),
+            )
+            self.executor.fence()
+        created = await coord.heal()
+        self._registered_session = self.registry.session_id
+        if created:
+            root = coord.paths.root
+            log.warning(
+                "%s: registry nodes were missing (server data lost, or the job's root deleted); "
+                "re-created under %s: %s",
+                self.name,
+                root,
+                ", ".join(p.removeprefix(root + "/") if p != root else "(root)" for p in created),
+            )
+            self._leader_changes.notify()
 
     async def _failover_if_due(self) -> bool:
         """Claim and run at once this instance's share of a dead runner's unfinished items, and

@@ -706,6 +706,7 @@ class ZooKeeperRegistry:
             self._declare_lost("ZooKeeper granted a new session id", retire=False)
         if not resumed:
             self._watches.clear()
+            self._last_zxid = 0  # the old session's zxid may be ahead of this server (wiped)
             log.info(
                 "ZooKeeper session 0x%x established (%s, timeout %.1fs)",
                 response.session_id,

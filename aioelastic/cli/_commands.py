@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from .._config import JobConfig, load_settings
 from .._errors import ConfigError
-from .._operations import OperationRefusedError, Operations
+from .._operations import JobStatus, OperationRefusedError, Operations
 from .._paths import invalid_path_reason
 from .._urls import RegistryURL, parse_registry_url
 from ._format import write_json, write_table
@@ -87,7 +87,11 @@ async def _jobs(c: _Call) -> None:
 
 
 async def _job_show(c: _Call) -> None:
-    brief, config = await c.ops.job(c.args.name), await c.ops.job_config(c.args.name)
+    brief = await c.ops.job(c.args.name)
+    if brief.status is JobStatus.INVALID_CONFIG:  # show the bad node, not a config error
+        config: dict[str, Any] = {"problem": brief.description}
+    else:
+        config = await c.ops.job_config(c.args.name)
     rows: list[tuple[Any, ...]] = [("status", brief.status), ("instances", brief.instance_count)]
     rows += [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in config.items()]
     c.table({"job": brief, "config": config}, ["FIELD", "VALUE"], rows)
@@ -144,7 +148,7 @@ async def _instances(c: _Call) -> None:
                 i.ip,
                 i.hostname,
                 i.pid,
-                "SHUTDOWN" if i.shutting_down else "ONLINE",
+                "SHUTDOWN" if i.shutting_down else "STALE" if i.problem else "ONLINE",
             )
             for i in found
         ],
@@ -155,8 +159,8 @@ async def _sharding(c: _Call) -> None:
     items = await c.ops.sharding(c.args.name)
     c.table(
         items,
-        ["ITEM", "STATUS", "INSTANCE", "FAILOVER", "MISFIRE"],
-        [(i.item, i.status, i.instance, i.failover, i.misfire) for i in items],
+        ["ITEM", "STATUS", "INSTANCE", "FAILOVER", "MISFIRE", "PROBLEM"],
+        [(i.item, i.status, i.instance, i.failover, i.misfire, i.problem) for i in items],
     )
 
 

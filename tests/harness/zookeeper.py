@@ -174,6 +174,14 @@ class ZooKeeperServer:
         self.stop(kill=kill)
         self.start()
 
+    def wipe(self) -> None:
+        """Stop, delete the data dir, start empty on the same port (a rebuilt ensemble)."""
+        self.stop(kill=True)
+        data = self.workdir / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        self.start()
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
         assert self._proc is not None
