@@ -85,6 +85,7 @@ class JobExecutor:
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
+        self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
 
     @property
     def config(self) -> JobConfig:
@@ -107,6 +108,7 @@ class JobExecutor:
             # very next step, so the item takes no step past the fence.
             if task is not None:
                 task.cancel()
+                self._fenced.add(task)
 
     # -- the template --
 
@@ -296,9 +298,10 @@ class JobExecutor:
             self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
+        task = _current_asyncio_task()
         try:
             with anyio.CancelScope() as scope:
-                self._item_scopes[id(scope)] = (scope, _current_asyncio_task())
+                self._item_scopes[id(scope)] = (scope, task)
                 try:
                     if limiter is not None:
                         async with limiter:
@@ -316,9 +319,14 @@ class JobExecutor:
             if scope.cancelled_caught:
                 failure = ItemCancelled(f"item {item} cancelled: registry session lost")
         except anyio.get_cancelled_exc_class():
-            failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
-            raise
+            if self._fence_caught(task):
+                failure = ItemCancelled(f"item {item} cancelled: registry session lost")
+            else:
+                failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+                raise
         finally:
+            if task is not None:
+                self._fenced.discard(task)
             if failure is not None:
                 errors[item] = failure
             if start is not None:
@@ -338,6 +346,14 @@ class JobExecutor:
                     [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
                 )
                 cleared.add(item)
+
+    def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``
+        only (which the item's scope does not absorb): undo it, and the item just ends."""
+        if task is None or task not in self._fenced:
+            return False
+        self._fenced.discard(task)
+        return task.uncancel() == 0
 
     async def _call(self, ctx: ShardingContext) -> None:
         timeout = self.config.timeout
