@@ -338,6 +338,8 @@ class JobExecutor:
                         failure_cause=format_failure(failure) if failure else None,
                     )
                 )
+        if isinstance(failure, ItemCancelled):
+            return  # fenced: its failover intent stays for a taker (execute() clears the rest)
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).

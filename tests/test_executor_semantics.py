@@ -541,26 +541,32 @@ async def test_real_cancellation_is_still_honoured_when_a_job_reraises_its_own(
     assert after_cancel == []
 
 
-async def test_session_loss_fencing_is_still_honoured(
+async def test_session_loss_fencing_is_still_honoured_and_keeps_the_failover_intent(
     make_scheduler: Callable[..., Scheduler], sink: MemorySink
 ) -> None:
     scheduler = make_scheduler()
     started = anyio.Event()
+    sources: list[str] = []
 
-    @scheduler.job(sharding_total_count=1)
+    @scheduler.job(sharding_total_count=1, failover=True)
     async def fenced(ctx: ShardingContext) -> None:
+        sources.append(ctx.execution_source.value)
         started.set()
-        await anyio.sleep(60)
+        if ctx.execution_source is ExecutionSource.NORMAL_TRIGGER:
+            await anyio.sleep(60)
 
     async with scheduler:
         await scheduler.trigger("fenced")
         await started.wait()
         registry = scheduler.registry
         assert isinstance(registry, MemoryRegistry)
-        registry.expire_session()
-        await eventually(lambda: len(completions(sink.events, "fenced")) == 1)
-    (done,) = completions(sink.events, "fenced")
-    assert not done.is_success and "registry session lost" in (done.failure_cause or "")
+        registry.expire_session()  # fenced; a new session at once
+        # The cut run's intent survives the fence, so the item is failed over (to us).
+        await eventually(lambda: len(completions(sink.events, "fenced")) == 3)
+    cut = [e for e in completions(sink.events, "fenced") if "READY" in e.task_id]
+    assert {e.is_success for e in cut} == {False}
+    assert any("registry session lost" in (e.failure_cause or "") for e in cut)
+    assert sources == ["NORMAL_TRIGGER", "FAILOVER"]
 
 
 async def test_a_returned_value_is_ignored_and_logged_once(
