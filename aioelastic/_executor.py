@@ -497,9 +497,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def is_cancellation(exc: BaseException, scope: anyio.CancelScope | None = None) -> bool:
-    """Whether ``exc`` is a real cancellation (of ``scope``, or of the running task by anyio,
-    shutdown or fencing), as opposed to a ``CancelledError`` that job code raised itself."""
-    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+    """Whether ``exc`` is (or, as a group, holds) a real cancellation (of ``scope``, or of the
+    running task by anyio, shutdown or fencing), as opposed to a ``CancelledError`` that job
+    code raised itself."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(lambda e: isinstance(e, cancelled)) is None:
+            return False
+    elif not isinstance(exc, cancelled):
         return False
     if scope is not None and scope.cancel_called:
         return True

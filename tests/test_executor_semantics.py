@@ -683,3 +683,22 @@ async def test_zookeeper_session_state_and_listener_faults_are_isolated(
     }
     assert len(boom_records(caplog, "session_state_changed")) >= 2
     assert len(boom_records(caplog, "fire_started")) == bad.calls
+
+
+async def test_is_cancellation_tells_a_jobs_own_cancelled_error_from_a_real_cancel() -> None:
+    from aioelastic._executor import is_cancellation
+
+    own = asyncio.CancelledError("raised by job code")
+    assert not is_cancellation(own)
+    assert not is_cancellation(BaseExceptionGroup("g", [own]))
+    assert not is_cancellation(SystemExit(1))
+    seen: list[bool] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except asyncio.CancelledError as exc:
+            seen += [is_cancellation(exc, scope), is_cancellation(exc)]
+            seen.append(is_cancellation(BaseExceptionGroup("g", [exc, ValueError()])))
+            raise
+    assert seen == [True, True, True]
