@@ -20,8 +20,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 import anyio
@@ -36,8 +37,9 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
+from ._events import ExecutionSource, JobExecutionEvent
 from ._listeners import DistributedOnceTimeoutError
-from ._observer import Observer
+from ._observer import Observer, notify_observers
 from ._paths import JobPaths
 from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
 from ._sharding import shard
@@ -114,6 +116,25 @@ def _node_text(raw: bytes | None) -> str | None:
         return raw.decode()
     except UnicodeDecodeError:
         return None
+
+
+def _parse_intent(job: str, item: int, raw: bytes) -> tuple[str, JobExecutionEvent] | None:
+    """The lost instance and the run's start event recorded in a failover intent, if any."""
+    try:
+        record = json.loads(raw)
+        run = JobExecutionEvent(
+            job_name=job,
+            task_id=str(record["task_id"]),
+            hostname=str(record["hostname"]),
+            ip=str(record["ip"]),
+            sharding_item=item,
+            execution_source=ExecutionSource(record["source"]),
+            start_time=datetime.fromisoformat(record["start_time"]),
+            id=str(record["id"]),
+        )
+        return str(record["instance"]), run
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # an older version's intent, or no trace: nothing to complete
 
 
 class JobCoordinator:
@@ -472,10 +493,35 @@ class JobCoordinator:
             except NoNodeError:
                 pass
 
-    def _intent(self) -> bytes:
-        return json.dumps(
-            {"instance": self.identity.instance_id, "session": self.registry.session_id}
-        ).encode()
+    def _intent(self, run: JobExecutionEvent | None = None) -> bytes:
+        """A failover intent: the runner and its session (what older versions read), plus the
+        run's trace event (id, task, host, start) so a taker can complete its trace row."""
+        record: dict[str, object] = {
+            "instance": self.identity.instance_id,
+            "session": self.registry.session_id,
+        }
+        if run is not None:
+            record |= {
+                "task_id": run.task_id,
+                "id": run.id,
+                "start_time": run.start_time.isoformat(),
+                "hostname": run.hostname,
+                "ip": run.ip,
+                "source": run.execution_source.value,
+            }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    def lost_runs(self, items: Sequence[int]) -> dict[int, tuple[str, JobExecutionEvent]]:
+        """The dead runs recorded in the failover intents of ``items``: per item the lost
+        instance and the run's start event (intents without one, e.g. from an older version or
+        a run without tracing, are left out)."""
+        out: dict[int, tuple[str, JobExecutionEvent]] = {}
+        for item in items:
+            raw = self.view.get(self.paths.failover_item(item))
+            run = _parse_intent(self.paths.job, item, raw) if raw is not None else None
+            if run is not None:
+                out[item] = run
+        return out
 
     @property
     def is_leader(self) -> bool:
@@ -594,8 +640,9 @@ class JobCoordinator:
                 len(members),
                 {k: v for k, v in sorted(assignment.items())},
             )
-            for observer in self.observers:
-                observer.reshard_committed(self.paths.job, len(members), total)
+            notify_observers(
+                self.observers, "reshard_committed", self.paths.job, len(members), total
+            )
             return True
 
     def _owner_ops(self, item: int, owner: str) -> list[Op]:
@@ -636,25 +683,31 @@ class JobCoordinator:
         raw = self.view.get(self.paths.item_running(item))
         return raw is not None and raw != self._me
 
-    async def mark_running(self, items: Sequence[int], *, misfire_run: bool = False) -> bool:
+    async def mark_running(
+        self,
+        items: Sequence[int],
+        *,
+        misfire_run: bool = False,
+        runs: Mapping[int, JobExecutionEvent] | None = None,
+    ) -> bool:
         """Atomically create the running marks (and clear misfire marks) of ``items``.
 
         False if any item is already running (here or on another instance): nothing is marked.
         A misfire re-run (``misfire_run``) must also consume every item's misfire mark in the
         same multi-op, so two instances (or a stale view) cannot both re-run a misfire. With
         failover on, a persistent intent (``leader/failover/items/{i}``: runner and session) is
-        written in the same multi-op: if this instance dies mid-run, survivors find it.
+        written in the same multi-op: if this instance dies mid-run, survivors find it (with
+        the item's trace event from ``runs``, so they can complete its trace row).
         """
         creates: list[Op] = [
             CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
         ]
+        runs = runs or {}
+        intents = {self.paths.failover_item(i): self._intent(runs.get(i)) for i in items}
         if self.config.failover:
-            intent = self._intent()
             creates += [
-                SetOp(self.paths.failover_item(i), intent)
-                if self.view.exists(self.paths.failover_item(i))
-                else CreateOp(self.paths.failover_item(i), intent)
-                for i in items
+                SetOp(path, intent) if self.view.exists(path) else CreateOp(path, intent)
+                for path, intent in intents.items()
             ]
         misfired = list(items) if misfire_run else [i for i in items if self.is_misfired(i)]
         for _ in range(2 * len(items) + 2):
@@ -671,10 +724,11 @@ class JobCoordinator:
                     continue
                 if op.path.startswith(self.paths.failover_items):
                     # The view was stale about an intent node: flip create/set and retry.
+                    intent = intents[op.path]
                     creates[exc.index] = (
-                        SetOp(op.path, self._intent())
+                        SetOp(op.path, intent)
                         if isinstance(op, CreateOp)
-                        else CreateOp(op.path, self._intent())
+                        else CreateOp(op.path, intent)
                     )
                     continue
                 if isinstance(exc.cause, NodeExistsError | NoNodeError):

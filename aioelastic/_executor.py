@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,11 +28,11 @@ from ._events import (
 )
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
-from ._observer import Observer
+from ._observer import Observer, hook_name, notify_observers
 from ._registry import SessionState
 from ._task_id import make_task_id
 
-__all__ = ["JobExecutor", "make_task_id"]
+__all__ = ["JobExecutor", "is_cancellation", "make_task_id"]
 
 log = logging.getLogger("aioelastic.executor")
 
@@ -79,6 +79,7 @@ class JobExecutor:
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
+        self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
 
     @property
     def config(self) -> JobConfig:
@@ -101,6 +102,7 @@ class JobExecutor:
             # very next step, so the item takes no step past the fence.
             if task is not None:
                 task.cancel()
+                self._fenced.add(task)
 
     # -- the template --
 
@@ -112,12 +114,12 @@ class JobExecutor:
         """One fire (steps 1-11 of DESIGN.md's template)."""
         cfg, coord = self.config, self.coordinator
         started = datetime.now(UTC)
-        for observer in self.observers:
-            observer.fire_started(self._job, scheduled, started)
+        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
         try:
             await coord.check_time_diff()
         except Exception as exc:
-            await self.handle_error(exc)
+            if await self.handle_error(exc):
+                return  # "raise": the fire stops before any item runs (ElasticJob's)
         if coord.registry.session_state is not SessionState.CONNECTED:
             await self.handle_error(
                 SessionLostError(f"job {self._job!r}: registry session not connected; fire skipped")
@@ -130,7 +132,8 @@ class JobExecutor:
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
             return
-        await self._listeners(contexts, before=True)
+        if not await self._listeners(contexts, before=True):
+            return
         await self.execute(contexts)
         while self._misfire_due(items):
             again = self.contexts(
@@ -142,6 +145,41 @@ class JobExecutor:
             if not await self.execute(again, quiet_conflict=True):
                 break
         await self._listeners(contexts, before=False)
+
+    async def run(
+        self,
+        contexts: ShardingContexts,
+        lost: Mapping[int, tuple[str, JobExecutionEvent]] | None = None,
+    ) -> None:
+        """A run outside a cron fire (a failover takeover or a misfire re-run), between the
+        listeners as ElasticJob's (its takeover is a whole fire). ``lost``: the dead runs of a
+        takeover's items, whose trace rows are completed as failures first."""
+        failover_run = contexts.execution_type is ExecutionType.FAILOVER
+        if lost:
+            self._complete_lost_runs(contexts, lost)
+        if not await self._listeners(contexts, before=True, cluster_once=False):
+            if failover_run:  # the fire was aborted: give the takeover back
+                with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
+                    await self.coordinator.release_failover(contexts.items)
+            return
+        await self.execute(contexts, quiet_conflict=True)
+        await self._listeners(contexts, before=False, cluster_once=False)
+
+    def _complete_lost_runs(
+        self, contexts: ShardingContexts, lost: Mapping[int, tuple[str, JobExecutionEvent]]
+    ) -> None:
+        """Complete the dead runs' trace rows as failures naming the lost instance and us."""
+        if not self.tracing:
+            return
+        now = datetime.now(UTC)
+        for item, (instance, start) in sorted(lost.items()):
+            cause = (
+                f"instance {instance} lost its registry session; item {item} taken over by "
+                f"{self._me} (task {contexts.task_id})"
+            )
+            self._post(
+                dataclasses.replace(start, complete_time=now, is_success=False, failure_cause=cause)
+            )
 
     def is_running(self, item: int) -> bool:
         return item in self.running or self.coordinator.running_elsewhere(item)
@@ -177,9 +215,12 @@ class JobExecutor:
         monitor = self.config.monitor_execution
         misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
+        # The items' trace events exist before the running marks: their ids go into the
+        # failover intents, so a taker can complete the rows if this instance dies.
+        starts = self._start_events(contexts)
         try:
             claimed = not monitor or await self.coordinator.mark_running(
-                items, misfire_run=misfire_run
+                items, misfire_run=misfire_run, runs=starts
             )
         except RegistryError:
             if failover_run:  # give the takeover back rather than block the items
@@ -201,7 +242,7 @@ class JobExecutor:
             self._status(contexts, State.TASK_RUNNING, "")
             async with anyio.create_task_group() as tg:
                 for item in items:
-                    tg.start_soon(self._run_one, contexts, item, errors, cleared)
+                    tg.start_soon(self._run_one, contexts, item, starts.get(item), errors, cleared)
         finally:
             left = [i for i in items if i not in cleared]
             if monitor and left:
@@ -222,19 +263,12 @@ class JobExecutor:
             await self.handle_error(exc)
         return True
 
-    async def _run_one(
-        self,
-        contexts: ShardingContexts,
-        item: int,
-        errors: dict[int, BaseException],
-        cleared: set[int],
-    ) -> None:
-        ctx = contexts.for_item(item)
+    def _start_events(self, contexts: ShardingContexts) -> dict[int, JobExecutionEvent]:
+        if not self.tracing:
+            return {}
         ident = self.coordinator.identity
-        start = (
-            None
-            if not self.tracing
-            else JobExecutionEvent(
+        return {
+            item: JobExecutionEvent(
                 job_name=self._job,
                 task_id=contexts.task_id,
                 hostname=ident.hostname,
@@ -242,30 +276,51 @@ class JobExecutor:
                 sharding_item=item,
                 execution_source=contexts.execution_source,
             )
-        )
+            for item in contexts.items
+        }
+
+    async def _run_one(
+        self,
+        contexts: ShardingContexts,
+        item: int,
+        start: JobExecutionEvent | None,
+        errors: dict[int, BaseException],
+        cleared: set[int],
+    ) -> None:
+        ctx = contexts.for_item(item)
         if start is not None:
             self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
+        task = _current_asyncio_task()
         try:
             with anyio.CancelScope() as scope:
-                self._item_scopes[id(scope)] = (scope, _current_asyncio_task())
+                self._item_scopes[id(scope)] = (scope, task)
                 try:
                     if limiter is not None:
                         async with limiter:
                             await self._call(ctx)
                     else:
                         await self._call(ctx)
-                except Exception as exc:
+                except BaseException as exc:
+                    # Job code's own BaseException (SystemExit, KeyboardInterrupt,
+                    # GeneratorExit, a CancelledError it raised) fails this item only.
+                    if is_cancellation(exc, scope):
+                        raise
                     failure = exc
                 finally:
                     del self._item_scopes[id(scope)]
             if scope.cancelled_caught:
                 failure = ItemCancelled(f"item {item} cancelled: registry session lost")
         except anyio.get_cancelled_exc_class():
-            failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
-            raise
+            if self._fence_caught(task):
+                failure = ItemCancelled(f"item {item} cancelled: registry session lost")
+            else:
+                failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+                raise
         finally:
+            if task is not None:
+                self._fenced.discard(task)
             if failure is not None:
                 errors[item] = failure
             if start is not None:
@@ -277,6 +332,8 @@ class JobExecutor:
                         failure_cause=format_failure(failure) if failure else None,
                     )
                 )
+        if isinstance(failure, ItemCancelled):
+            return  # fenced: its failover intent stays for a taker (execute() clears the rest)
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
@@ -285,6 +342,14 @@ class JobExecutor:
                     [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
                 )
                 cleared.add(item)
+
+    def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``
+        only (which the item's scope does not absorb): undo it, and the item just ends."""
+        if task is None or task not in self._fenced:
+            return False
+        self._fenced.discard(task)
+        return task.uncancel() == 0
 
     async def _call(self, ctx: ShardingContext) -> None:
         timeout = self.config.timeout
@@ -344,16 +409,39 @@ class JobExecutor:
             )
         )
 
-    async def _listeners(self, contexts: ShardingContexts, *, before: bool) -> None:
+    async def _listeners(
+        self, contexts: ShardingContexts, *, before: bool, cluster_once: bool = True
+    ) -> bool:
+        """Run the before (or after) hooks of every listener. False if the fire must stop: a
+        hook raised and the error handler is ``"raise"``. Otherwise each listener's error is
+        handled on its own and the others still run (ElasticJob skips the rest of the phase; a
+        skipped distributed-once listener would leave the other instances waiting).
+
+        ``cluster_once=False`` (out-of-fire runs) leaves distributed-once listeners out: their
+        hooks belong to the cluster-wide fire, which a takeover or re-run of a few items on one
+        instance cannot complete (it would only wait for the timeout)."""
         for listener in self.config.listeners:
             try:
                 if isinstance(listener, DistributedOnceListener):
-                    await self._distributed_once(listener, contexts, before=before)
+                    if cluster_once:
+                        await self._distributed_once(listener, contexts, before=before)
                 else:
                     hook = listener.before_job_executed if before else listener.after_job_executed
                     await hook(contexts)
-            except Exception as exc:
-                await self.handle_error(exc)
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
+                phase = "before_job_executed" if before else "after_job_executed"
+                log.debug("listener %s.%s raised", hook_name(listener), phase)
+                if await self.handle_error(exc) and before:
+                    self._status(
+                        contexts,
+                        State.TASK_ERROR,
+                        f"Job '{self._job}' aborted: listener {hook_name(listener)} failed "
+                        f"before the fire: {type(exc).__name__}: {exc}",
+                    )
+                    return False
+        return True
 
     async def _distributed_once(
         self, listener: DistributedOnceListener, contexts: ShardingContexts, *, before: bool
@@ -366,20 +454,55 @@ class JobExecutor:
             hook = listener.before_all_started if before else listener.after_all_completed
             await hook(contexts)
 
-    async def handle_error(self, exc: BaseException) -> None:
-        """Route a job error to the configured handler (log | raise | ignore | callable)."""
+    async def handle_error(self, exc: BaseException) -> bool:
+        """Route a job error to the configured handler (log | raise | ignore | callable).
+
+        True for ``"raise"``: the caller stops the fire there (the scheduler is stopping, and
+        ``run()`` raises ``exc``). A callable that raises is logged; the job keeps its schedule.
+        """
         handler = self.config.error_handler
         if handler == "ignore":
-            return
+            return False
         if handler == "raise":
             self._fatal(exc)
-            return
+            return True
         if handler == "log":
-            log.error("job %r failed: %s", self._job, exc, exc_info=exc)
-            return
+            log.error("job %r failed: %s", self._job, _describe(exc), exc_info=exc)
+            return False
         try:
             result = handler(self._job, exc)
             if inspect.isawaitable(result):
                 await result
-        except Exception:
-            log.exception("error handler of job %r failed", self._job)
+        except BaseException as error:
+            if is_cancellation(error):
+                raise
+            log.error(
+                "error handler %s of job %r raised; ignored",
+                hook_name(handler),
+                self._job,
+                exc_info=error,
+            )
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_cancellation(exc: BaseException, scope: anyio.CancelScope | None = None) -> bool:
+    """Whether ``exc`` is (or, as a group, holds) a real cancellation (of ``scope``, or of the
+    running task by anyio, shutdown or fencing), as opposed to a ``CancelledError`` that job
+    code raised itself."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(lambda e: isinstance(e, cancelled)) is None:
+            return False
+    elif not isinstance(exc, cancelled):
+        return False
+    if scope is not None and scope.cancel_called:
+        return True
+    task = _current_asyncio_task()
+    # anyio cancels through Task.cancel() on asyncio (and uncancels what it catches), so a
+    # pending cancellation shows in cancelling(); on other loops treat it as real.
+    return task is None or task.cancelling() > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import os
 import shlex
 import signal
@@ -28,6 +29,8 @@ __all__ = [
     "job_kind_name",
     "make_item_runner",
 ]
+
+log = logging.getLogger("aioelastic.jobs")
 
 SimpleJob = Callable[[ShardingContext], Awaitable[object]]
 #: ``(ctx, keep_going)``: keep_going() turns False when a streaming job should stop looping.
@@ -126,20 +129,46 @@ def make_item_runner(job: object) -> ItemRunner:
         return _dataflow_runner(job)
     _check_async("job", job)
     fn: SimpleJob = job  # type: ignore[assignment]
+    returned = _ReturnValueCheck(fn)
 
     async def run_simple(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
-        await fn(ctx)
+        returned.check(await fn(ctx))
 
     return run_simple
 
 
+class _ReturnValueCheck:
+    """A job's return value is ignored (as ElasticJob's ``void execute``); the first one that is
+    not None is logged once per job, since it is often a mistake (e.g. a coroutine returned
+    instead of awaited, which is closed here so it does not warn "never awaited")."""
+
+    def __init__(self, fn: object) -> None:
+        self._name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        self._warned = False
+
+    def check(self, value: object) -> None:
+        if value is None:
+            return
+        if inspect.iscoroutine(value):
+            value.close()
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "job %s returned %s; return values are ignored (logged once per job)",
+                self._name,
+                "an un-awaited coroutine" if inspect.iscoroutine(value) else type(value).__name__,
+            )
+
+
 def _dataflow_runner(job: DataflowJob) -> ItemRunner:
+    returned = _ReturnValueCheck(job.process_data)
+
     async def run_dataflow(ctx: ShardingContext, keep_going: Callable[[], bool]) -> None:
         while True:
             data = await job.fetch_data(ctx)
             if not data:
                 return
-            await job.process_data(ctx, data)
+            returned.check(await job.process_data(ctx, data))
             if not job.streaming or not keep_going():
                 return
 

@@ -10,9 +10,12 @@ __all__ = ["DistributedOnceListener", "DistributedOnceTimeoutError", "JobListene
 
 class JobListener:
     """Subclass and override either method; both run on every instance, around every fire
-    (ElasticJob's ``ElasticJobListener``). An exception in ``before_job_executed`` fails the fire
-    (it goes to the error handler and no item runs); one in ``after_job_executed`` is handed to
-    the error handler."""
+    (ElasticJob's ``ElasticJobListener``), failover takeovers and misfire re-runs included.
+
+    An exception in either method goes to the job's error handler. With
+    ``error_handler="raise"``, one in ``before_job_executed`` also aborts the fire before any
+    item runs (the listeners after it are not called); with ``"log"``, ``"ignore"`` or a callable
+    the fire goes on and the other listeners are still called."""
 
     async def before_job_executed(self, contexts: ShardingContexts) -> None:
         """Called before the items of a fire start."""
@@ -34,6 +37,10 @@ class DistributedOnceListener(JobListener):
     Each instance's fire waits (up to ``started_timeout`` / ``completed_timeout`` seconds) for the
     other instances to get there; past the timeout the wait ends with a
     ``DistributedOnceTimeoutError`` handed to the job's error handler, and the hook does not run.
+
+    Failover takeovers and misfire re-runs outside a fire leave these hooks out: they run a few
+    of the fire's items on one instance after the fire's cluster-wide hooks ran (or timed out),
+    so they neither wait for the cluster nor run a hook a second time.
     """
 
     def __init__(self, started_timeout: float = 30.0, completed_timeout: float = 30.0) -> None:

@@ -40,6 +40,7 @@ from ._registry import (
     Watcher,
     WatchEvent,
     WatchEventType,
+    notify_session_listeners,
 )
 from ._urls import RegistryURL
 
@@ -233,9 +234,7 @@ class MemoryRegistry:
 
     def _set_state(self, state: SessionState) -> None:
         self._state = state
-        event = SessionEvent(state, self._session_id)
-        for listener in list(self._listeners):
-            listener(event)
+        notify_session_listeners(self._listeners, SessionEvent(state, self._session_id))
 
     def add_session_listener(self, listener: SessionListener) -> None:
         self._listeners.append(listener)

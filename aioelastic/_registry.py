@@ -20,10 +20,13 @@ Semantics follow ZooKeeper:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from ._observer import hook_name
 
 __all__ = [
     "CheckOp",
@@ -39,7 +42,10 @@ __all__ = [
     "WatchEvent",
     "WatchEventType",
     "Watcher",
+    "notify_session_listeners",
 ]
+
+log = logging.getLogger("aioelastic.registry")
 
 
 class SessionState(enum.Enum):
@@ -63,6 +69,18 @@ class SessionEvent:
 
 
 SessionListener = Callable[[SessionEvent], None]
+
+
+def notify_session_listeners(listeners: Iterable[SessionListener], event: SessionEvent) -> None:
+    """Call every listener with ``event``, each on its own: one that raises is logged with its
+    name and the others (and the backend's session handling) go on."""
+    for listener in list(listeners):
+        try:
+            listener(event)
+        except Exception:
+            log.exception(
+                "session listener %s raised on %s; ignored", hook_name(listener), event.state.value
+            )
 
 
 class WatchEventType(enum.Enum):

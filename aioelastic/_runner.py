@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -13,10 +13,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._config import JobConfig
 from ._coordination import InstanceIdentity, JobCoordinator
 from ._errors import RegistryError
-from ._events import ExecutionSource, ExecutionType
-from ._executor import Fatal, JobExecutor, Post
+from ._events import ExecutionSource, ExecutionType, JobExecutionEvent
+from ._executor import Fatal, JobExecutor, Post, is_cancellation
 from ._jobs import ItemRunner
-from ._observer import Observer
+from ._observer import Observer, notify_observers
 from ._paths import JobPaths
 from ._registry import Registry, SessionEvent, SessionState
 
@@ -128,19 +128,28 @@ class JobRunner:
         if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
             self._fires.start_soon(self._guarded, self.executor.fire(source, scheduled))
 
-    def _start_run(self, items: list[int], kind: ExecutionType, source: ExecutionSource) -> None:
-        """Run ``items`` outside a cron fire (a misfire re-run or a failover takeover)."""
+    def _start_run(
+        self,
+        items: list[int],
+        kind: ExecutionType,
+        source: ExecutionSource,
+        lost: Mapping[int, tuple[str, JobExecutionEvent]] | None = None,
+    ) -> None:
+        """Run ``items`` outside a cron fire (a misfire re-run or a failover takeover of the
+        ``lost`` runs), listeners included."""
         if self._fires is None or self._stopping:
             return
         contexts = self.executor.contexts(items, kind, source, None)
-        self._fires.start_soon(self._guarded, self.executor.execute(contexts, quiet_conflict=True))
+        self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.executor.in_flight += 1
         try:
             await work
-        except Exception as exc:
-            await self.executor.handle_error(exc)
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            await self.executor.handle_error(exc)  # e.g. the registry failed mid-fire
         finally:
             self.executor.in_flight -= 1
 
@@ -285,9 +294,9 @@ class JobRunner:
         claimed = await coord.claim_failover(sorted(mine)) if mine else []
         if claimed:
             log.info("%s: failing over items %s", self.name, claimed)
-            for observer in self.executor.observers:
-                observer.failover_claimed(self.name, claimed)
-            self._start_run(claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER)
+            notify_observers(self.executor.observers, "failover_claimed", self.name, claimed)
+            lost = coord.lost_runs(claimed)  # read before our own run overwrites the intents
+            self._start_run(claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER, lost)
         return len(claimed) < len(candidates)
 
     def _run_misfired_if_due(self) -> None:

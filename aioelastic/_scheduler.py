@@ -23,7 +23,7 @@ from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
 from ._events import TraceSink
 from ._jobs import ItemRunner, make_item_runner
-from ._observer import Observer
+from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
 from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
@@ -57,7 +57,7 @@ def _unwrap(exc: Exception) -> Exception:
 
 def _session_forwarder(observer: Observer) -> SessionListener:
     def forward(event: SessionEvent) -> None:
-        observer.session_state_changed(event.state.value)
+        notify_observers([observer], "session_state_changed", event.state.value)
 
     return forward
 
@@ -252,7 +252,7 @@ class Scheduler:
             for observer in self.observers:
                 listener = _session_forwarder(observer)
                 registry.add_session_listener(listener)
-                observer.session_state_changed(registry.session_state.value)
+                notify_observers([observer], "session_state_changed", registry.session_state.value)
             stack.callback(setattr, self, "_registry", None)
             bus = TraceBus(
                 self._sinks,

@@ -92,6 +92,7 @@ from ._registry import (
     Watcher,
     WatchEvent,
     WatchEventType,
+    notify_session_listeners,
 )
 from ._urls import RegistryURL
 
@@ -813,11 +814,7 @@ class ZooKeeperRegistry:
         self._state_changed = anyio.Event()
         event = SessionEvent(state, self._session_id)
         log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("session listener %r failed", listener)
+        notify_session_listeners(self._listeners, event)
 
     def _on_watch_event(self, raw: Any) -> None:
         event_type = _EVENT_TYPES.get(raw.type)

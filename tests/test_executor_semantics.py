@@ -1,0 +1,704 @@
+"""The executor's contract with user code: error-handler semantics (ElasticJob's), listeners
+around every run, hooks that cannot break jobs, BaseExceptions from jobs, return values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from aioelastic import (
+    DistributedOnceListener,
+    ExecutionSource,
+    JobListener,
+    Observer,
+    Scheduler,
+    Settings,
+    ShardingContext,
+    ShardingContexts,
+    TimeDiffError,
+)
+from aioelastic._memory_registry import MemoryRegistry, MemoryStore
+from aioelastic._paths import JobPaths
+from aioelastic._registry import SessionEvent, SessionState
+from aioelastic.tracing import MemorySink
+
+from .helpers import completions, eventually, executions
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> Callable[..., Scheduler]:
+    store = f"semantics-{uuid.uuid4().hex[:12]}"
+    MemoryStore.reset(store)
+
+    def make(observers: tuple[Observer, ...] = (), **settings: Any) -> Scheduler:
+        s = Settings(registry_url=f"memory://{store}/ns", **settings)
+        return Scheduler(settings=s, sinks=[sink], observers=observers)
+
+    return make
+
+
+def skew_clock(scheduler: Scheduler, job: str) -> None:
+    scheduler._runners[job].coordinator.clock = lambda: time.time() + 60
+
+
+async def run_until_fatal(
+    scheduler: Scheduler,
+    job: str,
+    prepare: Callable[[], None],
+    error: type[BaseException],
+    match: str,
+) -> None:
+    """Run ``scheduler``, trigger ``job`` once; ``run()`` must raise ``error`` (handler raise)."""
+
+    async def trigger_when_ready() -> None:
+        await eventually(lambda: scheduler._runners.get(job) is not None)
+        prepare()
+        await scheduler.trigger(job)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trigger_when_ready)
+            with pytest.raises(error, match=match):
+                await scheduler.run()
+
+
+async def trigger_until(scheduler: Scheduler, sink: MemorySink, job: str, total: int) -> None:
+    """Trigger ``job`` until ``total`` item runs completed (after a new session the instance
+    node is back only once the job re-registered it: a trigger before that reaches nobody)."""
+    with anyio.fail_after(20):
+        while len(completions(sink.events, job)) < total:
+            await scheduler.trigger(job)
+            with anyio.move_on_after(2):
+                while len(completions(sink.events, job)) < total:
+                    await anyio.sleep(0.05)
+
+
+class FailingBefore(JobListener):
+    def __init__(self) -> None:
+        self.after = 0
+
+    async def before_job_executed(self, contexts: ShardingContexts) -> None:
+        raise RuntimeError("before-listener broke")
+
+    async def after_job_executed(self, contexts: ShardingContexts) -> None:
+        self.after += 1
+
+
+class Counting(JobListener):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, ...], str]] = []
+
+    async def before_job_executed(self, contexts: ShardingContexts) -> None:
+        source = contexts.execution_source.value
+        self.calls.append(("before", tuple(contexts.items), source))
+
+    async def after_job_executed(self, contexts: ShardingContexts) -> None:
+        self.calls.append(("after", tuple(contexts.items), contexts.execution_source.value))
+
+
+# -- 1. error-handler semantics (ElasticJob's ElasticJobExecutorTest) --
+
+
+async def test_raise_time_diff_failure_aborts_the_fire_before_any_item(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    ran: list[int] = []
+
+    @scheduler.job(max_time_diff_seconds=5, error_handler="raise", sharding_total_count=2)
+    async def clocked(ctx: ShardingContext) -> None:
+        ran.append(ctx.sharding_item)
+
+    await run_until_fatal(
+        scheduler,
+        "clocked",
+        lambda: skew_clock(scheduler, "clocked"),
+        TimeDiffError,
+        "max_time_diff_seconds=5",
+    )
+    assert ran == [] and executions(sink.events, "clocked") == []
+
+
+async def test_log_time_diff_failure_is_logged_and_the_fire_goes_on(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job(max_time_diff_seconds=5, error_handler="log", sharding_total_count=2)
+    async def clocked(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        skew_clock(scheduler, "clocked")
+        await scheduler.trigger("clocked")
+        await eventually(lambda: len(completions(sink.events, "clocked")) == 2)
+    assert all(e.is_success for e in completions(sink.events, "clocked"))
+    logged = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "TimeDiffError" in r.msg % r.args
+    ]
+    assert len(logged) == 1
+
+
+async def test_raise_before_listener_failure_aborts_the_fire_before_any_item(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    ran: list[int] = []
+    later = Counting()
+
+    @scheduler.job(error_handler="raise", listeners=[FailingBefore(), later])
+    async def guarded(ctx: ShardingContext) -> None:
+        ran.append(ctx.sharding_item)
+
+    await run_until_fatal(scheduler, "guarded", lambda: None, RuntimeError, "before-listener broke")
+    assert ran == [] and executions(sink.events, "guarded") == []
+    assert later.calls == []  # the fire stopped at the first raising listener
+
+
+@pytest.mark.parametrize("handler", ["log", "ignore", "callable"])
+async def test_other_handlers_before_listener_failure_goes_on(
+    make_scheduler: Callable[..., Scheduler],
+    sink: MemorySink,
+    caplog: pytest.LogCaptureFixture,
+    handler: str,
+) -> None:
+    scheduler = make_scheduler()
+    seen: list[BaseException] = []
+    failing, later = FailingBefore(), Counting()
+
+    @scheduler.job(
+        error_handler=(lambda job, exc: seen.append(exc)) if handler == "callable" else handler,
+        listeners=[failing, later],
+    )
+    async def guarded(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        for n in (1, 2):  # the schedule goes on
+            await scheduler.trigger("guarded")
+            await eventually(lambda n=n: len(completions(sink.events, "guarded")) == n)
+            await eventually(lambda n=n: failing.after == n)
+    assert all(e.is_success for e in completions(sink.events, "guarded"))
+    assert [c[0] for c in later.calls] == ["before", "after"] * 2  # the others still run
+    logged = [r for r in caplog.records if "before-listener broke" in r.getMessage()]
+    if handler == "log":
+        assert len(logged) == 2
+    elif handler == "callable":
+        assert [str(e) for e in seen] == ["before-listener broke"] * 2
+    else:
+        assert logged == []
+
+
+# -- 2. out-of-fire runs go through the listeners --
+
+
+async def test_misfire_rerun_outside_a_fire_goes_through_the_listeners(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    listener = Counting()
+
+    @scheduler.job(sharding_total_count=2, listeners=[listener])
+    async def late(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        coord = scheduler._runners["late"].coordinator
+        await eventually(lambda: coord.local_items() == [0, 1])
+        await scheduler.registry.create(coord.paths.item_misfire(1))
+        await eventually(lambda: len(listener.calls) == 2)
+        await eventually(lambda: len(completions(sink.events, "late")) == 1)
+    assert listener.calls == [("before", (1,), "MISFIRE"), ("after", (1,), "MISFIRE")]
+    assert completions(sink.events, "late")[0].execution_source is ExecutionSource.MISFIRE
+
+
+def ghost_intent(job: str, item: int, **run: object) -> bytes:
+    """A failover intent left by a dead instance ``ghost`` (a session that no longer exists)."""
+    return json.dumps({"instance": "ghost", "session": 987654321, **run}).encode()
+
+
+async def test_failover_takeover_goes_through_the_listeners_and_completes_the_dead_run(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    listener = Counting()
+    once_hooks: list[str] = []
+
+    class Once(DistributedOnceListener):
+        async def before_all_started(self, contexts: ShardingContexts) -> None:
+            once_hooks.append("started")
+
+        async def after_all_completed(self, contexts: ShardingContexts) -> None:
+            once_hooks.append("completed")
+
+    ran: list[tuple[int, str]] = []
+
+    @scheduler.job(
+        sharding_total_count=2,
+        failover=True,
+        listeners=[listener, Once(started_timeout=60, completed_timeout=60)],
+    )
+    async def taken(ctx: ShardingContext) -> None:
+        ran.append((ctx.sharding_item, ctx.execution_source.value))
+
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    dead_run = {
+        "task_id": "taken@-@1@-@READY@-@ghost@-@abc",
+        "id": "dead-run-id",
+        "start_time": start.isoformat(),
+        "hostname": "ghost-host",
+        "ip": "10.0.0.9",
+        "source": "NORMAL_TRIGGER",
+    }
+    async with scheduler:
+        coord = scheduler._runners["taken"].coordinator
+        await eventually(lambda: coord.local_items() == [0, 1])
+        with anyio.fail_after(10):  # the distributed-once listener must not make it wait 60 s
+            await scheduler.registry.create(
+                coord.paths.failover_item(1),
+                ghost_intent("taken", 1, **dead_run),
+                make_parents=True,
+            )
+            await eventually(lambda: len(listener.calls) == 2, timeout=10)
+            await eventually(lambda: len(completions(sink.events, "taken")) == 2)
+    assert ran == [(1, "FAILOVER")]  # once, no double run
+    assert listener.calls == [("before", (1,), "FAILOVER"), ("after", (1,), "FAILOVER")]
+    assert once_hooks == []  # cluster-wide hooks are not part of a takeover
+    dead = [e for e in completions(sink.events, "taken") if e.id == "dead-run-id"]
+    assert len(dead) == 1
+    row = dead[0]
+    assert (row.task_id, row.hostname, row.ip, row.sharding_item) == (
+        dead_run["task_id"],
+        "ghost-host",
+        "10.0.0.9",
+        1,
+    )
+    assert row.start_time == start and row.execution_source is ExecutionSource.NORMAL_TRIGGER
+    assert row.is_success is False and row.complete_time is not None
+    assert row.failure_cause is not None
+    assert "instance ghost lost its registry session" in row.failure_cause
+    assert f"taken over by {scheduler.instance_id}" in row.failure_cause
+    takeover = next(e for e in completions(sink.events, "taken") if e.id != "dead-run-id")
+    assert takeover.task_id in row.failure_cause and takeover.is_success
+
+
+async def test_takeover_of_an_old_intent_without_run_fields_still_runs(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job(sharding_total_count=1, failover=True)
+    async def legacy(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        coord = scheduler._runners["legacy"].coordinator
+        await eventually(lambda: coord.local_items() == [0])
+        await scheduler.registry.create(
+            coord.paths.failover_item(0), ghost_intent("legacy", 0), make_parents=True
+        )
+        await eventually(lambda: len(completions(sink.events, "legacy")) == 1)
+    assert [e.execution_source for e in executions(sink.events, "legacy")] == [
+        ExecutionSource.FAILOVER
+    ] * 2
+
+
+async def test_failover_intent_carries_the_run_and_stays_readable(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    gate = anyio.Event()
+    intents: list[dict[str, Any]] = []
+
+    @scheduler.job(sharding_total_count=1, failover=True)
+    async def marked(ctx: ShardingContext) -> None:
+        paths = JobPaths("ns", "marked")
+        raw, _ = await scheduler.registry.get(paths.failover_item(0))
+        intents.append(json.loads(raw))
+        gate.set()
+
+    async with scheduler:
+        await scheduler.trigger("marked")
+        await gate.wait()
+        await eventually(lambda: len(completions(sink.events, "marked")) == 1)
+    start = executions(sink.events, "marked")[0]
+    (intent,) = intents
+    assert intent["instance"] == scheduler.instance_id and isinstance(intent["session"], int)
+    assert intent["id"] == start.id and intent["task_id"] == start.task_id
+    assert datetime.fromisoformat(intent["start_time"]) == start.start_time
+    assert (intent["hostname"], intent["ip"], intent["source"]) == (
+        start.hostname,
+        start.ip,
+        "NORMAL_TRIGGER",
+    )
+    assert len(json.dumps(intent)) < 1024
+
+
+# -- 3. hooks cannot break jobs --
+
+
+class Exploding(Observer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def fire_started(self, job: str, scheduled: datetime | None, started: datetime) -> None:
+        self.calls += 1
+        raise RuntimeError("observer boom")
+
+    def reshard_committed(self, job: str, instances: int, items: int) -> None:
+        raise RuntimeError("observer boom")
+
+    def failover_claimed(self, job: str, items: Any) -> None:
+        raise RuntimeError("observer boom")
+
+    def session_state_changed(self, state: str) -> None:
+        raise RuntimeError("observer boom")
+
+
+class Recording(Observer):
+    def __init__(self) -> None:
+        self.fires = 0
+        self.states: list[str] = []
+
+    def fire_started(self, job: str, scheduled: datetime | None, started: datetime) -> None:
+        self.fires += 1
+
+    def session_state_changed(self, state: str) -> None:
+        self.states.append(state)
+
+
+def boom_records(caplog: pytest.LogCaptureFixture, hook: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "aioelastic.observer" and f"Exploding.{hook}" in r.getMessage()
+    ]
+
+
+async def test_raising_observer_is_logged_and_jobs_keep_firing(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, good = Exploding(), Recording()
+    scheduler = make_scheduler(observers=(bad, good))
+
+    @scheduler.job(sharding_total_count=2, failover=True)
+    async def observed(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        for n in (1, 2, 3):
+            await scheduler.trigger("observed")
+            await eventually(lambda n=n: len(completions(sink.events, "observed")) == 2 * n)
+        coord = scheduler._runners["observed"].coordinator
+        await scheduler.registry.create(
+            coord.paths.failover_item(0), ghost_intent("observed", 0), make_parents=True
+        )
+        await eventually(lambda: len(completions(sink.events, "observed")) == 7)
+    assert all(e.is_success for e in completions(sink.events, "observed"))
+    assert good.fires == 3 and bad.calls == 3  # the good observer still hears every fire
+    assert len(boom_records(caplog, "fire_started")) == 3  # once per call, with its name
+    assert len(boom_records(caplog, "reshard_committed")) >= 1
+    assert len(boom_records(caplog, "failover_claimed")) == 1
+    assert len(boom_records(caplog, "session_state_changed")) >= 1
+
+
+async def test_raising_session_listener_on_memory_registry_is_isolated(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, good = Exploding(), Recording()
+    scheduler = make_scheduler(observers=(bad, good))
+
+    @scheduler.job(sharding_total_count=1)
+    async def survivor(ctx: ShardingContext) -> None: ...
+
+    def broken_listener(event: SessionEvent) -> None:
+        raise RuntimeError("listener boom")
+
+    async with scheduler:
+        registry = scheduler.registry
+        assert isinstance(registry, MemoryRegistry)
+        registry.add_session_listener(broken_listener)
+        registry.expire_session()  # LOST, then a new session: CONNECTED
+        await eventually(lambda: good.states[-2:] == ["LOST", "CONNECTED"])
+        logged = [r.getMessage() for r in caplog.records if "broken_listener" in r.getMessage()]
+        # LOST and CONNECTED, one line each, naming the listener
+        assert [m.split(" raised on ")[1] for m in logged] == [
+            "LOST; ignored",
+            "CONNECTED; ignored",
+        ]
+        await trigger_until(scheduler, sink, "survivor", 1)
+
+
+async def test_raising_trace_sink_does_not_fail_fires(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    class BrokenSink:
+        name = "broken"
+
+        async def write(self, batch: Any) -> None:
+            raise RuntimeError("sink boom")
+
+    store = "semantics-broken-sink"
+    MemoryStore.reset(store)
+    scheduler = Scheduler(
+        settings=Settings(registry_url=f"memory://{store}/ns", shutdown_grace_period=0.5),
+        sinks=[BrokenSink(), sink],
+    )
+    ran = 0
+
+    @scheduler.job(sharding_total_count=1)
+    async def sunk(ctx: ShardingContext) -> None:
+        nonlocal ran
+        ran += 1
+
+    async with scheduler:
+        for n in (1, 2):
+            await scheduler.trigger("sunk")
+            await eventually(lambda n=n: ran == n)
+        await eventually(lambda: len(completions(sink.events, "sunk")) == 2)
+
+
+# -- 4. BaseException from job code --
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [SystemExit(3), KeyboardInterrupt(), GeneratorExit(), asyncio.CancelledError("job's own")],
+    ids=lambda e: type(e).__name__,
+)
+async def test_job_base_exception_fails_its_item_only(
+    make_scheduler: Callable[..., Scheduler],
+    sink: MemorySink,
+    caplog: pytest.LogCaptureFixture,
+    exc: BaseException,
+) -> None:
+    scheduler = make_scheduler()
+    sibling_done = 0
+
+    @scheduler.job(sharding_total_count=2)
+    async def hostile(ctx: ShardingContext) -> None:
+        nonlocal sibling_done
+        if ctx.sharding_item == 0:
+            raise exc
+        await anyio.sleep(0.3)  # still running when item 0 raises
+        sibling_done += 1
+
+    @scheduler.job(sharding_total_count=1)
+    async def bystander(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        for n in (1, 2):  # the schedule goes on
+            await scheduler.trigger("hostile")
+            await scheduler.trigger("bystander")
+            await eventually(lambda n=n: len(completions(sink.events, "hostile")) == 2 * n)
+            await eventually(lambda n=n: len(completions(sink.events, "bystander")) == n)
+    runs = completions(sink.events, "hostile")
+    failed = [e for e in runs if not e.is_success]
+    assert sibling_done == 2
+    assert [e.sharding_item for e in failed] == [0, 0]
+    assert all(type(exc).__name__ in (e.failure_cause or "") for e in failed)
+    assert all(e.is_success for e in completions(sink.events, "bystander"))
+    assert [r for r in caplog.records if r.levelno == logging.ERROR and "hostile" in r.getMessage()]
+
+
+async def test_real_cancellation_is_still_honoured_when_a_job_reraises_its_own(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    """Shutdown past the grace period cancels the item, even if the job turns the cancellation
+    into a fresh CancelledError of its own: the run is cancelled, not "failed and went on"."""
+    scheduler = make_scheduler(shutdown_grace_period=0.2)
+    started = anyio.Event()
+    after_cancel: list[str] = []
+
+    @scheduler.job(sharding_total_count=1)
+    async def stubborn(ctx: ShardingContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except asyncio.CancelledError:
+            raise asyncio.CancelledError("mine now") from None
+        after_cancel.append("went on")
+
+    with anyio.fail_after(10):
+        async with scheduler:
+            await scheduler.trigger("stubborn")
+            await started.wait()
+    (done,) = completions(sink.events, "stubborn")
+    assert not done.is_success and "shutdown grace period over" in (done.failure_cause or "")
+    assert after_cancel == []
+
+
+async def test_session_loss_fencing_is_still_honoured_and_keeps_the_failover_intent(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+) -> None:
+    scheduler = make_scheduler()
+    started = anyio.Event()
+    sources: list[str] = []
+
+    @scheduler.job(sharding_total_count=1, failover=True)
+    async def fenced(ctx: ShardingContext) -> None:
+        sources.append(ctx.execution_source.value)
+        started.set()
+        if ctx.execution_source is ExecutionSource.NORMAL_TRIGGER:
+            await anyio.sleep(60)
+
+    async with scheduler:
+        await scheduler.trigger("fenced")
+        await started.wait()
+        registry = scheduler.registry
+        assert isinstance(registry, MemoryRegistry)
+        registry.expire_session()  # fenced; a new session at once
+        # The cut run's intent survives the fence, so the item is failed over (to us).
+        await eventually(lambda: len(completions(sink.events, "fenced")) == 3)
+    cut = [e for e in completions(sink.events, "fenced") if "READY" in e.task_id]
+    assert {e.is_success for e in cut} == {False}
+    assert any("registry session lost" in (e.failure_cause or "") for e in cut)
+    assert sources == ["NORMAL_TRIGGER", "FAILOVER"]
+
+
+async def test_a_returned_value_is_ignored_and_logged_once(
+    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = make_scheduler()
+
+    async def helper() -> int:
+        return 1
+
+    @scheduler.job(sharding_total_count=1)
+    async def returner(ctx: ShardingContext) -> object:
+        return helper()  # a mistake: not awaited
+
+    with _no_unawaited_warning():
+        async with scheduler:
+            for n in (1, 2):
+                await scheduler.trigger("returner")
+                await eventually(lambda n=n: len(completions(sink.events, "returner")) == n)
+    assert all(e.is_success for e in completions(sink.events, "returner"))
+    warned = [r for r in caplog.records if "returned" in r.getMessage()]
+    assert len(warned) == 1 and "un-awaited coroutine" in warned[0].getMessage()
+    assert "returner" in warned[0].getMessage()
+
+
+class _no_unawaited_warning:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self._seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.collect()
+        self._catch.__exit__(None, None, None)
+        assert not [w for w in self._seen if "never awaited" in str(w.message)]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_raising_error_handler_is_logged_and_the_job_keeps_its_schedule(
+    make_scheduler: Callable[..., Scheduler],
+    sink: MemorySink,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    def sync_handler(job: str, exc: BaseException) -> None:
+        raise RuntimeError("handler boom")
+
+    async def async_handler(job: str, exc: BaseException) -> None:
+        await anyio.sleep(0)
+        raise RuntimeError("handler boom")
+
+    scheduler = make_scheduler()
+
+    @scheduler.job(
+        sharding_total_count=1,
+        error_handler=sync_handler if kind == "sync" else async_handler,
+        listeners=[FailingBefore()],
+    )
+    async def failing(ctx: ShardingContext) -> None:
+        raise ValueError("job boom")
+
+    async with scheduler:
+        for n in (1, 2):
+            await scheduler.trigger("failing")
+            await eventually(lambda n=n: len(completions(sink.events, "failing")) == n)
+    logged = [r for r in caplog.records if "error handler" in r.getMessage()]
+    # per fire: the before-listener's error and the item's error reach the raising handler
+    assert len(logged) == 4
+    assert all(f"{kind}_handler" in r.getMessage() for r in logged)
+
+
+@pytest.mark.zookeeper
+async def test_zookeeper_session_state_and_listener_faults_are_isolated(
+    zk_url: str, sink: MemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same isolation on a real ZooKeeper: a raising observer and session listener, a
+    session expired on the server; jobs keep firing and each error is logged with its name."""
+    from aioelastic._zk_registry import ZooKeeperRegistry
+    from tests.harness.zookeeper import expire_session
+
+    bad, good = Exploding(), Recording()
+    scheduler = Scheduler(
+        settings=Settings(registry_url=zk_url, shutdown_grace_period=1),
+        sinks=[sink],
+        observers=[bad, good],
+    )
+
+    @scheduler.job(sharding_total_count=2)
+    async def zk_observed(ctx: ShardingContext) -> None: ...
+
+    def broken_listener(event: SessionEvent) -> None:
+        raise RuntimeError("listener boom")
+
+    async with scheduler:
+        registry = scheduler.registry
+        assert isinstance(registry, ZooKeeperRegistry)
+        registry.add_session_listener(broken_listener)
+        await scheduler.trigger("zk_observed")
+        await eventually(lambda: len(completions(sink.events, "zk_observed")) == 2, timeout=10)
+        await expire_session(registry)
+        await eventually(lambda: good.states[-1:] == ["CONNECTED"] and "LOST" in good.states, 15)
+        await eventually(lambda: registry.session_state is SessionState.CONNECTED, 15)
+
+        await trigger_until(scheduler, sink, "zk_observed", 4)
+    assert good.fires >= 2 and bad.calls >= 2
+    listener_lines = [r for r in caplog.records if "broken_listener" in r.getMessage()]
+    assert {r.getMessage().rsplit(" on ", 1)[1].split(";")[0] for r in listener_lines} >= {
+        "LOST",
+        "CONNECTED",
+    }
+    assert len(boom_records(caplog, "session_state_changed")) >= 2
+    assert len(boom_records(caplog, "fire_started")) == bad.calls
+
+
+async def test_is_cancellation_tells_a_jobs_own_cancelled_error_from_a_real_cancel() -> None:
+    from aioelastic._executor import is_cancellation
+
+    own = asyncio.CancelledError("raised by job code")
+    assert not is_cancellation(own)
+    assert not is_cancellation(BaseExceptionGroup("g", [own]))
+    assert not is_cancellation(SystemExit(1))
+    seen: list[bool] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.sleep(1)
+        except asyncio.CancelledError as exc:
+            seen += [is_cancellation(exc, scope), is_cancellation(exc)]
+            seen.append(is_cancellation(BaseExceptionGroup("g", [exc, ValueError()])))
+            raise
+    assert seen == [True, True, True]

@@ -1,0 +1,56 @@
+"""A job raising SystemExit / KeyboardInterrupt in its own process: the item fails, the
+process stays alive and keeps firing every job (no zombie), and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+
+def records(log: Path) -> list[dict[str, object]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("exception", ["SystemExit", "KeyboardInterrupt"])
+def test_base_exception_in_a_job_does_not_make_a_zombie(tmp_path: Path, exception: str) -> None:
+    log = tmp_path / "runs.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hostile_instance", exception, str(log)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+
+        def count(job: str) -> int:
+            return sum(1 for r in records(log) if r["job"] == job)
+
+        while count("hostile") < 6 or count("steady") < 3 or count("hostile-sibling-done") < 3:
+            assert proc.poll() is None, f"the process died: {proc.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"not firing on: {records(log)}"
+            time.sleep(0.1)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert records(log)[-1]["job"] == "stopped"
+        assert f"{exception}: raised by the job" in err.decode()  # logged by the error handler
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
