@@ -29,6 +29,7 @@ import anyio
 from ._config import JobConfig
 from ._errors import (
     AioelasticError,
+    InstanceIdConflictError,
     NodeExistsError,
     NoNodeError,
     RegistryError,
@@ -127,6 +128,8 @@ class JobCoordinator:
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
         self._count_seen: int | None = None
+        self._registered_once = False  # later registrations are re-registrations
+        self._conflict_logged = 0  # the other session last reported as holding our node
 
     # -- registration --
 
@@ -149,24 +152,84 @@ class JobCoordinator:
             await self._ensure(self.paths.sharding_necessary)
 
     async def register_instance(self) -> None:
-        """(Re)create this instance's ephemeral node; waits out a stale node of an old session."""
+        """(Re)create this instance's ephemeral node.
+
+        If another session holds it (a second process with the same instance id, or the old
+        session of a restarted process that has not expired yet), log one ERROR and, at start,
+        wait up to ``conflict_wait()`` seconds for it to go; later (re-registration after a new
+        session) fail at once so the caller retries. Until this session holds the node the
+        instance takes no step as owner (``holds_instance_node``). Raises
+        ``InstanceIdConflictError``."""
         path = self.paths.instance(self.identity.instance_id)
-        with anyio.fail_after(60):
+        wait = 0.0 if self._registered_once else self.conflict_wait()
+        deadline = anyio.current_time() + wait
+        while True:
+            other = await self._try_create_instance(path)
+            if other is None:
+                if self._conflict_logged:
+                    log.warning(
+                        "%s: instance id %r registered; the other session has ended",
+                        self.paths.job,
+                        self.identity.instance_id,
+                    )
+                self._registered_once, self._conflict_logged = True, 0
+                return
+            if self._conflict_logged != other:
+                self._conflict_logged = other
+                log.error(
+                    "%s: instance id %r is already registered by another session (0x%x; this "
+                    "one is 0x%x): another process runs with the same instance id (a copied "
+                    "AIOELASTIC_INSTANCE_ID or a reused pod name?), or a previous process's "
+                    "session has not expired yet. Taking no items until it is gone%s.",
+                    self.paths.job,
+                    self.identity.instance_id,
+                    other,
+                    self.registry.session_id,
+                    f" (start fails after {wait:g}s)" if wait else "",
+                )
+            if anyio.current_time() >= deadline:
+                raise InstanceIdConflictError(
+                    f"job {self.paths.job!r}: instance id {self.identity.instance_id!r} is held "
+                    f"by another session (0x{other:x}); every instance needs its own id"
+                )
+            await anyio.sleep(min(0.2, max(0.0, deadline - anyio.current_time())))
+
+    async def _try_create_instance(self, path: str) -> int | None:
+        """Create the instance node; None if this session holds it, else the holder's id."""
+        with anyio.fail_after(30):
             while True:
                 try:
                     await self.registry.create(path, self.identity.to_json(), ephemeral=True)
-                    return
+                    return None
                 except NodeExistsError:
                     stat = await self.registry.exists(path)
-                    if stat is not None and stat.ephemeral_owner == self.registry.session_id:
-                        return
-                    await anyio.sleep(0.2)  # the old session's node goes when it expires
+                if stat is None:
+                    continue  # gone in between: create again
+                if stat.ephemeral_owner == self.registry.session_id:
+                    return None
+                return stat.ephemeral_owner
+
+    def conflict_wait(self) -> float:
+        """How long a start waits for another session's node of this instance id to go: twice
+        the session timeout plus 2 s on ZooKeeper (a restarted process's old session expires
+        within one timeout); 1 s embedded (a stopped scheduler's session ends at once)."""
+        timeout = getattr(self.registry, "negotiated_timeout", None)
+        return 2 * timeout + 2 if isinstance(timeout, int | float) and timeout > 0 else 1.0
+
+    def holds_instance_node(self) -> bool:
+        """This session holds ``instances/{id}`` (as the view shows it)."""
+        stat = self.view.stat(self.paths.instance(self.identity.instance_id))
+        return stat is not None and stat.ephemeral_owner == self.registry.session_id
 
     async def deregister(self) -> None:
-        """Delete this instance's node (a graceful stop), so the others reshard at once."""
+        """Delete this instance's node (a graceful stop), so the others reshard at once; never
+        another session's node of the same instance id."""
+        path = self.paths.instance(self.identity.instance_id)
         try:
-            await self.registry.delete(self.paths.instance(self.identity.instance_id))
-        except (NoNodeError, RegistryError):
+            stat = await self.registry.exists(path)
+            if stat is not None and stat.ephemeral_owner == self.registry.session_id:
+                await self.registry.delete(path, version=stat.version)
+        except RegistryError:
             pass
 
     async def _ensure(self, path: str) -> None:
@@ -221,9 +284,17 @@ class JobCoordinator:
     def reshard_pending(self) -> bool:
         return self.view.exists(self.paths.sharding_necessary)
 
+    def server_disabled(self) -> bool:
+        """This instance's server is ``DISABLED`` (ElasticJob: no local items then)."""
+        return self.view.get(self.paths.server(self.identity.host)) == DISABLED
+
     def local_items(self) -> list[int]:
         """Items this instance owns, minus disabled ones and ones another instance is failing
-        over."""
+        over; none while this server is disabled or this session does not hold the instance
+        node (another process with the same instance id holds it, or it is not re-created yet).
+        """
+        if self.server_disabled() or not self.holds_instance_node():
+            return []
         me = self.identity.instance_id
         return [
             i
@@ -274,7 +345,7 @@ class JobCoordinator:
         """This instance's part of ``candidates`` when split over the available instances (every
         instance computes the same split, so one pass claims them all, spread out)."""
         members = self.available_instances()
-        if self.identity.instance_id not in members:
+        if self.identity.instance_id not in members or not self.holds_instance_node():
             return []
         split = shard(self.config.sharding_strategy, members, self.paths.job, len(candidates))
         return [candidates[k] for k in split.get(self.identity.instance_id, [])]
@@ -372,6 +443,8 @@ class JobCoordinator:
         if not self.view.fresh:
             return
         if not self.view.exists(self.paths.leader_election_instance):
+            if not self.holds_instance_node():
+                return  # not (yet) registered by this session: no campaign
             try:
                 await self.registry.create(
                     self.paths.leader_election_instance, self._me, ephemeral=True
@@ -451,6 +524,10 @@ class JobCoordinator:
             return True
         if self.is_leader:
             await self.reshard()
+        if self.server_disabled() or not self.available_instances():
+            # No items here whatever the outcome, or nobody to shard over (ElasticJob skips
+            # sharding then): a fire must not wait for a reshard that cannot happen.
+            return not self.reshard_pending()
         done = await self.view.wait_for(lambda: not self.reshard_pending(), timeout)
         if not done:
             log.warning(
