@@ -14,6 +14,7 @@ one multi-op. Safety rests on three registry facts rather than on timing:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,10 +36,11 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
+from ._limits import batch_items, chunk_ops
 from ._listeners import DistributedOnceTimeoutError
 from ._observer import Observer
 from ._paths import JobPaths
-from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
+from ._registry import CheckOp, CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
 from ._sharding import shard
 from ._view import TreeView
 
@@ -353,6 +355,11 @@ class JobCoordinator:
     async def claim_failover(self, items: Sequence[int]) -> list[int]:
         """Take ``items`` over (ephemeral ``sharding/{i}/failover`` = this instance), all at once;
         items someone else took meanwhile are skipped. Returns the items claimed."""
+        batches = batch_items(
+            items, lambda i: [CreateOp(self.paths.item_failover(i), self._me, ephemeral=True)]
+        )
+        if len(batches) > 1:  # too many for one multi-op: claim batch by batch
+            return [i for batch in batches for i in await self.claim_failover(batch)]
         pending = list(items)
         while pending:
             ops: list[Op] = [
@@ -489,7 +496,7 @@ class JobCoordinator:
                     ops += self._delete_item_ops(int(name))
             ops.append(DeleteOp(self.paths.sharding_necessary))
             try:
-                await self.registry.transaction(ops)
+                await self._write_reshard(ops)
             except TransactionFailedError as exc:
                 log.info("%s: reshard raced with a change (%s); will retry", self.paths.job, exc)
                 return False
@@ -497,11 +504,74 @@ class JobCoordinator:
                 "%s: resharded over %d instance(s): %s",
                 self.paths.job,
                 len(members),
-                {k: v for k, v in sorted(assignment.items())},
+                {
+                    k: v if total <= 100 else f"{len(v)} items"
+                    for k, v in sorted(assignment.items())
+                },
             )
             for observer in self.observers:
                 observer.reshard_committed(self.paths.job, len(members), total)
             return True
+
+    async def _write_reshard(self, ops: list[Op]) -> None:
+        """Write a reshard's ops (the flag's delete last) in multi-ops that fit a packet. With
+        more than one, every chunk but the last first checks that the flag still exists (no
+        chunk lands after another leader completed), and only the last deletes it: a view that
+        sees the flag gone sees every owner written."""
+        chunks = chunk_ops(ops)
+        flag = self.paths.sharding_necessary
+        for k, chunk in enumerate(chunks):
+            guard: list[Op] = [CheckOp(flag, -1)] if k < len(chunks) - 1 else []
+            await self.registry.transaction(guard + chunk)
+        if len(chunks) > 1:
+            log.info("%s: reshard written in %d multi-ops", self.paths.job, len(chunks))
+
+    async def _transaction_all_or_nothing(self, ops: Sequence[Op]) -> None:
+        """One multi-op if ``ops`` fit a packet; else chunk by chunk, undoing the chunks already
+        applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
+        chunks = chunk_ops(ops)
+        if len(chunks) == 1:
+            await self.registry.transaction(ops)
+            return
+        applied: list[Op] = []
+        for chunk in chunks:
+            try:
+                await self.registry.transaction(chunk)
+            except RegistryError as exc:
+                with anyio.move_on_after(10, shield=True):
+                    await self._undo(applied)
+                if isinstance(exc, TransactionFailedError):
+                    raise TransactionFailedError(len(applied) + exc.index, exc.cause) from exc
+                raise
+            applied += chunk
+
+    async def _undo(self, applied: Sequence[Op]) -> None:
+        """Revert ops that were applied (creates deleted, deletes re-created and sets restored
+        from the view, which they were computed from); creates that cannot be deleted now are
+        retried by ``retry_clears``."""
+        reverse: list[Op] = []
+        for op in reversed(applied):
+            if isinstance(op, CreateOp):
+                reverse.append(DeleteOp(op.path))
+            elif isinstance(op, DeleteOp):
+                reverse.append(CreateOp(op.path, self.view.get(op.path) or b""))
+            elif isinstance(op, SetOp) and (old := self.view.get(op.path)) is not None:
+                reverse.append(SetOp(op.path, old))
+        for chunk in chunk_ops(reverse):
+            try:
+                await self.registry.transaction(chunk)
+                continue
+            except TransactionFailedError:
+                pass
+            except RegistryError:
+                created = [op.path for op in chunk if isinstance(op, DeleteOp)]
+                self._uncleared.setdefault(self.registry.session_id, set()).update(created)
+                continue
+            for op in chunk:  # one op failed (a stale view): apply the rest one by one
+                try:
+                    await self.registry.transaction([op])
+                except TransactionFailedError:
+                    pass
 
     def _owner_ops(self, item: int, owner: str) -> list[Op]:
         p = self.paths
@@ -569,7 +639,7 @@ class JobCoordinator:
         for _ in range(2 * len(items) + 2):
             deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
             try:
-                await self.registry.transaction(creates + deletes)
+                await self._transaction_all_or_nothing(creates + deletes)
                 return True
             except TransactionFailedError as exc:
                 op = (creates + deletes)[exc.index]
@@ -634,28 +704,33 @@ class JobCoordinator:
         return bool(self._uncleared)
 
     async def _delete_all(self, paths: Sequence[str]) -> None:
-        try:
-            await self.registry.transaction([DeleteOp(p) for p in paths])
-        except TransactionFailedError:
-            for path in paths:  # some were not there (a stale view): delete the rest
-                try:
-                    await self.registry.delete(path)
-                except NoNodeError:
-                    pass
+        for chunk in chunk_ops([DeleteOp(p) for p in paths]):
+            try:
+                await self.registry.transaction(chunk)
+            except TransactionFailedError:
+                for op in chunk:  # some were not there (a stale view): delete the rest
+                    try:
+                        await self.registry.delete(op.path)
+                    except NoNodeError:
+                        pass
 
     async def mark_misfire(self, items: Sequence[int]) -> None:
         """Create the misfire marks of ``items`` (at once, so views never see part of them)."""
         missing = [i for i in items if not self.is_misfired(i)]
         if not missing:
             return
+        for chunk in chunk_ops([CreateOp(self.paths.item_misfire(i)) for i in missing]):
+            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
+
+    async def _create_all(self, ops: Sequence[CreateOp]) -> None:
+        """Create the nodes of ``ops`` in one multi-op; if some exist already or lost their
+        parent (a stale view, a timed-out fire's leftovers), create the rest one by one."""
         try:
-            await self.registry.transaction([CreateOp(self.paths.item_misfire(i)) for i in missing])
+            await self.registry.transaction(ops)
         except TransactionFailedError:
-            for item in missing:  # some exist already (a stale view): create the rest
-                try:
-                    await self.registry.create(self.paths.item_misfire(item))
-                except (NodeExistsError, NoNodeError):
-                    pass
+            for op in ops:
+                with contextlib.suppress(NodeExistsError, NoNodeError):
+                    await self.registry.create(op.path, op.data)
 
     # -- distributed-once listeners --
 
@@ -669,14 +744,8 @@ class JobCoordinator:
             else self.paths.guarantee_completed()
         )
         mine = [f"{base}/{i}" for i in items]
-        try:
-            await self.registry.transaction([CreateOp(p) for p in mine])
-        except TransactionFailedError:
-            for path in mine:  # left over from a timed-out fire: reuse them
-                try:
-                    await self.registry.create(path)
-                except NodeExistsError:
-                    pass
+        for chunk in chunk_ops([CreateOp(p) for p in mine]):
+            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
         total = self.config.sharding_total_count
 
         def settled() -> bool:
@@ -686,13 +755,9 @@ class JobCoordinator:
         deadline = anyio.current_time() + timeout
         while await self.view.wait_for(settled, deadline - anyio.current_time()):
             if len(self.view.children(base)) >= total:
-                try:
-                    await self.registry.transaction(
-                        [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
-                    )
-                    return True
-                except TransactionFailedError:
-                    return False  # another instance claimed it first
+                return await self._claim_all(
+                    [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
+                )
             # The view shows none of ours: claimed elsewhere, or the view has not caught up
             # with our own creates yet. One read tells.
             if await self.registry.exists(mine[0]) is None:
@@ -710,6 +775,24 @@ class JobCoordinator:
             f"job {self.paths.job!r}: only {started}/{total} items {kind} across the cluster "
             f"within {timeout:g}s; the distributed-once hook did not run"
         )
+
+    async def _claim_all(self, deletes: Sequence[Op]) -> bool:
+        """Claim a distributed-once hook by deleting the whole set: the instance whose first
+        multi-op succeeds claims it (another's then fails on a node already gone); further
+        chunks, if the set needs several, delete the rest."""
+        first, *rest = chunk_ops(deletes)
+        try:
+            await self.registry.transaction(first)
+        except TransactionFailedError:
+            return False  # another instance claimed it first
+        for chunk in rest:
+            try:
+                await self.registry.transaction(chunk)
+            except TransactionFailedError:
+                for op in chunk:
+                    with contextlib.suppress(NoNodeError):
+                        await self.registry.delete(op.path)
+        return True
 
     # -- clock and triggers --
 

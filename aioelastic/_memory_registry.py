@@ -26,6 +26,7 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from ._limits import check_request, create_size, set_size, transaction_size
 from ._registry import (
     CheckOp,
     CreateOp,
@@ -303,6 +304,7 @@ class MemoryRegistry:
         make_parents: bool = False,
     ) -> str:
         await self._enter()
+        check_request(create_size(path, data), path)
         fired: list[tuple[Watcher, WatchEvent]] = []
         if make_parents:
             parts = path.strip("/").split("/")[:-1]
@@ -320,6 +322,7 @@ class MemoryRegistry:
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         await self._enter()
+        check_request(set_size(path, data), path)
         stat, fired = self.store.set(path, data, version)
         self._notify(fired)
         return stat
@@ -348,6 +351,8 @@ class MemoryRegistry:
 
     async def transaction(self, ops: Sequence[Op]) -> None:
         await self._enter()
+        if ops:
+            check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
         # Apply for real, keeping the touched nodes and watches to put back if an op fails.
         store = self.store
         touched = {op.path for op in ops} | {_parent(op.path) for op in ops}
