@@ -132,6 +132,7 @@ class JobCoordinator:
         self._count_seen: int | None = None
         self._registered_once = False  # later registrations are re-registrations
         self._conflict_logged = 0  # the other session last reported as holding our node
+        self._own_sessions: set[int] = set()  # sessions that held our node (a stale one may)
 
     # -- registration --
 
@@ -175,8 +176,16 @@ class JobCoordinator:
                         self.identity.instance_id,
                     )
                 self._registered_once, self._conflict_logged = True, 0
+                self._own_sessions.add(self.registry.session_id)
                 return
-            if self._conflict_logged != other:
+            if other in self._own_sessions and self._conflict_logged != other:
+                self._conflict_logged = other  # our own old session: it goes when it expires
+                log.info(
+                    "%s: waiting for this instance's previous session 0x%x to expire",
+                    self.paths.job,
+                    other,
+                )
+            elif self._conflict_logged != other:
                 self._conflict_logged = other
                 log.error(
                     "%s: instance id %r is already registered by another session (0x%x; this "
