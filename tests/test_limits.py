@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 import anyio
 import pytest
 
-from aioelastic import ConfigError, JobConfig, Scheduler, Settings, ShardingContext
+from aioelastic import ConfigError, JobConfig, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._coordination import JobCoordinator, make_identity
 from aioelastic._errors import PacketTooLargeError
 from aioelastic._limits import CHUNK_BUDGET, NODE_DATA_LIMIT, PACKET_LIMIT, transaction_size
@@ -268,3 +268,19 @@ async def test_10000_items_shard_fire_and_clear_on_zookeeper(zk_url: str) -> Non
         f"10,000 items: sharded in {sharded:.1f}s, fired and cleared in total "
         f"{time.monotonic() - began:.1f}s"
     )
+
+
+async def test_an_oversized_config_update_is_a_config_error() -> None:
+    name = f"upd{uuid.uuid4().hex[:8]}"
+    MemoryStore.reset(name)
+    scheduler = Scheduler(registry=f"memory://{name}/ns")
+
+    @scheduler.job(name="j")
+    async def work(ctx: ShardingContext) -> None: ...
+
+    async with scheduler:
+        ops = Operations.of(scheduler)
+        with pytest.raises(ConfigError) as err:
+            await ops.update_job_config("j", job_parameter=BIG)
+        assert err.value.field == "job_parameter"
+        assert (await ops.job_config("j"))["job_parameter"] == ""
