@@ -833,7 +833,9 @@ class JobCoordinator:
         return instances
 
     def has_trigger(self) -> bool:
-        return self.view.exists(self.paths.trigger(self.identity.instance_id))
+        # Not while another process with our instance id holds the node: the trigger is its.
+        trigger = self.paths.trigger(self.identity.instance_id)
+        return self.view.exists(trigger) and self.holds_instance_node()
 
     async def consume_trigger(self) -> bool:
         try:
