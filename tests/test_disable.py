@@ -117,3 +117,22 @@ async def test_disabled_on_every_server_runs_nothing_then_resumes(
             for e in statuses(sink.events, "job")
             if e.state is State.TASK_FINISHED and "misfired" in e.message
         ]
+
+
+async def test_a_job_registered_disabled_runs_nothing_until_enabled() -> None:
+    name = f"dis{uuid.uuid4().hex[:8]}"
+    MemoryStore.reset(name)
+    sink = MemorySink()
+    runs: list[int] = []
+    scheduler = Scheduler(settings=Settings(registry_url=f"memory://{name}/ns"), sinks=[sink])
+
+    @scheduler.job(name="job", sharding_total_count=TOTAL, cron="0/1 * * * * ?", disabled=True)
+    async def work(ctx: ShardingContext) -> None:
+        runs.append(ctx.sharding_item)
+
+    began = datetime.now().astimezone()
+    async with scheduler:
+        await eventually(lambda: len(_empty_fires(sink, began)) >= 2, timeout=10)
+        assert runs == [] and max(_empty_fires(sink, began)) < 1.0
+        await Operations.of(scheduler).enable_server("job")
+        await eventually(lambda: sorted(runs[:TOTAL]) == list(range(TOTAL)), timeout=10)
