@@ -144,7 +144,8 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     killed = time.time()
     new = start_as(cluster, "new")
     await ready(cluster, new)
-    assert CONFLICT in cluster.stderr(new)
+    if session_of(new)["t"] < killed + 3:  # it started before the old session could expire
+        assert CONFLICT in cluster.stderr(new)
     assert await instance_owner(url) == session_of(new)["session_id"]
     await until(
         lambda: len({r.item for r in cluster.history() if r.instance == "new"}) == TOTAL,
