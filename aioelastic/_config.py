@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._cron import CronTrigger
 from ._errors import ConfigError
+from ._limits import NODE_DATA_LIMIT, PACKET_LIMIT
 from ._listeners import JobListener
 from ._sharding import ShardingStrategy
 from ._urls import check_node_name, parse_registry_url, parse_tracing_url
@@ -92,6 +93,19 @@ def _parse_item_parameters(raw: str) -> dict[int, str]:
             raise ConfigError("sharding_item_parameters", raw, f"key {key!r} is not an integer")
         out[int(key)] = _java_trim(pair[1])
     return out
+
+
+def _check_size(field: str, value: object, *, encoded: bool = False) -> None:
+    """``value`` (as stored in the config JSON) must fit in one registry node."""
+    size = len(value) if isinstance(value, bytes) and encoded else len(json.dumps(value))
+    if size > NODE_DATA_LIMIT:
+        raise ConfigError(
+            field,
+            f"<{size} bytes>",
+            f"too large: the job's whole config (stored as JSON) must fit in {NODE_DATA_LIMIT} "
+            f"bytes, ZooKeeper's packet limit (jute.maxbuffer = {PACKET_LIMIT} bytes) minus "
+            "room for the request",
+        )
 
 
 class JobConfig(BaseModel):
@@ -187,6 +201,18 @@ class JobConfig(BaseModel):
                 )
         # Validates the zone always, and the expression when there is one.
         CronTrigger(self.cron or "0 0 0 * * ?", self.time_zone)
+        return self
+
+    @model_validator(mode="after")
+    def _sizes(self) -> JobConfig:
+        # The config is one registry node: over ZooKeeper's packet limit the server would drop
+        # the connection on every attempt to write it.
+        _check_size("job_parameter", self.job_parameter)
+        for item, value in sorted(self.sharding_item_parameters.items()):
+            _check_size(f"sharding_item_parameters[{item}]", value)
+        _check_size("description", self.description)
+        _check_size("props", self.props)
+        _check_size("config", self.to_registry(), encoded=True)
         return self
 
     def trigger(self) -> CronTrigger | None:

@@ -14,6 +14,7 @@ one multi-op. Safety rests on three registry facts rather than on timing:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from ._config import JobConfig
 from ._errors import (
     AioelasticError,
     BadVersionError,
+    InstanceIdConflictError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -38,10 +40,11 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._events import ExecutionSource, JobExecutionEvent
+from ._limits import batch_items, chunk_ops
 from ._listeners import DistributedOnceTimeoutError
 from ._observer import Observer, notify_observers
 from ._paths import JobPaths
-from ._registry import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
+from ._registry import CheckOp, CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
 from ._sharding import shard
 from ._view import TreeView
 
@@ -164,6 +167,9 @@ class JobCoordinator:
         """Why the job is held (its registry config is invalid), or None."""
         self._reported: dict[str, str] = {}  # bad node path -> problem, as logged
         self._structural = frozenset([*paths.persistent_skeleton(), paths.config])
+        self._registered_once = False  # later registrations are re-registrations
+        self._conflict_logged = 0  # the other session last reported as holding our node
+        self._own_sessions: set[int] = set()  # sessions that held our node (a stale one may)
 
     # -- registration --
 
@@ -256,24 +262,92 @@ class JobCoordinator:
         return True
 
     async def register_instance(self) -> None:
-        """(Re)create this instance's ephemeral node; waits out a stale node of an old session."""
+        """(Re)create this instance's ephemeral node.
+
+        If another session holds it (a second process with the same instance id, or the old
+        session of a restarted process that has not expired yet), log one ERROR and, at start,
+        wait up to ``conflict_wait()`` seconds for it to go; later (re-registration after a new
+        session) fail at once so the caller retries. Until this session holds the node the
+        instance takes no step as owner (``holds_instance_node``). Raises
+        ``InstanceIdConflictError``."""
         path = self.paths.instance(self.identity.instance_id)
-        with anyio.fail_after(60):
+        wait = 0.0 if self._registered_once else self.conflict_wait()
+        deadline = anyio.current_time() + wait
+        while True:
+            other = await self._try_create_instance(path)
+            if other is None:
+                if self._conflict_logged:
+                    log.warning(
+                        "%s: instance id %r registered; the other session has ended",
+                        self.paths.job,
+                        self.identity.instance_id,
+                    )
+                self._registered_once, self._conflict_logged = True, 0
+                self._own_sessions.add(self.registry.session_id)
+                return
+            if other in self._own_sessions and self._conflict_logged != other:
+                self._conflict_logged = other  # our own old session: it goes when it expires
+                log.info(
+                    "%s: waiting for this instance's previous session 0x%x to expire",
+                    self.paths.job,
+                    other,
+                )
+            elif self._conflict_logged != other:
+                self._conflict_logged = other
+                log.error(
+                    "%s: instance id %r is already registered by another session (0x%x; this "
+                    "one is 0x%x): another process runs with the same instance id (a copied "
+                    "AIOELASTIC_INSTANCE_ID or a reused pod name?), or a previous process's "
+                    "session has not expired yet. Taking no items until it is gone%s.",
+                    self.paths.job,
+                    self.identity.instance_id,
+                    other,
+                    self.registry.session_id,
+                    f" (start fails after {wait:g}s)" if wait else "",
+                )
+            if anyio.current_time() >= deadline:
+                raise InstanceIdConflictError(
+                    f"job {self.paths.job!r}: instance id {self.identity.instance_id!r} is held "
+                    f"by another session (0x{other:x}); every instance needs its own id"
+                )
+            await anyio.sleep(min(0.2, max(0.0, deadline - anyio.current_time())))
+
+    async def _try_create_instance(self, path: str) -> int | None:
+        """Create the instance node; None if this session holds it, else the holder's id."""
+        with anyio.fail_after(30):
             while True:
                 try:
                     await self.registry.create(path, self.identity.to_json(), ephemeral=True)
-                    return
+                    return None
                 except NodeExistsError:
                     stat = await self.registry.exists(path)
-                    if stat is not None and stat.ephemeral_owner == self.registry.session_id:
-                        return
-                    await anyio.sleep(0.2)  # the old session's node goes when it expires
+                if stat is None:
+                    continue  # gone in between: create again
+                if stat.ephemeral_owner == self.registry.session_id:
+                    return None
+                return stat.ephemeral_owner
+
+    def conflict_wait(self) -> float:
+        """How long a start waits for another session's node of this instance id to go: twice
+        the session timeout plus 2 s on ZooKeeper (a restarted process's old session expires
+        within one timeout); 1 s embedded (a stopped scheduler's session ends at once)."""
+        timeout = getattr(self.registry, "negotiated_timeout", None)
+        return 2 * timeout + 2 if isinstance(timeout, int | float) and timeout > 0 else 1.0
+
+    def holds_instance_node(self) -> bool:
+        """This session holds ``instances/{id}`` (as the view shows it)."""
+        stat = self.view.stat(self.paths.instance(self.identity.instance_id))
+        return stat is not None and stat.ephemeral_owner == self.registry.session_id
 
     async def deregister(self) -> None:
-        """Delete this instance's node (a graceful stop), so the others reshard at once."""
+        """Delete this instance's node (a graceful stop), so the others reshard at once; never
+        another session's node of the same instance id."""
+        path = self.paths.instance(self.identity.instance_id)
         try:
-            await self.registry.delete(self.paths.instance(self.identity.instance_id))
-        except (NoNodeError, RegistryError):
+            stat = await self.registry.exists(path)
+            if stat is not None and stat.ephemeral_owner == self.registry.session_id:
+                await self.registry.delete(path, version=stat.version)
+        except RegistryError:
             pass
 
     async def _ensure(self, path: str) -> bool:
@@ -408,9 +482,17 @@ class JobCoordinator:
     def reshard_pending(self) -> bool:
         return self.view.exists(self.paths.sharding_necessary)
 
+    def server_disabled(self) -> bool:
+        """This instance's server is ``DISABLED`` (ElasticJob: no local items then)."""
+        return self.view.get(self.paths.server(self.identity.host)) == DISABLED
+
     def local_items(self) -> list[int]:
         """Items this instance owns, minus disabled ones and ones another instance is failing
-        over."""
+        over; none while this server is disabled or this session does not hold the instance
+        node (another process with the same instance id holds it, or it is not re-created yet).
+        """
+        if self.server_disabled() or not self.holds_instance_node():
+            return []
         me = self.identity.instance_id
         return [
             i
@@ -463,7 +545,7 @@ class JobCoordinator:
         """This instance's part of ``candidates`` when split over the available instances (every
         instance computes the same split, so one pass claims them all, spread out)."""
         members = self.available_instances()
-        if self.identity.instance_id not in members:
+        if self.identity.instance_id not in members or not self.holds_instance_node():
             return []
         split = shard(self.config.sharding_strategy, members, self.paths.job, len(candidates))
         return [candidates[k] for k in split.get(self.identity.instance_id, [])]
@@ -471,6 +553,11 @@ class JobCoordinator:
     async def claim_failover(self, items: Sequence[int]) -> list[int]:
         """Take ``items`` over (ephemeral ``sharding/{i}/failover`` = this instance), all at once;
         items someone else took meanwhile are skipped. Returns the items claimed."""
+        batches = batch_items(
+            items, lambda i: [CreateOp(self.paths.item_failover(i), self._me, ephemeral=True)]
+        )
+        if len(batches) > 1:  # too many for one multi-op: claim batch by batch
+            return [i for batch in batches for i in await self.claim_failover(batch)]
         pending = list(items)
         while pending:
             ops: list[Op] = [
@@ -586,6 +673,8 @@ class JobCoordinator:
         if not self.view.fresh or self.config_problem:
             return
         if not self.view.exists(self.paths.leader_election_instance):
+            if not self.holds_instance_node():
+                return  # not (yet) registered by this session: no campaign
             try:
                 await self.registry.create(
                     self.paths.leader_election_instance, self._me, ephemeral=True
@@ -630,7 +719,7 @@ class JobCoordinator:
                     ops += self._delete_item_ops(int(name))
             ops.append(DeleteOp(self.paths.sharding_necessary))
             try:
-                await self.registry.transaction(ops)
+                await self._write_reshard(ops)
             except TransactionFailedError as exc:
                 log.info("%s: reshard raced with a change (%s); will retry", self.paths.job, exc)
                 return False
@@ -638,12 +727,75 @@ class JobCoordinator:
                 "%s: resharded over %d instance(s): %s",
                 self.paths.job,
                 len(members),
-                {k: v for k, v in sorted(assignment.items())},
+                {
+                    k: v if total <= 100 else f"{len(v)} items"
+                    for k, v in sorted(assignment.items())
+                },
             )
             notify_observers(
                 self.observers, "reshard_committed", self.paths.job, len(members), total
             )
             return True
+
+    async def _write_reshard(self, ops: list[Op]) -> None:
+        """Write a reshard's ops (the flag's delete last) in multi-ops that fit a packet. With
+        more than one, every chunk but the last first checks that the flag still exists (no
+        chunk lands after another leader completed), and only the last deletes it: a view that
+        sees the flag gone sees every owner written."""
+        chunks = chunk_ops(ops)
+        flag = self.paths.sharding_necessary
+        for k, chunk in enumerate(chunks):
+            guard: list[Op] = [CheckOp(flag, -1)] if k < len(chunks) - 1 else []
+            await self.registry.transaction(guard + chunk)
+        if len(chunks) > 1:
+            log.info("%s: reshard written in %d multi-ops", self.paths.job, len(chunks))
+
+    async def _transaction_all_or_nothing(self, ops: Sequence[Op]) -> None:
+        """One multi-op if ``ops`` fit a packet; else chunk by chunk, undoing the chunks already
+        applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
+        chunks = chunk_ops(ops)
+        if len(chunks) == 1:
+            await self.registry.transaction(ops)
+            return
+        applied: list[Op] = []
+        for chunk in chunks:
+            try:
+                await self.registry.transaction(chunk)
+            except RegistryError as exc:
+                with anyio.move_on_after(10, shield=True):
+                    await self._undo(applied)
+                if isinstance(exc, TransactionFailedError):
+                    raise TransactionFailedError(len(applied) + exc.index, exc.cause) from exc
+                raise
+            applied += chunk
+
+    async def _undo(self, applied: Sequence[Op]) -> None:
+        """Revert ops that were applied (creates deleted, deletes re-created and sets restored
+        from the view, which they were computed from); creates that cannot be deleted now are
+        retried by ``retry_clears``."""
+        reverse: list[Op] = []
+        for op in reversed(applied):
+            if isinstance(op, CreateOp):
+                reverse.append(DeleteOp(op.path))
+            elif isinstance(op, DeleteOp):
+                reverse.append(CreateOp(op.path, self.view.get(op.path) or b""))
+            elif isinstance(op, SetOp) and (old := self.view.get(op.path)) is not None:
+                reverse.append(SetOp(op.path, old))
+        for chunk in chunk_ops(reverse):
+            try:
+                await self.registry.transaction(chunk)
+                continue
+            except TransactionFailedError:
+                pass
+            except RegistryError:
+                created = [op.path for op in chunk if isinstance(op, DeleteOp)]
+                self._uncleared.setdefault(self.registry.session_id, set()).update(created)
+                continue
+            for op in chunk:  # one op failed (a stale view): apply the rest one by one
+                try:
+                    await self.registry.transaction([op])
+                except TransactionFailedError:
+                    pass
 
     def _owner_ops(self, item: int, owner: str) -> list[Op]:
         p = self.paths
@@ -666,6 +818,10 @@ class JobCoordinator:
             return True
         if self.is_leader:
             await self.reshard()
+        if self.server_disabled() or not self.available_instances():
+            # No items here whatever the outcome, or nobody to shard over (ElasticJob skips
+            # sharding then): a fire must not wait for a reshard that cannot happen.
+            return not self.reshard_pending()
         done = await self.view.wait_for(lambda: not self.reshard_pending(), timeout)
         if not done:
             log.warning(
@@ -713,7 +869,7 @@ class JobCoordinator:
         for _ in range(2 * len(items) + 2):
             deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
             try:
-                await self.registry.transaction(creates + deletes)
+                await self._transaction_all_or_nothing(creates + deletes)
                 return True
             except TransactionFailedError as exc:
                 op = (creates + deletes)[exc.index]
@@ -779,28 +935,33 @@ class JobCoordinator:
         return bool(self._uncleared)
 
     async def _delete_all(self, paths: Sequence[str]) -> None:
-        try:
-            await self.registry.transaction([DeleteOp(p) for p in paths])
-        except TransactionFailedError:
-            for path in paths:  # some were not there (a stale view): delete the rest
-                try:
-                    await self.registry.delete(path)
-                except NoNodeError:
-                    pass
+        for chunk in chunk_ops([DeleteOp(p) for p in paths]):
+            try:
+                await self.registry.transaction(chunk)
+            except TransactionFailedError:
+                for op in chunk:  # some were not there (a stale view): delete the rest
+                    try:
+                        await self.registry.delete(op.path)
+                    except NoNodeError:
+                        pass
 
     async def mark_misfire(self, items: Sequence[int]) -> None:
         """Create the misfire marks of ``items`` (at once, so views never see part of them)."""
         missing = [i for i in items if not self.is_misfired(i)]
         if not missing:
             return
+        for chunk in chunk_ops([CreateOp(self.paths.item_misfire(i)) for i in missing]):
+            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
+
+    async def _create_all(self, ops: Sequence[CreateOp]) -> None:
+        """Create the nodes of ``ops`` in one multi-op; if some exist already or lost their
+        parent (a stale view, a timed-out fire's leftovers), create the rest one by one."""
         try:
-            await self.registry.transaction([CreateOp(self.paths.item_misfire(i)) for i in missing])
+            await self.registry.transaction(ops)
         except TransactionFailedError:
-            for item in missing:  # some exist already (a stale view): create the rest
-                try:
-                    await self.registry.create(self.paths.item_misfire(item))
-                except (NodeExistsError, NoNodeError):
-                    pass
+            for op in ops:
+                with contextlib.suppress(NodeExistsError, NoNodeError):
+                    await self.registry.create(op.path, op.data)
 
     # -- distributed-once listeners --
 
@@ -814,14 +975,8 @@ class JobCoordinator:
             else self.paths.guarantee_completed()
         )
         mine = [f"{base}/{i}" for i in items]
-        try:
-            await self.registry.transaction([CreateOp(p) for p in mine])
-        except TransactionFailedError:
-            for path in mine:  # left over from a timed-out fire: reuse them
-                try:
-                    await self.registry.create(path)
-                except NodeExistsError:
-                    pass
+        for chunk in chunk_ops([CreateOp(p) for p in mine]):
+            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
         total = self.config.sharding_total_count
 
         def settled() -> bool:
@@ -831,13 +986,9 @@ class JobCoordinator:
         deadline = anyio.current_time() + timeout
         while await self.view.wait_for(settled, deadline - anyio.current_time()):
             if len(self.view.children(base)) >= total:
-                try:
-                    await self.registry.transaction(
-                        [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
-                    )
-                    return True
-                except TransactionFailedError:
-                    return False  # another instance claimed it first
+                return await self._claim_all(
+                    [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
+                )
             # The view shows none of ours: claimed elsewhere, or the view has not caught up
             # with our own creates yet. One read tells.
             if await self.registry.exists(mine[0]) is None:
@@ -855,6 +1006,24 @@ class JobCoordinator:
             f"job {self.paths.job!r}: only {started}/{total} items {kind} across the cluster "
             f"within {timeout:g}s; the distributed-once hook did not run"
         )
+
+    async def _claim_all(self, deletes: Sequence[Op]) -> bool:
+        """Claim a distributed-once hook by deleting the whole set: the instance whose first
+        multi-op succeeds claims it (another's then fails on a node already gone); further
+        chunks, if the set needs several, delete the rest."""
+        first, *rest = chunk_ops(deletes)
+        try:
+            await self.registry.transaction(first)
+        except TransactionFailedError:
+            return False  # another instance claimed it first
+        for chunk in rest:
+            try:
+                await self.registry.transaction(chunk)
+            except TransactionFailedError:
+                for op in chunk:
+                    with contextlib.suppress(NoNodeError):
+                        await self.registry.delete(op.path)
+        return True
 
     # -- clock and triggers --
 
@@ -886,7 +1055,9 @@ class JobCoordinator:
         return instances
 
     def has_trigger(self) -> bool:
-        return self.view.exists(self.paths.trigger(self.identity.instance_id))
+        # Not while another process with our instance id holds the node: the trigger is its.
+        trigger = self.paths.trigger(self.identity.instance_id)
+        return self.view.exists(trigger) and self.holds_instance_node()
 
     async def consume_trigger(self) -> bool:
         try:

@@ -6,10 +6,12 @@ __all__ = [
     "AioelasticError",
     "BadVersionError",
     "ConfigError",
+    "InstanceIdConflictError",
     "JobNotFoundError",
     "NoNodeError",
     "NodeExistsError",
     "NotEmptyError",
+    "PacketTooLargeError",
     "RegistryError",
     "SessionLostError",
     "TransactionFailedError",
@@ -68,3 +70,12 @@ class TransactionFailedError(RegistryError):
         self.index = index
         self.cause = cause
         super().__init__(f"transaction failed at op {index}: {cause!r}")
+
+
+class InstanceIdConflictError(RegistryError):
+    """Another session (another process with the same instance id) holds this instance's
+    node in the registry."""
+
+
+class PacketTooLargeError(RegistryError):
+    """A request would exceed ZooKeeper's packet limit (``jute.maxbuffer``); it was not sent."""

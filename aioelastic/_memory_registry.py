@@ -26,6 +26,7 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from ._limits import check_request, create_size, set_size, transaction_size
 from ._paths import validate_path
 from ._registry import (
     CheckOp,
@@ -299,6 +300,7 @@ class MemoryRegistry:
     ) -> str:
         await self._enter()
         validate_path(path, sequential=sequential)  # before any parent is made
+        check_request(create_size(path, data), path)
         fired: list[tuple[Watcher, WatchEvent]] = []
         if make_parents:
             parts = path.strip("/").split("/")[:-1]
@@ -316,6 +318,7 @@ class MemoryRegistry:
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         await self._enter()
+        check_request(set_size(path, data), path)
         stat, fired = self.store.set(path, data, version)
         self._notify(fired)
         return stat
@@ -346,6 +349,8 @@ class MemoryRegistry:
         await self._enter()
         for op in ops:  # refused before anything is sent, as by the ZooKeeper client
             validate_path(op.path)
+        if ops:
+            check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
         # Apply for real, keeping the touched nodes and watches to put back if an op fails.
         store = self.store
         touched = {op.path for op in ops} | {_parent(op.path) for op in ops}

@@ -78,6 +78,7 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from ._limits import check_request, create_size, set_size, transaction_size
 from ._paths import validate_path as _check_path
 from ._registry import (
     CheckOp,
@@ -915,6 +916,7 @@ class ZooKeeperRegistry:
         make_parents: bool = False,
     ) -> str:
         _check_path(path, sequential=sequential)
+        check_request(create_size(path, data), path)
         flags = (_EPHEMERAL if ephemeral else 0) | (_SEQUENTIAL if sequential else 0)
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -948,6 +950,7 @@ class ZooKeeperRegistry:
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         _check_path(path)
+        check_request(set_size(path, data), path)
         request = protocol.SetDataRequest(path=path, data=data, version=version)
         return _stat((await self._call(request, path)).stat)
 
@@ -995,6 +998,7 @@ class ZooKeeperRegistry:
         """A ZooKeeper multi; per-op results are checked (aiozk returns them, not raises)."""
         if not ops:
             return
+        check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
         request = protocol.TransactionRequest()
         for op in ops:
             request.add(self._op_request(op))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
+from aioelastic._errors import InstanceIdConflictError
 from aioelastic._memory_registry import MemoryStore
 from aioelastic._paths import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
@@ -104,3 +105,19 @@ async def test_ipv6_hosts_and_instance_ids() -> None:
         paths = JobPaths("ns", "job")
         assert (await a.registry.get(paths.server("::1")))[0] == b"ENABLED"
         assert await a.registry.exists(paths.instance("[::1]:7@-@1@-@y2")) is not None
+
+
+async def test_a_second_scheduler_with_the_same_instance_id_fails_to_start() -> None:
+    MemoryStore.reset("dupid")
+    first, second = make("dupid", "same", "h1"), make("dupid", "same", "h2")
+    async with running(first):
+        await eventually(settled_on(first, ["same"]))
+        coord = first._runners["job"].coordinator
+        node = await first.registry.exists(coord.paths.instance("same"))
+        with pytest.raises(InstanceIdConflictError, match="'same' is held by another session"):
+            async with running(second):
+                pass
+        # The first keeps its node, its items and its leadership.
+        assert await first.registry.exists(coord.paths.instance("same")) == node
+        assert coord.holds_instance_node() and coord.is_leader
+        assert coord.local_items() == list(range(6))
