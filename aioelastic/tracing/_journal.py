@@ -159,7 +159,8 @@ class Journal:
         self._file = None
         for segment in self._segments:
             if segment.done:  # fully written: the next process must not replay it again
-                _remove(segment)
+                with contextlib.suppress(OSError):
+                    _remove(segment)
             elif segment.handle is not None:
                 segment.handle.close()
         if self._lock is not None:
