@@ -320,3 +320,22 @@ async def test_the_bus_journal_path_goes_to_the_durable_sink(tmp_path: Path) -> 
     with pytest.raises(ConfigError):
         async with AsyncExitStack() as stack:
             await clash.start(stack)
+
+
+async def test_a_fully_written_journal_segment_is_not_left_for_the_next_process(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trace.journal"
+    journal = Journal(path)
+    journal.open()
+    posted = events(10)
+    journal.append(posted[:4])
+    journal.append(posted[4:])
+    journal.rotate()
+    first = await journal.read(4)
+    journal.commit(len(first))
+    rest = await journal.read(100)  # reaches the end of the segment
+    journal.commit(len(rest))
+    assert ids(first + rest) == ids(posted)
+    journal.close()  # before the next read() would have removed the segment
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []

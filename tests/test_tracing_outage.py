@@ -32,6 +32,7 @@ from aioelastic._events import ExecutionSource, JobExecutionEvent, TraceEvent
 from aioelastic._memory_registry import MemoryStore
 from aioelastic.metrics import PrometheusMetrics
 from aioelastic.tracing import MemorySink, PostgresSink, TraceBus
+from aioelastic.tracing._codec import encode_event
 
 pytestmark = pytest.mark.anyio
 
@@ -343,3 +344,85 @@ async def test_raising_or_broken_sinks_never_affect_the_others(
     assert [e.id for e in good.events] == [e.id for e in posted]
     failures = {r.getMessage().split(":")[0] for r in caplog.records if "failed" in r.getMessage()}
     assert {"trace sink Raising", "trace sink NotAsync", "trace sink Hanging"} <= failures
+
+
+def leftover_files(journal: Path) -> list[str]:
+    return sorted(p.name for p in journal.parent.iterdir() if not p.name.endswith(".lock"))
+
+
+async def test_shutdown_after_the_sink_recovers_writes_what_the_outage_journaled(
+    tmp_path: Path,
+) -> None:
+    """Events journaled during an outage reach the sink in the shutdown grace period once it is
+    back, even while the lane is still waiting out a long retry backoff (they used to stay in the
+    journal until some later process replayed it: the scheduler outage test's flake)."""
+    sink = SwitchSink()
+    sink.down = True
+    journal = tmp_path / "t.journal"
+    bus = TraceBus(
+        [sink],
+        journal_path=journal,
+        flush_interval=0.01,
+        retry_initial=3600.0,  # nothing is retried before the shutdown
+        retry_max=3600.0,
+        grace_period=30.0,
+    )
+    posted = [event(i) for i in range(20)]
+    async with AsyncExitStack() as stack:
+        await bus.start(stack)
+        for e in posted[:10]:
+            bus.post(e)
+        await until(lambda: stats_of(bus).failing and stats_of(bus).journaled >= 10)
+        for e in posted[10:]:
+            bus.post(e)  # straight to the journal
+        sink.down = False
+    assert sink.ids == {e.id for e in posted}
+    assert leftover_files(journal) == []
+    assert stats_of(bus).dropped == 0
+
+
+async def test_shutdown_cuts_short_the_backoff_of_a_journal_replay(tmp_path: Path) -> None:
+    """A replayed batch whose retry sleeps a long backoff gets one prompt attempt at shutdown."""
+    journal = tmp_path / "t.journal"
+    posted = [event(i) for i in range(20)]
+    journal.write_text("".join(encode_event(e) + "\n" for e in posted))  # left by a crash
+    sink = SwitchSink()
+    sink.down = True
+    bus = TraceBus(
+        [sink], journal_path=journal, retry_initial=3600.0, retry_max=3600.0, grace_period=30.0
+    )
+    async with AsyncExitStack() as stack:
+        await bus.start(stack)
+        await until(lambda: sink.calls >= 1)  # the replayed batch failed: backing off
+        sink.down = False
+    assert sink.ids == {e.id for e in posted}
+    assert leftover_files(journal) == []
+
+
+async def test_shutdown_during_an_outage_keeps_the_journal_and_does_not_wait_it_out(
+    tmp_path: Path,
+) -> None:
+    """A sink still down at shutdown gets one attempt, not the whole grace period; the journal
+    keeps its events (none twice) for the next bus."""
+    journal = tmp_path / "t.journal"
+    posted = [event(i) for i in range(20)]
+    journal.write_text("".join(encode_event(e) + "\n" for e in posted))
+    sink = SwitchSink()
+    sink.down = True
+    bus = TraceBus(
+        [sink], journal_path=journal, retry_initial=3600.0, retry_max=3600.0, grace_period=3600.0
+    )
+    with anyio.fail_after(30):  # far below the grace period
+        async with AsyncExitStack() as stack:
+            await bus.start(stack)
+            await until(lambda: sink.calls >= 1)
+    assert sink.calls == 2 and not sink.ids
+    assert journal_lines(journal) == len(posted)
+
+    replayed = MemorySink()
+    async with AsyncExitStack() as stack:
+        bus = TraceBus([replayed], journal_path=journal)
+        await bus.start(stack)
+        with anyio.fail_after(20):
+            await bus.flush()
+    assert sorted(e.id for e in replayed.events) == sorted(e.id for e in posted)

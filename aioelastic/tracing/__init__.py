@@ -2,7 +2,7 @@
 
 - :class:`TraceBus` — ``bus.post(event)`` (synchronous, never blocks, never raises) and
   ``await bus.start(exit_stack)``; bounded queue per sink, batching, retry, overflow journal,
-  flush on shutdown within ``grace_period``.
+  flush on shutdown (queue and journal backlog) within ``grace_period``.
 - Sinks: :class:`PostgresSink`, :class:`SqliteSink`, :class:`MemorySink` (``events``),
   :class:`LoggingSink`, or any object with ``async def write(batch)`` (``TraceSink``).
 - :func:`create_sink` / :func:`open_trace_store` build them from a tracing URL;

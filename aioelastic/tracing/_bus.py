@@ -17,10 +17,12 @@ a healthy sink, at most the events not yet written (``flush_interval`` plus one 
 that cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``,
 drops the rest, logs one ERROR until it works again, and counts ``journal_errors``.
 
-Shutdown (the owner's exit stack unwinding): lanes flush their queues for up to
-``grace_period`` seconds, then stop; whatever is still queued (including an unconfirmed batch) is
-appended to the lane's journal and fsync'd, to be replayed by the next process. Finally the bus
-closes the sinks that have an ``aclose()`` method.
+Shutdown (the owner's exit stack unwinding): lanes flush their queues and journal backlogs for
+up to ``grace_period`` seconds, then stop; a sink that was failing gets one prompt attempt (its
+retry backoff is cut short), and once a write fails during shutdown the journal is left to the
+next process. Whatever is still queued (including an unconfirmed batch) is appended to the lane's
+journal and fsync'd, to be replayed by the next process. Finally the bus closes the sinks that
+have an ``aclose()`` method.
 """
 
 from __future__ import annotations
@@ -129,6 +131,10 @@ class _Lane:
         self.written = self.dropped = self.failed_writes = self.journal_errors = 0
         self._journal_broken = False
         self.closing = self.closed = False
+        #: set when shutdown begins (cuts short a retry backoff in progress, once)
+        self._closing = anyio.Event()
+        #: a write failed during shutdown: the sink is down, leave the journal to the next bus
+        self._failed_while_closing = False
         self.busy = self.running = False
         self.drained = anyio.Event()
         self.exited = anyio.Event()
@@ -294,9 +300,10 @@ class _Lane:
             await self._sleep_until_woken(self._journal_retry_at - time.monotonic())
 
     def _journal_turn(self) -> bool:
-        """Replay journal backlog (never while closing), alternating with the live queue."""
+        """Replay journal backlog, alternating with the live queue; while closing, only until a
+        write fails (what the journal holds is safe on disk, the queue is not)."""
         journal = self.journal
-        if journal is None or self.closing or not journal.has_backlog:
+        if journal is None or self._failed_while_closing or not journal.has_backlog:
             return False
         if time.monotonic() < self._journal_retry_at:
             return False
@@ -331,6 +338,22 @@ class _Lane:
     def wake(self) -> None:
         self._wake.set()
 
+    def begin_closing(self) -> None:
+        """Shutdown: flush the queue and the journal backlog; a sink that was failing gets one
+        prompt attempt (its backoff is cut short) to show it is back."""
+        self.closing = True
+        self._journal_retry_at = 0.0
+        self._closing.set()
+        self.wake()
+
+    async def _pause(self, delay: float) -> None:
+        """Back off ``delay`` seconds; shutdown beginning meanwhile ends the pause early."""
+        if self.closing:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay):
+            await self._closing.wait()
+
     async def _deliver(self, batch: list[TraceEvent], from_journal: bool) -> bool:
         """Write ``batch``; on failure retry with capped, jittered exponential backoff.
 
@@ -349,12 +372,16 @@ class _Lane:
                 self.failing = True
                 delay = self._backoff(attempt)
                 self._log_failure(exc, len(batch), attempt, delay)
+                if self.closing:
+                    self._failed_while_closing = True
+                    if from_journal:  # it stays in the journal, for the next bus
+                        return False
                 if not from_journal and self.journal is not None:
                     self.spill_while_failing()
                     if self.inflight_journaled:
                         self._journal_retry_at = time.monotonic() + delay
                         return False
-                await anyio.sleep(delay)
+                await self._pause(delay)
                 continue
             if attempt or self.failing:
                 log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
@@ -600,8 +627,7 @@ class TraceBus:
 
     async def _drain_queues(self) -> None:
         for lane in self._lanes:
-            lane.closing = True
-            lane.wake()
+            lane.begin_closing()
         with anyio.move_on_after(self._grace, shield=True):
             for lane in self._lanes:
                 await lane.drained.wait()

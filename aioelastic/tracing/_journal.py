@@ -74,6 +74,8 @@ class _Segment:
     path: Path
     offset: int = 0
     pending: int = 0
+    #: the last read reached the end of the file (its commit finishes the segment)
+    at_end: bool = False
     done: bool = False
     handle: IO[bytes] | None = field(default=None, repr=False)
 
@@ -156,7 +158,10 @@ class Journal:
         self._retired.clear()
         self._file = None
         for segment in self._segments:
-            if segment.handle is not None:
+            if segment.done:  # fully written: the next process must not replay it again
+                with contextlib.suppress(OSError):
+                    _remove(segment)
+            elif segment.handle is not None:
                 segment.handle.close()
         if self._lock is not None:
             self._lock.close()
@@ -251,6 +256,7 @@ class Journal:
         if self._segments:
             segment = self._segments[0]
             segment.offset = segment.pending
+            segment.done = segment.done or segment.at_end
         self.replayed += count
 
 
@@ -290,6 +296,7 @@ def _read_lines(segment: _Segment, limit: int) -> tuple[list[TraceEvent], int]:
         except (ValueError, KeyError, TypeError):
             damaged += 1
     segment.pending = handle.tell()
+    segment.at_end = segment.pending >= os.fstat(handle.fileno()).st_size
     if not events:
         segment.done = True
     return events, damaged
