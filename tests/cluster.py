@@ -140,9 +140,11 @@ class Cluster:
                     raise AssertionError(f"{inst.instance_id} not ready:\n{self.stderr(inst)}")
                 time.sleep(0.05)
 
-    def stderr(self, inst: Instance) -> str:
+    def stderr(self, inst: Instance, tail: int | None = 4000) -> str:
+        """The instance's stderr: its last ``tail`` characters, or all of it (``None``)."""
         path = self.workdir / f"{inst.instance_id}.stderr"
-        return path.read_text()[-4000:] if path.exists() else ""
+        text = path.read_text() if path.exists() else ""
+        return text if tail is None else text[-tail:]
 
     def close(self) -> None:
         for inst in self.instances.values():

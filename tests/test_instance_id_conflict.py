@@ -116,7 +116,7 @@ async def test_a_second_process_with_the_same_id_fails_its_start_and_takes_nothi
     exited = time.time()
     assert second.proc.returncode != 0
     assert not second.has("ready")
-    err = cluster.stderr(second)
+    err = cluster.stderr(second, tail=None)
     assert err.count(CONFLICT) == 1, err
     assert "start fails after 6s" in err and "InstanceIdConflictError" in err
     assert 6 <= waited < 6 + 20  # the bounded wait, plus start-up on a busy machine
@@ -145,7 +145,7 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     new = start_as(cluster, "new")
     await ready(cluster, new)
     if session_of(new)["t"] < killed + 3:  # it started before the old session could expire
-        assert CONFLICT in cluster.stderr(new)
+        assert CONFLICT in cluster.stderr(new, tail=None)
     assert await instance_owner(url) == session_of(new)["session_id"]
     await until(
         lambda: len({r.item for r in cluster.history() if r.instance == "new"}) == TOTAL,
@@ -164,7 +164,7 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     first = start_as(cluster, "first")
     await ready(cluster, first)
     second = start_as(cluster, "second")
-    await until(lambda: CONFLICT in cluster.stderr(second), 15, "the second's conflict ERROR")
+    await until(lambda: CONFLICT in cluster.stderr(second, tail=None), 15, "the second's conflict ERROR")
     # The first freezes past its session timeout (a long GC pause, a partition): its session
     # expires and the waiting second gets the node. Woken, the first gets a new session and
     # finds the node held by the second.
@@ -172,7 +172,7 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     await ready(cluster, second)
     first.signal(signal.SIGCONT)
     woken = time.time()
-    await until(lambda: CONFLICT in cluster.stderr(first), 15, "the first's conflict ERROR")
+    await until(lambda: CONFLICT in cluster.stderr(first, tail=None), 15, "the first's conflict ERROR")
     await until(
         lambda: len({r.item for r in cluster.history() if r.instance == "second"}) == TOTAL,
         10,

@@ -118,7 +118,7 @@ async def test_database_outage_mid_run_loses_nothing(
         with anyio.fail_after(10):
             while len(runs) < during + 6:
                 await anyio.sleep(0.05)
-    # Stopped: whatever was not written yet went to the journal; the next store replays it.
+    # Stopped: once the database was back, shutdown wrote the backlog the outage journaled.
     async with open_trace_store(postgres_url, journal_path=tmp_path / "outage.journal") as store:
         assert store.search is not None
         with anyio.fail_after(20):
