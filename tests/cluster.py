@@ -98,6 +98,8 @@ class Cluster:
     jobs: str = "cluster_job"
     grace: float = 2.0
     instances: dict[str, Instance] = field(default_factory=dict)
+    #: Trace to this database, each instance with its own journal ``{instance_id}.journal``.
+    tracing_url: str | None = None
 
     def start(self, instance_id: str, **job_options: Any) -> Instance:
         log = self.workdir / f"{instance_id}.jsonl"
@@ -120,6 +122,7 @@ class Cluster:
                 json.dumps(options),
                 "--grace",
                 str(self.grace),
+                *self._tracing_args(instance_id),
             ],
             cwd=ROOT,
             env=env,
@@ -129,6 +132,14 @@ class Cluster:
         inst = Instance(instance_id, log, proc)
         self.instances[instance_id] = inst
         return inst
+
+    def _tracing_args(self, instance_id: str) -> list[str]:
+        if self.tracing_url is None:
+            return []
+        return ["--tracing-url", self.tracing_url, "--journal", str(self.journal(instance_id))]
+
+    def journal(self, instance_id: str) -> Path:
+        return self.workdir / f"{instance_id}.journal"
 
     def wait_ready(self, *instances: Instance, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
