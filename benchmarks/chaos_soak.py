@@ -36,10 +36,13 @@ TIMEOUT = 3.0
 TOTAL = 6
 
 
-async def soak(seed: int, duration: float, only: list[str] | None = None) -> dict[str, object]:
+async def soak(
+    seed: int, duration: float, only: list[str] | None = None, keep: str | None = None
+) -> dict[str, object]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp, running_postgres() as postgres:
-        workdir = Path(tmp)
+        workdir = Path(keep or tmp)  # --keep: the histories and logs stay for a post-mortem
+        workdir.mkdir(parents=True, exist_ok=True)
         server = ZooKeeperServer(workdir / "zk")
         server.start()
         cluster: Cluster | None = None
@@ -83,6 +86,8 @@ async def soak(seed: int, duration: float, only: list[str] | None = None) -> dic
     print(f"seed {seed}, {duration:.0f}s, {sum(kinds.values())} faults {dict(kinds)}")
     print(report)
     print(trace)
+    if keep:
+        (Path(keep) / "faults.json").write_text(json.dumps([vars(f) for f in chaos.faults]))
     return {
         "seed": seed,
         "duration_s": duration,
@@ -106,8 +111,10 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
     parser.add_argument("--kinds", help="comma-separated fault kinds (default: all)")
+    parser.add_argument("--keep", help="keep histories and logs in this directory")
     args = parser.parse_args()
-    result = anyio.run(soak, args.seed, args.duration, args.kinds and args.kinds.split(","))
+    kinds = args.kinds.split(",") if args.kinds else None
+    result = anyio.run(soak, args.seed, args.duration, kinds, args.keep)
     if args.kinds:
         sys.exit(1 if result["violations"] or result["trace_problems"] else 0)  # not saved
     RESULTS.mkdir(exist_ok=True)

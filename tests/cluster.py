@@ -166,7 +166,9 @@ class Cluster:
     def history(self) -> list[ItemRun]:
         runs: dict[tuple[str, str, int], ItemRun] = {}
         for inst in self.instances.values():
-            for r in inst.records():
+            records = inst.records()
+            lost = [r["t"] for r in records if r["ev"] == "session" and r["state"] == "LOST"]
+            for r in records:
                 key = (r["instance"], r.get("task_id", ""), r.get("item", -1))
                 if r["ev"] == "start":
                     runs[key] = ItemRun(
@@ -192,8 +194,14 @@ class Cluster:
                 # last step (a short item cannot tell the two apart; tests/test_failover.py
                 # checks the cancellation with items still pending at wake). It ended when the
                 # process froze. A run that went on longer keeps its real end, and the overlap
-                # check judges it. A session killed on the server: the run must be cancelled.
-                cut = [(t, t, False) for t in inst.expiries]
+                # check judges it. A session killed on the server: the run must be cancelled
+                # once the instance was told (LOST); one that completed before it could know
+                # (its connection was dropped, the resume or the refusal still to come) is the
+                # same unpreventable overlap, bounded by WAKE_SLACK too.
+                cut = [
+                    (t, t, False if any(t <= x <= (run.end or t) for x in lost) else None)
+                    for t in inst.expiries
+                ]
                 cut += [(t0, t1, None) for t0, t1 in inst.pauses]
                 for stopped, resumed, must_be in cut:
                     if (

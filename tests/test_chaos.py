@@ -1,5 +1,7 @@
 """Chaos: faults injected into a 3-process cluster on a real ZooKeeper; the history checker
-must find no violated invariant (tests/history.py)."""
+must find no violated invariant (tests/history.py). The hostile kinds (a blocked event loop,
+corrupted nodes, a wiped server, a kill during a trace outage) have one short test each; the
+soak (benchmarks/chaos_soak.py) mixes them all at random for minutes."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from tests.chaos import Chaos
+from tests.chaos import CORRUPTIONS, Chaos
 from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(180)]
@@ -21,12 +24,15 @@ IDS = ["inst-a", "inst-b", "inst-c"]
 
 
 async def start(
-    server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+    server: ZooKeeperServer,
+    cluster_factory: Callable[..., Cluster],
+    tracing_url: str | None = None,
 ) -> tuple[Chaos, str]:
     url = url_with(server, session_timeout=TIMEOUT)
     cluster = cluster_factory(
         url, cron="0/1 * * * * ?", sharding_total_count=TOTAL, failover=True, duration=0.4
     )
+    cluster.tracing_url = tracing_url
     procs = [cluster.start(i) for i in IDS]
     await ready(cluster, *procs)
     async with zk_client(url) as reg:
@@ -67,3 +73,49 @@ async def test_invariants_hold_under_random_faults(
     await anyio.sleep(TIMEOUT + 7)
     report = await chaos.finish(url, settle=2.0)
     assert report.ok, f"faults {kinds}: {report}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["block", "corrupt", "wipe"])
+async def test_invariants_hold_under_hostile_fault(
+    fault: str, zk_restartable_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
+) -> None:
+    chaos, url = await start(zk_restartable_server, cluster_factory)
+    await anyio.sleep(2.2)
+    if fault == "block":  # its watchdog ends it (status 70) before its session can expire
+        assert await chaos.block_loop(chaos.cluster.instances["inst-c"])
+        await chaos.replace()
+    elif fault == "corrupt":  # each kind of garbage, fixed or repaired by the leader
+        rng = random.Random(11)
+        for what in CORRUPTIONS:
+            await chaos.corrupt(what, rng)
+    else:
+        await chaos.wipe()
+    await anyio.sleep(TIMEOUT + 5)
+    report = await chaos.finish(url, settle=2.0)
+    assert report.ok, str(report)
+    assert report.fires_checked >= 1, str(report)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_kill_during_a_trace_outage_loses_no_row_beyond_the_window(
+    zk_server: ZooKeeperServer,
+    cluster_factory: Callable[..., Cluster],
+    postgres_server: PostgresServer,
+    postgres_url: str,
+) -> None:
+    chaos, url = await start(zk_server, cluster_factory, tracing_url=postgres_url)
+    chaos.postgres = postgres_server
+    await anyio.sleep(2.2)
+    victim = chaos.cluster.instances["inst-c"]
+    await chaos.kill_during_trace_outage(victim, down=2.5)
+    journal = chaos.cluster.journal(victim.instance_id)
+    assert journal.exists() and journal.stat().st_size > 0  # its runs in the outage
+    await anyio.sleep(TIMEOUT + 2)
+    report = await chaos.finish(url, settle=2.0)
+    assert report.ok, str(report)
+    await chaos.stop_all()
+    trace = await chaos.trace_report(postgres_url)
+    assert trace.ok, str(trace)
+    assert trace.runs >= 20 and trace.rows >= trace.runs - trace.lost_in_window, str(trace)
