@@ -85,6 +85,7 @@ class Chaos:
     #: Instance id -> when its trace could stop short: (time, loss window) of a SIGKILL or exit.
     deaths: dict[str, tuple[float, float]] = field(default_factory=dict)
     _spawned: int = 0
+    _corrupted: int = 0
 
     def live(self) -> list[Instance]:
         return [i for i in self.cluster.instances.values() if i.alive and i.died_at is None]
@@ -292,8 +293,9 @@ class Chaos:
                 kind = "block-idle"
         elif kind == "trace-kill" and victim is not None:
             await self.kill_during_trace_outage(victim, rng.uniform(1.0, 3.0))
-        elif kind == "corrupt":
-            what = rng.choice(CORRUPTIONS)
+        elif kind == "corrupt":  # each kind of garbage in turn
+            what = CORRUPTIONS[self._corrupted % len(CORRUPTIONS)]
+            self._corrupted += 1
             await self.corrupt(what, rng)
             kind = f"corrupt-{what}"
         elif kind == "wipe":

@@ -12,9 +12,10 @@ import anyio
 import pytest
 
 from tests.chaos import CORRUPTIONS, Chaos
-from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.cluster import Cluster, ItemRun, expected, ready, url_with, wait_assignment, zk_client
 from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import ZooKeeperServer
+from tests.history import Fault, check_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(180)]
 
@@ -119,3 +120,12 @@ async def test_a_kill_during_a_trace_outage_loses_no_row_beyond_the_window(
     trace = await chaos.trace_report(postgres_url)
     assert trace.ok, str(trace)
     assert trace.runs >= 20 and trace.rows >= trace.runs - trace.lost_in_window, str(trace)
+
+
+def test_a_run_started_while_the_config_is_held_is_a_violation() -> None:
+    hold = Fault("hold", 100.0, 104.0)
+    early = ItemRun("inst-a", "cluster_job", 0, "t1", "NORMAL_TRIGGER", 100.5, 100.9, True)
+    held = ItemRun("inst-b", "cluster_job", 1, "t2", "FAILOVER", 102.0, 102.4, True)
+    after = ItemRun("inst-a", "cluster_job", 0, "t3", "NORMAL_TRIGGER", 104.1, 104.5, True)
+    report = check_history([early, held, after], total=2, faults=[hold], failover=False)
+    assert len(report.violations) == 1 and "inst-b" in report.violations[0], str(report)
