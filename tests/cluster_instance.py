@@ -45,12 +45,12 @@ def block_requested(flag: str) -> float:
 
 
 def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
+    tracing = {"tracing_url": args.tracing_url, "trace_journal_path": args.journal}
     settings = Settings(
         registry_url=args.registry,
         instance_id=args.instance_id,
         shutdown_grace_period=args.grace,
-        tracing_url=args.tracing_url,
-        trace_journal_path=args.journal,
+        **{k: v for k, v in tracing.items() if v is not None},  # else from the environment
     )
     scheduler = Scheduler(settings=settings)
     history = History(args.log, scheduler.instance_id)
