@@ -4,7 +4,9 @@
 
 Writes one JSON object per line to FILE (flushed each line): ``ready``, ``session`` (id and
 password, so a test can expire it), ``start`` and ``end`` of every item run, ``stopped``.
-SIGTERM/SIGINT stop it gracefully.
+SIGTERM/SIGINT stop it gracefully. A file ``FILE.block`` holding a number makes its next item
+block the event loop that many seconds (``tests/chaos.py``); ``--tracing-url``/``--journal`` set
+its trace (default: from the environment).
 """
 
 from __future__ import annotations
