@@ -98,6 +98,8 @@ class Cluster:
     jobs: str = "cluster_job"
     grace: float = 2.0
     instances: dict[str, Instance] = field(default_factory=dict)
+    #: Trace to this database, each instance with its own journal ``{instance_id}.journal``.
+    tracing_url: str | None = None
 
     def start(self, instance_id: str, **job_options: Any) -> Instance:
         log = self.workdir / f"{instance_id}.jsonl"
@@ -120,6 +122,7 @@ class Cluster:
                 json.dumps(options),
                 "--grace",
                 str(self.grace),
+                *self._tracing_args(instance_id),
             ],
             cwd=ROOT,
             env=env,
@@ -129,6 +132,14 @@ class Cluster:
         inst = Instance(instance_id, log, proc)
         self.instances[instance_id] = inst
         return inst
+
+    def _tracing_args(self, instance_id: str) -> list[str]:
+        if self.tracing_url is None:
+            return []
+        return ["--tracing-url", self.tracing_url, "--journal", str(self.journal(instance_id))]
+
+    def journal(self, instance_id: str) -> Path:
+        return self.workdir / f"{instance_id}.journal"
 
     def wait_ready(self, *instances: Instance, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -157,7 +168,9 @@ class Cluster:
     def history(self) -> list[ItemRun]:
         runs: dict[tuple[str, str, int], ItemRun] = {}
         for inst in self.instances.values():
-            for r in inst.records():
+            records = inst.records()
+            lost = [r["t"] for r in records if r["ev"] == "session" and r["state"] == "LOST"]
+            for r in records:
                 key = (r["instance"], r.get("task_id", ""), r.get("item", -1))
                 if r["ev"] == "start":
                     runs[key] = ItemRun(
@@ -183,8 +196,14 @@ class Cluster:
                 # last step (a short item cannot tell the two apart; tests/test_failover.py
                 # checks the cancellation with items still pending at wake). It ended when the
                 # process froze. A run that went on longer keeps its real end, and the overlap
-                # check judges it. A session killed on the server: the run must be cancelled.
-                cut = [(t, t, False) for t in inst.expiries]
+                # check judges it. A session killed on the server: the run must be cancelled
+                # once the instance was told (LOST); one that completed before it could know
+                # (its connection was dropped, the resume or the refusal still to come) is the
+                # same unpreventable overlap, bounded by WAKE_SLACK too.
+                cut = [
+                    (t, t, False if any(t <= x <= (run.end or t) for x in lost) else None)
+                    for t in inst.expiries
+                ]
                 cut += [(t0, t1, None) for t0, t1 in inst.pauses]
                 for stopped, resumed, must_be in cut:
                     if (

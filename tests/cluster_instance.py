@@ -4,7 +4,9 @@
 
 Writes one JSON object per line to FILE (flushed each line): ``ready``, ``session`` (id and
 password, so a test can expire it), ``start`` and ``end`` of every item run, ``stopped``.
-SIGTERM/SIGINT stop it gracefully.
+SIGTERM/SIGINT stop it gracefully. A file ``FILE.block`` holding a number makes its next item
+block the event loop that many seconds (``tests/chaos.py``); ``--tracing-url``/``--journal`` set
+its trace (default: from the environment).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,11 +36,23 @@ class History:
         self._file.flush()
 
 
+def block_requested(flag: str) -> float:
+    """Seconds to block the loop for, if the test wrote them to ``flag`` (taken once)."""
+    try:
+        seconds = float(Path(flag).read_text() or 0)
+        os.unlink(flag)
+    except (OSError, ValueError):
+        return 0.0
+    return seconds
+
+
 def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
+    tracing = {"tracing_url": args.tracing_url, "trace_journal_path": args.journal}
     settings = Settings(
         registry_url=args.registry,
         instance_id=args.instance_id,
         shutdown_grace_period=args.grace,
+        **{k: v for k, v in tracing.items() if v is not None},  # else from the environment
     )
     scheduler = Scheduler(settings=settings)
     history = History(args.log, scheduler.instance_id)
@@ -61,6 +76,8 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
             if block_loop[0]:
                 seconds, block_loop[0] = block_loop[0], 0
                 time.sleep(seconds)  # blocks the loop on purpose
+            elif seconds := block_requested(args.log + ".block"):
+                time.sleep(seconds)  # asked for by the test (tests/chaos.py): blocks the loop
             await anyio.sleep(durations.get(ctx.sharding_item, duration))
             ok = True
         finally:
@@ -113,4 +130,6 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", default="cluster_job")
     parser.add_argument("--job-options", default="{}")
     parser.add_argument("--grace", type=float, default=2.0)
+    parser.add_argument("--tracing-url", default=None)
+    parser.add_argument("--journal", default=None)
     anyio.run(main, parser.parse_args())

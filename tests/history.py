@@ -9,7 +9,10 @@ knows of its faults. Checks:
     every run cut short by a fault is started again afterwards, and every fire at which the
     membership was settled started all items;
 (c) once membership settles, every item is owned by exactly one live instance (checked on the
-    registry's committed assignment).
+    registry's committed assignment);
+(d) while the job's ``config`` node holds garbage (a ``hold`` fault, from the corruption to the
+    restore), no item starts once ``HOLD_NOTICE`` has passed: the job is held, not half-run.
+    Fires in a hold are excused from (b) like those of any fault window.
 
 What (a) can and cannot demand: a session that *times out* is fenced (the client declares it lost
 before the server could expire it), and a frozen process cancels its items before they take a
@@ -31,8 +34,9 @@ __all__ = ["Fault", "Report", "check_history"]
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault the test injected: ``kind`` (kill, pause, restart, expire) from ``start`` to
-    ``end`` (when its effect is over: the session timed out, the server was back...)."""
+    """A fault the test injected: ``kind`` (kill, pause, restart, expire, block, hold, wipe...)
+    from ``start`` to ``end`` (when its effect is over: the session timed out, the server was
+    back, the config was restored...)."""
 
     kind: str
     start: float
@@ -57,6 +61,11 @@ class Report:
         return f"{head}: {len(self.violations)} violation(s):\n  " + "\n  ".join(
             self.violations[:20]
         )
+
+
+#: How soon after its config node was corrupted a job must have stopped starting items (the
+#: watch reaches every instance, a fire already starting its items may finish doing so).
+HOLD_NOTICE = 1.0
 
 
 def _disturbed(when: float, faults: Sequence[Fault], settle: float) -> bool:
@@ -93,7 +102,20 @@ def check_history(
         _check_settled_fires(runs, total, faults, settle, until, report)
     if assignment is not None:
         _check_ownership(assignment, set(live), total, report)
+    _check_holds(runs, faults, report)
     return report
+
+
+def _check_holds(runs: Sequence[ItemRun], faults: Sequence[Fault], report: Report) -> None:
+    """(d) No item starts while the job is held for an invalid config."""
+    for hold in (f for f in faults if f.kind == "hold"):
+        for run in runs:
+            if hold.start + HOLD_NOTICE < run.start < hold.end:
+                report.violations.append(
+                    f"(d) {run.job}#{run.item} started on {run.instance} at {run.start:.3f} "
+                    f"({run.source}) while its config was invalid [{hold.start:.3f}, "
+                    f"{hold.end:.3f}]"
+                )
 
 
 def _check_restarted(
