@@ -328,6 +328,13 @@ class Scheduler:
             STALL_EXIT_STATUS,
             stack,
         )
+        bus = self._bus
+        if bus is not None:
+            try:
+                saved = bus.save_before_exit()
+                log.critical("saved %d trace event(s) to the journal before exiting", saved)
+            except Exception:  # the process ends either way
+                log.exception("saving trace events before exiting failed")
         _flush_logs()
         os._exit(STALL_EXIT_STATUS)
 

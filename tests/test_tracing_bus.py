@@ -339,3 +339,25 @@ async def test_a_fully_written_journal_segment_is_not_left_for_the_next_process(
     assert ids(first + rest) == ids(posted)
     journal.close()  # before the next read() would have removed the segment
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+async def test_events_in_memory_are_journaled_before_a_watchdog_exit(tmp_path: Path) -> None:
+    """The loop watchdog ends a stalled process with ``os._exit``: what the bus held only in
+    memory (a batch stuck in a write, the queue) must be in the journal, fsync'd, first."""
+    sink = BlockedSink()
+    journal = tmp_path / "trace.journal"
+    posted = events(30)
+    async with AsyncExitStack() as stack:
+        bus = TraceBus(
+            [sink], batch_size=10, journal_path=journal, journal_window=3600, grace_period=0.2
+        )
+        await bus.start(stack)
+        for event in posted:
+            bus.post(event)
+        await wait_until(lambda: sink.calls == 1)  # one batch in flight, the rest queued
+        assert not journal.exists() or journal.read_text() == ""
+        saved = await anyio.to_thread.run_sync(bus.save_before_exit)  # another thread
+        assert saved == 30
+        lines = [line for line in journal.read_text().splitlines() if line]
+        assert sorted(decode_event(line).id for line in lines) == sorted(ids(posted))
+        sink.release.set()

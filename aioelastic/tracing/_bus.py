@@ -426,6 +426,21 @@ class _Lane:
         self.overflow(remaining)
         return len(remaining)
 
+    def save_before_exit(self) -> int:
+        """Journal (and fsync) what only this process holds, from another thread while the event
+        loop is stuck and the process is about to end; the queue is left as it is."""
+        if self.journal is None or self._journal_broken:
+            return 0
+        held = [] if self.inflight_journaled else list(self.inflight)
+        held += list(self.queue)
+        try:
+            if held:
+                self.journal.append(held)
+            self.journal.sync_now()
+        except (OSError, ValueError):
+            return 0
+        return len(held)
+
     async def wait_idle(self) -> None:
         """Return once queue and journal backlog are written (the lane has nothing to do)."""
         while not self.idle:
@@ -544,6 +559,12 @@ class TraceBus:
     def stats(self) -> list[SinkStats]:
         """Counters of every sink's lane."""
         return [lane.stats() for lane in self._lanes]
+
+    def save_before_exit(self) -> int:
+        """Journal every event still in memory, safe to call from another thread while the event
+        loop is blocked (the loop watchdog calls it before ending the process). Returns how many
+        events were saved; a later process replays them."""
+        return sum(lane.save_before_exit() for lane in self._lanes)
 
     async def flush(self) -> None:
         """Wait until every queue and journal backlog is written (callers set the deadline:

@@ -211,6 +211,10 @@ class Journal:
                     handle.close()
                     self._retired.remove(handle)
 
+    def sync_now(self) -> None:
+        """Fsync the open files at once, in the calling thread (the process is about to end)."""
+        _fsync_all([handle.fileno() for handle in [*self._retired, *filter(None, [self._file])]])
+
     # -- replay (reads in a worker thread) ----------------------------------------------------
 
     @property
