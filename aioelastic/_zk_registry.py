@@ -418,7 +418,7 @@ class _Retiring:
 
     session_id: int
     password: bytes
-    reached: bool = False  # the current attempt got a TCP connection
+    reached: bool = False  # the current attempt got an answer to its ConnectRequest
     failures: int = 0  # attempts that reached the server but could not close it
 
 
@@ -750,7 +750,6 @@ class ZooKeeperRegistry:
         session_id, password = retiring.session_id, retiring.password
         while True:
             conn = await _Connection.open(host, port, 0)
-            retiring.reached = True
             try:
                 response = await conn.handshake(
                     protocol.ConnectRequest(
@@ -762,6 +761,9 @@ class ZooKeeperRegistry:
                         read_only=False,
                     )
                 )
+                # Only a server that answers counts: one of an ensemble without quorum (or a
+                # frozen one) accepts the connection, then drops it or says nothing.
+                retiring.reached = True
                 if response.timeout <= 0 or response.session_id != session_id:
                     log.info("lost ZooKeeper session 0x%x is gone on the server", session_id)
                     self._retire = None
@@ -774,7 +776,7 @@ class ZooKeeperRegistry:
                 await conn.aclose()
 
     def _retire_failed(self) -> None:
-        """Count a failed close of a lost session that reached the server; give up at last."""
+        """Count a failed close of a lost session the server answered; give up at last."""
         retiring = self._retire
         if retiring is None or not retiring.reached:
             return  # unreachable server: a new session cannot be opened either
