@@ -582,10 +582,8 @@ class ZooKeeperRegistry:
                         return attempt
                 await anyio.sleep(pause)
                 pause = min(pause * 2, _RETRY_PAUSE[1])
-        tried = "; ".join(
-            f"{_show(host, port)}: {self._host_errors.get(_show(host, port), 'not reached in time')}"
-            for host, port in self._hosts
-        )
+        shown = [_show(host, port) for host, port in self._hosts]
+        tried = "; ".join(f"{h}: {self._host_errors.get(h, 'not reached in time')}" for h in shown)
         raise SessionLostError(
             f"cannot connect to ZooKeeper at {self.url.hosts} within "
             f"{self.url.connect_timeout:g}s: none of its {len(self._hosts)} host(s) answered "

@@ -296,9 +296,7 @@ async def trigger(url: str, *instance_ids: str) -> None:
 
 def session_events(inst: Instance) -> list[tuple[float, str, int]]:
     """The instance's session events so far: (time, state, session id)."""
-    return [
-        (r["t"], r["state"], r["session_id"]) for r in inst.records() if r["ev"] == "session"
-    ]
+    return [(r["t"], r["state"], r["session_id"]) for r in inst.records() if r["ev"] == "session"]
 
 
 def current_session(inst: Instance) -> int | None:

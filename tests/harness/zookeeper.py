@@ -124,7 +124,11 @@ class ZooKeeperServer:
 
     @property
     def hosts(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else f"{self.address}:{self.port}"
+        )
 
     def url(self, namespace: str, **options: float) -> str:
         query = "&".join(f"{k}={v}" for k, v in options.items())
