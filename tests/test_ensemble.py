@@ -24,11 +24,13 @@ from tests.cluster import (
     ItemRun,
     current_session,
     expected,
+    read_assignment,
     ready,
     session_events,
     wait_assignment,
     zk_client,
 )
+from tests.ensemble_faults import EnsembleFaults
 from tests.harness.zookeeper import EnsembleMember, Recorder, ZooKeeperEnsemble, barrier
 from tests.history import Fault, check_history
 
@@ -387,6 +389,43 @@ async def test_quorum_loss_fences_everything_then_the_cluster_recovers(
             -3000:
         ]
     assert survivor.running
+
+
+# -- the soak's server faults (tests/ensemble_faults.py), briefly ---------------------------
+
+
+async def test_server_faults_of_the_soak_keep_the_invariants(
+    zk_ensemble: ZooKeeperEnsemble, cluster_factory: Callable[..., Cluster]
+) -> None:
+    """A kill, a pause and a wipe of members, as ``benchmarks/chaos_soak.py --ensemble``
+    injects them: no overlap, every settled fire started, one owner per item at the end."""
+    ids = ["inst-a", "inst-b", "inst-c"]
+    url, cluster, procs = await _start_cluster(
+        zk_ensemble, cluster_factory, ids, FAILOVER_TIMEOUT, duration=0.4
+    )
+    faults: list[Fault] = []
+    server_faults = EnsembleFaults(zk_ensemble, faults, FAILOVER_TIMEOUT)
+    members = zk_ensemble.members
+    await anyio.sleep(1.5)
+    await server_faults.kill(members[0], down=1.0)
+    await server_faults.pause(members[1], FAILOVER_TIMEOUT * 0.6)
+    await server_faults.wipe(members[2])
+    await anyio.sleep(3.0)
+    until = time.time()
+    async with zk_client(url) as reg:
+        assignment = await read_assignment(reg, url, TOTAL)
+    report = check_history(
+        cluster.history(),
+        total=TOTAL,
+        faults=faults,
+        settle=1.0,
+        until=until,
+        assignment=assignment or {},
+        live=ids,
+    )
+    assert report.ok, str(report)
+    assert [f.kind for f in faults] == ["zk-kill", "zk-pause", "zk-wipe"]
+    _assert_sessions_kept(procs)  # the session timeout outlasts each fault
 
 
 # -- 4. connect-string details on the ensemble ----------------------------------------------

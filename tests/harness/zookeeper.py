@@ -226,11 +226,15 @@ class ZooKeeperServer:
     def wipe(self) -> None:
         """Stop, delete the data dir, start empty on the same port (a rebuilt ensemble)."""
         self.stop(kill=True)
+        self.clear_data()
+        self.start()
+
+    def clear_data(self) -> None:
+        """Empty the data dir of a stopped server (an ensemble member keeps its ``myid``)."""
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
         self._init_data()
-        self.start()
 
     def _init_data(self) -> None:
         """Prepare a fresh data dir (an ensemble member writes its ``myid`` here)."""
