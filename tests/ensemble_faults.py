@@ -8,6 +8,7 @@ restart or wipe one member, kill the leader, lose the quorum. Recorded as ``Faul
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class EnsembleFaults:
         """Two of three members down for ``seconds`` (past the session timeout: all lost)."""
         start = time.time()
         for member in self.ensemble.members[1:]:
-            await anyio.to_thread.run_sync(lambda m=member: m.stop(kill=True))
+            await anyio.to_thread.run_sync(functools.partial(member.stop, kill=True))
         await anyio.sleep(seconds)
         await self._heal()
         self._record("zk-quorum-loss", start, lost_sessions=True)
