@@ -22,6 +22,14 @@ Session rule (``T`` = the session timeout negotiated with the server):
   its ephemerals are gone before the new session re-registers (given up after 3 failed tries
   on a reachable server: it then expires on its own).
 
+Ensemble: the URL's hosts are tried in turn, starting at a random one (ZooKeeper's clients
+shuffle the connect string too), each attempt within ``connect_timeout / len(hosts)``; a server
+that drops or ignores the ConnectRequest (one without quorum, a frozen one) is skipped for the
+next. When none answers within ``connect_timeout`` at start-up, the error names every host with
+its last failure. A chroot in the URL (``zookeeper://h1,h2,h3/chroot/ns``) prefixes every path
+on the wire and is cut off paths we return (watch events, sequential names); ``make_parents``
+creates it when missing.
+
 Requests: each call has a deadline (``request_timeout``, default the session timeout). While
 SUSPENDED a call waits for the reconnection within it; while LOST it fails at once; both raise
 ``SessionLostError``. Requests are never replayed: a write whose connection broke raises
