@@ -80,6 +80,7 @@ class JobExecutor:
         """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
+        self._skipped = 0  # fires skipped in the current registry outage
 
     @property
     def config(self) -> JobConfig:
@@ -121,10 +122,22 @@ class JobExecutor:
             if await self.handle_error(exc):
                 return  # "raise": the fire stops before any item runs (ElasticJob's)
         if coord.registry.session_state is not SessionState.CONNECTED:
-            await self.handle_error(
-                SessionLostError(f"job {self._job!r}: registry session not connected; fire skipped")
-            )
+            self._skipped += 1
+            if self._skipped == 1:  # once per outage: the next ones are only counted
+                await self.handle_error(
+                    SessionLostError(
+                        f"job {self._job!r}: registry session not connected; fire skipped "
+                        "(further fires are skipped silently until the session is back)"
+                    )
+                )
             return
+        if self._skipped:
+            log.warning(
+                "job %r: %d fire(s) skipped while the registry session was not connected",
+                self._job,
+                self._skipped,
+            )
+            self._skipped = 0
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
         contexts = self.contexts(items, ExecutionType.READY, source, scheduled)

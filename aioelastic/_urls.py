@@ -153,6 +153,11 @@ class RegistryURL:
     For ``memory://`` the host part names a process-wide store (instances in one process with the
     same name share it) and the path is the namespace. User name and password are
     percent-decoded (RFC 3986).
+
+    ZooKeeper hosts are ``name:port``, ``a.b.c.d:port`` or ``[IPv6]:port``, comma-separated (an
+    ensemble). The path's *last* segment is the namespace; any segments before it are a chroot
+    (``zookeeper://h1:2181,h2:2181/apps/prod/ns``: chroot ``/apps/prod``, namespace ``ns``), which
+    the client prefixes to every path, as ZooKeeper's own ``host:port/chroot`` connect string.
     """
 
     scheme: str
@@ -162,10 +167,11 @@ class RegistryURL:
     connect_timeout: float = 5.0
     username: str | None = None
     password: SecretStr | None = None
+    chroot: str = ""  # "" or "/seg[/seg...]" (zookeeper:// only)
 
     def __str__(self) -> str:
         auth = f"{self.username}:***@" if self.username else ""
-        return f"{self.scheme}://{auth}{self.hosts}/{self.namespace}"
+        return f"{self.scheme}://{auth}{self.hosts}{self.chroot}/{self.namespace}"
 
 
 def _float_options(parser: _Parser, query: str) -> dict[str, float]:
@@ -191,11 +197,9 @@ def parse_registry_url(url: str) -> RegistryURL:
         raise parser.error("scheme must be memory:// or zookeeper://")
     if parts.fragment is not None:
         raise parser.error("a #fragment has no meaning in a registry URL")
-    namespace = parts.path.strip("/") or DEFAULT_NAMESPACE
-    try:
-        check_node_name("registry_url namespace", namespace)
-    except ConfigError as exc:
-        raise parser.error(f"namespace {namespace!r}: {exc.reason}") from None
+    chroot, namespace = _chroot_and_namespace(parser, parts.path)
+    if chroot and parts.scheme != "zookeeper":
+        raise parser.error("a chroot (a path of more than one segment) needs zookeeper://")
     options = _float_options(parser, parts.query)
     username = password = None
     if parts.userinfo is not None:
@@ -214,7 +218,20 @@ def parse_registry_url(url: str) -> RegistryURL:
         connect_timeout=options.get("connect_timeout", 5.0),
         username=username,
         password=password,
+        chroot=chroot,
     )
+
+
+def _chroot_and_namespace(parser: _Parser, path: str) -> tuple[str, str]:
+    """``/a/b/ns`` -> (``/a/b``, ``ns``): the last segment names the namespace."""
+    segments = path.strip("/").split("/") if path.strip("/") else [DEFAULT_NAMESPACE]
+    for index, segment in enumerate(segments):
+        try:
+            check_node_name("registry_url namespace", segment)
+        except ConfigError as exc:
+            what = "namespace" if index == len(segments) - 1 else "chroot segment"
+            raise parser.error(f"{what} {segment!r}: {exc.reason}") from None
+    return "".join(f"/{s}" for s in segments[:-1]), segments[-1]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,14 @@ Session rule (``T`` = the session timeout negotiated with the server):
   its ephemerals are gone before the new session re-registers (given up after 3 failed tries
   on a reachable server: it then expires on its own).
 
+Ensemble: the URL's hosts are tried in turn, starting at a random one (ZooKeeper's clients
+shuffle the connect string too), each attempt within ``connect_timeout / len(hosts)``; a server
+that drops or ignores the ConnectRequest (one without quorum, a frozen one) is skipped for the
+next. When none answers within ``connect_timeout`` at start-up, the error names every host with
+its last failure. A chroot in the URL (``zookeeper://h1,h2,h3/chroot/ns``) prefixes every path
+on the wire and is cut off paths we return (watch events, sequential names); ``make_parents``
+creates it when missing.
+
 Requests: each call has a deadline (``request_timeout``, default the session timeout). While
 SUSPENDED a call waits for the reconnection within it; while LOST it fails at once; both raise
 ``SessionLostError``. Requests are never replayed: a write whose connection broke raises
@@ -54,6 +62,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -189,6 +198,10 @@ def _child(path: str, name: str) -> str:
     return f"{path.rstrip('/')}/{name}"
 
 
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _parse_hosts(hosts: str) -> list[tuple[str, int]]:
     out = []
     for item in hosts.split(","):
@@ -240,7 +253,7 @@ class _Connection:
     @classmethod
     async def open(cls, host: str, port: int, last_zxid: int) -> _Connection:
         stream = await anyio.connect_tcp(host, port)
-        return cls(stream, f"{host}:{port}", last_zxid)
+        return cls(stream, _show(host, port), last_zxid)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -413,7 +426,7 @@ class _Retiring:
 
     session_id: int
     password: bytes
-    reached: bool = False  # the current attempt got a TCP connection
+    reached: bool = False  # the current attempt got an answer to its ConnectRequest
     failures: int = 0  # attempts that reached the server but could not close it
 
 
@@ -429,6 +442,7 @@ class ZooKeeperRegistry:
             raise ValueError(f"not a zookeeper:// URL: {url}")
         self.url = url
         self._hosts = _parse_hosts(url.hosts)
+        self._chroot = url.chroot
         self._request_timeout = request_timeout or url.session_timeout
         self._acl = _make_acl(url)
         self._credentials = (
@@ -446,8 +460,10 @@ class ZooKeeperRegistry:
         self._last_zxid = 0
         self._conn: _Connection | None = None
         self._retire: _Retiring | None = None
-        self._next_host = 0
-        self._last_error = "no attempt yet"
+        # Where the first connection attempt goes: random, as ZooKeeper's clients shuffle the
+        # connect string, so the instances of a service spread over the ensemble's servers.
+        self._next_host = random.randrange(len(self._hosts))
+        self._host_errors: dict[str, str] = {}  # host:port -> its latest connection failure
         self._requests = 0
         self._started = self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -477,6 +493,11 @@ class ZooKeeperRegistry:
     def request_count(self) -> int:
         """Requests sent for callers (pings, auth, watch re-arming and close excluded)."""
         return self._requests
+
+    @property
+    def connected_host(self) -> str | None:
+        """``host:port`` of the server the session is connected to now, else None."""
+        return self._conn.host if self._conn is not None else None
 
     def raw_socket(self) -> socket.socket | None:
         """The current connection's TCP socket, for fault-injection tests; else None."""
@@ -569,9 +590,12 @@ class ZooKeeperRegistry:
                         return attempt
                 await anyio.sleep(pause)
                 pause = min(pause * 2, _RETRY_PAUSE[1])
+        shown = [_show(host, port) for host, port in self._hosts]
+        tried = "; ".join(f"{h}: {self._host_errors.get(h, 'not reached in time')}" for h in shown)
         raise SessionLostError(
             f"cannot connect to ZooKeeper at {self.url.hosts} within "
-            f"{self.url.connect_timeout:g}s (last error: {self._last_error})"
+            f"{self.url.connect_timeout:g}s: none of its {len(self._hosts)} host(s) answered "
+            f"({tried})"
         )
 
     async def _serve(
@@ -671,8 +695,9 @@ class ZooKeeperRegistry:
                     self._declare_lost("ZooKeeper reports the session expired", retire=False)
                     return await self._open(host, port, resume=False)
         except (*_CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
-            self._last_error = f"{host}:{port}: {error!r}"
-            log.debug("ZooKeeper connection attempt failed: %s", self._last_error)
+            reason = "no answer" if isinstance(error, TimeoutError) else repr(error)
+            self._host_errors[_show(host, port)] = reason
+            log.debug("ZooKeeper connection attempt to %s failed: %s", _show(host, port), reason)
             self._retire_failed()
             return None
 
@@ -731,7 +756,6 @@ class ZooKeeperRegistry:
         session_id, password = retiring.session_id, retiring.password
         while True:
             conn = await _Connection.open(host, port, 0)
-            retiring.reached = True
             try:
                 response = await conn.handshake(
                     protocol.ConnectRequest(
@@ -743,6 +767,9 @@ class ZooKeeperRegistry:
                         read_only=False,
                     )
                 )
+                # Only a server that answers counts: one of an ensemble without quorum (or a
+                # frozen one) accepts the connection, then drops it or says nothing.
+                retiring.reached = True
                 if response.timeout <= 0 or response.session_id != session_id:
                     log.info("lost ZooKeeper session 0x%x is gone on the server", session_id)
                     self._retire = None
@@ -755,7 +782,7 @@ class ZooKeeperRegistry:
                 await conn.aclose()
 
     def _retire_failed(self) -> None:
-        """Count a failed close of a lost session that reached the server; give up at last."""
+        """Count a failed close of a lost session the server answered; give up at last."""
         retiring = self._retire
         if retiring is None or not retiring.reached:
             return  # unreachable server: a new session cannot be opened either
@@ -821,7 +848,7 @@ class ZooKeeperRegistry:
         event_type = _EVENT_TYPES.get(raw.type)
         if event_type is None:
             return  # a connection-state notification: our supervisor tracks state itself
-        event = WatchEvent(event_type, raw.path)
+        event = WatchEvent(event_type, self._rel(raw.path))
         for watcher in self._watches.pop(event_type, raw.path):
             try:
                 watcher(event)
@@ -861,6 +888,19 @@ class ZooKeeperRegistry:
         except _ServerError as error:
             raise _map_error(error.error, path) from None
 
+    def _abs(self, path: str) -> str:
+        """The server-side path of ``path`` under the URL's chroot."""
+        if not self._chroot:
+            return path
+        return self._chroot if path == "/" else self._chroot + path
+
+    def _rel(self, path: str) -> str:
+        """``path`` as the caller sees it (the chroot cut off)."""
+        if not self._chroot or not path.startswith(self._chroot):
+            return path
+        rest = path[len(self._chroot) :]
+        return rest if rest.startswith("/") else "/" if not rest else path
+
     def _watch_on_reply(
         self, watcher: Watcher | None, kind: str, path: str, *, absent_kind: str | None = None
     ) -> Callable[[Any, Exception | None], None] | None:
@@ -879,6 +919,7 @@ class ZooKeeperRegistry:
 
     async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
         _check_path(path)
+        path = self._abs(path)
         on_reply = self._watch_on_reply(watcher, _DATA, path)
         request = protocol.GetDataRequest(path=path, watch=watcher is not None)
         response = await self._call(request, path, on_reply)
@@ -886,6 +927,7 @@ class ZooKeeperRegistry:
 
     async def get_children(self, path: str, watcher: Watcher | None = None) -> list[str]:
         _check_path(path)
+        path = self._abs(path)
         on_reply = self._watch_on_reply(watcher, _CHILD, path)
         request = protocol.GetChildrenRequest(path=path, watch=watcher is not None)
         response = await self._call(request, path, on_reply)
@@ -893,6 +935,7 @@ class ZooKeeperRegistry:
 
     async def exists(self, path: str, watcher: Watcher | None = None) -> Stat | None:
         _check_path(path)
+        path = self._abs(path)
         on_reply = self._watch_on_reply(watcher, _DATA, path, absent_kind=_EXIST)
         request = protocol.ExistsRequest(path=path, watch=watcher is not None)
         try:
@@ -916,12 +959,13 @@ class ZooKeeperRegistry:
         make_parents: bool = False,
     ) -> str:
         _check_path(path, sequential=sequential)
+        path = self._abs(path)
         check_request(create_size(path, data), path)
         flags = (_EPHEMERAL if ephemeral else 0) | (_SEQUENTIAL if sequential else 0)
         for _ in range(_MAX_ATTEMPTS):
             try:
                 response = await self._call(self._create_request(path, data, flags), path)
-                return str(response.path)
+                return self._rel(str(response.path))
             except NoNodeError:
                 if not make_parents:
                     raise
@@ -950,12 +994,14 @@ class ZooKeeperRegistry:
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         _check_path(path)
+        path = self._abs(path)
         check_request(set_size(path, data), path)
         request = protocol.SetDataRequest(path=path, data=data, version=version)
         return _stat((await self._call(request, path)).stat)
 
     async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
         _check_path(path)
+        path = self._abs(path)
         if not recursive:
             await self._call(protocol.DeleteRequest(path=path, version=version), path)
             return
@@ -974,7 +1020,8 @@ class ZooKeeperRegistry:
             except NotEmptyError:
                 missing_ok = True  # it existed: if it vanishes now, someone else deleted it
             try:
-                children = await self.get_children(path)
+                request = protocol.GetChildrenRequest(path=path, watch=False)
+                children = list((await self._call(request, path)).children)
             except NoNodeError:
                 return
             for name in children:
@@ -983,14 +1030,15 @@ class ZooKeeperRegistry:
 
     def _op_request(self, op: Op) -> Any:
         _check_path(op.path)
+        path = self._abs(op.path)
         match op:
-            case CreateOp(path, data, ephemeral):
+            case CreateOp(_, data, ephemeral):
                 return self._create_request(path, data, _EPHEMERAL if ephemeral else 0)
-            case SetOp(path, data, version):
+            case SetOp(_, data, version):
                 return protocol.SetDataRequest(path=path, data=data, version=version)
-            case DeleteOp(path, version):
+            case DeleteOp(_, version):
                 return protocol.DeleteRequest(path=path, version=version)
-            case CheckOp(path, version):
+            case CheckOp(_, version):
                 return protocol.CheckVersionRequest(path=path, version=version)
         raise TypeError(f"unknown op {op!r}")
 

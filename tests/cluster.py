@@ -308,3 +308,17 @@ async def trigger(url: str, *instance_ids: str) -> None:
     async with zk_client(url) as reg:
         for instance_id in instance_ids:
             await reg.create(paths.trigger(instance_id))
+
+
+# -- sessions of instance processes (ensemble tests: which server serves whom) --
+
+
+def session_events(inst: Instance) -> list[tuple[float, str, int]]:
+    """The instance's session events so far: (time, state, session id)."""
+    return [(r["t"], r["state"], r["session_id"]) for r in inst.records() if r["ev"] == "session"]
+
+
+def current_session(inst: Instance) -> int | None:
+    """The id of the instance's session if it is connected now, by its last session event."""
+    events = session_events(inst)
+    return events[-1][2] if events and events[-1][1] == "CONNECTED" else None

@@ -1,5 +1,9 @@
 """A real ZooKeeper server for tests (Debian's ``zookeeper`` package), plus fault injection.
 
+``ZooKeeperEnsemble`` runs a 3-server quorum on loopback (``QuorumPeerMain``, ``server.N`` lines,
+``myid`` files): any member can be stopped, paused, restarted or wiped; ``leader()`` and
+``serving(session_id)`` read the members' ``srvr`` and ``cons`` four-letter words.
+
 ``ZooKeeperServer`` runs ``ZooKeeperServerMain`` with a private ``zoo.cfg`` on a free loopback
 port and a temporary data dir; ``stop()``/``restart()`` keep both, so sessions and data survive a
 restart as they would in production. ``pause()``/``resume()`` freeze the JVM (SIGSTOP/SIGCONT):
@@ -17,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,7 +41,9 @@ from aioelastic._registry import Registry, SessionEvent, SessionState
 from aioelastic._zk_registry import ZooKeeperRegistry
 
 __all__ = [
+    "EnsembleMember",
     "Recorder",
+    "ZooKeeperEnsemble",
     "ZooKeeperServer",
     "barrier",
     "drop_connection",
@@ -70,9 +77,10 @@ def zookeeper_classpath() -> str:
     return jars[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(address: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -80,9 +88,20 @@ def free_port() -> int:
 class ZooKeeperServer:
     """One standalone ZooKeeper 3.8 on 127.0.0.1 (tickTime 500 ms: session timeouts 1-10 s)."""
 
-    def __init__(self, workdir: Path, *, tick_ms: int = 500, ready_timeout: float = 30.0) -> None:
+    main_class = MAIN_CLASS
+    jvm_options: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tick_ms: int = 500,
+        ready_timeout: float = 30.0,
+        address: str = "127.0.0.1",
+    ) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.address = address  # the client port's loopback address: 127.0.0.1 or ::1
+        self.port = free_port(address)
         self.tick_ms = tick_ms
         self.ready_timeout = ready_timeout
         self._classpath = zookeeper_classpath()
@@ -90,19 +109,26 @@ class ZooKeeperServer:
         self._log = workdir / "zookeeper.log"
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         self._cfg = workdir / "zoo.cfg"
-        self._cfg.write_text(
-            f"tickTime={tick_ms}\n"
-            f"dataDir={workdir / 'data'}\n"
+        self._cfg.write_text(self._config())
+
+    def _config(self) -> str:
+        return (
+            f"tickTime={self.tick_ms}\n"
+            f"dataDir={self.workdir / 'data'}\n"
             f"clientPort={self.port}\n"
-            "clientPortAddress=127.0.0.1\n"
+            f"clientPortAddress={self.address}\n"
             "maxClientCnxns=0\n"
-            "4lw.commands.whitelist=srvr,ruok,mntr\n"
+            "4lw.commands.whitelist=srvr,ruok,mntr,cons\n"
             "admin.enableServer=false\n"
         )
 
     @property
     def hosts(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else f"{self.address}:{self.port}"
+        )
 
     def url(self, namespace: str, **options: float) -> str:
         query = "&".join(f"{k}={v}" for k, v in options.items())
@@ -116,6 +142,13 @@ class ZooKeeperServer:
         """Start the JVM and wait (with a deadline) until it serves requests."""
         if self.running:
             return
+        self.spawn()
+        self.wait_serving()
+
+    def spawn(self) -> None:
+        """Start the JVM without waiting (an ensemble member serves only once it has a quorum)."""
+        if self.running:
+            return
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [
@@ -123,11 +156,12 @@ class ZooKeeperServer:
                     "-Xmx256m",
                     "-XX:+UseSerialGC",
                     "-Dzookeeper.admin.enableServer=false",
+                    *self.jvm_options,
                     # reap empty container nodes within ~0.2 s, so creating one by mistake shows
                     "-Dznode.container.checkIntervalMs=200",
                     "-cp",
                     self._classpath,
-                    MAIN_CLASS,
+                    self.main_class,
                     str(self._cfg),
                 ],
                 stdout=log,
@@ -136,18 +170,33 @@ class ZooKeeperServer:
             )
         atexit.unregister(self.stop)
         atexit.register(self.stop)  # no stray JVM if the test run is interrupted
-        deadline = time.monotonic() + self.ready_timeout
-        while b"Mode: " not in (self.four_letter("srvr") or b""):  # serving, not just up
+
+    def wait_serving(self, timeout: float | None = None) -> None:
+        """Wait (with a deadline) until ``srvr`` shows a mode: serving, not just up."""
+        timeout = self.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while self.mode is None:
             if not self.running:
                 pytest.fail(f"ZooKeeper exited at start-up; log:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"ZooKeeper not ready in {self.ready_timeout}s:\n{self.log_tail()}")
+                pytest.fail(f"ZooKeeper not ready in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
+
+    @property
+    def mode(self) -> str | None:
+        """``standalone``, ``leader`` or ``follower`` while serving; None otherwise."""
+        match = re.search(rb"Mode: (\w+)", self.four_letter("srvr", timeout=0.5) or b"")
+        return match[1].decode() if match else None
+
+    def session_ids(self) -> set[int]:
+        """The ids of the sessions connected to this server now (``cons``)."""
+        text = self.four_letter("cons", timeout=0.5) or b""
+        return {int(m, 16) for m in re.findall(rb"sid=0x([0-9a-fA-F]+)", text)}
 
     def four_letter(self, word: str, timeout: float = 1.0) -> bytes | None:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with socket.create_connection((self.address, self.port), timeout=timeout) as sock:
                 sock.sendall(word.encode())
                 chunks = []
                 while chunk := sock.recv(65536):
@@ -177,10 +226,18 @@ class ZooKeeperServer:
     def wipe(self) -> None:
         """Stop, delete the data dir, start empty on the same port (a rebuilt ensemble)."""
         self.stop(kill=True)
+        self.clear_data()
+        self.start()
+
+    def clear_data(self) -> None:
+        """Empty the data dir of a stopped server (an ensemble member keeps its ``myid``)."""
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
-        self.start()
+        self._init_data()
+
+    def _init_data(self) -> None:
+        """Prepare a fresh data dir (an ensemble member writes its ``myid`` here)."""
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
@@ -247,6 +304,7 @@ async def expire_session(registry: ZooKeeperRegistry, timeout: float = 10.0) -> 
     before our close arrives; so we repeat until the server refuses the session as expired.
     """
     host, _, port = registry.url.hosts.split(",")[0].rpartition(":")
+    host = host.strip("[]")
     session_id, password = registry.session_id, registry.session_password
     with anyio.fail_after(timeout):
         while await _close_session(host, int(port), session_id, password):
@@ -290,3 +348,102 @@ async def barrier(watching: Registry, changing: Registry, parent: str) -> None:
     await changing.create(path)
     await seen.until(lambda calls: len(calls) == 1)
     await changing.delete(path)
+
+
+QUORUM_MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+
+class EnsembleMember(ZooKeeperServer):
+    """Server ``myid`` of a ``ZooKeeperEnsemble``: ``QuorumPeerMain`` with ``server.N`` lines."""
+
+    main_class = QUORUM_MAIN_CLASS
+    # Election connections to a frozen peer give up after 1 s (default 5 s): a paused server
+    # must not stall the election of a new leader past our session timeouts.
+    jvm_options = ("-Dzookeeper.cnxTimeout=1000",)
+
+    def __init__(self, workdir: Path, myid: int, peers: list[str], *, tick_ms: int = 500) -> None:
+        self.myid = myid
+        self.peers = peers  # the ensemble's ``server.N=...`` lines
+        super().__init__(workdir, tick_ms=tick_ms)
+        self._init_data()
+
+    def _config(self) -> str:
+        return (
+            super()._config()
+            + "initLimit=10\nsyncLimit=4\nstandaloneEnabled=false\nreconfigEnabled=false\n"
+            + "".join(f"{line}\n" for line in self.peers)
+        )
+
+    def _init_data(self) -> None:
+        (self.workdir / "data" / "myid").write_text(f"{self.myid}\n")
+
+    def __repr__(self) -> str:
+        return f"<server {self.myid} {self.hosts} {self.mode or 'not serving'}>"
+
+
+class ZooKeeperEnsemble:
+    """A 3-server ZooKeeper quorum on loopback; each member can be stopped, killed, paused,
+    resumed, restarted or wiped (``members[i]``), and the ensemble tells which one leads and
+    which one a session is connected to."""
+
+    def __init__(self, workdir: Path, *, size: int = 3, tick_ms: int = 500) -> None:
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        peers = [f"server.{n + 1}=127.0.0.1:{p}:{e}" for n, (p, e) in enumerate(ports)]
+        self.members = [
+            EnsembleMember(workdir / f"server{n + 1}", n + 1, peers, tick_ms=tick_ms)
+            for n in range(size)
+        ]
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(m.hosts for m in self.members)
+
+    def url(self, namespace: str, **options: float) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"zookeeper://{self.hosts}/{namespace}" + (f"?{query}" if query else "")
+
+    def start(self, *members: EnsembleMember, timeout: float = 60.0) -> None:
+        """Start these members (all by default) and wait until every running one serves."""
+        for member in members or self.members:
+            member.spawn()
+        self.wait_quorum(timeout)
+
+    def wait_quorum(self, timeout: float = 60.0) -> None:
+        """Wait until every running member serves and exactly one of them leads."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [m for m in self.members if m.running]
+            modes = [m.mode for m in running]
+            if running and None not in modes and modes.count("leader") == 1:
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {m!r}\n{m.log_tail(15)}" for m in self.members)
+                pytest.fail(f"no quorum within {timeout}s: {modes}\n{tails}")
+            time.sleep(0.1)
+
+    def leader(self) -> EnsembleMember:
+        """The member that leads now (fails the test if none does)."""
+        self.wait_quorum()
+        return next(m for m in self.members if m.running and m.mode == "leader")
+
+    def followers(self) -> list[EnsembleMember]:
+        self.wait_quorum()
+        return [m for m in self.members if m.running and m.mode == "follower"]
+
+    def serving(self, session_id: int) -> EnsembleMember | None:
+        """The member the session is connected to now, if any (``cons``)."""
+        for member in self.members:
+            if member.running and session_id in member.session_ids():
+                return member
+        return None
+
+    def heal(self, timeout: float = 60.0) -> None:
+        """Resume paused members, start stopped ones, wait for the quorum."""
+        for member in self.members:
+            if member.running:
+                member.resume()
+        self.start(*[m for m in self.members if not m.running], timeout=timeout)
+
+    def close(self) -> None:
+        for member in self.members:
+            member.stop()

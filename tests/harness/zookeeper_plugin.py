@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.zookeeper import ZooKeeperServer
+from tests.harness.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 
-__all__ = ["zk_restartable_server", "zk_server", "zk_url"]
+__all__ = ["zk_ensemble", "zk_ensemble_module", "zk_restartable_server", "zk_server", "zk_url"]
 
 SESSION_TIMEOUT = 3  # seconds: short, so session-loss tests are quick (server allows 1-10 s)
 
@@ -37,3 +37,23 @@ def zk_restartable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def zk_ensemble_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperEnsemble]:
+    """One 3-server quorum per test module (starting three JVMs costs seconds)."""
+    ensemble = ZooKeeperEnsemble(tmp_path_factory.mktemp("zk-ensemble"))
+    try:
+        ensemble.start()
+        yield ensemble
+    finally:
+        ensemble.close()
+
+
+@pytest.fixture
+def zk_ensemble(zk_ensemble_module: ZooKeeperEnsemble) -> Iterator[ZooKeeperEnsemble]:
+    """The module's quorum with every member up; a test that stops or pauses members gets
+    them back afterwards. Tests isolate themselves by namespace."""
+    zk_ensemble_module.heal()
+    yield zk_ensemble_module
+    zk_ensemble_module.heal()
