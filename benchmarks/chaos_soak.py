@@ -6,6 +6,10 @@ trace-database outage), then the history checker over everything that ran, and t
 (after the journals were replayed) against the histories.
 
     python benchmarks/chaos_soak.py --seed 7 --duration 150
+    python benchmarks/chaos_soak.py --seed 7 --duration 150 --ensemble   # a 3-server quorum
+
+With ``--ensemble`` the registry is a 3-server ZooKeeper quorum and the faults also kill, pause
+and wipe its servers, kill its leader and lose its quorum (``tests/ensemble_faults.py``).
 
 Prints the fault count by kind, the checker's and the trace report; exits 1 on any invariant
 violation or any trace row lost beyond the documented window.
@@ -28,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.chaos import Chaos
 from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.ensemble_faults import SERVER_FAULTS, EnsembleFaults, EnsembleServer
 from tests.harness.postgres import running_postgres
-from tests.harness.zookeeper import ZooKeeperServer
+from tests.harness.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 
 RESULTS = Path(__file__).parent / "results"
 TIMEOUT = 3.0
@@ -37,14 +42,24 @@ TOTAL = 6
 
 
 async def soak(
-    seed: int, duration: float, only: list[str] | None = None, keep: str | None = None
+    seed: int,
+    duration: float,
+    only: list[str] | None = None,
+    keep: str | None = None,
+    ensemble: bool = False,
 ) -> dict[str, object]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp, running_postgres() as postgres:
         workdir = Path(keep or tmp)  # --keep: the histories and logs stay for a post-mortem
         workdir.mkdir(parents=True, exist_ok=True)
-        server = ZooKeeperServer(workdir / "zk")
-        server.start()
+        quorum = ZooKeeperEnsemble(workdir / "zk") if ensemble else None
+        server: ZooKeeperServer | EnsembleServer
+        if quorum is not None:
+            quorum.start()
+            server = EnsembleServer(quorum)  # what Chaos and url_with use of one server
+        else:
+            server = ZooKeeperServer(workdir / "zk")
+            server.start()
         cluster: Cluster | None = None
         tracing_url = postgres.create_database()
         try:
@@ -65,12 +80,22 @@ async def soak(
             await ready(cluster, *procs)
             async with zk_client(url) as reg:
                 await wait_assignment(reg, url, TOTAL, expected(ids, TOTAL), 20)
-            chaos = Chaos(cluster, server, TIMEOUT, TOTAL, postgres=postgres)
+            chaos = Chaos(cluster, server, TIMEOUT, TOTAL, postgres=postgres)  # type: ignore[arg-type]
+            server_kinds = tuple(k for k in (only or SERVER_FAULTS) if k.startswith("zk-"))
+            server_faults = (
+                EnsembleFaults(quorum, chaos.faults, TIMEOUT, server_kinds or SERVER_FAULTS)
+                if quorum is not None
+                else None
+            )
+            instance_kinds = [k for k in only if not k.startswith("zk-")] if only else None
             kinds: Counter[str] = Counter()
             end = time.monotonic() + duration
             while time.monotonic() < end:
                 await anyio.sleep(rng.uniform(2.0, 6.0))
-                kind = await chaos.random_fault(rng, only)
+                if server_faults is not None and (instance_kinds == [] or rng.random() < 0.4):
+                    kind = await server_faults.random_fault(rng)
+                else:
+                    kind = await chaos.random_fault(rng, instance_kinds)
                 kinds[kind] += 1
                 print(
                     f"{time.strftime('%H:%M:%S')} fault #{sum(kinds.values())}: {kind}", flush=True
@@ -112,11 +137,19 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
     parser.add_argument("--kinds", help="comma-separated fault kinds (default: all)")
     parser.add_argument("--keep", help="keep histories and logs in this directory")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="a 3-server ZooKeeper quorum; faults also kill, pause and wipe its servers, kill its "
+        "leader and lose its quorum",
+    )
     args = parser.parse_args()
     kinds = args.kinds.split(",") if args.kinds else None
-    result = anyio.run(soak, args.seed, args.duration, kinds, args.keep)
+    result = anyio.run(soak, args.seed, args.duration, kinds, args.keep, args.ensemble)
+    result["ensemble"] = args.ensemble
     if args.kinds:
         sys.exit(1 if result["violations"] or result["trace_problems"] else 0)  # not saved
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chaos_soak.json").write_text(json.dumps(result, indent=2))
+    name = "chaos_soak_ensemble.json" if args.ensemble else "chaos_soak.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2))
     sys.exit(1 if result["violations"] or result["trace_problems"] else 0)
