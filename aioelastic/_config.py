@@ -24,10 +24,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._cron import CronTrigger
 from ._errors import ConfigError
-from ._limits import NODE_DATA_LIMIT, PACKET_LIMIT
 from ._listeners import JobListener
 from ._sharding import ShardingStrategy
 from ._urls import check_node_name, parse_registry_url, parse_tracing_url
+from .registry._limits import NODE_DATA_LIMIT, PACKET_LIMIT
 
 __all__ = ["ErrorHandler", "JobConfig", "Settings", "load_settings"]
 

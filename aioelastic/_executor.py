@@ -16,8 +16,13 @@ import anyio
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
-from ._errors import RegistryError, SessionLostError
-from ._events import (
+from ._errors import ItemCancelled, RegistryError, SessionLostError
+from ._jobs import ItemRunner
+from ._listeners import DistributedOnceListener
+from ._observer import Observer, hook_name, notify_observers
+from ._task_id import make_task_id
+from .registry._protocol import SessionState
+from .tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -26,11 +31,6 @@ from ._events import (
     TraceEvent,
     format_failure,
 )
-from ._jobs import ItemRunner
-from ._listeners import DistributedOnceListener
-from ._observer import Observer, hook_name, notify_observers
-from ._registry import SessionState
-from ._task_id import make_task_id
 
 __all__ = ["JobExecutor", "is_cancellation", "make_task_id"]
 
@@ -45,11 +45,6 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None  # not on asyncio
-
-
-class ItemCancelled(Exception):
-    """The item was cancelled: its instance lost its registry session, or shutdown's grace
-    period ran out."""
 
 
 class JobExecutor:
@@ -160,7 +155,7 @@ class JobExecutor:
         if not await self._listeners(contexts, before=True, cluster_once=False):
             if failover_run:  # the fire was aborted: give the takeover back
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
-                    await self.coordinator.release_failover(contexts.items)
+                    await self.coordinator.marks.release_failover(contexts.items)
             return
         await self.execute(contexts, quiet_conflict=True)
         await self._listeners(contexts, before=False, cluster_once=False)
@@ -182,7 +177,7 @@ class JobExecutor:
             )
 
     def is_running(self, item: int) -> bool:
-        return item in self.running or self.coordinator.running_elsewhere(item)
+        return item in self.running or self.coordinator.marks.running_elsewhere(item)
 
     def _misfire_due(self, items: Sequence[int]) -> bool:
         coord = self.coordinator
@@ -196,7 +191,7 @@ class JobExecutor:
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
         if self.config.misfire:
-            await self.coordinator.mark_misfire(contexts.items)
+            await self.coordinator.marks.mark_misfire(contexts.items)
         self._status(
             contexts,
             State.TASK_FINISHED,
@@ -219,19 +214,19 @@ class JobExecutor:
         # failover intents, so a taker can complete the rows if this instance dies.
         starts = self._start_events(contexts)
         try:
-            claimed = not monitor or await self.coordinator.mark_running(
+            claimed = not monitor or await self.coordinator.marks.mark_running(
                 items, misfire_run=misfire_run, runs=starts
             )
         except RegistryError:
             if failover_run:  # give the takeover back rather than block the items
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
-                    await self.coordinator.release_failover(items)
+                    await self.coordinator.marks.release_failover(items)
             raise
         if not claimed:
             # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
             if failover_run:
                 # Someone runs the item already: give the takeover back.
-                await self.coordinator.release_failover(items)
+                await self.coordinator.marks.release_failover(items)
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
@@ -248,7 +243,7 @@ class JobExecutor:
             if monitor and left:
                 # Items that did not complete (cancelled) keep their failover intents.
                 with anyio.move_on_after(5, shield=True):
-                    await self.coordinator.clear_running(
+                    await self.coordinator.marks.clear_running(
                         left,
                         failover_run=failover_run,
                         keep_intents=any(isinstance(errors.get(i), ItemCancelled) for i in left),
@@ -338,7 +333,7 @@ class JobExecutor:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
             with anyio.move_on_after(5, shield=True):
-                await self.coordinator.clear_running(
+                await self.coordinator.marks.clear_running(
                     [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
                 )
                 cleared.add(item)
@@ -450,7 +445,7 @@ class JobExecutor:
             return
         kind = "started" if before else "completed"
         timeout = listener.started_timeout if before else listener.completed_timeout
-        if await self.coordinator.guarantee(kind, contexts.items, timeout):
+        if await self.coordinator.once.wait_all(kind, contexts.items, timeout):
             hook = listener.before_all_started if before else listener.after_all_completed
             await hook(contexts)
 

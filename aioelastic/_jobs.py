@@ -18,13 +18,12 @@ import anyio
 from anyio.abc import Process
 
 from ._context import ShardingContext
-from ._errors import AioelasticError, ConfigError
+from ._errors import ConfigError, ScriptJobError
 
 __all__ = [
     "DataflowJob",
     "ItemRunner",
     "ScriptJob",
-    "ScriptJobError",
     "SimpleJob",
     "job_kind_name",
     "make_item_runner",
@@ -55,10 +54,6 @@ class DataflowJob:
     @classmethod
     def from_object(cls, obj: _Dataflow, streaming: bool = False) -> DataflowJob:
         return cls(obj.fetch_data, obj.process_data, streaming)
-
-
-class ScriptJobError(AioelasticError):
-    """A script job exited with a non-zero status; the message holds the tail of stderr."""
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,21 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 
-from ._backends import create_registry
 from ._config import MAX_SHARDING_TOTAL_COUNT, JobConfig, decode_registry_config
 from ._errors import (
-    AioelasticError,
     BadVersionError,
     ConfigError,
     JobNotFoundError,
     NodeExistsError,
     NoNodeError,
+    NotFoundError,
+    OperationRefusedError,
     SessionLostError,
 )
-from ._paths import JobPaths, namespace_root
-from ._registry import Registry, Watcher, WatchEvent
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, namespace_root
 from ._urls import RegistryURL, check_node_name, parse_registry_url
+from .registry import create_registry
+from .registry._protocol import Registry, Watcher, WatchEvent
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -45,8 +46,6 @@ __all__ = [
     "ItemStatus",
     "JobBrief",
     "JobStatus",
-    "NotFoundError",
-    "OperationRefusedError",
     "Operations",
     "ServerInfo",
     "ServerStatus",
@@ -54,19 +53,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-ENABLED = b"ENABLED"
-DISABLED = b"DISABLED"
-SHUTDOWN = b"SHUTDOWN"
 #: Fields an operator may not change through ``update_job_config``.
 _FIXED_FIELDS = frozenset({"name", "listeners", "overwrite"})
-
-
-class NotFoundError(AioelasticError, LookupError):
-    """A server, instance or item named in an operation does not exist."""
-
-
-class OperationRefusedError(AioelasticError):
-    """The operation would be unsafe now (e.g. removing a job that instances still run)."""
 
 
 class JobStatus(enum.StrEnum):

@@ -13,12 +13,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._config import JobConfig
 from ._coordination import InstanceIdentity, JobCoordinator
 from ._errors import RegistryError
-from ._events import ExecutionSource, ExecutionType, JobExecutionEvent
 from ._executor import Fatal, JobExecutor, Post, is_cancellation
 from ._jobs import ItemRunner
+from ._layout import JobPaths
 from ._observer import Observer, notify_observers
-from ._paths import JobPaths
-from ._registry import Registry, SessionEvent, SessionState
+from .registry._protocol import Registry, SessionEvent, SessionState
+from .tracing._events import ExecutionSource, ExecutionType, JobExecutionEvent
 
 __all__ = ["JobRunner"]
 
@@ -208,8 +208,8 @@ class JobRunner:
                 if self._registered_session != self.registry.session_id:
                     await coord.register_instance()
                     self._registered_session = self.registry.session_id
-                if coord.clears_pending():
-                    await coord.retry_clears()
+                if coord.marks.clears_pending():
+                    await coord.marks.retry_clears()
                 raw = coord.view.get(coord.paths.config)
                 if raw is not None and raw != config_raw:
                     config_raw = raw
@@ -291,7 +291,7 @@ class JobRunner:
             return False
         mine = set(coord.failover_share(candidates))
         mine |= {i for i in candidates if now - self._failover_seen[i] > 2.0}
-        claimed = await coord.claim_failover(sorted(mine)) if mine else []
+        claimed = await coord.marks.claim_failover(sorted(mine)) if mine else []
         if claimed:
             log.info("%s: failing over items %s", self.name, claimed)
             notify_observers(self.executor.observers, "failover_claimed", self.name, claimed)

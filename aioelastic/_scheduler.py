@@ -17,20 +17,20 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._backends import create_registry, create_trace_sink
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
-from ._events import TraceSink
 from ._jobs import ItemRunner, make_item_runner
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
-from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
 from ._signals import handling_signals
 from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
 from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
-from .tracing import TraceBus
+from .registry import create_registry
+from .registry._protocol import Registry, SessionEvent, SessionListener
+from .tracing import TraceBus, create_sink
+from .tracing._events import TraceSink
 
 __all__ = ["Scheduler"]
 
@@ -104,7 +104,7 @@ class Scheduler:
         self.observers = list(observers)
         if settings.tracing_url is not None:
             self._sinks.append(
-                create_trace_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
+                create_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
             )
         self._jobs: dict[str, _JobSpec] = {}
         self._runners: dict[str, JobRunner] = {}

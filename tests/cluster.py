@@ -22,10 +22,10 @@ from typing import Any
 
 import anyio
 
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import ZooKeeperRegistry
 from tests.harness.zookeeper import ZooKeeperServer
 
 JOB = "cluster_job"

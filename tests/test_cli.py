@@ -21,8 +21,8 @@ import pytest
 
 import aioelastic
 from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
-from aioelastic._memory_registry import MemoryStore
 from aioelastic.cli import EXIT_BROKEN_PIPE, build_parser
+from aioelastic.registry import MemoryStore
 from tests.harness.zookeeper import free_port
 
 pytestmark = pytest.mark.anyio

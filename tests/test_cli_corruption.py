@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aioelastic import JobConfig
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from tests.cluster import zk_client
 from tests.test_cli import cli

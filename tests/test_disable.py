@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 
 from aioelastic import Operations, Scheduler, Settings, ShardingContext, State
-from aioelastic._memory_registry import MemoryStore
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
 from tests.helpers import eventually, statuses
 

@@ -15,8 +15,8 @@ from aioelastic import (
     ShardingContext,
     ShardingContexts,
 )
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
+from aioelastic.registry import MemoryStore
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,9 @@ import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic._errors import InstanceIdConflictError
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
+from aioelastic.registry import MemoryStore
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio

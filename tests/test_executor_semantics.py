@@ -26,9 +26,8 @@ from aioelastic import (
     ShardingContexts,
     TimeDiffError,
 )
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._paths import JobPaths
-from aioelastic._registry import SessionEvent, SessionState
+from aioelastic._layout import JobPaths
+from aioelastic.registry import MemoryRegistry, MemoryStore, SessionEvent, SessionState
 from aioelastic.tracing import MemorySink
 
 from .helpers import completions, eventually, executions
@@ -648,7 +647,7 @@ async def test_zookeeper_session_state_and_listener_faults_are_isolated(
 ) -> None:
     """The same isolation on a real ZooKeeper: a raising observer and session listener, a
     session expired on the server; jobs keep firing and each error is logged with its name."""
-    from aioelastic._zk_registry import ZooKeeperRegistry
+    from aioelastic.registry import ZooKeeperRegistry
     from tests.harness.zookeeper import expire_session
 
     bad, good = Exploding(), Recording()

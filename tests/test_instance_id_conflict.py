@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from tests.cluster import (
     JOB,
@@ -164,7 +164,9 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     first = start_as(cluster, "first")
     await ready(cluster, first)
     second = start_as(cluster, "second")
-    await until(lambda: CONFLICT in cluster.stderr(second, tail=None), 15, "the second's conflict ERROR")
+    await until(
+        lambda: CONFLICT in cluster.stderr(second, tail=None), 15, "the second's conflict ERROR"
+    )
     # The first freezes past its session timeout (a long GC pause, a partition): its session
     # expires and the waiting second gets the node. Woken, the first gets a new session and
     # finds the node held by the second.
@@ -172,7 +174,9 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     await ready(cluster, second)
     first.signal(signal.SIGCONT)
     woken = time.time()
-    await until(lambda: CONFLICT in cluster.stderr(first, tail=None), 15, "the first's conflict ERROR")
+    await until(
+        lambda: CONFLICT in cluster.stderr(first, tail=None), 15, "the first's conflict ERROR"
+    )
     await until(
         lambda: len({r.item for r in cluster.history() if r.instance == "second"}) == TOTAL,
         10,

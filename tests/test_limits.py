@@ -16,13 +16,27 @@ import pytest
 from aioelastic import ConfigError, JobConfig, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._coordination import JobCoordinator, make_identity
 from aioelastic._errors import PacketTooLargeError
-from aioelastic._limits import CHUNK_BUDGET, NODE_DATA_LIMIT, PACKET_LIMIT, transaction_size
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._paths import JobPaths
-from aioelastic._registry import CheckOp, CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import (
+    CheckOp,
+    CreateOp,
+    DeleteOp,
+    MemoryRegistry,
+    MemoryStore,
+    Op,
+    Registry,
+    SessionState,
+    SetOp,
+    ZooKeeperRegistry,
+)
+from aioelastic.registry._limits import (
+    CHUNK_BUDGET,
+    NODE_DATA_LIMIT,
+    PACKET_LIMIT,
+    transaction_size,
+)
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -197,7 +211,7 @@ async def test_running_marks_stay_all_or_nothing_across_chunks() -> None:
         await other.create(coord.paths.item_running(total - 1), b"b", make_parents=True)
         await eventually(lambda: coord.view.exists(coord.paths.item_running(total - 1)))
         registry.attempts.clear()
-        assert await coord.mark_running(items) is False
+        assert await coord.marks.mark_running(items) is False
         assert len(registry.attempts) >= 3  # chunks, the failing one, the undo
         store = MemoryStore.named(registry.url.hosts)
         running = [p for p in store.nodes if p.endswith("/running")]
@@ -206,9 +220,9 @@ async def test_running_marks_stay_all_or_nothing_across_chunks() -> None:
         # Once free, all of them are marked, and clearing removes every mark again.
         await other.delete(coord.paths.item_running(total - 1))
         await eventually(lambda: not coord.view.exists(coord.paths.item_running(total - 1)))
-        assert await coord.mark_running(items) is True
+        assert await coord.marks.mark_running(items) is True
         assert sum(p.endswith("/running") for p in store.nodes) == total
-        await coord.clear_running(items)
+        await coord.marks.clear_running(items)
         assert not [p for p in store.nodes if p.endswith("/running")]
         assert not [p for p in store.nodes if p.startswith(coord.paths.failover_items + "/")]
         tg.cancel_scope.cancel()

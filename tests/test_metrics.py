@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aioelastic import Scheduler, ShardingContext
-from aioelastic._memory_registry import MemoryStore
 from aioelastic.metrics import PrometheusMetrics
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import SinkStats
 from tests.helpers import eventually
 

@@ -24,9 +24,9 @@ from aioelastic import (
     SessionLostError,
     ShardingContext,
 )
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
+from aioelastic.registry import MemoryRegistry, MemoryStore
 from tests.harness.zookeeper import free_port
 
 pytestmark = pytest.mark.anyio

@@ -25,20 +25,21 @@ from aioelastic._errors import (
     SessionLostError,
     TransactionFailedError,
 )
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._registry import (
+from aioelastic._urls import parse_registry_url
+from aioelastic.registry import (
     CheckOp,
     CreateOp,
     DeleteOp,
+    MemoryRegistry,
+    MemoryStore,
     Registry,
     SessionEvent,
     SessionState,
     SetOp,
     WatchEvent,
     WatchEventType,
+    ZooKeeperRegistry,
 )
-from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
 from tests.harness.zookeeper import Recorder, barrier, expire_session
 
 pytestmark = pytest.mark.anyio

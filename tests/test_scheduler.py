@@ -25,8 +25,8 @@ from aioelastic import (
     ShardingContexts,
     State,
 )
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
 
 from .helpers import completions, eventually, executions, statuses

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic._memory_registry import MemoryStore
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
 
 pytestmark = pytest.mark.anyio

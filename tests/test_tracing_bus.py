@@ -13,7 +13,9 @@ import anyio
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
+from aioelastic.tracing import MemorySink, TraceBus
+from aioelastic.tracing._codec import decode_event, encode_event
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -21,8 +23,6 @@ from aioelastic._events import (
     State,
     TraceEvent,
 )
-from aioelastic.tracing import MemorySink, TraceBus
-from aioelastic.tracing._codec import decode_event, encode_event
 from aioelastic.tracing._journal import Journal
 
 pytestmark = pytest.mark.anyio

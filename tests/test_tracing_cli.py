@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioelastic._events import (
+from aioelastic.tracing import open_trace_store
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -22,7 +23,6 @@ from aioelastic._events import (
     State,
     TraceEvent,
 )
-from aioelastic.tracing import open_trace_store
 
 pytestmark = pytest.mark.anyio
 

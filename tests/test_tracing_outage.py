@@ -28,11 +28,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic._events import ExecutionSource, JobExecutionEvent, TraceEvent
-from aioelastic._memory_registry import MemoryStore
 from aioelastic.metrics import PrometheusMetrics
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink, PostgresSink, TraceBus
 from aioelastic.tracing._codec import encode_event
+from aioelastic.tracing._events import ExecutionSource, JobExecutionEvent, TraceEvent
 
 pytestmark = pytest.mark.anyio
 

@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
-    ExecutionSource,
-    ExecutionType,
-    JobExecutionEvent,
-    JobStatusTraceEvent,
-    State,
-    TraceEvent,
-)
 from aioelastic.tracing import (
     ExecutionRecord,
     SqliteSink,
     TraceStore,
     create_sink,
     open_trace_store,
+)
+from aioelastic.tracing._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    State,
+    TraceEvent,
 )
 
 pytestmark = pytest.mark.anyio

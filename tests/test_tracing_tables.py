@@ -14,16 +14,16 @@ import asyncpg
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
+from aioelastic._executor import make_task_id as reexported
+from aioelastic._task_id import TASK_ID_LIMIT, make_task_id, parse_task_id
+from aioelastic.tracing import TraceStore, open_trace_store
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
     JobStatusTraceEvent,
     State,
 )
-from aioelastic._executor import make_task_id as reexported
-from aioelastic._task_id import TASK_ID_LIMIT, make_task_id, parse_task_id
-from aioelastic.tracing import TraceStore, open_trace_store
 
 pytestmark = pytest.mark.anyio
 

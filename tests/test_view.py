@@ -8,10 +8,9 @@ from contextlib import AsyncExitStack
 import anyio
 import pytest
 
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._registry import CreateOp, DeleteOp, SetOp
 from aioelastic._urls import parse_registry_url
-from aioelastic._view import TreeView
+from aioelastic.registry import CreateOp, DeleteOp, MemoryRegistry, MemoryStore, SetOp
+from aioelastic.registry._view import TreeView
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from .._config import JobConfig, load_settings
-from .._errors import ConfigError
-from .._operations import JobStatus, OperationRefusedError, Operations
-from .._paths import invalid_path_reason
+from .._errors import ConfigError, OperationRefusedError
+from .._operations import JobStatus, Operations
 from .._urls import RegistryURL, parse_registry_url
+from ..registry._paths import invalid_path_reason
 from ._format import write_json, write_table
 
 __all__ = ["registry_url", "run_registry_command"]

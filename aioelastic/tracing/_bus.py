@@ -42,7 +42,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._errors import ConfigError
-from .._events import TraceEvent, TraceSink
+from ._events import TraceEvent, TraceSink
 from ._journal import Journal
 
 __all__ = ["ClosableSink", "SinkStats", "TraceBus"]

@@ -20,8 +20,8 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
+from ._events import State, TraceEvent
 from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
 from ._schema import (
     BOOLEAN,

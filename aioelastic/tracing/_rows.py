@@ -22,8 +22,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
 from .._task_id import format_items
+from ._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
 from ._schema import TableLayout
 
 __all__ = [

@@ -21,8 +21,8 @@ import anyio
 import anyio.to_thread
 
 from .._errors import ConfigError
-from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
+from ._events import State, TraceEvent
 from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
 from ._schema import (
     EXECUTION_COLUMNS,

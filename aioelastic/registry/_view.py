@@ -17,8 +17,8 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
-from ._errors import NoNodeError, RegistryError, SessionLostError
-from ._registry import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
+from .._errors import NoNodeError, RegistryError, SessionLostError
+from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
 __all__ = ["Subscription", "TreeView"]
 
