@@ -33,7 +33,7 @@ from ._operations import (
     ServerInfo,
     ServerStatus,
 )
-from ._scheduler import Scheduler
+from ._scheduler import RunState, Scheduler
 from ._sharding import ShardingStrategy
 from .tracing._events import (
     ExecutionSource,
@@ -74,6 +74,7 @@ __all__ = [
     "OperationRefusedError",
     "Operations",
     "RegistryError",
+    "RunState",
     "Scheduler",
     "ScriptJob",
     "ScriptJobError",

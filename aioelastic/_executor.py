@@ -47,6 +47,18 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
         return None  # not on asyncio
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one item's run ended."""
+
+    failure: BaseException | None
+    cleared: bool = False  # its marks were cleared already (failover: right after it completed)
+
+
+def _shutdown_cancelled(item: int) -> ItemCancelled:
+    return ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+
+
 class JobExecutor:
     """Runs fires of one job through the template; owned by that job's ``JobRunner``."""
 
@@ -54,7 +66,7 @@ class JobExecutor:
         self,
         coordinator: JobCoordinator,
         run_item: ItemRunner,
-        post: Post,
+        post: Post | None,
         fatal: Fatal,
         keep_going: Callable[[], bool],
         reshard_timeout: float = 10.0,
@@ -64,13 +76,11 @@ class JobExecutor:
         self.observers = list(observers)
         self._reshard_timeout = reshard_timeout
         self._run_item = run_item
+        # None without a trace sink: events would be built only to be dropped.
         self._post = post
-        # Without a trace sink, events would be built only to be dropped: skip building them.
-        self.tracing = True
         self._fatal = fatal
         self._keep_going = keep_going
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
-        self.in_flight = 0
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
@@ -164,7 +174,8 @@ class JobExecutor:
         self, contexts: ShardingContexts, lost: Mapping[int, tuple[str, JobExecutionEvent]]
     ) -> None:
         """Complete the dead runs' trace rows as failures naming the lost instance and us."""
-        if not self.tracing:
+        post = self._post
+        if post is None:
             return
         now = datetime.now(UTC)
         for item, (instance, start) in sorted(lost.items()):
@@ -172,7 +183,7 @@ class JobExecutor:
                 f"instance {instance} lost its registry session; item {item} taken over by "
                 f"{self._me} (task {contexts.task_id})"
             )
-            self._post(
+            post(
                 dataclasses.replace(start, complete_time=now, is_success=False, failure_cause=cause)
             )
 
@@ -230,16 +241,25 @@ class JobExecutor:
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
-        errors: dict[int, BaseException] = {}
+        outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
-        cleared: set[int] = set()
+
+        async def run_one(item: int) -> None:
+            outcomes[item] = await self._run_one(contexts, item, starts.get(item))
+
         try:
             self._status(contexts, State.TASK_RUNNING, "")
             async with anyio.create_task_group() as tg:
                 for item in items:
-                    tg.start_soon(self._run_one, contexts, item, starts.get(item), errors, cleared)
+                    tg.start_soon(run_one, item)
         finally:
-            left = [i for i in items if i not in cleared]
+            # An item without an outcome was cancelled by shutdown (its task re-raised).
+            errors = {
+                i: outcomes[i].failure if i in outcomes else _shutdown_cancelled(i)
+                for i in items
+                if i not in outcomes or outcomes[i].failure is not None
+            }
+            left = [i for i in items if not (i in outcomes and outcomes[i].cleared)]
             if monitor and left:
                 # Items that did not complete (cancelled) keep their failover intents.
                 with anyio.move_on_after(5, shield=True):
@@ -255,11 +275,12 @@ class JobExecutor:
             else:
                 self._status(contexts, State.TASK_FINISHED, "")
         for exc in errors.values():
-            await self.handle_error(exc)
+            if exc is not None:
+                await self.handle_error(exc)
         return True
 
     def _start_events(self, contexts: ShardingContexts) -> dict[int, JobExecutionEvent]:
-        if not self.tracing:
+        if self._post is None:
             return {}
         ident = self.coordinator.identity
         return {
@@ -275,15 +296,12 @@ class JobExecutor:
         }
 
     async def _run_one(
-        self,
-        contexts: ShardingContexts,
-        item: int,
-        start: JobExecutionEvent | None,
-        errors: dict[int, BaseException],
-        cleared: set[int],
-    ) -> None:
+        self, contexts: ShardingContexts, item: int, start: JobExecutionEvent | None
+    ) -> _Outcome:
+        """Run one item; its failure (None on success) and whether its marks were cleared.
+        Cancelled by shutdown, it re-raises instead (``execute`` then knows it by no outcome)."""
         ctx = contexts.for_item(item)
-        if start is not None:
+        if start is not None and self._post is not None:
             self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
@@ -311,14 +329,12 @@ class JobExecutor:
             if self._fence_caught(task):
                 failure = ItemCancelled(f"item {item} cancelled: registry session lost")
             else:
-                failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+                failure = _shutdown_cancelled(item)
                 raise
         finally:
             if task is not None:
                 self._fenced.discard(task)
-            if failure is not None:
-                errors[item] = failure
-            if start is not None:
+            if start is not None and self._post is not None:
                 self._post(
                     dataclasses.replace(
                         start,
@@ -328,7 +344,7 @@ class JobExecutor:
                     )
                 )
         if isinstance(failure, ItemCancelled):
-            return  # fenced: its failover intent stays for a taker (execute() clears the rest)
+            return _Outcome(failure)  # fenced: its failover intent stays for a taker
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
@@ -336,7 +352,8 @@ class JobExecutor:
                 await self.coordinator.marks.clear_running(
                     [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
                 )
-                cleared.add(item)
+                return _Outcome(failure, cleared=True)
+        return _Outcome(failure)
 
     def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``
@@ -389,7 +406,7 @@ class JobExecutor:
         )
 
     def _status(self, contexts: ShardingContexts, state: State, message: str) -> None:
-        if not self.tracing:
+        if self._post is None:
             return
         self._post(
             JobStatusTraceEvent(

@@ -36,7 +36,7 @@ class JobRunner:
         registry: Registry,
         namespace: str,
         identity: InstanceIdentity,
-        post: Post,
+        post: Post | None,
         fatal: Fatal,
         grace_period: float,
         reshard_timeout: float,
@@ -49,6 +49,8 @@ class JobRunner:
             self.coordinator, run_item, post, fatal, self.keep_going, reshard_timeout, observers
         )
         self._grace = grace_period
+        self.in_flight = 0
+        """Fires and runs of this job in progress on this instance."""
         self._stopping = False
         self._stop = anyio.Event()
         self._wake = anyio.Event()
@@ -143,7 +145,7 @@ class JobRunner:
         self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
 
     async def _guarded(self, work: Awaitable[object]) -> None:
-        self.executor.in_flight += 1
+        self.in_flight += 1
         try:
             await work
         except BaseException as exc:
@@ -151,7 +153,7 @@ class JobRunner:
                 raise
             await self.executor.handle_error(exc)  # e.g. the registry failed mid-fire
         finally:
-            self.executor.in_flight -= 1
+            self.in_flight -= 1
 
     # -- loops --
 
@@ -302,7 +304,7 @@ class JobRunner:
     def _run_misfired_if_due(self) -> None:
         """Run owned misfired items once nothing runs them (e.g. after moving here)."""
         coord, cfg = self.coordinator, self.coordinator.config
-        if self.executor.in_flight or not (cfg.misfire and cfg.monitor_execution):
+        if self.in_flight or not (cfg.misfire and cfg.monitor_execution):
             return
         if coord.reshard_pending() or self._stopping:
             return

@@ -267,7 +267,7 @@ async def test_10000_items_shard_fire_and_clear_on_zookeeper(zk_url: str) -> Non
         await eventually(lambda: len(runs["a"]) + len(runs["b"]) == total, timeout=90, step=0.1)
         assert sorted(runs["a"]) == want["a"] and sorted(runs["b"]) == want["b"]
         for s in (a, b):
-            await eventually(lambda s=s: not s._runners["wide"].executor.in_flight, timeout=30)
+            await eventually(lambda s=s: not s._runners["wide"].in_flight, timeout=30)
         paths = coords[0].paths
         for c in coords:  # every running mark is cleared
             await eventually(

@@ -18,6 +18,7 @@ from aioelastic import (
     ExecutionSource,
     JobListener,
     JobNotFoundError,
+    RunState,
     Scheduler,
     ScriptJob,
     Settings,
@@ -501,6 +502,23 @@ async def test_async_context_manager_stops_cleanly(make_scheduler: Any) -> None:
             assert "bg" in scheduler.jobs
     with pytest.raises(RuntimeError):
         _ = scheduler.registry  # closed
+
+
+async def test_run_state_follows_the_lifetime(make_scheduler: Any) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job()
+    async def idle(ctx: ShardingContext) -> None: ...
+
+    assert scheduler.state is RunState.STOPPED
+    with anyio.fail_after(10):
+        async with scheduler:
+            assert scheduler.state is RunState.STARTED
+            scheduler.stop()
+            assert scheduler.state is RunState.STOPPING
+            with pytest.raises(RuntimeError, match="already running"):
+                await scheduler.run()
+    assert scheduler.state is RunState.STOPPED
 
 
 @pytest.fixture(autouse=True)
