@@ -14,6 +14,7 @@ one multi-op. Safety rests on three registry facts rather than on timing:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from .registry._protocol import CheckOp, CreateOp, DeleteOp, Op, Registry, SetOp
 from .registry._view import TreeView
 from .tracing._events import ExecutionSource, JobExecutionEvent
 
-__all__ = ["InstanceIdentity", "JobCoordinator", "make_identity"]
+__all__ = ["InstanceIdentity", "JobCoordinator", "make_identity", "write_triggers"]
 
 log = logging.getLogger("aioelastic.coordination")
 
@@ -130,6 +131,19 @@ def _parse_intent(job: str, item: int, raw: bytes) -> tuple[str, JobExecutionEve
         return str(record["instance"]), run
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an older version's intent, or no trace: nothing to complete
+
+
+async def write_triggers(registry: Registry, paths: JobPaths) -> list[str]:
+    """Ask every live instance of the job to run its items once now (ElasticJob's
+    ``trigger/{instanceId}``); returns their ids, sorted. A queued trigger stays one."""
+    try:
+        instances = sorted(await registry.get_children(paths.instances))
+    except NoNodeError:
+        return []
+    for inst in instances:
+        with contextlib.suppress(NodeExistsError):
+            await registry.create(paths.trigger(inst), make_parents=True)
+    return instances
 
 
 class JobCoordinator:
@@ -752,13 +766,7 @@ class JobCoordinator:
 
     async def request_trigger(self) -> list[str]:
         """Ask every live instance to run its items once now (``trigger/{instanceId}``)."""
-        instances = await self.registry.get_children(self.paths.instances)
-        for inst in instances:
-            try:
-                await self.registry.create(self.paths.trigger(inst), make_parents=True)
-            except NodeExistsError:
-                pass  # already queued
-        return instances
+        return await write_triggers(self.registry, self.paths)
 
     def has_trigger(self) -> bool:
         # Not while another process with our instance id holds the node: the trigger is its.

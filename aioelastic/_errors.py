@@ -41,7 +41,11 @@ class ConfigError(AioelasticError, ValueError):
         super().__init__(f"{field}={value!r}: {reason}")
 
 
-class JobNotFoundError(AioelasticError, KeyError):
+class NotFoundError(AioelasticError, LookupError):
+    """A server, instance or item named in an operation does not exist."""
+
+
+class JobNotFoundError(NotFoundError, KeyError):
     """No job with that name is registered."""
 
     def __str__(self) -> str:
@@ -97,10 +101,6 @@ class TimeDiffError(AioelasticError):
     """The local clock differs from the registry's by more than ``max_time_diff_seconds``."""
 
 
-class NotFoundError(AioelasticError, LookupError):
-    """A server, instance or item named in an operation does not exist."""
-
-
 class OperationRefusedError(AioelasticError):
     """The operation would be unsafe now (e.g. removing a job that instances still run)."""
 
@@ -113,7 +113,7 @@ class DistributedOnceTimeoutError(AioelasticError, TimeoutError):
     """Not every item of a fire started (or completed) across the cluster within the timeout."""
 
 
-class ItemCancelled(Exception):
+class ItemCancelled(AioelasticError):
     """The item was cancelled: its instance lost its registry session, or shutdown's grace
     period ran out."""
 

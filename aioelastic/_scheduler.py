@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -26,7 +26,7 @@ from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
 from ._runner import JobRunner
 from ._signals import handling_signals
-from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
+from ._urls import RegistryURL, parse_tracing_url
 from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from .registry import create_registry
 from .registry._protocol import Registry, SessionEvent, SessionListener
@@ -101,15 +101,7 @@ class Scheduler:
                 **{**settings.model_dump(), **{k: v for k, v in overrides.items() if v}}
             )
         self.settings = settings
-        self.registry_url: RegistryURL = parse_registry_url(
-            settings.registry_url.get_secret_value()
-        )
-        if settings.registry_username and self.registry_url.username is None:
-            self.registry_url = replace(
-                self.registry_url,
-                username=settings.registry_username,
-                password=settings.registry_password,
-            )
+        self.registry_url: RegistryURL = settings.registry()
         self.identity: InstanceIdentity = make_identity(settings.instance_id, settings.host)
         self._sinks = list(sinks)
         self.observers = list(observers)

@@ -291,3 +291,45 @@ async def test_unreachable_registry_raises_session_lost() -> None:
     with anyio.fail_after(10), pytest.raises(SessionLostError, match="cannot reach the registry"):
         async with Operations(url):
             pass
+
+
+OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
+    ("jobs", ()),
+    ("job", ("j",)),
+    ("servers", ("j",)),
+    ("instances", ("j",)),
+    ("sharding", ("j",)),
+    ("dump", ("j",)),
+    ("job_config", ("j",)),
+    ("update_job_config", ("j",)),
+    ("remove_job", ("j",)),
+    ("trigger", ("j",)),
+    ("disable_server", ("j",)),
+    ("enable_server", ("j",)),
+    ("disable_item", ("j", 0)),
+    ("enable_item", ("j", 0)),
+    ("shutdown_instance", ("j", "i1")),
+]
+
+
+@pytest.mark.parametrize(("method", "args"), OPERATIONS_CALLS, ids=[m for m, _ in OPERATIONS_CALLS])
+async def test_every_operation_has_the_deadline(method: str, args: tuple[object, ...]) -> None:
+    url = parse_registry_url(memory_url())
+    registry = MemoryRegistry(url)
+    async with AsyncExitStack() as stack:
+        await registry.start(stack)
+        await _tree(registry, {**BASE, **ALIVE})
+        ops = Operations.for_registry(registry, "ns", timeout=0)  # due at the first request
+        with pytest.raises(SessionLostError, match="did not answer within 0s"):
+            await getattr(ops, method)(*args)
+
+
+def test_the_deadline_test_covers_every_operation() -> None:
+    import inspect
+
+    public = {
+        name
+        for name, member in vars(Operations).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    }
+    assert public == {method for method, _ in OPERATIONS_CALLS}

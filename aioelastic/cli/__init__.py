@@ -15,7 +15,6 @@ from .. import __version__
 from .._errors import (
     AioelasticError,
     ConfigError,
-    JobNotFoundError,
     NotFoundError,
     SessionLostError,
 )
@@ -297,7 +296,7 @@ def _exit_code(exc: BaseException) -> int | None:
 
     if isinstance(exc, ConfigError):
         return _fail(EXIT_USAGE, str(exc))
-    if isinstance(exc, JobNotFoundError | NotFoundError):
+    if isinstance(exc, NotFoundError):  # JobNotFoundError too
         return _fail(EXIT_NOT_FOUND, str(exc))
     if isinstance(exc, SessionLostError | TraceUnreachableError):
         return _fail(EXIT_UNREACHABLE, str(exc))
