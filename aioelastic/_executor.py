@@ -116,7 +116,10 @@ class JobExecutor:
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
     ) -> None:
-        """One fire (steps 1-11 of DESIGN.md's template)."""
+        """One fire, ElasticJob's execution template: check the clock against the registry;
+        skip unless the session is connected; let a pending reshard finish; take this
+        instance's items; misfire if one still runs; listeners before; run the items
+        (``execute``); re-run misfired items; listeners after."""
         cfg, coord = self.config, self.coordinator
         started = datetime.now(UTC)
         notify_observers(self.observers, "fire_started", self._job, scheduled, started)
@@ -211,7 +214,8 @@ class JobExecutor:
         )
 
     async def execute(self, contexts: ShardingContexts, *, quiet_conflict: bool = False) -> bool:
-        """Steps 6-8: run the items of ``contexts``. False if they could not be claimed."""
+        """Run the items of ``contexts`` under running marks. False if they could not be
+        claimed (another fire holds one)."""
         items = contexts.items
         if not items:
             self._status(

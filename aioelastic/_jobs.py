@@ -25,7 +25,6 @@ __all__ = [
     "ItemRunner",
     "ScriptJob",
     "SimpleJob",
-    "job_kind_name",
     "make_item_runner",
 ]
 
@@ -87,14 +86,6 @@ def _is_async_callable(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - async __call__ objects
     )
-
-
-def job_kind_name(job: object) -> str:
-    if isinstance(job, ScriptJob):
-        return "script"
-    if isinstance(job, DataflowJob) or hasattr(job, "fetch_data"):
-        return "dataflow"
-    return "simple"
 
 
 def _check_async(what: str, fn: object) -> None:

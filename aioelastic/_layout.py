@@ -100,10 +100,6 @@ class JobPaths:
         return self._p("leader", "sharding", "necessary")
 
     @property
-    def sharding_processing(self) -> str:
-        return self._p("leader", "sharding", "processing")
-
-    @property
     def failover_items(self) -> str:
         return self._p("leader", "failover", "items")
 

@@ -1,9 +1,9 @@
 """The ZooKeeper registry: the ``Registry`` protocol over aiozk's wire protocol.
 
 aiozk gives us the jute wire format (``aiozk.protocol`` requests and responses, ``ACL``,
-``Stat``, ``aiozk.exc`` error codes). Everything above it is ours: framing on an anyio socket,
-the session and its supervisor, heartbeats, reconnection, watches, recipes. aiozk's ``Session``
-is unfit for a coordinator (DESIGN.md and the pitfalls below) and fixing it would mean
+``Stat``, ``aiozk.exc`` error codes). Everything above it is ours: framing on an anyio socket
+(``_wire``), the session and its supervisor (here), heartbeats, reconnection, watches, recipes.
+aiozk's ``Session`` is unfit for a coordinator (see the pitfalls below) and fixing it would mean
 overriding most of it, so we do not use ``ZKClient``/``Session`` at all.
 
 Session rule (``T`` = the session timeout negotiated with the server):
