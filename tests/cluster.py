@@ -184,6 +184,7 @@ class Cluster:
                 # checks the cancellation with items still pending at wake). It ended when the
                 # process froze. A run that went on longer keeps its real end, and the overlap
                 # check judges it. A session killed on the server: the run must be cancelled.
+                cut: list[tuple[float, float | None, bool | None]]
                 cut = [(t, t, False) for t in inst.expiries]
                 cut += [(t0, t1, None) for t0, t1 in inst.pauses]
                 for stopped, resumed, must_be in cut:

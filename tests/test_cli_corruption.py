@@ -55,7 +55,7 @@ async def test_display_commands_show_bad_nodes(zk_url: str) -> None:
     assert "RUNNING" in lines[2] and "persistent running mark" in lines[2]
 
     items = (await cli(*reg, "sharding", "bad", "--json")).json()
-    assert [(i["item"], i["instance"]) for i in items] == [(0, "\\xff\\xfe"), (1, "ghost")]  # type: ignore[index,union-attr]
+    assert [(i["item"], i["instance"]) for i in items] == [(0, "\\xff\\xfe"), (1, "ghost")]
 
     instances = await cli(*reg, "instances", "bad")
     assert (instances.code, instances.err) == (0, "")

@@ -67,7 +67,7 @@ def test_oversized_values_are_config_errors_naming_the_field_and_the_limit(
     async def work(ctx: ShardingContext) -> None: ...
 
     with pytest.raises(ConfigError) as err:
-        scheduler.add_job(work, name="big", **options)  # type: ignore[arg-type]
+        scheduler.add_job(work, name="big", **options)
     assert err.value.field.endswith(field)
     assert str(NODE_DATA_LIMIT) in str(err.value) and "jute.maxbuffer" in str(err.value)
     assert len(str(err.value)) < 400  # the value itself is not echoed
@@ -163,7 +163,7 @@ async def _coordinator(
     MemoryStore.reset(name)
     registry = Recording(f"memory://{name}/ns")
     await registry.start(stack)
-    config = JobConfig(name="job", sharding_total_count=total, **options)  # type: ignore[arg-type]
+    config = JobConfig(name="job", sharding_total_count=total, **options)
     coord = JobCoordinator(registry, JobPaths("ns", "job"), make_identity("a", "h"), config)
     await coord.register()
     await tg.start(coord.view.run)
@@ -267,11 +267,13 @@ async def test_10000_items_shard_fire_and_clear_on_zookeeper(zk_url: str) -> Non
         await eventually(lambda: len(runs["a"]) + len(runs["b"]) == total, timeout=90, step=0.1)
         assert sorted(runs["a"]) == want["a"] and sorted(runs["b"]) == want["b"]
         for s in (a, b):
-            await eventually(lambda s=s: not s._runners["wide"].in_flight, timeout=30)
+            await eventually(lambda: not s._runners["wide"].in_flight, timeout=30)  # noqa: B023 - awaited in this iteration
         paths = coords[0].paths
         for c in coords:  # every running mark is cleared
             await eventually(
-                lambda c=c: not any(c.is_running(i) for i in range(total)), timeout=30, step=0.1
+                lambda: not any(c.is_running(i) for i in range(total)),  # noqa: B023 - awaited here
+                timeout=30,
+                step=0.1,
             )
         assert a.registry.session_state is SessionState.CONNECTED
         running = 0

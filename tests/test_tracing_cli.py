@@ -69,7 +69,7 @@ def runs() -> list[TraceEvent]:
         if outcome is not None:
             fields = {n: getattr(start, n) for n in JobExecutionEvent.__dataclass_fields__}
             fields.update(complete_time=NOW - timedelta(days=3), is_success=outcome)
-            events.append(JobExecutionEvent(**fields))  # type: ignore[arg-type]
+            events.append(JobExecutionEvent(**fields))
     events.append(
         JobStatusTraceEvent(
             job_name="payroll",

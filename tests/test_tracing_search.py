@@ -94,7 +94,7 @@ def dataset() -> list[TraceEvent]:
 DATASET = dataset()
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def trace_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)

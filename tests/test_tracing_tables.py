@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -62,7 +63,7 @@ INJECTIONS = [
 ]
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def trace_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)
@@ -196,7 +197,7 @@ async def test_failure_filter_and_stats_count_completed_rows_only(store: TraceSt
     assert await search.job_stats() == [stats]
 
 
-def _fields(e: JobExecutionEvent) -> dict[str, object]:
+def _fields(e: JobExecutionEvent) -> dict[str, Any]:
     return {name: getattr(e, name) for name in JobExecutionEvent.__dataclass_fields__}
 
 
