@@ -3,20 +3,39 @@ model): ZooKeeper coordination, failover, misfire and an execution trace."""
 
 from ._config import ErrorHandler, JobConfig, Settings
 from ._context import ShardingContext, ShardingContexts
-from ._coordination import TimeDiffError
 from ._cron import CronTrigger
 from ._errors import (
     AioelasticError,
     BadVersionError,
     ConfigError,
+    DistributedOnceTimeoutError,
     JobNotFoundError,
     NodeExistsError,
     NoNodeError,
+    NotFoundError,
+    OperationRefusedError,
     RegistryError,
+    ScriptJobError,
     SessionLostError,
+    TimeDiffError,
     TransactionFailedError,
 )
-from ._events import (
+from ._jobs import DataflowJob, ScriptJob
+from ._listeners import DistributedOnceListener, JobListener
+from ._observer import Observer
+from ._operations import (
+    InstanceInfo,
+    ItemInfo,
+    ItemStatus,
+    JobBrief,
+    JobStatus,
+    Operations,
+    ServerInfo,
+    ServerStatus,
+)
+from ._scheduler import RunState, Scheduler
+from ._sharding import ShardingStrategy
+from .tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -26,23 +45,6 @@ from ._events import (
     TraceEvent,
     TraceSink,
 )
-from ._jobs import DataflowJob, ScriptJob, ScriptJobError
-from ._listeners import DistributedOnceListener, DistributedOnceTimeoutError, JobListener
-from ._observer import Observer
-from ._operations import (
-    InstanceInfo,
-    ItemInfo,
-    ItemStatus,
-    JobBrief,
-    JobStatus,
-    NotFoundError,
-    OperationRefusedError,
-    Operations,
-    ServerInfo,
-    ServerStatus,
-)
-from ._scheduler import Scheduler
-from ._sharding import ShardingStrategy
 
 __all__ = [
     "AioelasticError",
@@ -72,6 +74,7 @@ __all__ = [
     "OperationRefusedError",
     "Operations",
     "RegistryError",
+    "RunState",
     "Scheduler",
     "ScriptJob",
     "ScriptJobError",

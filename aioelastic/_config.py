@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -24,10 +26,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._cron import CronTrigger
 from ._errors import ConfigError
-from ._limits import NODE_DATA_LIMIT, PACKET_LIMIT
 from ._listeners import JobListener
 from ._sharding import ShardingStrategy
-from ._urls import check_node_name, parse_registry_url, parse_tracing_url
+from ._urls import RegistryURL, check_node_name, parse_registry_url, parse_tracing_url
+from .registry._limits import NODE_DATA_LIMIT, PACKET_LIMIT
 
 __all__ = ["ErrorHandler", "JobConfig", "Settings", "load_settings"]
 
@@ -329,17 +331,25 @@ class Settings(BaseSettings):
 
     @field_validator("instance_id", "host")
     @classmethod
-    def _no_slash(cls, v: str | None) -> str | None:
+    def _no_slash(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and (not v or "/" in v):
-            raise ConfigError("instance_id/host", v, "must be non-empty and contain no '/'")
+            raise ConfigError(str(info.field_name), v, "must be non-empty and contain no '/'")
         return v
 
     @field_validator("shutdown_grace_period", "reshard_wait_timeout")
     @classmethod
-    def _positive(cls, v: float) -> float:
+    def _positive(cls, v: float, info: ValidationInfo) -> float:
         if v < 0:
-            raise ConfigError("settings", v, "durations must be >= 0")
+            raise ConfigError(str(info.field_name), v, "durations must be >= 0")
         return v
+
+    def registry(self) -> RegistryURL:
+        """The parsed ``registry_url``, with ``registry_username``/``registry_password`` as
+        its credentials when the URL has none."""
+        url = parse_registry_url(self.registry_url.get_secret_value())
+        if self.registry_username and url.username is None:
+            url = replace(url, username=self.registry_username, password=self.registry_password)
+        return url
 
 
 def load_settings(**overrides: Any) -> Settings:

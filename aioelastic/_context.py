@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._events import ExecutionSource, ExecutionType
+from .tracing._events import ExecutionSource, ExecutionType
 
 __all__ = ["ShardingContext", "ShardingContexts"]
 

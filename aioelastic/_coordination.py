@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -30,35 +30,28 @@ import anyio
 
 from ._config import JobConfig
 from ._errors import (
-    AioelasticError,
     BadVersionError,
     InstanceIdConflictError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
     RegistryError,
+    TimeDiffError,
     TransactionFailedError,
 )
-from ._events import ExecutionSource, JobExecutionEvent
-from ._limits import batch_items, chunk_ops
-from ._listeners import DistributedOnceTimeoutError
+from ._guarantee import Guarantee
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths
+from ._marks import RunMarks
 from ._observer import Observer, notify_observers
-from ._paths import JobPaths
-from ._registry import CheckOp, CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
 from ._sharding import shard
-from ._view import TreeView
+from .registry._limits import chunk_ops
+from .registry._protocol import CheckOp, CreateOp, DeleteOp, Op, Registry, SetOp
+from .registry._view import TreeView
+from .tracing._events import ExecutionSource, JobExecutionEvent
 
-__all__ = ["InstanceIdentity", "JobCoordinator", "TimeDiffError", "make_identity"]
+__all__ = ["InstanceIdentity", "JobCoordinator", "make_identity", "write_triggers"]
 
 log = logging.getLogger("aioelastic.coordination")
-
-ENABLED = b"ENABLED"
-DISABLED = b"DISABLED"
-SHUTDOWN = b"SHUTDOWN"
-
-
-class TimeDiffError(AioelasticError):
-    """The local clock differs from the registry's by more than ``max_time_diff_seconds``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +133,19 @@ def _parse_intent(job: str, item: int, raw: bytes) -> tuple[str, JobExecutionEve
         return None  # an older version's intent, or no trace: nothing to complete
 
 
+async def write_triggers(registry: Registry, paths: JobPaths) -> list[str]:
+    """Ask every live instance of the job to run its items once now (ElasticJob's
+    ``trigger/{instanceId}``); returns their ids, sorted. A queued trigger stays one."""
+    try:
+        instances = sorted(await registry.get_children(paths.instances))
+    except NoNodeError:
+        return []
+    for inst in instances:
+        with contextlib.suppress(NodeExistsError):
+            await registry.create(paths.trigger(inst), make_parents=True)
+    return instances
+
+
 class JobCoordinator:
     """One job's view of the cluster, from one instance."""
 
@@ -157,8 +163,11 @@ class JobCoordinator:
         self.identity = identity
         self.config = config
         self.view = TreeView(registry, paths.root)
+        self.marks = RunMarks(registry, paths, self.view, identity.instance_id, lambda: self.config)
+        """This instance's running, misfire and failover marks of the job."""
+        self.once = Guarantee(registry, paths, self.view, lambda: self.config.sharding_total_count)
+        """The job's distributed-once (guarantee) sets."""
         self.clock = time.time  # the local clock the time-diff check compares
-        self._uncleared: dict[int, set[str]] = {}  # session id -> marks still to delete
         self._me = identity.instance_id.encode()
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
@@ -550,54 +559,6 @@ class JobCoordinator:
         split = shard(self.config.sharding_strategy, members, self.paths.job, len(candidates))
         return [candidates[k] for k in split.get(self.identity.instance_id, [])]
 
-    async def claim_failover(self, items: Sequence[int]) -> list[int]:
-        """Take ``items`` over (ephemeral ``sharding/{i}/failover`` = this instance), all at once;
-        items someone else took meanwhile are skipped. Returns the items claimed."""
-        batches = batch_items(
-            items, lambda i: [CreateOp(self.paths.item_failover(i), self._me, ephemeral=True)]
-        )
-        if len(batches) > 1:  # too many for one multi-op: claim batch by batch
-            return [i for batch in batches for i in await self.claim_failover(batch)]
-        pending = list(items)
-        while pending:
-            ops: list[Op] = [
-                CreateOp(self.paths.item_failover(i), self._me, ephemeral=True) for i in pending
-            ]
-            try:
-                await self.registry.transaction(ops)
-                return pending
-            except TransactionFailedError as exc:
-                if not isinstance(exc.cause, NodeExistsError | NoNodeError):
-                    raise
-                del pending[exc.index]
-        return []
-
-    async def release_failover(self, items: Sequence[int]) -> None:
-        """Give back takeover marks this instance holds (the item runs elsewhere already)."""
-        for item in items:
-            try:
-                await self.registry.delete(self.paths.item_failover(item))
-            except NoNodeError:
-                pass
-
-    def _intent(self, run: JobExecutionEvent | None = None) -> bytes:
-        """A failover intent: the runner and its session (what older versions read), plus the
-        run's trace event (id, task, host, start) so a taker can complete its trace row."""
-        record: dict[str, object] = {
-            "instance": self.identity.instance_id,
-            "session": self.registry.session_id,
-        }
-        if run is not None:
-            record |= {
-                "task_id": run.task_id,
-                "id": run.id,
-                "start_time": run.start_time.isoformat(),
-                "hostname": run.hostname,
-                "ip": run.ip,
-                "source": run.execution_source.value,
-            }
-        return json.dumps(record, separators=(",", ":")).encode()
-
     def lost_runs(self, items: Sequence[int]) -> dict[int, tuple[str, JobExecutionEvent]]:
         """The dead runs recorded in the failover intents of ``items``: per item the lost
         instance and the run's start event (intents without one, e.g. from an older version or
@@ -750,53 +711,6 @@ class JobCoordinator:
         if len(chunks) > 1:
             log.info("%s: reshard written in %d multi-ops", self.paths.job, len(chunks))
 
-    async def _transaction_all_or_nothing(self, ops: Sequence[Op]) -> None:
-        """One multi-op if ``ops`` fit a packet; else chunk by chunk, undoing the chunks already
-        applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
-        chunks = chunk_ops(ops)
-        if len(chunks) == 1:
-            await self.registry.transaction(ops)
-            return
-        applied: list[Op] = []
-        for chunk in chunks:
-            try:
-                await self.registry.transaction(chunk)
-            except RegistryError as exc:
-                with anyio.move_on_after(10, shield=True):
-                    await self._undo(applied)
-                if isinstance(exc, TransactionFailedError):
-                    raise TransactionFailedError(len(applied) + exc.index, exc.cause) from exc
-                raise
-            applied += chunk
-
-    async def _undo(self, applied: Sequence[Op]) -> None:
-        """Revert ops that were applied (creates deleted, deletes re-created and sets restored
-        from the view, which they were computed from); creates that cannot be deleted now are
-        retried by ``retry_clears``."""
-        reverse: list[Op] = []
-        for op in reversed(applied):
-            if isinstance(op, CreateOp):
-                reverse.append(DeleteOp(op.path))
-            elif isinstance(op, DeleteOp):
-                reverse.append(CreateOp(op.path, self.view.get(op.path) or b""))
-            elif isinstance(op, SetOp) and (old := self.view.get(op.path)) is not None:
-                reverse.append(SetOp(op.path, old))
-        for chunk in chunk_ops(reverse):
-            try:
-                await self.registry.transaction(chunk)
-                continue
-            except TransactionFailedError:
-                pass
-            except RegistryError:
-                created = [op.path for op in chunk if isinstance(op, DeleteOp)]
-                self._uncleared.setdefault(self.registry.session_id, set()).update(created)
-                continue
-            for op in chunk:  # one op failed (a stale view): apply the rest one by one
-                try:
-                    await self.registry.transaction([op])
-                except TransactionFailedError:
-                    pass
-
     def _owner_ops(self, item: int, owner: str) -> list[Op]:
         p = self.paths
         if not self.view.exists(p.item(item)):
@@ -831,200 +745,6 @@ class JobCoordinator:
             )
         return done
 
-    # -- running and misfire marks --
-
-    def running_elsewhere(self, item: int) -> bool:
-        """The view shows a running mark of another instance (our own are tracked locally:
-        the view may still show one we have just deleted)."""
-        raw = self.view.get(self.paths.item_running(item))
-        return raw is not None and raw != self._me
-
-    async def mark_running(
-        self,
-        items: Sequence[int],
-        *,
-        misfire_run: bool = False,
-        runs: Mapping[int, JobExecutionEvent] | None = None,
-    ) -> bool:
-        """Atomically create the running marks (and clear misfire marks) of ``items``.
-
-        False if any item is already running (here or on another instance): nothing is marked.
-        A misfire re-run (``misfire_run``) must also consume every item's misfire mark in the
-        same multi-op, so two instances (or a stale view) cannot both re-run a misfire. With
-        failover on, a persistent intent (``leader/failover/items/{i}``: runner and session) is
-        written in the same multi-op: if this instance dies mid-run, survivors find it (with
-        the item's trace event from ``runs``, so they can complete its trace row).
-        """
-        creates: list[Op] = [
-            CreateOp(self.paths.item_running(i), self._me, ephemeral=True) for i in items
-        ]
-        runs = runs or {}
-        intents = {self.paths.failover_item(i): self._intent(runs.get(i)) for i in items}
-        if self.config.failover:
-            creates += [
-                SetOp(path, intent) if self.view.exists(path) else CreateOp(path, intent)
-                for path, intent in intents.items()
-            ]
-        misfired = list(items) if misfire_run else [i for i in items if self.is_misfired(i)]
-        for _ in range(2 * len(items) + 2):
-            deletes: list[Op] = [DeleteOp(self.paths.item_misfire(i)) for i in misfired]
-            try:
-                await self._transaction_all_or_nothing(creates + deletes)
-                return True
-            except TransactionFailedError as exc:
-                op = (creates + deletes)[exc.index]
-                if exc.index >= len(creates) and isinstance(exc.cause, NoNodeError):
-                    if misfire_run:
-                        return False  # another re-run consumed the mark
-                    del misfired[exc.index - len(creates)]  # a mark the view still showed
-                    continue
-                if op.path.startswith(self.paths.failover_items):
-                    # The view was stale about an intent node: flip create/set and retry.
-                    intent = intents[op.path]
-                    creates[exc.index] = (
-                        SetOp(op.path, intent)
-                        if isinstance(op, CreateOp)
-                        else CreateOp(op.path, intent)
-                    )
-                    continue
-                if isinstance(exc.cause, NodeExistsError | NoNodeError):
-                    return False
-                raise
-        return False
-
-    async def clear_running(
-        self, items: Sequence[int], *, failover_run: bool = False, keep_intents: bool = False
-    ) -> None:
-        """The run of ``items`` is over: delete their running marks and, with failover, the
-        failover intents (unless ``keep_intents``: the items were cancelled, not completed)
-        and, for a takeover run, this instance's takeover marks, in one multi-op.
-
-        If the registry cannot be reached now (e.g. the server restarts) but the session may
-        live on, the marks are remembered and deleted by ``retry_clears`` once it is back:
-        a surviving session's running mark would otherwise block the item forever."""
-        if not items or self.registry.session_state is SessionState.LOST:
-            return  # a lost session's ephemerals are gone with it; intents stay for failover
-        paths: list[str] = [self.paths.item_running(i) for i in items]
-        if (self.config.failover or failover_run) and not keep_intents:
-            paths += [self.paths.failover_item(i) for i in items]
-        if failover_run:
-            paths += [self.paths.item_failover(i) for i in items]
-        session = self.registry.session_id
-        try:
-            await self._delete_all(paths)
-        except RegistryError as exc:
-            log.warning(
-                "%s: clearing marks failed (%s); retrying when connected", self.paths.job, exc
-            )
-            self._uncleared.setdefault(session, set()).update(paths)
-
-    async def retry_clears(self) -> None:
-        """Delete marks a failed ``clear_running`` left, if their session still lives."""
-        session = self.registry.session_id
-        for old in [s for s in self._uncleared if s != session]:
-            del self._uncleared[old]  # that session ended: its ephemerals went with it
-        paths = self._uncleared.pop(session, set())
-        if paths:
-            try:
-                await self._delete_all(sorted(paths))
-            except RegistryError:
-                self._uncleared.setdefault(session, set()).update(paths)
-                raise
-
-    def clears_pending(self) -> bool:
-        return bool(self._uncleared)
-
-    async def _delete_all(self, paths: Sequence[str]) -> None:
-        for chunk in chunk_ops([DeleteOp(p) for p in paths]):
-            try:
-                await self.registry.transaction(chunk)
-            except TransactionFailedError:
-                for op in chunk:  # some were not there (a stale view): delete the rest
-                    try:
-                        await self.registry.delete(op.path)
-                    except NoNodeError:
-                        pass
-
-    async def mark_misfire(self, items: Sequence[int]) -> None:
-        """Create the misfire marks of ``items`` (at once, so views never see part of them)."""
-        missing = [i for i in items if not self.is_misfired(i)]
-        if not missing:
-            return
-        for chunk in chunk_ops([CreateOp(self.paths.item_misfire(i)) for i in missing]):
-            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
-
-    async def _create_all(self, ops: Sequence[CreateOp]) -> None:
-        """Create the nodes of ``ops`` in one multi-op; if some exist already or lost their
-        parent (a stale view, a timed-out fire's leftovers), create the rest one by one."""
-        try:
-            await self.registry.transaction(ops)
-        except TransactionFailedError:
-            for op in ops:
-                with contextlib.suppress(NodeExistsError, NoNodeError):
-                    await self.registry.create(op.path, op.data)
-
-    # -- distributed-once listeners --
-
-    async def guarantee(self, kind: str, items: Sequence[int], timeout: float) -> bool:
-        """Register ``items`` as started/completed (``kind``) and wait until every item of the job
-        is; True on the one instance that claims the hook (by deleting the whole set in one
-        multi-op). Raises ``DistributedOnceTimeoutError`` past ``timeout``."""
-        base = (
-            self.paths.guarantee_started()
-            if kind == "started"
-            else self.paths.guarantee_completed()
-        )
-        mine = [f"{base}/{i}" for i in items]
-        for chunk in chunk_ops([CreateOp(p) for p in mine]):
-            await self._create_all([op for op in chunk if isinstance(op, CreateOp)])
-        total = self.config.sharding_total_count
-
-        def settled() -> bool:
-            full = len(self.view.children(base)) >= total
-            return full or not any(self.view.exists(p) for p in mine)
-
-        deadline = anyio.current_time() + timeout
-        while await self.view.wait_for(settled, deadline - anyio.current_time()):
-            if len(self.view.children(base)) >= total:
-                return await self._claim_all(
-                    [DeleteOp(f"{base}/{name}") for name in self.view.children(base)]
-                )
-            # The view shows none of ours: claimed elsewhere, or the view has not caught up
-            # with our own creates yet. One read tells.
-            if await self.registry.exists(mine[0]) is None:
-                return False
-            if anyio.current_time() >= deadline:
-                break
-            await self.view.wait_changed(deadline - anyio.current_time())
-        started = len(self.view.children(base))
-        for path in mine:
-            try:
-                await self.registry.delete(path)
-            except NoNodeError:
-                pass
-        raise DistributedOnceTimeoutError(
-            f"job {self.paths.job!r}: only {started}/{total} items {kind} across the cluster "
-            f"within {timeout:g}s; the distributed-once hook did not run"
-        )
-
-    async def _claim_all(self, deletes: Sequence[Op]) -> bool:
-        """Claim a distributed-once hook by deleting the whole set: the instance whose first
-        multi-op succeeds claims it (another's then fails on a node already gone); further
-        chunks, if the set needs several, delete the rest."""
-        first, *rest = chunk_ops(deletes)
-        try:
-            await self.registry.transaction(first)
-        except TransactionFailedError:
-            return False  # another instance claimed it first
-        for chunk in rest:
-            try:
-                await self.registry.transaction(chunk)
-            except TransactionFailedError:
-                for op in chunk:
-                    with contextlib.suppress(NoNodeError):
-                        await self.registry.delete(op.path)
-        return True
-
     # -- clock and triggers --
 
     async def check_time_diff(self) -> None:
@@ -1046,13 +766,7 @@ class JobCoordinator:
 
     async def request_trigger(self) -> list[str]:
         """Ask every live instance to run its items once now (``trigger/{instanceId}``)."""
-        instances = await self.registry.get_children(self.paths.instances)
-        for inst in instances:
-            try:
-                await self.registry.create(self.paths.trigger(inst), make_parents=True)
-            except NodeExistsError:
-                pass  # already queued
-        return instances
+        return await write_triggers(self.registry, self.paths)
 
     def has_trigger(self) -> bool:
         # Not while another process with our instance id holds the node: the trigger is its.

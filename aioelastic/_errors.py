@@ -1,4 +1,4 @@
-"""Exceptions raised by aioelastic."""
+"""Every exception class aioelastic defines (the public ones are exported by ``aioelastic``)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,23 @@ __all__ = [
     "AioelasticError",
     "BadVersionError",
     "ConfigError",
+    "DistributedOnceTimeoutError",
     "InstanceIdConflictError",
+    "ItemCancelled",
     "JobNotFoundError",
     "NoNodeError",
     "NodeExistsError",
     "NotEmptyError",
+    "NotFoundError",
+    "OperationRefusedError",
     "PacketTooLargeError",
     "RegistryError",
+    "ScriptJobError",
     "SessionLostError",
+    "TargetImportError",
+    "TimeDiffError",
+    "TraceQueryError",
+    "TraceUnreachableError",
     "TransactionFailedError",
 ]
 
@@ -32,7 +41,11 @@ class ConfigError(AioelasticError, ValueError):
         super().__init__(f"{field}={value!r}: {reason}")
 
 
-class JobNotFoundError(AioelasticError, KeyError):
+class NotFoundError(AioelasticError, LookupError):
+    """A server, instance or item named in an operation does not exist."""
+
+
+class JobNotFoundError(NotFoundError, KeyError):
     """No job with that name is registered."""
 
     def __str__(self) -> str:
@@ -79,3 +92,46 @@ class InstanceIdConflictError(RegistryError):
 
 class PacketTooLargeError(RegistryError):
     """A request would exceed ZooKeeper's packet limit (``jute.maxbuffer``); it was not sent."""
+
+
+# -- coordination, operations, jobs --
+
+
+class TimeDiffError(AioelasticError):
+    """The local clock differs from the registry's by more than ``max_time_diff_seconds``."""
+
+
+class OperationRefusedError(AioelasticError):
+    """The operation would be unsafe now (e.g. removing a job that instances still run)."""
+
+
+class ScriptJobError(AioelasticError):
+    """A script job exited with a non-zero status; the message holds the tail of stderr."""
+
+
+class DistributedOnceTimeoutError(AioelasticError, TimeoutError):
+    """Not every item of a fire started (or completed) across the cluster within the timeout."""
+
+
+class ItemCancelled(AioelasticError):
+    """The item was cancelled: its instance lost its registry session, or shutdown's grace
+    period ran out."""
+
+
+# -- command line --
+
+
+class TargetImportError(AioelasticError):
+    """The user's module raised while being imported (its traceback is in ``error``)."""
+
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(f"importing {module!r} failed (traceback above)")
+        self.error = error
+
+
+class TraceQueryError(AioelasticError):
+    """The database refused a trace query (exit code 1)."""
+
+
+class TraceUnreachableError(Exception):
+    """The trace database could not be reached (exit code 4)."""

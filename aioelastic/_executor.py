@@ -16,8 +16,13 @@ import anyio
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
-from ._errors import RegistryError, SessionLostError
-from ._events import (
+from ._errors import ItemCancelled, RegistryError, SessionLostError
+from ._jobs import ItemRunner
+from ._listeners import DistributedOnceListener
+from ._observer import Observer, hook_name, notify_observers
+from ._task_id import make_task_id
+from .registry._protocol import SessionState
+from .tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -26,11 +31,6 @@ from ._events import (
     TraceEvent,
     format_failure,
 )
-from ._jobs import ItemRunner
-from ._listeners import DistributedOnceListener
-from ._observer import Observer, hook_name, notify_observers
-from ._registry import SessionState
-from ._task_id import make_task_id
 
 __all__ = ["JobExecutor", "is_cancellation", "make_task_id"]
 
@@ -47,9 +47,16 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
         return None  # not on asyncio
 
 
-class ItemCancelled(Exception):
-    """The item was cancelled: its instance lost its registry session, or shutdown's grace
-    period ran out."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one item's run ended."""
+
+    failure: BaseException | None
+    cleared: bool = False  # its marks were cleared already (failover: right after it completed)
+
+
+def _shutdown_cancelled(item: int) -> ItemCancelled:
+    return ItemCancelled(f"item {item} cancelled: shutdown grace period over")
 
 
 class JobExecutor:
@@ -59,7 +66,7 @@ class JobExecutor:
         self,
         coordinator: JobCoordinator,
         run_item: ItemRunner,
-        post: Post,
+        post: Post | None,
         fatal: Fatal,
         keep_going: Callable[[], bool],
         reshard_timeout: float = 10.0,
@@ -69,13 +76,11 @@ class JobExecutor:
         self.observers = list(observers)
         self._reshard_timeout = reshard_timeout
         self._run_item = run_item
+        # None without a trace sink: events would be built only to be dropped.
         self._post = post
-        # Without a trace sink, events would be built only to be dropped: skip building them.
-        self.tracing = True
         self._fatal = fatal
         self._keep_going = keep_going
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
-        self.in_flight = 0
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
@@ -112,7 +117,10 @@ class JobExecutor:
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
     ) -> None:
-        """One fire (steps 1-11 of DESIGN.md's template)."""
+        """One fire, ElasticJob's execution template: check the clock against the registry;
+        skip unless the session is connected; let a pending reshard finish; take this
+        instance's items; misfire if one still runs; listeners before; run the items
+        (``execute``); re-run misfired items; listeners after."""
         cfg, coord = self.config, self.coordinator
         started = datetime.now(UTC)
         notify_observers(self.observers, "fire_started", self._job, scheduled, started)
@@ -173,7 +181,7 @@ class JobExecutor:
         if not await self._listeners(contexts, before=True, cluster_once=False):
             if failover_run:  # the fire was aborted: give the takeover back
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
-                    await self.coordinator.release_failover(contexts.items)
+                    await self.coordinator.marks.release_failover(contexts.items)
             return
         await self.execute(contexts, quiet_conflict=True)
         await self._listeners(contexts, before=False, cluster_once=False)
@@ -182,7 +190,8 @@ class JobExecutor:
         self, contexts: ShardingContexts, lost: Mapping[int, tuple[str, JobExecutionEvent]]
     ) -> None:
         """Complete the dead runs' trace rows as failures naming the lost instance and us."""
-        if not self.tracing:
+        post = self._post
+        if post is None:
             return
         now = datetime.now(UTC)
         for item, (instance, start) in sorted(lost.items()):
@@ -190,12 +199,12 @@ class JobExecutor:
                 f"instance {instance} lost its registry session; item {item} taken over by "
                 f"{self._me} (task {contexts.task_id})"
             )
-            self._post(
+            post(
                 dataclasses.replace(start, complete_time=now, is_success=False, failure_cause=cause)
             )
 
     def is_running(self, item: int) -> bool:
-        return item in self.running or self.coordinator.running_elsewhere(item)
+        return item in self.running or self.coordinator.marks.running_elsewhere(item)
 
     def _misfire_due(self, items: Sequence[int]) -> bool:
         coord = self.coordinator
@@ -209,7 +218,7 @@ class JobExecutor:
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
         if self.config.misfire:
-            await self.coordinator.mark_misfire(contexts.items)
+            await self.coordinator.marks.mark_misfire(contexts.items)
         self._status(
             contexts,
             State.TASK_FINISHED,
@@ -218,7 +227,8 @@ class JobExecutor:
         )
 
     async def execute(self, contexts: ShardingContexts, *, quiet_conflict: bool = False) -> bool:
-        """Steps 6-8: run the items of ``contexts``. False if they could not be claimed."""
+        """Run the items of ``contexts`` under running marks. False if they could not be
+        claimed (another fire holds one)."""
         items = contexts.items
         if not items:
             self._status(
@@ -232,36 +242,45 @@ class JobExecutor:
         # failover intents, so a taker can complete the rows if this instance dies.
         starts = self._start_events(contexts)
         try:
-            claimed = not monitor or await self.coordinator.mark_running(
+            claimed = not monitor or await self.coordinator.marks.mark_running(
                 items, misfire_run=misfire_run, runs=starts
             )
         except RegistryError:
             if failover_run:  # give the takeover back rather than block the items
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
-                    await self.coordinator.release_failover(items)
+                    await self.coordinator.marks.release_failover(items)
             raise
         if not claimed:
             # Another fire (here or elsewhere) holds some item: misfire rather than run twice.
             if failover_run:
                 # Someone runs the item already: give the takeover back.
-                await self.coordinator.release_failover(items)
+                await self.coordinator.marks.release_failover(items)
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
-        errors: dict[int, BaseException] = {}
+        outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
-        cleared: set[int] = set()
+
+        async def run_one(item: int) -> None:
+            outcomes[item] = await self._run_one(contexts, item, starts.get(item))
+
         try:
             self._status(contexts, State.TASK_RUNNING, "")
             async with anyio.create_task_group() as tg:
                 for item in items:
-                    tg.start_soon(self._run_one, contexts, item, starts.get(item), errors, cleared)
+                    tg.start_soon(run_one, item)
         finally:
-            left = [i for i in items if i not in cleared]
+            # An item without an outcome was cancelled by shutdown (its task re-raised).
+            errors = {
+                i: outcomes[i].failure if i in outcomes else _shutdown_cancelled(i)
+                for i in items
+                if i not in outcomes or outcomes[i].failure is not None
+            }
+            left = [i for i in items if not (i in outcomes and outcomes[i].cleared)]
             if monitor and left:
                 # Items that did not complete (cancelled) keep their failover intents.
                 with anyio.move_on_after(5, shield=True):
-                    await self.coordinator.clear_running(
+                    await self.coordinator.marks.clear_running(
                         left,
                         failover_run=failover_run,
                         keep_intents=any(isinstance(errors.get(i), ItemCancelled) for i in left),
@@ -273,11 +292,12 @@ class JobExecutor:
             else:
                 self._status(contexts, State.TASK_FINISHED, "")
         for exc in errors.values():
-            await self.handle_error(exc)
+            if exc is not None:
+                await self.handle_error(exc)
         return True
 
     def _start_events(self, contexts: ShardingContexts) -> dict[int, JobExecutionEvent]:
-        if not self.tracing:
+        if self._post is None:
             return {}
         ident = self.coordinator.identity
         return {
@@ -293,15 +313,12 @@ class JobExecutor:
         }
 
     async def _run_one(
-        self,
-        contexts: ShardingContexts,
-        item: int,
-        start: JobExecutionEvent | None,
-        errors: dict[int, BaseException],
-        cleared: set[int],
-    ) -> None:
+        self, contexts: ShardingContexts, item: int, start: JobExecutionEvent | None
+    ) -> _Outcome:
+        """Run one item; its failure (None on success) and whether its marks were cleared.
+        Cancelled by shutdown, it re-raises instead (``execute`` then knows it by no outcome)."""
         ctx = contexts.for_item(item)
-        if start is not None:
+        if start is not None and self._post is not None:
             self._post(start)
         failure: BaseException | None = None
         limiter = self._limiter()
@@ -329,14 +346,12 @@ class JobExecutor:
             if self._fence_caught(task):
                 failure = ItemCancelled(f"item {item} cancelled: registry session lost")
             else:
-                failure = ItemCancelled(f"item {item} cancelled: shutdown grace period over")
+                failure = _shutdown_cancelled(item)
                 raise
         finally:
             if task is not None:
                 self._fenced.discard(task)
-            if failure is not None:
-                errors[item] = failure
-            if start is not None:
+            if start is not None and self._post is not None:
                 self._post(
                     dataclasses.replace(
                         start,
@@ -346,15 +361,16 @@ class JobExecutor:
                     )
                 )
         if isinstance(failure, ItemCancelled):
-            return  # fenced: its failover intent stays for a taker (execute() clears the rest)
+            return _Outcome(failure)  # fenced: its failover intent stays for a taker
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
             with anyio.move_on_after(5, shield=True):
-                await self.coordinator.clear_running(
+                await self.coordinator.marks.clear_running(
                     [item], failover_run=contexts.execution_type is ExecutionType.FAILOVER
                 )
-                cleared.add(item)
+                return _Outcome(failure, cleared=True)
+        return _Outcome(failure)
 
     def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``
@@ -407,7 +423,7 @@ class JobExecutor:
         )
 
     def _status(self, contexts: ShardingContexts, state: State, message: str) -> None:
-        if not self.tracing:
+        if self._post is None:
             return
         self._post(
             JobStatusTraceEvent(
@@ -463,7 +479,7 @@ class JobExecutor:
             return
         kind = "started" if before else "completed"
         timeout = listener.started_timeout if before else listener.completed_timeout
-        if await self.coordinator.guarantee(kind, contexts.items, timeout):
+        if await self.coordinator.once.wait_all(kind, contexts.items, timeout):
             hook = listener.before_all_started if before else listener.after_all_completed
             await hook(contexts)
 

@@ -18,15 +18,13 @@ import anyio
 from anyio.abc import Process
 
 from ._context import ShardingContext
-from ._errors import AioelasticError, ConfigError
+from ._errors import ConfigError, ScriptJobError
 
 __all__ = [
     "DataflowJob",
     "ItemRunner",
     "ScriptJob",
-    "ScriptJobError",
     "SimpleJob",
-    "job_kind_name",
     "make_item_runner",
 ]
 
@@ -55,10 +53,6 @@ class DataflowJob:
     @classmethod
     def from_object(cls, obj: _Dataflow, streaming: bool = False) -> DataflowJob:
         return cls(obj.fetch_data, obj.process_data, streaming)
-
-
-class ScriptJobError(AioelasticError):
-    """A script job exited with a non-zero status; the message holds the tail of stderr."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +86,6 @@ def _is_async_callable(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - async __call__ objects
     )
-
-
-def job_kind_name(job: object) -> str:
-    if isinstance(job, ScriptJob):
-        return "script"
-    if isinstance(job, DataflowJob) or hasattr(job, "fetch_data"):
-        return "dataflow"
-    return "simple"
 
 
 def _check_async(what: str, fn: object) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from ._context import ShardingContexts
-from ._errors import AioelasticError
 
-__all__ = ["DistributedOnceListener", "DistributedOnceTimeoutError", "JobListener"]
+__all__ = ["DistributedOnceListener", "JobListener"]
 
 
 class JobListener:
@@ -22,10 +21,6 @@ class JobListener:
 
     async def after_job_executed(self, contexts: ShardingContexts) -> None:
         """Called after every item of a fire has completed."""
-
-
-class DistributedOnceTimeoutError(AioelasticError, TimeoutError):
-    """Not every item of a fire started (or completed) across the cluster within the timeout."""
 
 
 class DistributedOnceListener(JobListener):

@@ -12,29 +12,32 @@ On a scheduler's live session (e.g. the embedded ``memory://`` one): ``Operation
 from __future__ import annotations
 
 import enum
+import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 import anyio
 
-from ._backends import create_registry
 from ._config import MAX_SHARDING_TOTAL_COUNT, JobConfig, decode_registry_config
+from ._coordination import write_triggers
 from ._errors import (
-    AioelasticError,
     BadVersionError,
     ConfigError,
     JobNotFoundError,
     NodeExistsError,
     NoNodeError,
+    NotFoundError,
+    OperationRefusedError,
     SessionLostError,
 )
-from ._paths import JobPaths, namespace_root
-from ._registry import Registry, Watcher, WatchEvent
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, namespace_root
 from ._urls import RegistryURL, check_node_name, parse_registry_url
+from .registry import create_registry
+from .registry._protocol import Registry, Watcher, WatchEvent
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -45,28 +48,16 @@ __all__ = [
     "ItemStatus",
     "JobBrief",
     "JobStatus",
-    "NotFoundError",
-    "OperationRefusedError",
     "Operations",
     "ServerInfo",
     "ServerStatus",
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-ENABLED = b"ENABLED"
-DISABLED = b"DISABLED"
-SHUTDOWN = b"SHUTDOWN"
 #: Fields an operator may not change through ``update_job_config``.
 _FIXED_FIELDS = frozenset({"name", "listeners", "overwrite"})
-
-
-class NotFoundError(AioelasticError, LookupError):
-    """A server, instance or item named in an operation does not exist."""
-
-
-class OperationRefusedError(AioelasticError):
-    """The operation would be unsafe now (e.g. removing a job that instances still run)."""
 
 
 class JobStatus(enum.StrEnum):
@@ -198,6 +189,25 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _deadline(
+    method: Callable[Concatenate[Operations, P], Awaitable[T]],
+) -> Callable[Concatenate[Operations, P], Coroutine[Any, Any, T]]:
+    """The operation gets ``self.timeout`` seconds; past it, ``SessionLostError``."""
+
+    async def bounded(self: Operations, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            with anyio.fail_after(self.timeout):
+                return await method(self, *args, **kwargs)
+        except TimeoutError:
+            where = f" at {self.url}" if self.url is not None else ""
+            raise SessionLostError(
+                f"the registry{where} did not answer within {self.timeout:g}s"
+            ) from None
+
+    functools.update_wrapper(bounded, method)
+    return bounded
+
+
 class Operations:
     """Job operations over one registry namespace. Every call has a deadline (``timeout``
     seconds); an unreachable or lost registry raises ``SessionLostError``."""
@@ -262,16 +272,6 @@ class Operations:
     def paths(self, job: str) -> JobPaths:
         return JobPaths(self.namespace, job)
 
-    async def _bounded(self, work: Callable[[], Awaitable[T]]) -> T:
-        try:
-            with anyio.fail_after(self.timeout):
-                return await work()
-        except TimeoutError:
-            where = f" at {self.url}" if self.url is not None else ""
-            raise SessionLostError(
-                f"the registry{where} did not answer within {self.timeout:g}s"
-            ) from None
-
     # -- small reads --
 
     async def _data(self, path: str) -> bytes | None:
@@ -317,11 +317,9 @@ class Operations:
 
     # -- statistics --
 
+    @_deadline
     async def jobs(self) -> list[JobBrief]:
         """Every job of the namespace (sorted by name), with ElasticJob's job status."""
-        return await self._bounded(self._jobs)
-
-    async def _jobs(self) -> list[JobBrief]:
         out = []
         for name in sorted(await self._children(namespace_root(self.namespace))):
             try:
@@ -330,9 +328,10 @@ class Operations:
                 continue  # not a job (or one being removed)
         return out
 
+    @_deadline
     async def job(self, name: str) -> JobBrief:
         """One job's brief; ``JobNotFoundError`` if there is none."""
-        return await self._bounded(lambda: self._brief(name))
+        return await self._brief(name)
 
     async def _brief(self, name: str) -> JobBrief:
         instances = await self._children(self.paths(name).instances)
@@ -369,11 +368,9 @@ class Operations:
             return JobStatus.SHARDING_FLAG
         return JobStatus.OK
 
+    @_deadline
     async def servers(self, name: str) -> list[ServerInfo]:
         """The job's servers (sorted by host) with their status and live instances."""
-        return await self._bounded(lambda: self._servers(name))
-
-    async def _servers(self, name: str) -> list[ServerInfo]:
         await self._require_job(name)
         p = self.paths(name)
         instances = await self._live_instances(name)
@@ -387,21 +384,16 @@ class Operations:
             out.append(ServerInfo(host, status, mine))
         return out
 
+    @_deadline
     async def instances(self, name: str) -> list[InstanceInfo]:
         """The job's live instances (sorted by id), as their nodes describe them."""
+        await self._require_job(name)
+        return list((await self._live_instances(name)).values())
 
-        async def read() -> list[InstanceInfo]:
-            await self._require_job(name)
-            return list((await self._live_instances(name)).values())
-
-        return await self._bounded(read)
-
+    @_deadline
     async def sharding(self, name: str) -> list[ItemInfo]:
-        """Every item (``0..sharding_total_count-1`` and any stale one still in the registry)."""
-        return await self._bounded(lambda: self._sharding(name))
-
-    async def _sharding(self, name: str) -> list[ItemInfo]:
-        """With an invalid config, the items present in the registry."""
+        """Every item (``0..sharding_total_count-1`` and any stale one still in the registry;
+        with an invalid config, the items present in the registry)."""
         try:
             total = _count(await self._stored_config(name))
         except ConfigError:
@@ -428,12 +420,10 @@ class Operations:
             out.append(ItemInfo(item, owner, status, failover, misfire, problem))
         return out
 
+    @_deadline
     async def dump(self, name: str) -> dict[str, str]:
         """The job's registry subtree, path → data (UTF-8; undecodable bytes and control
         characters escaped)."""
-        return await self._bounded(lambda: self._dump(name))
-
-    async def _dump(self, name: str) -> dict[str, str]:
         root = self.paths(name).root
         if not await self._exists(root):
             raise JobNotFoundError(name)
@@ -452,20 +442,19 @@ class Operations:
 
     # -- config --
 
+    @_deadline
     async def job_config(self, name: str) -> dict[str, Any]:
         """The job's stored config: ``JobConfig`` fields as JSON, minus code-only ones
         (``error_handler`` is ``"custom"`` when code passed a callable)."""
-        return await self._bounded(lambda: self._stored_config(name))
+        return await self._stored_config(name)
 
+    @_deadline
     async def update_job_config(self, name: str, /, **changes: Any) -> dict[str, Any]:
         """Validate ``changes`` through ``JobConfig`` and store them; live instances apply them
         (they watch the node). Returns the new stored config."""
         fixed = _FIXED_FIELDS & changes.keys()
         if fixed:
             raise ConfigError(sorted(fixed)[0], changes[sorted(fixed)[0]], "cannot be changed here")
-        return await self._bounded(lambda: self._update_config(name, changes))
-
-    async def _update_config(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         path = self.paths(name).config
         while True:  # compare-and-set on the node's version: no lost concurrent update
             try:
@@ -489,30 +478,27 @@ class Operations:
             result: dict[str, Any] = json.loads(new)
             return result
 
+    @_deadline
     async def remove_job(self, name: str, *, force: bool = False) -> None:
         """Delete the job's whole registry tree. Refused (``OperationRefusedError``) while
         instances are alive, unless ``force`` (they are asked to shut the job down first)."""
-
-        async def remove() -> None:
-            p = self.paths(name)
-            if not await self._exists(p.root):
-                raise JobNotFoundError(name)
-            live = await self._children(p.instances)
-            if live and not force:
-                raise OperationRefusedError(
-                    f"job {name!r} still runs on {len(live)} instance(s): "
-                    "stop them first, or force the removal"
-                )
-            for inst in live:
-                await self._set_if_exists(p.instance(inst), SHUTDOWN)
-            if live:  # let them leave, or they may recreate nodes of the deleted tree
-                await self._wait_no_instances(p, self.timeout / 2)
-            try:
-                await self.registry.delete(p.root, recursive=True)
-            except NoNodeError:
-                pass
-
-        await self._bounded(remove)
+        p = self.paths(name)
+        if not await self._exists(p.root):
+            raise JobNotFoundError(name)
+        live = await self._children(p.instances)
+        if live and not force:
+            raise OperationRefusedError(
+                f"job {name!r} still runs on {len(live)} instance(s): "
+                "stop them first, or force the removal"
+            )
+        for inst in live:
+            await self._set_if_exists(p.instance(inst), SHUTDOWN)
+        if live:  # let them leave, or they may recreate nodes of the deleted tree
+            await self._wait_no_instances(p, self.timeout / 2)
+        try:
+            await self.registry.delete(p.root, recursive=True)
+        except NoNodeError:
+            pass
 
     async def _wait_no_instances(self, p: JobPaths, timeout: float) -> bool:
         """Wait (watching, not polling) until the job has no instance node; False on timeout."""
@@ -537,32 +523,23 @@ class Operations:
 
     # -- lifecycle --
 
+    @_deadline
     async def trigger(self, name: str) -> list[str]:
         """Ask every live instance to run the job's items once now; returns their ids (an
         instance that already has a trigger queued keeps just that one)."""
-
-        async def trigger() -> list[str]:
-            await self._stored_config(name)
-            p = self.paths(name)
-            instances = sorted(await self._children(p.instances))
-            for inst in instances:
-                try:
-                    await self.registry.create(p.trigger(inst), make_parents=True)
-                except NodeExistsError:
-                    pass  # already queued
-            return instances
-
-        return await self._bounded(trigger)
+        await self._stored_config(name)
+        return await write_triggers(self.registry, self.paths(name))
 
     async def disable_server(self, name: str, host: str | None = None) -> list[str]:
         """Disable one server (or every server of the job); the leader reshards its items away.
         Returns the hosts changed."""
-        return await self._bounded(lambda: self._set_servers(name, host, DISABLED))
+        return await self._set_servers(name, host, DISABLED)
 
     async def enable_server(self, name: str, host: str | None = None) -> list[str]:
         """Enable one server (or every server of the job). Returns the hosts changed."""
-        return await self._bounded(lambda: self._set_servers(name, host, ENABLED))
+        return await self._set_servers(name, host, ENABLED)
 
+    @_deadline
     async def _set_servers(self, name: str, host: str | None, state: bytes) -> list[str]:
         await self._stored_config(name)
         p = self.paths(name)
@@ -572,27 +549,23 @@ class Operations:
             raise NotFoundError(f"job {name!r} has no server {host!r}")
         return done
 
+    @_deadline
     async def disable_item(self, name: str, item: int) -> None:
         """Stop running ``item`` (on whichever instance owns it) until enabled again."""
+        path = self.paths(name).item_disabled(await self._check_item(name, item))
+        try:
+            await self.registry.create(path, make_parents=True)
+        except NodeExistsError:
+            pass
 
-        async def disable() -> None:
-            path = self.paths(name).item_disabled(await self._check_item(name, item))
-            try:
-                await self.registry.create(path, make_parents=True)
-            except NodeExistsError:
-                pass
-
-        await self._bounded(disable)
-
+    @_deadline
     async def enable_item(self, name: str, item: int) -> None:
-        async def enable() -> None:
-            path = self.paths(name).item_disabled(await self._check_item(name, item))
-            try:
-                await self.registry.delete(path)
-            except NoNodeError:
-                pass
-
-        await self._bounded(enable)
+        """Run ``item`` again (undo ``disable_item``)."""
+        path = self.paths(name).item_disabled(await self._check_item(name, item))
+        try:
+            await self.registry.delete(path)
+        except NoNodeError:
+            pass
 
     async def _check_item(self, name: str, item: int) -> int:
         total = int((await self._stored_config(name)).get("sharding_total_count", 1))
@@ -600,13 +573,10 @@ class Operations:
             raise NotFoundError(f"job {name!r} has items 0..{total - 1}, not {item}")
         return item
 
+    @_deadline
     async def shutdown_instance(self, name: str, instance_id: str) -> None:
         """Ask one instance to stop running the job (its node's data becomes ``SHUTDOWN``,
         ElasticJob's protocol); it then deletes its node and the others reshard."""
-
-        async def shutdown() -> None:
-            await self._stored_config(name)
-            if not await self._set_if_exists(self.paths(name).instance(instance_id), SHUTDOWN):
-                raise NotFoundError(f"job {name!r} has no live instance {instance_id!r}")
-
-        await self._bounded(shutdown)
+        await self._stored_config(name)
+        if not await self._set_if_exists(self.paths(name).instance(instance_id), SHUTDOWN):
+            raise NotFoundError(f"job {name!r} has no live instance {instance_id!r}")

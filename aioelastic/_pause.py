@@ -46,7 +46,7 @@ class PauseDetector:
         try:
             loop.add_signal_handler(signal.SIGCONT, self.check)
             installed = True
-        except (NotImplementedError, RuntimeError, ValueError):
+        except (RuntimeError, ValueError):  # NotImplementedError included
             installed = False  # not the main thread, or no signals here: the watchdog remains
         self._last = time.monotonic()
         task_status.started()

@@ -13,12 +13,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._config import JobConfig
 from ._coordination import InstanceIdentity, JobCoordinator
 from ._errors import RegistryError
-from ._events import ExecutionSource, ExecutionType, JobExecutionEvent
 from ._executor import Fatal, JobExecutor, Post, is_cancellation
 from ._jobs import ItemRunner
+from ._layout import JobPaths
 from ._observer import Observer, notify_observers
-from ._paths import JobPaths
-from ._registry import Registry, SessionEvent, SessionState
+from .registry._protocol import Registry, SessionEvent, SessionState
+from .tracing._events import ExecutionSource, ExecutionType, JobExecutionEvent
 
 __all__ = ["JobRunner"]
 
@@ -36,7 +36,7 @@ class JobRunner:
         registry: Registry,
         namespace: str,
         identity: InstanceIdentity,
-        post: Post,
+        post: Post | None,
         fatal: Fatal,
         grace_period: float,
         reshard_timeout: float,
@@ -49,6 +49,8 @@ class JobRunner:
             self.coordinator, run_item, post, fatal, self.keep_going, reshard_timeout, observers
         )
         self._grace = grace_period
+        self.in_flight = 0
+        """Fires and runs of this job in progress on this instance."""
         self._stopping = False
         self._stop = anyio.Event()
         self._wake = anyio.Event()
@@ -143,7 +145,7 @@ class JobRunner:
         self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
 
     async def _guarded(self, work: Awaitable[object]) -> None:
-        self.executor.in_flight += 1
+        self.in_flight += 1
         try:
             await work
         except BaseException as exc:
@@ -151,7 +153,7 @@ class JobRunner:
                 raise
             await self.executor.handle_error(exc)  # e.g. the registry failed mid-fire
         finally:
-            self.executor.in_flight -= 1
+            self.in_flight -= 1
 
     # -- loops --
 
@@ -208,8 +210,8 @@ class JobRunner:
                 if self._registered_session != self.registry.session_id:
                     await coord.register_instance()
                     self._registered_session = self.registry.session_id
-                if coord.clears_pending():
-                    await coord.retry_clears()
+                if coord.marks.clears_pending():
+                    await coord.marks.retry_clears()
                 raw = coord.view.get(coord.paths.config)
                 if raw is not None and raw != config_raw:
                     config_raw = raw
@@ -291,7 +293,7 @@ class JobRunner:
             return False
         mine = set(coord.failover_share(candidates))
         mine |= {i for i in candidates if now - self._failover_seen[i] > 2.0}
-        claimed = await coord.claim_failover(sorted(mine)) if mine else []
+        claimed = await coord.marks.claim_failover(sorted(mine)) if mine else []
         if claimed:
             log.info("%s: failing over items %s", self.name, claimed)
             notify_observers(self.executor.observers, "failover_claimed", self.name, claimed)
@@ -302,7 +304,7 @@ class JobRunner:
     def _run_misfired_if_due(self) -> None:
         """Run owned misfired items once nothing runs them (e.g. after moving here)."""
         coord, cfg = self.coordinator, self.coordinator.config
-        if self.executor.in_flight or not (cfg.misfire and cfg.monitor_execution):
+        if self.in_flight or not (cfg.misfire and cfg.monitor_execution):
             return
         if coord.reshard_pending() or self._stopping:
             return

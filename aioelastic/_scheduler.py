@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack, nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
-from ._backends import create_registry, create_trace_sink
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
-from ._events import TraceSink
 from ._jobs import ItemRunner, make_item_runner
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
-from ._registry import Registry, SessionEvent, SessionListener
 from ._runner import JobRunner
 from ._signals import handling_signals
-from ._urls import RegistryURL, parse_registry_url, parse_tracing_url
+from ._urls import RegistryURL, parse_tracing_url
 from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
-from .tracing import TraceBus
+from .registry import create_registry
+from .registry._protocol import Registry, SessionEvent, SessionListener
+from .tracing import TraceBus, create_sink
+from .tracing._events import TraceSink
 
-__all__ = ["Scheduler"]
+__all__ = ["RunState", "Scheduler"]
 
 log = logging.getLogger("aioelastic.scheduler")
 J = TypeVar("J")
@@ -42,6 +43,16 @@ J = TypeVar("J")
 class _JobSpec:
     config: JobConfig
     run_item: ItemRunner
+
+
+class RunState(enum.Enum):
+    """Where a ``Scheduler`` stands: STOPPED -> STARTING -> STARTED -> STOPPING -> STOPPED (a
+    start that fails goes from STARTING to STOPPING)."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
 
 
 #: Jobs registering with the registry at the same time when the scheduler starts.
@@ -90,32 +101,23 @@ class Scheduler:
                 **{**settings.model_dump(), **{k: v for k, v in overrides.items() if v}}
             )
         self.settings = settings
-        self.registry_url: RegistryURL = parse_registry_url(
-            settings.registry_url.get_secret_value()
-        )
-        if settings.registry_username and self.registry_url.username is None:
-            self.registry_url = replace(
-                self.registry_url,
-                username=settings.registry_username,
-                password=settings.registry_password,
-            )
+        self.registry_url: RegistryURL = settings.registry()
         self.identity: InstanceIdentity = make_identity(settings.instance_id, settings.host)
         self._sinks = list(sinks)
         self.observers = list(observers)
         if settings.tracing_url is not None:
             self._sinks.append(
-                create_trace_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
+                create_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
             )
         self._jobs: dict[str, _JobSpec] = {}
         self._runners: dict[str, JobRunner] = {}
         self._registry: Registry | None = None
         self._bus: TraceBus | None = None
-        self._running = False
-        self._stop_event: anyio.Event | None = None
-        self._started: anyio.Event | None = None
-        self._done: anyio.Event | None = None
+        self._state = RunState.STOPPED
+        self._state_changed: anyio.Event | None = None  # set at the next change (on the loop)
+        self._stop_event: anyio.Event | None = None  # of the current (or last) run
         self._error: BaseException | None = None
-        self._cm_group: TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None  # of ``async with scheduler``
         self._signalled = False
         self._forced = False
 
@@ -124,6 +126,17 @@ class Scheduler:
     @property
     def instance_id(self) -> str:
         return self.identity.instance_id
+
+    @property
+    def state(self) -> RunState:
+        """Where the scheduler stands (``RunState``)."""
+        return self._state
+
+    def _set_state(self, state: RunState) -> None:
+        self._state = state
+        if self._state_changed is not None:
+            self._state_changed.set()
+        self._state_changed = anyio.Event()
 
     @property
     def jobs(self) -> dict[str, JobConfig]:
@@ -150,7 +163,7 @@ class Scheduler:
     def add_job(self, job: object, name: str | None = None, **config: Any) -> JobConfig:
         """Register ``job`` (an ``async def``, a ``DataflowJob``, a ``ScriptJob`` or an object with
         async ``fetch_data``/``process_data``) with ``JobConfig`` fields as keywords."""
-        if self._running:
+        if self._state is not RunState.STOPPED:
             raise RuntimeError("add jobs before the scheduler starts")
         if name is None:
             name = getattr(job, "__name__", None) or type(job).__name__
@@ -197,7 +210,7 @@ class Scheduler:
 
         ``await task_group.start(scheduler.run)`` returns once every job is registered and
         running (and raises if starting failed)."""
-        if self._running:
+        if self._state is not RunState.STOPPED:
             raise RuntimeError("the scheduler is already running")
         # Before any await, so that a signal is never caught by a default handler once we run.
         with (
@@ -208,12 +221,12 @@ class Scheduler:
             await self._run(task_status)
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        self._running = True
+        self._set_state(RunState.STARTING)
         self._error = None
         self._signalled = False
         self._forced = False
-        self._stop_event, self._started, self._done = anyio.Event(), anyio.Event(), anyio.Event()
-        done = self._done
+        self._stop_event = anyio.Event()
+        done = anyio.Event()
         core = anyio.CancelScope(shield=True)
 
         async def body() -> None:
@@ -223,6 +236,7 @@ class Scheduler:
                 except Exception as exc:
                     self._error = self._error or _unwrap(exc)
                 finally:
+                    self._set_state(RunState.STOPPING)
                     done.set()
 
         try:
@@ -239,12 +253,12 @@ class Scheduler:
                     core.cancel()
                     raise
         finally:
-            self._running = False
+            self._set_state(RunState.STOPPED)
         if self._error is not None:
             raise self._error
 
     async def _run_core(self) -> None:
-        assert self._stop_event is not None and self._started is not None
+        assert self._stop_event is not None
         async with AsyncExitStack() as stack:
             registry = create_registry(self.registry_url)
             await registry.start(stack)
@@ -284,7 +298,7 @@ class Scheduler:
                     async with anyio.create_task_group() as starting:
                         for spec in self._jobs.values():
                             starting.start_soon(start, spec)
-                    self._started.set()
+                    self._set_state(RunState.STARTED)
                     await self._stop_event.wait()
                     log.info("instance %s stopping", self.instance_id)
                     for runner in self._runners.values():
@@ -345,13 +359,12 @@ class Scheduler:
             registry=registry,
             namespace=self.registry_url.namespace,
             identity=self.identity,
-            post=bus.post,
+            post=bus.post if self._sinks else None,
             fatal=self._fatal,
             grace_period=self.settings.shutdown_grace_period,
             reshard_timeout=self.settings.reshard_wait_timeout,
             observers=self.observers,
         )
-        runner.executor.tracing = bool(self._sinks)
         return runner
 
     def _fatal(self, exc: BaseException) -> None:
@@ -365,6 +378,8 @@ class Scheduler:
         with ``force`` running items are cancelled at once (the trace is still flushed)."""
         if self._stop_event is not None:
             self._stop_event.set()
+        if self._state is RunState.STARTED:
+            self._set_state(RunState.STOPPING)
         if force and not self._forced:
             self._forced = True
             for runner in list(self._runners.values()):
@@ -391,18 +406,11 @@ class Scheduler:
 
     async def _wait_started(self) -> bool:
         """Wait until the scheduler started (True) or ended without starting (False)."""
-        started, done = self._started, self._done
-        if started is None or done is None:
+        if self._stop_event is None:
             raise RuntimeError("the scheduler is not running")
-        async with anyio.create_task_group() as tg:
-
-            async def watch(event: anyio.Event) -> None:
-                await event.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch, done)
-            tg.start_soon(watch, started)
-        return started.is_set()
+        while self._state is RunState.STARTING and self._state_changed is not None:
+            await self._state_changed.wait()
+        return self._error is None
 
     async def trigger(self, name: str) -> None:
         """Run job ``name`` once now on every live instance (a one-off job's only way to run)."""
@@ -414,15 +422,10 @@ class Scheduler:
         await runner.coordinator.request_trigger()
 
     async def __aenter__(self) -> Self:
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._cm_group = group
-        try:
-            await group.start(partial(self.run, handle_signals=False))
-        except BaseException:
-            self._cm_group = None
-            await _close_group(group)
-            raise
+        async with AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(_single_errors(anyio.create_task_group()))
+            await tg.start(partial(self.run, handle_signals=False))
+            self._exit_stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -432,23 +435,21 @@ class Scheduler:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-        await self._exit_group(exc_type, exc, tb)
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, tb)
 
-    async def _exit_group(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        group, self._cm_group = self._cm_group, None
-        if group is None:
-            return
-        try:
-            await group.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as eg:
-            if len(eg.exceptions) == 1:
-                raise eg.exceptions[0] from None
-            raise
+
+@asynccontextmanager
+async def _single_errors(group: anyio.abc.TaskGroup) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """``group``, raising the one error of a single-exception group as itself."""
+    try:
+        async with group:
+            yield group
+    except BaseExceptionGroup as eg:
+        if len(eg.exceptions) == 1:
+            raise eg.exceptions[0] from None
+        raise
 
 
 def _flush_logs() -> None:
@@ -457,10 +458,3 @@ def _flush_logs() -> None:
             handler.flush()
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-
-
-async def _close_group(group: TaskGroup) -> None:
-    try:
-        await group.__aexit__(None, None, None)
-    except BaseException:  # noqa: S110 - the start error is what the caller sees
-        pass

@@ -62,7 +62,7 @@ def handling_signals(
                 continue
             try:
                 loop.add_signal_handler(sig, on_signal, sig)
-            except (NotImplementedError, RuntimeError, ValueError):
+            except (RuntimeError, ValueError):  # NotImplementedError included
                 continue
             installed.append((sig, previous))
         yield tuple(sig for sig, _ in installed)

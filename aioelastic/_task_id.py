@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ._events import ExecutionType
+from .tracing._events import ExecutionType
 
 __all__ = [
     "TASK_ID_LIMIT",

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ._events import JobExecutionEvent, TraceEvent
 from ._observer import Observer
+from .tracing._events import JobExecutionEvent, TraceEvent
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

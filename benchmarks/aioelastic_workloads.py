@@ -20,7 +20,7 @@ import anyio
 from lag_window import LagWindow
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
-from aioelastic._memory_registry import MemoryStore
+from aioelastic.registry import MemoryStore
 
 
 def _fresh(url: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic._memory_registry import MemoryStore
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
 
 RESULTS = Path(__file__).parent / "results"

@@ -43,7 +43,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aioelastic._events import (  # noqa: E402
+from aioelastic.tracing import TraceBus, create_sink  # noqa: E402
+from aioelastic.tracing._events import (  # noqa: E402
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -51,7 +52,6 @@ from aioelastic._events import (  # noqa: E402
     State,
     TraceEvent,
 )
-from aioelastic.tracing import TraceBus, create_sink  # noqa: E402
 from aioelastic.tracing._postgres import ensure_schema  # noqa: E402
 from aioelastic.tracing._rows import items_text  # noqa: E402
 from tests.harness.postgres import PostgresServer, running_postgres  # noqa: E402

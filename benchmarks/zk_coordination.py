@@ -27,7 +27,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from tests.cluster import (
     Cluster,
     expected,

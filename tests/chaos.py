@@ -21,10 +21,10 @@ import anyio
 import asyncpg
 
 from aioelastic._errors import RegistryError
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from aioelastic._watchdog import STALL_EXIT_STATUS
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import ZooKeeperRegistry
 from aioelastic.tracing import PostgresSink, TraceBus
 from tests.cluster import JOB, Cluster, Instance, read_assignment, zk_client
 from tests.harness.postgres import PostgresServer

@@ -22,10 +22,10 @@ from typing import Any
 
 import anyio
 
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import ZooKeeperRegistry
 from tests.harness.zookeeper import ZooKeeperServer
 
 JOB = "cluster_job"
@@ -104,7 +104,9 @@ class Cluster:
     def start(self, instance_id: str, **job_options: Any) -> Instance:
         log = self.workdir / f"{instance_id}.jsonl"
         options = {**self.job_options, **job_options}
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # Instances behave as in production: a stalled loop ends the process (conftest.py makes
+        # the test process itself only warn).
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOELASTIC_LOOP_STALL_ACTION": "exit"}
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -200,7 +202,7 @@ class Cluster:
                 # once the instance was told (LOST); one that completed before it could know
                 # (its connection was dropped, the resume or the refusal still to come) is the
                 # same unpreventable overlap, bounded by WAKE_SLACK too.
-                cut = [
+                cut: list[tuple[float, float | None, bool | None]] = [
                     (t, t, False if any(t <= x <= (run.end or t) for x in lost) else None)
                     for t in inst.expiries
                 ]

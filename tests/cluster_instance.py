@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic._registry import SessionEvent
+from aioelastic.registry import SessionEvent
 
 
 class History:

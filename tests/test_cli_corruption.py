@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aioelastic import JobConfig
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from tests.cluster import zk_client
 from tests.test_cli import cli
@@ -55,7 +55,7 @@ async def test_display_commands_show_bad_nodes(zk_url: str) -> None:
     assert "RUNNING" in lines[2] and "persistent running mark" in lines[2]
 
     items = (await cli(*reg, "sharding", "bad", "--json")).json()
-    assert [(i["item"], i["instance"]) for i in items] == [(0, "\\xff\\xfe"), (1, "ghost")]  # type: ignore[index,union-attr]
+    assert [(i["item"], i["instance"]) for i in items] == [(0, "\\xff\\xfe"), (1, "ghost")]
 
     instances = await cli(*reg, "instances", "bad")
     assert (instances.code, instances.err) == (0, "")

@@ -174,3 +174,40 @@ def test_bad_registry_url_hides_password() -> None:
     with pytest.raises(ConfigError) as info:
         Settings(registry_url="zookeeper://u:hunter2@h:1/ns?bogus=1")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("instance_id", "a/b"),
+        ("host", ""),
+        ("shutdown_grace_period", -1.0),
+        ("reshard_wait_timeout", -0.5),
+    ],
+)
+def test_settings_validators_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(**{field: value})
+    assert info.value.field == field
+
+
+def test_settings_registry_url_takes_separate_credentials() -> None:
+    s = Settings(
+        registry_url="zookeeper://127.0.0.1:2181/ns",
+        registry_username="app",
+        registry_password="hunter2",
+    )
+    url = s.registry()
+    assert url.username == "app" and url.password is not None
+    assert url.password.get_secret_value() == "hunter2" and "hunter2" not in str(url)
+    assert Scheduler(settings=s).registry_url == url  # the scheduler uses the same method
+    inline = Settings(registry_url="zookeeper://own:pw@127.0.0.1:2181/ns", registry_username="x")
+    assert inline.registry().username == "own"  # credentials in the URL win
+
+
+def test_error_classes_relate() -> None:
+    from aioelastic import AioelasticError, JobNotFoundError, NotFoundError
+    from aioelastic._errors import ItemCancelled
+
+    assert issubclass(JobNotFoundError, NotFoundError) and issubclass(JobNotFoundError, KeyError)
+    assert issubclass(ItemCancelled, AioelasticError)

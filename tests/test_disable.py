@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 
 from aioelastic import Operations, Scheduler, Settings, ShardingContext, State
-from aioelastic._memory_registry import MemoryStore
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
 from tests.helpers import eventually, statuses
 
@@ -88,7 +88,7 @@ async def test_disabled_on_every_server_runs_nothing_then_resumes(
             lambda: all(c.view.get(c.paths.server(c.identity.host)) == b"DISABLED" for c in coords)
         )
         # A fire in flight when the change arrived may still finish: count from when none is.
-        execs = [s._runners["job"].executor for s in schedulers]
+        execs = [s._runners["job"] for s in schedulers]
         await eventually(lambda: not any(e.in_flight for e in execs))
         disabled_at, ran_before = datetime.now().astimezone(), len(runs)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
 
 from aioelastic._sharding import ShardingStrategy
 from tests.cluster import (
+    Cluster,
     check_no_overlap,
     expected,
     read_assignment,
@@ -25,7 +27,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)
 
 @pytest.mark.parametrize("strategy", list(ShardingStrategy))
 async def test_three_instances_share_items_by_strategy(
-    zk_url: str, cluster_factory, strategy: ShardingStrategy
+    zk_url: str, cluster_factory: Callable[..., Cluster], strategy: ShardingStrategy
 ) -> None:
     total = 10
     cluster = cluster_factory(
@@ -50,7 +52,7 @@ async def test_three_instances_share_items_by_strategy(
 
 
 async def test_join_and_graceful_leave_reshard_within_one_fire(
-    zk_server: ZooKeeperServer, cluster_factory
+    zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     total = 10
     url = url_with(zk_server, session_timeout=10)  # long: a reshard must not wait for it
@@ -83,7 +85,7 @@ async def test_join_and_graceful_leave_reshard_within_one_fire(
 
 
 async def test_sigkilled_instance_is_dropped_after_session_timeout(
-    zk_server: ZooKeeperServer, cluster_factory
+    zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     total = 6
     timeout = 4.0
@@ -105,7 +107,7 @@ async def test_sigkilled_instance_is_dropped_after_session_timeout(
 
 
 async def test_server_restart_is_survived_without_double_runs(
-    zk_restartable_server: ZooKeeperServer, cluster_factory
+    zk_restartable_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     total = 6
     url = url_with(zk_restartable_server, session_timeout=6)
@@ -129,7 +131,7 @@ async def test_server_restart_is_survived_without_double_runs(
 
 
 async def test_forced_session_expiry_is_survived(
-    zk_server: ZooKeeperServer, cluster_factory
+    zk_server: ZooKeeperServer, cluster_factory: Callable[..., Cluster]
 ) -> None:
     total = 6
     url = url_with(zk_server, session_timeout=4)

@@ -15,8 +15,8 @@ from aioelastic import (
     ShardingContext,
     ShardingContexts,
 )
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
+from aioelastic.registry import MemoryStore
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +80,7 @@ async def test_hooks_run_once_across_three_instances(zk_url: str) -> None:
         for _round in range(2):
             await schedulers[0].trigger("once")
             n = len(calls)
-            await eventually(lambda n=n: len(calls) == n + 2, timeout=15)
+            await eventually(lambda: len(calls) == n + 2, timeout=15)  # noqa: B023 - awaited in this iteration
             await anyio.sleep(0.3)  # a duplicate hook would show up here
             assert [c[0] for c in calls[n:]] == ["before", "after"]
             # The hook got the claiming instance's own items.
@@ -112,5 +112,5 @@ async def test_single_instance_runs_hooks_once_per_fire() -> None:
     async with scheduler:
         for n in (2, 4):
             await scheduler.trigger("once")
-            await eventually(lambda n=n: len(calls) == n)
+            await eventually(lambda: len(calls) == n)  # noqa: B023 - awaited in this iteration
     assert calls == [("before", "solo", [0, 1, 2, 3]), ("after", "solo", [0, 1, 2, 3])] * 2

@@ -1,5 +1,6 @@
-"""Several schedulers sharing one embedded registry (one session each): sharding rules that do
-not need separate processes — static sharding, disabled servers, IPv6 hosts and instance ids."""
+"""Several schedulers in one process sharing one registry (one session each; ``backend``: the
+embedded one and ZooKeeper): sharding rules that do not need separate processes — static
+sharding, disabled servers, IPv6 hosts and instance ids."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic._errors import InstanceIdConflictError
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
+from tests.conftest import Backend
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
 
-def make(store: str, instance_id: str, host: str, **job: Any) -> Scheduler:
+def make(backend: Backend, instance_id: str, host: str, **job: Any) -> Scheduler:
     scheduler = Scheduler(
-        settings=Settings(registry_url=f"memory://{store}/ns", instance_id=instance_id, host=host)
+        settings=Settings(registry_url=backend.url, instance_id=instance_id, host=host)
     )
 
     async def work(ctx: ShardingContext) -> None: ...
@@ -53,18 +54,17 @@ def settled_on(s: Scheduler, ids: list[str]) -> Callable[[], bool]:
     return lambda: not coord.reshard_pending() and owners(s) == want
 
 
-async def test_static_sharding_keeps_the_assignment_when_instances_join() -> None:
-    MemoryStore.reset("static")
+async def test_static_sharding_keeps_the_assignment_when_instances_join(backend: Backend) -> None:
     a, b = (
-        make("static", "a", "h1", static_sharding=True),
-        make("static", "b", "h2", static_sharding=True),
+        make(backend, "a", "h1", static_sharding=True),
+        make(backend, "b", "h2", static_sharding=True),
     )
     async with running(a, b):
         coord = a._runners["job"].coordinator
         # Static: whoever is there at the first sharding keeps the items.
         await eventually(lambda: not coord.reshard_pending() and None not in owners(a).values())
         before = owners(a)
-        c = make("static", "c", "h3", static_sharding=True)
+        c = make(backend, "c", "h3", static_sharding=True)
         async with running(c):
             await eventually(lambda: "c" in a._runners["job"].coordinator.available_instances())
             await eventually(lambda: owners(c) == before)
@@ -72,23 +72,23 @@ async def test_static_sharding_keeps_the_assignment_when_instances_join() -> Non
             assert not a._runners["job"].coordinator.reshard_pending()
 
 
-async def test_without_static_sharding_a_newcomer_gets_items() -> None:
-    MemoryStore.reset("dynamic")
-    a, b = make("dynamic", "a", "h1"), make("dynamic", "b", "h2")
+async def test_without_static_sharding_a_newcomer_gets_items(backend: Backend) -> None:
+    a, b = make(backend, "a", "h1"), make(backend, "b", "h2")
     async with running(a, b):
         await eventually(settled_on(a, ["a", "b"]))
-        c = make("dynamic", "c", "h3")
+        c = make(backend, "c", "h3")
         async with running(c):
             await eventually(settled_on(a, ["a", "b", "c"]))
         await eventually(settled_on(a, ["a", "b"]))  # and a leaver's items come back at once
 
 
-async def test_disabling_a_server_moves_its_items_and_enabling_brings_them_back() -> None:
-    MemoryStore.reset("disable")
-    a, b = make("disable", "a", "h1"), make("disable", "b", "h2")
+async def test_disabling_a_server_moves_its_items_and_enabling_brings_them_back(
+    backend: Backend,
+) -> None:
+    a, b = make(backend, "a", "h1"), make(backend, "b", "h2")
     async with running(a, b):
         await eventually(settled_on(a, ["a", "b"]))
-        paths = JobPaths("ns", "job")
+        paths = JobPaths(backend.namespace, "job")
         await a.registry.set(paths.server("h2"), b"DISABLED")
         await eventually(settled_on(a, ["a"]))
         assert b._runners["job"].coordinator.local_items() == []
@@ -96,20 +96,20 @@ async def test_disabling_a_server_moves_its_items_and_enabling_brings_them_back(
         await eventually(settled_on(a, ["a", "b"]))
 
 
-async def test_ipv6_hosts_and_instance_ids() -> None:
-    MemoryStore.reset("ipv6")
-    a = make("ipv6", "fe80::1@-@4242@-@x1", "fe80::1")
-    b = make("ipv6", "[::1]:7@-@1@-@y2", "::1")
+async def test_ipv6_hosts_and_instance_ids(backend: Backend) -> None:
+    a = make(backend, "fe80::1@-@4242@-@x1", "fe80::1")
+    b = make(backend, "[::1]:7@-@1@-@y2", "::1")
     async with running(a, b):
         await eventually(settled_on(a, ["fe80::1@-@4242@-@x1", "[::1]:7@-@1@-@y2"]))
-        paths = JobPaths("ns", "job")
+        paths = JobPaths(backend.namespace, "job")
         assert (await a.registry.get(paths.server("::1")))[0] == b"ENABLED"
         assert await a.registry.exists(paths.instance("[::1]:7@-@1@-@y2")) is not None
 
 
-async def test_a_second_scheduler_with_the_same_instance_id_fails_to_start() -> None:
-    MemoryStore.reset("dupid")
-    first, second = make("dupid", "same", "h1"), make("dupid", "same", "h2")
+async def test_a_second_scheduler_with_the_same_instance_id_fails_to_start(
+    backend: Backend,
+) -> None:
+    first, second = make(backend, "same", "h1"), make(backend, "same", "h2")
     async with running(first):
         await eventually(settled_on(first, ["same"]))
         coord = first._runners["job"].coordinator

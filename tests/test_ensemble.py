@@ -13,10 +13,16 @@ import anyio
 import pytest
 
 from aioelastic._errors import NoNodeError
-from aioelastic._paths import JobPaths
-from aioelastic._registry import CreateOp, SessionState, SetOp, WatchEvent, WatchEventType
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import (
+    CreateOp,
+    SessionState,
+    SetOp,
+    WatchEvent,
+    WatchEventType,
+    ZooKeeperRegistry,
+)
 from tests.cluster import (
     JOB,
     Cluster,

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from tests.cluster import (
     JOB,

@@ -16,13 +16,27 @@ import pytest
 from aioelastic import ConfigError, JobConfig, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._coordination import JobCoordinator, make_identity
 from aioelastic._errors import PacketTooLargeError
-from aioelastic._limits import CHUNK_BUDGET, NODE_DATA_LIMIT, PACKET_LIMIT, transaction_size
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._paths import JobPaths
-from aioelastic._registry import CheckOp, CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
+from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import (
+    CheckOp,
+    CreateOp,
+    DeleteOp,
+    MemoryRegistry,
+    MemoryStore,
+    Op,
+    Registry,
+    SessionState,
+    SetOp,
+    ZooKeeperRegistry,
+)
+from aioelastic.registry._limits import (
+    CHUNK_BUDGET,
+    NODE_DATA_LIMIT,
+    PACKET_LIMIT,
+    transaction_size,
+)
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -53,7 +67,7 @@ def test_oversized_values_are_config_errors_naming_the_field_and_the_limit(
     async def work(ctx: ShardingContext) -> None: ...
 
     with pytest.raises(ConfigError) as err:
-        scheduler.add_job(work, name="big", **options)  # type: ignore[arg-type]
+        scheduler.add_job(work, name="big", **options)
     assert err.value.field.endswith(field)
     assert str(NODE_DATA_LIMIT) in str(err.value) and "jute.maxbuffer" in str(err.value)
     assert len(str(err.value)) < 400  # the value itself is not echoed
@@ -149,7 +163,7 @@ async def _coordinator(
     MemoryStore.reset(name)
     registry = Recording(f"memory://{name}/ns")
     await registry.start(stack)
-    config = JobConfig(name="job", sharding_total_count=total, **options)  # type: ignore[arg-type]
+    config = JobConfig(name="job", sharding_total_count=total, **options)
     coord = JobCoordinator(registry, JobPaths("ns", "job"), make_identity("a", "h"), config)
     await coord.register()
     await tg.start(coord.view.run)
@@ -197,7 +211,7 @@ async def test_running_marks_stay_all_or_nothing_across_chunks() -> None:
         await other.create(coord.paths.item_running(total - 1), b"b", make_parents=True)
         await eventually(lambda: coord.view.exists(coord.paths.item_running(total - 1)))
         registry.attempts.clear()
-        assert await coord.mark_running(items) is False
+        assert await coord.marks.mark_running(items) is False
         assert len(registry.attempts) >= 3  # chunks, the failing one, the undo
         store = MemoryStore.named(registry.url.hosts)
         running = [p for p in store.nodes if p.endswith("/running")]
@@ -206,9 +220,9 @@ async def test_running_marks_stay_all_or_nothing_across_chunks() -> None:
         # Once free, all of them are marked, and clearing removes every mark again.
         await other.delete(coord.paths.item_running(total - 1))
         await eventually(lambda: not coord.view.exists(coord.paths.item_running(total - 1)))
-        assert await coord.mark_running(items) is True
+        assert await coord.marks.mark_running(items) is True
         assert sum(p.endswith("/running") for p in store.nodes) == total
-        await coord.clear_running(items)
+        await coord.marks.clear_running(items)
         assert not [p for p in store.nodes if p.endswith("/running")]
         assert not [p for p in store.nodes if p.startswith(coord.paths.failover_items + "/")]
         tg.cancel_scope.cancel()
@@ -267,11 +281,13 @@ async def test_thousands_of_items_shard_fire_and_clear_on_zookeeper(zk_url: str)
         await eventually(lambda: sum(map(len, runs.values())) == total, timeout=120, step=0.1)
         assert {k: sorted(v) for k, v in runs.items()} == want
         for s in (a, b):
-            await eventually(lambda s=s: not s._runners["wide"].executor.in_flight, timeout=30)
+            await eventually(lambda: not s._runners["wide"].in_flight, timeout=30)  # noqa: B023 - awaited in this iteration
         paths = coords[0].paths
         for c in coords:  # every running mark is cleared
             await eventually(
-                lambda c=c: not any(c.is_running(i) for i in range(total)), timeout=30, step=0.1
+                lambda: not any(c.is_running(i) for i in range(total)),  # noqa: B023 - awaited here
+                timeout=30,
+                step=0.1,
             )
         assert a.registry.session_state is SessionState.CONNECTED
         running = 0

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aioelastic import Scheduler, ShardingContext
-from aioelastic._memory_registry import MemoryStore
 from aioelastic.metrics import PrometheusMetrics
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import SinkStats
 from tests.helpers import eventually
 
@@ -68,7 +68,7 @@ async def test_metrics_after_real_fires() -> None:
     async with scheduler:
         for n in (1, 2):  # one trigger at a time: each fire is a plain NORMAL_TRIGGER run
             await scheduler.trigger("flaky")
-            await eventually(lambda n=n: (runs("success"), runs("failure")) == (2 * n, n))
+            await eventually(lambda: (runs("success"), runs("failure")) == (2 * n, n))  # noqa: B023 - awaited in this iteration
         await eventually(
             lambda: value(scrape(registry), "aioelastic_fire_lag_seconds_count", job="tick") >= 1,
             timeout=3,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import anyio
@@ -24,21 +23,13 @@ from aioelastic import (
     SessionLostError,
     ShardingContext,
 )
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
+from aioelastic.registry import MemoryRegistry, MemoryStore
 from tests.harness.zookeeper import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
-
-
-async def until(predicate: Callable[[], Awaitable[object]], timeout: float = 5.0) -> None:
-    """Poll an async ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
-    with anyio.move_on_after(timeout):
-        while not await predicate():
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def memory_url() -> str:
@@ -139,7 +130,7 @@ async def test_operations_on_embedded_scheduler() -> None:
         Operations.of(scheduler)  # not running yet
     async with scheduler:
         ops = Operations.of(scheduler)
-        await until(lambda: _status(ops, "settle", JobStatus.OK))
+        await eventually(lambda: _status(ops, "settle", JobStatus.OK))
         [brief] = await ops.jobs()
         assert (brief.cron, brief.description, brief.instance_count) == (None, "old", 1)
 
@@ -157,7 +148,7 @@ async def test_operations_on_embedded_scheduler() -> None:
         # config: validated, stored, picked up by the live instance
         new = await ops.update_job_config("settle", description="new", sharding_total_count=4)
         assert new["description"] == "new" and (await ops.job_config("settle")) == new
-        await until(lambda: _async(scheduler.jobs["settle"].sharding_total_count == 4))
+        await eventually(lambda: scheduler.jobs["settle"].sharding_total_count == 4)
         with pytest.raises(ConfigError, match="sharding_total_count"):
             await ops.update_job_config("settle", sharding_total_count=0)
         with pytest.raises(ConfigError, match="name"):
@@ -166,11 +157,9 @@ async def test_operations_on_embedded_scheduler() -> None:
         # items: a disabled item does not run
         await ops.disable_item("settle", 1)
         assert (await ops.sharding("settle"))[1].status is ItemStatus.DISABLED
-        await until(
-            lambda: _async(len(scheduler._runners["settle"].coordinator.local_items()) == 3)
-        )
+        await eventually(lambda: len(scheduler._runners["settle"].coordinator.local_items()) == 3)
         assert await ops.trigger("settle") == [scheduler.instance_id]
-        await until(lambda: _async(sorted(runs) == [0, 2, 3]))
+        await eventually(lambda: sorted(runs) == [0, 2, 3])
         await ops.enable_item("settle", 1)
         assert (await ops.sharding("settle"))[1].status is not ItemStatus.DISABLED
         with pytest.raises(NotFoundError, match=r"items 0\.\.3"):
@@ -181,7 +170,7 @@ async def test_operations_on_embedded_scheduler() -> None:
         assert (await ops.job("settle")).status is JobStatus.DISABLED
         assert (await ops.servers("settle"))[0].status is ServerStatus.DISABLED
         await ops.enable_server("settle", server.host)
-        await until(lambda: _status(ops, "settle", JobStatus.OK))
+        await eventually(lambda: _status(ops, "settle", JobStatus.OK))
         with pytest.raises(NotFoundError, match="no server"):
             await ops.enable_server("settle", "nohost")
 
@@ -205,10 +194,6 @@ async def test_operations_on_embedded_scheduler() -> None:
             await ops.remove_job("settle")
 
 
-async def _async(value: object) -> object:
-    return value
-
-
 async def _status(ops: Operations, job: str, status: JobStatus) -> bool:
     return (await ops.job(job)).status is status
 
@@ -225,7 +210,7 @@ async def test_forced_removal_stops_live_instances_first() -> None:
 
     async with scheduler:
         ops = Operations.of(scheduler)
-        await until(lambda: _status(ops, "doomed", JobStatus.OK))
+        await eventually(lambda: _status(ops, "doomed", JobStatus.OK))
         await ops.remove_job("doomed", force=True)
         assert [j.name for j in await ops.jobs()] == ["survivor"]
         with pytest.raises(JobNotFoundError):
@@ -250,17 +235,17 @@ async def test_operations_on_zookeeper(zk_url: str) -> None:
         runs.append(ctx.sharding_item)
 
     async with scheduler, Operations(zk_url) as ops:
-        await until(lambda: _status(ops, "report", JobStatus.OK))
+        await eventually(lambda: _status(ops, "report", JobStatus.OK))
         assert await ops.trigger("report") == [scheduler.instance_id]
-        await until(lambda: _async(sorted(runs) == [0, 1]))
+        await eventually(lambda: sorted(runs) == [0, 1])
 
         await ops.update_job_config("report", cron="0/1 * * * * ?")
-        await until(lambda: _async(scheduler.jobs["report"].cron == "0/1 * * * * ?"))
-        await until(lambda: _async(len(runs) >= 4), timeout=5)  # fires on the new schedule
+        await eventually(lambda: scheduler.jobs["report"].cron == "0/1 * * * * ?")
+        await eventually(lambda: len(runs) >= 4, timeout=5)  # fires on the new schedule
 
         await ops.shutdown_instance("report", scheduler.instance_id)
         # the node says SHUTDOWN until the instance reacts (then it is gone)
-        await until(lambda: _shutdown_or_gone(ops, "report", scheduler.instance_id))
+        await eventually(lambda: _shutdown_or_gone(ops, "report", scheduler.instance_id))
 
 
 async def _shutdown_or_gone(ops: Operations, job: str, instance_id: str) -> bool:
@@ -276,9 +261,9 @@ async def test_shutdown_instance_stops_the_job_there(zk_url: str) -> None:
     async def report(ctx: ShardingContext) -> None: ...
 
     async with scheduler, Operations(zk_url) as ops:
-        await until(lambda: _status(ops, "report", JobStatus.OK))
+        await eventually(lambda: _status(ops, "report", JobStatus.OK))
         await ops.shutdown_instance("report", scheduler.instance_id)
-        await until(lambda: _async_instances_empty(ops, "report"), timeout=5)
+        await eventually(lambda: _async_instances_empty(ops, "report"), timeout=5)
         assert (await ops.job("report")).status is JobStatus.CRASHED
 
 
@@ -291,3 +276,45 @@ async def test_unreachable_registry_raises_session_lost() -> None:
     with anyio.fail_after(10), pytest.raises(SessionLostError, match="cannot reach the registry"):
         async with Operations(url):
             pass
+
+
+OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
+    ("jobs", ()),
+    ("job", ("j",)),
+    ("servers", ("j",)),
+    ("instances", ("j",)),
+    ("sharding", ("j",)),
+    ("dump", ("j",)),
+    ("job_config", ("j",)),
+    ("update_job_config", ("j",)),
+    ("remove_job", ("j",)),
+    ("trigger", ("j",)),
+    ("disable_server", ("j",)),
+    ("enable_server", ("j",)),
+    ("disable_item", ("j", 0)),
+    ("enable_item", ("j", 0)),
+    ("shutdown_instance", ("j", "i1")),
+]
+
+
+@pytest.mark.parametrize(("method", "args"), OPERATIONS_CALLS, ids=[m for m, _ in OPERATIONS_CALLS])
+async def test_every_operation_has_the_deadline(method: str, args: tuple[object, ...]) -> None:
+    url = parse_registry_url(memory_url())
+    registry = MemoryRegistry(url)
+    async with AsyncExitStack() as stack:
+        await registry.start(stack)
+        await _tree(registry, {**BASE, **ALIVE})
+        ops = Operations.for_registry(registry, "ns", timeout=0)  # due at the first request
+        with pytest.raises(SessionLostError, match="did not answer within 0s"):
+            await getattr(ops, method)(*args)
+
+
+def test_the_deadline_test_covers_every_operation() -> None:
+    import inspect
+
+    public = {
+        name
+        for name, member in vars(Operations).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    }
+    assert public == {method for method, _ in OPERATIONS_CALLS}

@@ -7,12 +7,9 @@ registry is known to differ, the test is marked ``xfail(strict=True)`` for it, w
 
 from __future__ import annotations
 
-import contextlib
 import re
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 import pytest
 
@@ -25,62 +22,25 @@ from aioelastic._errors import (
     SessionLostError,
     TransactionFailedError,
 )
-from aioelastic._memory_registry import MemoryRegistry, MemoryStore
-from aioelastic._registry import (
+from aioelastic._urls import parse_registry_url
+from aioelastic.registry import (
     CheckOp,
     CreateOp,
     DeleteOp,
-    Registry,
     SessionEvent,
     SessionState,
     SetOp,
     WatchEvent,
     WatchEventType,
+    ZooKeeperRegistry,
 )
-from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
-from tests.harness.zookeeper import Recorder, barrier, expire_session
+from tests.conftest import Backend
+from tests.harness.zookeeper import Recorder, barrier
 
 pytestmark = pytest.mark.anyio
 
 CREATED, DELETED = WatchEventType.CREATED, WatchEventType.DELETED
 CHANGED, CHILDREN = WatchEventType.CHANGED, WatchEventType.CHILDREN
-
-
-@dataclass
-class Backend:
-    name: str
-    url: str
-    root: str  # the namespace node, e.g. /ns1a2b3c
-
-    @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Registry]:
-        parsed = parse_registry_url(self.url)
-        reg: Registry = (
-            MemoryRegistry(parsed) if parsed.scheme == "memory" else ZooKeeperRegistry(parsed)
-        )
-        async with AsyncExitStack() as stack:
-            await reg.start(stack)
-            yield reg
-
-    async def expire(self, reg: Registry) -> None:
-        """End the session the way the server would (LOST, then a new session)."""
-        if isinstance(reg, MemoryRegistry):
-            reg.expire_session()
-        else:
-            assert isinstance(reg, ZooKeeperRegistry)
-            await expire_session(reg)
-
-
-@pytest.fixture(params=["memory", "zookeeper"])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "memory":
-        store, namespace = f"conformance-{uuid.uuid4().hex[:8]}", f"ns{uuid.uuid4().hex[:8]}"
-        yield Backend("memory", f"memory://{store}/{namespace}", f"/{namespace}")
-        MemoryStore.reset(store)
-    else:
-        url = request.getfixturevalue("zk_url")
-        yield Backend("zookeeper", url, "/" + parse_registry_url(url).namespace)
 
 
 async def settled(*recorders: Recorder, count: int = 1) -> None:
@@ -405,7 +365,7 @@ async def test_paths_zookeeper_refuses_are_refused_by_every_call(
     bad = f"{root}/{name}"
     async with backend.open() as reg:
         await reg.create(root)
-        calls = {
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
             "create": lambda: reg.create(bad),
             "create-parents": lambda: reg.create(f"{bad}/leaf", make_parents=True),
             "get": lambda: reg.get(bad),

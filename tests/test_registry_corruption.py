@@ -16,10 +16,9 @@ import pytest
 
 from aioelastic import JobConfig, Scheduler, ShardingContext
 from aioelastic._errors import RegistryError
-from aioelastic._paths import JobPaths
-from aioelastic._registry import CreateOp, DeleteOp
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import CreateOp, DeleteOp, ZooKeeperRegistry
 from tests.cluster import zk_client
 from tests.helpers import eventually
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from aioelastic._registry import SessionState
+from aioelastic.registry import SessionState
 from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
 from tests.harness.zookeeper import Recorder, ZooKeeperServer
 from tests.history import Fault, check_history

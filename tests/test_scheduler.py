@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from aioelastic import (
     ExecutionSource,
     JobListener,
     JobNotFoundError,
+    RunState,
     Scheduler,
     ScriptJob,
     Settings,
@@ -25,13 +26,16 @@ from aioelastic import (
     ShardingContexts,
     State,
 )
-from aioelastic._memory_registry import MemoryStore
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
 
+from .conftest import Backend
 from .helpers import completions, eventually, executions, statuses
 
 pytestmark = pytest.mark.anyio
+
+MakeScheduler = Callable[..., Scheduler]
 
 
 @pytest.fixture
@@ -40,13 +44,17 @@ def sink() -> MemorySink:
 
 
 @pytest.fixture
-def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> Any:
-    store = f"sched-{request.node.name}"
-    MemoryStore.reset(store)
+def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> MakeScheduler:
+    """Schedulers on the embedded registry, or on the test's ``backend`` if it takes one."""
+    if "backend" in request.fixturenames:
+        url = request.getfixturevalue("backend").url
+    else:
+        store = f"sched-{request.node.name}"
+        MemoryStore.reset(store)
+        url = f"memory://{store}/ns"
 
     def make(**settings: Any) -> Scheduler:
-        s = Settings(registry_url=f"memory://{store}/ns", **settings)
-        return Scheduler(settings=s, sinks=[sink])
+        return Scheduler(settings=Settings(registry_url=url, **settings), sinks=[sink])
 
     return make
 
@@ -56,7 +64,7 @@ def states(sink: MemorySink, job: str) -> list[tuple[State, str]]:
 
 
 async def test_success_events_in_order_and_context_fields(
-    make_scheduler: Any, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
 ) -> None:
     scheduler = make_scheduler()
     seen: list[ShardingContext] = []
@@ -97,7 +105,7 @@ async def test_success_events_in_order_and_context_fields(
         assert done.execution_source is ExecutionSource.NORMAL_TRIGGER
 
 
-async def test_task_ids_are_unique_per_run(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_task_ids_are_unique_per_run(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job()
@@ -106,11 +114,13 @@ async def test_task_ids_are_unique_per_run(make_scheduler: Any, sink: MemorySink
     async with scheduler:
         for n in range(1, 4):
             await scheduler.trigger("once")
-            await eventually(lambda n=n: len(completions(sink.events, "once")) == n)
+            await eventually(lambda: len(completions(sink.events, "once")) == n)  # noqa: B023 - awaited in this iteration
     assert len({e.task_id for e in completions(sink.events, "once")}) == 3
 
 
-async def test_failure_does_not_cancel_siblings(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_failure_does_not_cancel_siblings(
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+) -> None:
     scheduler = make_scheduler()
     handled: list[tuple[str, BaseException]] = []
 
@@ -138,7 +148,7 @@ async def test_failure_does_not_cancel_siblings(make_scheduler: Any, sink: Memor
     assert [(j, str(e)) for j, e in handled] == [("flaky", "boom on 1")]
 
 
-async def test_empty_items(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_empty_items(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job(sharding_total_count=1)
@@ -158,7 +168,9 @@ async def test_empty_items(make_scheduler: Any, sink: MemorySink) -> None:
     ]
 
 
-async def test_misfire_marks_and_reruns_once(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_misfire_marks_and_reruns_once(
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+) -> None:
     scheduler = make_scheduler()
     release = anyio.Event()
     runs: list[ExecutionSource] = []
@@ -176,7 +188,7 @@ async def test_misfire_marks_and_reruns_once(make_scheduler: Any, sink: MemorySi
         for n in range(1, 4):  # three fires while running collapse into one re-run
             await scheduler.trigger("slow")
             await eventually(
-                lambda n=n: sum("still running" in m for _, m in states(sink, "slow")) == n
+                lambda: sum("still running" in m for _, m in states(sink, "slow")) == n  # noqa: B023 - awaited in this iteration
             )
             assert coord.is_misfired(0) and coord.is_misfired(1)
         release.set()
@@ -195,7 +207,9 @@ async def test_misfire_marks_and_reruns_once(make_scheduler: Any, sink: MemorySi
     assert sources.count(ExecutionSource.MISFIRE) == 2
 
 
-async def test_no_misfire_skips_and_leaves_no_marks(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_no_misfire_skips_and_leaves_no_marks(
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+) -> None:
     scheduler = make_scheduler()
     release = anyio.Event()
     runs = 0
@@ -219,7 +233,7 @@ async def test_no_misfire_skips_and_leaves_no_marks(make_scheduler: Any, sink: M
     assert runs == 1
 
 
-async def test_items_run_concurrently(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_items_run_concurrently(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
     scheduler = make_scheduler()
     n = 8
     active = 0
@@ -240,7 +254,9 @@ async def test_items_run_concurrently(make_scheduler: Any, sink: MemorySink) -> 
     assert all(e.is_success for e in completions(sink.events, "parallel"))
 
 
-async def test_max_concurrency_limits_items(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_max_concurrency_limits_items(
+    make_scheduler: MakeScheduler, sink: MemorySink
+) -> None:
     scheduler = make_scheduler()
     active = peak = 0
 
@@ -259,7 +275,7 @@ async def test_max_concurrency_limits_items(make_scheduler: Any, sink: MemorySin
 
 
 async def test_timeout_cancels_item_and_records_failure(
-    make_scheduler: Any, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: MemorySink
 ) -> None:
     scheduler = make_scheduler()
     cancelled = anyio.Event()
@@ -282,7 +298,9 @@ async def test_timeout_cancels_item_and_records_failure(
     assert states(sink, "hangs")[-1][0] is State.TASK_ERROR
 
 
-async def test_cron_fires_at_scheduled_times(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_cron_fires_at_scheduled_times(
+    make_scheduler: MakeScheduler, sink: MemorySink
+) -> None:
     scheduler = make_scheduler()
     fires: list[tuple[datetime, datetime]] = []
 
@@ -299,7 +317,9 @@ async def test_cron_fires_at_scheduled_times(make_scheduler: Any, sink: MemorySi
     assert all(started >= s for s, started in fires)  # never early
 
 
-async def test_graceful_stop_lets_items_finish(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_graceful_stop_lets_items_finish(
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+) -> None:
     scheduler = make_scheduler(shutdown_grace_period=5)
     started = anyio.Event()
     finished = False
@@ -322,7 +342,7 @@ async def test_graceful_stop_lets_items_finish(make_scheduler: Any, sink: Memory
 
 
 async def test_cancelling_run_gives_grace_then_cancels(
-    make_scheduler: Any, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: MemorySink
 ) -> None:
     scheduler = make_scheduler(shutdown_grace_period=0.3)
     started = anyio.Event()
@@ -347,7 +367,9 @@ async def test_cancelling_run_gives_grace_then_cancels(
     assert not completions(sink.events, "forever")[0].is_success
 
 
-async def test_listeners_run_around_the_fire(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_listeners_run_around_the_fire(
+    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+) -> None:
     calls: list[str] = []
 
     class Recorder(JobListener):
@@ -370,7 +392,7 @@ async def test_listeners_run_around_the_fire(make_scheduler: Any, sink: MemorySi
     assert sorted(calls[1:3]) == ["item 0", "item 1"]
 
 
-async def test_error_handler_raise_stops_the_scheduler(make_scheduler: Any) -> None:
+async def test_error_handler_raise_stops_the_scheduler(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job(error_handler="raise")
@@ -388,7 +410,7 @@ async def test_error_handler_raise_stops_the_scheduler(make_scheduler: Any) -> N
                 await scheduler.run()
 
 
-async def test_dataflow_jobs(make_scheduler: Any, sink: MemorySink) -> None:
+async def test_dataflow_jobs(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
     scheduler = make_scheduler()
     queue = {0: [[1, 2], [3], []], 1: [[10], []]}
     processed: dict[int, list[int]] = {0: [], 1: []}
@@ -396,7 +418,7 @@ async def test_dataflow_jobs(make_scheduler: Any, sink: MemorySink) -> None:
     async def fetch(ctx: ShardingContext) -> list[int]:
         return queue[ctx.sharding_item].pop(0) if queue[ctx.sharding_item] else []
 
-    async def process(ctx: ShardingContext, data: list[int]) -> None:
+    async def process(ctx: ShardingContext, data: Sequence[int]) -> None:
         processed[ctx.sharding_item].extend(data)
 
     scheduler.add_job(
@@ -422,7 +444,7 @@ async def test_dataflow_jobs(make_scheduler: Any, sink: MemorySink) -> None:
     assert OneShot.calls == 1  # not streaming: one fetch, one process
 
 
-async def test_script_jobs(make_scheduler: Any, sink: MemorySink, tmp_path: Path) -> None:
+async def test_script_jobs(make_scheduler: MakeScheduler, sink: MemorySink, tmp_path: Path) -> None:
     scheduler = make_scheduler()
     out = tmp_path / "out"
     out.mkdir()
@@ -449,7 +471,7 @@ async def test_script_jobs(make_scheduler: Any, sink: MemorySink, tmp_path: Path
     )
 
 
-async def test_trigger_errors(make_scheduler: Any) -> None:
+async def test_trigger_errors(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job()
@@ -465,7 +487,7 @@ async def test_trigger_errors(make_scheduler: Any) -> None:
 
 
 async def test_registry_config_change_is_picked_up_live(
-    make_scheduler: Any, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: MemorySink
 ) -> None:
     scheduler = make_scheduler()
     seen: list[ShardingContext] = []
@@ -490,7 +512,9 @@ async def test_start_failure_is_reported(sink: MemorySink) -> None:
         Scheduler(registry="zookeeper://127.0.0.1:notaport/ns")
 
 
-async def test_async_context_manager_stops_cleanly(make_scheduler: Any) -> None:
+async def test_async_context_manager_stops_cleanly(
+    make_scheduler: MakeScheduler, backend: Backend
+) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job(cron="* * * * * ?")
@@ -501,6 +525,28 @@ async def test_async_context_manager_stops_cleanly(make_scheduler: Any) -> None:
             assert "bg" in scheduler.jobs
     with pytest.raises(RuntimeError):
         _ = scheduler.registry  # closed
+
+
+async def test_run_state_follows_the_lifetime(
+    make_scheduler: MakeScheduler, backend: Backend
+) -> None:
+    scheduler = make_scheduler()
+
+    @scheduler.job()
+    async def idle(ctx: ShardingContext) -> None: ...
+
+    def state() -> RunState:  # read afresh (a narrowed attribute would not be)
+        return scheduler.state
+
+    assert state() is RunState.STOPPED
+    with anyio.fail_after(10):
+        async with scheduler:
+            assert state() is RunState.STARTED
+            scheduler.stop()
+            assert state() is RunState.STOPPING
+            with pytest.raises(RuntimeError, match="already running"):
+                await scheduler.run()
+    assert state() is RunState.STOPPED
 
 
 @pytest.fixture(autouse=True)
@@ -519,7 +565,7 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
 
 
 async def test_time_diff_violation_goes_to_the_error_handler(
-    make_scheduler: Any, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: MemorySink
 ) -> None:
     import time
 
@@ -557,7 +603,7 @@ async def test_unreachable_registry_fails_start_with_a_clear_error() -> None:
         await scheduler.run()
 
 
-async def test_task_group_start_returns_once_running(make_scheduler: Any) -> None:
+async def test_task_group_start_returns_once_running(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job()

@@ -25,7 +25,7 @@ import anyio
 import pytest
 
 from aioelastic import Scheduler, Settings
-from aioelastic._paths import JobPaths
+from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from tests.cluster import zk_client
 

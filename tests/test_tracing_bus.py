@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -13,7 +13,9 @@ import anyio
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
+from aioelastic.tracing import MemorySink, TraceBus
+from aioelastic.tracing._codec import decode_event, encode_event
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -21,9 +23,8 @@ from aioelastic._events import (
     State,
     TraceEvent,
 )
-from aioelastic.tracing import MemorySink, TraceBus
-from aioelastic.tracing._codec import decode_event, encode_event
 from aioelastic.tracing._journal import Journal
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -55,13 +56,6 @@ def status(n: int, state: State = State.TASK_RUNNING) -> JobStatusTraceEvent:
 
 def events(count: int) -> list[TraceEvent]:
     return [execution(n) if n % 2 else status(n) for n in range(count)]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def ids(items: Sequence[TraceEvent]) -> list[str]:
@@ -128,7 +122,7 @@ async def test_post_never_blocks_on_a_stalled_sink_and_other_sinks_keep_going() 
             for event in posted[start : start + 100]:
                 bus.post(event)
             elapsed += time.perf_counter() - began
-            await wait_until(lambda n=start + 100: len(healthy.events) == n)  # type: ignore[misc]
+            await eventually(lambda: len(healthy.events) == start + 100, timeout=10)  # noqa: B023 - awaited here
         assert ids(healthy.events) == ids(posted)
         assert stalled.calls == 1 and not stalled.events
         stats = {s.sink: s for s in bus.stats()}
@@ -158,11 +152,11 @@ async def test_batches_by_size_and_by_time() -> None:
         await bus.start(stack)
         for event in events(250):
             bus.post(event)
-        await wait_until(lambda: len(sink.events) == 250)
+        await eventually(lambda: len(sink.events) == 250, timeout=10)
         assert sink.batches[:2] == [100, 100]
         bus.post(status(999))  # a lone event leaves after flush_interval, not batch_size
         started = time.perf_counter()
-        await wait_until(lambda: len(sink.events) == 251)
+        await eventually(lambda: len(sink.events) == 251, timeout=10)
         assert time.perf_counter() - started < 2.0
 
 
@@ -354,7 +348,7 @@ async def test_events_in_memory_are_journaled_before_a_watchdog_exit(tmp_path: P
         await bus.start(stack)
         for event in posted:
             bus.post(event)
-        await wait_until(lambda: sink.calls == 1)  # one batch in flight, the rest queued
+        await eventually(lambda: sink.calls == 1)  # one batch in flight, the rest queued
         assert not journal.exists() or journal.read_text() == ""
         saved = await anyio.to_thread.run_sync(bus.save_before_exit)  # another thread
         assert saved == 30

@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioelastic._events import (
+from aioelastic.tracing import open_trace_store
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -22,7 +23,6 @@ from aioelastic._events import (
     State,
     TraceEvent,
 )
-from aioelastic.tracing import open_trace_store
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ def runs() -> list[TraceEvent]:
         if outcome is not None:
             fields = {n: getattr(start, n) for n in JobExecutionEvent.__dataclass_fields__}
             fields.update(complete_time=NOW - timedelta(days=3), is_success=outcome)
-            events.append(JobExecutionEvent(**fields))  # type: ignore[arg-type]
+            events.append(JobExecutionEvent(**fields))
     events.append(
         JobStatusTraceEvent(
             job_name="payroll",

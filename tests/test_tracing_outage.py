@@ -28,11 +28,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic._events import ExecutionSource, JobExecutionEvent, TraceEvent
-from aioelastic._memory_registry import MemoryStore
 from aioelastic.metrics import PrometheusMetrics
+from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink, PostgresSink, TraceBus
 from aioelastic.tracing._codec import encode_event
+from aioelastic.tracing._events import ExecutionSource, JobExecutionEvent, TraceEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -202,7 +202,7 @@ async def test_the_scheduler_keeps_running_with_a_full_disk_journal_and_a_raisin
         os.symlink("/dev/full", journal)
         for fire in range(1, 6):
             await scheduler.trigger("settlement")
-            await until(lambda fire=fire: runs >= 2 * fire)  # type: ignore[misc]
+            await until(lambda: runs >= 2 * fire)  # noqa: B023 - awaited in this iteration
         bus = scheduler.trace_bus
         by_sink = {s.sink: s for s in bus.stats()}
         await until(lambda: bus.stats()[0].journal_errors >= 1)

@@ -14,7 +14,8 @@ import anyio
 import asyncpg
 import pytest
 
-from aioelastic._events import (
+from aioelastic.tracing import PostgresSink, TraceBus, create_sink, open_trace_store
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
@@ -23,7 +24,6 @@ from aioelastic._events import (
     TraceEvent,
     format_failure,
 )
-from aioelastic.tracing import PostgresSink, TraceBus, create_sink, open_trace_store
 from tests.harness.postgres import PostgresServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

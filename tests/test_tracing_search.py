@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
-    ExecutionSource,
-    ExecutionType,
-    JobExecutionEvent,
-    JobStatusTraceEvent,
-    State,
-    TraceEvent,
-)
 from aioelastic.tracing import (
     ExecutionRecord,
     SqliteSink,
     TraceStore,
     create_sink,
     open_trace_store,
+)
+from aioelastic.tracing._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    State,
+    TraceEvent,
 )
 
 pytestmark = pytest.mark.anyio
@@ -94,7 +94,7 @@ def dataset() -> list[TraceEvent]:
 DATASET = dataset()
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def trace_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)

@@ -9,21 +9,22 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from aioelastic._errors import ConfigError
-from aioelastic._events import (
+from aioelastic._executor import make_task_id as reexported
+from aioelastic._task_id import TASK_ID_LIMIT, make_task_id, parse_task_id
+from aioelastic.tracing import TraceStore, open_trace_store
+from aioelastic.tracing._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,
     JobStatusTraceEvent,
     State,
 )
-from aioelastic._executor import make_task_id as reexported
-from aioelastic._task_id import TASK_ID_LIMIT, make_task_id, parse_task_id
-from aioelastic.tracing import TraceStore, open_trace_store
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +63,7 @@ INJECTIONS = [
 ]
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
 def trace_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)
@@ -196,7 +197,7 @@ async def test_failure_filter_and_stats_count_completed_rows_only(store: TraceSt
     assert await search.job_stats() == [stats]
 
 
-def _fields(e: JobExecutionEvent) -> dict[str, object]:
+def _fields(e: JobExecutionEvent) -> dict[str, Any]:
     return {name: getattr(e, name) for name in JobExecutionEvent.__dataclass_fields__}
 
 

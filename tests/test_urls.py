@@ -14,7 +14,7 @@ import pytest
 
 from aioelastic import ConfigError, Settings
 from aioelastic._urls import parse_registry_url, parse_tracing_url, redact_url
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import ZooKeeperRegistry
 from aioelastic.tracing._postgres import create_pool
 from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import free_port

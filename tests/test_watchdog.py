@@ -35,7 +35,8 @@ def blocking_call(until: threading.Event) -> None:
 class EventHandler(logging.Handler):
     def __init__(self, match: Callable[[logging.LogRecord], bool]) -> None:
         super().__init__()
-        self.match, self.seen, self.records = match, threading.Event(), []
+        self.match, self.seen = match, threading.Event()
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.match(record):

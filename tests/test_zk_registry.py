@@ -19,7 +19,9 @@ from aioelastic._errors import (
     SessionLostError,
     TransactionFailedError,
 )
-from aioelastic._registry import (
+from aioelastic._urls import parse_registry_url
+from aioelastic.registry import (
+    SESSION_LOSS_FRACTION,
     CheckOp,
     CreateOp,
     DeleteOp,
@@ -30,9 +32,8 @@ from aioelastic._registry import (
     SetOp,
     WatchEvent,
     WatchEventType,
+    ZooKeeperRegistry,
 )
-from aioelastic._urls import parse_registry_url
-from aioelastic._zk_registry import SESSION_LOSS_FRACTION, ZooKeeperRegistry
 from tests.harness.zookeeper import (
     Recorder,
     ZooKeeperServer,

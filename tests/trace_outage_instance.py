@@ -37,4 +37,4 @@ async def main(tracing_url: str, journal: str, runs_file: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:4])
+    anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])

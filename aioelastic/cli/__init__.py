@@ -12,8 +12,12 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from .. import __version__
-from .._errors import AioelasticError, ConfigError, JobNotFoundError, SessionLostError
-from .._operations import NotFoundError
+from .._errors import (
+    AioelasticError,
+    ConfigError,
+    NotFoundError,
+    SessionLostError,
+)
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -288,11 +292,11 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def _exit_code(exc: BaseException) -> int | None:
     """The exit code of an expected error (printed on one line), None for anything else."""
-    from ._trace import TraceUnreachableError
+    from .._errors import TraceUnreachableError
 
     if isinstance(exc, ConfigError):
         return _fail(EXIT_USAGE, str(exc))
-    if isinstance(exc, JobNotFoundError | NotFoundError):
+    if isinstance(exc, NotFoundError):  # JobNotFoundError too
         return _fail(EXIT_NOT_FOUND, str(exc))
     if isinstance(exc, SessionLostError | TraceUnreachableError):
         return _fail(EXIT_UNREACHABLE, str(exc))

@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .._config import JobConfig, load_settings
-from .._errors import ConfigError
-from .._operations import JobStatus, OperationRefusedError, Operations
-from .._paths import invalid_path_reason
-from .._urls import RegistryURL, parse_registry_url
+from .._errors import ConfigError, OperationRefusedError
+from .._operations import JobStatus, Operations
+from .._urls import RegistryURL
+from ..registry._paths import invalid_path_reason
 from ._format import write_json, write_table
 
 __all__ = ["registry_url", "run_registry_command"]
@@ -42,8 +42,7 @@ class _Call:
 def registry_url(args: argparse.Namespace) -> RegistryURL:
     """``--registry`` or ``AIOELASTIC_REGISTRY_URL`` (with ``AIOELASTIC_REGISTRY_USERNAME`` /
     ``..._PASSWORD``); the embedded ``memory://`` registry is refused (it lives in one process)."""
-    settings = load_settings(registry_url=getattr(args, "registry", None))
-    url = parse_registry_url(settings.registry_url.get_secret_value())
+    url = load_settings(registry_url=getattr(args, "registry", None)).registry()
     if url.scheme == "memory":
         raise ConfigError(
             "registry_url",
@@ -51,8 +50,6 @@ def registry_url(args: argparse.Namespace) -> RegistryURL:
             "the CLI needs a zookeeper:// URL (--registry or AIOELASTIC_REGISTRY_URL); "
             "a memory:// registry lives inside one process",
         )
-    if settings.registry_username and url.username is None:
-        url = replace(url, username=settings.registry_username, password=settings.registry_password)
     return url
 
 

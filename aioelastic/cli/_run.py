@@ -12,23 +12,15 @@ import traceback
 
 import anyio
 
-from .._errors import AioelasticError, ConfigError
+from .._errors import ConfigError, TargetImportError
 from .._scheduler import Scheduler
 
-__all__ = ["EXIT_FORCED", "TargetImportError", "load_scheduler", "run_scheduler_command"]
+__all__ = ["EXIT_FORCED", "load_scheduler", "run_scheduler_command"]
 
 log = logging.getLogger("aioelastic.cli")
 
 #: ``aioelastic run``'s exit status after a second stop signal cancelled running items.
 EXIT_FORCED = 130
-
-
-class TargetImportError(AioelasticError):
-    """The user's module raised while being imported (its traceback is in ``error``)."""
-
-    def __init__(self, module: str, error: BaseException) -> None:
-        super().__init__(f"importing {module!r} failed (traceback above)")
-        self.error = error
 
 
 def load_scheduler(target: str, app_dir: str = ".") -> Scheduler:

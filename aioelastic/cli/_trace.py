@@ -20,26 +20,18 @@ import anyio
 import asyncpg
 
 from .._config import load_settings
-from .._errors import AioelasticError, ConfigError
-from .._events import State
+from .._errors import ConfigError, TraceQueryError, TraceUnreachableError
 from .._urls import TracingURL, parse_tracing_url
 from ..tracing import TraceSearch, open_trace_store
+from ..tracing._events import State
 from ..tracing._search import SqlTraceSearch
 from ..tracing._sqlite import sqlite_path
 from ._format import parse_time, write_json, write_table
 
-__all__ = ["TraceQueryError", "TraceUnreachableError", "run_trace_command"]
+__all__ = ["run_trace_command"]
 
 #: Exit code of ``trace purge`` without ``--yes`` (nothing deleted).
 EXIT_NOT_CONFIRMED = 1
-
-
-class TraceUnreachableError(Exception):
-    """The trace database could not be reached (exit code 4)."""
-
-
-class TraceQueryError(AioelasticError):
-    """The database refused a trace query (exit code 1)."""
 
 
 def tracing_url(args: argparse.Namespace) -> TracingURL:

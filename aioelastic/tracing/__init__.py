@@ -27,8 +27,8 @@ Existing tables (ElasticJob's) are used as they are: see ``_schema`` for widths 
 
 from __future__ import annotations
 
-from .._events import TraceSink
 from ._bus import ClosableSink, SinkStats, TraceBus
+from ._events import TraceSink
 from ._factory import TraceStore, create_sink, default_journal_path, open_trace_store
 from ._postgres import PostgresSearch, PostgresSink
 from ._schema import EXECUTION_TABLE, STATUS_TABLE

@@ -42,7 +42,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._errors import ConfigError
-from .._events import TraceEvent, TraceSink
+from ._events import TraceEvent, TraceSink
 from ._journal import Journal
 
 __all__ = ["ClosableSink", "SinkStats", "TraceBus"]
@@ -520,7 +520,6 @@ class TraceBus:
         self._journal_path = journal_path
         self._lanes: list[_Lane] = []
         self._started = False
-        self.posted = 0
         for sink in sinks:
             self.subscribe(sink)
 
@@ -550,7 +549,6 @@ class TraceBus:
     def post(self, event: TraceEvent) -> None:
         """Hand ``event`` to every sink. Synchronous; never blocks on a sink, never raises."""
         try:
-            self.posted += 1
             for lane in self._lanes:
                 lane.offer(event)
         except Exception:
@@ -598,7 +596,7 @@ class TraceBus:
         try:
             with anyio.fail_after(_CLEANUP_TIMEOUT):
                 await anyio.to_thread.run_sync(journal.open)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:  # TimeoutError included
             lane.journal_errors += 1
             log.error(
                 "trace sink %s: journal %s unusable (%r); overflow will be dropped",

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from .._events import (
+from ._events import (
     ExecutionSource,
     ExecutionType,
     JobExecutionEvent,

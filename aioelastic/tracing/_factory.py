@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 
 from .._errors import ConfigError
-from .._events import TraceSink
 from .._urls import TracingURL, parse_tracing_url
+from ._events import TraceSink
 from ._postgres import PostgresSearch, PostgresSink, create_pool, ensure_schema
 from ._search import TraceSearch
 from ._sinks import LoggingSink, MemorySink

@@ -34,8 +34,8 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
-from .._events import TraceEvent
 from ._codec import decode_event, encode_event
+from ._events import TraceEvent
 
 __all__ = ["Journal"]
 

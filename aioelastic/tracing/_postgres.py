@@ -20,23 +20,20 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
-from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
+from ._events import State, TraceEvent
+from ._rows import OriginalTaskIds, WrittenColumns, execution_values, prepare_batch, status_values
 from ._schema import (
     BOOLEAN,
-    EXECUTION_COLUMNS,
     EXECUTION_TABLE,
     INTEGER,
     POSTGRES_DDL,
-    STATUS_COLUMNS,
     STATUS_TABLE,
     TEXT,
     TIMESTAMP,
     TIMESTAMPTZ,
     Column,
     TableLayout,
-    check_layouts,
     postgres_column,
     upsert_clause,
 )
@@ -145,15 +142,11 @@ def _columns_of(
     ]
 
 
-class _Statements:
+class _Statements(WrittenColumns):
     """The sink's statements for the tables as they are."""
 
     def __init__(self, executions: TableLayout, statuses: TableLayout) -> None:
-        check_layouts(executions, statuses)
-        self.executions = executions
-        self.statuses = statuses
-        self.execution_columns = executions.present(EXECUTION_COLUMNS)
-        self.status_columns = statuses.present(STATUS_COLUMNS)
+        super().__init__(executions, statuses)
         names = ", ".join(self.execution_columns)
         self.upsert = (
             f"INSERT INTO {EXECUTION_TABLE} AS t ({names})"  # noqa: S608 - whitelisted names

@@ -22,14 +22,15 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
 from .._task_id import format_items
-from ._schema import TableLayout
+from ._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from ._schema import EXECUTION_COLUMNS, STATUS_COLUMNS, TableLayout, check_layouts
 
 __all__ = [
     "MESSAGE_LIMIT",
     "OriginalTaskIds",
     "PreparedBatch",
+    "WrittenColumns",
     "clean_text",
     "cut_text",
     "execution_values",
@@ -205,3 +206,15 @@ def prepare_batch(batch: Sequence[TraceEvent], originals: OriginalTaskIds) -> Pr
         statuses=[(event, resolved[event.id]) for event in statuses],
         backfill=backfill,
     )
+
+
+class WrittenColumns:
+    """The columns a sink writes, for the trace tables as they are (a column an older table
+    lacks is left out); ``check_layouts`` refuses tables it cannot write."""
+
+    def __init__(self, executions: TableLayout, statuses: TableLayout) -> None:
+        check_layouts(executions, statuses)
+        self.executions = executions
+        self.statuses = statuses
+        self.execution_columns = executions.present(EXECUTION_COLUMNS)
+        self.status_columns = statuses.present(STATUS_COLUMNS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .._events import TraceEvent
+from ._events import TraceEvent
 
 __all__ = ["LoggingSink", "MemorySink"]
 

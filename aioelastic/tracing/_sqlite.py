@@ -21,18 +21,15 @@ import anyio
 import anyio.to_thread
 
 from .._errors import ConfigError
-from .._events import State, TraceEvent
 from .._urls import TracingURL, parse_tracing_url
-from ._rows import OriginalTaskIds, execution_values, prepare_batch, status_values
+from ._events import State, TraceEvent
+from ._rows import OriginalTaskIds, WrittenColumns, execution_values, prepare_batch, status_values
 from ._schema import (
-    EXECUTION_COLUMNS,
     EXECUTION_TABLE,
     SQLITE_DDL,
-    STATUS_COLUMNS,
     STATUS_TABLE,
     Column,
     TableLayout,
-    check_layouts,
     sqlite_column,
     upsert_clause,
 )
@@ -147,15 +144,11 @@ def _bind(value: object) -> object:
     return value
 
 
-class _Statements:
+class _Statements(WrittenColumns):
     """The sink's statements for the tables as they are."""
 
     def __init__(self, executions: TableLayout, statuses: TableLayout) -> None:
-        check_layouts(executions, statuses)
-        self.executions = executions
-        self.statuses = statuses
-        self.execution_columns = executions.present(EXECUTION_COLUMNS)
-        self.status_columns = statuses.present(STATUS_COLUMNS)
+        super().__init__(executions, statuses)
         marks = ", ".join("?" for _ in self.execution_columns)
         self.upsert = (
             f"INSERT INTO {EXECUTION_TABLE} ({', '.join(self.execution_columns)})"  # noqa: S608

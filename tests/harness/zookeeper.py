@@ -37,8 +37,7 @@ import pytest
 from aiozk import protocol
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from aioelastic._registry import Registry, SessionEvent, SessionState
-from aioelastic._zk_registry import ZooKeeperRegistry
+from aioelastic.registry import Registry, SessionEvent, SessionState, ZooKeeperRegistry
 
 __all__ = [
     "EnsembleMember",

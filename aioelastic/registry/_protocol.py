@@ -1,8 +1,8 @@
 """The registry protocol: the small surface of ZooKeeper that the coordination code uses.
 
-Two backends implement it: the embedded ``memory://`` registry (``_memory_registry``) and
-ZooKeeper (``_zk_registry``). Coordination code is written against this protocol only, so the
-embedded mode runs the very same code as the distributed one.
+Two backends implement it: the embedded ``memory://`` registry (``_memory``) and ZooKeeper
+(``_zookeeper``, over its wire connection in ``_wire``). Coordination code is written against
+this protocol only, so the embedded mode runs the very same code as the distributed one.
 
 Semantics follow ZooKeeper:
 
@@ -20,13 +20,10 @@ Semantics follow ZooKeeper:
 from __future__ import annotations
 
 import enum
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-
-from ._observer import hook_name
 
 __all__ = [
     "CheckOp",
@@ -42,10 +39,7 @@ __all__ = [
     "WatchEvent",
     "WatchEventType",
     "Watcher",
-    "notify_session_listeners",
 ]
-
-log = logging.getLogger("aioelastic.registry")
 
 
 class SessionState(enum.Enum):
@@ -69,18 +63,6 @@ class SessionEvent:
 
 
 SessionListener = Callable[[SessionEvent], None]
-
-
-def notify_session_listeners(listeners: Iterable[SessionListener], event: SessionEvent) -> None:
-    """Call every listener with ``event``, each on its own: one that raises is logged with its
-    name and the others (and the backend's session handling) go on."""
-    for listener in list(listeners):
-        try:
-            listener(event)
-        except Exception:
-            log.exception(
-                "session listener %s raised on %s; ignored", hook_name(listener), event.state.value
-            )
 
 
 class WatchEventType(enum.Enum):

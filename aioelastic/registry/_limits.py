@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ._errors import PacketTooLargeError
-from ._registry import CreateOp, Op, SetOp
+from .._errors import PacketTooLargeError
+from ._protocol import CreateOp, Op, SetOp
 
 __all__ = [
     "CHUNK_BUDGET",

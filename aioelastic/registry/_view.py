@@ -17,8 +17,8 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
-from ._errors import NoNodeError, RegistryError, SessionLostError
-from ._registry import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
+from .._errors import NoNodeError, RegistryError, SessionLostError
+from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
 __all__ = ["Subscription", "TreeView"]
 
@@ -65,7 +65,6 @@ class TreeView:
         self._watcher = self._on_watch  # one object, so registries can de-duplicate it
         self._changed = anyio.Event()
         self._fresh = False
-        self.generation = 0
         self._subscriptions: list[Subscription] = []
         self._batch: set[str] = set()  # paths changed since the last signal
         self._everything = False  # a resync: every subscription hears about it
@@ -144,7 +143,6 @@ class TreeView:
             self._send.close()
 
     def _signal(self) -> None:
-        self.generation += 1
         self._changed.set()
         self._changed = anyio.Event()
         batch, everything = self._batch, self._everything

@@ -1,9 +1,9 @@
 """The ZooKeeper registry: the ``Registry`` protocol over aiozk's wire protocol.
 
 aiozk gives us the jute wire format (``aiozk.protocol`` requests and responses, ``ACL``,
-``Stat``, ``aiozk.exc`` error codes). Everything above it is ours: framing on an anyio socket,
-the session and its supervisor, heartbeats, reconnection, watches, recipes. aiozk's ``Session``
-is unfit for a coordinator (DESIGN.md and the pitfalls below) and fixing it would mean
+``Stat``, ``aiozk.exc`` error codes). Everything above it is ours: framing on an anyio socket
+(``_wire``), the session and its supervisor (here), heartbeats, reconnection, watches, recipes.
+aiozk's ``Session`` is unfit for a coordinator (see the pitfalls below) and fixing it would mean
 overriding most of it, so we do not use ``ZKClient``/``Session`` at all.
 
 Session rule (``T`` = the session timeout negotiated with the server):
@@ -57,29 +57,22 @@ failed multi returns a falsy result; ``close()`` can hang; unknown error codes a
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import math
 import random
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 from aiozk import exc as zk_exc
 from aiozk import protocol
-from aiozk.protocol.acl import ACL
-from anyio.abc import SocketAttribute
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._errors import (
-    BadVersionError,
+from .._errors import (
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -87,24 +80,33 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from .._urls import RegistryURL
+from ._base import ListenerBase
 from ._limits import check_request, create_size, set_size, transaction_size
 from ._paths import validate_path as _check_path
-from ._registry import (
+from ._protocol import (
     CheckOp,
     CreateOp,
     DeleteOp,
     Op,
     SessionEvent,
-    SessionListener,
     SessionState,
     SetOp,
     Stat,
     Watcher,
     WatchEvent,
     WatchEventType,
-    notify_session_listeners,
 )
-from ._urls import RegistryURL
+from ._wire import (
+    CONNECTION_ERRORS,
+    Connection,
+    ServerError,
+    make_acl,
+    map_error,
+    parse_hosts,
+    show_host,
+    to_stat,
+)
 
 __all__ = ["SESSION_LOSS_FRACTION", "ZooKeeperRegistry"]
 
@@ -115,37 +117,11 @@ SESSION_LOSS_FRACTION = 2 / 3
 _SUSPEND_FRACTION = 1 / 2
 _PING_FRACTION = 1 / 4
 
-_SIZE = struct.Struct("!i")
-_REPLY_HEADER = struct.Struct("!iqi")
-_MAX_FRAME = 64 * 1024 * 1024
-_WATCH_XID = -1
-_PING_XID = -2
-_AUTH_XID = -4
 _SET_WATCHES_BATCH = 128 * 1024  # bytes of paths per SetWatches request, as the Java client
 _RETRY_PAUSE = (0.05, 1.0)  # pause between connection rounds: first, maximum
 _EPHEMERAL, _SEQUENTIAL = 1, 2
 _MAX_ATTEMPTS = 8  # make_parents / recursive delete rounds against concurrent changes
 _RETIRE_TRIES = 3  # attempts to close a lost session on a reachable server before giving up
-
-_CONNECTION_ERRORS = (
-    OSError,
-    EOFError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.IncompleteRead,
-)
-
-_ERROR_TYPES: tuple[tuple[Any, type[RegistryError]], ...] = (
-    (zk_exc.NoNode, NoNodeError),
-    (zk_exc.NodeExists, NodeExistsError),
-    (zk_exc.BadVersion, BadVersionError),
-    (zk_exc.NotEmpty, NotEmptyError),
-    (zk_exc.ConnectionLoss, SessionLostError),
-    (zk_exc.SessionExpired, SessionLostError),
-    (zk_exc.SessionMoved, SessionLostError),
-    (zk_exc.OperationTimeout, SessionLostError),
-)
 
 _EVENT_TYPES = {
     protocol.WatchEvent.CREATED: WatchEventType.CREATED,
@@ -155,234 +131,12 @@ _EVENT_TYPES = {
 }
 
 
-class _ServerError(Exception):
-    """A non-zero error code in a reply, kept as the aiozk exception until mapped."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def _response_error(code: int) -> Exception:
-    if code in zk_exc.response_error_xref:  # aiozk's fallback prints unknown codes to stdout
-        error: Exception = zk_exc.response_error_xref[code]()
-        return error
-    return RegistryError(f"ZooKeeper error code {code}")
-
-
-def _map_error(error: Exception, path: str) -> RegistryError:
-    if isinstance(error, RegistryError):
-        return error
-    for zk_type, ours in _ERROR_TYPES:
-        if isinstance(error, zk_type):
-            return ours(f"{path}: {type(error).__name__}")
-    if isinstance(error, zk_exc.NoAuth):
-        return RegistryError(f"{path}: not authorized (NoAuth): the node's ACL denies this client")
-    return RegistryError(f"{path}: ZooKeeper error {type(error).__name__}")
-
-
-def _stat(raw: Any) -> Stat:
-    return Stat(
-        version=int(raw.version),
-        mtime=raw.modified / 1000.0,
-        ephemeral_owner=int(raw.ephemeral_owner),
-        num_children=int(raw.num_children),
-    )
-
-
 def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
 
 
 def _child(path: str, name: str) -> str:
     return f"{path.rstrip('/')}/{name}"
-
-
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_hosts(hosts: str) -> list[tuple[str, int]]:
-    out = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
-def _make_acl(url: RegistryURL) -> list[Any]:
-    """ALL for our digest identity + READ for the world; open without credentials."""
-    if url.username is None or url.password is None:
-        return [protocol.UNRESTRICTED_ACCESS]
-    secret = f"{url.username}:{url.password.get_secret_value()}".encode()
-    digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()  # noqa: S324 - ZK's scheme
-    ours = ACL.make("digest", f"{url.username}:{digest}", True, True, True, True, True)
-    return [ours, protocol.WORLD_READABLE]
-
-
-@dataclass(eq=False)
-class _Call:
-    """A request waiting for its reply on one connection."""
-
-    opcode: int
-    sent_at: float
-    on_reply: Callable[[Any, Exception | None], None] | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    response: Any = None
-    error: Exception | None = None
-
-
-class _Connection:
-    """One TCP connection to one server: framing, request/reply matching, pings."""
-
-    def __init__(self, stream: anyio.abc.SocketStream, host: str, last_zxid: int) -> None:
-        self.host = host
-        self.last_zxid = last_zxid
-        now = anyio.current_time()
-        self.acked_at = now  # send time of the newest request the server answered
-        self.last_send = now
-        self.closed = anyio.Event()
-        self._stream = stream
-        self._reader = BufferedByteReceiveStream(stream)
-        self._send_lock = anyio.Lock()
-        self._pending: dict[int, _Call] = {}
-        self.ping_sent_at: float | None = None  # the one outstanding ping, if any
-        self._xid = 0
-        self._on_closed: Callable[[_Connection], None] | None = None
-
-    @classmethod
-    async def open(cls, host: str, port: int, last_zxid: int) -> _Connection:
-        stream = await anyio.connect_tcp(host, port)
-        return cls(stream, _show(host, port), last_zxid)
-
-    @property
-    def raw_socket(self) -> socket.socket:
-        sock: socket.socket = self._stream.extra(SocketAttribute.raw_socket)  # noqa: S610
-        return sock
-
-    async def _write(self, payload: bytes) -> None:
-        await self._stream.send(_SIZE.pack(len(payload)) + payload)  # one atomic write
-        self.last_send = anyio.current_time()
-
-    async def _read_frame(self) -> bytes:
-        (size,) = _SIZE.unpack(await self._reader.receive_exactly(_SIZE.size))
-        if not 0 <= size <= _MAX_FRAME:
-            raise EOFError(f"bad frame size {size} from {self.host}")
-        return await self._reader.receive_exactly(size)
-
-    async def handshake(self, request: Any) -> Any:
-        """Send the ConnectRequest and read the ConnectResponse (before ``run``)."""
-        sent = anyio.current_time()
-        await self._write(request.serialize())
-        response = protocol.ConnectResponse.deserialize(await self._read_frame())
-        self.acked_at = sent
-        return response
-
-    async def authenticate(self, credentials: bytes) -> None:
-        """Digest auth (before ``run``); the server answers on the special auth xid."""
-        request = protocol.AuthRequest(type=0, scheme="digest", auth=credentials)
-        await self._write(request.serialize(_AUTH_XID))
-        xid, _, err = _REPLY_HEADER.unpack_from(await self._read_frame())
-        if xid != _AUTH_XID or err:
-            raise RegistryError(f"digest authentication refused by {self.host} (code {err})")
-
-    async def call(
-        self, request: Any, on_reply: Callable[[Any, Exception | None], None] | None = None
-    ) -> Any:
-        """Send a request and wait for its reply; ``_ServerError`` for an error code."""
-        xid = 0
-        try:
-            async with self._send_lock:
-                if self.closed.is_set():
-                    raise SessionLostError(f"connection to {self.host} is closed")
-                self._xid = xid = self._xid % 0x7FFFFFFF + 1
-                pending = _Call(request.opcode, anyio.current_time(), on_reply)
-                self._pending[xid] = pending
-                await self._write(request.serialize(xid))
-            await pending.done.wait()
-        except _CONNECTION_ERRORS as error:
-            raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
-        finally:
-            self._pending.pop(xid, None)  # abandoned (cancelled): a late reply is dropped
-        if pending.error is not None:
-            raise pending.error
-        return pending.response
-
-    async def ping(self) -> None:
-        """Send a ping unless one is outstanding; its reply acknowledges its send time."""
-        async with self._send_lock:
-            if self.closed.is_set() or self.ping_sent_at is not None:
-                return
-            self.ping_sent_at = anyio.current_time()
-            with contextlib.suppress(*_CONNECTION_ERRORS):  # the reader sees the breakage
-                await self._write(protocol.PingRequest().serialize(_PING_XID))
-
-    async def run(
-        self, on_event: Callable[[Any], None], on_closed: Callable[[_Connection], None]
-    ) -> None:
-        """Read replies and watch events until the connection ends; then fail what waits."""
-        self._on_closed = on_closed
-        reason = "closed"
-        try:
-            while True:
-                frame = await self._read_frame()
-                if self.closed.is_set():
-                    return  # aborted: nothing of this connection is delivered any more
-                self._dispatch(frame, on_event)
-        except _CONNECTION_ERRORS as error:
-            reason = repr(error)
-        except Exception as error:  # a protocol bug must not take the registry down
-            log.exception("ZooKeeper connection to %s: unreadable reply", self.host)
-            reason = repr(error)
-        finally:
-            self._shutdown(reason)
-
-    def _dispatch(self, frame: bytes, on_event: Callable[[Any], None]) -> None:
-        xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
-        body = frame[_REPLY_HEADER.size :]
-        if xid == _WATCH_XID:
-            on_event(protocol.WatchEvent.deserialize(body))
-            return
-        if xid == _PING_XID:
-            if self.ping_sent_at is not None:
-                self.acked_at = max(self.acked_at, self.ping_sent_at)
-                self.ping_sent_at = None
-            return
-        pending = self._pending.pop(xid, None)
-        if pending is None:
-            return  # the caller gave up; its reply is dropped
-        self.acked_at = max(self.acked_at, pending.sent_at)
-        if zxid > 0:
-            self.last_zxid = max(self.last_zxid, zxid)
-        if err:
-            pending.error = _ServerError(_response_error(err))
-        else:
-            pending.response = protocol.response_xref[pending.opcode].deserialize(body)
-        if pending.on_reply is not None:
-            error = pending.error.error if isinstance(pending.error, _ServerError) else None
-            pending.on_reply(pending.response, error)
-        pending.done.set()
-
-    def _shutdown(self, reason: str) -> None:
-        if not self.closed.is_set():
-            log.debug("ZooKeeper connection to %s ended: %s", self.host, reason)
-        self.closed.set()
-        for pending in self._pending.values():
-            pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
-            pending.done.set()
-        self._pending.clear()
-        on_closed, self._on_closed = self._on_closed, None
-        if on_closed is not None:
-            on_closed(self)
-
-    def abort(self, reason: str) -> None:
-        """End the connection now (sync): waiting calls fail, the reader dispatches no more."""
-        self._shutdown(reason)
-
-    async def aclose(self) -> None:
-        self._shutdown("closed by us")
-        with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
 
 
 _DATA, _EXIST, _CHILD = "data", "exist", "child"  # the server's three kinds of watch
@@ -434,17 +188,18 @@ class _SessionExpiredError(Exception):
     """The server refused to resume the session: it expired."""
 
 
-class ZooKeeperRegistry:
+class ZooKeeperRegistry(ListenerBase):
     """A ZooKeeper session implementing the ``Registry`` protocol (see the module docstring)."""
 
     def __init__(self, url: RegistryURL, *, request_timeout: float | None = None) -> None:
+        super().__init__()
         if url.scheme != "zookeeper":
             raise ValueError(f"not a zookeeper:// URL: {url}")
         self.url = url
-        self._hosts = _parse_hosts(url.hosts)
+        self._hosts = parse_hosts(url.hosts)
         self._chroot = url.chroot
         self._request_timeout = request_timeout or url.session_timeout
-        self._acl = _make_acl(url)
+        self._acl = make_acl(url)
         self._credentials = (
             None
             if url.username is None or url.password is None
@@ -452,13 +207,12 @@ class ZooKeeperRegistry:
         )
         self._state = SessionState.LOST
         self._state_changed = anyio.Event()
-        self._listeners: list[SessionListener] = []
         self._watches = _Watches()
         self._session_id = 0
         self._password = b"\x00" * 16
         self._timeout = url.session_timeout
         self._last_zxid = 0
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._retire: _Retiring | None = None
         # Where the first connection attempt goes: random, as ZooKeeper's clients shuffle the
         # connect string, so the instances of a service spread over the ensemble's servers.
@@ -503,9 +257,6 @@ class ZooKeeperRegistry:
         """The current connection's TCP socket, for fault-injection tests; else None."""
         return self._conn.raw_socket if self._conn is not None else None
 
-    def add_session_listener(self, listener: SessionListener) -> None:
-        self._listeners.append(listener)
-
     def abandon_session(self, reason: str) -> None:
         """Give the session up now: LOST, close it on the server, then a new session."""
         if not self._started or self._closing or self._state is SessionState.LOST:
@@ -513,10 +264,6 @@ class ZooKeeperRegistry:
         self._declare_lost(f"abandoned: {reason}", retire=True)
         if self._conn is not None:
             self._conn.abort("session abandoned")
-
-    def remove_session_listener(self, listener: SessionListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -559,7 +306,7 @@ class ZooKeeperRegistry:
             if conn is not None:
                 try:
                     await conn.call(protocol.CloseRequest())
-                except (RegistryError, _ServerError) as error:
+                except (RegistryError, ServerError) as error:
                     log.debug("closing ZooKeeper session: %r", error)
         self._watches.clear()
         self._set_state(SessionState.LOST)
@@ -570,7 +317,7 @@ class ZooKeeperRegistry:
     # -- session supervisor ---------------------------------------------------------------
 
     async def _supervise(
-        self, conn: _Connection, resumed: bool, *, task_status: anyio.abc.TaskStatus[None]
+        self, conn: Connection, resumed: bool, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         while True:
             await self._serve(conn, resumed, task_status)
@@ -579,7 +326,7 @@ class ZooKeeperRegistry:
                 return
             conn, resumed = await self._recover(conn)
 
-    async def _first_connection(self) -> tuple[_Connection, bool]:
+    async def _first_connection(self) -> tuple[Connection, bool]:
         per_attempt = self.url.connect_timeout / len(self._hosts)
         with anyio.move_on_after(self.url.connect_timeout):
             pause = _RETRY_PAUSE[0]
@@ -590,7 +337,7 @@ class ZooKeeperRegistry:
                         return attempt
                 await anyio.sleep(pause)
                 pause = min(pause * 2, _RETRY_PAUSE[1])
-        shown = [_show(host, port) for host, port in self._hosts]
+        shown = [show_host(host, port) for host, port in self._hosts]
         tried = "; ".join(f"{h}: {self._host_errors.get(h, 'not reached in time')}" for h in shown)
         raise SessionLostError(
             f"cannot connect to ZooKeeper at {self.url.hosts} within "
@@ -599,7 +346,7 @@ class ZooKeeperRegistry:
         )
 
     async def _serve(
-        self, conn: _Connection, resumed: bool, task_status: anyio.abc.TaskStatus[None]
+        self, conn: Connection, resumed: bool, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         """Run one connection: reader, watch re-arming, CONNECTED, keepalive until it dies."""
         try:
@@ -616,14 +363,14 @@ class ZooKeeperRegistry:
             self._last_zxid = max(self._last_zxid, conn.last_zxid)
             await conn.aclose()
 
-    def _on_connection_closed(self, conn: _Connection) -> None:
+    def _on_connection_closed(self, conn: Connection) -> None:
         """SUSPENDED as soon as the connection ends, before any failed request resumes."""
         if conn is self._conn:
             self._conn = None
             if not self._closing and self._state is SessionState.CONNECTED:
                 self._set_state(SessionState.SUSPENDED)
 
-    async def _keepalive(self, conn: _Connection) -> None:
+    async def _keepalive(self, conn: Connection) -> None:
         """Ping when idle; return when the connection ends or stays silent too long."""
         ping_every = self._timeout * _PING_FRACTION
         silent_max = self._timeout * _SUSPEND_FRACTION
@@ -647,7 +394,7 @@ class ZooKeeperRegistry:
             with anyio.move_on_after(wake - now):
                 await conn.closed.wait()
 
-    async def _recover(self, dead: _Connection) -> tuple[_Connection, bool]:
+    async def _recover(self, dead: Connection) -> tuple[Connection, bool]:
         """Reconnect: resume the session while SUSPENDED, until it is lost; then a new one."""
         loss_at = dead.acked_at + self._timeout * SESSION_LOSS_FRACTION
         if self._state is SessionState.SUSPENDED:
@@ -678,7 +425,7 @@ class ZooKeeperRegistry:
             await anyio.sleep(wait)
             pause = min(pause * 2, _RETRY_PAUSE[1])
 
-    async def _attempt(self, loss_at: float, budget: float) -> tuple[_Connection, bool] | None:
+    async def _attempt(self, loss_at: float, budget: float) -> tuple[Connection, bool] | None:
         """One connection attempt to the next host; (connection, resumed) or None."""
         host, port = self._hosts[self._next_host % len(self._hosts)]
         self._next_host += 1
@@ -694,16 +441,17 @@ class ZooKeeperRegistry:
                 except _SessionExpiredError:
                     self._declare_lost("ZooKeeper reports the session expired", retire=False)
                     return await self._open(host, port, resume=False)
-        except (*_CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
+        except (*CONNECTION_ERRORS, TimeoutError, RegistryError, _SessionExpiredError) as error:
             reason = "no answer" if isinstance(error, TimeoutError) else repr(error)
-            self._host_errors[_show(host, port)] = reason
-            log.debug("ZooKeeper connection attempt to %s failed: %s", _show(host, port), reason)
+            shown = show_host(host, port)
+            self._host_errors[shown] = reason
+            log.debug("ZooKeeper connection attempt to %s failed: %s", shown, reason)
             self._retire_failed()
             return None
 
-    async def _open(self, host: str, port: int, *, resume: bool) -> tuple[_Connection, bool]:
+    async def _open(self, host: str, port: int, *, resume: bool) -> tuple[Connection, bool]:
         """TCP connect, ConnectRequest (resuming or new session), digest auth."""
-        conn = await _Connection.open(host, port, self._last_zxid if resume else 0)
+        conn = await Connection.open(host, port, self._last_zxid if resume else 0)
         try:
             response = await conn.handshake(
                 protocol.ConnectRequest(
@@ -755,7 +503,7 @@ class ZooKeeperRegistry:
         retiring = self._retire
         session_id, password = retiring.session_id, retiring.password
         while True:
-            conn = await _Connection.open(host, port, 0)
+            conn = await Connection.open(host, port, 0)
             try:
                 response = await conn.handshake(
                     protocol.ConnectRequest(
@@ -775,7 +523,7 @@ class ZooKeeperRegistry:
                     self._retire = None
                     return
                 await conn._write(protocol.CloseRequest().serialize(1))
-                with contextlib.suppress(*_CONNECTION_ERRORS):
+                with contextlib.suppress(*CONNECTION_ERRORS):
                     await conn._read_frame()
                 log.info("closing lost ZooKeeper session 0x%x on the server", session_id)
             finally:
@@ -801,7 +549,7 @@ class ZooKeeperRegistry:
         self._retire = _Retiring(self._session_id, self._password) if retire else None
         self._set_state(SessionState.LOST)
 
-    async def _rearm_watches(self, conn: _Connection) -> bool:
+    async def _rearm_watches(self, conn: Connection) -> bool:
         """Re-send the session's watches on a new connection (SetWatches); False if it died.
 
         The server fires at once the watches whose node changed after our last seen zxid.
@@ -829,7 +577,7 @@ class ZooKeeperRegistry:
                                 child_watches=child,
                             )
                         )
-        except (TimeoutError, SessionLostError, _ServerError) as error:
+        except (TimeoutError, SessionLostError, ServerError) as error:
             log.warning("ZooKeeper %s: re-arming watches failed: %r", conn.host, error)
             return False
         return True
@@ -842,22 +590,18 @@ class ZooKeeperRegistry:
         self._state_changed = anyio.Event()
         event = SessionEvent(state, self._session_id)
         log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
-        notify_session_listeners(self._listeners, event)
+        self._notify_session(event)
 
     def _on_watch_event(self, raw: Any) -> None:
         event_type = _EVENT_TYPES.get(raw.type)
         if event_type is None:
             return  # a connection-state notification: our supervisor tracks state itself
         event = WatchEvent(event_type, self._rel(raw.path))
-        for watcher in self._watches.pop(event_type, raw.path):
-            try:
-                watcher(event)
-            except Exception:
-                log.exception("watcher %r failed on %s", watcher, event)
+        self._notify_watchers((w, event) for w in self._watches.pop(event_type, raw.path))
 
     # -- requests -------------------------------------------------------------------------
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> Connection:
         while True:
             if self._closing:
                 raise SessionLostError(f"ZooKeeper registry {self.url} is closed")
@@ -885,8 +629,8 @@ class ZooKeeperRegistry:
             raise SessionLostError(
                 f"{path}: no answer from ZooKeeper within {self._request_timeout:g}s"
             ) from None
-        except _ServerError as error:
-            raise _map_error(error.error, path) from None
+        except ServerError as error:
+            raise map_error(error.error, path) from None
 
     def _abs(self, path: str) -> str:
         """The server-side path of ``path`` under the URL's chroot."""
@@ -923,7 +667,7 @@ class ZooKeeperRegistry:
         on_reply = self._watch_on_reply(watcher, _DATA, path)
         request = protocol.GetDataRequest(path=path, watch=watcher is not None)
         response = await self._call(request, path, on_reply)
-        return bytes(response.data or b""), _stat(response.stat)
+        return bytes(response.data or b""), to_stat(response.stat)
 
     async def get_children(self, path: str, watcher: Watcher | None = None) -> list[str]:
         _check_path(path)
@@ -942,7 +686,7 @@ class ZooKeeperRegistry:
             response = await self._call(request, path, on_reply)
         except NoNodeError:
             return None
-        return _stat(response.stat)
+        return to_stat(response.stat)
 
     def _create_request(self, path: str, data: bytes, flags: int) -> Any:
         request = protocol.CreateRequest(path=path, data=data, acl=self._acl)
@@ -997,7 +741,7 @@ class ZooKeeperRegistry:
         path = self._abs(path)
         check_request(set_size(path, data), path)
         request = protocol.SetDataRequest(path=path, data=data, version=version)
-        return _stat((await self._call(request, path)).stat)
+        return to_stat((await self._call(request, path)).stat)
 
     async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
         _check_path(path)
@@ -1059,5 +803,5 @@ class ZooKeeperRegistry:
             if isinstance(result, Exception) and not isinstance(
                 result, zk_exc.RolledBack | zk_exc.RuntimeInconsistency
             ):
-                raise TransactionFailedError(index, _map_error(result, ops[index].path))
+                raise TransactionFailedError(index, map_error(result, ops[index].path))
         raise TransactionFailedError(0, RegistryError(f"{label}: failed ({response})"))

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio.lowlevel
 
-from ._errors import (
+from .._errors import (
     BadVersionError,
     NodeExistsError,
     NoNodeError,
@@ -26,24 +26,23 @@ from ._errors import (
     SessionLostError,
     TransactionFailedError,
 )
+from .._urls import RegistryURL
+from ._base import ListenerBase
 from ._limits import check_request, create_size, set_size, transaction_size
 from ._paths import validate_path
-from ._registry import (
+from ._protocol import (
     CheckOp,
     CreateOp,
     DeleteOp,
     Op,
     SessionEvent,
-    SessionListener,
     SessionState,
     SetOp,
     Stat,
     Watcher,
     WatchEvent,
     WatchEventType,
-    notify_session_listeners,
 )
-from ._urls import RegistryURL
 
 __all__ = ["MemoryRegistry", "MemoryStore"]
 
@@ -187,15 +186,15 @@ class MemoryStore:
         return fired
 
 
-class MemoryRegistry:
+class MemoryRegistry(ListenerBase):
     """A session on a ``MemoryStore``; implements the ``Registry`` protocol."""
 
     def __init__(self, url: RegistryURL, store: MemoryStore | None = None) -> None:
+        super().__init__()
         self.url = url
         self.store = store or MemoryStore.named(url.hosts)
         self._session_id = 0
         self._state = SessionState.LOST
-        self._listeners: list[SessionListener] = []
         self._requests = 0
 
     @property
@@ -216,12 +215,12 @@ class MemoryRegistry:
 
     def close(self) -> None:
         if self._session_id:
-            self._notify(self.store.end_session(self._session_id))
+            self._notify_watchers(self.store.end_session(self._session_id))
             self._set_state(SessionState.LOST)
 
     def expire_session(self) -> None:
         """Test helper: the session expires (ephemerals and watches go) and a new one starts."""
-        self._notify(self.store.end_session(self._session_id))
+        self._notify_watchers(self.store.end_session(self._session_id))
         self._set_state(SessionState.LOST)
         self._new_session()
 
@@ -235,32 +234,13 @@ class MemoryRegistry:
 
     def _set_state(self, state: SessionState) -> None:
         self._state = state
-        notify_session_listeners(self._listeners, SessionEvent(state, self._session_id))
-
-    def add_session_listener(self, listener: SessionListener) -> None:
-        self._listeners.append(listener)
-
-    def remove_session_listener(self, listener: SessionListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self._notify_session(SessionEvent(state, self._session_id))
 
     async def _enter(self) -> None:
         await anyio.lowlevel.checkpoint()
         if self._state is not SessionState.CONNECTED:
             raise SessionLostError(f"session {self._session_id} is {self._state.value}")
         self._requests += 1
-
-    @staticmethod
-    def _notify(fired: list[tuple[Watcher, WatchEvent]]) -> None:
-        seen: list[tuple[Watcher, WatchEvent]] = []
-        for pair in fired:  # a watcher on a node's data and children hears its deletion once
-            if pair not in seen:
-                seen.append(pair)
-        for watcher, event in seen:
-            try:
-                watcher(event)
-            except Exception:
-                log.exception("watcher %r failed", watcher)
 
     def _watch(self, table: dict[str, list[tuple[int, Watcher]]], path: str, w: Watcher) -> None:
         entries = table.setdefault(path, [])
@@ -312,15 +292,15 @@ class MemoryRegistry:
         try:
             created, more = self.store.create(path, data, owner, sequential)
         finally:
-            self._notify(fired)
-        self._notify(more)
+            self._notify_watchers(fired)
+        self._notify_watchers(more)
         return created
 
     async def set(self, path: str, data: bytes, *, version: int = -1) -> Stat:
         await self._enter()
         check_request(set_size(path, data), path)
         stat, fired = self.store.set(path, data, version)
-        self._notify(fired)
+        self._notify_watchers(fired)
         return stat
 
     async def delete(self, path: str, *, version: int = -1, recursive: bool = False) -> None:
@@ -334,7 +314,7 @@ class MemoryRegistry:
                     fired += self.store.delete(sub, -1)
             fired += self.store.delete(path, version)
         finally:
-            self._notify(fired)
+            self._notify_watchers(fired)
 
     def _subtree(self, path: str) -> list[str]:
         """Descendants of ``path``, deepest first."""
@@ -367,7 +347,7 @@ class MemoryRegistry:
                     _restore(store.data_watches, path, data_w)
                     _restore(store.child_watches, path, child_w)
                 raise TransactionFailedError(index, exc) from exc
-        self._notify(fired)
+        self._notify_watchers(fired)
 
     def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:
         match op:

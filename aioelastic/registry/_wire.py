@@ -1,0 +1,298 @@
+"""ZooKeeper's wire: one TCP connection to one server (jute framing over an anyio socket,
+request/reply matching, pings, watch events), and the mapping of its replies to our types.
+
+The session built on these connections (heartbeats, SUSPENDED/LOST, reconnection, watches) is
+``_zookeeper.ZooKeeperRegistry``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+from aiozk import exc as zk_exc
+from aiozk import protocol
+from aiozk.protocol.acl import ACL
+from anyio.abc import SocketAttribute
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .._errors import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RegistryError,
+    SessionLostError,
+)
+from .._urls import RegistryURL
+from ._protocol import Stat
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "Connection",
+    "ServerError",
+    "make_acl",
+    "map_error",
+    "parse_hosts",
+    "to_stat",
+]
+
+log = logging.getLogger("aioelastic.registry")
+
+_SIZE = struct.Struct("!i")
+_REPLY_HEADER = struct.Struct("!iqi")
+_MAX_FRAME = 64 * 1024 * 1024
+_WATCH_XID = -1
+_PING_XID = -2
+_AUTH_XID = -4
+CONNECTION_ERRORS = (
+    OSError,
+    EOFError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.IncompleteRead,
+)
+
+_ERROR_TYPES: tuple[tuple[Any, type[RegistryError]], ...] = (
+    (zk_exc.NoNode, NoNodeError),
+    (zk_exc.NodeExists, NodeExistsError),
+    (zk_exc.BadVersion, BadVersionError),
+    (zk_exc.NotEmpty, NotEmptyError),
+    (zk_exc.ConnectionLoss, SessionLostError),
+    (zk_exc.SessionExpired, SessionLostError),
+    (zk_exc.SessionMoved, SessionLostError),
+    (zk_exc.OperationTimeout, SessionLostError),
+)
+
+
+class ServerError(Exception):
+    """A non-zero error code in a reply, kept as the aiozk exception until mapped."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _response_error(code: int) -> Exception:
+    if code in zk_exc.response_error_xref:  # aiozk's fallback prints unknown codes to stdout
+        error: Exception = zk_exc.response_error_xref[code]()
+        return error
+    return RegistryError(f"ZooKeeper error code {code}")
+
+
+def map_error(error: Exception, path: str) -> RegistryError:
+    if isinstance(error, RegistryError):
+        return error
+    for zk_type, ours in _ERROR_TYPES:
+        if isinstance(error, zk_type):
+            return ours(f"{path}: {type(error).__name__}")
+    if isinstance(error, zk_exc.NoAuth):
+        return RegistryError(f"{path}: not authorized (NoAuth): the node's ACL denies this client")
+    return RegistryError(f"{path}: ZooKeeper error {type(error).__name__}")
+
+
+def to_stat(raw: Any) -> Stat:
+    return Stat(
+        version=int(raw.version),
+        mtime=raw.modified / 1000.0,
+        ephemeral_owner=int(raw.ephemeral_owner),
+        num_children=int(raw.num_children),
+    )
+
+
+def show_host(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hosts(hosts: str) -> list[tuple[str, int]]:
+    out = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def make_acl(url: RegistryURL) -> list[Any]:
+    """ALL for our digest identity + READ for the world; open without credentials."""
+    if url.username is None or url.password is None:
+        return [protocol.UNRESTRICTED_ACCESS]
+    secret = f"{url.username}:{url.password.get_secret_value()}".encode()
+    digest = base64.b64encode(hashlib.sha1(secret).digest()).decode()  # noqa: S324 - ZK's scheme
+    ours = ACL.make("digest", f"{url.username}:{digest}", True, True, True, True, True)
+    return [ours, protocol.WORLD_READABLE]
+
+
+@dataclass(eq=False)
+class _Call:
+    """A request waiting for its reply on one connection."""
+
+    opcode: int
+    sent_at: float
+    on_reply: Callable[[Any, Exception | None], None] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    response: Any = None
+    error: Exception | None = None
+
+
+class Connection:
+    """One TCP connection to one server: framing, request/reply matching, pings."""
+
+    def __init__(self, stream: anyio.abc.SocketStream, host: str, last_zxid: int) -> None:
+        self.host = host
+        self.last_zxid = last_zxid
+        now = anyio.current_time()
+        self.acked_at = now  # send time of the newest request the server answered
+        self.last_send = now
+        self.closed = anyio.Event()
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._send_lock = anyio.Lock()
+        self._pending: dict[int, _Call] = {}
+        self.ping_sent_at: float | None = None  # the one outstanding ping, if any
+        self._xid = 0
+        self._on_closed: Callable[[Connection], None] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, last_zxid: int) -> Connection:
+        stream = await anyio.connect_tcp(host, port)
+        return cls(stream, show_host(host, port), last_zxid)
+
+    @property
+    def raw_socket(self) -> socket.socket:
+        sock: socket.socket = self._stream.extra(SocketAttribute.raw_socket)  # noqa: S610
+        return sock
+
+    async def _write(self, payload: bytes) -> None:
+        await self._stream.send(_SIZE.pack(len(payload)) + payload)  # one atomic write
+        self.last_send = anyio.current_time()
+
+    async def _read_frame(self) -> bytes:
+        (size,) = _SIZE.unpack(await self._reader.receive_exactly(_SIZE.size))
+        if not 0 <= size <= _MAX_FRAME:
+            raise EOFError(f"bad frame size {size} from {self.host}")
+        return await self._reader.receive_exactly(size)
+
+    async def handshake(self, request: Any) -> Any:
+        """Send the ConnectRequest and read the ConnectResponse (before ``run``)."""
+        sent = anyio.current_time()
+        await self._write(request.serialize())
+        response = protocol.ConnectResponse.deserialize(await self._read_frame())
+        self.acked_at = sent
+        return response
+
+    async def authenticate(self, credentials: bytes) -> None:
+        """Digest auth (before ``run``); the server answers on the special auth xid."""
+        request = protocol.AuthRequest(type=0, scheme="digest", auth=credentials)
+        await self._write(request.serialize(_AUTH_XID))
+        xid, _, err = _REPLY_HEADER.unpack_from(await self._read_frame())
+        if xid != _AUTH_XID or err:
+            raise RegistryError(f"digest authentication refused by {self.host} (code {err})")
+
+    async def call(
+        self, request: Any, on_reply: Callable[[Any, Exception | None], None] | None = None
+    ) -> Any:
+        """Send a request and wait for its reply; ``ServerError`` for an error code."""
+        xid = 0
+        try:
+            async with self._send_lock:
+                if self.closed.is_set():
+                    raise SessionLostError(f"connection to {self.host} is closed")
+                self._xid = xid = self._xid % 0x7FFFFFFF + 1
+                pending = _Call(request.opcode, anyio.current_time(), on_reply)
+                self._pending[xid] = pending
+                await self._write(request.serialize(xid))
+            await pending.done.wait()
+        except CONNECTION_ERRORS as error:
+            raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
+        finally:
+            self._pending.pop(xid, None)  # abandoned (cancelled): a late reply is dropped
+        if pending.error is not None:
+            raise pending.error
+        return pending.response
+
+    async def ping(self) -> None:
+        """Send a ping unless one is outstanding; its reply acknowledges its send time."""
+        async with self._send_lock:
+            if self.closed.is_set() or self.ping_sent_at is not None:
+                return
+            self.ping_sent_at = anyio.current_time()
+            with contextlib.suppress(*CONNECTION_ERRORS):  # the reader sees the breakage
+                await self._write(protocol.PingRequest().serialize(_PING_XID))
+
+    async def run(
+        self, on_event: Callable[[Any], None], on_closed: Callable[[Connection], None]
+    ) -> None:
+        """Read replies and watch events until the connection ends; then fail what waits."""
+        self._on_closed = on_closed
+        reason = "closed"
+        try:
+            while True:
+                frame = await self._read_frame()
+                if self.closed.is_set():
+                    return  # aborted: nothing of this connection is delivered any more
+                self._dispatch(frame, on_event)
+        except CONNECTION_ERRORS as error:
+            reason = repr(error)
+        except Exception as error:  # a protocol bug must not take the registry down
+            log.exception("ZooKeeper connection to %s: unreadable reply", self.host)
+            reason = repr(error)
+        finally:
+            self._shutdown(reason)
+
+    def _dispatch(self, frame: bytes, on_event: Callable[[Any], None]) -> None:
+        xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
+        body = frame[_REPLY_HEADER.size :]
+        if xid == _WATCH_XID:
+            on_event(protocol.WatchEvent.deserialize(body))
+            return
+        if xid == _PING_XID:
+            if self.ping_sent_at is not None:
+                self.acked_at = max(self.acked_at, self.ping_sent_at)
+                self.ping_sent_at = None
+            return
+        pending = self._pending.pop(xid, None)
+        if pending is None:
+            return  # the caller gave up; its reply is dropped
+        self.acked_at = max(self.acked_at, pending.sent_at)
+        if zxid > 0:
+            self.last_zxid = max(self.last_zxid, zxid)
+        if err:
+            pending.error = ServerError(_response_error(err))
+        else:
+            pending.response = protocol.response_xref[pending.opcode].deserialize(body)
+        if pending.on_reply is not None:
+            error = pending.error.error if isinstance(pending.error, ServerError) else None
+            pending.on_reply(pending.response, error)
+        pending.done.set()
+
+    def _shutdown(self, reason: str) -> None:
+        if not self.closed.is_set():
+            log.debug("ZooKeeper connection to %s ended: %s", self.host, reason)
+        self.closed.set()
+        for pending in self._pending.values():
+            pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
+            pending.done.set()
+        self._pending.clear()
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            on_closed(self)
+
+    def abort(self, reason: str) -> None:
+        """End the connection now (sync): waiting calls fail, the reader dispatches no more."""
+        self._shutdown(reason)
+
+    async def aclose(self) -> None:
+        self._shutdown("closed by us")
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
