@@ -212,7 +212,10 @@ class JobCoordinator:
             if self.config.overwrite and created is None:
                 await self.registry.set(self.paths.config, self.config.to_registry())
             else:
+                code = self.config
                 self.adopt_config(stored)
+                if created is None and self.config_problem is None:
+                    self._warn_drift(code)
         server_status = DISABLED if self.config.disabled else ENABLED
         server = self.paths.server(self.identity.host)
         if await self._create_or_get(server, server_status) is None:
@@ -237,6 +240,30 @@ class JobCoordinator:
         if not (self.config.static_sharding and await self._fully_assigned()):
             if await self._ensure(self.paths.sharding_necessary) and created is not None:
                 created.append(self.paths.sharding_necessary)
+
+    def _warn_drift(self, code: JobConfig) -> None:
+        """One WARNING if the code's config differs from the registry's, which wins."""
+        ours, theirs = json.loads(code.to_registry()), json.loads(self.config.to_registry())
+        differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if not differing:
+            return
+        log.warning(
+            "%s: the code's config differs from the registry's in %s; the registry's wins "
+            "(overwrite=False): %s",
+            self.paths.job,
+            ", ".join(differing),
+            "; ".join(
+                f"{k}: code {ours.get(k)!r}, registry {theirs.get(k)!r} (in effect)"
+                for k in differing
+            ),
+            extra={
+                "job": self.paths.job,
+                "instance": self.identity.instance_id,
+                "differing_fields": {
+                    k: {"code": ours.get(k), "registry": theirs.get(k)} for k in differing
+                },
+            },
+        )
 
     def adopt_config(self, raw: bytes) -> bool:
         """Take the registry's config ``raw`` as effective; if it is invalid, hold the job
@@ -640,7 +667,12 @@ class JobCoordinator:
                 await self.registry.create(
                     self.paths.leader_election_instance, self._me, ephemeral=True
                 )
-                log.info("%s: %s is leader", self.paths.job, self.identity.instance_id)
+                log.info(
+                    "%s: %s is leader",
+                    self.paths.job,
+                    self.identity.instance_id,
+                    extra={"job": self.paths.job, "instance": self.identity.instance_id},
+                )
             except NodeExistsError:
                 pass
             return  # the view will show the outcome
@@ -692,6 +724,7 @@ class JobCoordinator:
                     k: v if total <= 100 else f"{len(v)} items"
                     for k, v in sorted(assignment.items())
                 },
+                extra={"job": self.paths.job, "instance": self.identity.instance_id},
             )
             notify_observers(
                 self.observers, "reshard_committed", self.paths.job, len(members), total

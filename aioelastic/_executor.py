@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,9 @@ from ._coordination import JobCoordinator
 from ._errors import ItemCancelled, RegistryError, SessionLostError
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
+from ._logging import fields, short_task_id
 from ._observer import Observer, hook_name, notify_observers
+from ._otel import Spans
 from ._task_id import make_task_id
 from .registry._protocol import SessionState
 from .tracing._events import (
@@ -86,6 +89,7 @@ class JobExecutor:
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
         self._skipped = 0  # fires skipped in the current registry outage
+        self._spans = Spans(coordinator.identity.instance_id)
 
     @property
     def config(self) -> JobConfig:
@@ -260,6 +264,8 @@ class JobExecutor:
             return False
         outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
+        began = time.monotonic()
+        span = self._spans.start_fire(contexts, items)
 
         async def run_one(item: int) -> None:
             outcomes[item] = await self._run_one(contexts, item, starts.get(item))
@@ -271,10 +277,11 @@ class JobExecutor:
                     tg.start_soon(run_one, item)
         finally:
             # An item without an outcome was cancelled by shutdown (its task re-raised).
-            errors = {
-                i: outcomes[i].failure if i in outcomes else _shutdown_cancelled(i)
+            errors: dict[int, BaseException] = {
+                i: failure
                 for i in items
-                if i not in outcomes or outcomes[i].failure is not None
+                if (failure := outcomes[i].failure if i in outcomes else _shutdown_cancelled(i))
+                is not None
             }
             left = [i for i in items if not (i in outcomes and outcomes[i].cleared)]
             if monitor and left:
@@ -291,10 +298,48 @@ class JobExecutor:
                 self._status(contexts, State.TASK_ERROR, "{" + text + "}")
             else:
                 self._status(contexts, State.TASK_FINISHED, "")
-        for exc in errors.values():
-            if exc is not None:
-                await self.handle_error(exc)
+            self._log_fire(contexts, errors, time.monotonic() - began)
+            if span is not None:
+                span.end(errors)
+        for item, exc in sorted(errors.items()):
+            await self.handle_error(exc, contexts, item)
         return True
+
+    def _log_fire(
+        self, contexts: ShardingContexts, errors: Mapping[int, BaseException], duration: float
+    ) -> None:
+        """The fire's INFO line: job, short task id, items, source, duration, outcome."""
+        source = contexts.execution_source.value.lower().removesuffix("_trigger")
+        failed = sorted(errors)
+        outcome = f"failed items {failed}" if failed else "ok"
+        log.info(
+            "%s: fire %s items %s (%s) took %.3fs: %s",
+            self._job,
+            short_task_id(contexts.task_id),
+            list(contexts.items),
+            source,
+            duration,
+            outcome,
+            extra=self._fields(
+                contexts,
+                items=list(contexts.items),
+                duration=round(duration, 6),
+                outcome="failed" if failed else "ok",
+                failed_items=failed,
+            ),
+        )
+
+    def _fields(
+        self, contexts: ShardingContexts | None = None, item: int | None = None, **more: Any
+    ) -> dict[str, Any]:
+        return fields(
+            job=self._job,
+            task_id=contexts.task_id if contexts is not None else None,
+            item=item,
+            instance=self._me,
+            execution_source=contexts.execution_source.value if contexts is not None else None,
+            **more,
+        )
 
     def _start_events(self, contexts: ShardingContexts) -> dict[int, JobExecutionEvent]:
         if self._post is None:
@@ -329,9 +374,9 @@ class JobExecutor:
                 try:
                     if limiter is not None:
                         async with limiter:
-                            await self._call(ctx)
+                            await self._call(ctx, contexts)
                     else:
-                        await self._call(ctx)
+                        await self._call(ctx, contexts)
                 except BaseException as exc:
                     # Job code's own BaseException (SystemExit, KeyboardInterrupt,
                     # GeneratorExit, a CancelledError it raised) fails this item only.
@@ -380,7 +425,11 @@ class JobExecutor:
         self._fenced.discard(task)
         return task.uncancel() == 0
 
-    async def _call(self, ctx: ShardingContext) -> None:
+    async def _call(self, ctx: ShardingContext, contexts: ShardingContexts) -> None:
+        with self._spans.item(contexts, ctx.sharding_item):
+            await self._call_job(ctx)
+
+    async def _call_job(self, ctx: ShardingContext) -> None:
         timeout = self.config.timeout
         if timeout is None:
             await self._run_item(ctx, self._keep_going)
@@ -483,8 +532,14 @@ class JobExecutor:
             hook = listener.before_all_started if before else listener.after_all_completed
             await hook(contexts)
 
-    async def handle_error(self, exc: BaseException) -> bool:
-        """Route a job error to the configured handler (log | raise | ignore | callable).
+    async def handle_error(
+        self,
+        exc: BaseException,
+        contexts: ShardingContexts | None = None,
+        item: int | None = None,
+    ) -> bool:
+        """Route a job error to the configured handler (log | raise | ignore | callable);
+        ``contexts`` and ``item`` name the fire and item it failed in, if any.
 
         True for ``"raise"``: the caller stops the fire there (the scheduler is stopping, and
         ``run()`` raises ``exc``). A callable that raises is logged; the job keeps its schedule.
@@ -496,7 +551,19 @@ class JobExecutor:
             self._fatal(exc)
             return True
         if handler == "log":
-            log.error("job %r failed: %s", self._job, _describe(exc), exc_info=exc)
+            extra = self._fields(contexts, item)
+            if contexts is not None and item is not None:
+                log.error(
+                    "%s: item %d failed (task %s): %s",
+                    self._job,
+                    item,
+                    short_task_id(contexts.task_id),
+                    _describe(exc),
+                    exc_info=exc,
+                    extra=extra,
+                )
+            else:
+                log.error("job %r failed: %s", self._job, _describe(exc), exc_info=exc, extra=extra)
             return False
         try:
             result = handler(self._job, exc)
@@ -510,6 +577,7 @@ class JobExecutor:
                 hook_name(handler),
                 self._job,
                 exc_info=error,
+                extra=self._fields(contexts, item),
             )
         return False
 

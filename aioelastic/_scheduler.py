@@ -276,7 +276,6 @@ class Scheduler:
             await bus.start(stack)
             self._bus = bus
             stack.callback(setattr, self, "_bus", None)
-            log.info("instance %s started on %s", self.instance_id, self.registry_url)
             async with anyio.create_task_group() as guards:
                 await guards.start(self._watchdog(registry).run)
                 if self.registry_url.scheme == "zookeeper":
@@ -299,14 +298,42 @@ class Scheduler:
                         for spec in self._jobs.values():
                             starting.start_soon(start, spec)
                     self._set_state(RunState.STARTED)
+                    log.info(
+                        "instance %s started with %d job(s) on %s",
+                        self.instance_id,
+                        len(self._runners),
+                        self.registry_url,
+                        extra={"instance": self.instance_id},
+                    )
                     await self._stop_event.wait()
-                    log.info("instance %s stopping", self.instance_id)
+                    self._log_stopping()
                     for runner in self._runners.values():
                         runner.request_stop()
                         if self._forced:
                             runner.cancel_running()
                 guards.cancel_scope.cancel()
             self._runners.clear()
+        log.info("instance %s stopped", self.instance_id, extra={"instance": self.instance_id})
+
+    def _log_stopping(self) -> None:
+        running = {n: sorted(r.executor.running) for n, r in self._runners.items()}
+        running = {n: items for n, items in running.items() if items}
+        count = sum(map(len, running.values()))
+        if not count:
+            log.info(
+                "instance %s stopping: nothing running",
+                self.instance_id,
+                extra={"instance": self.instance_id},
+            )
+            return
+        log.info(
+            "instance %s stopping: waiting up to %gs for %d running item(s): %s",
+            self.instance_id,
+            0 if self._forced else self.settings.shutdown_grace_period,
+            count,
+            "; ".join(f"{n} {items}" for n, items in sorted(running.items())),
+            extra={"instance": self.instance_id, "running_items": running},
+        )
 
     def _watchdog(self, registry: Registry) -> LoopWatchdog:
         limit = None

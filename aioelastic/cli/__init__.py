@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="MODULE:ATTR", help="e.g. myapp.jobs:scheduler")
     run.add_argument("--app-dir", default=".", help="put this directory first on sys.path")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, with the records' fields (job, task_id, item, ...)",
+    )
 
     cmd("jobs", "list the jobs of the namespace with their status", registry_options)
 

@@ -13,6 +13,7 @@ import traceback
 import anyio
 
 from .._errors import ConfigError, TargetImportError
+from .._logging import JsonFormatter
 from .._scheduler import Scheduler
 
 __all__ = ["EXIT_FORCED", "load_scheduler", "run_scheduler_command"]
@@ -85,9 +86,7 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
         value = getattr(args, flag, None)
         if value:
             os.environ[var] = value
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log_level, getattr(args, "log_format", "text"))
     try:
         scheduler = load_scheduler(args.target, args.app_dir)
     except TargetImportError as exc:
@@ -105,6 +104,15 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
         raise _single(group) from None
     except KeyboardInterrupt:  # SIGINT before the scheduler's handlers were in
         return EXIT_FORCED
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -589,7 +589,8 @@ class ZooKeeperRegistry(ListenerBase):
         self._state_changed.set()
         self._state_changed = anyio.Event()
         event = SessionEvent(state, self._session_id)
-        log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
+        if not self._closing:  # a graceful close is logged as "closed", not as a loss
+            log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
         self._notify_session(event)
 
     def _on_watch_event(self, raw: Any) -> None:
