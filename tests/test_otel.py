@@ -136,3 +136,17 @@ def test_without_the_api_nothing_is_traced_and_jobs_run() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok [0, 1]"
+
+
+def test_the_example_prints_nested_spans() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/otel_tracing.py"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("aioelastic.fire invoice", "aioelastic.item invoice", "load customers"):
+        assert f'"name": "{name}"' in result.stdout
