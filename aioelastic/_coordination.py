@@ -180,6 +180,11 @@ class JobCoordinator:
         self._conflict_logged = 0  # the other session last reported as holding our node
         self._own_sessions: set[int] = set()  # sessions that held our node (a stale one may)
 
+    @property
+    def log_fields(self) -> dict[str, str]:
+        """``extra`` for this job's log records."""
+        return {"job": self.paths.job, "instance": self.identity.instance_id}
+
     # -- registration --
 
     async def register(self) -> None:
@@ -231,6 +236,7 @@ class JobCoordinator:
                 "(written by another client; no live instance holds it)",
                 self.paths.job,
                 instance,
+                extra=self.log_fields,
             )
             await self._delete_if(instance, stat.version)
             stat = None
@@ -257,8 +263,7 @@ class JobCoordinator:
                 for k in differing
             ),
             extra={
-                "job": self.paths.job,
-                "instance": self.identity.instance_id,
+                **self.log_fields,
                 "differing_fields": {
                     k: {"code": ours.get(k), "registry": theirs.get(k)} for k in differing
                 },
@@ -279,11 +284,16 @@ class JobCoordinator:
                     "once the node holds a valid config",
                     self.paths.job,
                     problem,
+                    extra=self.log_fields,
                 )
             self.config_problem = problem
             return False
         if self.config_problem is not None:
-            log.info("%s: config in the registry is valid again; resuming", self.paths.job)
+            log.info(
+                "%s: config in the registry is valid again; resuming",
+                self.paths.job,
+                extra=self.log_fields,
+            )
             self.config_problem = None
         changed = new != self.config
         self.config = new
@@ -317,6 +327,7 @@ class JobCoordinator:
                         "%s: instance id %r registered; the other session has ended",
                         self.paths.job,
                         self.identity.instance_id,
+                        extra=self.log_fields,
                     )
                 self._registered_once, self._conflict_logged = True, 0
                 self._own_sessions.add(self.registry.session_id)
@@ -327,6 +338,7 @@ class JobCoordinator:
                     "%s: waiting for this instance's previous session 0x%x to expire",
                     self.paths.job,
                     other,
+                    extra=self.log_fields,
                 )
             elif self._conflict_logged != other:
                 self._conflict_logged = other
@@ -340,6 +352,7 @@ class JobCoordinator:
                     other,
                     self.registry.session_id,
                     f" (start fails after {wait:g}s)" if wait else "",
+                    extra=self.log_fields,
                 )
             if anyio.current_time() >= deadline:
                 raise InstanceIdConflictError(
@@ -465,9 +478,17 @@ class JobCoordinator:
         problems = self.node_problems()
         for path, problem in problems.items():
             if self._reported.get(path) != problem:
-                log.error("%s: bad registry node %s: %s", self.paths.job, path, problem)
+                log.error(
+                    "%s: bad registry node %s: %s",
+                    self.paths.job,
+                    path,
+                    problem,
+                    extra=self.log_fields,
+                )
         for path in sorted(self._reported.keys() - problems.keys()):
-            log.info("%s: registry node %s is fine again", self.paths.job, path)
+            log.info(
+                "%s: registry node %s is fine again", self.paths.job, path, extra=self.log_fields
+            )
         self._reported = problems
         return problems
 
@@ -488,7 +509,9 @@ class JobCoordinator:
             stat = view.stat(path)
             if stat is not None and not stat.ephemeral_owner:
                 if await self._delete_if(path, stat.version):
-                    log.warning("%s: deleted stale persistent node %s", p.job, path)
+                    log.warning(
+                        "%s: deleted stale persistent node %s", p.job, path, extra=self.log_fields
+                    )
                     deleted.append(path)
         return deleted
 
@@ -671,7 +694,7 @@ class JobCoordinator:
                     "%s: %s is leader",
                     self.paths.job,
                     self.identity.instance_id,
-                    extra={"job": self.paths.job, "instance": self.identity.instance_id},
+                    extra=self.log_fields,
                 )
             except NodeExistsError:
                 pass
@@ -714,7 +737,12 @@ class JobCoordinator:
             try:
                 await self._write_reshard(ops)
             except TransactionFailedError as exc:
-                log.info("%s: reshard raced with a change (%s); will retry", self.paths.job, exc)
+                log.info(
+                    "%s: reshard raced with a change (%s); will retry",
+                    self.paths.job,
+                    exc,
+                    extra=self.log_fields,
+                )
                 return False
             log.info(
                 "%s: resharded over %d instance(s): %s",
@@ -724,7 +752,7 @@ class JobCoordinator:
                     k: v if total <= 100 else f"{len(v)} items"
                     for k, v in sorted(assignment.items())
                 },
-                extra={"job": self.paths.job, "instance": self.identity.instance_id},
+                extra=self.log_fields,
             )
             notify_observers(
                 self.observers, "reshard_committed", self.paths.job, len(members), total
@@ -742,7 +770,12 @@ class JobCoordinator:
             guard: list[Op] = [CheckOp(flag, -1)] if k < len(chunks) - 1 else []
             await self.registry.transaction(guard + chunk)
         if len(chunks) > 1:
-            log.info("%s: reshard written in %d multi-ops", self.paths.job, len(chunks))
+            log.info(
+                "%s: reshard written in %d multi-ops",
+                self.paths.job,
+                len(chunks),
+                extra=self.log_fields,
+            )
 
     def _owner_ops(self, item: int, owner: str) -> list[Op]:
         p = self.paths
@@ -775,6 +808,7 @@ class JobCoordinator:
                 "%s: reshard still pending after %.1fs; running with the current assignment",
                 self.paths.job,
                 timeout,
+                extra=self.log_fields,
             )
         return done
 

@@ -86,6 +86,8 @@ class JobExecutor:
         self._limiters: dict[int, anyio.CapacityLimiter] = {}
         self.running: set[int] = set()
         """Items this instance is running now (authoritative for our own marks)."""
+        self.active: set[int] = set()
+        """Items whose job code runs now (``running`` keeps a fire's items until all end)."""
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
         self._skipped = 0  # fires skipped in the current registry outage
@@ -148,6 +150,7 @@ class JobExecutor:
                 "job %r: %d fire(s) skipped while the registry session was not connected",
                 self._job,
                 self._skipped,
+                extra=self._fields(),
             )
             self._skipped = 0
         await coord.wait_for_sharding(self._reshard_timeout)
@@ -368,6 +371,7 @@ class JobExecutor:
         failure: BaseException | None = None
         limiter = self._limiter()
         task = _current_asyncio_task()
+        self.active.add(item)
         try:
             with anyio.CancelScope() as scope:
                 self._item_scopes[id(scope)] = (scope, task)
@@ -394,6 +398,7 @@ class JobExecutor:
                 failure = _shutdown_cancelled(item)
                 raise
         finally:
+            self.active.discard(item)
             if task is not None:
                 self._fenced.discard(task)
             if start is not None and self._post is not None:
@@ -510,7 +515,12 @@ class JobExecutor:
                 if is_cancellation(exc):
                     raise
                 phase = "before_job_executed" if before else "after_job_executed"
-                log.debug("listener %s.%s raised", hook_name(listener), phase)
+                log.debug(
+                    "listener %s.%s raised",
+                    hook_name(listener),
+                    phase,
+                    extra=self._fields(contexts),
+                )
                 if await self.handle_error(exc) and before:
                     self._status(
                         contexts,

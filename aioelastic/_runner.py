@@ -71,6 +71,10 @@ class JobRunner:
     def name(self) -> str:
         return self.coordinator.paths.job
 
+    @property
+    def _extra(self) -> dict[str, str]:
+        return self.coordinator.log_fields
+
     def keep_going(self) -> bool:
         """False once stopping or while a reshard is pending (streaming jobs stop looping)."""
         return not self._stopping and not self.coordinator.reshard_pending()
@@ -117,7 +121,9 @@ class JobRunner:
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.state is SessionState.LOST:
-            log.warning("%s: registry session lost; cancelling running items", self.name)
+            log.warning(
+                "%s: registry session lost; cancelling running items", self.name, extra=self._extra
+            )
             self.executor.fence()
 
     # -- fires --
@@ -188,7 +194,9 @@ class JobRunner:
             try:
                 await coord.leader_step()
             except RegistryError as exc:
-                log.debug("%s: leader step failed (%s); retrying", self.name, exc)
+                log.debug(
+                    "%s: leader step failed (%s); retrying", self.name, exc, extra=self._extra
+                )
                 timeout = 0.5
             await self._leader_changes.wait(timeout)
 
@@ -204,7 +212,7 @@ class JobRunner:
                 continue
             try:
                 if coord.shutdown_requested():
-                    log.info("%s: shutdown requested by an operator", self.name)
+                    log.info("%s: shutdown requested by an operator", self.name, extra=self._extra)
                     self.request_stop()
                     return
                 if self._registered_session != self.registry.session_id:
@@ -224,7 +232,7 @@ class JobRunner:
                 if await self._failover_if_due():
                     wait = 0.5  # unclaimed candidates left: look again soon
             except RegistryError as exc:
-                log.debug("%s: watch step failed (%s)", self.name, exc)
+                log.debug("%s: watch step failed (%s)", self.name, exc, extra=self._extra)
                 wait = 0.5
 
     def _apply_config(self, raw: bytes) -> None:
@@ -233,7 +241,7 @@ class JobRunner:
         coord = self.coordinator
         held = coord.config_problem is not None
         if coord.adopt_config(raw):
-            log.info("%s: config changed in the registry", self.name)
+            log.info("%s: config changed in the registry", self.name, extra=self._extra)
         if held != (coord.config_problem is not None) or not held:
             self._wake.set()  # e.g. a new cron, or held/resumed
             self._leader_changes.notify()  # e.g. a new sharding count
@@ -251,7 +259,7 @@ class JobRunner:
                     if not coord.config_problem and await coord.repair_stale():
                         self._leader_changes.notify()
                 except RegistryError as exc:
-                    log.debug("%s: repair step failed (%s)", self.name, exc)
+                    log.debug("%s: repair step failed (%s)", self.name, exc, extra=self._extra)
                     wait = 0.5
             await self._repair_changes.wait(wait)
 
@@ -265,6 +273,7 @@ class JobRunner:
                 "marks are gone, so they are cancelled",
                 self.name,
                 sorted(self.executor.running),
+                extra=self._extra,
             )
             self.executor.fence()
         created = await coord.heal()
@@ -277,6 +286,7 @@ class JobRunner:
                 self.name,
                 root,
                 ", ".join(p.removeprefix(root + "/") if p != root else "(root)" for p in created),
+                extra=self._extra,
             )
             self._leader_changes.notify()
 
@@ -295,7 +305,7 @@ class JobRunner:
         mine |= {i for i in candidates if now - self._failover_seen[i] > 2.0}
         claimed = await coord.marks.claim_failover(sorted(mine)) if mine else []
         if claimed:
-            log.info("%s: failing over items %s", self.name, claimed)
+            log.info("%s: failing over items %s", self.name, claimed, extra=self._extra)
             notify_observers(self.executor.observers, "failover_claimed", self.name, claimed)
             lost = coord.lost_runs(claimed)  # read before our own run overwrites the intents
             self._start_run(claimed, ExecutionType.FAILOVER, ExecutionSource.FAILOVER, lost)

@@ -316,7 +316,7 @@ class Scheduler:
         log.info("instance %s stopped", self.instance_id, extra={"instance": self.instance_id})
 
     def _log_stopping(self) -> None:
-        running = {n: sorted(r.executor.running) for n, r in self._runners.items()}
+        running = {n: sorted(r.executor.active) for n, r in self._runners.items()}
         running = {n: items for n, items in running.items() if items}
         count = sum(map(len, running.values()))
         if not count:

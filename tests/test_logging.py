@@ -208,3 +208,29 @@ async def test_run_with_log_format_json_prints_one_object_per_line(tmp_path: Pat
     assert fire["job"] == "tick" and fire["items"] == [0, 1] and fire["outcome"] == "ok"
     assert fire["execution_source"] == "NORMAL_TRIGGER" and fire["logger"] == "aioelastic.executor"
     assert any(x["message"].endswith(" stopped") for x in lines)
+
+
+async def test_the_stop_line_says_what_it_waits_for(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aioelastic")
+    scheduler = Scheduler(
+        settings=Settings(registry_url=_memory_url("log-stop"), shutdown_grace_period=30)
+    )
+    started, release = anyio.Event(), anyio.Event()
+
+    @scheduler.job(sharding_total_count=3)
+    async def slow(ctx: ShardingContext) -> None:
+        if ctx.sharding_item == 2:
+            started.set()
+            await release.wait()
+
+    async with scheduler:
+        await scheduler.trigger("slow")
+        with anyio.fail_after(10):
+            await started.wait()
+        await eventually(lambda: scheduler._runners["slow"].executor.active == {2}, timeout=10)
+        scheduler.stop()
+        await eventually(lambda: _records(caplog, f"instance {scheduler.instance_id} stopping"))
+        release.set()
+    [line] = _records(caplog, f"instance {scheduler.instance_id} stopping")
+    assert line.getMessage().endswith("stopping: waiting up to 30s for 1 running item(s): slow [2]")
+    assert _field(line, "running_items") == {"slow": [2]}

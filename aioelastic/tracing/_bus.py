@@ -135,6 +135,7 @@ class _Lane:
         self._closing = anyio.Event()
         #: a write failed during shutdown: the sink is down, leave the journal to the next bus
         self._failed_while_closing = False
+        self._write_scope: anyio.CancelScope | None = None  # of the write in progress
         self.busy = self.running = False
         self.drained = anyio.Event()
         self.exited = anyio.Event()
@@ -237,6 +238,23 @@ class _Lane:
             self.failing = True
         if self.failing and (self.queue or (self.inflight and not self.inflight_journaled)):
             self.spill_while_failing()
+        self.abandon_stuck_write()
+
+    def abandon_stuck_write(self) -> None:
+        """Shutdown: stop waiting for a failing write whose batch is journaled already (the
+        next process replays it), so that a database that is down does not hold the stop for
+        the whole grace period."""
+        scope = self._write_scope
+        if self.closing and self.failing and self.inflight_journaled and scope is not None:
+            if not scope.cancel_called:
+                log.info(
+                    "trace sink %s: not waiting for a stuck write at shutdown; its %d event(s) "
+                    "are in the journal %s for the next process",
+                    self.name,
+                    len(self.inflight),
+                    self.journal.path if self.journal else None,
+                )
+            scope.cancel()
 
     def _drop(self, events: Sequence[TraceEvent], why: str) -> None:
         if not events:
@@ -345,6 +363,7 @@ class _Lane:
         self._journal_retry_at = 0.0
         self._closing.set()
         self.wake()
+        self.abandon_stuck_write()
 
     async def _pause(self, delay: float) -> None:
         """Back off ``delay`` seconds; shutdown beginning meanwhile ends the pause early."""
@@ -363,9 +382,13 @@ class _Lane:
         attempt = 0
         while True:
             self.write_started = time.monotonic()
+            scope = self._write_scope = anyio.CancelScope()
             try:
-                with anyio.fail_after(self.config.write_timeout):
+                with scope, anyio.fail_after(self.config.write_timeout):
                     await self.sink.write(batch)
+                if scope.cancelled_caught:  # abandon_stuck_write(): the batch is journaled
+                    self._failed_while_closing = True
+                    return False
             except Exception as exc:
                 attempt += 1
                 self.failed_writes += 1
@@ -383,6 +406,8 @@ class _Lane:
                         return False
                 await self._pause(delay)
                 continue
+            finally:
+                self._write_scope = None
             if attempt or self.failing:
                 log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
             self.failing = False
