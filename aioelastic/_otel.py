@@ -32,6 +32,8 @@ __all__ = ["AVAILABLE", "FireSpan", "Spans"]
 AVAILABLE = _trace is not None
 """Whether ``opentelemetry-api`` is importable."""
 
+_NO_SPAN = contextlib.nullcontext()
+
 
 def _version() -> str:
     from . import __version__
@@ -83,12 +85,17 @@ class Spans:
         )
         return FireSpan(span, _context.attach(_trace.set_span_in_context(span)))
 
-    @contextlib.contextmanager
-    def item(self, contexts: ShardingContexts, item: int) -> Iterator[None]:
+    def item(
+        self, contexts: ShardingContexts, item: int
+    ) -> contextlib.AbstractContextManager[None]:
         """The item's span, current inside; an exception leaving it is recorded (ERROR)."""
         if self._tracer is None:
-            yield
-            return
+            return _NO_SPAN
+        return self._item(contexts, item)
+
+    @contextlib.contextmanager
+    def _item(self, contexts: ShardingContexts, item: int) -> Iterator[None]:
+        assert self._tracer is not None
         with self._tracer.start_as_current_span(
             f"aioelastic.item {contexts.job_name}",
             kind=_trace.SpanKind.INTERNAL,
