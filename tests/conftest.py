@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aioelastic._urls import parse_registry_url
-from aioelastic.registry import MemoryRegistry, MemoryStore, Registry, ZooKeeperRegistry
+from aioelastic.registry import (
+    MemoryRegistry,
+    MemoryStore,
+    Registry,
+    SessionState,
+    ZooKeeperRegistry,
+)
 from tests.cluster import Cluster
 from tests.harness.zookeeper import expire_session
 
@@ -77,7 +84,12 @@ class Backend:
             reg.expire_session()
         else:
             assert isinstance(reg, ZooKeeperRegistry)
+            old = reg.session_id
             await expire_session(reg)
+            # The server has ended the session; the client opens its new one a moment later.
+            with anyio.fail_after(20):
+                while reg.session_id == old or reg.session_state is not SessionState.CONNECTED:
+                    await anyio.sleep(0.02)
 
 
 @pytest.fixture(params=["memory", pytest.param("zookeeper", marks=pytest.mark.zookeeper)])
