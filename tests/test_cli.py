@@ -24,8 +24,8 @@ import aioelastic
 from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
 from aioelastic.cli import EXIT_BROKEN_PIPE, build_parser
 from aioelastic.registry import MemoryStore
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import free_port
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from aioelastic._sharding import ShardingStrategy
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     check_no_overlap,
     expected,

@@ -17,7 +17,7 @@ from aioelastic import (
 )
 from aioelastic._layout import JobPaths
 from aioelastic.registry import MemoryStore
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from aioelastic.registry import (
     WatchEventType,
     ZooKeeperRegistry,
 )
-from tests.cluster import (
+from tests.harness.cluster import (
     JOB,
     Cluster,
     Instance,
@@ -36,9 +36,9 @@ from tests.cluster import (
     wait_assignment,
     zk_client,
 )
-from tests.ensemble_faults import EnsembleFaults
+from tests.harness.ensemble_faults import EnsembleFaults
+from tests.harness.history import Fault, check_history
 from tests.harness.zookeeper import EnsembleMember, Recorder, ZooKeeperEnsemble, barrier
-from tests.history import Fault, check_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -397,7 +397,7 @@ async def test_quorum_loss_fences_everything_then_the_cluster_recovers(
     assert survivor.running
 
 
-# -- the soak's server faults (tests/ensemble_faults.py), briefly ---------------------------
+# -- the soak's server faults (tests/harness/ensemble_faults.py), briefly -------------------------
 
 
 async def test_server_faults_of_the_soak_keep_the_invariants(

@@ -29,8 +29,7 @@ from aioelastic import (
 from aioelastic._layout import JobPaths
 from aioelastic.registry import MemoryRegistry, MemoryStore, SessionEvent, SessionState
 from aioelastic.tracing import MemorySink
-
-from .helpers import completions, eventually, executions
+from tests.harness.helpers import completions, eventually, executions
 
 pytestmark = pytest.mark.anyio
 

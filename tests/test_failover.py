@@ -9,7 +9,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     Instance,
     ItemRun,

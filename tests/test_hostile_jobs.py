@@ -28,7 +28,7 @@ def records(log: Path) -> list[dict[str, object]]:
 def test_base_exception_in_a_job_does_not_make_a_zombie(tmp_path: Path, exception: str) -> None:
     log = tmp_path / "runs.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.hostile_instance", exception, str(log)],
+        [sys.executable, "-m", "tests.harness.hostile_instance", exception, str(log)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

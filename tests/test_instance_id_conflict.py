@@ -19,7 +19,7 @@ import pytest
 
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from tests.cluster import (
+from tests.harness.cluster import (
     JOB,
     ROOT,
     Cluster,
@@ -52,7 +52,7 @@ def start_as(cluster: Cluster, label: str) -> Labelled:
         [
             sys.executable,
             "-m",
-            "tests.cluster_instance",
+            "tests.harness.cluster_instance",
             "--registry",
             cluster.registry_url,
             "--log",

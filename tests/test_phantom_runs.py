@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.cluster import Cluster, check_no_overlap, ready, trigger
+from tests.harness.cluster import Cluster, check_no_overlap, ready, trigger
 from tests.harness.zookeeper import ZooKeeperServer
 from tests.test_failover import TIMEOUT, failover_runs, start_cluster, wait_runs
 

@@ -19,8 +19,8 @@ from aioelastic._errors import RegistryError
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import CreateOp, DeleteOp, ZooKeeperRegistry
-from tests.cluster import zk_client
-from tests.helpers import eventually
+from tests.harness.cluster import zk_client
+from tests.harness.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(90)]
 

@@ -29,9 +29,9 @@ from aioelastic import (
 from aioelastic._layout import JobPaths
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
+from tests.harness.helpers import completions, eventually, executions, statuses
 
 from .conftest import Backend
-from .helpers import completions, eventually, executions, statuses
 
 pytestmark = pytest.mark.anyio
 

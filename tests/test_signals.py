@@ -27,7 +27,7 @@ import pytest
 from aioelastic import Scheduler, Settings
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from tests.cluster import zk_client
+from tests.harness.cluster import zk_client
 
 pytestmark = pytest.mark.anyio
 

@@ -224,7 +224,7 @@ async def test_kill_9_during_a_database_outage_loses_at_most_the_window(
     child = subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "tests" / "trace_outage_instance.py"),
+            str(ROOT / "tests" / "harness" / "trace_outage_instance.py"),
             postgres_url,
             str(journal),
             str(runs_file),

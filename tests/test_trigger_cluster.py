@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from aioelastic import ExecutionSource, Scheduler, Settings, ShardingContext
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper]
 

@@ -13,7 +13,7 @@ import pytest
 
 from aioelastic import Scheduler, Settings
 from aioelastic._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     check_no_overlap,
     expected,

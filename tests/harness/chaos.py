@@ -26,10 +26,10 @@ from aioelastic._urls import parse_registry_url
 from aioelastic._watchdog import STALL_EXIT_STATUS
 from aioelastic.registry import ZooKeeperRegistry
 from aioelastic.tracing import PostgresSink, TraceBus
-from tests.cluster import JOB, Cluster, Instance, read_assignment, zk_client
+from tests.harness.cluster import JOB, Cluster, Instance, read_assignment, zk_client
+from tests.harness.history import Fault, Report, check_history
 from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import ZooKeeperServer, _close_session
-from tests.history import Fault, Report, check_history
 
 __all__ = ["BASIC_KINDS", "CORRUPTIONS", "Chaos", "TraceReport"]
 
@@ -136,7 +136,9 @@ class Chaos:
         """The victim's next item blocks its event loop (``time.sleep``) for longer than the
         session timeout: its watchdog must end it (status 70) before the session can expire.
         False if it started no item within the reaction time (nothing was blocked)."""
-        flag = inst.log.with_name(inst.log.name + ".block")  # read by tests/cluster_instance.py
+        flag = inst.log.with_name(
+            inst.log.name + ".block"
+        )  # read by tests/harness/cluster_instance.py
         flag.write_text(str(seconds or self.session_timeout * 2))
         start = time.time()
         with anyio.move_on_after(REACTION):

@@ -1,6 +1,6 @@
 """Multi-instance test harness: instances as OS processes, their histories, and checks on them.
 
-Each instance process (``tests/cluster_instance.py``) appends JSON lines to its own history
+Each instance process (``tests/harness/cluster_instance.py``) appends JSON lines to its own history
 file; ``Cluster.history()`` merges them into ``ItemRun`` records that ``check_no_overlap`` and the
 other invariant checks read.
 """
@@ -30,7 +30,7 @@ from tests.harness.zookeeper import ZooKeeperServer
 
 JOB = "cluster_job"
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: How soon after SIGCONT (or after its session was killed on the server) an instance must have
 #: cancelled its items. Items in these tests have less than this left when the fault hits, so a
 #: run that was not fenced would have completed (ok) instead.
@@ -111,7 +111,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "tests.cluster_instance",
+                "tests.harness.cluster_instance",
                 "--registry",
                 self.registry_url,
                 "--log",
