@@ -30,6 +30,7 @@ from tests.harness.cluster import (
     wait_assignment,
     zk_client,
 )
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -78,14 +79,6 @@ def session_of(inst: Instance) -> dict[str, Any]:
     return next(r for r in inst.records() if r["ev"] == "session" and r["state"] == "CONNECTED")
 
 
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"{what} not within {timeout}s")
-
-
 async def instance_owner(url: str) -> int | None:
     paths = JobPaths(parse_registry_url(url).namespace, JOB)
     async with zk_client(url) as reg:
@@ -111,7 +104,7 @@ async def test_a_second_process_with_the_same_id_fails_its_start_and_takes_nothi
         await wait_assignment(reg, url, TOTAL, {SAME: list(range(TOTAL))}, 15)
     second = start_as(cluster, "second")
     started = time.time()
-    await until(lambda: not second.alive, 40, "the second process's start failing")
+    await eventually(lambda: not second.alive, 40, 0.05, what="the second process's start failing")
     waited = time.time() - started
     exited = time.time()
     assert second.proc.returncode != 0
@@ -122,10 +115,11 @@ async def test_a_second_process_with_the_same_id_fails_its_start_and_takes_nothi
     assert 6 <= waited < 6 + 20  # the bounded wait, plus start-up on a busy machine
     # The first still holds its node and every item, and keeps running them.
     assert await instance_owner(url) == session_of(first)["session_id"]
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.start > exited}) == TOTAL,
         10,
-        "the first running all its items after the second gave up",
+        0.05,
+        what="the first running all its items after the second gave up",
     )
     assert first.alive
     assert not any(r.instance == "second" for r in cluster.history())
@@ -139,7 +133,9 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     cluster = cluster_for(cluster_factory, url)
     old = start_as(cluster, "old")
     await ready(cluster, old)
-    await until(lambda: any(r.instance == "old" for r in cluster.history()), 10, "a run")
+    await eventually(
+        lambda: any(r.instance == "old" for r in cluster.history()), 10, 0.05, what="a run"
+    )
     old.signal(signal.SIGKILL)  # its session (and instance node) lives on for up to 4 s
     killed = time.time()
     new = start_as(cluster, "new")
@@ -147,10 +143,11 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     if session_of(new)["t"] < killed + 3:  # it started before the old session could expire
         assert CONFLICT in cluster.stderr(new, tail=None)
     assert await instance_owner(url) == session_of(new)["session_id"]
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.instance == "new"}) == TOTAL,
         10,
-        "the restarted process running every item",
+        0.05,
+        what="the restarted process running every item",
     )
     assert min(r.start for r in cluster.history() if r.instance == "new") > killed
     check_no_overlap(cluster.history())
@@ -164,8 +161,11 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     first = start_as(cluster, "first")
     await ready(cluster, first)
     second = start_as(cluster, "second")
-    await until(
-        lambda: CONFLICT in cluster.stderr(second, tail=None), 15, "the second's conflict ERROR"
+    await eventually(
+        lambda: CONFLICT in cluster.stderr(second, tail=None),
+        15,
+        0.05,
+        what="the second's conflict ERROR",
     )
     # The first freezes past its session timeout (a long GC pause, a partition): its session
     # expires and the waiting second gets the node. Woken, the first gets a new session and
@@ -174,13 +174,17 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     await ready(cluster, second)
     first.signal(signal.SIGCONT)
     woken = time.time()
-    await until(
-        lambda: CONFLICT in cluster.stderr(first, tail=None), 15, "the first's conflict ERROR"
+    await eventually(
+        lambda: CONFLICT in cluster.stderr(first, tail=None),
+        15,
+        0.05,
+        what="the first's conflict ERROR",
     )
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.instance == "second"}) == TOTAL,
         10,
-        "the second running every item",
+        0.05,
+        what="the second running every item",
     )
     await anyio.sleep(2.0)  # fires of the first keep coming, and must find no items
     assert first.alive

@@ -61,7 +61,7 @@ async def eventually(
                 return value
             await anyio.sleep(step)
     shown = f"; {detail()}" if detail is not None else ""
-    raise AssertionError(f"{what or probe} not within {timeout}s{shown}")
+    raise AssertionError(f"not within {timeout}s: {what or probe}{shown}")
 
 
 async def _value(probe: Callable[[], object]) -> object:
