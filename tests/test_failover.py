@@ -79,7 +79,16 @@ async def test_sigkill_mid_run_fails_over_unfinished_items_only(
     assert len(taken) == 1 and taken[0].instance in {"inst-a", "inst-b"}
     assert taken[0].start - killed <= TIMEOUT + 1.5, "failover waited for more than the session"
     assert "@-@FAILOVER@-@" in taken[0].task_id
-    await anyio.sleep(1.0)
+    # The marker: the failover run of item 1 lasted its seconds to the end; a failover of item 0
+    # would have been claimed along with it, long before.
+    await eventually(
+        cluster.history,
+        10,
+        0.05,
+        until=lambda runs: any(r.item == 1 and r.end for r in failover_runs(runs)),
+        what="the failover run of item 1 ending",
+        detail=cluster.history,
+    )
     assert not [r for r in failover_runs(cluster.history()) if r.item == 0], "finished item re-run"
     check_no_overlap(cluster.history())
 

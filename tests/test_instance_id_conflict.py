@@ -14,7 +14,6 @@ import sys
 import time
 from typing import Any
 
-import anyio
 import pytest
 
 from aioelastic._layout import JobPaths
@@ -186,7 +185,18 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
         0.05,
         what="the second running every item",
     )
-    await anyio.sleep(2.0)  # fires of the first keep coming, and must find no items
+    # Fires of the first keep coming (at the same cron seconds as the second's) and must find no
+    # items: two more fires of the second are the marker.
+    marker = time.time()
+    await eventually(
+        lambda: {
+            r.task_id for r in cluster.history() if r.instance == "second" and r.start > marker
+        },
+        10,
+        0.05,
+        until=lambda fires: len(fires) >= 2,
+        what="two more fires of the second",
+    )
     assert first.alive
     assert not [r for r in cluster.history() if r.instance == "first" and r.start > woken]
     assert await instance_owner(url) == session_of(second)["session_id"]
