@@ -249,14 +249,12 @@ async def test_kill_9_during_a_database_outage_loses_at_most_the_window(
             finally:
                 await conn.close()
 
-        with anyio.fail_after(30):
-            while await rows() < 80:  # two fires written: the sink works
-                await anyio.sleep(0.2)
+        await eventually(rows, 30, 0.2, until=lambda n: n >= 80)  # two fires written: sink works
         await anyio.to_thread.run_sync(postgres_server.stop)
         stopped_runs = len(runs_file.read_text().splitlines())
-        with anyio.fail_after(30):
-            while len(runs_file.read_text().splitlines()) < stopped_runs + 120:
-                await anyio.sleep(0.1)  # three fires with the database down
+        await eventually(  # three fires with the database down
+            lambda: len(runs_file.read_text().splitlines()) >= stopped_runs + 120, 30, 0.1
+        )
         child.send_signal(signal.SIGKILL)
         killed_at = time.time()
         child.wait(10)
