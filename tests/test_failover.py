@@ -6,7 +6,6 @@ import signal
 import time
 from collections.abc import Callable
 
-import anyio
 import pytest
 
 from tests.harness.cluster import (
@@ -19,6 +18,7 @@ from tests.harness.cluster import (
     trigger,
     url_with,
     wait_assignment,
+    wait_sessions_expired,
     zk_client,
 )
 from tests.harness.helpers import eventually
@@ -137,7 +137,7 @@ async def test_cluster_restarted_after_everyone_died_recovers_running_items(
     )
     for proc in procs.values():
         proc.signal(signal.SIGKILL)
-    await anyio.sleep(TIMEOUT + 1)  # every session expires
+    await wait_sessions_expired(url, IDS, TIMEOUT + 10)
     fresh = [cluster.start(name) for name in ("inst-x", "inst-y")]
     await ready(cluster, *fresh)
     runs = await eventually(

@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from tests.harness.cluster import Cluster, check_no_overlap, ready, trigger
+from tests.harness.cluster import Cluster, check_no_overlap, ready, trigger, wait_sessions_expired
 from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 from tests.test_failover import TIMEOUT, failover_runs, start_cluster
@@ -65,7 +64,7 @@ async def test_killed_runs_are_completed_as_failures_naming_the_lost_instance_an
     else:
         for proc in procs.values():
             proc.signal(signal.SIGKILL)
-        await anyio.sleep(TIMEOUT + 1)  # every session expires
+        await wait_sessions_expired(url, procs, TIMEOUT + 10)
         fresh = [cluster.start(name) for name in ("inst-x", "inst-y")]
         await ready(cluster, *fresh)
         takers = {"inst-x", "inst-y"}

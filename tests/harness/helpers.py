@@ -53,14 +53,17 @@ async def eventually(
 ) -> Any:
     """Poll ``probe`` (plain, or returning an awaitable) until ``until(value)`` holds (default:
     the value is truthy) and return that value; fail the test after ``timeout`` seconds, naming
-    ``what`` and showing ``detail()`` (e.g. the history or a process's stderr)."""
+    ``what`` and showing the last value (with ``until``) and ``detail()`` (e.g. the history or a
+    process's stderr)."""
+    value: Any = None
     with anyio.move_on_after(timeout):
         while True:
             value = await _value(probe)
             if until(value):
                 return value
             await anyio.sleep(step)
-    shown = f"; {detail()}" if detail is not None else ""
+    shown = f"; last: {value!r}" if until is not bool else ""
+    shown += f"; {detail()}" if detail is not None else ""
     raise AssertionError(f"not within {timeout}s: {what or probe}{shown}")
 
 
