@@ -51,7 +51,6 @@ class JobRunner:
         self._grace = grace_period
         self.in_flight = 0
         """Fires and runs of this job in progress on this instance."""
-        self._stopping = False
         self._stop = anyio.Event()
         self._wake = anyio.Event()
         self._fires: TaskGroup | None = None
@@ -79,8 +78,11 @@ class JobRunner:
         """False once stopping or while a reshard is pending (streaming jobs stop looping)."""
         return not self._stopping and not self.coordinator.reshard_pending()
 
+    @property
+    def _stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self) -> None:
-        self._stopping = True
         self._stop.set()
 
     def cancel_running(self) -> None:
@@ -109,7 +111,6 @@ class JobRunner:
                         task_status.started()
                         await self._stop.wait()
                         loops.cancel_scope.cancel()
-                    self._stopping = True
                     with anyio.move_on_after(5, shield=True):
                         await coord.deregister()
                     # Running items get the grace period, then are cancelled.

@@ -9,7 +9,7 @@ trace-database outage), then the history checker over everything that ran, and t
     python benchmarks/chaos_soak.py --seed 7 --duration 150 --ensemble   # a 3-server quorum
 
 With ``--ensemble`` the registry is a 3-server ZooKeeper quorum and the faults also kill, pause
-and wipe its servers, kill its leader and lose its quorum (``tests/ensemble_faults.py``).
+and wipe its servers, kill its leader and lose its quorum (``tests/harness/ensemble_faults.py``).
 
 Prints the fault count by kind, the checker's and the trace report; exits 1 on any invariant
 violation or any trace row lost beyond the documented window.
@@ -30,9 +30,9 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.chaos import Chaos
-from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
-from tests.ensemble_faults import SERVER_FAULTS, EnsembleFaults, EnsembleServer
+from tests.harness.chaos import Chaos
+from tests.harness.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.ensemble_faults import SERVER_FAULTS, EnsembleFaults, EnsembleServer
 from tests.harness.postgres import running_postgres
 from tests.harness.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
 from aioelastic._layout import JobPaths
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     expected,
     ready,

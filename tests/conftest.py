@@ -23,15 +23,15 @@ from aioelastic.registry import (
     SessionState,
     ZooKeeperRegistry,
 )
-from tests.cluster import Cluster
+from tests.harness.cluster import Cluster
 from tests.harness.zookeeper import expire_session
 
 pytest_plugins = ["tests.harness.zookeeper_plugin", "tests.harness.postgres_plugin"]
 
 # This process runs in-process schedulers on ZooKeeper next to test code that may block the loop
 # (a synchronous subprocess read, a slow fixture on a loaded machine): here the loop watchdog only
-# warns instead of ending the whole test run. The instance processes of tests/cluster.py keep the
-# production default ("exit"), which the blocked-loop tests rely on.
+# warns instead of ending the whole test run. The instance processes of tests/harness/cluster.py
+# keep the production default ("exit"), which the blocked-loop tests rely on.
 os.environ.setdefault("AIOELASTIC_LOOP_STALL_ACTION", "warn")
 
 

@@ -1,5 +1,5 @@
 """Chaos: faults injected into a 3-process cluster on a real ZooKeeper; the history checker
-must find no violated invariant (tests/history.py). The hostile kinds (a blocked event loop,
+must find no violated invariant (tests/harness/history.py). The hostile kinds (a blocked event loop,
 corrupted nodes, a wiped server, a kill during a trace outage) have one short test each; the
 soak (benchmarks/chaos_soak.py) mixes them all at random for minutes."""
 
@@ -11,11 +11,19 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from tests.chaos import CORRUPTIONS, Chaos
-from tests.cluster import Cluster, ItemRun, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.chaos import CORRUPTIONS, Chaos
+from tests.harness.cluster import (
+    Cluster,
+    ItemRun,
+    expected,
+    ready,
+    url_with,
+    wait_assignment,
+    zk_client,
+)
+from tests.harness.history import Fault, check_history
 from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import ZooKeeperServer
-from tests.history import Fault, check_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(180)]
 

@@ -24,8 +24,8 @@ import aioelastic
 from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
 from aioelastic.cli import EXIT_BROKEN_PIPE, build_parser
 from aioelastic.registry import MemoryStore
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import free_port
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -457,15 +457,15 @@ async def test_run_imports_the_scheduler_and_stops_cleanly_on_signals(
     )
     try:
         async with Operations(zk_url) as ops:
-            with anyio.fail_after(15):
-                while not (ran.exists() and len(ran.read_text().split()) >= 2):
-                    assert proc.poll() is None, log.read_text()
-                    await anyio.sleep(0.05)
+
+            def ran_twice() -> bool:
+                assert proc.poll() is None, log.read_text()
+                return ran.exists() and len(ran.read_text().split()) >= 2
+
+            await eventually(ran_twice, 15, 0.05, what="two runs")
             assert (await ops.job("tick")).instance_count == 1
             proc.send_signal(sig)
-            with anyio.fail_after(20):
-                while proc.poll() is None:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: proc.poll() is not None, 20, 0.05, what="the exit")
             assert proc.returncode == 0, log.read_text()
             assert "stopping gracefully" in log.read_text()
             assert (await ops.job("tick")).status is JobStatus.CRASHED  # its node is gone
@@ -510,9 +510,7 @@ async def test_trace_commands(postgres_url: str, tmp_path: Path) -> None:
     async with scheduler:
         for n in (3, 6):
             await scheduler.trigger("payroll")
-            with anyio.fail_after(5):
-                while done < n:
-                    await anyio.sleep(0.01)
+            await eventually(lambda: done >= n, 5)  # noqa: B023 - awaited in this iteration
     # leaving `async with` flushed the trace: 6 item runs, 2 of them failed
 
     tr = ("--tracing", postgres_url)

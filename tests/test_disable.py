@@ -14,7 +14,7 @@ import pytest
 from aioelastic import Operations, Scheduler, Settings, ShardingContext, State
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink
-from tests.helpers import eventually, statuses
+from tests.harness.helpers import eventually, statuses
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 

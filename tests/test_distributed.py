@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from aioelastic._sharding import ShardingStrategy
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     check_no_overlap,
     expected,
@@ -20,6 +20,7 @@ from tests.cluster import (
     wait_assignment,
     zk_client,
 )
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer, _close_session
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)]
@@ -122,10 +123,12 @@ async def test_server_restart_is_survived_without_double_runs(
     async with zk_client(url) as reg:
         await wait_assignment(reg, url, total, expected(ids, total), 20)
     # Fires go on after the restart, on every instance.
-    deadline = time.time() + 15
-    while {r.instance for r in cluster.history() if r.start > restarted + 1} != set(ids):
-        assert time.time() < deadline, "fires did not resume on every instance"
-        await anyio.sleep(0.2)
+    await eventually(
+        lambda: {r.instance for r in cluster.history() if r.start > restarted + 1} == set(ids),
+        15,
+        0.2,
+        what="fires resuming on every instance",
+    )
     assert all(p.alive for p in procs)
     check_no_overlap(cluster.history())
 
@@ -145,25 +148,31 @@ async def test_forced_session_expiry_is_survived(
         session = next(r for r in victim.records() if r["ev"] == "session")
         host, _, port = zk_server.hosts.rpartition(":")
         victim.expiries.append(time.time())
-        with anyio.fail_after(10):
-            while await _close_session(
-                host, int(port), session["session_id"], bytes.fromhex(session["password"])
-            ):
-                await anyio.sleep(0.01)
+
+        async def closed() -> bool:
+            password = bytes.fromhex(session["password"])
+            return not await _close_session(host, int(port), session["session_id"], password)
+
+        await eventually(closed, 10, what="the session closed")
         expired = time.time()
         # It gets a new session, re-registers, and the cluster settles on all three again.
-        deadline = time.time() + 20
-        while not any(
-            r["ev"] == "session"
-            and r["session_id"] != session["session_id"]
-            and r["state"] == "CONNECTED"
-            for r in victim.records()
-        ):
-            assert time.time() < deadline, cluster.stderr(victim)
-            await anyio.sleep(0.1)
+        await eventually(
+            lambda: any(
+                r["ev"] == "session"
+                and r["session_id"] != session["session_id"]
+                and r["state"] == "CONNECTED"
+                for r in victim.records()
+            ),
+            20,
+            0.1,
+            what="a new session",
+            detail=lambda: cluster.stderr(victim),
+        )
         await wait_assignment(reg, url, total, expected(ids, total), 20)
-    deadline = time.time() + 10
-    while not any(r.instance == "inst-a" and r.start > expired + 1 for r in cluster.history()):
-        assert time.time() < deadline, "the expired instance did not resume its items"
-        await anyio.sleep(0.2)
+    await eventually(
+        lambda: any(r.instance == "inst-a" and r.start > expired + 1 for r in cluster.history()),
+        10,
+        0.2,
+        what="the expired instance resuming its items",
+    )
     check_no_overlap(cluster.history())

@@ -15,7 +15,7 @@ from aioelastic._errors import InstanceIdConflictError
 from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from tests.conftest import Backend
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

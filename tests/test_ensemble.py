@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
+from functools import partial
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ from aioelastic.registry import (
     WatchEventType,
     ZooKeeperRegistry,
 )
-from tests.cluster import (
+from tests.harness.cluster import (
     JOB,
     Cluster,
     Instance,
@@ -36,9 +37,10 @@ from tests.cluster import (
     wait_assignment,
     zk_client,
 )
-from tests.ensemble_faults import EnsembleFaults
+from tests.harness.ensemble_faults import EnsembleFaults
+from tests.harness.helpers import eventually
+from tests.harness.history import Fault, check_history
 from tests.harness.zookeeper import EnsembleMember, Recorder, ZooKeeperEnsemble, barrier
-from tests.history import Fault, check_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -64,12 +66,9 @@ async def raw(zk_ensemble: ZooKeeperEnsemble) -> AsyncIterator[ZooKeeperRegistry
 
 
 async def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` (which may call the servers' four-letter words) within a deadline."""
-    with anyio.move_on_after(timeout):
-        while not await anyio.to_thread.run_sync(predicate):
-            await anyio.sleep(0.1)
-        return
-    raise AssertionError(f"not within {timeout}s: {what}")
+    """Poll ``predicate`` (which may call the servers' four-letter words: off the event loop)
+    within a deadline."""
+    await eventually(partial(anyio.to_thread.run_sync, predicate), timeout, 0.1, what=what)
 
 
 # -- 1. the harness -------------------------------------------------------------------------
@@ -295,30 +294,36 @@ RECOVERY_DEADLINE = 30.0
 
 async def _a_fire_started(cluster: Cluster, after: float) -> None:
     """Wait until every item of a cron fire later than ``after`` started."""
-    with anyio.fail_after(15):
-        while True:
-            by_fire: dict[float, set[int]] = {}
-            for run in cluster.history():
-                if run.scheduled is not None and run.scheduled > after:
-                    by_fire.setdefault(run.scheduled, set()).add(run.item)
-            if any(len(items) == TOTAL for items in by_fire.values()):
-                return
-            await anyio.sleep(0.02)
+
+    def started() -> bool:
+        by_fire: dict[float, set[int]] = {}
+        for run in cluster.history():
+            if run.scheduled is not None and run.scheduled > after:
+                by_fire.setdefault(run.scheduled, set()).add(run.item)
+        return any(len(items) == TOTAL for items in by_fire.values())
+
+    await eventually(started, 15, 0.02, what=f"every item of a fire after {after}")
 
 
 async def _every_item_started_after(cluster: Cluster, since: float, timeout: float) -> float:
     """Wait until every item started again after ``since`` (a cron fire, or the misfire re-run
     of one); return when the last one did."""
-    with anyio.move_on_after(timeout):
-        while True:
-            first: dict[int, float] = {}
-            for run in cluster.history():
-                if run.start > since:
-                    first[run.item] = min(first.get(run.item, run.start), run.start)
-            if len(first) == TOTAL:
-                return max(first.values())
-            await anyio.sleep(0.1)
-    raise AssertionError(f"not every item fired again within {timeout}s of {since}")
+
+    def first_starts() -> dict[int, float]:
+        first: dict[int, float] = {}
+        for run in cluster.history():
+            if run.start > since:
+                first[run.item] = min(first.get(run.item, run.start), run.start)
+        return first
+
+    first = await eventually(
+        first_starts,
+        timeout,
+        0.1,
+        until=lambda first: len(first) == TOTAL,
+        what=f"every item fired again after {since}",
+    )
+    return max(first.values())
 
 
 async def test_quorum_loss_fences_everything_then_the_cluster_recovers(
@@ -397,7 +402,7 @@ async def test_quorum_loss_fences_everything_then_the_cluster_recovers(
     assert survivor.running
 
 
-# -- the soak's server faults (tests/ensemble_faults.py), briefly ---------------------------
+# -- the soak's server faults (tests/harness/ensemble_faults.py), briefly -------------------------
 
 
 async def test_server_faults_of_the_soak_keep_the_invariants(

@@ -11,7 +11,7 @@ import pytest
 
 from aioelastic._errors import ConfigError, SessionLostError
 from aioelastic._urls import parse_registry_url
-from tests.cluster import zk_client
+from tests.harness.cluster import zk_client
 from tests.harness.zookeeper import ZooKeeperServer, free_port
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -25,23 +26,22 @@ from aioelastic import (
     ShardingContext,
     ShardingContexts,
     TimeDiffError,
+    TraceEvent,
 )
 from aioelastic._layout import JobPaths
 from aioelastic.registry import MemoryRegistry, MemoryStore, SessionEvent, SessionState
-from aioelastic.tracing import MemorySink
-
-from .helpers import completions, eventually, executions
+from tests.harness.helpers import CaptureSink, completions, eventually, executions
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def sink() -> MemorySink:
-    return MemorySink()
+def sink() -> CaptureSink:
+    return CaptureSink()
 
 
 @pytest.fixture
-def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> Callable[..., Scheduler]:
+def make_scheduler(sink: CaptureSink, request: pytest.FixtureRequest) -> Callable[..., Scheduler]:
     store = f"semantics-{uuid.uuid4().hex[:12]}"
     MemoryStore.reset(store)
 
@@ -77,15 +77,18 @@ async def run_until_fatal(
                 await scheduler.run()
 
 
-async def trigger_until(scheduler: Scheduler, sink: MemorySink, job: str, total: int) -> None:
+async def trigger_until(scheduler: Scheduler, sink: CaptureSink, job: str, total: int) -> None:
     """Trigger ``job`` until ``total`` item runs completed (after a new session the instance
     node is back only once the job re-registered it: a trigger before that reaches nobody)."""
+
+    def done(events: list[TraceEvent]) -> bool:
+        return len(completions(events, job)) >= total
+
     with anyio.fail_after(20):
-        while len(completions(sink.events, job)) < total:
+        while not done(sink.events):
             await scheduler.trigger(job)
-            with anyio.move_on_after(2):
-                while len(completions(sink.events, job)) < total:
-                    await anyio.sleep(0.05)
+            with anyio.move_on_after(2):  # the trigger reached nobody: again
+                await sink.wait_for(done, timeout=math.inf)
 
 
 class FailingBefore(JobListener):
@@ -115,7 +118,7 @@ class Counting(JobListener):
 
 
 async def test_raise_time_diff_failure_aborts_the_fire_before_any_item(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     ran: list[int] = []
@@ -135,7 +138,7 @@ async def test_raise_time_diff_failure_aborts_the_fire_before_any_item(
 
 
 async def test_log_time_diff_failure_is_logged_and_the_fire_goes_on(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     scheduler = make_scheduler()
 
@@ -145,7 +148,7 @@ async def test_log_time_diff_failure_is_logged_and_the_fire_goes_on(
     async with scheduler:
         skew_clock(scheduler, "clocked")
         await scheduler.trigger("clocked")
-        await eventually(lambda: len(completions(sink.events, "clocked")) == 2)
+        await sink.wait_for(lambda events: len(completions(events, "clocked")) == 2)
     assert all(e.is_success for e in completions(sink.events, "clocked"))
     logged = [
         r
@@ -156,7 +159,7 @@ async def test_log_time_diff_failure_is_logged_and_the_fire_goes_on(
 
 
 async def test_raise_before_listener_failure_aborts_the_fire_before_any_item(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     ran: list[int] = []
@@ -174,7 +177,7 @@ async def test_raise_before_listener_failure_aborts_the_fire_before_any_item(
 @pytest.mark.parametrize("handler", ["log", "ignore", "callable"])
 async def test_other_handlers_before_listener_failure_goes_on(
     make_scheduler: Callable[..., Scheduler],
-    sink: MemorySink,
+    sink: CaptureSink,
     caplog: pytest.LogCaptureFixture,
     handler: str,
 ) -> None:
@@ -191,7 +194,7 @@ async def test_other_handlers_before_listener_failure_goes_on(
     async with scheduler:
         for n in (1, 2):  # the schedule goes on
             await scheduler.trigger("guarded")
-            await eventually(lambda: len(completions(sink.events, "guarded")) == n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "guarded")) == n)  # noqa: B023 - awaited in this iteration
             await eventually(lambda: failing.after == n)  # noqa: B023 - awaited in this iteration
     assert all(e.is_success for e in completions(sink.events, "guarded"))
     assert [c[0] for c in later.calls] == ["before", "after"] * 2  # the others still run
@@ -208,7 +211,7 @@ async def test_other_handlers_before_listener_failure_goes_on(
 
 
 async def test_misfire_rerun_outside_a_fire_goes_through_the_listeners(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     listener = Counting()
@@ -221,7 +224,7 @@ async def test_misfire_rerun_outside_a_fire_goes_through_the_listeners(
         await eventually(lambda: coord.local_items() == [0, 1])
         await scheduler.registry.create(coord.paths.item_misfire(1))
         await eventually(lambda: len(listener.calls) == 2)
-        await eventually(lambda: len(completions(sink.events, "late")) == 1)
+        await sink.wait_for(lambda events: len(completions(events, "late")) == 1)
     assert listener.calls == [("before", (1,), "MISFIRE"), ("after", (1,), "MISFIRE")]
     assert completions(sink.events, "late")[0].execution_source is ExecutionSource.MISFIRE
 
@@ -232,7 +235,7 @@ def ghost_intent(job: str, item: int, **run: object) -> bytes:
 
 
 async def test_failover_takeover_goes_through_the_listeners_and_completes_the_dead_run(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     listener = Counting()
@@ -274,7 +277,7 @@ async def test_failover_takeover_goes_through_the_listeners_and_completes_the_de
                 make_parents=True,
             )
             await eventually(lambda: len(listener.calls) == 2, timeout=10)
-            await eventually(lambda: len(completions(sink.events, "taken")) == 2)
+            await sink.wait_for(lambda events: len(completions(events, "taken")) == 2)
     assert ran == [(1, "FAILOVER")]  # once, no double run
     assert listener.calls == [("before", (1,), "FAILOVER"), ("after", (1,), "FAILOVER")]
     assert once_hooks == []  # cluster-wide hooks are not part of a takeover
@@ -297,7 +300,7 @@ async def test_failover_takeover_goes_through_the_listeners_and_completes_the_de
 
 
 async def test_takeover_of_an_old_intent_without_run_fields_still_runs(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
 
@@ -310,14 +313,14 @@ async def test_takeover_of_an_old_intent_without_run_fields_still_runs(
         await scheduler.registry.create(
             coord.paths.failover_item(0), ghost_intent("legacy", 0), make_parents=True
         )
-        await eventually(lambda: len(completions(sink.events, "legacy")) == 1)
+        await sink.wait_for(lambda events: len(completions(events, "legacy")) == 1)
     assert [e.execution_source for e in executions(sink.events, "legacy")] == [
         ExecutionSource.FAILOVER
     ] * 2
 
 
 async def test_failover_intent_carries_the_run_and_stays_readable(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     gate = anyio.Event()
@@ -333,7 +336,7 @@ async def test_failover_intent_carries_the_run_and_stays_readable(
     async with scheduler:
         await scheduler.trigger("marked")
         await gate.wait()
-        await eventually(lambda: len(completions(sink.events, "marked")) == 1)
+        await sink.wait_for(lambda events: len(completions(events, "marked")) == 1)
     start = executions(sink.events, "marked")[0]
     (intent,) = intents
     assert intent["instance"] == scheduler.instance_id and isinstance(intent["session"], int)
@@ -389,7 +392,7 @@ def boom_records(caplog: pytest.LogCaptureFixture, hook: str) -> list[logging.Lo
 
 
 async def test_raising_observer_is_logged_and_jobs_keep_firing(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad, good = Exploding(), Recording()
     scheduler = make_scheduler(observers=(bad, good))
@@ -400,12 +403,12 @@ async def test_raising_observer_is_logged_and_jobs_keep_firing(
     async with scheduler:
         for n in (1, 2, 3):
             await scheduler.trigger("observed")
-            await eventually(lambda: len(completions(sink.events, "observed")) == 2 * n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "observed")) == 2 * n)  # noqa: B023 - awaited in this iteration
         coord = scheduler._runners["observed"].coordinator
         await scheduler.registry.create(
             coord.paths.failover_item(0), ghost_intent("observed", 0), make_parents=True
         )
-        await eventually(lambda: len(completions(sink.events, "observed")) == 7)
+        await sink.wait_for(lambda events: len(completions(events, "observed")) == 7)
     assert all(e.is_success for e in completions(sink.events, "observed"))
     assert good.fires == 3 and bad.calls == 3  # the good observer still hears every fire
     assert len(boom_records(caplog, "fire_started")) == 3  # once per call, with its name
@@ -415,7 +418,7 @@ async def test_raising_observer_is_logged_and_jobs_keep_firing(
 
 
 async def test_raising_session_listener_on_memory_registry_is_isolated(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad, good = Exploding(), Recording()
     scheduler = make_scheduler(observers=(bad, good))
@@ -442,7 +445,7 @@ async def test_raising_session_listener_on_memory_registry_is_isolated(
 
 
 async def test_raising_trace_sink_does_not_fail_fires(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     class BrokenSink:
         name = "broken"
@@ -467,7 +470,7 @@ async def test_raising_trace_sink_does_not_fail_fires(
         for n in (1, 2):
             await scheduler.trigger("sunk")
             await eventually(lambda: ran == n)  # noqa: B023 - awaited in this iteration
-        await eventually(lambda: len(completions(sink.events, "sunk")) == 2)
+        await sink.wait_for(lambda events: len(completions(events, "sunk")) == 2)
 
 
 # -- 4. BaseException from job code --
@@ -480,7 +483,7 @@ async def test_raising_trace_sink_does_not_fail_fires(
 )
 async def test_job_base_exception_fails_its_item_only(
     make_scheduler: Callable[..., Scheduler],
-    sink: MemorySink,
+    sink: CaptureSink,
     caplog: pytest.LogCaptureFixture,
     exc: BaseException,
 ) -> None:
@@ -502,8 +505,8 @@ async def test_job_base_exception_fails_its_item_only(
         for n in (1, 2):  # the schedule goes on
             await scheduler.trigger("hostile")
             await scheduler.trigger("bystander")
-            await eventually(lambda: len(completions(sink.events, "hostile")) == 2 * n)  # noqa: B023 - awaited in this iteration
-            await eventually(lambda: len(completions(sink.events, "bystander")) == n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "hostile")) == 2 * n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "bystander")) == n)  # noqa: B023 - awaited in this iteration
     runs = completions(sink.events, "hostile")
     failed = [e for e in runs if not e.is_success]
     assert sibling_done == 2
@@ -514,7 +517,7 @@ async def test_job_base_exception_fails_its_item_only(
 
 
 async def test_real_cancellation_is_still_honoured_when_a_job_reraises_its_own(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     """Shutdown past the grace period cancels the item, even if the job turns the cancellation
     into a fresh CancelledError of its own: the run is cancelled, not "failed and went on"."""
@@ -541,7 +544,7 @@ async def test_real_cancellation_is_still_honoured_when_a_job_reraises_its_own(
 
 
 async def test_session_loss_fencing_is_still_honoured_and_keeps_the_failover_intent(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     started = anyio.Event()
@@ -561,7 +564,7 @@ async def test_session_loss_fencing_is_still_honoured_and_keeps_the_failover_int
         assert isinstance(registry, MemoryRegistry)
         registry.expire_session()  # fenced; a new session at once
         # The cut run's intent survives the fence, so the item is failed over (to us).
-        await eventually(lambda: len(completions(sink.events, "fenced")) == 3)
+        await sink.wait_for(lambda events: len(completions(events, "fenced")) == 3)
     cut = [e for e in completions(sink.events, "fenced") if "READY" in e.task_id]
     assert {e.is_success for e in cut} == {False}
     assert any("registry session lost" in (e.failure_cause or "") for e in cut)
@@ -569,7 +572,7 @@ async def test_session_loss_fencing_is_still_honoured_and_keeps_the_failover_int
 
 
 async def test_a_returned_value_is_ignored_and_logged_once(
-    make_scheduler: Callable[..., Scheduler], sink: MemorySink, caplog: pytest.LogCaptureFixture
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     scheduler = make_scheduler()
 
@@ -584,7 +587,7 @@ async def test_a_returned_value_is_ignored_and_logged_once(
         async with scheduler:
             for n in (1, 2):
                 await scheduler.trigger("returner")
-                await eventually(lambda: len(completions(sink.events, "returner")) == n)  # noqa: B023 - awaited in this iteration
+                await sink.wait_for(lambda events: len(completions(events, "returner")) == n)  # noqa: B023 - awaited in this iteration
     assert all(e.is_success for e in completions(sink.events, "returner"))
     warned = [r for r in caplog.records if "returned" in r.getMessage()]
     assert len(warned) == 1 and "un-awaited coroutine" in warned[0].getMessage()
@@ -610,7 +613,7 @@ class _no_unawaited_warning:
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_raising_error_handler_is_logged_and_the_job_keeps_its_schedule(
     make_scheduler: Callable[..., Scheduler],
-    sink: MemorySink,
+    sink: CaptureSink,
     caplog: pytest.LogCaptureFixture,
     kind: str,
 ) -> None:
@@ -634,7 +637,7 @@ async def test_a_raising_error_handler_is_logged_and_the_job_keeps_its_schedule(
     async with scheduler:
         for n in (1, 2):
             await scheduler.trigger("failing")
-            await eventually(lambda: len(completions(sink.events, "failing")) == n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "failing")) == n)  # noqa: B023 - awaited in this iteration
     logged = [r for r in caplog.records if "error handler" in r.getMessage()]
     # per fire: the before-listener's error and the item's error reach the raising handler
     assert len(logged) == 4
@@ -643,7 +646,7 @@ async def test_a_raising_error_handler_is_logged_and_the_job_keeps_its_schedule(
 
 @pytest.mark.zookeeper
 async def test_zookeeper_session_state_and_listener_faults_are_isolated(
-    zk_url: str, sink: MemorySink, caplog: pytest.LogCaptureFixture
+    zk_url: str, sink: CaptureSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The same isolation on a real ZooKeeper: a raising observer and session listener, a
     session expired on the server; jobs keep firing and each error is logged with its name."""
@@ -668,7 +671,7 @@ async def test_zookeeper_session_state_and_listener_faults_are_isolated(
         assert isinstance(registry, ZooKeeperRegistry)
         registry.add_session_listener(broken_listener)
         await scheduler.trigger("zk_observed")
-        await eventually(lambda: len(completions(sink.events, "zk_observed")) == 2, timeout=10)
+        await sink.wait_for(lambda events: len(completions(events, "zk_observed")) == 2, timeout=10)
         await expire_session(registry)
         await eventually(lambda: good.states[-1:] == ["CONNECTED"] and "LOST" in good.states, 15)
         await eventually(lambda: registry.session_state is SessionState.CONNECTED, 15)

@@ -6,10 +6,9 @@ import signal
 import time
 from collections.abc import Callable
 
-import anyio
 import pytest
 
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     Instance,
     ItemRun,
@@ -19,26 +18,16 @@ from tests.cluster import (
     trigger,
     url_with,
     wait_assignment,
+    wait_sessions_expired,
     zk_client,
 )
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)]
 
 TIMEOUT = 3.0  # session timeout of these tests' instances
 IDS = ["inst-a", "inst-b", "inst-c"]  # inst-c sorts first: it owns items 0 and 1 of 6
-
-
-async def wait_runs(
-    cluster: Cluster, predicate: Callable[[list[ItemRun]], bool], timeout: float, what: str
-) -> list[ItemRun]:
-    with anyio.move_on_after(timeout):
-        while True:
-            runs = cluster.history()
-            if predicate(runs):
-                return runs
-            await anyio.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout}s; history: {cluster.history()}")
 
 
 async def start_cluster(
@@ -65,28 +54,41 @@ async def test_sigkill_mid_run_fails_over_unfinished_items_only(
         zk_server, cluster_factory, duration=0.2, durations={"1": 6, "0": 0.1, "2": 6}
     )
     await trigger(url, *IDS)
-    await wait_runs(
-        cluster,
-        lambda runs: (
+    await eventually(
+        cluster.history,
+        10,
+        0.05,
+        until=lambda runs: (
             any(r.instance == "inst-c" and r.item == 0 and r.end for r in runs)
             and any(r.instance == "inst-c" and r.item == 1 for r in runs)
         ),
-        10,
-        "inst-c did not finish item 0 and start item 1",
+        what="inst-c did not finish item 0 and start item 1",
+        detail=cluster.history,
     )
     procs["inst-c"].signal(signal.SIGKILL)
     killed = time.time()
-    runs = await wait_runs(
-        cluster,
-        lambda runs: any(r.item == 1 for r in failover_runs(runs)),
+    runs = await eventually(
+        cluster.history,
         TIMEOUT + 5,
-        "item 1 was not failed over",
+        0.05,
+        until=lambda runs: any(r.item == 1 for r in failover_runs(runs)),
+        what="item 1 was not failed over",
+        detail=cluster.history,
     )
     taken = [r for r in failover_runs(runs) if r.item == 1]
     assert len(taken) == 1 and taken[0].instance in {"inst-a", "inst-b"}
     assert taken[0].start - killed <= TIMEOUT + 1.5, "failover waited for more than the session"
     assert "@-@FAILOVER@-@" in taken[0].task_id
-    await anyio.sleep(1.0)
+    # The marker: the failover run of item 1 lasted its seconds to the end; a failover of item 0
+    # would have been claimed along with it, long before.
+    await eventually(
+        cluster.history,
+        10,
+        0.05,
+        until=lambda runs: any(r.item == 1 and r.end for r in failover_runs(runs)),
+        what="the failover run of item 1 ending",
+        detail=cluster.history,
+    )
     assert not [r for r in failover_runs(cluster.history()) if r.item == 0], "finished item re-run"
     check_no_overlap(cluster.history())
 
@@ -96,18 +98,22 @@ async def test_all_running_items_are_claimed_in_one_pass_spread_over_survivors(
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=4)
     await trigger(url, "inst-c")
-    await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+    await eventually(
+        cluster.history,
         10,
-        "inst-c did not start items 0 and 1",
+        0.05,
+        until=lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+        what="inst-c did not start items 0 and 1",
+        detail=cluster.history,
     )
     procs["inst-c"].signal(signal.SIGKILL)
-    runs = await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+    runs = await eventually(
+        cluster.history,
         TIMEOUT + 5,
-        "items 0 and 1 were not both failed over",
+        0.05,
+        until=lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+        what="items 0 and 1 were not both failed over",
+        detail=cluster.history,
     )
     takers = {r.instance for r in failover_runs(runs)}
     assert takers == {"inst-a", "inst-b"}, f"not spread over the survivors: {takers}"
@@ -121,19 +127,26 @@ async def test_cluster_restarted_after_everyone_died_recovers_running_items(
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=5)
     await trigger(url, *IDS)
-    await wait_runs(
-        cluster, lambda runs: len({r.item for r in runs}) == 6, 10, "not every item started"
+    await eventually(
+        cluster.history,
+        10,
+        0.05,
+        until=lambda runs: len({r.item for r in runs}) == 6,
+        what="not every item started",
+        detail=cluster.history,
     )
     for proc in procs.values():
         proc.signal(signal.SIGKILL)
-    await anyio.sleep(TIMEOUT + 1)  # every session expires
+    await wait_sessions_expired(url, IDS, TIMEOUT + 10)
     fresh = [cluster.start(name) for name in ("inst-x", "inst-y")]
     await ready(cluster, *fresh)
-    runs = await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in failover_runs(runs)} == set(range(6)),
+    runs = await eventually(
+        cluster.history,
         15,
-        "the restarted cluster did not recover every item left running",
+        0.05,
+        until=lambda runs: {r.item for r in failover_runs(runs)} == set(range(6)),
+        what="the restarted cluster did not recover every item left running",
+        detail=cluster.history,
     )
     assert {r.instance for r in failover_runs(runs)} <= {"inst-x", "inst-y"}
     check_no_overlap(cluster.history())
@@ -144,27 +157,33 @@ async def test_paused_instance_does_not_go_on_after_waking(
 ) -> None:
     cluster, url, procs = await start_cluster(zk_server, cluster_factory, duration=8)
     await trigger(url, "inst-c")
-    await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+    await eventually(
+        cluster.history,
         10,
-        "inst-c did not start its items",
+        0.05,
+        until=lambda runs: {r.item for r in runs if r.instance == "inst-c"} == {0, 1},
+        what="inst-c did not start its items",
+        detail=cluster.history,
     )
     victim = procs["inst-c"]
     victim.signal(signal.SIGSTOP)
-    await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+    await eventually(
+        cluster.history,
         TIMEOUT + 6,
-        "the paused instance's items were not failed over",
+        0.05,
+        until=lambda runs: {r.item for r in failover_runs(runs)} == {0, 1},
+        what="the paused instance's items were not failed over",
+        detail=cluster.history,
     )
     victim.signal(signal.SIGCONT)
     woke = time.time()
-    runs = await wait_runs(
-        cluster,
-        lambda runs: all(r.end is not None for r in runs if r.instance == "inst-c"),
+    runs = await eventually(
+        cluster.history,
         5,
-        "the paused instance did not stop its items after waking",
+        0.05,
+        until=lambda runs: all(r.end is not None for r in runs if r.instance == "inst-c"),
+        what="the paused instance did not stop its items after waking",
+        detail=cluster.history,
     )
     for run in (r for r in runs if r.instance == "inst-c" and r.item in {0, 1}):
         assert run.ok is False and run.end is not None and run.end - woke < 0.5

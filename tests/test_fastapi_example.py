@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
 from aioelastic import JobStatus, Operations
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper]
@@ -48,29 +49,30 @@ async def test_fastapi_app_runs_jobs_and_shuts_down_cleanly(
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            with anyio.fail_after(20):
-                while True:
-                    assert proc.poll() is None, log.read_text()
-                    try:
-                        jobs = await http.get("/jobs")
-                        if jobs.status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
+
+            async def listed() -> httpx.Response | None:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    jobs = await http.get("/jobs")
+                except httpx.TransportError:
+                    return None
+                return jobs if jobs.status_code == 200 else None
+
+            jobs = await eventually(listed, 20, 0.1, what="the app serving /jobs")
+            assert jobs is not None
             by_name = {j["name"]: j for j in jobs.json()}
             assert set(by_name) == {"heartbeat", "report"}
             assert by_name["heartbeat"]["cron"] == "0/1 * * * * ?"
 
-            with anyio.fail_after(10):  # the cron job fires every second
-                while (await http.get("/runs")).json().get("heartbeat", 0) < 4:
-                    await anyio.sleep(0.1)
+            async def runs(job: str) -> int:
+                return int((await http.get("/runs")).json().get(job, 0))
+
+            # the cron job fires every second
+            await eventually(partial(runs, "heartbeat"), 10, 0.1, until=lambda n: n >= 4)
 
             triggered = await http.post("/jobs/report/trigger")
             assert triggered.status_code == 200 and len(triggered.json()["instances"]) == 1
-            with anyio.fail_after(5):
-                while (await http.get("/runs")).json().get("report", 0) < 1:
-                    await anyio.sleep(0.05)
+            await eventually(partial(runs, "report"), 5, 0.05, until=lambda n: n >= 1)
             assert (await http.post("/jobs/nope/trigger")).status_code == 404
 
             metrics = (await http.get("/metrics")).text
@@ -80,9 +82,7 @@ async def test_fastapi_app_runs_jobs_and_shuts_down_cleanly(
         async with Operations(zk_url) as ops:  # the app is an instance of the cluster
             assert (await ops.job("heartbeat")).instance_count == 1
             proc.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                while proc.poll() is None:
-                    await anyio.sleep(0.05)
+            await eventually(lambda: proc.poll() is not None, 20, 0.05, what="the exit")
             text = log.read_text()
             assert proc.returncode == exit_code, text
             assert "scheduler stopped: lifespan shutdown complete" in text

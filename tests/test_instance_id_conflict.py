@@ -14,12 +14,11 @@ import sys
 import time
 from typing import Any
 
-import anyio
 import pytest
 
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from tests.cluster import (
+from tests.harness.cluster import (
     JOB,
     ROOT,
     Cluster,
@@ -30,6 +29,7 @@ from tests.cluster import (
     wait_assignment,
     zk_client,
 )
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -52,7 +52,7 @@ def start_as(cluster: Cluster, label: str) -> Labelled:
         [
             sys.executable,
             "-m",
-            "tests.cluster_instance",
+            "tests.harness.cluster_instance",
             "--registry",
             cluster.registry_url,
             "--log",
@@ -76,14 +76,6 @@ def start_as(cluster: Cluster, label: str) -> Labelled:
 
 def session_of(inst: Instance) -> dict[str, Any]:
     return next(r for r in inst.records() if r["ev"] == "session" and r["state"] == "CONNECTED")
-
-
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.05)
-        return
-    raise AssertionError(f"{what} not within {timeout}s")
 
 
 async def instance_owner(url: str) -> int | None:
@@ -111,7 +103,7 @@ async def test_a_second_process_with_the_same_id_fails_its_start_and_takes_nothi
         await wait_assignment(reg, url, TOTAL, {SAME: list(range(TOTAL))}, 15)
     second = start_as(cluster, "second")
     started = time.time()
-    await until(lambda: not second.alive, 40, "the second process's start failing")
+    await eventually(lambda: not second.alive, 40, 0.05, what="the second process's start failing")
     waited = time.time() - started
     exited = time.time()
     assert second.proc.returncode != 0
@@ -122,10 +114,11 @@ async def test_a_second_process_with_the_same_id_fails_its_start_and_takes_nothi
     assert 6 <= waited < 6 + 20  # the bounded wait, plus start-up on a busy machine
     # The first still holds its node and every item, and keeps running them.
     assert await instance_owner(url) == session_of(first)["session_id"]
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.start > exited}) == TOTAL,
         10,
-        "the first running all its items after the second gave up",
+        0.05,
+        what="the first running all its items after the second gave up",
     )
     assert first.alive
     assert not any(r.instance == "second" for r in cluster.history())
@@ -139,7 +132,9 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     cluster = cluster_for(cluster_factory, url)
     old = start_as(cluster, "old")
     await ready(cluster, old)
-    await until(lambda: any(r.instance == "old" for r in cluster.history()), 10, "a run")
+    await eventually(
+        lambda: any(r.instance == "old" for r in cluster.history()), 10, 0.05, what="a run"
+    )
     old.signal(signal.SIGKILL)  # its session (and instance node) lives on for up to 4 s
     killed = time.time()
     new = start_as(cluster, "new")
@@ -147,10 +142,11 @@ async def test_a_restarted_process_waits_for_its_old_session_then_joins(
     if session_of(new)["t"] < killed + 3:  # it started before the old session could expire
         assert CONFLICT in cluster.stderr(new, tail=None)
     assert await instance_owner(url) == session_of(new)["session_id"]
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.instance == "new"}) == TOTAL,
         10,
-        "the restarted process running every item",
+        0.05,
+        what="the restarted process running every item",
     )
     assert min(r.start for r in cluster.history() if r.instance == "new") > killed
     check_no_overlap(cluster.history())
@@ -164,8 +160,11 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     first = start_as(cluster, "first")
     await ready(cluster, first)
     second = start_as(cluster, "second")
-    await until(
-        lambda: CONFLICT in cluster.stderr(second, tail=None), 15, "the second's conflict ERROR"
+    await eventually(
+        lambda: CONFLICT in cluster.stderr(second, tail=None),
+        15,
+        0.05,
+        what="the second's conflict ERROR",
     )
     # The first freezes past its session timeout (a long GC pause, a partition): its session
     # expires and the waiting second gets the node. Woken, the first gets a new session and
@@ -174,15 +173,30 @@ async def test_a_re_registration_finding_the_id_taken_takes_no_items(
     await ready(cluster, second)
     first.signal(signal.SIGCONT)
     woken = time.time()
-    await until(
-        lambda: CONFLICT in cluster.stderr(first, tail=None), 15, "the first's conflict ERROR"
+    await eventually(
+        lambda: CONFLICT in cluster.stderr(first, tail=None),
+        15,
+        0.05,
+        what="the first's conflict ERROR",
     )
-    await until(
+    await eventually(
         lambda: len({r.item for r in cluster.history() if r.instance == "second"}) == TOTAL,
         10,
-        "the second running every item",
+        0.05,
+        what="the second running every item",
     )
-    await anyio.sleep(2.0)  # fires of the first keep coming, and must find no items
+    # Fires of the first keep coming (at the same cron seconds as the second's) and must find no
+    # items: two more fires of the second are the marker.
+    marker = time.time()
+    await eventually(
+        lambda: {
+            r.task_id for r in cluster.history() if r.instance == "second" and r.start > marker
+        },
+        10,
+        0.05,
+        until=lambda fires: len(fires) >= 2,
+        what="two more fires of the second",
+    )
     assert first.alive
     assert not [r for r in cluster.history() if r.instance == "first" and r.start > woken]
     assert await instance_owner(url) == session_of(second)["session_id"]

@@ -37,7 +37,7 @@ from aioelastic.registry._limits import (
     PACKET_LIMIT,
     transaction_size,
 )
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 

@@ -18,7 +18,7 @@ import pytest
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic._logging import JsonFormatter, short_task_id
 from aioelastic.registry import MemoryStore
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 from tests.test_cli import ROOT, clean_env
 
 pytestmark = pytest.mark.anyio

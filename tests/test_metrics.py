@@ -16,7 +16,7 @@ from aioelastic import Scheduler, ShardingContext
 from aioelastic.metrics import PrometheusMetrics
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import SinkStats
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -26,8 +26,8 @@ from aioelastic import (
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import MemoryRegistry, MemoryStore
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import free_port
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic.registry import MemoryStore
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 from tests.test_cli import ROOT, clean_env
 
 pytestmark = pytest.mark.anyio

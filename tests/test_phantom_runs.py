@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from tests.cluster import Cluster, check_no_overlap, ready, trigger
+from tests.harness.cluster import Cluster, check_no_overlap, ready, trigger, wait_sessions_expired
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
-from tests.test_failover import TIMEOUT, failover_runs, start_cluster, wait_runs
+from tests.test_failover import TIMEOUT, failover_runs, start_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -30,18 +30,6 @@ def rows(db: Path) -> list[dict[str, Any]]:
         return []  # the table is not there yet
     finally:
         conn.close()
-
-
-async def wait_rows(
-    db: Path, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
-) -> list[dict[str, Any]]:
-    with anyio.move_on_after(timeout):
-        while True:
-            found = rows(db)
-            if predicate(found):
-                return found
-            await anyio.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout}s; rows: {rows(db)}")
 
 
 def dead(row: dict[str, Any], instance: str) -> bool:
@@ -62,11 +50,13 @@ async def test_killed_runs_are_completed_as_failures_naming_the_lost_instance_an
         zk_server, cluster_factory, duration=0.2, durations={"0": 8, "1": 8}
     )
     await trigger(url, "inst-c")  # inst-c runs items 0 and 1, both long
-    await wait_rows(
-        db,
-        lambda found: len([r for r in found if dead(r, "inst-c")]) == 2,
+    await eventually(
+        lambda: rows(db),
         15,
-        "inst-c's runs of items 0 and 1 were not traced as started",
+        0.1,
+        until=lambda found: len([r for r in found if dead(r, "inst-c")]) == 2,
+        what="inst-c's runs of items 0 and 1 were not traced as started",
+        detail=lambda: rows(db),
     )
     if takeover == "survivors":
         procs["inst-c"].signal(signal.SIGKILL)
@@ -74,21 +64,25 @@ async def test_killed_runs_are_completed_as_failures_naming_the_lost_instance_an
     else:
         for proc in procs.values():
             proc.signal(signal.SIGKILL)
-        await anyio.sleep(TIMEOUT + 1)  # every session expires
+        await wait_sessions_expired(url, procs, TIMEOUT + 10)
         fresh = [cluster.start(name) for name in ("inst-x", "inst-y")]
         await ready(cluster, *fresh)
         takers = {"inst-x", "inst-y"}
-    await wait_runs(
-        cluster,
-        lambda runs: {r.item for r in failover_runs(runs) if r.end is not None} == {0, 1},
+    await eventually(
+        cluster.history,
         TIMEOUT + 25,
-        "items 0 and 1 were not failed over and completed",
+        0.05,
+        until=lambda runs: {r.item for r in failover_runs(runs) if r.end is not None} == {0, 1},
+        what="items 0 and 1 were not failed over and completed",
+        detail=cluster.history,
     )
-    found = await wait_rows(
-        db,
-        lambda found: bool(found) and all(r["complete_time"] is not None for r in found),
+    found = await eventually(
+        lambda: rows(db),
         10,
-        "some run stayed unfinished in the trace",
+        0.1,
+        until=lambda found: bool(found) and all(r["complete_time"] is not None for r in found),
+        what="some run stayed unfinished in the trace",
+        detail=lambda: rows(db),
     )
     lost = [r for r in found if dead(r, "inst-c")]
     assert sorted(r["sharding_item"] for r in lost) == [0, 1]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import pytest
@@ -18,9 +19,9 @@ from aioelastic import JobConfig, Scheduler, ShardingContext
 from aioelastic._errors import RegistryError
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from aioelastic.registry import CreateOp, DeleteOp, ZooKeeperRegistry
-from tests.cluster import zk_client
-from tests.helpers import eventually
+from aioelastic.registry import CreateOp, DeleteOp, Op, ZooKeeperRegistry
+from tests.harness.cluster import zk_client
+from tests.harness.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(90)]
 
@@ -135,9 +136,7 @@ async def test_garbage_owner_is_reported_and_resharded(
         await c.reg.set(node, b"\xff\xfe garbage")
         await eventually(lambda: errors(caplog, node), timeout=10)
         # The leader finds the assignment invalid and writes a valid owner again.
-        with anyio.fail_after(10):
-            while (await c.reg.get(node))[0] != b"inst-a":
-                await anyio.sleep(0.05)
+        await eventually(partial(c.reg.get, node), 10, 0.05, until=lambda got: got[0] == b"inst-a")
         await c.bad_fires_again(item=0)
         await c.good_keeps_firing()
         assert len(errors(caplog, node)) == 1
@@ -151,9 +150,7 @@ async def test_persistent_instance_node_is_deleted_by_the_leader(
         ghost = c.paths.instance("ghost")
         await c.reg.create(ghost, b'{"host": "nowhere"}')
         await eventually(lambda: errors(caplog, ghost), timeout=10)
-        with anyio.fail_after(10):
-            while await c.reg.exists(ghost) is not None:
-                await anyio.sleep(0.05)
+        await eventually(partial(c.reg.exists, ghost), 10, 0.05, until=lambda stat: stat is None)
         await c.bad_fires_again(item=0)
         await c.bad_fires_again(item=1)
         await c.good_keeps_firing()
@@ -183,13 +180,7 @@ async def test_persistent_item_mark_is_deleted_by_the_leader(
         await c.bad_fires_again()
         mark = c.paths.item_running(1) if kind == "running" else c.paths.item_failover(1)
         # Replace whatever mark there is by a persistent one (as another client would).
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    await c.reg.create(mark, b"\xffsomeone")
-                    break
-                except RegistryError:
-                    await anyio.sleep(0.01)
+        await eventually(lambda: attempt(c.reg.create(mark, b"\xffsomeone")), 10)
         await eventually(lambda: errors(caplog, mark), timeout=10)
         await c.bad_fires_again(item=1)
         await c.good_keeps_firing()
@@ -198,15 +189,21 @@ async def test_persistent_item_mark_is_deleted_by_the_leader(
         assert len(errors(caplog, mark)) == 1
 
 
+async def attempt(
+    op: Awaitable[object], errors: type[Exception] | tuple[type[Exception], ...] = RegistryError
+) -> bool:
+    """Await ``op``; False if it raised one of ``errors`` (to be tried again)."""
+    try:
+        await op
+    except errors:
+        return False
+    return True
+
+
 async def _swap_election(c: Cluster1, data: bytes, *, ephemeral: bool) -> None:
     node = c.paths.leader_election_instance
-    with anyio.fail_after(10):
-        while True:
-            try:
-                await c.reg.transaction([DeleteOp(node), CreateOp(node, data, ephemeral=ephemeral)])
-                return
-            except Exception:
-                await anyio.sleep(0.01)
+    ops: list[Op] = [DeleteOp(node), CreateOp(node, data, ephemeral=ephemeral)]
+    await eventually(lambda: attempt(c.reg.transaction(ops), Exception), 10)
 
 
 async def test_persistent_garbage_election_node_is_deleted(
@@ -217,12 +214,12 @@ async def test_persistent_garbage_election_node_is_deleted(
         node = c.paths.leader_election_instance
         await _swap_election(c, b"\x00\xffgarbage", ephemeral=False)
         await eventually(lambda: errors(caplog, node), timeout=10)
-        with anyio.fail_after(10):
-            while True:
-                data, stat = await c.reg.get(node)
-                if data == b"inst-a" and stat.ephemeral_owner:
-                    break
-                await anyio.sleep(0.05)
+        await eventually(
+            partial(c.reg.get, node),
+            10,
+            0.05,
+            until=lambda got: got[0] == b"inst-a" and got[1].ephemeral_owner,
+        )
         await c.bad_fires_again()
         await c.good_keeps_firing()
         assert len(errors(caplog, node)) == 1
@@ -235,26 +232,19 @@ async def test_garbage_election_node_of_a_live_session_is_reported_until_it_ends
         await c.bad_fires_again()
         node = c.paths.leader_election_instance
         async with zk_client(zk_url) as other:
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        await other.transaction(
-                            [DeleteOp(node), CreateOp(node, b"\xffjunk", ephemeral=True)]
-                        )
-                        break
-                    except Exception:
-                        await anyio.sleep(0.01)
+            ops: list[Op] = [DeleteOp(node), CreateOp(node, b"\xffjunk", ephemeral=True)]
+            await eventually(lambda: attempt(other.transaction(ops), Exception), 10)
             await eventually(lambda: errors(caplog, node), timeout=10)
             await c.good_keeps_firing()
             await c.bad_fires_again()  # no leader: the committed assignment still runs
             assert (await c.reg.get(node))[0] == b"\xffjunk"  # left to its session
         # The other client's session ended: the node went with it and inst-a is elected.
-        with anyio.fail_after(10):
-            while True:
-                stat = await c.reg.exists(node)
-                if stat is not None and (await c.reg.get(node))[0] == b"inst-a":
-                    break
-                await anyio.sleep(0.05)
+
+        async def elected() -> bool:
+            stat = await c.reg.exists(node)
+            return stat is not None and (await c.reg.get(node))[0] == b"inst-a"
+
+        await eventually(elected, 10, 0.05, what="inst-a elected")
         assert len(errors(caplog, node)) == 1
 
 
@@ -267,13 +257,11 @@ async def delete_tree_at_once(reg: ZooKeeperRegistry, root: str) -> None:
             below += await walk(f"{path}/{kid}")
         return [*below, path]
 
-    with anyio.fail_after(10):
-        while True:
-            try:
-                await reg.transaction([DeleteOp(path) for path in await walk(root)])
-                return
-            except RegistryError:
-                await anyio.sleep(0.01)  # changed meanwhile (a fire's marks): walk again
+    async def delete() -> bool:
+        # A RegistryError: changed meanwhile (a fire's marks), walk again.
+        return await attempt(reg.transaction([DeleteOp(path) for path in await walk(root)]))
+
+    await eventually(delete, 10)
 
 
 async def test_job_root_deleted_while_running_is_rebuilt(

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from aioelastic.registry import SessionState
-from tests.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.cluster import Cluster, expected, ready, url_with, wait_assignment, zk_client
+from tests.harness.history import Fault, check_history
 from tests.harness.zookeeper import Recorder, ZooKeeperServer
-from tests.history import Fault, check_history
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -28,10 +28,9 @@ from aioelastic import (
 )
 from aioelastic._layout import JobPaths
 from aioelastic.registry import MemoryStore
-from aioelastic.tracing import MemorySink
+from tests.harness.helpers import CaptureSink, completions, eventually, executions, statuses
 
 from .conftest import Backend
-from .helpers import completions, eventually, executions, statuses
 
 pytestmark = pytest.mark.anyio
 
@@ -39,12 +38,12 @@ MakeScheduler = Callable[..., Scheduler]
 
 
 @pytest.fixture
-def sink() -> MemorySink:
-    return MemorySink()
+def sink() -> CaptureSink:
+    return CaptureSink()
 
 
 @pytest.fixture
-def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> MakeScheduler:
+def make_scheduler(sink: CaptureSink, request: pytest.FixtureRequest) -> MakeScheduler:
     """Schedulers on the embedded registry, or on the test's ``backend`` if it takes one."""
     if "backend" in request.fixturenames:
         url = request.getfixturevalue("backend").url
@@ -59,12 +58,12 @@ def make_scheduler(sink: MemorySink, request: pytest.FixtureRequest) -> MakeSche
     return make
 
 
-def states(sink: MemorySink, job: str) -> list[tuple[State, str]]:
+def states(sink: CaptureSink, job: str) -> list[tuple[State, str]]:
     return [(e.state, e.message) for e in statuses(sink.events, job)]
 
 
 async def test_success_events_in_order_and_context_fields(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     scheduler = make_scheduler()
     seen: list[ShardingContext] = []
@@ -79,7 +78,7 @@ async def test_success_events_in_order_and_context_fields(
 
     async with scheduler:
         await scheduler.trigger("settle")
-        await eventually(lambda: len(statuses(sink.events, "settle")) == 3)
+        await sink.wait_for(lambda events: len(statuses(events, "settle")) == 3)
 
     assert [s for s, _ in states(sink, "settle")] == [
         State.TASK_STAGING,
@@ -105,7 +104,9 @@ async def test_success_events_in_order_and_context_fields(
         assert done.execution_source is ExecutionSource.NORMAL_TRIGGER
 
 
-async def test_task_ids_are_unique_per_run(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
+async def test_task_ids_are_unique_per_run(
+    make_scheduler: MakeScheduler, sink: CaptureSink
+) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job()
@@ -114,12 +115,12 @@ async def test_task_ids_are_unique_per_run(make_scheduler: MakeScheduler, sink: 
     async with scheduler:
         for n in range(1, 4):
             await scheduler.trigger("once")
-            await eventually(lambda: len(completions(sink.events, "once")) == n)  # noqa: B023 - awaited in this iteration
+            await sink.wait_for(lambda events: len(completions(events, "once")) == n)  # noqa: B023 - awaited in this iteration
     assert len({e.task_id for e in completions(sink.events, "once")}) == 3
 
 
 async def test_failure_does_not_cancel_siblings(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     scheduler = make_scheduler()
     handled: list[tuple[str, BaseException]] = []
@@ -135,7 +136,7 @@ async def test_failure_does_not_cancel_siblings(
 
     async with scheduler:
         await scheduler.trigger("flaky")
-        await eventually(lambda: len(statuses(sink.events, "flaky")) == 3)
+        await sink.wait_for(lambda events: len(statuses(events, "flaky")) == 3)
 
     final_state, message = states(sink, "flaky")[-1]
     assert final_state is State.TASK_ERROR
@@ -148,7 +149,7 @@ async def test_failure_does_not_cancel_siblings(
     assert [(j, str(e)) for j, e in handled] == [("flaky", "boom on 1")]
 
 
-async def test_empty_items(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
+async def test_empty_items(make_scheduler: MakeScheduler, sink: CaptureSink) -> None:
     scheduler = make_scheduler()
 
     @scheduler.job(sharding_total_count=1)
@@ -161,7 +162,7 @@ async def test_empty_items(make_scheduler: MakeScheduler, sink: MemorySink) -> N
         await scheduler.registry.create(paths.item_disabled(0))
         await eventually(lambda: scheduler._runners["idle"].coordinator.local_items() == [])
         await scheduler.trigger("idle")
-        await eventually(lambda: len(statuses(sink.events, "idle")) == 2)
+        await sink.wait_for(lambda events: len(statuses(events, "idle")) == 2)
     assert states(sink, "idle") == [
         (State.TASK_STAGING, "Job 'idle' execute begin."),
         (State.TASK_FINISHED, "Sharding item for job 'idle' is empty."),
@@ -169,7 +170,7 @@ async def test_empty_items(make_scheduler: MakeScheduler, sink: MemorySink) -> N
 
 
 async def test_misfire_marks_and_reruns_once(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     scheduler = make_scheduler()
     release = anyio.Event()
@@ -193,7 +194,7 @@ async def test_misfire_marks_and_reruns_once(
             assert coord.is_misfired(0) and coord.is_misfired(1)
         release.set()
         await eventually(lambda: len(runs) == 4)
-        await eventually(lambda: len(completions(sink.events, "slow")) == 4)
+        await sink.wait_for(lambda events: len(completions(events, "slow")) == 4)
         assert not coord.is_misfired(0) and not coord.is_misfired(1)
 
     assert runs == [ExecutionSource.NORMAL_TRIGGER] * 2 + [ExecutionSource.MISFIRE] * 2
@@ -208,7 +209,7 @@ async def test_misfire_marks_and_reruns_once(
 
 
 async def test_no_misfire_skips_and_leaves_no_marks(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     scheduler = make_scheduler()
     release = anyio.Event()
@@ -228,12 +229,18 @@ async def test_no_misfire_skips_and_leaves_no_marks(
         await eventually(lambda: any("still running" in m for _, m in states(sink, "skip")))
         assert not coord.is_misfired(0)
         release.set()
-        await eventually(lambda: len(completions(sink.events, "skip")) == 1)
-        await anyio.sleep(0.2)  # give a wrong re-run the chance to show up
-    assert runs == 1
+        await sink.wait_for(lambda events: len(completions(events, "skip")) == 1)
+        # A later fire is the marker: a wrong re-run (a misfire) of the skipped trigger would
+        # come before it.
+        await eventually(lambda: not coord.is_running(0))
+        await scheduler.trigger("skip")
+        await sink.wait_for(lambda events: len(completions(events, "skip")) >= 2)
+    assert runs == 2  # the first fire and the marker, nothing for the skipped trigger
+    sources = [e.execution_source for e in completions(sink.events, "skip")]
+    assert sources == [ExecutionSource.NORMAL_TRIGGER] * 2
 
 
-async def test_items_run_concurrently(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
+async def test_items_run_concurrently(make_scheduler: MakeScheduler, sink: CaptureSink) -> None:
     scheduler = make_scheduler()
     n = 8
     active = 0
@@ -250,12 +257,12 @@ async def test_items_run_concurrently(make_scheduler: MakeScheduler, sink: Memor
 
     async with scheduler:
         await scheduler.trigger("parallel")
-        await eventually(lambda: len(completions(sink.events, "parallel")) == n)
+        await sink.wait_for(lambda events: len(completions(events, "parallel")) == n)
     assert all(e.is_success for e in completions(sink.events, "parallel"))
 
 
 async def test_max_concurrency_limits_items(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     active = peak = 0
@@ -270,12 +277,12 @@ async def test_max_concurrency_limits_items(
 
     async with scheduler:
         await scheduler.trigger("limited")
-        await eventually(lambda: len(completions(sink.events, "limited")) == 6)
+        await sink.wait_for(lambda events: len(completions(events, "limited")) == 6)
     assert peak == 2
 
 
 async def test_timeout_cancels_item_and_records_failure(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     cancelled = anyio.Event()
@@ -290,7 +297,7 @@ async def test_timeout_cancels_item_and_records_failure(
 
     async with scheduler:
         await scheduler.trigger("hangs")
-        await eventually(lambda: len(completions(sink.events, "hangs")) == 2)
+        await sink.wait_for(lambda events: len(completions(events, "hangs")) == 2)
     assert cancelled.is_set()
     done = {e.sharding_item: e for e in completions(sink.events, "hangs")}
     assert done[1].is_success and not done[0].is_success
@@ -299,7 +306,7 @@ async def test_timeout_cancels_item_and_records_failure(
 
 
 async def test_cron_fires_at_scheduled_times(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     fires: list[tuple[datetime, datetime]] = []
@@ -318,7 +325,7 @@ async def test_cron_fires_at_scheduled_times(
 
 
 async def test_graceful_stop_lets_items_finish(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     scheduler = make_scheduler(shutdown_grace_period=5)
     started = anyio.Event()
@@ -342,7 +349,7 @@ async def test_graceful_stop_lets_items_finish(
 
 
 async def test_cancelling_run_gives_grace_then_cancels(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler(shutdown_grace_period=0.3)
     started = anyio.Event()
@@ -368,7 +375,7 @@ async def test_cancelling_run_gives_grace_then_cancels(
 
 
 async def test_listeners_run_around_the_fire(
-    make_scheduler: MakeScheduler, sink: MemorySink, backend: Backend
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
 ) -> None:
     calls: list[str] = []
 
@@ -410,7 +417,7 @@ async def test_error_handler_raise_stops_the_scheduler(make_scheduler: MakeSched
                 await scheduler.run()
 
 
-async def test_dataflow_jobs(make_scheduler: MakeScheduler, sink: MemorySink) -> None:
+async def test_dataflow_jobs(make_scheduler: MakeScheduler, sink: CaptureSink) -> None:
     scheduler = make_scheduler()
     queue = {0: [[1, 2], [3], []], 1: [[10], []]}
     processed: dict[int, list[int]] = {0: [], 1: []}
@@ -439,12 +446,14 @@ async def test_dataflow_jobs(make_scheduler: MakeScheduler, sink: MemorySink) ->
     async with scheduler:
         await scheduler.trigger("stream")
         await scheduler.trigger("oneshot")
-        await eventually(lambda: len(completions(sink.events)) == 3)
+        await sink.wait_for(lambda events: len(completions(events)) == 3)
     assert processed == {0: [1, 2, 3], 1: [10]}  # streaming looped until fetch returned nothing
     assert OneShot.calls == 1  # not streaming: one fetch, one process
 
 
-async def test_script_jobs(make_scheduler: MakeScheduler, sink: MemorySink, tmp_path: Path) -> None:
+async def test_script_jobs(
+    make_scheduler: MakeScheduler, sink: CaptureSink, tmp_path: Path
+) -> None:
     scheduler = make_scheduler()
     out = tmp_path / "out"
     out.mkdir()
@@ -461,7 +470,7 @@ async def test_script_jobs(make_scheduler: MakeScheduler, sink: MemorySink, tmp_
     )
     async with scheduler:
         await scheduler.trigger("script")
-        await eventually(lambda: len(completions(sink.events, "script")) == 2)
+        await sink.wait_for(lambda events: len(completions(events, "script")) == 2)
     ctx0 = json.loads((out / "0").read_text())
     assert ctx0["sharding_parameter"] == "zero" and ctx0["job_name"] == "script"
     done = {e.sharding_item: e for e in completions(sink.events, "script")}
@@ -487,7 +496,7 @@ async def test_trigger_errors(make_scheduler: MakeScheduler) -> None:
 
 
 async def test_registry_config_change_is_picked_up_live(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     scheduler = make_scheduler()
     seen: list[ShardingContext] = []
@@ -507,7 +516,7 @@ async def test_registry_config_change_is_picked_up_live(
     assert {c.job_parameter for c in seen} == {"new"}
 
 
-async def test_start_failure_is_reported(sink: MemorySink) -> None:
+async def test_start_failure_is_reported(sink: CaptureSink) -> None:
     with pytest.raises(ConfigError, match="registry_url"):
         Scheduler(registry="zookeeper://127.0.0.1:notaport/ns")
 
@@ -565,7 +574,7 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
 
 
 async def test_time_diff_violation_goes_to_the_error_handler(
-    make_scheduler: MakeScheduler, sink: MemorySink
+    make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
     import time
 
@@ -579,7 +588,7 @@ async def test_time_diff_violation_goes_to_the_error_handler(
 
     async with scheduler:
         await scheduler.trigger("clocked")
-        await eventually(lambda: len(completions(sink.events, "clocked")) == 1)
+        await sink.wait_for(lambda events: len(completions(events, "clocked")) == 1)
         assert errors == []  # in step with the registry's clock
         scheduler._runners["clocked"].coordinator.clock = lambda: time.time() + 60
         await scheduler.trigger("clocked")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -45,18 +47,12 @@ async def test_runs_leave_execution_and_status_rows(tracing_url: str, tmp_path: 
 
     async with scheduler:
         await scheduler.trigger("settlement")
-        with anyio.fail_after(5):
-            while started < 3:
-                await anyio.sleep(0.01)
+        await eventually(lambda: started >= 3)
         await scheduler.trigger("settlement")  # finds items running: misfire
         runner = scheduler._runners["settlement"]
-        with anyio.fail_after(5):
-            while not runner.coordinator.is_misfired(0):
-                await anyio.sleep(0.01)
+        await eventually(lambda: runner.coordinator.is_misfired(0))
         release.set()
-        with anyio.fail_after(5):
-            while started < 6:
-                await anyio.sleep(0.01)
+        await eventually(lambda: started >= 6)
     # Leaving `async with` flushed the trace.
 
     async with open_trace_store(tracing_url) as store:
@@ -107,27 +103,22 @@ async def test_database_outage_mid_run_loses_nothing(
         runs.append(f"{ctx.task_id}#{ctx.sharding_item}")
 
     async with scheduler:
-        with anyio.fail_after(10):
-            while len(runs) < 2:
-                await anyio.sleep(0.05)
+        await eventually(lambda: len(runs) >= 2, 10, 0.05)
         await anyio.to_thread.run_sync(postgres_server.stop)
         during = len(runs)
-        with anyio.fail_after(10):
-            while len(runs) < during + 4:  # jobs keep running with the database down
-                await anyio.sleep(0.05)
+        # jobs keep running with the database down
+        await eventually(lambda: len(runs) >= during + 4, 10, 0.05)
         await anyio.to_thread.run_sync(postgres_server.start)
-        with anyio.fail_after(10):
-            while len(runs) < during + 6:
-                await anyio.sleep(0.05)
+        await eventually(lambda: len(runs) >= during + 6, 10, 0.05)
     # Stopped: once the database was back, shutdown wrote the backlog the outage journaled.
     async with open_trace_store(postgres_url, journal_path=tmp_path / "outage.journal") as store:
         assert store.search is not None
-        with anyio.fail_after(20):
-            while True:
-                page = await store.search.executions(job_name="ticking", limit=1000)
-                if page.total >= len(runs):
-                    break
-                await anyio.sleep(0.2)
+        page = await eventually(
+            partial(store.search.executions, job_name="ticking", limit=1000),
+            20,
+            0.2,
+            until=lambda page: page.total >= len(runs),
+        )
         found = [f"{r.task_id}#{r.sharding_item}" for r in page.items]
         assert sorted(found) == sorted(runs)  # every run, exactly once
         assert all(r.complete_time is not None for r in page.items)

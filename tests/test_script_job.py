@@ -12,10 +12,10 @@ import time
 import uuid
 from pathlib import Path
 
-import anyio
 import pytest
 
 from aioelastic import ConfigError, Scheduler, ScriptJob, Settings
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -51,15 +51,6 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie waiting for its reaper is dead
 
 
-async def until(predicate: object, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    with anyio.move_on_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await anyio.sleep(0.02)
-        return time.monotonic() - start
-    raise AssertionError(f"{what} not within {timeout}s")
-
-
 def started(marks: Path) -> list[int]:
     for line in marks.read_text().splitlines() if marks.exists() else []:
         if line.startswith("started"):
@@ -82,7 +73,7 @@ async def test_a_cancelled_item_stops_its_whole_process_group(tmp_path: Path, mo
     )
     async with scheduler:
         await scheduler.trigger("child")
-        await until(lambda: started(marks), 20, "the script start")
+        await eventually(lambda: started(marks), 20, 0.02, what="the script start")
         pids = started(marks)
         stop_began = time.monotonic()
     stopped_in = time.monotonic() - stop_began  # no grace: cancelled, then SIGTERM
@@ -139,14 +130,14 @@ async def test_ctrl_c_to_the_process_group_gives_scripts_the_grace_period(
         start_new_session=True,  # its own group, like a shell's foreground job
     )
     try:
-        await until(lambda: started(marks), 20, "the script start")
+        await eventually(lambda: started(marks), 20, 0.02, what="the script start")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        await until(lambda: proc.poll() is not None, 20, "the scheduler's exit")
+        await eventually(lambda: proc.poll() is not None, 20, 0.02, what="the scheduler's exit")
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         assert proc.returncode == 0, stderr
         assert marks.read_text().splitlines()[1:] == ["done"], marks.read_text()
         assert "Traceback" not in stderr, stderr
-        await until(lambda: not alive(started(marks)[0]), 5, "the script's exit")
+        await eventually(lambda: not alive(started(marks)[0]), 5, 0.02, what="the script's exit")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -19,8 +19,8 @@ import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic.registry import MemoryStore
+from tests.harness.helpers import eventually
 from tests.harness.postgres import PostgresServer, PostgresUnavailable
-from tests.helpers import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

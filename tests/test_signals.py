@@ -8,7 +8,6 @@ cancels the running item at once (exit 0 for the script, 130 for ``aioelastic ru
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import sqlite3
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,7 +25,8 @@ import pytest
 from aioelastic import Scheduler, Settings
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from tests.cluster import zk_client
+from tests.harness.cluster import zk_client
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +77,9 @@ class Service:
     def err(self) -> str:
         return self.stderr.read_text()
 
+    def err_tail(self) -> str:
+        return f"stderr:\n{self.err()[-3000:]}"
+
 
 def start_service(
     tmp_path: Path, zk_url: str, how: str, item_seconds: float, grace: float
@@ -104,23 +106,10 @@ def start_service(
     return Service(proc, marks, stderr, db)
 
 
-async def wait_for(
-    predicate: Callable[[], object], timeout: float, what: str, service: Service
-) -> float:
-    """Poll ``predicate`` (sync or async) until true; return the monotonic time it was seen."""
-    with anyio.move_on_after(timeout):
-        while True:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return time.monotonic()
-            await anyio.sleep(0.02)
-    raise AssertionError(f"{what} not within {timeout}s; stderr:\n{service.err()[-3000:]}")
-
-
 async def exited(service: Service, timeout: float) -> int:
-    await wait_for(lambda: service.proc.poll() is not None, timeout, "exit", service)
+    await eventually(
+        lambda: service.proc.poll() is not None, timeout, 0.02, what="exit", detail=service.err_tail
+    )
     code = service.proc.returncode
     assert code is not None
     return code
@@ -137,7 +126,13 @@ async def stop_and_check_node(service: Service, zk_url: str, sig: signal.Signals
     """Wait until the item runs, send ``sig``; the instance node must be gone within 1 s."""
     node = JobPaths(parse_registry_url(zk_url).namespace, "slow").instance(INSTANCE)
     async with zk_client(zk_url) as reg:
-        await wait_for(lambda: "start" in service.lines(), 30, "an item start", service)
+        await eventually(
+            lambda: "start" in service.lines(),
+            30,
+            0.02,
+            what="an item start",
+            detail=service.err_tail,
+        )
         assert await reg.exists(node) is not None
         sent = time.monotonic()
         service.proc.send_signal(sig)
@@ -145,7 +140,8 @@ async def stop_and_check_node(service: Service, zk_url: str, sig: signal.Signals
         async def gone() -> bool:
             return await reg.exists(node) is None
 
-        seen = await wait_for(gone, 5, "instance node deleted", service)
+        await eventually(gone, 5, 0.02, what="instance node deleted", detail=service.err_tail)
+        seen = time.monotonic()
         assert seen - sent < 1.0, f"instance node lived {seen - sent:.2f}s after {sig.name}"
 
 
@@ -184,8 +180,12 @@ async def test_second_signal_cancels_running_items_at_once(
     service = start_service(tmp_path, zk_url, how, item_seconds=60.0, grace=60.0)
     try:
         await stop_and_check_node(service, zk_url, sig)
-        await wait_for(
-            lambda: "stopping gracefully" in service.err(), 5, "first signal logged", service
+        await eventually(
+            lambda: "stopping gracefully" in service.err(),
+            5,
+            0.02,
+            what="first signal logged",
+            detail=service.err_tail,
         )
         assert service.proc.poll() is None  # the item has its grace period
         sent = time.monotonic()

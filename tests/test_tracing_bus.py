@@ -24,7 +24,7 @@ from aioelastic.tracing._events import (
     TraceEvent,
 )
 from aioelastic.tracing._journal import Journal
-from tests.helpers import eventually
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -33,6 +33,7 @@ from aioelastic.registry import MemoryStore
 from aioelastic.tracing import MemorySink, PostgresSink, TraceBus
 from aioelastic.tracing._codec import encode_event
 from aioelastic.tracing._events import ExecutionSource, JobExecutionEvent, TraceEvent
+from tests.harness.helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -73,12 +74,6 @@ def journal_lines(path: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in files if p.exists())
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.02)
-
-
 def stats_of(bus: TraceBus) -> Any:
     (stats,) = bus.stats()
     return stats
@@ -94,7 +89,7 @@ async def test_events_reach_the_journal_as_soon_as_a_write_fails(tmp_path: Path)
         first = [event(i) for i in range(5)]
         for e in first:
             bus.post(e)
-        await until(lambda: stats_of(bus).failing and stats_of(bus).journaled >= 5)
+        await eventually(lambda: stats_of(bus).failing and stats_of(bus).journaled >= 5, 20, 0.02)
         assert journal_lines(journal) >= 5 and stats_of(bus).queued == 0
         more = [event(i) for i in range(5, 105)]
         for e in more:
@@ -103,8 +98,8 @@ async def test_events_reach_the_journal_as_soon_as_a_write_fails(tmp_path: Path)
         assert stats_of(bus).queued == 0
         assert journal_lines(journal) >= 105
         sink.down = False
-        await until(lambda: sink.ids >= {e.id for e in first + more})
-        await until(lambda: not stats_of(bus).failing)
+        await eventually(lambda: sink.ids >= {e.id for e in first + more}, 20, 0.02)
+        await eventually(lambda: not stats_of(bus).failing, 20, 0.02)
         with anyio.fail_after(20):
             await bus.flush()
     assert stats_of(bus).dropped == 0
@@ -120,15 +115,17 @@ async def test_a_hanging_write_is_journaled_within_the_window(tmp_path: Path) ->
         posted = [event(i) for i in range(30)]
         for e in posted[:10]:
             bus.post(e)
-        await until(lambda: sink.calls == 1)  # the first batch is now pending forever
+        await eventually(
+            lambda: sink.calls == 1, 20, 0.02
+        )  # the first batch is now pending forever
         for e in posted[10:]:
             bus.post(e)
         # within the window (generous bound for a loaded machine): all of it on disk
-        await until(lambda: journal_lines(journal) >= 30, timeout=10)
+        await eventually(lambda: journal_lines(journal) >= 30, 10, 0.02)
         assert stats_of(bus).failing and stats_of(bus).queued == 0
         sink.stuck.set()
         sink.stuck = None
-        await until(lambda: sink.ids >= {e.id for e in posted})
+        await eventually(lambda: sink.ids >= {e.id for e in posted}, 20, 0.02)
         with anyio.fail_after(20):
             await bus.flush()
     assert stats_of(bus).dropped == 0
@@ -149,7 +146,7 @@ async def test_a_journal_on_a_full_disk_fails_loudly_once_and_keeps_events_in_me
         for e in posted:
             bus.post(e)  # never raises
             await anyio.sleep(0.005)
-        await until(lambda: stats_of(bus).journal_errors >= 3)
+        await eventually(lambda: stats_of(bus).journal_errors >= 3, 20, 0.02)
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
         assert "No space left" in errors[0].getMessage()
@@ -160,10 +157,10 @@ async def test_a_journal_on_a_full_disk_fails_loudly_once_and_keeps_events_in_me
         exported = generate_latest(registry).decode()
         assert 'app_trace_journal_errors_total{sink="SwitchSink"}' in exported
         journal.unlink()  # space again
-        await until(lambda: journal_lines(journal) >= 40)
+        await eventually(lambda: journal_lines(journal) >= 40, 20, 0.02)
         assert any("writable again" in r.getMessage() for r in caplog.records)
         sink.down = False
-        await until(lambda: sink.ids >= {e.id for e in posted})
+        await eventually(lambda: sink.ids >= {e.id for e in posted}, 20, 0.02)
         with anyio.fail_after(20):
             await bus.flush()
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
@@ -202,12 +199,16 @@ async def test_the_scheduler_keeps_running_with_a_full_disk_journal_and_a_raisin
         os.symlink("/dev/full", journal)
         for fire in range(1, 6):
             await scheduler.trigger("settlement")
-            await until(lambda: runs >= 2 * fire)  # noqa: B023 - awaited in this iteration
+            await eventually(lambda: runs >= 2 * fire, 20, 0.02)  # noqa: B023 - awaited in this iteration
         bus = scheduler.trace_bus
         by_sink = {s.sink: s for s in bus.stats()}
-        await until(lambda: bus.stats()[0].journal_errors >= 1)
+        await eventually(lambda: bus.stats()[0].journal_errors >= 1, 20, 0.02)
         # the good sink got every item's start and completion, whatever the others did
-        await until(lambda: len([e for e in good.events if isinstance(e, JobExecutionEvent)]) >= 20)
+        await eventually(
+            lambda: len([e for e in good.events if isinstance(e, JobExecutionEvent)]) >= 20,
+            20,
+            0.02,
+        )
         assert by_sink["metrics"].journal is None
     journal_errors = [r for r in caplog.records if "cannot be written" in r.getMessage()]
     assert len(journal_errors) == 1
@@ -224,7 +225,7 @@ async def test_kill_9_during_a_database_outage_loses_at_most_the_window(
     child = subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "tests" / "trace_outage_instance.py"),
+            str(ROOT / "tests" / "harness" / "trace_outage_instance.py"),
             postgres_url,
             str(journal),
             str(runs_file),
@@ -248,14 +249,12 @@ async def test_kill_9_during_a_database_outage_loses_at_most_the_window(
             finally:
                 await conn.close()
 
-        with anyio.fail_after(30):
-            while await rows() < 80:  # two fires written: the sink works
-                await anyio.sleep(0.2)
+        await eventually(rows, 30, 0.2, until=lambda n: n >= 80)  # two fires written: sink works
         await anyio.to_thread.run_sync(postgres_server.stop)
         stopped_runs = len(runs_file.read_text().splitlines())
-        with anyio.fail_after(30):
-            while len(runs_file.read_text().splitlines()) < stopped_runs + 120:
-                await anyio.sleep(0.1)  # three fires with the database down
+        await eventually(  # three fires with the database down
+            lambda: len(runs_file.read_text().splitlines()) >= stopped_runs + 120, 30, 0.1
+        )
         child.send_signal(signal.SIGKILL)
         killed_at = time.time()
         child.wait(10)
@@ -339,8 +338,8 @@ async def test_raising_or_broken_sinks_never_affect_the_others(
         await bus.start(stack)
         for e in posted:
             bus.post(e)
-        await until(lambda: len(good.events) == 50)
-        await until(lambda: all(s.failed_writes >= 1 for s in bus.stats()[:3]))
+        await eventually(lambda: len(good.events) == 50, 20, 0.02)
+        await eventually(lambda: all(s.failed_writes >= 1 for s in bus.stats()[:3]), 20, 0.02)
     assert [e.id for e in good.events] == [e.id for e in posted]
     failures = {r.getMessage().split(":")[0] for r in caplog.records if "failed" in r.getMessage()}
     assert {"trace sink Raising", "trace sink NotAsync", "trace sink Hanging"} <= failures
@@ -372,7 +371,7 @@ async def test_shutdown_after_the_sink_recovers_writes_what_the_outage_journaled
         await bus.start(stack)
         for e in posted[:10]:
             bus.post(e)
-        await until(lambda: stats_of(bus).failing and stats_of(bus).journaled >= 10)
+        await eventually(lambda: stats_of(bus).failing and stats_of(bus).journaled >= 10, 20, 0.02)
         for e in posted[10:]:
             bus.post(e)  # straight to the journal
         sink.down = False
@@ -393,7 +392,9 @@ async def test_shutdown_cuts_short_the_backoff_of_a_journal_replay(tmp_path: Pat
     )
     async with AsyncExitStack() as stack:
         await bus.start(stack)
-        await until(lambda: sink.calls >= 1)  # the replayed batch failed: backing off
+        await eventually(
+            lambda: sink.calls >= 1, 20, 0.02
+        )  # the replayed batch failed: backing off
         sink.down = False
     assert sink.ids == {e.id for e in posted}
     assert leftover_files(journal) == []
@@ -415,7 +416,7 @@ async def test_shutdown_during_an_outage_keeps_the_journal_and_does_not_wait_it_
     with anyio.fail_after(30):  # far below the grace period
         async with AsyncExitStack() as stack:
             await bus.start(stack)
-            await until(lambda: sink.calls >= 1)
+            await eventually(lambda: sink.calls >= 1, 20, 0.02)
     assert sink.calls == 2 and not sink.ids
     assert journal_lines(journal) == len(posted)
 

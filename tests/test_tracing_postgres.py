@@ -4,7 +4,7 @@ retried batches, original task ids, hostile text, an outage mid-run, a leftover 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from aioelastic.tracing._events import (
     TraceEvent,
     format_failure,
 )
+from tests.harness.helpers import eventually
 from tests.harness.postgres import PostgresServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -128,12 +129,6 @@ async def write(url: str, *batches: Sequence[TraceEvent]) -> None:
             await sink.write(batch)
     finally:
         await sink.aclose()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 async def test_schema_is_created_on_first_write_with_elasticjob_columns(postgres_url: str) -> None:
@@ -313,9 +308,9 @@ async def test_an_outage_mid_run_loses_nothing_and_duplicates_nothing(
             await anyio.sleep(0.002)
 
     async def outage() -> None:
-        await wait_until(lambda: progress["runs"] >= 80)
+        await eventually(lambda: progress["runs"] >= 80, 20)
         await anyio.to_thread.run_sync(postgres_server.stop)
-        await wait_until(lambda: progress["runs"] >= 250)
+        await eventually(lambda: progress["runs"] >= 250, 20)
         await anyio.to_thread.run_sync(postgres_server.start)
 
     sink = create_sink(postgres_url, journal_path=tmp_path / "trace.journal")

@@ -13,7 +13,7 @@ import pytest
 
 from aioelastic import Scheduler, Settings
 from aioelastic._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
-from tests.cluster import (
+from tests.harness.cluster import (
     Cluster,
     check_no_overlap,
     expected,
@@ -23,6 +23,7 @@ from tests.cluster import (
     wait_assignment,
     zk_client,
 )
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.anyio
@@ -163,11 +164,15 @@ async def test_a_blocked_loop_never_runs_an_item_on_two_instances(
         mine = [r for r in runs if r.instance == "inst-a"]
         return bool(mine) and any(r.item == mine[0].item and r.source == "FAILOVER" for r in runs)
 
-    with anyio.fail_after(30):  # a survivor takes the item over once the session expired
-        while not (taken_over() and (not blocked.alive or blocked.has("end"))):
-            if blocked.died_at is None and not blocked.alive:
-                blocked.died_at = time.time()  # its unfinished run ended no later than this
-            await anyio.sleep(0.02)
+    def settled() -> bool:
+        if taken_over() and (not blocked.alive or blocked.has("end")):
+            return True
+        if blocked.died_at is None and not blocked.alive:
+            blocked.died_at = time.time()  # its unfinished run ended no later than this
+        return False
+
+    # a survivor takes the item over once the session expired
+    await eventually(settled, 30, 0.02, what="the takeover", detail=cluster.history)
     check_no_overlap(cluster.history())
     assert blocked.proc.poll() == STALL_EXIT_STATUS, cluster.stderr(blocked)
     err = cluster.stderr(blocked)

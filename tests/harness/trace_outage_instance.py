@@ -1,8 +1,8 @@
 """A scheduler process for the trace-outage test: fires a many-item job every second, writes its
 trace to PostgreSQL with a journal, and logs every item run (``time task item``) to a file.
 
-Usage: ``python tests/trace_outage_instance.py TRACING_URL JOURNAL RUNS_FILE``. Prints ``ready``
-once started; runs until killed.
+Usage: ``python tests/harness/trace_outage_instance.py TRACING_URL JOURNAL RUNS_FILE``. Prints
+``ready`` once started; runs until killed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """ZooKeeper-server faults for cluster runs on a ``ZooKeeperEnsemble`` (issue 16): kill, pause,
 restart or wipe one member, kill the leader, lose the quorum. Recorded as ``Fault``s (cluster-wide:
-``instance=None``) for the history checker, next to the instance faults of ``tests.chaos.Chaos``.
+``instance=None``) for the history checker, next to the instance faults of
+``tests.harness.chaos.Chaos``.
 
 ``EnsembleServer`` lets ``Chaos`` (written for one server) drive an ensemble unchanged: its
 ``restart_server`` restarts every member, its ``expire`` attaches through a serving member.
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from tests.harness.history import Fault
 from tests.harness.zookeeper import EnsembleMember, ZooKeeperEnsemble
-from tests.history import Fault
 
 __all__ = ["SERVER_FAULTS", "EnsembleFaults", "EnsembleServer"]
 

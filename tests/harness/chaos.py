@@ -26,10 +26,11 @@ from aioelastic._urls import parse_registry_url
 from aioelastic._watchdog import STALL_EXIT_STATUS
 from aioelastic.registry import ZooKeeperRegistry
 from aioelastic.tracing import PostgresSink, TraceBus
-from tests.cluster import JOB, Cluster, Instance, read_assignment, zk_client
+from tests.harness.cluster import JOB, Cluster, Instance, read_assignment, zk_client
+from tests.harness.helpers import eventually
+from tests.harness.history import Fault, Report, check_history
 from tests.harness.postgres import PostgresServer
 from tests.harness.zookeeper import ZooKeeperServer, _close_session
-from tests.history import Fault, Report, check_history
 
 __all__ = ["BASIC_KINDS", "CORRUPTIONS", "Chaos", "TraceReport"]
 
@@ -125,18 +126,21 @@ class Chaos:
         host, _, port = self.server.hosts.rpartition(":")
         start = time.time()
         inst.expiries.append(start)
-        with anyio.fail_after(10):
-            while await _close_session(
-                host, int(port), session["session_id"], bytes.fromhex(session["password"])
-            ):
-                await anyio.sleep(0.01)
+        password = bytes.fromhex(session["password"])
+
+        async def closed() -> bool:
+            return not await _close_session(host, int(port), session["session_id"], password)
+
+        await eventually(closed, 10, what=f"the session of {inst.instance_id} closed")
         self.faults.append(Fault("expire", start, time.time() + 2, inst.instance_id))
 
     async def block_loop(self, inst: Instance, seconds: float | None = None) -> bool:
         """The victim's next item blocks its event loop (``time.sleep``) for longer than the
         session timeout: its watchdog must end it (status 70) before the session can expire.
         False if it started no item within the reaction time (nothing was blocked)."""
-        flag = inst.log.with_name(inst.log.name + ".block")  # read by tests/cluster_instance.py
+        flag = inst.log.with_name(
+            inst.log.name + ".block"
+        )  # read by tests/harness/cluster_instance.py
         flag.write_text(str(seconds or self.session_timeout * 2))
         start = time.time()
         with anyio.move_on_after(REACTION):
@@ -224,13 +228,15 @@ class Chaos:
     @staticmethod
     async def _create_persistent(reg: ZooKeeperRegistry, node: str) -> None:
         """Create ``node`` persistent, in place of the ephemeral one its owner may hold."""
-        with anyio.fail_after(REACTION):
-            while True:
-                try:
-                    await reg.create(node, b"\xffsomeone")
-                    return
-                except RegistryError:
-                    await anyio.sleep(0.01)
+
+        async def created() -> bool:
+            try:
+                await reg.create(node, b"\xffsomeone")
+            except RegistryError:
+                return False
+            return True
+
+        await eventually(created, REACTION, what=f"{node} created persistent")
 
     async def wipe(self) -> None:
         """Restart the server with an empty data dir; wait until the instances rebuilt an

@@ -1,12 +1,12 @@
 """One scheduler instance as its own OS process, for multi-instance tests.
 
-    python -m tests.cluster_instance --registry URL --log FILE [--job-options JSON]
+    python -m tests.harness.cluster_instance --registry URL --log FILE [--job-options JSON]
 
 Writes one JSON object per line to FILE (flushed each line): ``ready``, ``session`` (id and
 password, so a test can expire it), ``start`` and ``end`` of every item run, ``stopped``.
 SIGTERM/SIGINT stop it gracefully. A file ``FILE.block`` holding a number makes its next item
-block the event loop that many seconds (``tests/chaos.py``); ``--tracing-url``/``--journal`` set
-its trace (default: from the environment).
+block the event loop that many seconds (``tests/harness/chaos.py``); ``--tracing-url``/
+``--journal`` set its trace (default: from the environment).
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def build(args: argparse.Namespace) -> tuple[Scheduler, History]:
                 seconds, block_loop[0] = block_loop[0], 0
                 time.sleep(seconds)  # blocks the loop on purpose
             elif seconds := block_requested(args.log + ".block"):
-                time.sleep(seconds)  # asked for by the test (tests/chaos.py): blocks the loop
+                time.sleep(
+                    seconds
+                )  # asked for by the test (tests/harness/chaos.py): blocks the loop
             await anyio.sleep(durations.get(ctx.sharding_item, duration))
             ok = True
         finally:

@@ -1,8 +1,8 @@
 """The history checker: invariants over the item runs of a cluster run.
 
-Input is the merged history of every instance (``tests.cluster.Cluster.history()``: each item run
-with instance, item, task id, source, scheduled fire time, start and end) plus what the test
-knows of its faults. Checks:
+Input is the merged history of every instance (``tests.harness.cluster.Cluster.history()``:
+each item run with instance, item, task id, source, scheduled fire time, start and end) plus
+what the test knows of its faults. Checks:
 
 (a) with ``monitor_execution``, no item ever runs on two instances at overlapping times;
 (b) with ``failover``, every fire's items start at least once although instances are killed:
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tests.cluster import ItemRun, overlaps
+from tests.harness.cluster import ItemRun, overlaps
 
 __all__ = ["Fault", "Report", "check_history"]
 

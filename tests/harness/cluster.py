@@ -1,6 +1,6 @@
 """Multi-instance test harness: instances as OS processes, their histories, and checks on them.
 
-Each instance process (``tests/cluster_instance.py``) appends JSON lines to its own history
+Each instance process (``tests/harness/cluster_instance.py``) appends JSON lines to its own history
 file; ``Cluster.history()`` merges them into ``ItemRun`` records that ``check_no_overlap`` and the
 other invariant checks read.
 """
@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ from aioelastic._layout import JobPaths
 from aioelastic._sharding import ShardingStrategy, shard
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import ZooKeeperRegistry
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
 
 JOB = "cluster_job"
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: How soon after SIGCONT (or after its session was killed on the server) an instance must have
 #: cancelled its items. Items in these tests have less than this left when the fault hits, so a
 #: run that was not fenced would have completed (ok) instead.
@@ -111,7 +113,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "tests.cluster_instance",
+                "tests.harness.cluster_instance",
                 "--registry",
                 self.registry_url,
                 "--log",
@@ -284,14 +286,26 @@ async def wait_assignment(
     reg: ZooKeeperRegistry, url: str, total: int, want: dict[str, list[int]], timeout: float
 ) -> float:
     """Wait until the committed assignment equals ``want``; return when it was first seen."""
-    last = None
-    with anyio.move_on_after(timeout):
-        while True:
-            last = await read_assignment(reg, url, total)
-            if last == want:
-                return time.time()
-            await anyio.sleep(0.05)
-    raise AssertionError(f"assignment {last} != expected {want} within {timeout}s")
+    await eventually(
+        partial(read_assignment, reg, url, total),
+        timeout,
+        0.05,
+        until=lambda got: got == want,
+        what=f"the assignment {want}",
+    )
+    return time.time()
+
+
+async def wait_sessions_expired(url: str, instance_ids: Iterable[str], timeout: float) -> None:
+    """Wait until the instance nodes of ``instance_ids`` are gone: their sessions expired."""
+    paths = JobPaths(parse_registry_url(url).namespace, JOB)
+    ids = list(instance_ids)
+    async with zk_client(url) as reg:
+
+        async def gone() -> bool:
+            return all([await reg.exists(paths.instance(i)) is None for i in ids])
+
+        await eventually(gone, timeout, 0.1, what=f"the sessions of {ids} expiring")
 
 
 async def ready(cluster: Cluster, *instances: Instance) -> None:

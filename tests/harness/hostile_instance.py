@@ -1,6 +1,6 @@
 """A scheduler process whose job raises a BaseException (for tests/test_hostile_jobs.py).
 
-    python -m tests.hostile_instance EXCEPTION LOGFILE
+    python -m tests.harness.hostile_instance EXCEPTION LOGFILE
 
 Job ``hostile`` raises EXCEPTION (``SystemExit``, ``KeyboardInterrupt``, ...) every second;
 job ``steady`` runs every second. Each run appends a JSON line to LOGFILE; SIGTERM stops it.
