@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from aioelastic._urls import parse_registry_url
@@ -24,6 +23,7 @@ from aioelastic.registry import (
     ZooKeeperRegistry,
 )
 from tests.harness.cluster import Cluster
+from tests.harness.helpers import eventually
 from tests.harness.zookeeper import expire_session
 
 pytest_plugins = ["tests.harness.zookeeper_plugin", "tests.harness.postgres_plugin"]
@@ -87,9 +87,11 @@ class Backend:
             old = reg.session_id
             await expire_session(reg)
             # The server has ended the session; the client opens its new one a moment later.
-            with anyio.fail_after(20):
-                while reg.session_id == old or reg.session_state is not SessionState.CONNECTED:
-                    await anyio.sleep(0.02)
+            await eventually(
+                lambda: reg.session_id != old and reg.session_state is SessionState.CONNECTED,
+                timeout=20,
+                what="the client's new session",
+            )
 
 
 @pytest.fixture(params=["memory", pytest.param("zookeeper", marks=pytest.mark.zookeeper)])

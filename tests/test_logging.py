@@ -195,9 +195,7 @@ async def test_run_with_log_format_json_prints_one_object_per_line(tmp_path: Pat
     try:
         await eventually(lambda: '"tick: fire ' in log.read_text(), timeout=30, step=0.05)
         proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            while proc.poll() is None:
-                await anyio.sleep(0.05)
+        await eventually(lambda: proc.poll() is not None, timeout=30, step=0.05, what="its exit")
         assert proc.returncode == 0, log.read_text()
     finally:
         if proc.poll() is None:
