@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -24,6 +25,7 @@ import anyio
 
 from ._config import MAX_SHARDING_TOTAL_COUNT, JobConfig, decode_registry_config
 from ._coordination import write_triggers
+from ._cron import CronTrigger
 from ._errors import (
     BadVersionError,
     ConfigError,
@@ -94,6 +96,9 @@ class JobBrief:
     description: str
     instance_count: int
     status: JobStatus
+    time_zone: str = "UTC"
+    next_fire_time: datetime | None = None
+    """When the stored cron fires next (None: no cron, an invalid one, or none ahead)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,15 @@ def _owner_text(raw: bytes | None) -> tuple[str | None, str | None]:
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def _next_fire(cron: str | None, zone: str) -> datetime | None:
+    if not cron:
+        return None
+    try:
+        return CronTrigger(cron, zone).next_fire_time(datetime.now(UTC))
+    except ConfigError:
+        return None
 
 
 def _printable(data: bytes) -> str:
@@ -339,13 +353,17 @@ class Operations:
             stored = await self._stored_config(name)
         except ConfigError as exc:
             return JobBrief(name, None, 0, str(exc), len(instances), JobStatus.INVALID_CONFIG)
+        cron = _str_or_none(stored.get("cron"))
+        zone = _str_or_none(stored.get("time_zone")) or "UTC"
         return JobBrief(
             name=name,
-            cron=_str_or_none(stored.get("cron")),
+            cron=cron,
             sharding_total_count=_count(stored),
             description=str(stored.get("description", "")),
             instance_count=len(instances),
             status=await self._status(name, instances),
+            time_zone=zone,
+            next_fire_time=_next_fire(cron, zone),
         )
 
     async def _status(self, name: str, instances: list[str]) -> JobStatus:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -318,3 +319,25 @@ def test_the_deadline_test_covers_every_operation() -> None:
         if not name.startswith("_") and inspect.iscoroutinefunction(member)
     }
     assert public == {method for method, _ in OPERATIONS_CALLS}
+
+
+async def test_job_brief_gives_the_next_fire_time_in_the_stored_zone() -> None:
+    scheduler = Scheduler(registry=memory_url())
+
+    @scheduler.job(cron="0 0 3 * * ?", time_zone="Asia/Tokyo")
+    async def nightly(ctx: ShardingContext) -> None:
+        pass
+
+    @scheduler.job()
+    async def on_demand(ctx: ShardingContext) -> None:
+        pass
+
+    async with scheduler:
+        ops = Operations.of(scheduler)
+        briefs = {b.name: b for b in await ops.jobs()}
+        due = briefs["nightly"].next_fire_time
+        assert due is not None and briefs["nightly"].time_zone == "Asia/Tokyo"
+        assert (due.hour, due.minute, due.second) == (3, 0, 0)
+        assert due.utcoffset() == timedelta(hours=9)
+        assert timedelta(0) < due - datetime.now(UTC) <= timedelta(days=1)
+        assert briefs["on_demand"].next_fire_time is None

@@ -314,3 +314,59 @@ async def test_sqlite_resolves_original_task_ids_in_any_order(tmp_path: Path) ->
         early.id: "t-first",
         late_staging.id: "t-first",
     }
+
+
+def _fire_rows(task: str, start: datetime, outcomes: list[bool | None]) -> list[JobExecutionEvent]:
+    rows = []
+    for item, ok in enumerate(outcomes):
+        begun = JobExecutionEvent(
+            job_name="pipeline",
+            task_id=task,
+            hostname="host-a",
+            ip="10.0.0.1",
+            sharding_item=item,
+            execution_source=ExecutionSource.FAILOVER,
+            start_time=start + timedelta(seconds=item),
+        )
+        rows.append(begun)
+        if ok is not None:
+            rows.append(
+                JobExecutionEvent(
+                    id=begun.id,
+                    job_name="pipeline",
+                    task_id=task,
+                    hostname="host-a",
+                    ip="10.0.0.1",
+                    sharding_item=item,
+                    execution_source=ExecutionSource.FAILOVER,
+                    start_time=begun.start_time,
+                    complete_time=start + timedelta(seconds=10 + item),
+                    is_success=ok,
+                    failure_cause=None if ok else f"<b>item {item}</b> broke",
+                )
+            )
+    return rows
+
+
+async def test_fires_group_the_rows_of_one_task_id(store: TraceStore) -> None:
+    done, going = "pipeline@-@0,1,2@-@READY@-@host-a@-@1", "pipeline@-@0,1@-@READY@-@host-a@-@1"
+    await store.sink.write(_fire_rows(done, T0, [True, False, True]))
+    await store.sink.write(_fire_rows(going, T0 + timedelta(minutes=1), [True, None]))
+    page = await store.search.fires(job_name="pipeline")
+    assert page.total == 2
+    newest, older = page.items
+    assert (newest.task_id, newest.items, newest.running) == (going, 2, 1)
+    assert newest.outcome == "running"
+    assert newest.complete_time is None and newest.duration is None
+    assert (older.task_id, older.items, older.succeeded, older.failed) == (done, 3, 2, 1)
+    assert older.outcome == "failed" and older.failure_cause == "<b>item 1</b> broke"
+    assert older.execution_source == "FAILOVER"
+    assert older.duration == timedelta(seconds=12)
+    second = await store.search.fires(job_name="pipeline", offset=1, limit=1)
+    assert [f.task_id for f in second.items] == [done] and second.total == 2
+    window = await store.search.fires(since=T0 + timedelta(seconds=30), job_name="pipeline")
+    assert [f.task_id for f in window.items] == [going]
+    all_jobs = await store.search.fires(since=T0 - timedelta(minutes=1), limit=1000)
+    assert all_jobs.total == 25 + 1 + 2  # settlement's rows have one task id each, plus HOSTILE's
+    with pytest.raises(ConfigError):
+        await store.search.fires(limit=0)

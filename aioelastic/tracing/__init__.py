@@ -34,6 +34,7 @@ from ._postgres import PostgresSearch, PostgresSink
 from ._schema import EXECUTION_TABLE, STATUS_TABLE
 from ._search import (
     ExecutionRecord,
+    FireRecord,
     JobStats,
     Page,
     PurgeResult,
@@ -49,6 +50,7 @@ __all__ = [
     "STATUS_TABLE",
     "ClosableSink",
     "ExecutionRecord",
+    "FireRecord",
     "JobStats",
     "LoggingSink",
     "MemorySink",

@@ -36,6 +36,7 @@ __all__ = [
     "STATUS_SORT_COLUMNS",
     "Dialect",
     "ExecutionRecord",
+    "FireRecord",
     "JobStats",
     "Page",
     "PurgeResult",
@@ -78,6 +79,36 @@ class ExecutionRecord:
     def finished(self) -> bool:
         """Whether the run completed (``is_success`` is final only then)."""
         return self.complete_time is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """One fire as one instance ran it: the execution rows of one task id, summed up."""
+
+    job_name: str
+    task_id: str
+    execution_source: str
+    items: int
+    succeeded: int
+    failed: int
+    running: int
+    start_time: datetime | None
+    complete_time: datetime | None
+    """The last item's completion (None while an item is still running)."""
+    failure_cause: str | None
+    """One failed item's cause (the first in sort order), or None."""
+
+    @property
+    def outcome(self) -> Literal["running", "failed", "succeeded"]:
+        if self.running:
+            return "running"
+        return "failed" if self.failed else "succeeded"
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.start_time is None or self.complete_time is None:
+            return None
+        return self.complete_time - self.start_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +222,18 @@ class TraceSearch(Protocol):
     ) -> list[JobStats]:
         """Per job (sorted by name): item runs started in ``[since, until)`` by outcome
         (``since`` defaults to :data:`DEFAULT_STATS_WINDOW` ago, as the CLI's)."""
+        ...
+
+    async def fires(
+        self,
+        *,
+        job_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[FireRecord]:
+        """Fires (execution rows grouped by task id), newest first by their first item's start."""
         ...
 
     async def count_older(self, older_than_days: float) -> PurgeResult:
@@ -463,6 +506,40 @@ class SqlTraceSearch:
         rows = await self._rows(sql, where.params)
         return [JobStats(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
+    async def fires(
+        self,
+        *,
+        job_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[FireRecord]:
+        """Fires (execution rows grouped by task id), newest first by their first item's start."""
+        layout, _ = await self._tables()
+        _check_page("start_time", EXECUTION_SORT_COLUMNS, layout, "desc", offset, limit)
+        _check_time("since", since)
+        _check_time("until", until)
+        where = _Where(self.dialect, layout)
+        where.add("job_name", "=", job_name)
+        where.add("start_time", ">=", since)
+        where.add("start_time", "<", until)
+        truth = self.dialect.truth(layout.get("is_success"))
+        group = f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY job_name, task_id"
+        n = len(where.params)
+        rows_sql = (
+            "SELECT job_name, task_id, min(execution_source), count(*),"
+            f" sum(CASE WHEN complete_time IS NOT NULL AND {truth} THEN 1 ELSE 0 END),"
+            f" sum(CASE WHEN complete_time IS NOT NULL AND NOT ({truth}) THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END),"
+            " min(start_time), max(complete_time), min(failure_cause)"
+            f"{group} ORDER BY min(start_time) DESC, task_id DESC"
+            f" LIMIT {self.dialect.placeholder(n + 1)} OFFSET {self.dialect.placeholder(n + 2)}"
+        )
+        count_sql = f"SELECT count(*) FROM (SELECT task_id{group}) AS fires"  # noqa: S608
+        total, rows = await self._page(count_sql, rows_sql, where.params, (limit, offset))
+        return Page(tuple(self._fire(row) for row in rows), total, offset, limit)
+
     async def count_older(self, older_than_days: float) -> PurgeResult:
         """How many rows :meth:`purge` with the same argument would delete now."""
         executions, statuses = await self._tables()
@@ -504,6 +581,21 @@ class SqlTraceSearch:
             is_success=bool(row[8]),
             start_time=self.dialect.decode_time(row[9]),
             complete_time=self.dialect.decode_time(row[10]),
+        )
+
+    def _fire(self, row: Sequence[Any]) -> FireRecord:
+        running = int(row[6])
+        return FireRecord(
+            job_name=row[0],
+            task_id=row[1],
+            execution_source=row[2] or "",
+            items=int(row[3]),
+            succeeded=int(row[4]),
+            failed=int(row[5]),
+            running=running,
+            start_time=self.dialect.decode_time(row[7]),
+            complete_time=None if running else self.dialect.decode_time(row[8]),
+            failure_cause=row[9],
         )
 
     def _status(self, row: Sequence[Any]) -> StatusTraceRecord:
