@@ -286,6 +286,8 @@ async def test_registry_commands(zk_url: str) -> None:
                 "description": "nightly settlement",
                 "instance_count": 1,
                 "status": "OK",
+                "time_zone": "UTC",
+                "next_fire_time": None,
             }
         ]
         shown = (await cli(*reg, "--json", "job", "show", "settle")).json()

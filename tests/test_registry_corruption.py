@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 from aioelastic import JobConfig, Scheduler, ShardingContext
-from aioelastic._errors import RegistryError
+from aioelastic._errors import NoNodeError, RegistryError
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
-from aioelastic.registry import CreateOp, DeleteOp, Op, ZooKeeperRegistry
+from aioelastic.registry import CreateOp, DeleteOp, Op, Stat, ZooKeeperRegistry
 from tests.harness.cluster import zk_client
 from tests.harness.helpers import eventually
 
@@ -136,7 +136,12 @@ async def test_garbage_owner_is_reported_and_resharded(
         await c.reg.set(node, b"\xff\xfe garbage")
         await eventually(lambda: errors(caplog, node), timeout=10)
         # The leader finds the assignment invalid and writes a valid owner again.
-        await eventually(partial(c.reg.get, node), 10, 0.05, until=lambda got: got[0] == b"inst-a")
+        await eventually(
+            partial(_get_or_none, c.reg, node),
+            10,
+            0.05,
+            until=lambda got: got is not None and got[0] == b"inst-a",
+        )
         await c.bad_fires_again(item=0)
         await c.good_keeps_firing()
         assert len(errors(caplog, node)) == 1
@@ -200,6 +205,13 @@ async def attempt(
     return True
 
 
+async def _get_or_none(reg: ZooKeeperRegistry, path: str) -> tuple[bytes, Stat] | None:
+    try:
+        return await reg.get(path)
+    except NoNodeError:  # between the leader's delete and its re-election
+        return None
+
+
 async def _swap_election(c: Cluster1, data: bytes, *, ephemeral: bool) -> None:
     node = c.paths.leader_election_instance
     ops: list[Op] = [DeleteOp(node), CreateOp(node, data, ephemeral=ephemeral)]
@@ -215,10 +227,10 @@ async def test_persistent_garbage_election_node_is_deleted(
         await _swap_election(c, b"\x00\xffgarbage", ephemeral=False)
         await eventually(lambda: errors(caplog, node), timeout=10)
         await eventually(
-            partial(c.reg.get, node),
+            partial(_get_or_none, c.reg, node),
             10,
             0.05,
-            until=lambda got: got[0] == b"inst-a" and got[1].ephemeral_owner,
+            until=lambda got: got is not None and got[0] == b"inst-a" and got[1].ephemeral_owner,
         )
         await c.bad_fires_again()
         await c.good_keeps_firing()

@@ -77,7 +77,10 @@ async def test_a_cancelled_item_stops_its_whole_process_group(tmp_path: Path, mo
         pids = started(marks)
         stop_began = time.monotonic()
     stopped_in = time.monotonic() - stop_began  # no grace: cancelled, then SIGTERM
-    assert not any(alive(p) for p in pids), "a script process outlived its item"
+    # SIGKILL is delivered asynchronously: a killed grandchild may take a moment to exit.
+    await eventually(
+        lambda: not any(alive(p) for p in pids), 5, what="a script process outlived its item"
+    )
     if mode == "polite":
         assert "terminated" in marks.read_text()  # it got SIGTERM and could clean up
         assert stopped_in < 1.0 + 3  # well before SIGKILL was due (+ slack for load)
