@@ -633,7 +633,8 @@ class Operations:
             base.pop("error_handler")
         new = JobConfig(**{**base, **changes, "name": name}).to_registry()
         if custom and "error_handler" not in changes:
-            new = json.dumps({**json.loads(new), "error_handler": "custom"}, sort_keys=True).encode()
+            data = {**json.loads(new), "error_handler": "custom"}
+            new = json.dumps(data, sort_keys=True).encode()
         await self.registry.set(path, new, version=version)
         result: dict[str, Any] = json.loads(new)
         return result

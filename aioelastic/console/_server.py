@@ -18,10 +18,10 @@ from ..tracing._sqlite import sqlite_path
 from ._app import Console
 from ._settings import ConsoleSettings
 
-__all__ = ["create_app"]
+__all__ = ["check_tracing", "create_app", "open_console"]
 
 
-def _check_tracing(url: TracingURL) -> None:
+def check_tracing(url: TracingURL) -> None:
     if url.scheme not in ("postgresql", "sqlite"):
         raise ConfigError("tracing_url", str(url), "only postgresql:// and sqlite:/// search")
     if url.scheme == "sqlite" and not Path(sqlite_path(url)).is_file():
@@ -30,7 +30,7 @@ def _check_tracing(url: TracingURL) -> None:
         )
 
 
-async def _open(
+async def open_console(
     stack: AsyncExitStack, console: Console, registry: RegistryURL, tracing: TracingURL | None
 ) -> None:
     settings = console.settings
@@ -57,13 +57,13 @@ def create_app(
     registry = parse_registry_url(registry_url) if isinstance(registry_url, str) else registry_url
     tracing = parse_tracing_url(tracing_url) if isinstance(tracing_url, str) else tracing_url
     if tracing is not None:
-        _check_tracing(tracing)
+        check_tracing(tracing)
     console = Console(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await _open(stack, console, registry, tracing)
+            await open_console(stack, console, registry, tracing)
             yield
 
     app = Starlette(lifespan=lifespan)

@@ -1,0 +1,341 @@
+"""The operator console over HTTP (no browser): roles, CSRF, escaping, actions and their audit,
+config compare-and-set, history, outages. An embedded scheduler (memory registry) with a SQLite
+trace; the audit table also on PostgreSQL. Browser tests: ``test_console_browser.py``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from aioelastic import Operations, Scheduler, Settings, ShardingContext
+from aioelastic._errors import ConfigError
+from aioelastic.cli._console import parse_bind
+from aioelastic.console import Console, ConsoleSettings
+from aioelastic.console._security import Signer, authenticate
+from aioelastic.tracing import TraceSearch, open_trace_store
+from aioelastic.tracing._audit import AuditEntry, AuditLog, MemoryAuditLog, open_audit_log
+from tests.harness.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+
+XSS = "<script>window.__xss = 1</script>"
+OPERATOR = ("op", "op-secret")
+VIEWER = ("view", "view-secret")
+
+
+def settings(**extra: Any) -> ConsoleSettings:
+    return ConsoleSettings(
+        operators={OPERATOR[0]: OPERATOR[1]},
+        viewers={VIEWER[0]: VIEWER[1]},
+        operator_tokens={"bot": "bot-token-0123456789"},
+        registry_timeout=2,
+        trace_timeout=2,
+        **extra,
+    )
+
+
+@dataclass
+class Env:
+    scheduler: Scheduler
+    ops: Operations
+    console: Console
+    search: TraceSearch
+    audit: AuditLog
+
+    def client(self, auth: tuple[str, str] | None = OPERATOR) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.console.app)
+        return httpx.AsyncClient(transport=transport, base_url="http://console", auth=auth)
+
+
+async def failing(ctx: ShardingContext) -> None:
+    if ctx.sharding_item == 1:
+        raise ValueError(f"bad item {XSS}")
+
+
+async def fine(ctx: ShardingContext) -> None:
+    return None
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, console_settings: ConsoleSettings | None = None) -> AsyncIterator[Env]:
+    db = tmp_path / "trace.db"
+    scheduler = Scheduler(
+        settings=Settings(
+            registry_url=f"memory://{tmp_path.name}/ns",
+            tracing_url=f"sqlite:///{db}",
+            trace_journal_path=tmp_path / "journal",
+        )
+    )
+    scheduler.add_job(failing, name="report", sharding_total_count=2, description=XSS)
+    scheduler.add_job(fine, name="settle", cron="0 0 3 * * ?", time_zone="Europe/Paris")
+    console = Console(console_settings or settings())
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(scheduler)
+        store = await stack.enter_async_context(open_trace_store(f"sqlite:///{db}"))
+        audit = await stack.enter_async_context(open_audit_log(f"sqlite:///{db}"))
+        ops = Operations.of(scheduler)
+        await stack.enter_async_context(console.serve(ops, search=store.search, audit=audit))
+        yield Env(scheduler, ops, console, store.search, audit)
+
+
+def csrf_of(client: httpx.AsyncClient) -> str:
+    cookie = client.cookies.get("aioelastic_csrf")
+    assert cookie is not None
+    return cookie.rsplit(".", 1)[0]
+
+
+async def post_action(client: httpx.AsyncClient, job: str, **form: str) -> httpx.Response:
+    await client.get(f"/jobs/{job}")  # the page sets the CSRF cookie
+    return await client.post(f"/jobs/{job}/action", data={"csrf": csrf_of(client), **form})
+
+
+# -- settings and roles --
+
+
+def test_settings_have_no_default_password_and_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = ConsoleSettings()
+    assert plain.open_access and plain.read_only
+    assert authenticate(plain, None) is not None and not authenticate(plain, None).can_act  # type: ignore[union-attr]
+    monkeypatch.setenv("AIOELASTIC_CONSOLE_OPERATORS", '{"alice": "wonderland"}')
+    monkeypatch.setenv("AIOELASTIC_CONSOLE_BIND", "127.0.0.1:9999")
+    env = ConsoleSettings()
+    assert env.bind == "127.0.0.1:9999" and not env.read_only
+    assert "wonderland" not in repr(env) and "wonderland" not in str(env.model_dump())
+    with pytest.raises(ConfigError):
+        ConsoleSettings(operators={"bob": ""})
+    assert parse_bind("[::1]:8080") == ("::1", 8080)
+    with pytest.raises(ConfigError):
+        parse_bind("8080")
+
+
+def test_signer_refuses_altered_values() -> None:
+    signer = Signer(SecretStr("k"))
+    signed = signer.sign("token")
+    assert signer.unsign(signed) == "token"
+    assert signer.unsign(signed[:-1] + ("0" if signed[-1] != "0" else "1")) is None
+    assert signer.unsign("token") is None
+    assert Signer(SecretStr("other")).unsign(signed) is None
+
+
+async def test_read_only_console_without_credentials(tmp_path: Path) -> None:
+    async with running(tmp_path, ConsoleSettings()) as env, env.client(auth=None) as client:
+        page = await client.get("/jobs/report")
+        assert page.status_code == 200
+        assert "Read-only console" in page.text and 'data-action="trigger"' not in page.text
+        refused = await post_action(client, "report", action="trigger")
+        assert refused.status_code == 403
+        entries = await env.audit.entries()
+        assert [(e.who, e.action, e.result) for e in entries.items] == [
+            ("anonymous", "trigger", "refused")
+        ]
+
+
+async def test_credentials_required_and_viewer_cannot_act(tmp_path: Path) -> None:
+    async with running(tmp_path) as env:
+        async with env.client(auth=None) as anonymous:
+            denied = await anonymous.get("/")
+            assert denied.status_code == 401 and "Basic" in denied.headers["www-authenticate"]
+        async with env.client(auth=("op", "wrong")) as wrong:
+            assert (await wrong.get("/")).status_code == 401
+        async with env.client(auth=VIEWER) as viewer:
+            page = await viewer.get("/jobs/report")
+            assert page.status_code == 200 and 'data-action="disable-item"' not in page.text
+            refused = await post_action(viewer, "report", action="disable-item", item="0")
+            assert refused.status_code == 403
+        assert not any(i.status.value == "DISABLED" for i in await env.ops.sharding("report"))
+        bearer = {"Authorization": "Bearer bot-token-0123456789"}
+        async with env.client(auth=None) as bot:
+            page = await bot.get("/jobs/report", headers=bearer)
+            assert page.status_code == 200 and 'data-action="trigger"' in page.text
+
+
+async def test_post_without_or_with_a_wrong_csrf_token_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        await client.get("/jobs/report")
+        missing = await client.post("/jobs/report/action", data={"action": "disable-item", "item": "0"})
+        wrong = await client.post(
+            "/jobs/report/action", data={"action": "disable-item", "item": "0", "csrf": "x" * 32}
+        )
+        client.cookies.clear()  # a token without its signed cookie (another site's form)
+        stolen = await client.post(
+            "/jobs/report/action", data={"action": "disable-item", "item": "0", "csrf": "abc"}
+        )
+        assert [r.status_code for r in (missing, wrong, stolen)] == [403, 403, 403]
+        assert "CSRF" in missing.text
+        assert not any(i.status.value == "DISABLED" for i in await env.ops.sharding("report"))
+        assert (await env.audit.entries()).total == 0
+
+
+# -- pages --
+
+
+async def test_overview_lists_and_filters_jobs_with_escaped_text(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert XSS not in page.text and "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in page.text
+        assert 'data-job="report"' in page.text and 'data-job="settle"' in page.text
+        assert "Europe/Paris" in page.text  # cron zone and next fire in the job's zone
+        assert re.search(r"\d{4}-\d\d-\d\d 03:00:00 Europe/Paris", page.text)
+        by_name = await client.get("/", params={"name": "SETT"})
+        assert 'data-job="settle"' in by_name.text and 'data-job="report"' not in by_name.text
+        fragment = await client.get("/", params={"status": "OK", "fragment": "1"})
+        assert "<html" not in fragment.text and 'data-job="report"' in fragment.text
+        none = await client.get("/", params={"status": "CRASHED"})
+        assert "No job matches the filter (2 in all)" in none.text
+
+
+async def test_job_page_shows_fires_with_cause_escaped_and_history_charts(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        await env.ops.trigger("report")
+        await eventually(
+            lambda: env.search.fires(job_name="report"),
+            until=lambda page: page.items and page.items[0].outcome == "failed",
+            what="the failed fire in the trace",
+            timeout=10,
+        )
+        page = await client.get("/jobs/report")
+        assert page.status_code == 200
+        assert XSS not in page.text
+        assert "<details class=\"cause\"><summary>" in page.text and "&lt;script&gt;" in page.text
+        assert 'data-item="0"' in page.text and 'data-item="1"' in page.text
+        history = await client.get("/history", params={"job": "report", "outcome": "failure"})
+        assert history.status_code == 200 and XSS not in history.text
+        assert 'aria-label="duration per run"' in history.text
+        assert 'aria-label="successes and failures per hour"' in history.text
+        assert "1 row(s)." in history.text
+        status = await client.get("/history", params={"kind": "status", "job": "report"})
+        assert "TASK_ERROR" in status.text
+        overview = await client.get("/")
+        assert "o-failed" in overview.text and "50%" in overview.text  # 1 of 2 items succeeded
+
+
+async def test_actions_change_the_registry_and_are_audited(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        done = await post_action(client, "report", action="disable-item", item="1")
+        assert done.status_code == 303 and done.headers["location"] == "/jobs/report"
+        assert (await env.ops.sharding("report"))[1].status.value == "DISABLED"
+        after = await client.get("/jobs/report")
+        assert '<div class="flash ok" role="status">disable-item: item 1 disabled' in after.text
+        assert 'class="flash' not in (await client.get("/jobs/report")).text  # shown once
+        await post_action(client, "report", action="enable-item", item="1")
+        assert (await env.ops.sharding("report"))[1].status.value != "DISABLED"
+        # destructive: a confirmation page first, nothing changed yet
+        ask = await post_action(client, "report", action="disable")
+        assert ask.status_code == 200 and "Confirm: disable" in ask.text
+        assert {s.status.value for s in await env.ops.servers("report")} == {"ENABLED"}
+        await post_action(client, "report", action="disable", confirmed="yes")
+        assert {s.status.value for s in await env.ops.servers("report")} == {"DISABLED"}
+        await post_action(client, "report", action="enable")
+        missing = await post_action(client, "report", action="disable-item", item="7")
+        assert missing.status_code == 303
+        entries = (await env.audit.entries()).items
+        assert [(e.action, e.target, e.result) for e in reversed(entries)] == [
+            ("disable-item", "1", "ok"),
+            ("enable-item", "1", "ok"),
+            ("disable", "", "ok"),
+            ("enable", "", "ok"),
+            ("disable-item", "7", "refused"),
+        ]
+        assert all(e.who == "op" and e.role == "operator" for e in entries)
+        audit_page = await client.get("/audit")
+        assert "disable-item" in audit_page.text and "5 action(s)." in audit_page.text
+
+
+async def test_remove_needs_confirmation_and_force_while_instances_run(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        refused = await post_action(client, "settle", action="remove", confirmed="yes")
+        assert refused.status_code == 303
+        assert "still runs on 1 instance" in (await client.get("/jobs/settle")).text
+        assert "settle" in [j.name for j in await env.ops.jobs()]
+
+
+async def test_config_edit_validates_and_compares_the_node_version(tmp_path: Path) -> None:
+    async with running(tmp_path) as env, env.client() as client:
+        await client.get("/jobs/settle")
+        config, version = await env.ops.job_config_version("settle")
+        edited = {**config, "description": "nightly <b>settle</b>"}
+        import json
+
+        def form(body: dict[str, Any], at: int) -> dict[str, str]:
+            return {"csrf": csrf_of(client), "version": str(at), "config": json.dumps(body)}
+
+        bad = await client.post(
+            "/jobs/settle/config", data=form({**config, "sharding_total_count": 0}, version)
+        )
+        assert bad.status_code == 422 and "Invalid config" in bad.text
+        assert "sharding_total_count" in bad.text
+        saved = await client.post("/jobs/settle/config", data=form(edited, version))
+        assert saved.status_code == 303
+        stored = await env.ops.job_config("settle")
+        assert stored["description"] == "nightly <b>settle</b>"
+        # a second editor still holding the old version: a clear conflict, nothing overwritten
+        stale = await client.post(
+            "/jobs/settle/config", data=form({**config, "description": "stale"}, version)
+        )
+        assert stale.status_code == 409 and "Conflict" in stale.text and "NOT saved" in stale.text
+        assert (await env.ops.job_config("settle"))["description"] == "nightly <b>settle</b>"
+        results = [(e.action, e.result) for e in reversed((await env.audit.entries()).items)]
+        assert results == [("config", "refused"), ("config", "ok"), ("config", "refused")]
+
+
+class BrokenSearch:
+    """A trace database that is down: every query fails as a driver would."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5)")
+
+        return fail
+
+
+async def test_trace_outage_is_a_banner_not_an_error_page(tmp_path: Path) -> None:
+    scheduler = Scheduler(settings=Settings(registry_url=f"memory://{tmp_path.name}/ns"))
+    scheduler.add_job(fine, name="settle")
+    console = Console(settings())
+    async with scheduler, console.serve(Operations.of(scheduler), search=BrokenSearch()):  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c", auth=OPERATOR) as c:
+            for path in ("/", "/jobs/settle", "/history"):
+                page = await c.get(path)
+                assert page.status_code == 200, path
+                assert "Trace database unreachable" in page.text, path
+            audit = await c.get("/audit")
+            assert "kept in this process" in audit.text  # no durable audit log: said so
+
+
+async def test_not_serving_is_a_503_page(tmp_path: Path) -> None:
+    console = Console(ConsoleSettings())
+    transport = httpx.ASGITransport(app=console.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+        page = await client.get("/")
+        assert page.status_code == 503 and "not serving" in page.text
+
+
+async def test_memory_audit_log_pages() -> None:
+    log = MemoryAuditLog()
+    for i in range(3):
+        await log.record(AuditEntry("op", "operator", "trigger", f"job{i % 2}", "", "ok"))
+    page = await log.entries(job_name="job0", limit=1)
+    assert page.total == 2 and len(page.items) == 1 and page.has_more
+
+
+@pytest.mark.postgres
+async def test_audit_log_in_postgres(postgres_url: str) -> None:
+    async with open_audit_log(postgres_url) as log:
+        await log.record(AuditEntry("op", "operator", "trigger", "a", "", "ok", "2 instances"))
+        await log.record(AuditEntry("op'; DROP TABLE x; --", "operator", "remove", "b", "", "failed"))
+        page = await log.entries()
+        assert [e.job_name for e in page.items] == ["b", "a"] and page.total == 2
+        assert page.items[0].who == "op'; DROP TABLE x; --"
+        only = await log.entries(job_name="a")
+        assert only.total == 1 and only.items[0].detail == "2 instances"
+        assert only.items[0].time.tzinfo is not None
