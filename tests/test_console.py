@@ -65,7 +65,9 @@ async def fine(ctx: ShardingContext) -> None:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, console_settings: ConsoleSettings | None = None) -> AsyncIterator[Env]:
+async def running(
+    tmp_path: Path, console_settings: ConsoleSettings | None = None
+) -> AsyncIterator[Env]:
     db = tmp_path / "trace.db"
     scheduler = Scheduler(
         settings=Settings(
@@ -100,7 +102,9 @@ async def post_action(client: httpx.AsyncClient, job: str, **form: str) -> httpx
 # -- settings and roles --
 
 
-def test_settings_have_no_default_password_and_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_have_no_default_password_and_hide_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     plain = ConsoleSettings()
     assert plain.open_access and plain.read_only
     assert authenticate(plain, None) is not None and not authenticate(plain, None).can_act  # type: ignore[union-attr]
@@ -160,7 +164,9 @@ async def test_credentials_required_and_viewer_cannot_act(tmp_path: Path) -> Non
 async def test_post_without_or_with_a_wrong_csrf_token_is_refused(tmp_path: Path) -> None:
     async with running(tmp_path) as env, env.client() as client:
         await client.get("/jobs/report")
-        missing = await client.post("/jobs/report/action", data={"action": "disable-item", "item": "0"})
+        missing = await client.post(
+            "/jobs/report/action", data={"action": "disable-item", "item": "0"}
+        )
         wrong = await client.post(
             "/jobs/report/action", data={"action": "disable-item", "item": "0", "csrf": "x" * 32}
         )
@@ -205,7 +211,7 @@ async def test_job_page_shows_fires_with_cause_escaped_and_history_charts(tmp_pa
         page = await client.get("/jobs/report")
         assert page.status_code == 200
         assert XSS not in page.text
-        assert "<details class=\"cause\"><summary>" in page.text and "&lt;script&gt;" in page.text
+        assert '<details class="cause"><summary>' in page.text and "&lt;script&gt;" in page.text
         assert 'data-item="0"' in page.text and 'data-item="1"' in page.text
         history = await client.get("/history", params={"job": "report", "outcome": "failure"})
         assert history.status_code == 200 and XSS not in history.text
@@ -301,7 +307,7 @@ async def test_trace_outage_is_a_banner_not_an_error_page(tmp_path: Path) -> Non
     scheduler = Scheduler(settings=Settings(registry_url=f"memory://{tmp_path.name}/ns"))
     scheduler.add_job(fine, name="settle")
     console = Console(settings())
-    async with scheduler, console.serve(Operations.of(scheduler), search=BrokenSearch()):  # type: ignore[arg-type]
+    async with scheduler, console.serve(Operations.of(scheduler), search=BrokenSearch()):
         transport = httpx.ASGITransport(app=console.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://c", auth=OPERATOR) as c:
             for path in ("/", "/jobs/settle", "/history"):
@@ -332,7 +338,9 @@ async def test_memory_audit_log_pages() -> None:
 async def test_audit_log_in_postgres(postgres_url: str) -> None:
     async with open_audit_log(postgres_url) as log:
         await log.record(AuditEntry("op", "operator", "trigger", "a", "", "ok", "2 instances"))
-        await log.record(AuditEntry("op'; DROP TABLE x; --", "operator", "remove", "b", "", "failed"))
+        await log.record(
+            AuditEntry("op'; DROP TABLE x; --", "operator", "remove", "b", "", "failed")
+        )
         page = await log.entries()
         assert [e.job_name for e in page.items] == ["b", "a"] and page.total == 2
         assert page.items[0].who == "op'; DROP TABLE x; --"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from contextlib import AsyncExitStack
+from types import FrameType
 
 from .._config import load_settings
 from .._errors import ConfigError
@@ -63,5 +64,13 @@ async def run_console_command(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             timeout_graceful_shutdown=2,  # open live-update streams end with the console
         )
-        await uvicorn.Server(config).serve()
+        server = uvicorn.Server(config)
+        handle_exit = server.handle_exit
+
+        def stopping(sig: int, frame: FrameType | None) -> None:
+            console.close_streams()  # uvicorn then need not wait for the open streams
+            handle_exit(sig, frame)
+
+        server.handle_exit = stopping  # type: ignore[method-assign]
+        await server.serve()
     return 0

@@ -207,8 +207,19 @@ class Console:
                 yield self
             finally:
                 self._live = None
-                live.stopping.set()
+                self._end_streams(live)
                 tg.cancel_scope.cancel()
+
+    def close_streams(self) -> None:
+        """End the live-update streams now (call it when the server starts shutting down, so
+        it need not wait for them; browsers reconnect to the next server)."""
+        if self._live is not None:
+            self._end_streams(self._live)
+
+    @staticmethod
+    def _end_streams(live: _Live) -> None:
+        live.stopping.set()
+        live.changed.set()
 
     async def _pump(self, live: _Live) -> None:
         """Turn registry watch events (and session changes) into one signal for SSE clients,
