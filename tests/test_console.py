@@ -4,6 +4,7 @@ trace; the audit table also on PostgreSQL. Browser tests: ``test_console_browser
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -347,3 +348,139 @@ async def test_audit_log_in_postgres(postgres_url: str) -> None:
         only = await log.entries(job_name="a")
         assert only.total == 1 and only.items[0].detail == "2 instances"
         assert only.items[0].time.tzinfo is not None
+
+
+def _load_example() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "console_app.py"
+    spec = importlib.util.spec_from_file_location("console_app_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_example_fastapi_service_mounts_the_console(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AIOELASTIC_") and name != "AIOELASTIC_LOOP_STALL_ACTION":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AIOELASTIC_REGISTRY_URL", f"memory://{tmp_path.name}/demo")
+    monkeypatch.setenv("AIOELASTIC_TRACING_URL", f"sqlite:///{tmp_path / 'trace.db'}")
+    monkeypatch.setenv("AIOELASTIC_TRACE_JOURNAL_PATH", str(tmp_path / "journal"))
+    example = _load_example()
+    app = example.app
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            home = await client.get("/", follow_redirects=True)
+            assert home.status_code == 200 and 'data-job="settle"' in home.text
+            assert 'href="/console/jobs/report"' in home.text  # links under the mount
+            assert 'src="/console/static/console.js"' in home.text
+            job = await client.get("/console/jobs/report")
+            assert "Read-only console" in job.text  # no credential configured
+            assert (await client.get("/console/static/console.js")).status_code == 200
+
+
+def test_cli_console_command_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from aioelastic.cli import main
+
+    assert main(["console", "--registry", "memory://x/ns"]) == 2
+    assert "zookeeper://" in capsys.readouterr().err
+    assert main(["console", "--registry", "zookeeper://127.0.0.1:1/ns", "--bind", "nowhere"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+    unreachable = "zookeeper://127.0.0.1:1/ns?connect_timeout=0.5"
+    assert main(["console", "--registry", unreachable, "--bind", "127.0.0.1:0"]) == 4
+    assert "cannot reach the registry" in capsys.readouterr().err
+
+
+def test_overview_benchmark_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "console_overview.py"),
+            "--jobs",
+            "5",
+            "--repeat",
+            "2",
+            "--registry",
+            "memory",
+            "--out",
+            str(out),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    assert json.loads(out.read_text())["memory"]["jobs_shown"] == 5
+
+
+@pytest.mark.zookeeper
+async def test_cli_console_serves_and_stops_on_sigint_with_a_stream_open(
+    zk_url: str, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.harness.zookeeper import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOELASTIC_CONSOLE_")}
+    env["PYTHONPATH"] = str(root)
+    log = tmp_path / "console.log"
+    cmd = [sys.executable, "-m", "aioelastic", "console", "--registry", zk_url]
+    proc = subprocess.Popen(
+        [*cmd, "--bind", f"127.0.0.1:{port}"], cwd=root, env=env, stderr=log.open("wb")
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        async def up() -> bool:
+            try:
+                async with httpx.AsyncClient() as c:
+                    return (await c.get(base + "/")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(
+            up, timeout=30, step=0.1, what="the console answering", detail=log.read_text
+        )
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with client.stream("GET", base + "/events") as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("retry:")
+                proc.send_signal(signal.SIGINT)
+                await eventually(lambda: proc.poll() is not None, timeout=20, what="exit")
+        assert proc.returncode == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_update_job_config_at_compares_the_version(tmp_path: Path) -> None:
+    from aioelastic._errors import BadVersionError
+
+    async with running(tmp_path) as env:
+        config, version = await env.ops.job_config_version("settle")
+        assert config["cron"] == "0 0 3 * * ?"
+        new = await env.ops.update_job_config_at("settle", version, description="v1")
+        assert new["description"] == "v1"
+        with pytest.raises(BadVersionError):
+            await env.ops.update_job_config_at("settle", version, description="lost")
+        with pytest.raises(ConfigError):
+            await env.ops.update_job_config_at("settle", version + 1, name="other")
+        assert (await env.ops.job_config("settle"))["description"] == "v1"

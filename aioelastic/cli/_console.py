@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from contextlib import AsyncExitStack
-from types import FrameType
 
 from .._config import load_settings
 from .._errors import ConfigError
@@ -26,7 +25,7 @@ def add_console_parser(parser: argparse.ArgumentParser) -> None:
 def parse_bind(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
         raise ConfigError("bind", text, "use HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
@@ -40,10 +39,8 @@ def _tracing(args: argparse.Namespace) -> TracingURL | None:
 
 async def run_console_command(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from ..console import Console, ConsoleSettings
-        from ..console._server import check_tracing, open_console
+        from ..console._server import check_tracing, open_console, serve_http
     except ImportError as exc:
         raise ConfigError(
             "console", exc.name, "install the console extra: pip install 'aioelastic[console]'"
@@ -56,21 +53,5 @@ async def run_console_command(args: argparse.Namespace) -> int:
     console = Console(settings)
     async with AsyncExitStack() as stack:
         await open_console(stack, console, registry_url(args), tracing)
-        config = uvicorn.Config(
-            console.app,
-            host=host,
-            port=port,
-            lifespan="off",
-            log_level=args.log_level,
-            timeout_graceful_shutdown=2,  # open live-update streams end with the console
-        )
-        server = uvicorn.Server(config)
-        handle_exit = server.handle_exit
-
-        def stopping(sig: int, frame: FrameType | None) -> None:
-            console.close_streams()  # uvicorn then need not wait for the open streams
-            handle_exit(sig, frame)
-
-        server.handle_exit = stopping  # type: ignore[method-assign]
-        await server.serve()
+        await serve_http(console.app, console, host=host, port=port, log_level=args.log_level)
     return 0

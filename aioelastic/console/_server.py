@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -18,7 +23,7 @@ from ..tracing._sqlite import sqlite_path
 from ._app import Console
 from ._settings import ConsoleSettings
 
-__all__ = ["check_tracing", "create_app", "open_console"]
+__all__ = ["check_tracing", "create_app", "open_console", "serve_http"]
 
 
 def check_tracing(url: TracingURL) -> None:
@@ -70,3 +75,38 @@ def create_app(
     app.mount("/", console.app)
     app.state.console = console
     return app
+
+
+async def serve_http(
+    app: Any, console: Console, *, host: str, port: int, log_level: str = "info"
+) -> None:
+    """Serve ``app`` (the console's, or one that mounts it) with uvicorn until SIGINT/SIGTERM,
+    then return normally. The console's live-update streams end first, so stopping does not
+    wait for open pages."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own re-raises the signal after its shutdown; a stop asked for is not
+            # an error here.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            console.close_streams()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5
+    )
+    await Server(config).serve()
