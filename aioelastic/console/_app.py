@@ -6,6 +6,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,16 @@ FLASH_COOKIE = "aioelastic_flash"
 OVERVIEW_FIRES = 1000
 _KEEPALIVE = 15.0
 _MAX_FORM = 1 << 20
+_TRACE_SUMMARY_TTL = 1.0
+#: No inline script can run even if some text escaped escaping; no framing (clickjacking).
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self';"
+    " img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 _DESTRUCTIVE = frozenset({"shutdown", "remove", "disable"})
 _ACTIONS = frozenset(
     {
@@ -86,6 +97,15 @@ class _Live:
     generation: int = 0
     changed: anyio.Event = field(default_factory=anyio.Event)
     stopping: anyio.Event = field(default_factory=anyio.Event)
+    trace_summary: _TraceSummary | None = None
+
+
+@dataclass
+class _TraceSummary:
+    read_at: float
+    stats: dict[str, JobStats] = field(default_factory=dict)
+    fires: dict[str, list[FireRecord]] = field(default_factory=dict)
+    banners: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -287,7 +307,7 @@ class Console:
             namespace=live.ops.namespace if live else "",
             **values,
         )
-        response = HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
         path = self._base(request) or "/"
         if ctx.new_csrf:
             response.set_cookie(
@@ -385,22 +405,34 @@ class Console:
             generation=live.generation,
         )
 
+    async def _overview_trace(self, ctx: _Ctx, live: _Live, since: datetime) -> _TraceSummary:
+        """The trace's side of the overview, shared for a moment by every open page (they all
+        refresh on the same registry change)."""
+        cached = live.trace_summary
+        if cached is not None and time.monotonic() - cached.read_at < _TRACE_SUMMARY_TTL:
+            ctx.banners.extend(cached.banners)
+            return cached
+        search = live.search
+        summary = _TraceSummary(time.monotonic())
+        if search is not None:
+            mine = _Ctx(ctx.principal)
+            got = await self._trace(mine, "24 h statistics", lambda: search.job_stats(since=since))
+            summary.stats = {s.job_name: s for s in got or []}
+            page = await self._trace(
+                mine, "recent fires", lambda: search.fires(since=since, limit=OVERVIEW_FIRES)
+            )
+            for fire in page.items if page else ():
+                summary.fires.setdefault(fire.job_name, []).append(fire)
+            summary.banners = mine.banners
+            ctx.banners.extend(mine.banners)
+        live.trace_summary = summary
+        return summary
+
     async def _overview_rows(self, ctx: _Ctx, live: _Live) -> list[OverviewRow]:
         briefs = await live.snapshot.jobs()
         since = datetime.now(UTC) - timedelta(hours=24)
-        assert_search = live.search
-        stats: dict[str, JobStats] = {}
-        fires: dict[str, list[FireRecord]] = {}
-        if assert_search is not None:
-            got = await self._trace(
-                ctx, "24 h statistics", lambda: assert_search.job_stats(since=since)
-            )
-            stats = {s.job_name: s for s in got or []}
-            page = await self._trace(
-                ctx, "recent fires", lambda: assert_search.fires(since=since, limit=OVERVIEW_FIRES)
-            )
-            for fire in page.items if page else ():
-                fires.setdefault(fire.job_name, []).append(fire)
+        trace = await self._overview_trace(ctx, live, since)
+        stats, fires = trace.stats, trace.fires
         now = datetime.now(UTC)
         rows = []
         for brief in briefs:
@@ -417,51 +449,55 @@ class Console:
     async def _job(self, request: Request) -> Response:
         ctx = self._ctx(request)
         name = request.path_params["name"]
-        values = await self._job_values(ctx, name)
-        template = "_job_live.html" if request.query_params.get("fragment") else "job.html"
-        return self._render(request, ctx, template, **values)
+        if request.query_params.get("fragment"):
+            return self._render(request, ctx, "_job_live.html", **await self._job_live(name))
+        return self._render(request, ctx, "job.html", **await self._job_values(ctx, name))
 
-    async def _job_values(self, ctx: _Ctx, name: str) -> dict[str, Any]:
+    async def _job_live(self, name: str) -> dict[str, Any]:
+        """What the live part of the job page shows (registry reads only)."""
         live = self._serving()
         try:
             brief = await live.ops.job(name)
         except JobNotFoundError:
             raise HTTPException(404, f"No job {name!r} in this namespace.") from None
-        items = await live.ops.sharding(name)
-        servers = await live.ops.servers(name)
         instances = await live.ops.instances(name)
-        try:
-            config, version = await live.ops.job_config_version(name)
-            config_text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False)
-            config_error = None
-        except ConfigError as exc:
-            config, version, config_text, config_error = {}, -1, "", str(exc)
         sessions = {}
         for inst in instances:
             stat = await live.ops.registry.exists(live.ops.paths(name).instance(inst.instance_id))
             sessions[inst.instance_id] = (
                 f"0x{stat.ephemeral_owner:x}" if stat and stat.ephemeral_owner else "—"
             )
+        return {
+            "job": brief,
+            "items": await live.ops.sharding(name),
+            "servers": await live.ops.servers(name),
+            "instances": instances,
+            "sessions": sessions,
+        }
+
+    async def _job_values(self, ctx: _Ctx, name: str) -> dict[str, Any]:
+        live = self._serving()
+        values = await self._job_live(name)
+        try:
+            config, version = await live.ops.job_config_version(name)
+            config_text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False)
+            config_error = None
+        except ConfigError as exc:
+            version, config_text, config_error = -1, "", str(exc)
         search = live.search
         fires = None
         if search is not None:
             fires = await self._trace(
                 ctx, "recent fires", lambda: search.fires(job_name=name, limit=20)
             )
-        audit = await self._audit_page(ctx, live, job_name=name, limit=10)
         return {
-            "job": brief,
-            "items": items,
-            "servers": servers,
-            "instances": instances,
-            "sessions": sessions,
-            "config": config,
+            **values,
             "config_text": config_text,
             "config_version": version,
             "config_error": config_error,
             "fires": fires,
             "has_trace": search is not None,
-            "audit": audit,
+            "audit": await self._audit_page(ctx, live, job_name=name, limit=10),
         }
 
     async def _audit_page(
