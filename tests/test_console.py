@@ -196,6 +196,9 @@ async def test_overview_lists_and_filters_jobs_with_escaped_text(tmp_path: Path)
         assert 'data-job="settle"' in by_name.text and 'data-job="report"' not in by_name.text
         fragment = await client.get("/", params={"status": "OK", "fragment": "1"})
         assert "<html" not in fragment.text and 'data-job="report"' in fragment.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp  # no inline JS
+        assert page.headers["x-frame-options"] == "DENY"
         none = await client.get("/", params={"status": "CRASHED"})
         assert "No job matches the filter (2 in all)" in none.text
 

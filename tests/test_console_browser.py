@@ -228,19 +228,20 @@ def test_overview_and_job_page_update_live(
     shot(page, tmp_path, "overview", "console-overview.png")
     # a registry change made elsewhere shows up without a reload
     call(served, served.ops.disable_server, JOB)
-    seen = live_change(page, f"{row} .status", "DISABLED")
+    seen = [live_change(page, f"{row} .status", "DISABLED")]
     call(served, served.ops.enable_server, JOB)
-    live_change(page, f"{row} .status", "OK")
+    seen.append(live_change(page, f"{row} .status", "OK"))
 
     page.goto(job_url(served))
     owners = {page.inner_text(f'tr[data-item="{i}"] td:nth-child(2)') for i in range(4)}
     assert owners == {"console-a", "console-b"}
     assert page.locator("details.cause").count() == 0
     call(served, served.ops.disable_item, JOB, 2)
-    seen = max(seen, live_change(page, 'tr[data-item="2"] .status', "DISABLED"))
+    seen.append(live_change(page, 'tr[data-item="2"] .status', "DISABLED"))
     call(served, served.ops.enable_item, JOB, 2)
-    live_change(page, 'tr[data-item="2"] .status', "PENDING")
-    print(f"live update seen after {seen:.2f}s")
+    seen.append(live_change(page, 'tr[data-item="2"] .status', "PENDING"))
+    print("live updates seen after", ", ".join(f"{s:.2f}s" for s in seen))
+    assert sorted(seen)[len(seen) // 2] < 1.0, seen  # issue 14: within 1 s (the median)
     shot(page, tmp_path, "job", "console-job.png")
     page.goto(served.url + "/history?job=" + JOB)
     assert page.locator('svg[aria-label="duration per run"] circle').count() >= 3
