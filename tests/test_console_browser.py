@@ -355,7 +355,11 @@ def test_outages_show_banners(
         assert "Trace database unreachable" in page.inner_text(".banner")
     finally:
         postgres_server.start()
+    page.goto(served.url + "/")
+    page.evaluate("window.__marker = 'same page'")
     zk.stop()
+    page.wait_for_selector("#live-banners >> text=Registry unreachable")  # live, no reload
+    assert page.evaluate("window.__marker") == "same page"
     response = page.goto(served.url + "/")
     assert response is not None and response.status == 200
     page.wait_for_selector("text=Registry unreachable")

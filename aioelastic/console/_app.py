@@ -308,6 +308,8 @@ class Console:
             **values,
         )
         response = HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
+        if template.startswith("_"):  # a live fragment: the page updates its banners too
+            response.headers["X-Console-Banners"] = json.dumps(ctx.banners)
         path = self._base(request) or "/"
         if ctx.new_csrf:
             response.set_cookie(

@@ -14,11 +14,31 @@
     return url.toString();
   }
 
+  // Banners arrive as a JSON list of plain strings and are set as text, never as markup.
+  function showBanners(header) {
+    var box = document.getElementById("live-banners");
+    if (!box || header === null) return;
+    var list;
+    try { list = JSON.parse(header); } catch (e) { return; }
+    box.textContent = "";
+    list.forEach(function (text) {
+      var div = document.createElement("div");
+      div.className = "banner";
+      div.setAttribute("role", "alert");
+      div.textContent = String(text);
+      box.appendChild(div);
+    });
+  }
+
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
     fetch(fragmentUrl(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (r) {
+        if (!r.ok) return Promise.reject(r.status);
+        showBanners(r.headers.get("X-Console-Banners"));
+        return r.text();
+      })
       .then(function (html) {
         region.innerHTML = html;
         document.body.dataset.generation = String((+document.body.dataset.generation || 0) + 1);
