@@ -24,10 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from aioelastic import Operations, Scheduler, ShardingContext
-from aioelastic.console import Console, ConsoleSettings
-from aioelastic.console._server import serve_http
+from aioelastic.console import Console, ConsoleSettings, open_audit_log, serve_http
 from aioelastic.tracing import TraceSearch, open_trace_store
-from aioelastic.tracing._audit import open_audit_log
 
 scheduler = Scheduler()  # AIOELASTIC_REGISTRY_URL / AIOELASTIC_TRACING_URL, default embedded
 console = Console(ConsoleSettings())  # AIOELASTIC_CONSOLE_* (credentials, bind)

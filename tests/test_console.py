@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -487,3 +488,76 @@ async def test_update_job_config_at_compares_the_version(tmp_path: Path) -> None
         with pytest.raises(ConfigError):
             await env.ops.update_job_config_at("settle", version + 1, name="other")
         assert (await env.ops.job_config("settle"))["description"] == "v1"
+
+
+async def test_history_pages_through_executions(tmp_path: Path) -> None:
+    import sqlite3
+
+    async with running(tmp_path) as env, env.client() as client:
+        now = datetime.now(UTC)
+        rows = [
+            (
+                f"r{i:03d}",
+                "settle",
+                f"settle@-@0@-@READY@-@i@-@{i}",
+                "host-a",
+                "10.0.0.1",
+                0,
+                "MISFIRE" if i % 2 else "NORMAL_TRIGGER",
+                None,
+                1,
+                (now - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                (now - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+            )
+            for i in range(60)
+        ]
+        conn = sqlite3.connect(tmp_path / "trace.db")
+        conn.executemany(f"INSERT INTO JOB_EXECUTION_LOG VALUES ({','.join('?' * 11)})", rows)
+        conn.commit()
+        conn.close()
+        first = await client.get("/history", params={"job": "settle"})
+        assert "60 row(s)." in first.text and first.text.count("<td>host-a</td>") == 50
+        assert "offset=50" in first.text and "newer</a>" not in first.text
+        second = await client.get("/history", params={"job": "settle", "offset": "50"})
+        assert second.text.count("<td>host-a</td>") == 10 and "newer</a>" in second.text
+        misfires = await client.get("/history", params={"job": "settle", "source": "MISFIRE"})
+        assert "30 row(s)." in misfires.text
+        window = await client.get(
+            "/history", params={"job": "settle", "since": "30m", "instance": "host-a"}
+        )
+        assert "30 row(s)." in window.text or "31 row(s)." in window.text
+        bad = await client.get("/history", params={"since": "yesterday-ish"})
+        assert bad.status_code == 200 and "ISO 8601" in bad.text
+
+
+def test_charts_are_svg_for_any_data() -> None:
+    from aioelastic.console._charts import duration_chart, hourly_buckets, hourly_chart, sparkline
+    from aioelastic.tracing import FireRecord
+
+    now = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+
+    def fire(minutes: int, seconds: float, failed: int = 0) -> FireRecord:
+        start = now - timedelta(minutes=minutes)
+        return FireRecord(
+            "j",
+            f"t{minutes}",
+            "NORMAL_TRIGGER",
+            2,
+            2 - failed,
+            failed,
+            0,
+            start,
+            start + timedelta(seconds=seconds),
+            "<b>x</b>" if failed else None,
+        )
+
+    assert "No finished run" in duration_chart([])
+    for fires in ([fire(1, 0)], [fire(1, 0.5), fire(90, 2.0, failed=1)]):
+        svg = duration_chart(fires)
+        assert svg.startswith("<svg") and svg.count("<circle") == len(fires)
+    buckets = hourly_buckets(
+        [fire(1, 1), fire(90, 1, failed=1), fire(60 * 30, 1)], now - timedelta(hours=3), now
+    )
+    assert [(b.succeeded, b.failed) for b in buckets] == [(0, 0), (0, 0), (1, 1), (2, 0)]
+    assert hourly_chart(buckets).count('class="bad"') == 4
+    assert sparkline([], []) == "" and "<circle" in sparkline([0, 3], [0, 1])

@@ -6,14 +6,25 @@ browser (optional extra ``console``: Starlette, Jinja2, uvicorn).
     async with scheduler, console.serve(Operations.of(scheduler)):
         ...
 
-``create_app()`` builds a standalone app whose lifespan opens the registry (and the trace
-database) from URLs; ``aioelastic console`` serves it.
+``create_app(registry_url, tracing_url)`` builds a standalone app whose lifespan opens the
+registry, the trace database and the audit log (``open_audit_log``) from URLs;
+``aioelastic console`` serves the same; ``serve_http`` runs uvicorn so that Ctrl-C does not wait
+for open pages' live-update streams.
 """
 
 from __future__ import annotations
 
+from ..tracing._audit import AuditEntry, AuditLog, open_audit_log
 from ._app import Console
-from ._server import create_app
+from ._server import create_app, serve_http
 from ._settings import ConsoleSettings
 
-__all__ = ["Console", "ConsoleSettings", "create_app"]
+__all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "Console",
+    "ConsoleSettings",
+    "create_app",
+    "open_audit_log",
+    "serve_http",
+]

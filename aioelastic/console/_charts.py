@@ -81,7 +81,8 @@ def duration_chart(fires: Sequence[FireRecord], width: int = 720, height: int = 
     t0, t1 = done[0].start_time, done[-1].start_time
     assert t0 is not None and t1 is not None
     span = max((t1 - t0).total_seconds(), 1.0)
-    top = max(max(f.duration.total_seconds() for f in done if f.duration), 0.001)
+    top = max((f.duration.total_seconds() for f in done if f.duration is not None), default=0)
+    top = max(top, 0.001)
     left, bottom, right = 48, 24, 8
     w, h = width - left - right, height - bottom - 8
     marks = []
