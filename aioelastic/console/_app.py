@@ -743,18 +743,28 @@ class Console:
     # -- live updates --
 
     async def _events(self, request: Request) -> Response:
+        """Server-sent events: ``changed`` after each registry change (``?job=NAME``: only
+        when that job's nodes, or the session's health, changed)."""
         self._principal(request)
         live = self._serving()
+        job = request.query_params.get("job")
+        root = live.ops.paths(job).root if job else None
+
+        def state() -> object:
+            return (live.view.fresh, _fingerprint(live.view, root) if root else live.generation)
 
         async def stream() -> AsyncIterator[str]:
             yield f"retry: 2000\nevent: hello\ndata: {live.generation}\n\n"
+            seen = state()
             while not live.stopping.is_set():
                 changed = live.changed
                 with anyio.move_on_after(_KEEPALIVE):
                     await changed.wait()
                 if live.stopping.is_set():
                     return
-                if changed.is_set():
+                now = state()
+                if changed.is_set() and now != seen:
+                    seen = now
                     yield f"event: changed\ndata: {live.generation}\n\n"
                 else:
                     yield ": keepalive\n\n"
@@ -764,6 +774,20 @@ class Console:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+
+def _fingerprint(view: TreeView, root: str) -> frozenset[tuple[str, int, int]]:
+    """The job subtree's nodes as the local copy has them (no I/O): path, version, owner."""
+    out = set()
+    pending = [root]
+    while pending:
+        path = pending.pop()
+        stat = view.stat(path)
+        if stat is None:
+            continue
+        out.add((path, stat.version, stat.ephemeral_owner))
+        pending.extend(f"{path}/{kid}" for kid in view.children(path))
+    return frozenset(out)
 
 
 async def _form(request: Request) -> dict[str, str]:

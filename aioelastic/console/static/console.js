@@ -50,7 +50,9 @@
       });
   }
 
-  var source = new EventSource(document.body.dataset.base + "/events");
+  var events = document.body.dataset.base + "/events";
+  if (document.body.dataset.job) events += "?job=" + encodeURIComponent(document.body.dataset.job);
+  var source = new EventSource(events);
   source.addEventListener("hello", function () { if (dot) dot.className = "livedot on"; });
   source.addEventListener("changed", refresh);
   source.onerror = function () { if (dot) dot.className = "livedot off"; };
