@@ -561,3 +561,28 @@ def test_charts_are_svg_for_any_data() -> None:
     assert [(b.succeeded, b.failed) for b in buckets] == [(0, 0), (0, 0), (1, 1), (2, 0)]
     assert hourly_chart(buckets).count('class="bad"') == 4
     assert sparkline([], []) == "" and "<circle" in sparkline([0, 3], [0, 1])
+
+
+@pytest.mark.zookeeper
+async def test_create_app_opens_registry_trace_and_audit_in_its_lifespan(
+    zk_url: str, tmp_path: Path
+) -> None:
+    from aioelastic.console import create_app
+
+    db = tmp_path / "trace.db"
+    async with open_trace_store(f"sqlite:///{db}"):
+        pass  # the file and tables, as instances would have made them
+    scheduler = Scheduler(settings=Settings(registry_url=zk_url, instance_id="i1"))
+    scheduler.add_job(fine, name="nightly", cron="0 0 3 * * ?", description=XSS)
+    app = create_app(zk_url, f"sqlite:///{db}", settings=settings())
+    async with scheduler, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c", auth=OPERATOR) as c:
+            page = await c.get("/")
+            assert 'data-job="nightly"' in page.text and XSS not in page.text
+            done = await post_action(c, "nightly", action="trigger")
+            assert done.status_code == 303
+        async with open_audit_log(f"sqlite:///{db}") as log:  # durable: another reader sees it
+            assert [e.action for e in (await log.entries()).items] == ["trigger"]
+    with pytest.raises(ConfigError, match="no SQLite trace database"):
+        create_app(zk_url, f"sqlite:///{tmp_path / 'typo.db'}")
