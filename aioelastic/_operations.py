@@ -598,3 +598,43 @@ class Operations:
         await self._stored_config(name)
         if not await self._set_if_exists(self.paths(name).instance(instance_id), SHUTDOWN):
             raise NotFoundError(f"job {name!r} has no live instance {instance_id!r}")
+
+    # -- config with an explicit version (the console's edit form) --
+
+    @_deadline
+    async def job_config_version(self, name: str) -> tuple[dict[str, Any], int]:
+        """The job's stored config and its node's version, for ``update_job_config_at``."""
+        try:
+            raw, stat = await self.registry.get(self.paths(name).config)
+        except NoNodeError:
+            raise JobNotFoundError(name) from None
+        return _parse_config(name, raw), stat.version
+
+    @_deadline
+    async def update_job_config_at(
+        self, name: str, version: int, /, **changes: Any
+    ) -> dict[str, Any]:
+        """``update_job_config`` only if the config node still has ``version``: someone else's
+        change in between raises ``BadVersionError`` instead of being overwritten."""
+        fixed = _FIXED_FIELDS & changes.keys()
+        if fixed:
+            raise ConfigError(sorted(fixed)[0], changes[sorted(fixed)[0]], "cannot be changed here")
+        path = self.paths(name).config
+        try:
+            raw, stat = await self.registry.get(path)
+        except NoNodeError:
+            raise JobNotFoundError(name) from None
+        if stat.version != version:
+            raise BadVersionError(f"{path}: version {stat.version}, not {version}")
+        stored = _parse_config(name, raw)
+        base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
+        custom = base.get("error_handler") == "custom"
+        if custom:
+            base.pop("error_handler")
+        new = JobConfig(**{**base, **changes, "name": name}).to_registry()
+        if custom and "error_handler" not in changes:
+            data = {**json.loads(new), "error_handler": "custom"}
+            new = json.dumps(data, sort_keys=True).encode()
+        await self.registry.set(path, new, version=version)
+        result: dict[str, Any] = json.loads(new)
+        return result

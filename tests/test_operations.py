@@ -295,6 +295,8 @@ OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("disable_item", ("j", 0)),
     ("enable_item", ("j", 0)),
     ("shutdown_instance", ("j", "i1")),
+    ("job_config_version", ("j",)),
+    ("update_job_config_at", ("j", 0)),
 ]
 
 

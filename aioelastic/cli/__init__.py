@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     shutdown.add_argument("name", metavar="NAME", help="the job")
     shutdown.add_argument("instance_id", metavar="INSTANCE_ID", help="as `instances NAME` lists")
 
+    from ._console import add_console_parser
+
+    add_console_parser(cmd("console", "serve the operator console in the browser (console extra)"))
+
     trace = cmd("trace", "search the execution trace (PostgreSQL or SQLite)")
     trace_actions = trace.add_subparsers(dest="action", required=True, metavar="ACTION")
     executions = trace_actions.add_parser("executions", help="item runs", parents=[common])
@@ -293,6 +297,10 @@ def _run_command(args: argparse.Namespace) -> int:
         return run_scheduler_command(args)
     if args.command == "trace":
         return anyio.run(run_trace_command, args, backend="asyncio")
+    if args.command == "console":
+        from ._console import run_console_command
+
+        return anyio.run(run_console_command, args, backend="asyncio")
     return anyio.run(run_registry_command, args, backend="asyncio")
 
 
