@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
+from ._health import Health, scheduler_health
 from ._jobs import ItemRunner, make_item_runner
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
@@ -120,6 +121,8 @@ class Scheduler:
         self._exit_stack: AsyncExitStack | None = None  # of ``async with scheduler``
         self._signalled = False
         self._forced = False
+        self.loop_watchdog: LoopWatchdog | None = None
+        """The running loop watchdog (its heartbeat tells ``health()`` the loop answers)."""
 
     # -- registration --
 
@@ -145,6 +148,15 @@ class Scheduler:
             name: self._runners[name].coordinator.config if name in self._runners else spec.config
             for name, spec in self._jobs.items()
         }
+
+    @property
+    def registered_jobs(self) -> list[str]:
+        """The jobs registered with the registry and running on this instance."""
+        return list(self._runners)
+
+    def health(self) -> Health:
+        """Liveness and readiness now, with reasons (see ``aioelastic.health``)."""
+        return scheduler_health(self)
 
     @property
     def trace_bus(self) -> TraceBus:
@@ -277,7 +289,8 @@ class Scheduler:
             self._bus = bus
             stack.callback(setattr, self, "_bus", None)
             async with anyio.create_task_group() as guards:
-                await guards.start(self._watchdog(registry).run)
+                self.loop_watchdog = self._watchdog(registry)
+                await guards.start(self.loop_watchdog.run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,

@@ -178,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="json: one JSON object per line, with the records' fields (job, task_id, item, ...)",
     )
+    run.add_argument(
+        "--health-port",
+        type=bounded_int(0, 65535),
+        metavar="PORT",
+        help="serve GET /livez and /readyz (200 or 503, JSON) on this port",
+    )
+    run.add_argument(
+        "--health-bind",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of the health port (default 127.0.0.1; 0.0.0.0 in a pod)",
+    )
 
     jobs = cmd(
         "jobs",
