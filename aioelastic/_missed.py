@@ -17,23 +17,35 @@ Two detectors share the ``MissedFire`` record:
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+import anyio
+from anyio.abc import TaskStatus
+
+from ._config import JobConfig
 from ._cron import CronTrigger
 from ._errors import ConfigError
+from ._layout import DISABLED
+from ._observer import Observer, notify_observers
 
 if TYPE_CHECKING:
+    from ._coordination import JobCoordinator
     from ._operations import Operations
     from .tracing._search import FireRecord, TraceSearch
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "DEFAULT_WINDOW",
     "MAX_DUE_TIMES",
     "MissedFire",
+    "MissedFireWatch",
     "due_times",
     "missed_fires",
 ]
@@ -42,6 +54,8 @@ log = logging.getLogger("aioelastic.missed")
 
 #: How long after its due time a fire may start and still count as on time.
 DEFAULT_TOLERANCE = timedelta(seconds=30)
+#: ``missed_fires`` looks this far back by default (``aioelastic jobs`` too).
+DEFAULT_WINDOW = timedelta(hours=24)
 #: Due times judged by one ``missed_fires`` call at most (a narrower window for more).
 MAX_DUE_TIMES = 100_000
 _PAGE = 1000
@@ -112,15 +126,17 @@ async def missed_fires(
     search: TraceSearch,
     job: str,
     *,
-    since: datetime,
+    since: datetime | None = None,
     until: datetime | None = None,
     tolerance: timedelta = DEFAULT_TOLERANCE,
 ) -> list[MissedFire]:
     """Due times of ``job``'s stored cron in ``[since, until)`` with no fire started within
     ``tolerance`` in the trace (oldest first). ``until`` defaults to now; due times less than
     ``tolerance`` ago are not judged yet, nor those before the config was last written.
-    A job without a cron (or with an invalid one) has none."""
+    A job without a cron (or with an invalid one) has none; ``since`` defaults to
+    :data:`DEFAULT_WINDOW` ago."""
     now = datetime.now(UTC)
+    since = since if since is not None else now - DEFAULT_WINDOW
     schedule = await ops.schedule(job)
     if schedule.cron is None:
         return []
@@ -143,3 +159,139 @@ async def missed_fires(
 
 def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Runner(Protocol):
+    @property
+    def coordinator(self) -> JobCoordinator: ...
+
+
+#: A job is looked at again at least this often (a config change may bring its fires closer).
+_RECHECK = 60.0
+#: One WARNING line per job at most this often (the rest are counted in the next one).
+_LOG_INTERVAL = 60.0
+
+
+def blocker(coord: JobCoordinator) -> str | None:
+    """What keeps the job's fires from running any item, from the registry view; None if
+    nothing does."""
+    if coord.config_problem:
+        return "the job's config in the registry is invalid"
+    paths, view = coord.paths, coord.view
+    servers = view.children(paths.servers)
+    if servers and all(view.get(paths.server(host)) == DISABLED for host in servers):
+        return "every server of the job is disabled"
+    available = set(coord.available_instances())
+    if not available:
+        return "no live instance on an enabled server"
+    items = [
+        i
+        for i in range(coord.config.sharding_total_count)
+        if not view.exists(paths.item_disabled(i))
+    ]
+    if not items:
+        return "every item is disabled"
+    if not any(coord.owner(i) in available for i in items):
+        return "no live instance owns an item"
+    return None
+
+
+class MissedFireWatch:
+    """On each job's leader: ``tolerance`` seconds after every cron due time, judge whether the
+    fire could start anywhere (see the module docstring). One task for every job: a heap of
+    the next checks."""
+
+    def __init__(
+        self,
+        runners: Mapping[str, _Runner],
+        observers: Sequence[Observer],
+        *,
+        tolerance: float,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._runners = runners
+        self._observers = observers
+        self._tolerance = tolerance
+        self._active = active
+        self._heap: list[tuple[float, str]] = []  # (monotonic check time, job)
+        self._due: dict[str, tuple[JobConfig, datetime | None]] = {}
+        self._logged: dict[str, tuple[float, int]] = {}  # job -> (last line, misses since)
+        self.missed = 0
+        """Misses seen by this watch (all jobs)."""
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._schedule_new()
+            wait = self._heap[0][0] - time.monotonic() if self._heap else 1.0
+            await anyio.sleep(min(max(wait, 0.0), 1.0))  # new runners show within a second
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, job = heapq.heappop(self._heap)
+                self._check(job)
+
+    def _schedule_new(self) -> None:
+        for job in self._runners:
+            if job not in self._due:
+                self._plan(job, None)
+
+    def _plan(self, job: str, after: datetime | None) -> None:
+        """Push the job's next check: its next due time (after ``after``, else now) plus the
+        tolerance, or sooner (``_RECHECK``) to notice config changes."""
+        runner = self._runners.get(job)
+        if runner is None:
+            self._due.pop(job, None)
+            return
+        config = runner.coordinator.config
+        trigger = _trigger(config)
+        now = datetime.now(UTC)
+        due = trigger.next_fire_time(after or now) if trigger is not None else None
+        self._due[job] = (config, due)
+        wait = _RECHECK if due is None else (due - now).total_seconds() + self._tolerance
+        heapq.heappush(self._heap, (time.monotonic() + min(max(wait, 0.0), _RECHECK), job))
+
+    def _check(self, job: str) -> None:
+        runner = self._runners.get(job)
+        config, due = self._due.get(job, (None, None))
+        if runner is None or runner.coordinator.config is not config:
+            self._plan(job, None)  # gone, or a new config: start over from now
+            return
+        now = datetime.now(UTC)
+        if due is None or now < due + timedelta(seconds=self._tolerance):
+            self._plan(job, due - timedelta(microseconds=1) if due is not None else None)
+            return
+        coord = runner.coordinator
+        if self._active() and coord.is_leader:
+            late = (now - due).total_seconds() - self._tolerance
+            reason = blocker(coord)
+            if reason is None and late > self._tolerance:
+                reason = f"this leader's event loop was stalled (checked {late:.1f}s late)"
+            if reason is not None:
+                self._report(job, due, reason)
+        self._plan(job, due)
+
+    def _report(self, job: str, due: datetime, reason: str) -> None:
+        self.missed += 1
+        notify_observers(self._observers, "missed_fire", job, due, reason)
+        now = time.monotonic()
+        last, since = self._logged.get(job, (-math.inf, 0))
+        if now - last < _LOG_INTERVAL:
+            self._logged[job] = (last, since + 1)
+            return
+        self._logged[job] = (now, 0)
+        more = f" ({since} more since the last line)" if since else ""
+        log.warning(
+            "%s: fire due at %s started on no instance: %s%s",
+            job,
+            due.astimezone(UTC).isoformat(timespec="seconds"),
+            reason,
+            more,
+            extra={"job": job, "due": due.isoformat(), "reason": reason},
+        )
+
+
+def _trigger(config: JobConfig) -> CronTrigger | None:
+    try:
+        return config.trigger()
+    except ConfigError:
+        return None

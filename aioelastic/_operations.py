@@ -419,12 +419,12 @@ class Operations:
         search: TraceSearch,
         name: str,
         *,
-        since: datetime,
+        since: datetime | None = None,
         until: datetime | None = None,
         tolerance: timedelta = DEFAULT_TOLERANCE,
     ) -> list[MissedFire]:
         """Due fires of the job that started on no instance, per the trace (see
-        :func:`aioelastic.missed_fires`)."""
+        :func:`aioelastic.missed_fires`; ``since`` defaults to a day ago)."""
         return await missed_fires(self, search, name, since=since, until=until, tolerance=tolerance)
 
     @_deadline

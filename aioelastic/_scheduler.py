@@ -23,6 +23,7 @@ from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
 from ._health import Health, scheduler_health
 from ._jobs import ItemRunner, make_item_runner
+from ._missed import MissedFireWatch
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
 from ._runner import JobRunner
@@ -311,6 +312,7 @@ class Scheduler:
                         for spec in self._jobs.values():
                             starting.start_soon(start, spec)
                     self._set_state(RunState.STARTED)
+                    guards.start_soon(self._missed_fire_watch().run)
                     log.info(
                         "instance %s started with %d job(s) on %s",
                         self.instance_id,
@@ -346,6 +348,14 @@ class Scheduler:
             count,
             "; ".join(f"{n} {items}" for n, items in sorted(running.items())),
             extra={"instance": self.instance_id, "running_items": running},
+        )
+
+    def _missed_fire_watch(self) -> MissedFireWatch:
+        return MissedFireWatch(
+            self._runners,
+            self.observers,
+            tolerance=self.settings.missed_fire_tolerance,
+            active=lambda: self._state is RunState.STARTED,
         )
 
     def _watchdog(self, registry: Registry) -> LoopWatchdog:

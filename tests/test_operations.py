@@ -295,6 +295,8 @@ OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("disable_item", ("j", 0)),
     ("enable_item", ("j", 0)),
     ("shutdown_instance", ("j", "i1")),
+    ("schedule", ("j",)),
+    ("missed_fires", (None, "j")),  # its registry read has the deadline
 ]
 
 
