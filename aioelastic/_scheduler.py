@@ -26,6 +26,7 @@ from ._jobs import ItemRunner, make_item_runner
 from ._missed import MissedFireWatch
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
+from ._retention import TraceRetention, store_opener
 from ._runner import JobRunner
 from ._signals import handling_signals
 from ._urls import RegistryURL, parse_tracing_url
@@ -313,6 +314,9 @@ class Scheduler:
                             starting.start_soon(start, spec)
                     self._set_state(RunState.STARTED)
                     guards.start_soon(self._missed_fire_watch().run)
+                    retention = self._retention(registry)
+                    if retention is not None:
+                        guards.start_soon(retention.run)
                     log.info(
                         "instance %s started with %d job(s) on %s",
                         self.instance_id,
@@ -356,6 +360,17 @@ class Scheduler:
             self.observers,
             tolerance=self.settings.missed_fire_tolerance,
             active=lambda: self._state is RunState.STARTED,
+        )
+
+    def _retention(self, registry: Registry) -> TraceRetention | None:
+        days, url = self.settings.trace_retention_days, self.settings.tracing_url
+        if days is None or url is None:
+            return None
+        secret = url.get_secret_value()
+        if parse_tracing_url(secret).scheme not in ("postgresql", "sqlite"):
+            return None  # nothing stored to purge (memory://, log://)
+        return TraceRetention(
+            registry, self.registry_url.namespace, self.instance_id, store_opener(secret), days=days
         )
 
     def _watchdog(self, registry: Registry) -> LoopWatchdog:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import anyio
+
 from .._errors import ConfigError
 from ._schema import (
     EXECUTION_COLUMNS,
@@ -352,6 +354,9 @@ class SqlTraceSearch:
     async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
         raise NotImplementedError
 
+    async def _delete_some(self, table: str, time_column: str, cutoff: object, limit: int) -> int:
+        raise NotImplementedError
+
     async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
         return default_layout(EXECUTION_TABLE), default_layout(STATUS_TABLE)
 
@@ -567,6 +572,31 @@ class SqlTraceSearch:
             self.dialect.encode(cutoff, statuses_layout.get("creation_time")),
         )
         return PurgeResult(executions=executions, status_traces=statuses)
+
+    async def purge_in_batches(
+        self, older_than_days: float, *, batch_size: int = 1000, pause: float = 0.1
+    ) -> PurgeResult:
+        """:meth:`purge`, ``batch_size`` rows per statement with ``pause`` seconds between
+        statements (no long lock, no burst of I/O next to the sinks' writes)."""
+        if not 1 <= batch_size <= 1_000_000:
+            raise ConfigError("batch_size", batch_size, "must be between 1 and 1000000")
+        executions_layout, statuses_layout = await self._tables()
+        cutoff = _cutoff(older_than_days)
+        deleted = []
+        for table, column, layout in (
+            (EXECUTION_TABLE, "start_time", executions_layout),
+            (STATUS_TABLE, "creation_time", statuses_layout),
+        ):
+            encoded = self.dialect.encode(cutoff, layout.get(column))
+            total = 0
+            while True:
+                count = await self._delete_some(table, column, encoded, batch_size)
+                total += count
+                if count < batch_size:
+                    break
+                await anyio.sleep(pause)
+            deleted.append(total)
+        return PurgeResult(executions=deleted[0], status_traces=deleted[1])
 
     def _execution(self, row: Sequence[Any]) -> ExecutionRecord:
         return ExecutionRecord(
