@@ -527,7 +527,7 @@ async def test_trace_commands(postgres_url: str, tmp_path: Path) -> None:
     table = await cli(*tr, "trace", "executions", "--job", "payroll")
     assert table.code == 0, table.err
     lines = table.out.splitlines()
-    assert lines[0].split()[:4] == ["START", "JOB", "ITEM", "RESULT"]
+    assert lines[0].split()[:4] == ["START", "ITEM", "RESULT", "TOOK"]  # one job: no JOB
     assert len(lines) == 1 + 6 + 1 and lines[-1] == "(1-6 of 6)"
     assert postgres_url.split("@")[0].split(":")[-1] not in table.out  # no password
 

@@ -19,6 +19,7 @@ from ..registry._paths import invalid_path_reason
 from ._format import (
     compact_time,
     parse_time,
+    short_time,
     to_jsonable,
     write_json,
     write_table,
@@ -151,7 +152,9 @@ async def _missed(c: _Call) -> None:
     if not missed:
         c.out.write(f"no missed fires of {c.args.name!r} since {since:%Y-%m-%d %H:%M:%S} UTC\n")
         return
-    write_table(c.out, ["DUE", "JOB", "REASON"], [(m.due, m.job, m.reason) for m in missed])
+    write_table(
+        c.out, ["DUE", "JOB", "REASON"], [(short_time(m.due), m.job, m.reason) for m in missed]
+    )
     c.out.write(f"({len(missed)} missed)\n")
 
 

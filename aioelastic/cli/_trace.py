@@ -15,7 +15,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 import asyncpg
@@ -165,7 +165,7 @@ async def _run(args: argparse.Namespace) -> int:
             if as_json:
                 write_json(out, {"total": page.total, "items": page.items})
                 return 0
-            _executions_table(page.items, wide=args.wide)
+            _executions_table(page.items, wide=args.wide, one_job=args.job is not None)
             out.write(_footer(page.total, len(page.items), page.offset) + "\n")
         elif args.action == "status":
             since, until = _since_until(args)
@@ -191,7 +191,7 @@ async def _run(args: argparse.Namespace) -> int:
             if as_json:
                 write_json(out, {"total": fire_page.total, "items": fires_json(fire_page.items)})
                 return 0
-            fires_table(out, fire_page.items, wide=args.wide)
+            fires_table(out, fire_page.items, wide=args.wide, one_job=args.job is not None)
             out.write(_footer(fire_page.total, len(fire_page.items), fire_page.offset) + "\n")
         elif args.action == "stats":
             since, until = _since_until(args)  # since: the last day by default (job_stats's)
@@ -243,7 +243,20 @@ def _result(record: ExecutionRecord) -> str:
     return "ok" if record.is_success else "FAILED"
 
 
-def _executions_table(items: tuple[ExecutionRecord, ...], *, wide: bool) -> None:
+def _narrow_table(
+    out: TextIO, headers: list[str], rows: list[tuple[Any, ...]], *, one_job: bool
+) -> None:
+    """``write_table`` within the terminal's width, without the JOB column for one job."""
+    if one_job and "JOB" in headers:
+        at = headers.index("JOB")
+        headers = headers[:at] + headers[at + 1 :]
+        rows = [row[:at] + row[at + 1 :] for row in rows]
+    write_table(out, headers, rows, width=table_width())
+
+
+def _executions_table(
+    items: tuple[ExecutionRecord, ...], *, wide: bool, one_job: bool = False
+) -> None:
     out = sys.stdout
     if wide:
         write_table(
@@ -265,7 +278,7 @@ def _executions_table(items: tuple[ExecutionRecord, ...], *, wide: bool) -> None
             ],
         )
         return
-    write_table(
+    _narrow_table(
         out,
         ["START", "JOB", "ITEM", "RESULT", "TOOK", "SOURCE", "TASK", "CAUSE"],
         [
@@ -285,7 +298,7 @@ def _executions_table(items: tuple[ExecutionRecord, ...], *, wide: bool) -> None
             )
             for e in items
         ],
-        width=table_width(),
+        one_job=one_job,
     )
 
 
@@ -328,23 +341,26 @@ def fires_json(fires: tuple[FireRecord, ...]) -> list[dict[str, object]]:
     return rows
 
 
-def fires_table(out: TextIO, fires: tuple[FireRecord, ...], *, wide: bool) -> None:
-    """One row per fire: start, job, items, source, duration, outcome, a failure's cause."""
-    write_table(
-        out,
-        ["START", "JOB", "ITEMS", "SOURCE", "TOOK", "OUTCOME", "TASK", "CAUSE"],
-        [
-            (
-                f.start_time if wide else short_time(f.start_time),
-                f.job_name,
-                f.items,
-                short_source(f.execution_source),
-                format_duration(f.duration),
-                outcome_text(f),
-                _task(f.task_id, wide),
-                f.failure_cause if wide else cause_line(f.failure_cause),
-            )
-            for f in fires
-        ],
-        width=None if wide else table_width(),
-    )
+def fires_table(
+    out: TextIO, fires: tuple[FireRecord, ...], *, wide: bool, one_job: bool = False
+) -> None:
+    """One row per fire: start, job, items, source, duration, outcome, a failure's cause
+    (narrow: within the terminal's width, without the job's name when ``one_job``)."""
+    headers = ["START", "JOB", "ITEMS", "SOURCE", "TOOK", "OUTCOME", "TASK", "CAUSE"]
+    rows = [
+        (
+            f.start_time if wide else short_time(f.start_time),
+            f.job_name,
+            f.items,
+            short_source(f.execution_source),
+            format_duration(f.duration),
+            outcome_text(f),
+            _task(f.task_id, wide),
+            f.failure_cause if wide else cause_line(f.failure_cause),
+        )
+        for f in fires
+    ]
+    if wide:
+        write_table(out, headers, rows)
+    else:
+        _narrow_table(out, headers, rows, one_job=one_job)
