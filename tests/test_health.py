@@ -188,3 +188,65 @@ def test_the_kubernetes_manifest_budgets_the_grace_period() -> None:
     for name in ("REGISTRY_URL", "TRACING_URL", "SHUTDOWN_GRACE_PERIOD", "INSTANCE_ID"):
         assert name.lower() in Settings.model_fields
     assert "- --health-bind=0.0.0.0" in lines
+
+
+class _Watchdog:
+    def __init__(self, age: float) -> None:
+        self.limit: float | None = 1.7
+        self.age = age
+
+    def heartbeat_age(self) -> float:
+        return self.age
+
+
+class _Bus:
+    max_queue = 10
+
+    def __init__(self, queued: int) -> None:
+        self.queued = queued
+
+    def stats(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(sink="postgresql", queued=self.queued)]
+
+
+def fake(
+    *,
+    session: str = "CONNECTED",
+    queued: int = 0,
+    age: float = 0.1,
+    registered: tuple[str, ...] = ("a", "b"),
+) -> Any:
+    from types import SimpleNamespace
+
+    from aioelastic.registry._protocol import SessionState
+
+    return SimpleNamespace(
+        state=RunState.STARTED,
+        registry=SimpleNamespace(session_state=SessionState(session)),
+        jobs={"a": None, "b": None},
+        registered_jobs=list(registered),
+        trace_bus=_Bus(queued),
+        loop_watchdog=_Watchdog(age),
+    )
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "live", "ready", "reason"),
+    [
+        (fake(), True, True, "ok"),
+        (fake(session="SUSPENDED"), True, False, "registry session SUSPENDED"),
+        (fake(session="LOST"), True, False, "registry session LOST"),
+        (fake(registered=("a",)), True, False, "job(s) not registered: b"),
+        (fake(queued=10), True, False, "trace sink postgresql: 10 event(s) queued (bound 10)"),
+        (fake(age=2.5), False, False, "event loop heartbeat 2.5s old (limit 1.7s)"),
+    ],
+    ids=["ok", "suspended", "lost", "unregistered", "trace-queue-full", "loop-stalled"],
+)
+def test_each_check_has_its_reason(scheduler: Any, live: bool, ready: bool, reason: str) -> None:
+    from aioelastic._health import scheduler_health
+
+    health = scheduler_health(scheduler)
+    assert (health.live, health.ready) == (live, ready)
+    assert (health.ready_reason if live else health.live_reason) == reason

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioelastic import Scheduler, Settings, ShardingContext
+from aioelastic import Operations, Scheduler, Settings, ShardingContext
 from aioelastic._retention import LOCK_NODE, TraceRetention, store_opener
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import MemoryRegistry, MemoryStore
@@ -109,6 +109,7 @@ async def test_one_instance_per_namespace_purges(trace_url: str, tmp_path: Path)
         assert await watchers[holder].purge_once() == PurgeResult(0, 0)
         data, _ = await watchers[other].registry.get(f"/ns/{LOCK_NODE}")
         assert data == holder.encode()
+        assert await Operations.for_registry(watchers[other].registry, "ns").jobs() == []
 
         await stacks[holder].aclose()  # the holder's session ends: the other one takes over
         await seed(trace_url, tmp_path, old=2, new=0)
