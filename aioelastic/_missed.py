@@ -228,7 +228,11 @@ class MissedFireWatch:
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now:
                 _, job = heapq.heappop(self._heap)
-                self._check(job)
+                try:
+                    self._check(job)
+                except Exception:  # a watch must never stop the scheduler
+                    log.exception("%s: missed-fire check failed; next one at its next fire", job)
+                    self._plan(job, None)
 
     def _schedule_new(self) -> None:
         for job in self._runners:
