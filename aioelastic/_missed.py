@@ -38,7 +38,7 @@ from ._observer import Observer, notify_observers
 if TYPE_CHECKING:
     from ._coordination import JobCoordinator
     from ._operations import Operations
-    from .tracing._search import FireRecord, TraceSearch
+    from .tracing._search import TraceSearch
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -58,7 +58,6 @@ DEFAULT_TOLERANCE = timedelta(seconds=30)
 DEFAULT_WINDOW = timedelta(hours=24)
 #: Due times judged by one ``missed_fires`` call at most (a narrower window for more).
 MAX_DUE_TIMES = 100_000
-_PAGE = 1000
 _SKEW = timedelta(seconds=1)  # a fire may start this much before its due time (clock skew)
 
 
@@ -86,36 +85,32 @@ def due_times(trigger: CronTrigger, since: datetime, until: datetime) -> list[da
     return out
 
 
-async def _fires(
-    search: TraceSearch, job: str, since: datetime, until: datetime
-) -> list[FireRecord]:
-    out: list[FireRecord] = []
-    offset = 0
-    while True:
-        page = await search.fires(
-            job_name=job, since=since, until=until, offset=offset, limit=_PAGE
-        )
-        out.extend(page.items)
-        offset += len(page.items)
-        if not page.items or not page.has_more:
-            return out
-
-
 class _Coverage:
     """Answers "did a fire start near, or run through, this due time?" in O(log n)."""
 
-    def __init__(self, fires: Iterable[FireRecord], now: datetime) -> None:
-        spans = sorted(
-            (f.start_time, f.complete_time or now) for f in fires if f.start_time is not None
-        )
-        self.starts = [start for start, _ in spans]
+    def __init__(self, spans: Iterable[tuple[datetime, datetime | None]], now: datetime) -> None:
+        ordered = sorted((start, end or now) for start, end in spans)
+        self.starts = [start for start, _ in ordered]
         self.reach: list[datetime] = []  # the latest end among the fires started so far
-        for _, end in spans:
+        for _, end in ordered:
             self.reach.append(max(end, self.reach[-1]) if self.reach else end)
 
-    def covers(self, due: datetime, tolerance: timedelta) -> bool:
-        first = bisect.bisect_left(self.starts, due - _SKEW)
-        if first < len(self.starts) and self.starts[first] <= due + tolerance:
+    def covers(
+        self,
+        due: datetime,
+        tolerance: timedelta,
+        previous: datetime | None = None,
+        following: datetime | None = None,
+    ) -> bool:
+        """A fire started within ``[due - 1 s, due + tolerance]``, clipped halfway to the
+        neighbouring due times (a fire belongs to one due time), or one ran through ``due``."""
+        low, high = due - _SKEW, due + tolerance
+        if previous is not None:
+            low = max(low, due - (due - previous) / 2)
+        if following is not None:
+            high = min(high, due + (following - due) / 2)
+        first = bisect.bisect_left(self.starts, low)
+        if first < len(self.starts) and self.starts[first] <= high:
             return True
         before = bisect.bisect_left(self.starts, due) - 1
         return before >= 0 and self.reach[before] >= due  # busy: a misfire, not a miss
@@ -152,9 +147,16 @@ async def missed_fires(
     if not due:
         return []
     lookback = max(tolerance, timedelta(hours=1))
-    coverage = _Coverage(await _fires(search, job, start - lookback, end + tolerance), now)
+    spans = await search.fire_spans(job_name=job, since=start - lookback, until=end + tolerance)
+    coverage = _Coverage(spans, now)
+    earlier = due_times(trigger, due[0] - timedelta(hours=1), due[0])  # None: >1 h apart
+    bounds = [earlier[-1] if earlier else None, *due, trigger.next_fire_time(due[-1])]
     reason = f"no fire started within {tolerance.total_seconds():g}s of the due time"
-    return [MissedFire(job, at, reason) for at in due if not coverage.covers(at, tolerance)]
+    return [
+        MissedFire(job, at, reason)
+        for i, at in enumerate(due)
+        if not coverage.covers(at, tolerance, bounds[i], bounds[i + 2])
+    ]
 
 
 def _aware(value: datetime) -> datetime:

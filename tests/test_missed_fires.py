@@ -19,7 +19,6 @@ from aioelastic._missed import _Coverage, due_times, missed_fires
 from aioelastic.metrics import PrometheusMetrics
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
-from aioelastic.tracing._search import FireRecord
 from tests.harness.helpers import eventually
 from tests.test_cli import clean_env, cli
 from tests.test_metrics import scrape, value
@@ -27,10 +26,6 @@ from tests.test_metrics import scrape, value
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def fire(start: datetime, end: datetime | None) -> FireRecord:
-    return FireRecord("j", "t", "NORMAL_TRIGGER", 1, 1, 0, 0 if end else 1, start, end, None)
 
 
 def test_due_times_and_coverage() -> None:
@@ -41,13 +36,30 @@ def test_due_times_and_coverage() -> None:
     now = T0 + timedelta(hours=1)
     coverage = _Coverage(
         [
-            fire(T0 + timedelta(seconds=2), T0 + timedelta(seconds=3)),  # on time
-            fire(T0 + timedelta(minutes=2, seconds=40), None),  # too late for 2 min, busy at 3
+            (T0 + timedelta(seconds=2), T0 + timedelta(seconds=3)),  # on time
+            (T0 + timedelta(minutes=2, seconds=40), None),  # too late for 2 min, busy at 3
         ],
         now,
     )
     assert [coverage.covers(d, tolerance) for d in due] == [True, False, False, True]
     assert coverage.covers(T0 + timedelta(minutes=5) - timedelta(milliseconds=500), tolerance)
+
+
+def test_a_fire_counts_for_one_due_time_only() -> None:
+    """Every second, one fire missing: the fires of the seconds around it cover it neither
+    through the 1 s skew nor through a tolerance longer than the interval."""
+    second = timedelta(seconds=1)
+    spans = [
+        (T0 + k * second + timedelta(milliseconds=3), T0 + k * second + timedelta(milliseconds=20))
+        for k in range(10)
+        if k != 5
+    ]
+    coverage = _Coverage(spans, T0 + timedelta(hours=1))
+    due = [T0 + k * second for k in range(10)]
+    tolerance = timedelta(seconds=30)
+    bounds = [None, *due, None]
+    covered = [coverage.covers(d, tolerance, bounds[i], bounds[i + 2]) for i, d in enumerate(due)]
+    assert covered == [k != 5 for k in range(10)]
 
 
 def memory_scheduler(tmp_path: Path, name: str, **settings: object) -> Scheduler:
@@ -209,3 +221,48 @@ async def test_a_stalled_loop_is_a_missed_fire(tmp_path: Path) -> None:
     async with scheduler:
         await eventually(lambda: misses.seen, 20, what="a missed fire")
     assert misses.seen[0][2].startswith("this leader's event loop was stalled")
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_fire_spans_on_both_databases(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from aioelastic.tracing._events import ExecutionSource, JobExecutionEvent, TraceEvent
+
+    url = (
+        f"sqlite:///{tmp_path}/trace.db"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    events: list[TraceEvent] = []
+    for fire_no, finished in enumerate((True, True, False)):
+        for item in range(2):
+            start = now - timedelta(minutes=10 - fire_no, seconds=-item)
+            events.append(
+                JobExecutionEvent(
+                    job_name="tick",
+                    task_id=f"tick@-@0,1@-@READY@-@i@-@{fire_no:032x}",
+                    hostname="h",
+                    ip="127.0.0.1",
+                    sharding_item=item,
+                    execution_source=ExecutionSource.NORMAL_TRIGGER,
+                    start_time=start,
+                    complete_time=start + timedelta(seconds=5) if finished or item else None,
+                    is_success=True,
+                )
+            )
+    async with open_trace_store(url, journal_path=tmp_path / "j.journal") as store:
+        await store.sink.write(events)
+        search = store.search
+        spans = sorted(
+            await search.fire_spans(job_name="tick", since=now - timedelta(hours=1), until=now)
+        )
+    first = now - timedelta(minutes=10)
+    assert spans == [
+        (first, first + timedelta(seconds=6)),
+        (first + timedelta(minutes=1), first + timedelta(minutes=1, seconds=6)),
+        (first + timedelta(minutes=2), None),  # an item still runs
+    ]

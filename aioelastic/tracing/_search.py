@@ -238,6 +238,12 @@ class TraceSearch(Protocol):
         """Fires (execution rows grouped by task id), newest first by their first item's start."""
         ...
 
+    async def fire_spans(
+        self, *, job_name: str, since: datetime, until: datetime
+    ) -> list[tuple[datetime, datetime | None]]:
+        """Every fire of the job started in ``[since, until)``: (start, completion or None)."""
+        ...
+
     async def count_older(self, older_than_days: float) -> PurgeResult:
         """How many rows :meth:`purge` with the same argument would delete now."""
         ...
@@ -572,6 +578,31 @@ class SqlTraceSearch:
             self.dialect.encode(cutoff, statuses_layout.get("creation_time")),
         )
         return PurgeResult(executions=executions, status_traces=statuses)
+
+    async def fire_spans(
+        self, *, job_name: str, since: datetime, until: datetime
+    ) -> list[tuple[datetime, datetime | None]]:
+        """Every fire of ``job_name`` that started in ``[since, until)`` as (first item's start,
+        last item's completion or None while one runs), unsorted; one query, no paging (what
+        the missed-fire check reads: a day of a per-second cron is 86,400 small rows)."""
+        layout, _ = await self._tables()
+        _check_time("since", since)
+        _check_time("until", until)
+        where = _Where(self.dialect, layout)
+        where.add("job_name", "=", job_name)
+        where.add("start_time", ">=", since)
+        where.add("start_time", "<", until)
+        sql = (
+            "SELECT min(start_time), max(complete_time),"  # noqa: S608 - fixed names
+            " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
+            f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY task_id"
+        )
+        out = []
+        for row in await self._rows(sql, where.params):
+            start = self.dialect.decode_time(row[0])
+            if start is not None:
+                out.append((start, None if int(row[2]) else self.dialect.decode_time(row[1])))
+        return out
 
     async def purge_in_batches(
         self, older_than_days: float, *, batch_size: int = 1000, pause: float = 0.1
