@@ -20,8 +20,10 @@ from ._errors import (
     TimeDiffError,
     TransactionFailedError,
 )
+from ._health import Health
 from ._jobs import DataflowJob, ScriptJob
 from ._listeners import DistributedOnceListener, JobListener
+from ._missed import MissedFire, missed_fires
 from ._observer import Observer
 from ._operations import (
     InstanceInfo,
@@ -57,6 +59,7 @@ __all__ = [
     "ErrorHandler",
     "ExecutionSource",
     "ExecutionType",
+    "Health",
     "InstanceInfo",
     "ItemInfo",
     "ItemStatus",
@@ -67,6 +70,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobStatusTraceEvent",
+    "MissedFire",
     "NoNodeError",
     "NodeExistsError",
     "NotFoundError",
@@ -91,6 +95,7 @@ __all__ = [
     "TraceEvent",
     "TraceSink",
     "TransactionFailedError",
+    "missed_fires",
 ]
 
 __version__ = "0.1.0.dev0"

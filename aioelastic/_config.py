@@ -309,6 +309,11 @@ class Settings(BaseSettings):
     process is still inside; ``"warn"`` only logs CRITICAL (unsafe: an item may run twice)."""
     loop_stall_warning: float = Field(default=1.0, ge=0)
     """Log a WARNING with the blocking code's stack when the loop stalls this long (0: off)."""
+    missed_fire_tolerance: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds after a cron fire's due time at which the job's leader judges it missed."""
+    trace_retention_days: float | None = Field(default=None, gt=0)
+    """Delete trace rows older than this many days (one instance per namespace, hourly);
+    None: keep everything."""
 
     def __init__(self, **data: Any) -> None:
         try:

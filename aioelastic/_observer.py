@@ -32,6 +32,9 @@ class Observer:
     def session_state_changed(self, state: str) -> None:
         """The registry session is now ``CONNECTED``, ``SUSPENDED`` or ``LOST``."""
 
+    def missed_fire(self, job: str, due: datetime, reason: str) -> None:
+        """As the job's leader, this instance saw a cron fire due at ``due`` start nowhere."""
+
 
 def hook_name(hook: object) -> str:
     """A readable name for a user hook (observer, listener, callable) in log lines."""

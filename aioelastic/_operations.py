@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -37,18 +37,21 @@ from ._errors import (
     SessionLostError,
 )
 from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, namespace_root
+from ._missed import DEFAULT_TOLERANCE, MissedFire, missed_fires
 from ._urls import RegistryURL, check_node_name, parse_registry_url
 from .registry import create_registry
 from .registry._protocol import Registry, Watcher, WatchEvent
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
+    from .tracing._search import TraceSearch
 
 __all__ = [
     "InstanceInfo",
     "ItemInfo",
     "ItemStatus",
     "JobBrief",
+    "JobSchedule",
     "JobStatus",
     "Operations",
     "ServerInfo",
@@ -99,6 +102,15 @@ class JobBrief:
     time_zone: str = "UTC"
     next_fire_time: datetime | None = None
     """When the stored cron fires next (None: no cron, an invalid one, or none ahead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSchedule:
+    """A job's stored cron and zone, and since when (the config node's last write, UTC)."""
+
+    cron: str | None
+    time_zone: str
+    since: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +397,35 @@ class Operations:
         if not owners or not owners <= set(instances):  # ElasticJob's own check
             return JobStatus.SHARDING_FLAG
         return JobStatus.OK
+
+    @_deadline
+    async def schedule(self, name: str) -> JobSchedule:
+        """The job's stored cron (None for a one-off job or an undecodable config) and since
+        when it is stored; ``JobNotFoundError`` if there is no job."""
+        try:
+            raw, stat = await self.registry.get(self.paths(name).config)
+        except NoNodeError:
+            raise JobNotFoundError(name) from None
+        since = datetime.fromtimestamp(stat.mtime, UTC) if stat.mtime > 0 else None
+        try:
+            stored = _parse_config(name, raw)
+        except ConfigError:
+            return JobSchedule(None, "UTC", since)
+        zone = _str_or_none(stored.get("time_zone")) or "UTC"
+        return JobSchedule(_str_or_none(stored.get("cron")), zone, since)
+
+    async def missed_fires(
+        self,
+        search: TraceSearch,
+        name: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        tolerance: timedelta = DEFAULT_TOLERANCE,
+    ) -> list[MissedFire]:
+        """Due fires of the job that started on no instance, per the trace (see
+        :func:`aioelastic.missed_fires`; ``since`` defaults to a day ago)."""
+        return await missed_fires(self, search, name, since=since, until=until, tolerance=tolerance)
 
     @_deadline
     async def servers(self, name: str) -> list[ServerInfo]:

@@ -21,9 +21,12 @@ from anyio.abc import TaskStatus
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._errors import ConfigError, JobNotFoundError
+from ._health import Health, scheduler_health
 from ._jobs import ItemRunner, make_item_runner
+from ._missed import MissedFireWatch
 from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
+from ._retention import TraceRetention, store_opener
 from ._runner import JobRunner
 from ._signals import handling_signals
 from ._urls import RegistryURL, parse_tracing_url
@@ -120,6 +123,8 @@ class Scheduler:
         self._exit_stack: AsyncExitStack | None = None  # of ``async with scheduler``
         self._signalled = False
         self._forced = False
+        self.loop_watchdog: LoopWatchdog | None = None
+        """The running loop watchdog (its heartbeat tells ``health()`` the loop answers)."""
 
     # -- registration --
 
@@ -145,6 +150,15 @@ class Scheduler:
             name: self._runners[name].coordinator.config if name in self._runners else spec.config
             for name, spec in self._jobs.items()
         }
+
+    @property
+    def registered_jobs(self) -> list[str]:
+        """The jobs registered with the registry and running on this instance."""
+        return list(self._runners)
+
+    def health(self) -> Health:
+        """Liveness and readiness now, with reasons (see ``aioelastic.health``)."""
+        return scheduler_health(self)
 
     @property
     def trace_bus(self) -> TraceBus:
@@ -277,7 +291,8 @@ class Scheduler:
             self._bus = bus
             stack.callback(setattr, self, "_bus", None)
             async with anyio.create_task_group() as guards:
-                await guards.start(self._watchdog(registry).run)
+                self.loop_watchdog = self._watchdog(registry)
+                await guards.start(self.loop_watchdog.run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,
@@ -298,6 +313,10 @@ class Scheduler:
                         for spec in self._jobs.values():
                             starting.start_soon(start, spec)
                     self._set_state(RunState.STARTED)
+                    guards.start_soon(self._missed_fire_watch().run)
+                    retention = self._retention(registry)
+                    if retention is not None:
+                        guards.start_soon(retention.run)
                     log.info(
                         "instance %s started with %d job(s) on %s",
                         self.instance_id,
@@ -333,6 +352,25 @@ class Scheduler:
             count,
             "; ".join(f"{n} {items}" for n, items in sorted(running.items())),
             extra={"instance": self.instance_id, "running_items": running},
+        )
+
+    def _missed_fire_watch(self) -> MissedFireWatch:
+        return MissedFireWatch(
+            self._runners,
+            self.observers,
+            tolerance=self.settings.missed_fire_tolerance,
+            active=lambda: self._state is RunState.STARTED,
+        )
+
+    def _retention(self, registry: Registry) -> TraceRetention | None:
+        days, url = self.settings.trace_retention_days, self.settings.tracing_url
+        if days is None or url is None:
+            return None
+        secret = url.get_secret_value()
+        if parse_tracing_url(secret).scheme not in ("postgresql", "sqlite"):
+            return None  # nothing stored to purge (memory://, log://)
+        return TraceRetention(
+            registry, self.registry_url.namespace, self.instance_id, store_opener(secret), days=days
         )
 
     def _watchdog(self, registry: Registry) -> LoopWatchdog:

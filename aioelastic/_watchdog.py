@@ -97,6 +97,10 @@ class LoopWatchdog:
             self._stop.set()
             thread.join(timeout=5)  # it wakes at once on the event
 
+    def heartbeat_age(self) -> float:
+        """Seconds since the loop last beat (read from any thread)."""
+        return max(0.0, time.monotonic() - self._beat)
+
     def beat(self, at: float | None = None) -> None:
         """The loop is alive (at monotonic time ``at``, default now)."""
         self._beat = time.monotonic() if at is None else at

@@ -12,6 +12,8 @@ Exposed (``job`` label on per-job series):
 - ``aioelastic_fire_lag_seconds`` — fire start minus its scheduled time (histogram, cron fires);
 - ``aioelastic_failover_items_total`` — items this instance took over from a dead one;
 - ``aioelastic_reshards_total`` — assignments committed by this instance as leader;
+- ``aioelastic_missed_fires_total`` — cron fires that were due and started nowhere, seen by this
+  instance as the job's leader (see ``Observer.missed_fire``);
 - ``aioelastic_registry_session_state{state}`` — 1 for the current session state, else 0;
 - ``aioelastic_trace_queue_depth{sink}`` / ``aioelastic_trace_spilled_total{sink}`` /
   ``aioelastic_trace_written_total{sink}`` / ``aioelastic_trace_dropped_total{sink}``.
@@ -137,6 +139,12 @@ class PrometheusMetrics(Observer):
         self.reshards = Counter(
             f"{p}_reshards", "Assignments committed as leader", ["job"], registry=r
         )
+        self.missed_fires = Counter(
+            f"{p}_missed_fires",
+            "Cron fires due that started on no instance (seen as leader)",
+            ["job"],
+            registry=r,
+        )
         self.session_state = Gauge(
             f"{p}_registry_session_state",
             "1 for the registry session's current state",
@@ -161,6 +169,7 @@ class PrometheusMetrics(Observer):
             self.fire_lag,
             self.failover_items,
             self.reshards,
+            self.missed_fires,
             self.session_state,
             self._bus,
         ):
@@ -178,6 +187,9 @@ class PrometheusMetrics(Observer):
 
     def failover_claimed(self, job: str, items: Sequence[int]) -> None:
         self.failover_items.labels(job).inc(len(items))
+
+    def missed_fire(self, job: str, due: datetime, reason: str) -> None:
+        self.missed_fires.labels(job).inc()
 
     def session_state_changed(self, state: str) -> None:
         for known in {*_SESSION_STATES, state}:

@@ -142,7 +142,6 @@ async def test_version_and_python_dash_m_aioelastic() -> None:
 
 
 REGISTRY_COMMANDS = [
-    ["jobs"],
     ["job", "show"],
     ["job", "trigger"],
     ["job", "disable"],
@@ -272,8 +271,16 @@ async def test_registry_commands(zk_url: str) -> None:
         table = await cli(*reg, "jobs")
         assert table.code == 0
         header, row = table.out.splitlines()
-        assert header.split() == ["NAME", "STATUS", "CRON", "ITEMS", "INSTANCES", "DESCRIPTION"]
-        assert row.split() == ["settle", "OK", "-", "3", "1", "nightly", "settlement"]
+        assert header.split() == [
+            "NAME",
+            "STATUS",
+            "CRON",
+            "NEXT_FIRE",
+            "ITEMS",
+            "INSTANCES",
+            "DESCRIPTION",
+        ]
+        assert row.split() == ["settle", "OK", "-", "-", "3", "1", "nightly", "settlement"]
         assert header.index("STATUS") == row.index("OK")  # aligned columns
 
         env = clean_env(AIOELASTIC_REGISTRY_URL=zk_url)  # the env var instead of --registry
@@ -402,6 +409,7 @@ async def test_output_into_a_closed_pipe_exits_quietly(zk_url: str) -> None:
             "NAME",
             "STATUS",
             "CRON",
+            "NEXT_FIRE",
             "ITEMS",
             "INSTANCES",
             "DESCRIPTION",
@@ -519,7 +527,7 @@ async def test_trace_commands(postgres_url: str, tmp_path: Path) -> None:
     table = await cli(*tr, "trace", "executions", "--job", "payroll")
     assert table.code == 0, table.err
     lines = table.out.splitlines()
-    assert lines[0].split()[:4] == ["START", "COMPLETE", "JOB", "ITEM"]
+    assert lines[0].split()[:4] == ["START", "ITEM", "RESULT", "TOOK"]  # one job: no JOB
     assert len(lines) == 1 + 6 + 1 and lines[-1] == "(1-6 of 6)"
     assert postgres_url.split("@")[0].split(":")[-1] not in table.out  # no password
 

@@ -297,6 +297,8 @@ OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("shutdown_instance", ("j", "i1")),
     ("job_config_version", ("j",)),
     ("update_job_config_at", ("j", 0)),
+    ("schedule", ("j",)),
+    ("missed_fires", (None, "j")),  # its registry read has the deadline
 ]
 
 

@@ -134,6 +134,14 @@ def _time_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="TIME", help="exclusive upper bound, same forms")
 
 
+def _wide(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="full task ids, times to the millisecond, every column, lines not cut",
+    )
+
+
 def _page(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50, help="rows per page (default 50, max 1000)")
     p.add_argument("--offset", type=int, default=0, help="rows to skip")
@@ -170,8 +178,42 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="json: one JSON object per line, with the records' fields (job, task_id, item, ...)",
     )
+    run.add_argument(
+        "--health-port",
+        type=bounded_int(0, 65535),
+        metavar="PORT",
+        help="serve GET /livez and /readyz (200 or 503, JSON) on this port",
+    )
+    run.add_argument(
+        "--health-bind",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of the health port (default 127.0.0.1; 0.0.0.0 in a pod)",
+    )
 
-    cmd("jobs", "list the jobs of the namespace with their status", registry_options)
+    jobs = cmd(
+        "jobs",
+        "list the jobs of the namespace: status, next fire; with --tracing the last fire, its "
+        "outcome and the fires missed in the last 24 h",
+    )
+    _wide(jobs)
+
+    missed = cmd(
+        "missed",
+        "the job's fires that were due and started on no instance (from its cron and the trace)",
+    )
+    missed.add_argument("name", metavar="NAME", help="the job")
+    missed.add_argument(
+        "--since", metavar="TIME", default="24h", help="ISO 8601 or span ago (default 24h)"
+    )
+    missed.add_argument("--until", metavar="TIME", help="exclusive upper bound (default: now)")
+    missed.add_argument(
+        "--tolerance",
+        type=bounded_float(0, MAX_TIMEOUT),
+        default=30.0,
+        metavar="S",
+        help="seconds a fire may start late and still count (default 30)",
+    )
 
     job = cmd("job", "show or operate one job", registry_options)
     actions = job.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -181,7 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name", metavar="NAME", help="the job")
         return p
 
-    action("show", "the job's status and stored config")
+    show = action("show", "the job's status and stored config (with --code: the code's too)")
+    show.add_argument(
+        "--code",
+        metavar="MODULE:ATTR",
+        help="the Scheduler `aioelastic run` runs: show its config of the job beside the stored "
+        "one and mark the fields that differ",
+    )
+    show.add_argument("--app-dir", default=".", help="put this directory first on sys.path")
     action("trigger", "run the job's items once now on every live instance")
     for verb in ("disable", "enable"):
         p = action(verb, f"{verb} the job on one server (--host) or on all of them")
@@ -238,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task-id", help="one task (fire)")
         _time_filters(p)
         _page(p)
+        _wide(p)
+    fires = trace_actions.add_parser(
+        "fires", help="one row per fire: items, source, duration, outcome", parents=[common]
+    )
+    fires.add_argument("job", metavar="JOB", nargs="?", help="job name (default: every job)")
+    _time_filters(fires)
+    _page(fires)
+    _wide(fires)
     executions.add_argument("--item", type=bounded_int(0, MAX_ITEM), help="sharding item")
     outcome = executions.add_mutually_exclusive_group()
     outcome.add_argument(

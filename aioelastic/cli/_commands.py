@@ -6,15 +6,26 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TextIO
 
 from .._config import JobConfig, load_settings
 from .._errors import ConfigError, OperationRefusedError
-from .._operations import JobStatus, Operations
+from .._operations import JobBrief, JobStatus, Operations
 from .._urls import RegistryURL
 from ..registry._paths import invalid_path_reason
-from ._format import write_json, write_table
+from ._format import (
+    compact_time,
+    parse_time,
+    short_time,
+    to_jsonable,
+    write_json,
+    write_table,
+)
+from ._glance import Glance, glance, glance_json
+from ._trace import open_search, optional_tracing_url, outcome_text, tracing_url
 
 __all__ = ["registry_url", "run_registry_command"]
 
@@ -73,14 +84,78 @@ async def _jobs(c: _Call) -> None:
     if not jobs and not c.json:
         print(f"aioelastic: no jobs in namespace {c.ops.namespace!r}", file=sys.stderr)
         return
-    c.table(
-        jobs,
-        ["NAME", "STATUS", "CRON", "ITEMS", "INSTANCES", "DESCRIPTION"],
-        [
-            (j.name, j.status, j.cron, j.sharding_total_count, j.instance_count, j.description)
-            for j in jobs
-        ],
+    glance = await _glance(c, jobs)
+    if c.json:
+        rows = [to_jsonable(j) for j in jobs]
+        if glance is not None:
+            for data, j in zip(rows, jobs, strict=True):
+                data.update(glance_json(glance[j.name]))
+        write_json(c.out, rows)
+        return
+    wide: bool = c.args.wide
+    when = (lambda t: t) if wide else compact_time
+    headers = ["NAME", "STATUS", "CRON", "NEXT_FIRE", "ITEMS", "INSTANCES"]
+    rows_out: list[tuple[Any, ...]] = []
+    for j in jobs:
+        row: tuple[Any, ...] = (
+            j.name,
+            j.status,
+            j.cron,
+            when(j.next_fire_time),
+            j.sharding_total_count,
+            j.instance_count,
+        )
+        if glance is not None:
+            g = glance[j.name]
+            last = g.last_fire
+            row += (
+                when(None if last is None else last.start_time),
+                None if last is None else outcome_text(last),
+                g.missed,
+            )
+        if glance is None or wide:
+            row += (j.description,)
+        rows_out.append(row)
+    if glance is not None:
+        headers += ["LAST_FIRE", "OUTCOME", "MISSED"]
+    if glance is None or wide:
+        headers.append("DESCRIPTION")
+    write_table(c.out, headers, rows_out)
+
+
+async def _glance(c: _Call, jobs: list[JobBrief]) -> dict[str, Glance] | None:
+    """Each job's last fire and missed fires (None without a trace database)."""
+    url = optional_tracing_url(c.args)
+    if url is None:
+        return None
+    async with AsyncExitStack() as stack:
+        search = await open_search(stack, url, c.args.timeout)
+        return {j.name: await glance(c.ops, search, j) for j in jobs}
+
+
+async def _missed(c: _Call) -> None:
+    since = parse_time(c.args.since)
+    until = parse_time(c.args.until) if c.args.until else None
+    await c.ops.job(c.args.name)  # JobNotFoundError before opening the trace
+    async with AsyncExitStack() as stack:
+        search = await open_search(stack, tracing_url(c.args), c.args.timeout)
+        missed = await c.ops.missed_fires(
+            search,
+            c.args.name,
+            since=since,
+            until=until,
+            tolerance=timedelta(seconds=c.args.tolerance),
+        )
+    if c.json:
+        write_json(c.out, missed)
+        return
+    if not missed:
+        c.out.write(f"no missed fires of {c.args.name!r} since {since:%Y-%m-%d %H:%M:%S} UTC\n")
+        return
+    write_table(
+        c.out, ["DUE", "JOB", "REASON"], [(short_time(m.due), m.job, m.reason) for m in missed]
     )
+    c.out.write(f"({len(missed)} missed)\n")
 
 
 async def _job_show(c: _Call) -> None:
@@ -89,9 +164,55 @@ async def _job_show(c: _Call) -> None:
         config: dict[str, Any] = {"problem": brief.description}
     else:
         config = await c.ops.job_config(c.args.name)
+    code, overwrite = _code_config(c.args)
     rows: list[tuple[Any, ...]] = [("status", brief.status), ("instances", brief.instance_count)]
-    rows += [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in config.items()]
-    c.table({"job": brief, "config": config}, ["FIELD", "VALUE"], rows)
+    rows.append(("next_fire_time", brief.next_fire_time))
+    rows += [(k, _shown(v)) for k, v in config.items()]
+    if code is None:
+        c.table({"job": brief, "config": config}, ["FIELD", "VALUE"], rows)
+        return
+    differing = sorted(k for k in config.keys() | code.keys() if config.get(k) != code.get(k))
+    if c.json:
+        write_json(
+            c.out,
+            {
+                "job": brief,
+                "config": config,
+                "code": code,
+                "differing": differing,
+                "overwrite": overwrite,
+            },
+        )
+        return
+    rows = [(*r, "") for r in rows[:3]]
+    rows += [
+        (k, _shown(config.get(k)), _shown(code.get(k)) if k in differing else "(same)")
+        for k in sorted(config.keys() | code.keys())
+    ]
+    write_table(c.out, ["FIELD", "REGISTRY", "CODE"], rows)
+    if differing:
+        wins = "the code's (overwrite=True)" if overwrite else "the registry's (overwrite=False)"
+        c.out.write(f"differs in {', '.join(differing)}: {wins} is in effect at start\n")
+
+
+def _shown(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict) else value
+
+
+def _code_config(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
+    """The job's config as the ``--code`` Scheduler registers it, and its ``overwrite``
+    (None without ``--code``)."""
+    target = getattr(args, "code", None)
+    if target is None:
+        return None, False
+    from ._run import load_scheduler
+
+    scheduler = load_scheduler(target, args.app_dir)
+    config = scheduler.jobs.get(args.name)
+    if config is None:
+        raise ConfigError("--code", target, f"registers no job {args.name!r}")
+    code: dict[str, Any] = json.loads(config.to_registry())
+    return code, config.overwrite
 
 
 async def _job_trigger(c: _Call) -> None:
@@ -190,6 +311,7 @@ async def _dump(c: _Call) -> None:
 
 _HANDLERS: dict[str, Callable[[_Call], Awaitable[None]]] = {
     "jobs": _jobs,
+    "missed": _missed,
     "job show": _job_show,
     "job trigger": _job_trigger,
     "job disable": _job_enable_disable,

@@ -15,6 +15,7 @@ import anyio
 from .._errors import ConfigError, TargetImportError
 from .._logging import JsonFormatter
 from .._scheduler import Scheduler
+from ..health import serve_health
 
 __all__ = ["EXIT_FORCED", "load_scheduler", "run_scheduler_command"]
 
@@ -69,10 +70,17 @@ def _ours(filename: str) -> bool:
     return filename in (__file__, importlib.__file__) or filename.startswith("<frozen ")
 
 
-async def _run(scheduler: Scheduler) -> int:
+async def _run(scheduler: Scheduler, health_port: int | None, health_bind: str) -> int:
     """Run until the first SIGINT/SIGTERM (graceful stop); a second one cancels running items
-    at once (exit status 130). The handling is ``Scheduler.run``'s own."""
-    await scheduler.run(handle_signals=True)
+    at once (exit status 130). The handling is ``Scheduler.run``'s own. With ``health_port``
+    the probes are served for as long as the scheduler runs (stopping included)."""
+    if health_port is None:
+        await scheduler.run(handle_signals=True)
+    else:
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve_health, scheduler, health_port, health_bind)
+            await scheduler.run(handle_signals=True)
+            tg.cancel_scope.cancel()
     return EXIT_FORCED if scheduler.forced_stop else 0
 
 
@@ -99,7 +107,13 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
         scheduler.registry_url,
     )
     try:
-        return anyio.run(_run, scheduler, backend="asyncio")
+        return anyio.run(
+            _run,
+            scheduler,
+            getattr(args, "health_port", None),
+            getattr(args, "health_bind", "127.0.0.1"),
+            backend="asyncio",
+        )
     except BaseExceptionGroup as group:
         raise _single(group) from None
     except KeyboardInterrupt:  # SIGINT before the scheduler's handlers were in

@@ -1,4 +1,4 @@
-"""Trace commands: executions, status, stats, purge (over ``open_trace_store``).
+"""Trace commands: executions, status, fires, stats, purge (over ``open_trace_store``).
 
 No trace command creates anything: a SQLite path that does not exist, or a database without the
 trace tables, is a one-line error (exit 2). ``purge`` without ``--yes`` only prints how many rows
@@ -15,6 +15,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TextIO
 
 import anyio
 import asyncpg
@@ -24,20 +25,46 @@ from .._errors import ConfigError, TraceQueryError, TraceUnreachableError
 from .._urls import TracingURL, parse_tracing_url
 from ..tracing import TraceSearch, open_trace_store
 from ..tracing._events import State
-from ..tracing._search import SqlTraceSearch
+from ..tracing._search import ExecutionRecord, FireRecord, SqlTraceSearch, StatusTraceRecord
 from ..tracing._sqlite import sqlite_path
-from ._format import parse_time, write_json, write_table
+from ._format import (
+    cause_line,
+    format_duration,
+    parse_time,
+    short_source,
+    short_task_id,
+    short_time,
+    table_width,
+    to_jsonable,
+    write_json,
+    write_table,
+)
 
-__all__ = ["run_trace_command"]
+__all__ = [
+    "fires_json",
+    "fires_table",
+    "open_search",
+    "optional_tracing_url",
+    "outcome_text",
+    "run_trace_command",
+]
 
 #: Exit code of ``trace purge`` without ``--yes`` (nothing deleted).
 EXIT_NOT_CONFIRMED = 1
 
 
 def tracing_url(args: argparse.Namespace) -> TracingURL:
+    url = optional_tracing_url(args)
+    if url is None:
+        raise ConfigError("tracing_url", None, "give --tracing URL or set AIOELASTIC_TRACING_URL")
+    return url
+
+
+def optional_tracing_url(args: argparse.Namespace) -> TracingURL | None:
+    """``--tracing`` or ``AIOELASTIC_TRACING_URL`` (None if neither is given)."""
     settings = load_settings(tracing_url=getattr(args, "tracing", None))
     if settings.tracing_url is None:
-        raise ConfigError("tracing_url", None, "give --tracing URL or set AIOELASTIC_TRACING_URL")
+        return None
     url = parse_tracing_url(settings.tracing_url.get_secret_value())
     if url.scheme not in ("postgresql", "sqlite"):
         raise ConfigError("tracing_url", str(url), "only postgresql:// and sqlite:/// search")
@@ -53,7 +80,7 @@ def _check_sqlite_file(url: TracingURL) -> None:
         raise ConfigError("tracing_url", str(url), f"no SQLite trace database at {path}")
 
 
-async def _open_search(stack: AsyncExitStack, url: TracingURL, timeout: float) -> TraceSearch:
+async def open_search(stack: AsyncExitStack, url: TracingURL, timeout: float) -> TraceSearch:
     _check_sqlite_file(url)
     try:
         store = await stack.enter_async_context(
@@ -120,7 +147,7 @@ async def _run(args: argparse.Namespace) -> int:
     out = sys.stdout
     state = _state(getattr(args, "state", None))
     async with AsyncExitStack() as stack:
-        search = await _open_search(stack, tracing_url(args), args.timeout)
+        search = await open_search(stack, tracing_url(args), args.timeout)
         if args.action == "executions":
             since, until = _since_until(args)
             is_success, finished = _success(args)
@@ -138,23 +165,7 @@ async def _run(args: argparse.Namespace) -> int:
             if as_json:
                 write_json(out, {"total": page.total, "items": page.items})
                 return 0
-            write_table(
-                out,
-                ["START", "COMPLETE", "JOB", "ITEM", "SUCCESS", "SOURCE", "HOSTNAME", "TASK"],
-                [
-                    (
-                        e.start_time,
-                        e.complete_time,
-                        e.job_name,
-                        e.sharding_item,
-                        None if e.complete_time is None else e.is_success,
-                        e.execution_source,
-                        e.hostname,
-                        e.task_id,
-                    )
-                    for e in page.items
-                ],
-            )
+            _executions_table(page.items, wide=args.wide, one_job=args.job is not None)
             out.write(_footer(page.total, len(page.items), page.offset) + "\n")
         elif args.action == "status":
             since, until = _since_until(args)
@@ -170,23 +181,18 @@ async def _run(args: argparse.Namespace) -> int:
             if as_json:
                 write_json(out, {"total": status_page.total, "items": status_page.items})
                 return 0
-            write_table(
-                out,
-                ["TIME", "JOB", "STATE", "ITEMS", "TYPE", "TASK", "MESSAGE"],
-                [
-                    (
-                        s.creation_time,
-                        s.job_name,
-                        s.state,
-                        s.sharding_item,
-                        s.execution_type,
-                        s.task_id,
-                        s.message,
-                    )
-                    for s in status_page.items
-                ],
-            )
+            _status_table(status_page.items, wide=args.wide)
             out.write(_footer(status_page.total, len(status_page.items), status_page.offset) + "\n")
+        elif args.action == "fires":
+            since, until = _since_until(args)
+            fire_page = await search.fires(
+                job_name=args.job, since=since, until=until, offset=args.offset, limit=args.limit
+            )
+            if as_json:
+                write_json(out, {"total": fire_page.total, "items": fires_json(fire_page.items)})
+                return 0
+            fires_table(out, fire_page.items, wide=args.wide, one_job=args.job is not None)
+            out.write(_footer(fire_page.total, len(fire_page.items), fire_page.offset) + "\n")
         elif args.action == "stats":
             since, until = _since_until(args)  # since: the last day by default (job_stats's)
             stats = await search.job_stats(since=since, until=until, job_name=args.job)
@@ -225,3 +231,136 @@ async def _purge(search: TraceSearch, args: argparse.Namespace, as_json: bool) -
             " status row(s)\n"
         )
     return 0
+
+
+def _task(task_id: str, wide: bool) -> str:
+    return task_id if wide else short_task_id(task_id)
+
+
+def _result(record: ExecutionRecord) -> str:
+    if record.complete_time is None:
+        return "running"
+    return "ok" if record.is_success else "FAILED"
+
+
+def _narrow_table(
+    out: TextIO, headers: list[str], rows: list[tuple[Any, ...]], *, one_job: bool
+) -> None:
+    """``write_table`` within the terminal's width, without the JOB column for one job."""
+    if one_job and "JOB" in headers:
+        at = headers.index("JOB")
+        headers = headers[:at] + headers[at + 1 :]
+        rows = [row[:at] + row[at + 1 :] for row in rows]
+    write_table(out, headers, rows, width=table_width())
+
+
+def _executions_table(
+    items: tuple[ExecutionRecord, ...], *, wide: bool, one_job: bool = False
+) -> None:
+    out = sys.stdout
+    if wide:
+        write_table(
+            out,
+            ["START", "COMPLETE", "JOB", "ITEM", "RESULT", "SOURCE", "HOSTNAME", "TASK", "CAUSE"],
+            [
+                (
+                    e.start_time,
+                    e.complete_time,
+                    e.job_name,
+                    e.sharding_item,
+                    _result(e),
+                    e.execution_source,
+                    e.hostname,
+                    e.task_id,
+                    cause_line(e.failure_cause),
+                )
+                for e in items
+            ],
+        )
+        return
+    _narrow_table(
+        out,
+        ["START", "JOB", "ITEM", "RESULT", "TOOK", "SOURCE", "TASK", "CAUSE"],
+        [
+            (
+                short_time(e.start_time),
+                e.job_name,
+                e.sharding_item,
+                _result(e),
+                format_duration(
+                    None
+                    if e.complete_time is None or e.start_time is None
+                    else e.complete_time - e.start_time
+                ),
+                short_source(e.execution_source),
+                short_task_id(e.task_id),
+                cause_line(e.failure_cause),
+            )
+            for e in items
+        ],
+        one_job=one_job,
+    )
+
+
+def _status_table(items: tuple[StatusTraceRecord, ...], *, wide: bool) -> None:
+    write_table(
+        sys.stdout,
+        ["TIME", "JOB", "STATE", "ITEMS", "TYPE", "TASK", "MESSAGE"],
+        [
+            (
+                s.creation_time if wide else short_time(s.creation_time),
+                s.job_name,
+                s.state,
+                s.sharding_item,
+                s.execution_type,
+                _task(s.task_id, wide),
+                s.message if wide else cause_line(s.message),
+            )
+            for s in items
+        ],
+        width=None if wide else table_width(),
+    )
+
+
+def outcome_text(fire: FireRecord) -> str:
+    """``succeeded``, ``running`` or ``failed 1/3`` (failed items of all)."""
+    if fire.outcome == "failed":
+        return f"failed {fire.failed}/{fire.items}"
+    return fire.outcome
+
+
+def fires_json(fires: tuple[FireRecord, ...]) -> list[dict[str, object]]:
+    """Fires as JSON objects, with their outcome and duration (seconds)."""
+    rows = []
+    for fire in fires:
+        row: dict[str, object] = to_jsonable(fire)
+        duration = fire.duration
+        row["outcome"] = fire.outcome
+        row["duration"] = None if duration is None else duration.total_seconds()
+        rows.append(row)
+    return rows
+
+
+def fires_table(
+    out: TextIO, fires: tuple[FireRecord, ...], *, wide: bool, one_job: bool = False
+) -> None:
+    """One row per fire: start, job, items, source, duration, outcome, a failure's cause
+    (narrow: within the terminal's width, without the job's name when ``one_job``)."""
+    headers = ["START", "JOB", "ITEMS", "SOURCE", "TOOK", "OUTCOME", "TASK", "CAUSE"]
+    rows = [
+        (
+            f.start_time if wide else short_time(f.start_time),
+            f.job_name,
+            f.items,
+            short_source(f.execution_source),
+            format_duration(f.duration),
+            outcome_text(f),
+            _task(f.task_id, wide),
+            f.failure_cause if wide else cause_line(f.failure_cause),
+        )
+        for f in fires
+    ]
+    if wide:
+        write_table(out, headers, rows)
+    else:
+        _narrow_table(out, headers, rows, one_job=one_job)

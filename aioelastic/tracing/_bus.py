@@ -579,6 +579,11 @@ class TraceBus:
         except Exception:
             log.exception("trace bus: post() failed for %r", event)
 
+    @property
+    def max_queue(self) -> int:
+        """Events each sink's lane keeps in memory at most (beyond: its journal)."""
+        return self._config.max_queue
+
     def stats(self) -> list[SinkStats]:
         """Counters of every sink's lane."""
         return [lane.stats() for lane in self._lanes]

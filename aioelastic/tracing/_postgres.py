@@ -302,6 +302,17 @@ class PostgresSearch(SqlTraceSearch):
             async with self._pool.acquire() as conn:
                 return [tuple(row) for row in await conn.fetch(sql, *params)]
 
+    async def _delete_some(self, table: str, time_column: str, cutoff: object, limit: int) -> int:
+        """Delete at most ``limit`` rows older than ``cutoff``; how many were deleted."""
+        sql = (
+            f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table}"  # noqa: S608
+            f" WHERE {time_column} < $1 LIMIT $2)"
+        )
+        with anyio.fail_after(self._timeout):
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(sql, cutoff, limit)
+        return int(status.split()[-1])
+
     async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
         """Delete in chunks, so a large purge neither holds long locks nor bloats one commit."""
         sql = (

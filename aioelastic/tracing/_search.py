@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import anyio
+
 from .._errors import ConfigError
 from ._schema import (
     EXECUTION_COLUMNS,
@@ -236,6 +238,12 @@ class TraceSearch(Protocol):
         """Fires (execution rows grouped by task id), newest first by their first item's start."""
         ...
 
+    async def fire_spans(
+        self, *, job_name: str, since: datetime, until: datetime
+    ) -> list[tuple[datetime, datetime | None]]:
+        """Every fire of the job started in ``[since, until)``: (start, completion or None)."""
+        ...
+
     async def count_older(self, older_than_days: float) -> PurgeResult:
         """How many rows :meth:`purge` with the same argument would delete now."""
         ...
@@ -350,6 +358,9 @@ class SqlTraceSearch:
         raise NotImplementedError
 
     async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
+        raise NotImplementedError
+
+    async def _delete_some(self, table: str, time_column: str, cutoff: object, limit: int) -> int:
         raise NotImplementedError
 
     async def _read_layouts(self) -> tuple[TableLayout, TableLayout]:
@@ -567,6 +578,56 @@ class SqlTraceSearch:
             self.dialect.encode(cutoff, statuses_layout.get("creation_time")),
         )
         return PurgeResult(executions=executions, status_traces=statuses)
+
+    async def fire_spans(
+        self, *, job_name: str, since: datetime, until: datetime
+    ) -> list[tuple[datetime, datetime | None]]:
+        """Every fire of ``job_name`` that started in ``[since, until)`` as (first item's start,
+        last item's completion or None while one runs), unsorted; one query, no paging (what
+        the missed-fire check reads: a day of a per-second cron is 86,400 small rows)."""
+        layout, _ = await self._tables()
+        _check_time("since", since)
+        _check_time("until", until)
+        where = _Where(self.dialect, layout)
+        where.add("job_name", "=", job_name)
+        where.add("start_time", ">=", since)
+        where.add("start_time", "<", until)
+        sql = (
+            "SELECT min(start_time), max(complete_time),"  # noqa: S608 - fixed names
+            " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
+            f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY task_id"
+        )
+        out = []
+        for row in await self._rows(sql, where.params):
+            start = self.dialect.decode_time(row[0])
+            if start is not None:
+                out.append((start, None if int(row[2]) else self.dialect.decode_time(row[1])))
+        return out
+
+    async def purge_in_batches(
+        self, older_than_days: float, *, batch_size: int = 1000, pause: float = 0.1
+    ) -> PurgeResult:
+        """:meth:`purge`, ``batch_size`` rows per statement with ``pause`` seconds between
+        statements (no long lock, no burst of I/O next to the sinks' writes)."""
+        if not 1 <= batch_size <= 1_000_000:
+            raise ConfigError("batch_size", batch_size, "must be between 1 and 1000000")
+        executions_layout, statuses_layout = await self._tables()
+        cutoff = _cutoff(older_than_days)
+        deleted = []
+        for table, column, layout in (
+            (EXECUTION_TABLE, "start_time", executions_layout),
+            (STATUS_TABLE, "creation_time", statuses_layout),
+        ):
+            encoded = self.dialect.encode(cutoff, layout.get(column))
+            total = 0
+            while True:
+                count = await self._delete_some(table, column, encoded, batch_size)
+                total += count
+                if count < batch_size:
+                    break
+                await anyio.sleep(pause)
+            deleted.append(total)
+        return PurgeResult(executions=deleted[0], status_traces=deleted[1])
 
     def _execution(self, row: Sequence[Any]) -> ExecutionRecord:
         return ExecutionRecord(

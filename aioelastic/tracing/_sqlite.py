@@ -280,6 +280,14 @@ class SqliteSearch(SqlTraceSearch):
     async def _rows(self, sql: str, params: Sequence[object]) -> list[Sequence[Any]]:
         return await self._db.run(lambda conn: list(conn.execute(sql, params).fetchall()))
 
+    async def _delete_some(self, table: str, time_column: str, cutoff: object, limit: int) -> int:
+        """Delete at most ``limit`` rows older than ``cutoff``; how many were deleted."""
+        sql = (
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
+            f" WHERE {time_column} < ? LIMIT ?)"
+        )
+        return await self._db.run(lambda conn: conn.execute(sql, (cutoff, limit)).rowcount)
+
     async def _purge(self, table: str, time_column: str, cutoff: object) -> int:
         sql = (
             f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}"  # noqa: S608
