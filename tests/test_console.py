@@ -586,3 +586,61 @@ async def test_create_app_opens_registry_trace_and_audit_in_its_lifespan(
             assert [e.action for e in (await log.entries()).items] == ["trigger"]
     with pytest.raises(ConfigError, match="no SQLite trace database"):
         create_app(zk_url, f"sqlite:///{tmp_path / 'typo.db'}")
+
+
+# -- missed fires --
+
+
+async def test_missed_fires_page_lists_due_times_no_instance_started(tmp_path: Path) -> None:
+    """The only instance stops across fire times: the page lists those due times (from the
+    stored cron and the trace), none from while it ran; without a trace it says why."""
+    db, name = tmp_path / "trace.db", f"missed{tmp_path.name[-12:]}"
+    scheduler = Scheduler(
+        settings=Settings(
+            registry_url=f"memory://{name}/ns",
+            tracing_url=f"sqlite:///{db}",
+            trace_journal_path=tmp_path / "journal",
+        )
+    )
+    runs: list[int] = []
+
+    @scheduler.job(cron="* * * * * ?")
+    async def tick(ctx: ShardingContext) -> None:
+        runs.append(ctx.sharding_item)
+
+    started = datetime.now(UTC)
+    async with scheduler:
+        await eventually(lambda: len(runs) >= 3, 20, what="three fires")
+    stopped = datetime.now(UTC)
+    console = Console(settings())
+    async with AsyncExitStack() as stack:
+        ops = await stack.enter_async_context(Operations(f"memory://{name}/ns"))
+        store = await stack.enter_async_context(open_trace_store(f"sqlite:///{db}"))
+        await stack.enter_async_context(console.serve(ops, search=store.search))
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://console", auth=VIEWER
+        ) as client:
+            since = started.isoformat()
+
+            async def listed() -> list[datetime]:
+                page = await client.get("/missed", params={"since": since, "tolerance": "0.5"})
+                assert page.status_code == 200
+                return [
+                    datetime.strptime(t, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+                    for t in re.findall(r"<tr><td>([0-9: -]+ UTC)</td><td><a", page.text)
+                ]
+
+            due = await eventually(listed, 20, until=lambda d: len(d) >= 2, what="2 missed")
+            assert all(d >= stopped.replace(microsecond=0) for d in due), (due, stopped)
+            page = await client.get("/missed", params={"job": "tick", "since": since})
+            assert "No missed fire in this window." in page.text  # 30 s tolerance: too soon
+    async with AsyncExitStack() as stack:
+        ops = await stack.enter_async_context(Operations(f"memory://{name}/ns"))
+        await stack.enter_async_context(console.serve(ops))
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://console", auth=VIEWER
+        ) as client:
+            page = await client.get("/missed")
+            assert page.status_code == 200 and "No trace database configured" in page.text

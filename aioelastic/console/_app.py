@@ -32,6 +32,7 @@ from .._errors import (
     SessionLostError,
 )
 from .._layout import namespace_root
+from .._missed import MissedFire, missed_fires
 from .._operations import JobBrief, Operations
 from ..cli._format import parse_time
 from ..registry._view import TreeView
@@ -186,6 +187,7 @@ class Console:
                 Route("/jobs/{name:str}/config", self._config, methods=["POST"]),
                 Route("/history", self._history),
                 Route("/audit", self._audit),
+                Route("/missed", self._missed),
                 Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
             ],
             exception_handlers={
@@ -738,6 +740,47 @@ class Console:
             job=job or "",
             offset=offset,
             durable=live.audit_durable,
+        )
+
+    async def _missed(self, request: Request) -> Response:
+        """Fires that were due (by the stored cron) and started on no instance (by the trace)."""
+        ctx = self._ctx(request)
+        live = self._serving()
+        q = request.query_params
+        job = q.get("job", "").strip()
+        window = q.get("since", "").strip()
+        try:
+            since = _time(window) or datetime.now(UTC) - timedelta(hours=24)
+        except ConfigError as exc:
+            ctx.banners.append(str(exc))
+            since = datetime.now(UTC) - timedelta(hours=24)
+        try:
+            tolerance = timedelta(seconds=float(q.get("tolerance") or 30))
+        except ValueError:
+            ctx.banners.append("tolerance: not a number of seconds; 30 s used")
+            tolerance = timedelta(seconds=30)
+        rows: list[MissedFire] | None = None
+        if live.search is not None:
+            search = live.search
+
+            async def collect() -> list[MissedFire]:
+                names = [job] if job else [b.name for b in await live.ops.jobs() if b.cron]
+                found: list[MissedFire] = []
+                for name in names:
+                    found += await missed_fires(
+                        live.ops, search, name, since=since, tolerance=tolerance
+                    )
+                return sorted(found, key=lambda m: m.due, reverse=True)[:500]
+
+            rows = await self._trace(ctx, "missed fires", collect)
+        return self._render(
+            request,
+            ctx,
+            "missed.html",
+            rows=rows,
+            job=job,
+            since=window,
+            has_trace=live.search is not None,
         )
 
     # -- live updates --
