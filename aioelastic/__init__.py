@@ -33,6 +33,7 @@ from ._operations import (
     ServerInfo,
     ServerStatus,
 )
+from ._ownership import ClaimLost
 from ._scheduler import RunState, Scheduler
 from ._sharding import ShardingStrategy
 from .tracing._events import (
@@ -49,6 +50,7 @@ from .tracing._events import (
 __all__ = [
     "AioelasticError",
     "BadVersionError",
+    "ClaimLost",
     "ConfigError",
     "CronTrigger",
     "DataflowJob",

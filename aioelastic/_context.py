@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ._ownership import ClaimLost
 from .tracing._events import ExecutionSource, ExecutionType
 
 __all__ = ["ShardingContext", "ShardingContexts"]
@@ -29,7 +30,9 @@ class ShardingContexts:
     def items(self) -> list[int]:
         return sorted(self.sharding_item_parameters)
 
-    def for_item(self, item: int) -> ShardingContext:
+    def for_item(
+        self, item: int, lost: ClaimLost | None = None, fencing_token: str = ""
+    ) -> ShardingContext:
         return ShardingContext(
             job_name=self.job_name,
             task_id=self.task_id,
@@ -40,6 +43,8 @@ class ShardingContexts:
             execution_source=self.execution_source,
             scheduled_fire_time=self.scheduled_fire_time,
             props=self.props,
+            lost=lost if lost is not None else ClaimLost(),
+            fencing_token=fencing_token or self.task_id,
         )
 
 
@@ -57,6 +62,15 @@ class ShardingContext:
     scheduled_fire_time: datetime | None = None
     """When the cron trigger meant this fire to start (None for manual/misfire/failover runs)."""
     props: Mapping[str, str] = field(default_factory=dict)
+    lost: ClaimLost = field(default_factory=ClaimLost, compare=False, repr=False)
+    """Set the moment this instance loses its claim on the item (session lost, a reshard moved
+    the item, the scheduler stopping), before the run is cancelled: ``await ctx.lost.wait()``."""
+    fencing_token: str = ""
+    """``{task_id}@-@{registry session id, hex}``: store it with a write to an external system."""
+
+    def still_owned(self) -> bool:
+        """Whether this instance still holds its claim on the item (check before a commit)."""
+        return not self.lost.is_set()
 
     def to_json_dict(self) -> dict[str, object]:
         return {

@@ -23,6 +23,7 @@ from ._listeners import DistributedOnceListener
 from ._logging import fields, short_task_id
 from ._observer import Observer, hook_name, notify_observers
 from ._otel import Spans
+from ._ownership import Ownerships, fencing_token
 from ._task_id import make_task_id
 from .registry._protocol import SessionState
 from .tracing._events import (
@@ -92,6 +93,7 @@ class JobExecutor:
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
         self._skipped = 0  # fires skipped in the current registry outage
         self._spans = Spans(coordinator.identity.instance_id)
+        self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
 
     @property
     def config(self) -> JobConfig:
@@ -105,8 +107,9 @@ class JobExecutor:
     def _job(self) -> str:
         return self.coordinator.paths.job
 
-    def fence(self) -> None:
+    def fence(self, reason: str = "registry session lost") -> None:
         """Cancel every running item: the session is lost, so is our claim on the items."""
+        self.ownerships.revoke_all(reason)  # job code sees ctx.lost before the cancellation
         for scope, task in list(self._item_scopes.values()):
             scope.cancel()
             # anyio delivers a scope's cancellation on a later loop turn; after a pause the item's
@@ -365,7 +368,10 @@ class JobExecutor:
     ) -> _Outcome:
         """Run one item; its failure (None on success) and whether its marks were cleared.
         Cancelled by shutdown, it re-raises instead (``execute`` then knows it by no outcome)."""
-        ctx = contexts.for_item(item)
+        failover = contexts.execution_type is ExecutionType.FAILOVER
+        lost = self.ownerships.hold(item, failover=failover)
+        session = self.coordinator.registry.session_id
+        ctx = contexts.for_item(item, lost, fencing_token(contexts.task_id, session))
         if start is not None and self._post is not None:
             self._post(start)
         failure: BaseException | None = None
@@ -398,6 +404,7 @@ class JobExecutor:
                 failure = _shutdown_cancelled(item)
                 raise
         finally:
+            self.ownerships.release(item, lost)
             self.active.discard(item)
             if task is not None:
                 self._fenced.discard(task)

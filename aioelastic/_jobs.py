@@ -44,7 +44,8 @@ class _Dataflow(Protocol):
 @dataclass(frozen=True)
 class DataflowJob:
     """Fetch a batch, process it; with ``streaming`` repeat until fetch returns nothing, a
-    reshard is pending or the scheduler is stopping (ElasticJob's ``streaming.process``)."""
+    reshard is pending, the scheduler is stopping or the item's claim is lost (``ctx.lost``)
+    (ElasticJob's ``streaming.process``)."""
 
     fetch_data: Callable[[ShardingContext], Awaitable[Sequence[Any]]]
     process_data: Callable[[ShardingContext, Sequence[Any]], Awaitable[object]]
@@ -155,7 +156,7 @@ def _dataflow_runner(job: DataflowJob) -> ItemRunner:
             if not data:
                 return
             returned.check(await job.process_data(ctx, data))
-            if not job.streaming or not keep_going():
+            if not job.streaming or not keep_going() or not ctx.still_owned():
                 return
 
     return run_dataflow

@@ -108,9 +108,11 @@ class JobRunner:
                         loops.start_soon(self._cron_loop)
                         loops.start_soon(self._watch_loop)
                         loops.start_soon(self._repair_loop)
+                        loops.start_soon(self.executor.ownerships.watch, coord.view)
                         task_status.started()
                         await self._stop.wait()
                         loops.cancel_scope.cancel()
+                    self.executor.ownerships.revoke_all("the scheduler is stopping")
                     with anyio.move_on_after(5, shield=True):
                         await coord.deregister()
                     # Running items get the grace period, then are cancelled.
@@ -276,7 +278,7 @@ class JobRunner:
                 sorted(self.executor.running),
                 extra=self._extra,
             )
-            self.executor.fence()
+            self.executor.fence("the job's sharding nodes were deleted")
         created = await coord.heal()
         self._registered_session = self.registry.session_id
         if created:
