@@ -34,6 +34,7 @@ from ._operations import (
     ServerStatus,
 )
 from ._ownership import ClaimLost
+from ._retry import ItemTimeoutError, RetryBackoff
 from ._scheduler import RunState, Scheduler
 from ._sharding import ShardingStrategy
 from .tracing._events import (
@@ -62,6 +63,7 @@ __all__ = [
     "InstanceInfo",
     "ItemInfo",
     "ItemStatus",
+    "ItemTimeoutError",
     "JobBrief",
     "JobConfig",
     "JobExecutionEvent",
@@ -76,6 +78,7 @@ __all__ = [
     "OperationRefusedError",
     "Operations",
     "RegistryError",
+    "RetryBackoff",
     "RunState",
     "Scheduler",
     "ScriptJob",

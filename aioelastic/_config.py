@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ._cron import CronTrigger
 from ._errors import ConfigError
 from ._listeners import JobListener
+from ._retry import RetryBackoff
 from ._sharding import ShardingStrategy
 from ._urls import RegistryURL, check_node_name, parse_registry_url, parse_tracing_url
 from .registry._limits import NODE_DATA_LIMIT, PACKET_LIMIT
@@ -136,6 +137,9 @@ class JobConfig(BaseModel):
     props: dict[str, str] = Field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    retries: int = 0
+    """Retries of a failed item run (on this instance, while it owns the item)."""
+    retry_backoff: RetryBackoff = RetryBackoff()
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -176,6 +180,13 @@ class JobConfig(BaseModel):
     def _timeout(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:
             raise ConfigError("timeout", v, "must be > 0 seconds (or None for no limit)")
+        return v
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if not 0 <= v <= 1000:
+            raise ConfigError("retries", v, "must be within 0..1000")
         return v
 
     @field_validator("reconcile_interval_minutes")

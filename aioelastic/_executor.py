@@ -24,6 +24,7 @@ from ._logging import fields, short_task_id
 from ._observer import Observer, hook_name, notify_observers
 from ._otel import Spans
 from ._ownership import Ownerships, fencing_token
+from ._retry import AttemptRows, ItemTimeoutError, run_with_retries
 from ._task_id import make_task_id
 from .registry._protocol import SessionState
 from .tracing._events import (
@@ -374,6 +375,7 @@ class JobExecutor:
         ctx = contexts.for_item(item, lost, fencing_token(contexts.task_id, session))
         if start is not None and self._post is not None:
             self._post(start)
+        rows = AttemptRows(self._post, start, ctx)  # a retry completes the row and opens a new one
         failure: BaseException | None = None
         limiter = self._limiter()
         task = _current_asyncio_task()
@@ -384,9 +386,9 @@ class JobExecutor:
                 try:
                     if limiter is not None:
                         async with limiter:
-                            await self._call(ctx, contexts)
+                            await self._attempts(ctx, contexts, rows)
                     else:
-                        await self._call(ctx, contexts)
+                        await self._attempts(ctx, contexts, rows)
                 except BaseException as exc:
                     # Job code's own BaseException (SystemExit, KeyboardInterrupt,
                     # GeneratorExit, a CancelledError it raised) fails this item only.
@@ -408,6 +410,7 @@ class JobExecutor:
             self.active.discard(item)
             if task is not None:
                 self._fenced.discard(task)
+            start = rows.current
             if start is not None and self._post is not None:
                 self._post(
                     dataclasses.replace(
@@ -437,6 +440,23 @@ class JobExecutor:
         self._fenced.discard(task)
         return task.uncancel() == 0
 
+    async def _attempts(
+        self, ctx: ShardingContext, contexts: ShardingContexts, rows: AttemptRows
+    ) -> None:
+        """The item's run, retried (``retries``) while it fails and this instance owns it."""
+        cfg = self.config
+        if not cfg.retries:
+            await self._call(ctx, contexts)
+            return
+        await run_with_retries(
+            lambda: self._call(ctx, contexts),
+            cfg.retries,
+            cfg.retry_backoff,
+            ctx.lost,
+            rows.retry,
+            rows.next,
+        )
+
     async def _call(self, ctx: ShardingContext, contexts: ShardingContexts) -> None:
         with self._spans.item(contexts, ctx.sharding_item):
             await self._call_job(ctx)
@@ -450,7 +470,7 @@ class JobExecutor:
             with anyio.fail_after(timeout):
                 await self._run_item(ctx, self._keep_going)
         except TimeoutError:
-            raise TimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
+            raise ItemTimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
 
     def _limiter(self) -> anyio.CapacityLimiter | None:
         n = self.config.max_concurrency
