@@ -20,6 +20,7 @@ from ._errors import (
     TimeDiffError,
     TransactionFailedError,
 )
+from ._http_job import HttpJob, HttpJobError
 from ._jobs import DataflowJob, ScriptJob
 from ._listeners import DistributedOnceListener, JobListener
 from ._observer import Observer
@@ -60,6 +61,8 @@ __all__ = [
     "ErrorHandler",
     "ExecutionSource",
     "ExecutionType",
+    "HttpJob",
+    "HttpJobError",
     "InstanceInfo",
     "ItemInfo",
     "ItemStatus",

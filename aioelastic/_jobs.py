@@ -19,6 +19,7 @@ from anyio.abc import Process
 
 from ._context import ShardingContext
 from ._errors import ConfigError, ScriptJobError
+from ._http_job import HttpJob, http_runner
 
 __all__ = [
     "DataflowJob",
@@ -102,8 +103,10 @@ def _check_async(what: str, fn: object) -> None:
 
 
 def make_item_runner(job: object) -> ItemRunner:
-    """Normalise a simple job (async callable), a dataflow job or a script job; sync callables
+    """Normalise a simple job (async callable), a dataflow, script or HTTP job; sync callables
     are refused with a ``ConfigError`` (they would block every other job's event loop)."""
+    if isinstance(job, HttpJob):
+        return http_runner(job)
     if isinstance(job, ScriptJob):
         if not job.argv:
             raise ConfigError("job", job.command, "script command is empty")
