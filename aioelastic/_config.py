@@ -47,6 +47,9 @@ MAX_SHARDING_TOTAL_COUNT = 100_000
 
 #: Fields that live in code only, never in the registry's ``config`` node.
 _LOCAL_ONLY = frozenset({"listeners", "overwrite"})
+#: Fields written to the registry (for operators) but never taken from it: the dependency
+#: graph is checked at registration, in code.
+_CODE_WINS = frozenset({"after"})
 
 
 def _as_config_error(exc: ValidationError, model: str) -> ConfigError:
@@ -140,6 +143,9 @@ class JobConfig(BaseModel):
     retries: int = 0
     """Retries of a failed item run (on this instance, while it owns the item)."""
     retry_backoff: RetryBackoff = RetryBackoff()
+    after: tuple[str, ...] = ()
+    """Upstream jobs: this job fires once per completed fire of them (no cron of its own)."""
+    after_policy: Literal["all_succeeded", "all_done"] = "all_succeeded"
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -182,6 +188,17 @@ class JobConfig(BaseModel):
             raise ConfigError("timeout", v, "must be > 0 seconds (or None for no limit)")
         return v
 
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, v: object) -> object:
+        names = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, list | tuple) else v
+        if isinstance(names, tuple):
+            for name in names:
+                check_node_name("after", name)
+            if len(set(names)) != len(names):
+                raise ConfigError("after", v, "names an upstream job twice")
+        return names
+
     @field_validator("retries")
     @classmethod
     def _retries(cls, v: int) -> int:
@@ -212,6 +229,10 @@ class JobConfig(BaseModel):
                     item,
                     f"item out of range 0..{self.sharding_total_count - 1}",
                 )
+        if self.after and self.cron:
+            raise ConfigError("after", list(self.after), "a dependent job has no cron of its own")
+        if self.name in self.after:
+            raise ConfigError("after", list(self.after), "a job cannot run after itself (cycle)")
         # Validates the zone always, and the expression when there is one.
         CronTrigger(self.cron or "0 0 0 * * ?", self.time_zone)
         return self
@@ -251,7 +272,7 @@ class JobConfig(BaseModel):
         update = {
             k: v
             for k, v in stored.items()
-            if k in type(self).model_fields and k not in _LOCAL_ONLY and k != "name"
+            if k in type(self).model_fields and k not in _LOCAL_ONLY | _CODE_WINS and k != "name"
         }
         if update.get("error_handler") == "custom" or not isinstance(self.error_handler, str):
             update.pop("error_handler", None)

@@ -25,6 +25,9 @@ class ShardingContexts:
     execution_source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER
     scheduled_fire_time: datetime | None = None
     props: Mapping[str, str] = field(default_factory=dict)
+    upstream_task_ids: tuple[str, ...] = ()
+    upstream_fire: str | None = None
+    """A dependent job's run: the key of the upstream fire that requested it."""
 
     @property
     def items(self) -> list[int]:
@@ -45,6 +48,7 @@ class ShardingContexts:
             props=self.props,
             lost=lost if lost is not None else ClaimLost(),
             fencing_token=fencing_token or self.task_id,
+            upstream_task_ids=self.upstream_task_ids,
         )
 
 
@@ -67,6 +71,8 @@ class ShardingContext:
     the item, the scheduler stopping), before the run is cancelled: ``await ctx.lost.wait()``."""
     fencing_token: str = ""
     """``{task_id}@-@{registry session id, hex}``: store it with a write to an external system."""
+    upstream_task_ids: tuple[str, ...] = ()
+    """A dependent job's run: the task ids of the upstream fire(s) whose completion started it."""
 
     def still_owned(self) -> bool:
         """Whether this instance still holds its claim on the item (check before a commit)."""

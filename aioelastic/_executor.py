@@ -17,6 +17,7 @@ import anyio
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
+from ._dependents import Dependents
 from ._errors import ItemCancelled, RegistryError, SessionLostError
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
@@ -95,6 +96,7 @@ class JobExecutor:
         self._skipped = 0  # fires skipped in the current registry outage
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
+        self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
 
     @property
     def config(self) -> JobConfig:
@@ -228,6 +230,8 @@ class JobExecutor:
         )
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
+        if self.dependents is not None:
+            self.dependents.misfired(contexts)
         if self.config.misfire:
             await self.coordinator.marks.mark_misfire(contexts.items)
         self._status(
@@ -269,6 +273,8 @@ class JobExecutor:
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
+        if self.dependents is not None:
+            await self.dependents.fire_started(contexts)
         outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
         began = time.monotonic()
@@ -422,6 +428,8 @@ class JobExecutor:
                 )
         if isinstance(failure, ItemCancelled):
             return _Outcome(failure)  # fenced: its failover intent stays for a taker
+        if self.dependents is not None:
+            await self._dependents_done(contexts, item, failure)
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
@@ -431,6 +439,24 @@ class JobExecutor:
                 )
                 return _Outcome(failure, cleared=True)
         return _Outcome(failure)
+
+    async def _dependents_done(
+        self, contexts: ShardingContexts, item: int, failure: BaseException | None
+    ) -> None:
+        """Record the item's completion for dependent jobs (before its marks are cleared)."""
+        assert self.dependents is not None
+        with anyio.move_on_after(5, shield=True):
+            try:
+                total = self.config.sharding_total_count
+                await self.dependents.item_done(contexts, item, failure, total)
+            except RegistryError as exc:
+                log.warning(
+                    "%s: item %d's completion not recorded for dependent jobs: %s",
+                    self._job,
+                    item,
+                    exc,
+                    extra=self._fields(contexts, item),
+                )
 
     def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``

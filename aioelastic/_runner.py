@@ -11,6 +11,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._config import JobConfig
+from ._context import ShardingContexts
 from ._coordination import InstanceIdentity, JobCoordinator
 from ._errors import RegistryError
 from ._executor import Fatal, JobExecutor, Post, is_cancellation
@@ -109,6 +110,8 @@ class JobRunner:
                         loops.start_soon(self._watch_loop)
                         loops.start_soon(self._repair_loop)
                         loops.start_soon(self.executor.ownerships.watch, coord.view)
+                        if self.executor.dependents and coord.config.after:
+                            loops.start_soon(self.executor.dependents.run, self)
                         task_status.started()
                         await self._stop.wait()
                         loops.cancel_scope.cancel()
@@ -152,6 +155,11 @@ class JobRunner:
             return
         contexts = self.executor.contexts(items, kind, source, None)
         self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
+
+    def start_contexts(self, contexts: ShardingContexts) -> None:
+        """Run prepared ``contexts`` (a dependent job's requested fire), listeners included."""
+        if self._fires is not None and not self._stopping:
+            self._fires.start_soon(self._guarded, self.executor.run(contexts))
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1

@@ -1,0 +1,157 @@
+"""Dependent jobs (``after=``): once per completed upstream fire, across the cluster; the
+request lives in the registry; policies; cycles and unknown upstream jobs refused."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from aioelastic import ConfigError, Scheduler, Settings, ShardingContext
+from aioelastic._dependents import fire_key
+from aioelastic.registry import MemoryStore
+from aioelastic.tracing._events import State
+from tests.harness.helpers import CaptureSink, completions, eventually, statuses
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sink() -> CaptureSink:
+    return CaptureSink()
+
+
+@pytest.fixture
+def make_scheduler(sink: CaptureSink) -> Callable[..., Scheduler]:
+    store = f"dependents-{uuid.uuid4().hex[:12]}"
+    MemoryStore.reset(store)
+
+    def make(instance_id: str = "inst-1", **settings: Any) -> Scheduler:
+        s = Settings(registry_url=f"memory://{store}/ns", instance_id=instance_id, **settings)
+        return Scheduler(settings=s, sinks=[sink])
+
+    return make
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.contexts: list[ShardingContext] = []
+
+    def of(self, job: str) -> list[ShardingContext]:
+        return [c for c in self.contexts if c.job_name == job]
+
+
+def pipeline(scheduler: Scheduler, runs: Runs, fail_item: int | None = None, **dep: Any) -> None:
+    @scheduler.job(sharding_total_count=3)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        if ctx.sharding_item == fail_item:
+            raise ValueError("extract failed")
+
+    @scheduler.job(after="extract", sharding_total_count=2, **dep)
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+
+async def test_a_dependent_runs_once_per_upstream_fire_with_its_task_id(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs)
+    async with scheduler:
+        for n in (1, 2):
+            await scheduler.trigger("extract")
+            await eventually(lambda: len(runs.of("load")) == 2 * n, 20, what="the dependent")  # noqa: B023
+            await sink.wait_for(lambda events: len(completions(events, "load")) == 2 * n)  # noqa: B023
+    extract_tasks = [c.task_id for c in runs.of("extract")]
+    loads = runs.of("load")
+    assert len(loads) == 4 and len({c.task_id for c in loads}) == 2
+    assert loads[0].upstream_task_ids == (extract_tasks[0],)
+    assert loads[2].upstream_task_ids == (extract_tasks[3],)
+    staging = [s for s in statuses(sink.events, "load") if s.state is State.TASK_STAGING]
+    assert "after extract" in staging[0].message and extract_tasks[0] in staging[0].message
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("all_succeeded", 0), ("all_done", 2)])
+async def test_all_succeeded_skips_the_dependent_and_all_done_runs_it(
+    make_scheduler: Callable[..., Scheduler],
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    expected: int,
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs, fail_item=1, after_policy=policy)
+    async with scheduler:
+        await scheduler.trigger("extract")
+        if expected:
+            await eventually(lambda: len(runs.of("load")) == expected, 20, what="load")
+        else:
+            await eventually(
+                lambda: any("not run after fire" in r.getMessage() for r in caplog.records),
+                20,
+                what="the skip",
+            )
+    assert len(runs.of("load")) == expected
+
+
+async def test_two_upstreams_join(make_scheduler: Callable[..., Scheduler]) -> None:
+    scheduler, seen = make_scheduler(), Runs()
+
+    @scheduler.job(sharding_total_count=2)
+    async def a(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job()
+    async def b(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job(after=["a", "b"])
+    async def joined(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    async with scheduler:
+        await scheduler.trigger("a")
+        await eventually(lambda: len(seen.of("a")) == 2, 20, what="a")
+        await anyio.sleep(0)  # b has not run: joined must wait for it
+        assert seen.of("joined") == []
+        await scheduler.trigger("b")
+        await eventually(lambda: len(seen.of("joined")) == 1, 20, what="joined")
+    (run,) = seen.of("joined")
+    assert set(run.upstream_task_ids) == {seen.of("a")[0].task_id, seen.of("b")[0].task_id}
+
+
+async def test_unknown_upstreams_cycles_and_crons_are_config_errors(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    scheduler = make_scheduler()
+
+    async def job(ctx: ShardingContext) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="unknown upstream job"):
+        scheduler.add_job(job, name="orphan", after="missing")
+    with pytest.raises(ConfigError, match="cannot run after itself"):
+        scheduler.add_job(job, name="selfish", after="selfish")
+    scheduler.add_job(job, name="up", cron="0 0 * * * ?")
+    with pytest.raises(ConfigError, match="no cron of its own"):
+        scheduler.add_job(job, name="both", after="up", cron="0 0 * * * ?")
+    with pytest.raises(ConfigError, match="twice"):
+        scheduler.add_job(job, name="twice", after=["up", "up"])
+
+
+def test_a_cycle_through_the_registered_graph_is_refused() -> None:
+    from aioelastic import JobConfig
+    from aioelastic._dependents import check_dependencies
+
+    jobs = {"a": JobConfig(name="a", after=("c",)), "b": JobConfig(name="b", after=("a",))}
+    with pytest.raises(ConfigError, match="dependency cycle: c -> b -> a -> c"):
+        check_dependencies(jobs, JobConfig(name="c", after=("b",)))
+
+
+def test_fire_keys_name_the_scheduled_time() -> None:
+    assert fire_key(None) == "manual"
+    assert fire_key(datetime(2026, 1, 1, tzinfo=UTC)) == "1767225600000"
