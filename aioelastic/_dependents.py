@@ -7,9 +7,10 @@ under ``{upstream}/dependents/done/{key}/{item}``, right when the item completes
 instance dying later loses nothing); while a run lasts, ``dependents/fires/{item}/{instance}``
 names its fire, so a failover run of it (elsewhere) completes that fire. The instance that
 sees the set full claims it with one multi-op that deletes the set and creates
-``{dependent}/requests/{key}/up-{upstream}``: the request is in the registry, never in one instance's memory. Each instance of the dependent job
-claims its own items of a complete request (``requests/{key}/ran/{item}``, one multi-op) and
-runs them once; the last item's claim lets the request be deleted.
+``{dependent}/requests/{key}/up-{upstream}``: the request is in the registry, never in one
+instance's memory. Each instance of the dependent job claims its own items of a complete
+request (``requests/{key}/ran/{item}``, one multi-op) and runs them once; once every item is
+claimed, the request is deleted.
 """
 
 from __future__ import annotations
