@@ -3,9 +3,11 @@ request lives in the registry; policies; cycles and unknown upstream jobs refuse
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +17,9 @@ from aioelastic import ConfigError, Scheduler, Settings, ShardingContext
 from aioelastic._dependents import fire_key
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing._events import State
+from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
+from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +159,84 @@ def test_a_cycle_through_the_registered_graph_is_refused() -> None:
 def test_fire_keys_name_the_scheduled_time() -> None:
     assert fire_key(None) == "manual"
     assert fire_key(datetime(2026, 1, 1, tzinfo=UTC)) == "1767225600000"
+
+
+# -- across instance processes on a real ZooKeeper --
+
+IDS = ["inst-a", "inst-b", "inst-c"]  # inst-c sorts first: it owns extract's items 0 and 1
+MODULE = "tests.harness.pipeline_instance"
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_the_dependent_runs_once_per_fire_when_an_upstream_instance_dies_mid_run(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options = {
+        "cron": "0/5 * * * * ?",
+        "sharding_total_count": 6,
+        "failover": True,
+        "duration": 1.0,
+        "durations": {"0": 0.2, "1": 3.0},
+    }
+    cluster = Cluster(url, tmp_path, job_options=options, module=MODULE, jobs="extract")
+    try:
+        procs = {i: cluster.start(i) for i in IDS}
+        await ready(cluster, *procs.values())
+        # A fire in which inst-c finished item 0 and is running item 1: kill it there.
+        runs = await eventually(
+            cluster.history,
+            30,
+            0.02,
+            until=lambda runs: (
+                any(
+                    r.instance == "inst-c" and r.job == "extract" and r.item == 1 and r.end is None
+                    for r in runs
+                )
+                and any(r.instance == "inst-c" and r.item == 0 and r.end for r in runs)
+            ),
+            what="inst-c running item 1 after item 0",
+            detail=cluster.history,
+        )
+        victim_fire = next(
+            r.scheduled for r in runs if r.instance == "inst-c" and r.item == 1 and not r.end
+        )
+        procs["inst-c"].signal(signal.SIGKILL)
+        # The killed fire completes through the failover of item 1; one more fire after it.
+        await eventually(
+            lambda: loads_done(cluster),
+            40,
+            0.1,
+            until=lambda fires: victim_fire in fires and any(f > victim_fire for f in fires),
+            what="the dependent after the killed fire and the next",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    runs = cluster.history()
+    check_no_overlap(runs)
+    fires = loads_done(cluster, all_runs=True)
+    assert len(fires) == len(set(fires)), f"a fire's dependent ran twice: {fires}"
+    item1 = [r for r in runs if r.job == "extract" and r.item == 1 and r.source == "FAILOVER"]
+    assert item1 and item1[0].instance in {"inst-a", "inst-b"}
+
+
+def loads_done(cluster: Cluster, all_runs: bool = False) -> list[float]:
+    """The upstream fire (scheduled time) of each load run so far (started runs if
+    ``all_runs``, else completed ones)."""
+    runs = cluster.history()
+    scheduled = {r.task_id: r.scheduled for r in runs if r.job == "extract" and r.scheduled}
+    ended = {(r.instance, r.task_id) for r in runs if r.job == "load" and r.end and r.ok}
+    out = []
+    for inst in cluster.instances.values():
+        for rec in inst.records():
+            if rec["ev"] != "start" or rec["job"] != "load":
+                continue
+            if not all_runs and (rec["instance"], rec["task_id"]) not in ended:
+                continue
+            fires = {scheduled[t] for t in rec["upstream"] if t in scheduled}
+            assert len(fires) == 1, f"a load run names upstream runs of several fires: {rec}"
+            out.append(fires.pop())
+    return sorted(out)
