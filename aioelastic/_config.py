@@ -146,6 +146,9 @@ class JobConfig(BaseModel):
     after: tuple[str, ...] = ()
     """Upstream jobs: this job fires once per completed fire of them (no cron of its own)."""
     after_policy: Literal["all_succeeded", "all_done"] = "all_succeeded"
+    catchup_window: float = 0.0
+    """Seconds: on start, one catch-up fire if the latest fire missed by a stopped cluster is
+    this recent (0: off)."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -198,6 +201,13 @@ class JobConfig(BaseModel):
             if len(set(names)) != len(names):
                 raise ConfigError("after", v, "names an upstream job twice")
         return names
+
+    @field_validator("catchup_window")
+    @classmethod
+    def _catchup(cls, v: float) -> float:
+        if not 0 <= v < math.inf:
+            raise ConfigError("catchup_window", v, "must be >= 0 seconds (0 disables it)")
+        return v
 
     @field_validator("retries")
     @classmethod

@@ -300,4 +300,10 @@ class Dependents:
             f"Job '{self.paths.job}' execute begin after {', '.join(cfg.after)} "
             f"(fire {key}, upstream tasks {', '.join(task_ids)}).",
         )
-        runner.start_contexts(contexts)
+        runner.start_contexts(contexts, lambda: self._unclaim(key, items))
+
+    async def _unclaim(self, key: str, items: list[int]) -> None:
+        """Give the claims back: the items did not run (the loop claims them again later)."""
+        for item in items:
+            with contextlib.suppress(NoNodeError):
+                await self.registry.delete(self.paths.request_ran(key, item))

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from ._catchup import CatchUp
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
@@ -97,6 +98,7 @@ class JobExecutor:
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
         self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
+        self.catchup: CatchUp | None = None
 
     @property
     def config(self) -> JobConfig:
@@ -184,10 +186,11 @@ class JobExecutor:
         self,
         contexts: ShardingContexts,
         lost: Mapping[int, tuple[str, JobExecutionEvent]] | None = None,
-    ) -> None:
+    ) -> bool:
         """A run outside a cron fire (a failover takeover or a misfire re-run), between the
         listeners as ElasticJob's (its takeover is a whole fire). ``lost``: the dead runs of a
-        takeover's items, whose trace rows are completed as failures first."""
+        takeover's items, whose trace rows are completed as failures first. False if the items
+        did not run (a listener aborted it, or another run holds an item)."""
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         if lost:
             self._complete_lost_runs(contexts, lost)
@@ -195,9 +198,10 @@ class JobExecutor:
             if failover_run:  # the fire was aborted: give the takeover back
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
                     await self.coordinator.marks.release_failover(contexts.items)
-            return
-        await self.execute(contexts, quiet_conflict=True)
+            return False
+        ran = await self.execute(contexts, quiet_conflict=True)
         await self._listeners(contexts, before=False, cluster_once=False)
+        return ran
 
     def _complete_lost_runs(
         self, contexts: ShardingContexts, lost: Mapping[int, tuple[str, JobExecutionEvent]]
@@ -251,7 +255,7 @@ class JobExecutor:
             )
             return True
         monitor = self.config.monitor_execution
-        misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
+        misfire_run = contexts.execution_source is ExecutionSource.MISFIRE and not contexts.catch_up
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         # The items' trace events exist before the running marks: their ids go into the
         # failover intents, so a taker can complete the rows if this instance dies.
@@ -275,6 +279,8 @@ class JobExecutor:
             return False
         if self.dependents is not None:
             await self.dependents.fire_started(contexts)
+        if self.catchup is not None and self.config.catchup_window > 0:
+            await self.catchup.fire_started(contexts)
         outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
         began = time.monotonic()

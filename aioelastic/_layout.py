@@ -150,6 +150,26 @@ class JobPaths:
         base = self._p("requests", key, "ran")
         return base if item is None else f"{base}/{item}"
 
+    # -- bounded catch-up (an aioelastic extension) --
+
+    @property
+    def catchup_last(self) -> str:
+        """The scheduled time (epoch ms) of the latest fire that started running items."""
+        return self._p("catchup", "last")
+
+    @property
+    def catchup_requests(self) -> str:
+        return self._p("catchup", "requests")
+
+    def catchup_request(self, key: str) -> str:
+        """A catch-up fire requested (data: the missed fire times it stands for)."""
+        return self._p("catchup", "requests", key)
+
+    def catchup_ran(self, key: str, item: int | None = None) -> str:
+        """Items claimed for the catch-up fire ``key`` (each runs once)."""
+        base = self._p("catchup", "requests", key, "ran")
+        return base if item is None else f"{base}/{item}"
+
     @property
     def triggers(self) -> str:
         return self._p("trigger")
