@@ -149,13 +149,13 @@ class CatchUp:
         )
 
     def _others_running_since(self) -> float:
-        """When the longest-running other live instance registered (server time, epoch s):
-        fires since then were not missed by the cluster (that instance fired them)."""
+        """When the longest-running other live instance on an enabled server registered (the
+        registry's clock, epoch s): fires since then were not missed (it fired them)."""
         coord = self.runner.coordinator
         me = coord.identity.instance_id
         times = [
             stat.mtime
-            for name in coord.view.children(self.paths.instances)
+            for name in coord.available_instances()
             if name != me and (stat := coord.view.stat(self.paths.instance(name))) is not None
         ]
         return min(times, default=float("inf"))

@@ -4,7 +4,11 @@ within the window; never more than one, never on two instances."""
 
 from __future__ import annotations
 
+import signal
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -23,7 +27,9 @@ from aioelastic._catchup import missed_fires
 from aioelastic._layout import JobPaths
 from aioelastic.tracing._events import State
 from tests.conftest import Backend
+from tests.harness.cluster import Cluster, ready, url_with
 from tests.harness.helpers import CaptureSink, eventually, statuses
+from tests.harness.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.anyio
 
@@ -129,3 +135,66 @@ async def test_without_a_window_nothing_is_caught_up(backend: Backend) -> None:
     async with scheduler:
         pass
     assert runs.catchup() == []
+
+
+# -- the whole cluster stopped across two fire times, on a real ZooKeeper --
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_cluster_restarted_after_missed_fires_runs_one_catch_up_fire(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options: dict[str, Any] = {
+        "cron": "0/2 * * * * ?",
+        "catchup_window": 60,
+        "sharding_total_count": 2,
+        "duration": 0.1,
+    }
+    cluster = Cluster(url, tmp_path, job_options=options)
+    try:
+        first = cluster.start("inst-a")
+        await ready(cluster, first)
+        await eventually(
+            cluster.history,
+            30,
+            0.05,
+            until=lambda rs: any(r.scheduled and r.end for r in rs),
+            what="a cron fire before the stop",
+            detail=cluster.history,
+        )
+        first.signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(lambda: first.proc.wait(20))
+        last = max(r.scheduled for r in cluster.history() if r.scheduled)
+        # Nothing runs across the next two fire times (every 2 s): they are missed.
+        missed_by = last + 2 * 2 + 0.5
+        await anyio.sleep(max(0.0, missed_by - time.time()))
+        restarted = [cluster.start(i) for i in ("inst-b", "inst-c")]  # at once
+        await ready(cluster, *restarted)
+        await eventually(
+            cluster.history,
+            30,
+            0.05,
+            until=lambda rs: (
+                {
+                    r.instance
+                    for r in rs
+                    if r.source == "NORMAL_TRIGGER"
+                    and r.scheduled
+                    and r.scheduled > missed_by
+                    and r.end
+                }
+                >= {"inst-b", "inst-c"}
+                and len([r for r in rs if r.source == "MISFIRE"]) >= 2
+            ),
+            what="the catch-up fire and regular fires on both restarted instances",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    catchup = [r for r in cluster.history() if r.source == "MISFIRE"]
+    assert sorted(r.item for r in catchup) == [0, 1], f"not one catch-up fire: {catchup}"
+    assert {r.instance for r in catchup} <= {"inst-b", "inst-c"}
+    assert all(r.scheduled and r.scheduled > last for r in catchup)  # the latest missed fire
