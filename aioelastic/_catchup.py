@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ._context import ShardingContexts
 from ._cron import CronTrigger
-from ._dependents import _create_parents, fire_key
+from ._dependents import _create_parents, fire_key, may_free
 from ._errors import (
     BadVersionError,
     NodeExistsError,
@@ -164,9 +164,7 @@ class CatchUp:
         """Run this instance's share of each catch-up request (a loop of the job's runner)."""
         coord = self.runner.coordinator
         requests = self.paths.catchup_requests
-        changes = coord.view.subscribe(
-            lambda path: path.startswith(requests) or path.endswith("/running")
-        )
+        changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
         while True:
             if coord.view.fresh and not coord.config_problem:
                 try:

@@ -90,6 +90,17 @@ async def _create_parents(registry: Registry, path: str, data: bytes = b"") -> b
     return True
 
 
+def may_free(path: str) -> bool:
+    """A change that can let a requested run's items run here: a run ended, a reshard
+    completed, a server was enabled."""
+    parts = path.split("/")
+    return (
+        path.endswith(("/running", "/instance"))
+        or parts[-1] == "necessary"
+        or (len(parts) > 2 and parts[-2] == "servers")
+    )
+
+
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -222,9 +233,7 @@ class Dependents:
         """Run this instance's share of each complete request (a loop of the job's runner)."""
         coord = runner.coordinator
         requests = self.paths.requests
-        changes = coord.view.subscribe(
-            lambda path: path.startswith(requests) or path.endswith("/running")
-        )
+        changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
         while True:
             if coord.view.fresh and not coord.config_problem:
                 try:

@@ -240,3 +240,27 @@ def loads_done(cluster: Cluster, all_runs: bool = False) -> list[float]:
             assert len(fires) == 1, f"a load run names upstream runs of several fires: {rec}"
             out.append(fires.pop())
     return sorted(out)
+
+
+async def test_the_request_outlives_the_instance_that_made_it(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    runs = Runs()
+    # The first instance completes extract's fire but cannot run load (its server is disabled):
+    # the request waits in the registry, and a later instance runs it.
+    first = make_scheduler(instance_id="inst-first")
+    pipeline(first, runs, disabled=True)
+    async with first:
+        await first.trigger("extract")
+        paths = first._runners["load"].coordinator.paths
+        await eventually(
+            lambda: bool(first._runners["load"].coordinator.view.children(paths.requests)),
+            20,
+            what="the request in the registry",
+        )
+    assert runs.of("load") == []
+    second = make_scheduler(instance_id="inst-second")
+    pipeline(second, runs, disabled=False, overwrite=True)
+    async with second:
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="load on the new instance")
+    assert {c.upstream_task_ids for c in runs.of("load")} == {(runs.of("extract")[0].task_id,)}
