@@ -15,7 +15,6 @@ items of each job spread over the processes, and each downstream fire still happ
 from __future__ import annotations
 
 import argparse
-import random
 
 import anyio
 
@@ -23,6 +22,7 @@ from aioelastic import Scheduler, ShardingContext
 
 scheduler = Scheduler()
 staged: dict[str, list[int]] = {}  # stands in for a staging table, keyed by upstream task id
+attempts: dict[tuple[str, int], int] = {}
 
 
 @scheduler.job(
@@ -33,7 +33,9 @@ staged: dict[str, list[int]] = {}  # stands in for a staging table, keyed by ups
 )
 async def extract(ctx: ShardingContext) -> None:
     await anyio.sleep(0.1)  # read this item's share of the source
-    if random.random() < 0.2:
+    key = (ctx.task_id, ctx.sharding_item)
+    attempts[key] = attempts.get(key, 0) + 1
+    if ctx.sharding_item == 2 and attempts[key] == 1:
         raise ConnectionError("flaky source")  # retried on this instance, with backoff
     if ctx.still_owned():  # fencing: write only while this instance owns the item
         staged.setdefault(ctx.task_id, []).append(ctx.sharding_item)

@@ -4,6 +4,8 @@ request lives in the registry; policies; cycles and unknown upstream jobs refuse
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -264,3 +266,15 @@ async def test_the_request_outlives_the_instance_that_made_it(
     async with second:
         await eventually(lambda: len(runs.of("load")) == 2, 20, what="load on the new instance")
     assert {c.upstream_task_ids for c in runs.of("load")} == {(runs.of("extract")[0].task_id,)}
+
+
+@pytest.mark.slow
+async def test_the_pipeline_example_runs_the_chain() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "dependent_pipeline.py"
+    done = await anyio.run_process(
+        [sys.executable, str(example), "--seconds", "5"], check=False, stderr=subprocess.STDOUT
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "retrying in" in out and "transform after 1 extract run(s): items [0, 1, 2, 3]" in out
+    assert "load after transform task transform@-@0@-@READY" in out
