@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ._ownership import ClaimLost
+from ._ownership import ClaimLost, fencing_token
 from .tracing._events import ExecutionSource, ExecutionType
 
 __all__ = ["ShardingContext", "ShardingContexts"]
@@ -36,7 +36,7 @@ class ShardingContexts:
         return sorted(self.sharding_item_parameters)
 
     def for_item(
-        self, item: int, lost: ClaimLost | None = None, fencing_token: str = ""
+        self, item: int, lost: ClaimLost | None = None, session_id: int = 0
     ) -> ShardingContext:
         return ShardingContext(
             job_name=self.job_name,
@@ -49,7 +49,7 @@ class ShardingContexts:
             scheduled_fire_time=self.scheduled_fire_time,
             props=self.props,
             lost=lost if lost is not None else ClaimLost(),
-            fencing_token=fencing_token or self.task_id,
+            session_id=session_id,
             upstream_task_ids=self.upstream_task_ids,
         )
 
@@ -71,10 +71,16 @@ class ShardingContext:
     lost: ClaimLost = field(default_factory=ClaimLost, compare=False, repr=False)
     """Set the moment this instance loses its claim on the item (session lost, a reshard moved
     the item, the scheduler stopping), before the run is cancelled: ``await ctx.lost.wait()``."""
-    fencing_token: str = ""
-    """``{task_id}@-@{registry session id, hex}``: store it with a write to an external system."""
+    session_id: int = 0
+    """The registry session that holds this run's claim (0 if none)."""
     upstream_task_ids: tuple[str, ...] = ()
     """A dependent job's run: the task ids of the upstream fire(s) whose completion started it."""
+
+    @property
+    def fencing_token(self) -> str:
+        """``{task_id}@-@{registry session id, hex}``: store it with a write to an external
+        system; a later run of the item (here or elsewhere) has another."""
+        return fencing_token(self.task_id, self.session_id)
 
     def still_owned(self) -> bool:
         """Whether this instance still holds its claim on the item (check before a commit)."""

@@ -25,7 +25,7 @@ from ._listeners import DistributedOnceListener
 from ._logging import fields, short_task_id
 from ._observer import Observer, hook_name, notify_observers
 from ._otel import Spans
-from ._ownership import Ownerships, fencing_token
+from ._ownership import Ownerships
 from ._retry import AttemptRows, ItemTimeoutError, run_with_retries
 from ._task_id import make_task_id
 from .registry._protocol import SessionState
@@ -383,11 +383,11 @@ class JobExecutor:
         Cancelled by shutdown, it re-raises instead (``execute`` then knows it by no outcome)."""
         failover = contexts.execution_type is ExecutionType.FAILOVER
         lost = self.ownerships.hold(item, failover=failover)
-        session = self.coordinator.registry.session_id
-        ctx = contexts.for_item(item, lost, fencing_token(contexts.task_id, session))
+        ctx = contexts.for_item(item, lost, self.coordinator.registry.session_id)
         if start is not None and self._post is not None:
             self._post(start)
-        rows = AttemptRows(self._post, start, ctx)  # a retry completes the row and opens a new one
+        # With retries, each attempt has its own trace row.
+        rows = AttemptRows(self._post, start, ctx) if self.config.retries else None
         failure: BaseException | None = None
         limiter = self._limiter()
         task = _current_asyncio_task()
@@ -399,6 +399,8 @@ class JobExecutor:
                     if limiter is not None:
                         async with limiter:
                             await self._attempts(ctx, contexts, rows)
+                    elif rows is None:
+                        await self._call(ctx, contexts)
                     else:
                         await self._attempts(ctx, contexts, rows)
                 except BaseException as exc:
@@ -418,11 +420,12 @@ class JobExecutor:
                 failure = _shutdown_cancelled(item)
                 raise
         finally:
-            self.ownerships.release(item, lost)
+            self.ownerships.release(lost)
             self.active.discard(item)
             if task is not None:
                 self._fenced.discard(task)
-            start = rows.current
+            if rows is not None:
+                start = rows.current
             if start is not None and self._post is not None:
                 self._post(
                     dataclasses.replace(
@@ -473,11 +476,11 @@ class JobExecutor:
         return task.uncancel() == 0
 
     async def _attempts(
-        self, ctx: ShardingContext, contexts: ShardingContexts, rows: AttemptRows
+        self, ctx: ShardingContext, contexts: ShardingContexts, rows: AttemptRows | None
     ) -> None:
         """The item's run, retried (``retries``) while it fails and this instance owns it."""
         cfg = self.config
-        if not cfg.retries:
+        if rows is None:
             await self._call(ctx, contexts)
             return
         await run_with_retries(

@@ -4,8 +4,6 @@ stopping), always before the item is cancelled."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import anyio
 
 from ._layout import JobPaths
@@ -52,38 +50,29 @@ def fencing_token(task_id: str, session_id: int) -> str:
     return f"{task_id}@-@{session_id:x}"
 
 
-@dataclass(slots=True)
-class _Claim:
-    lost: ClaimLost
-    failover: bool  # a failover run: claimed by the item's failover node, not its owner node
-
-
 class Ownerships:
     """The claims of the item runs in progress on this instance, and what revokes them."""
 
     def __init__(self, paths: JobPaths, instance_id: str) -> None:
         self._paths = paths
         self._me = instance_id
-        self._claims: dict[int, list[_Claim]] = {}
+        # Each run's signal -> (item, failover run?): a failover run is claimed by the item's
+        # failover node, not its owner node.
+        self._claims: dict[ClaimLost, tuple[int, bool]] = {}
 
     def hold(self, item: int, *, failover: bool) -> ClaimLost:
         """A new run of ``item`` starts: its signal (release it when the run ends)."""
         lost = ClaimLost()
-        self._claims.setdefault(item, []).append(_Claim(lost, failover))
+        self._claims[lost] = (item, failover)
         return lost
 
-    def release(self, item: int, lost: ClaimLost) -> None:
-        claims = [c for c in self._claims.get(item, []) if c.lost is not lost]
-        if claims:
-            self._claims[item] = claims
-        else:
-            self._claims.pop(item, None)
+    def release(self, lost: ClaimLost) -> None:
+        self._claims.pop(lost, None)
 
     def revoke_all(self, reason: str) -> None:
         """Every claim is lost (session lost, scheduler stopping)."""
-        for claims in list(self._claims.values()):
-            for claim in claims:
-                claim.lost._revoke(reason)
+        for lost in list(self._claims):
+            lost._revoke(reason)
 
     def revoke_moved(self, view: TreeView) -> None:
         """Revoke the claims on items that the registry now gives to another instance: a
@@ -91,12 +80,11 @@ class Ownerships:
         node (a failover run)."""
         if not view.fresh:
             return  # an outage: nothing is known to have moved
-        for item, claims in list(self._claims.items()):
-            for claim in claims:
-                holder = self._holder(view, item, claim.failover)
-                if holder != self._me and not claim.lost.is_set():
-                    where = f"instance {holder}" if holder else "no instance"
-                    claim.lost._revoke(f"item {item} now belongs to {where} (resharded)")
+        for lost, (item, failover) in list(self._claims.items()):
+            holder = self._holder(view, item, failover)
+            if holder != self._me and not lost.is_set():
+                where = f"instance {holder}" if holder else "no instance"
+                lost._revoke(f"item {item} now belongs to {where} (resharded)")
 
     def _holder(self, view: TreeView, item: int, failover: bool) -> str | None:
         raw = view.get(
