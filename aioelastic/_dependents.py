@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -151,9 +151,14 @@ class Dependents:
                 await self.registry.set(path, key.encode())
 
     async def item_done(
-        self, contexts: ShardingContexts, item: int, failure: BaseException | None, total: int
+        self,
+        contexts: ShardingContexts,
+        item: int,
+        failure: BaseException | None,
+        expected: Callable[[], set[int]],
     ) -> None:
-        """Record the item's completion in its fire; claim the fire once all items are in."""
+        """Record the item's completion in its fire; claim the fire once every ``expected``
+        item (the job's items minus disabled ones) is in."""
         if not self.downstream:
             return
         runner = self.instance_id
@@ -177,7 +182,7 @@ class Dependents:
             names = await self.registry.get_children(self.paths.dependents_done(key))
         except NoNodeError:
             return  # claimed meanwhile
-        if len([n for n in names if n.isdigit() and int(n) < total]) >= total:
+        if expected() <= {int(n) for n in names if n.isdigit()}:
             await self._claim(key, names)
 
     async def _lost_run(self, item: int) -> tuple[str, str | None]:
@@ -226,6 +231,23 @@ class Dependents:
             f" (failed items {failed})" if failed else "",
             ", ".join(self.downstream),
         )
+        await self._drop_older(key)
+
+    async def _drop_older(self, key: str) -> None:
+        """Drop the records of earlier fires that never completed on every item (a fire whose
+        items could not all run: a dead instance without failover, a disabled server)."""
+        if not key.isdigit():
+            return
+        with contextlib.suppress(NoNodeError):
+            for name in await self.registry.get_children(self.paths.dependents_done()):
+                if name.isdigit() and int(name) < int(key):
+                    log.warning(
+                        "%s: fire %s never completed on every item; its dependents do not run",
+                        self.paths.job,
+                        name,
+                    )
+                    with contextlib.suppress(NoNodeError):
+                        await self.registry.delete(self.paths.dependents_done(name), recursive=True)
 
     # -- as a dependent job --
 

@@ -456,8 +456,7 @@ class JobExecutor:
         assert self.dependents is not None
         with anyio.move_on_after(5, shield=True):
             try:
-                total = self.config.sharding_total_count
-                await self.dependents.item_done(contexts, item, failure, total)
+                await self.dependents.item_done(contexts, item, failure, self._enabled_items)
             except RegistryError as exc:
                 log.warning(
                     "%s: item %d's completion not recorded for dependent jobs: %s",
@@ -466,6 +465,11 @@ class JobExecutor:
                     exc,
                     extra=self._fields(contexts, item),
                 )
+
+    def _enabled_items(self) -> set[int]:
+        view, paths = self.coordinator.view, self.coordinator.paths
+        total = self.config.sharding_total_count
+        return {i for i in range(total) if not view.exists(paths.item_disabled(i))}
 
     def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``

@@ -128,9 +128,9 @@ class JobPaths:
         base = self._p("dependents", "fires", item)
         return base if instance_id is None else f"{base}/{instance_id}"
 
-    def dependents_done(self, key: str, item: int | None = None) -> str:
+    def dependents_done(self, key: str | None = None, item: int | None = None) -> str:
         """The items of the upstream fire ``key`` that completed (data: task id, outcome)."""
-        base = self._p("dependents", "done", key)
+        base = self._p("dependents", "done") if key is None else self._p("dependents", "done", key)
         return base if item is None else f"{base}/{item}"
 
     @property

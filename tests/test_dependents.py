@@ -278,3 +278,35 @@ async def test_the_pipeline_example_runs_the_chain() -> None:
     assert done.returncode == 0, out
     assert "retrying in" in out and "transform after 1 extract run(s): items [0, 1, 2, 3]" in out
     assert "load after transform task transform@-@0@-@READY" in out
+
+
+async def test_disabled_items_do_not_hold_the_fire_and_stale_fires_are_dropped(
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+
+    @scheduler.job(sharding_total_count=3, cron="* * * * * ?")
+    async def tick(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    @scheduler.job(after="tick")
+    async def tock(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        paths = scheduler._runners["tick"].coordinator.paths
+        view = scheduler._runners["tick"].coordinator.view
+        await scheduler.registry.create(paths.item_disabled(2), make_parents=True)
+        # A fire from long ago that never completed (item 1 never ran for it).
+        await scheduler.registry.create(paths.dependents_done("1000", 0), make_parents=True)
+        await eventually(lambda: view.exists(paths.item_disabled(2)), 20, what="item 2 disabled")
+        # A fire of items 0 and 1 only (2 is disabled) completes the fire.
+        await eventually(
+            lambda: any("@-@0,1@-@" in t for c in runs.of("tock") for t in c.upstream_task_ids),
+            20,
+            what="tock after a fire of tick's enabled items",
+        )
+        await eventually(
+            lambda: "1000" not in view.children(paths.dependents_done()), 20, what="stale dropped"
+        )
+    assert any("fire 1000 never completed" in r.getMessage() for r in caplog.records)
