@@ -197,3 +197,24 @@ async def test_sigstop_past_the_session_timeout_sets_lost_before_the_cancellatio
     (end,) = [r for r in records if r["ev"] == "end"]
     assert end["cancelled"] is True and end["lost_at_cancel"] is True, json.dumps(records)
     assert end["reason"] == "registry session lost"
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_suspended_past_the_session_timeout_sets_lost_before_the_cancellation(
+    zk_restartable_server: ZooKeeperServer,
+) -> None:
+    seen = Seen()
+    scheduler = make(url_with(zk_restartable_server, session_timeout=2.0), "suspended-1")
+    scheduler.add_job(long_job(seen), name="suspended", sharding_total_count=1)
+    async with scheduler:
+        await scheduler.trigger("suspended")
+        await seen.wait(lambda: 0 in seen.started)
+        zk_restartable_server.pause()  # the server stops answering: SUSPENDED, then LOST
+        try:
+            await seen.wait(lambda: 0 in seen.lost_at_cancel)
+        finally:
+            zk_restartable_server.resume()
+    assert seen.lost_at_cancel == {0: True}
+    assert seen.reasons[0] == "registry session lost"
