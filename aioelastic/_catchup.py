@@ -100,9 +100,10 @@ class CatchUp:
     async def at_start(self) -> None:
         """Request one catch-up fire if fires were missed within the window (first instance
         to get here only)."""
-        cfg = self.runner.coordinator.config
-        trigger = cfg.trigger()
-        if self._window <= 0 or trigger is None:
+        if self._window <= 0:
+            return
+        trigger = self.runner.coordinator.config.trigger()
+        if trigger is None:
             return
         try:
             raw, stat = await self.registry.get(self.paths.catchup_last)
