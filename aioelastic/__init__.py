@@ -21,6 +21,7 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._health import Health
+from ._http_job import HttpJob, HttpJobError
 from ._jobs import DataflowJob, ScriptJob
 from ._listeners import DistributedOnceListener, JobListener
 from ._missed import MissedFire, missed_fires
@@ -35,6 +36,8 @@ from ._operations import (
     ServerInfo,
     ServerStatus,
 )
+from ._ownership import ClaimLost
+from ._retry import ItemTimeoutError, RetryBackoff
 from ._scheduler import RunState, Scheduler
 from ._sharding import ShardingStrategy
 from .tracing._events import (
@@ -51,6 +54,7 @@ from .tracing._events import (
 __all__ = [
     "AioelasticError",
     "BadVersionError",
+    "ClaimLost",
     "ConfigError",
     "CronTrigger",
     "DataflowJob",
@@ -60,9 +64,12 @@ __all__ = [
     "ExecutionSource",
     "ExecutionType",
     "Health",
+    "HttpJob",
+    "HttpJobError",
     "InstanceInfo",
     "ItemInfo",
     "ItemStatus",
+    "ItemTimeoutError",
     "JobBrief",
     "JobConfig",
     "JobExecutionEvent",
@@ -78,6 +85,7 @@ __all__ = [
     "OperationRefusedError",
     "Operations",
     "RegistryError",
+    "RetryBackoff",
     "RunState",
     "Scheduler",
     "ScriptJob",

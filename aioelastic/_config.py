@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ._cron import CronTrigger
 from ._errors import ConfigError
 from ._listeners import JobListener
+from ._retry import RetryBackoff
 from ._sharding import ShardingStrategy
 from ._urls import RegistryURL, check_node_name, parse_registry_url, parse_tracing_url
 from .registry._limits import NODE_DATA_LIMIT, PACKET_LIMIT
@@ -46,6 +47,9 @@ MAX_SHARDING_TOTAL_COUNT = 100_000
 
 #: Fields that live in code only, never in the registry's ``config`` node.
 _LOCAL_ONLY = frozenset({"listeners", "overwrite"})
+#: Fields written to the registry (for operators) but never taken from it: the dependency
+#: graph is checked at registration, in code.
+_CODE_WINS = frozenset({"after"})
 
 
 def _as_config_error(exc: ValidationError, model: str) -> ConfigError:
@@ -136,6 +140,15 @@ class JobConfig(BaseModel):
     props: dict[str, str] = Field(default_factory=dict)
     max_concurrency: int | None = None
     timeout: float | None = None
+    retries: int = 0
+    """Retries of a failed item run (on this instance, while it owns the item)."""
+    retry_backoff: RetryBackoff = RetryBackoff()
+    after: tuple[str, ...] = ()
+    """Upstream jobs: this job fires once per completed fire of them (no cron of its own)."""
+    after_policy: Literal["all_succeeded", "all_done"] = "all_succeeded"
+    catchup_window: float = 0.0
+    """Seconds: on start, one catch-up fire if the latest fire missed by a stopped cluster is
+    this recent (0: off)."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -178,6 +191,31 @@ class JobConfig(BaseModel):
             raise ConfigError("timeout", v, "must be > 0 seconds (or None for no limit)")
         return v
 
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, v: object) -> object:
+        names = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, list | tuple) else v
+        if isinstance(names, tuple):
+            for name in names:
+                check_node_name("after", name)
+            if len(set(names)) != len(names):
+                raise ConfigError("after", v, "names an upstream job twice")
+        return names
+
+    @field_validator("catchup_window")
+    @classmethod
+    def _catchup(cls, v: float) -> float:
+        if not 0 <= v < math.inf:
+            raise ConfigError("catchup_window", v, "must be >= 0 seconds (0 disables it)")
+        return v
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if not 0 <= v <= 1000:
+            raise ConfigError("retries", v, "must be within 0..1000")
+        return v
+
     @field_validator("reconcile_interval_minutes")
     @classmethod
     def _reconcile(cls, v: int) -> int:
@@ -201,6 +239,10 @@ class JobConfig(BaseModel):
                     item,
                     f"item out of range 0..{self.sharding_total_count - 1}",
                 )
+        if self.after and self.cron:
+            raise ConfigError("after", list(self.after), "a dependent job has no cron of its own")
+        if self.name in self.after:
+            raise ConfigError("after", list(self.after), "a job cannot run after itself (cycle)")
         # Validates the zone always, and the expression when there is one.
         CronTrigger(self.cron or "0 0 0 * * ?", self.time_zone)
         return self
@@ -240,7 +282,7 @@ class JobConfig(BaseModel):
         update = {
             k: v
             for k, v in stored.items()
-            if k in type(self).model_fields and k not in _LOCAL_ONLY and k != "name"
+            if k in type(self).model_fields and k not in _LOCAL_ONLY | _CODE_WINS and k != "name"
         }
         if update.get("error_handler") == "custom" or not isinstance(self.error_handler, str):
             update.pop("error_handler", None)

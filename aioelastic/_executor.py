@@ -14,15 +14,19 @@ from typing import Any
 
 import anyio
 
+from ._catchup import CatchUp
 from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
+from ._dependents import Dependents
 from ._errors import ItemCancelled, RegistryError, SessionLostError
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
 from ._logging import fields, short_task_id
 from ._observer import Observer, hook_name, notify_observers
 from ._otel import Spans
+from ._ownership import Ownerships
+from ._retry import AttemptRows, ItemTimeoutError, run_with_retries
 from ._task_id import make_task_id
 from .registry._protocol import SessionState
 from .tracing._events import (
@@ -92,6 +96,9 @@ class JobExecutor:
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
         self._skipped = 0  # fires skipped in the current registry outage
         self._spans = Spans(coordinator.identity.instance_id)
+        self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
+        self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
+        self.catchup: CatchUp | None = None
 
     @property
     def config(self) -> JobConfig:
@@ -105,8 +112,9 @@ class JobExecutor:
     def _job(self) -> str:
         return self.coordinator.paths.job
 
-    def fence(self) -> None:
+    def fence(self, reason: str = "registry session lost") -> None:
         """Cancel every running item: the session is lost, so is our claim on the items."""
+        self.ownerships.revoke_all(reason)  # job code sees ctx.lost before the cancellation
         for scope, task in list(self._item_scopes.values()):
             scope.cancel()
             # anyio delivers a scope's cancellation on a later loop turn; after a pause the item's
@@ -178,10 +186,11 @@ class JobExecutor:
         self,
         contexts: ShardingContexts,
         lost: Mapping[int, tuple[str, JobExecutionEvent]] | None = None,
-    ) -> None:
+    ) -> bool:
         """A run outside a cron fire (a failover takeover or a misfire re-run), between the
         listeners as ElasticJob's (its takeover is a whole fire). ``lost``: the dead runs of a
-        takeover's items, whose trace rows are completed as failures first."""
+        takeover's items, whose trace rows are completed as failures first. False if the items
+        did not run (a listener aborted it, or another run holds an item)."""
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         if lost:
             self._complete_lost_runs(contexts, lost)
@@ -189,9 +198,10 @@ class JobExecutor:
             if failover_run:  # the fire was aborted: give the takeover back
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
                     await self.coordinator.marks.release_failover(contexts.items)
-            return
-        await self.execute(contexts, quiet_conflict=True)
+            return False
+        ran = await self.execute(contexts, quiet_conflict=True)
         await self._listeners(contexts, before=False, cluster_once=False)
+        return ran
 
     def _complete_lost_runs(
         self, contexts: ShardingContexts, lost: Mapping[int, tuple[str, JobExecutionEvent]]
@@ -224,6 +234,8 @@ class JobExecutor:
         )
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
+        if self.dependents is not None:
+            self.dependents.misfired(contexts)
         if self.config.misfire:
             await self.coordinator.marks.mark_misfire(contexts.items)
         self._status(
@@ -243,7 +255,7 @@ class JobExecutor:
             )
             return True
         monitor = self.config.monitor_execution
-        misfire_run = contexts.execution_source is ExecutionSource.MISFIRE
+        misfire_run = contexts.execution_source is ExecutionSource.MISFIRE and not contexts.catch_up
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         # The items' trace events exist before the running marks: their ids go into the
         # failover intents, so a taker can complete the rows if this instance dies.
@@ -265,6 +277,10 @@ class JobExecutor:
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
+        if self.dependents is not None:
+            await self.dependents.fire_started(contexts)
+        if self.catchup is not None and self.config.catchup_window > 0:
+            await self.catchup.fire_started(contexts)
         outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
         began = time.monotonic()
@@ -365,9 +381,13 @@ class JobExecutor:
     ) -> _Outcome:
         """Run one item; its failure (None on success) and whether its marks were cleared.
         Cancelled by shutdown, it re-raises instead (``execute`` then knows it by no outcome)."""
-        ctx = contexts.for_item(item)
+        failover = contexts.execution_type is ExecutionType.FAILOVER
+        lost = self.ownerships.hold(item, failover=failover)
+        ctx = contexts.for_item(item, lost, self.coordinator.registry.session_id)
         if start is not None and self._post is not None:
             self._post(start)
+        # With retries, each attempt has its own trace row.
+        rows = AttemptRows(self._post, start, ctx) if self.config.retries else None
         failure: BaseException | None = None
         limiter = self._limiter()
         task = _current_asyncio_task()
@@ -378,9 +398,11 @@ class JobExecutor:
                 try:
                     if limiter is not None:
                         async with limiter:
-                            await self._call(ctx, contexts)
-                    else:
+                            await self._attempts(ctx, contexts, rows)
+                    elif rows is None:
                         await self._call(ctx, contexts)
+                    else:
+                        await self._attempts(ctx, contexts, rows)
                 except BaseException as exc:
                     # Job code's own BaseException (SystemExit, KeyboardInterrupt,
                     # GeneratorExit, a CancelledError it raised) fails this item only.
@@ -398,9 +420,12 @@ class JobExecutor:
                 failure = _shutdown_cancelled(item)
                 raise
         finally:
+            self.ownerships.release(lost)
             self.active.discard(item)
             if task is not None:
                 self._fenced.discard(task)
+            if rows is not None:
+                start = rows.current
             if start is not None and self._post is not None:
                 self._post(
                     dataclasses.replace(
@@ -412,6 +437,8 @@ class JobExecutor:
                 )
         if isinstance(failure, ItemCancelled):
             return _Outcome(failure)  # fenced: its failover intent stays for a taker
+        if self.dependents is not None:
+            await self._dependents_done(contexts, item, failure)
         if self.config.failover and self.config.monitor_execution:
             # With failover, an item that completed must not be re-run if this instance dies
             # before its siblings finish: clear its marks now (one multi-op per item).
@@ -422,6 +449,28 @@ class JobExecutor:
                 return _Outcome(failure, cleared=True)
         return _Outcome(failure)
 
+    async def _dependents_done(
+        self, contexts: ShardingContexts, item: int, failure: BaseException | None
+    ) -> None:
+        """Record the item's completion for dependent jobs (before its marks are cleared)."""
+        assert self.dependents is not None
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await self.dependents.item_done(contexts, item, failure, self._enabled_items)
+            except RegistryError as exc:
+                log.warning(
+                    "%s: item %d's completion not recorded for dependent jobs: %s",
+                    self._job,
+                    item,
+                    exc,
+                    extra=self._fields(contexts, item),
+                )
+
+    def _enabled_items(self) -> set[int]:
+        view, paths = self.coordinator.view, self.coordinator.paths
+        total = self.config.sharding_total_count
+        return {i for i in range(total) if not view.exists(paths.item_disabled(i))}
+
     def _fence_caught(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether the cancellation reaching the item's task was fence()'s own ``task.cancel()``
         only (which the item's scope does not absorb): undo it, and the item just ends."""
@@ -429,6 +478,23 @@ class JobExecutor:
             return False
         self._fenced.discard(task)
         return task.uncancel() == 0
+
+    async def _attempts(
+        self, ctx: ShardingContext, contexts: ShardingContexts, rows: AttemptRows | None
+    ) -> None:
+        """The item's run, retried (``retries``) while it fails and this instance owns it."""
+        cfg = self.config
+        if rows is None:
+            await self._call(ctx, contexts)
+            return
+        await run_with_retries(
+            lambda: self._call(ctx, contexts),
+            cfg.retries,
+            cfg.retry_backoff,
+            ctx.lost,
+            rows.retry,
+            rows.next,
+        )
 
     async def _call(self, ctx: ShardingContext, contexts: ShardingContexts) -> None:
         with self._spans.item(contexts, ctx.sharding_item):
@@ -443,7 +509,7 @@ class JobExecutor:
             with anyio.fail_after(timeout):
                 await self._run_item(ctx, self._keep_going)
         except TimeoutError:
-            raise TimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
+            raise ItemTimeoutError(f"item timed out after {timeout:g}s and was cancelled") from None
 
     def _limiter(self) -> anyio.CapacityLimiter | None:
         n = self.config.max_concurrency

@@ -19,6 +19,7 @@ from anyio.abc import Process
 
 from ._context import ShardingContext
 from ._errors import ConfigError, ScriptJobError
+from ._http_job import HttpJob, http_runner
 
 __all__ = [
     "DataflowJob",
@@ -44,7 +45,8 @@ class _Dataflow(Protocol):
 @dataclass(frozen=True)
 class DataflowJob:
     """Fetch a batch, process it; with ``streaming`` repeat until fetch returns nothing, a
-    reshard is pending or the scheduler is stopping (ElasticJob's ``streaming.process``)."""
+    reshard is pending, the scheduler is stopping or the item's claim is lost (``ctx.lost``)
+    (ElasticJob's ``streaming.process``)."""
 
     fetch_data: Callable[[ShardingContext], Awaitable[Sequence[Any]]]
     process_data: Callable[[ShardingContext, Sequence[Any]], Awaitable[object]]
@@ -101,8 +103,10 @@ def _check_async(what: str, fn: object) -> None:
 
 
 def make_item_runner(job: object) -> ItemRunner:
-    """Normalise a simple job (async callable), a dataflow job or a script job; sync callables
+    """Normalise a simple job (async callable), a dataflow, script or HTTP job; sync callables
     are refused with a ``ConfigError`` (they would block every other job's event loop)."""
+    if isinstance(job, HttpJob):
+        return http_runner(job)
     if isinstance(job, ScriptJob):
         if not job.argv:
             raise ConfigError("job", job.command, "script command is empty")
@@ -155,7 +159,7 @@ def _dataflow_runner(job: DataflowJob) -> ItemRunner:
             if not data:
                 return
             returned.check(await job.process_data(ctx, data))
-            if not job.streaming or not keep_going():
+            if not job.streaming or not keep_going() or not ctx.still_owned():
                 return
 
     return run_dataflow

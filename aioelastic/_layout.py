@@ -120,6 +120,56 @@ class JobPaths:
             else self._p("guarantee", "completed", item)
         )
 
+    # -- dependent jobs (an aioelastic extension: ElasticJob has none) --
+
+    def dependents_fire(self, item: int, instance_id: str | None = None) -> str:
+        """The fire key of an upstream item's run in progress on ``instance_id`` (a failover
+        run of it completes that fire)."""
+        base = self._p("dependents", "fires", item)
+        return base if instance_id is None else f"{base}/{instance_id}"
+
+    def dependents_done(self, key: str | None = None, item: int | None = None) -> str:
+        """The items of the upstream fire ``key`` that completed (data: task id, outcome)."""
+        base = self._p("dependents", "done") if key is None else self._p("dependents", "done", key)
+        return base if item is None else f"{base}/{item}"
+
+    @property
+    def requests(self) -> str:
+        """A dependent job's fire requests, one child per upstream fire key."""
+        return self._p("requests")
+
+    def request(self, key: str) -> str:
+        return self._p("requests", key)
+
+    def request_upstream(self, key: str, upstream: str) -> str:
+        """Upstream ``upstream`` completed fire ``key`` (data: its task ids, all succeeded?)."""
+        return self._p("requests", key, f"up-{upstream}")
+
+    def request_ran(self, key: str, item: int | None = None) -> str:
+        """Items of the dependent job claimed for the request ``key`` (each runs once)."""
+        base = self._p("requests", key, "ran")
+        return base if item is None else f"{base}/{item}"
+
+    # -- bounded catch-up (an aioelastic extension) --
+
+    @property
+    def catchup_last(self) -> str:
+        """The scheduled time (epoch ms) of the latest fire that started running items."""
+        return self._p("catchup", "last")
+
+    @property
+    def catchup_requests(self) -> str:
+        return self._p("catchup", "requests")
+
+    def catchup_request(self, key: str) -> str:
+        """A catch-up fire requested (data: the missed fire times it stands for)."""
+        return self._p("catchup", "requests", key)
+
+    def catchup_ran(self, key: str, item: int | None = None) -> str:
+        """Items claimed for the catch-up fire ``key`` (each runs once)."""
+        base = self._p("catchup", "requests", key, "ran")
+        return base if item is None else f"{base}/{item}"
+
     @property
     def triggers(self) -> str:
         return self._p("trigger")

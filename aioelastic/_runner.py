@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._catchup import CatchUp
 from ._config import JobConfig
+from ._context import ShardingContexts
 from ._coordination import InstanceIdentity, JobCoordinator
 from ._errors import RegistryError
 from ._executor import Fatal, JobExecutor, Post, is_cancellation
@@ -65,6 +67,8 @@ class JobRunner:
             lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending)
         )
         self._repair_changes = view.subscribe(self.coordinator.repair_relevant)
+        self.catchup = CatchUp(self)
+        self.executor.catchup = self.catchup
 
     @property
     def name(self) -> str:
@@ -101,6 +105,11 @@ class JobRunner:
         try:
             async with anyio.create_task_group() as infra:
                 await infra.start(coord.view.run)
+                with anyio.move_on_after(10):  # a registry outage: no catch-up, start anyway
+                    try:
+                        await self.catchup.at_start()
+                    except RegistryError as exc:
+                        log.warning("%s: catch-up check failed: %s", self.name, exc)
                 async with anyio.create_task_group() as fires:
                     self._fires = fires
                     async with anyio.create_task_group() as loops:
@@ -108,9 +117,15 @@ class JobRunner:
                         loops.start_soon(self._cron_loop)
                         loops.start_soon(self._watch_loop)
                         loops.start_soon(self._repair_loop)
+                        loops.start_soon(self.executor.ownerships.watch, coord.view)
+                        if self.executor.dependents and coord.config.after:
+                            loops.start_soon(self.executor.dependents.run, self)
+                        if coord.config.catchup_window > 0:
+                            loops.start_soon(self.catchup.run)
                         task_status.started()
                         await self._stop.wait()
                         loops.cancel_scope.cancel()
+                    self.executor.ownerships.revoke_all("the scheduler is stopping")
                     with anyio.move_on_after(5, shield=True):
                         await coord.deregister()
                     # Running items get the grace period, then are cancelled.
@@ -150,6 +165,22 @@ class JobRunner:
             return
         contexts = self.executor.contexts(items, kind, source, None)
         self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
+
+    def start_contexts(
+        self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run prepared ``contexts`` (a requested fire: dependent job, catch-up), listeners
+        included; ``not_run`` if its items did not run (another run held one)."""
+        if self._fires is not None and not self._stopping:
+            self._fires.start_soon(self._guarded, self._run_requested(contexts, not_run))
+
+    async def _run_requested(
+        self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
+    ) -> None:
+        ok = await self.executor.run(contexts)
+        if not ok:
+            with anyio.move_on_after(5, shield=True):
+                await not_run()
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1
@@ -276,7 +307,7 @@ class JobRunner:
                 sorted(self.executor.running),
                 extra=self._extra,
             )
-            self.executor.fence()
+            self.executor.fence("the job's sharding nodes were deleted")
         created = await coord.heal()
         self._registered_session = self.registry.session_id
         if created:

@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
+from ._dependents import attach_dependents, check_dependencies
 from ._errors import ConfigError, JobNotFoundError
 from ._health import Health, scheduler_health
 from ._jobs import ItemRunner, make_item_runner
@@ -192,6 +193,7 @@ class Scheduler:
             job_config = JobConfig(name=name, **config)
         if job_config.name in self._jobs:
             raise ConfigError("name", job_config.name, "a job with this name is already registered")
+        check_dependencies({n: s.config for n, s in self._jobs.items()}, job_config)
         self._jobs[job_config.name] = _JobSpec(job_config, make_item_runner(job))
         return job_config
 
@@ -430,6 +432,7 @@ class Scheduler:
             reshard_timeout=self.settings.reshard_wait_timeout,
             observers=self.observers,
         )
+        attach_dependents(runner, registry, self.registry_url.namespace, self.jobs)
         return runner
 
     def _fatal(self, exc: BaseException) -> None:

@@ -102,6 +102,8 @@ class Cluster:
     instances: dict[str, Instance] = field(default_factory=dict)
     #: Trace to this database, each instance with its own journal ``{instance_id}.journal``.
     tracing_url: str | None = None
+    #: The instance process's module (its command line is ``cluster_instance``'s).
+    module: str = "tests.harness.cluster_instance"
 
     def start(self, instance_id: str, **job_options: Any) -> Instance:
         log = self.workdir / f"{instance_id}.jsonl"
@@ -113,7 +115,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "tests.harness.cluster_instance",
+                self.module,
                 "--registry",
                 self.registry_url,
                 "--log",

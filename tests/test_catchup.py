@@ -1,0 +1,200 @@
+"""Bounded catch-up (``catchup_window``): after fires were missed while no instance ran, the
+first instance to start runs one catch-up fire (source MISFIRE) if the latest missed fire is
+within the window; never more than one, never on two instances."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aioelastic import (
+    ConfigError,
+    CronTrigger,
+    ExecutionSource,
+    JobConfig,
+    RunState,
+    Scheduler,
+    Settings,
+    ShardingContext,
+)
+from aioelastic._catchup import missed_fires
+from aioelastic._layout import JobPaths
+from aioelastic.tracing._events import State
+from tests.conftest import Backend
+from tests.harness.cluster import Cluster, ready, url_with
+from tests.harness.helpers import CaptureSink, eventually, statuses
+from tests.harness.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.anyio
+
+EVERY_SECOND = "* * * * * ?"
+
+
+def test_missed_fires_are_the_due_ones_after_the_last() -> None:
+    trigger = CronTrigger("0 0/10 * * * ?")
+    last = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 10, 25, tzinfo=UTC)
+    assert missed_fires(trigger, last, now) == [last + timedelta(minutes=10 * n) for n in (1, 2)]
+    assert missed_fires(trigger, last, now, limit=1) == [last + timedelta(minutes=20)]
+    assert missed_fires(trigger, now, now) == []
+
+
+def test_the_window_is_validated() -> None:
+    with pytest.raises(ConfigError, match="catchup_window"):
+        JobConfig(name="j", catchup_window=-1)
+
+
+async def write_last(backend: Backend, job: str, at: datetime) -> None:
+    async with backend.open() as reg:
+        path = JobPaths(backend.namespace, job).catchup_last
+        await reg.create(path, str(round(at.timestamp() * 1000)).encode(), make_parents=True)
+
+
+def scheduler_for(backend: Backend, instance_id: str, sink: CaptureSink) -> Scheduler:
+    settings = Settings(registry_url=backend.url, instance_id=instance_id)
+    return Scheduler(settings=settings, sinks=[sink])
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.contexts: list[ShardingContext] = []
+
+    def catchup(self) -> list[ShardingContext]:
+        return [c for c in self.contexts if c.execution_source is ExecutionSource.MISFIRE]
+
+    async def job(self, ctx: ShardingContext) -> None:
+        self.contexts.append(ctx)
+
+
+async def test_two_instances_starting_at_once_run_one_catch_up_fire(backend: Backend) -> None:
+    await write_last(backend, "nightly", datetime.now(UTC) - timedelta(seconds=5))
+    sink, runs = CaptureSink(), Runs()
+    schedulers = [scheduler_for(backend, f"cu-{n}", sink) for n in (1, 2)]
+    for s in schedulers:
+        # Cron every second; the fires of the last 5 s were missed.
+        s.add_job(
+            runs.job, name="nightly", cron=EVERY_SECOND, sharding_total_count=4, catchup_window=60
+        )
+    async with anyio.create_task_group() as tg:
+        for s in schedulers:
+            tg.start_soon(s.run)
+        await eventually(
+            lambda: all(s.state is RunState.STARTED for s in schedulers), 30, what="both started"
+        )
+        await eventually(lambda: len(runs.catchup()) == 4, 30, what="the catch-up fire's items")
+        # Both instances have run fires since: a second catch-up would have come by now.
+        await eventually(
+            lambda: (
+                {
+                    c.task_id.split("@-@")[3]
+                    for c in runs.contexts
+                    if c.execution_source is ExecutionSource.NORMAL_TRIGGER
+                }
+                >= {"cu-1", "cu-2"}
+            ),
+            30,
+            what="regular fires on both instances",
+        )
+        for s in schedulers:
+            s.stop()
+    items = sorted(c.sharding_item for c in runs.catchup())
+    assert items == [0, 1, 2, 3], "each item of the catch-up fire ran once"
+    staging = [
+        s.message
+        for s in statuses(sink.events, "nightly")
+        if s.state is State.TASK_STAGING and "catch-up" in s.message
+    ]
+    assert staging and "missed fire(s)" in staging[0] and "catchup_window 60s" in staging[0]
+    assert staging[0].count("T") >= 2  # names at least two missed fire times (ISO)
+
+
+async def test_a_missed_fire_outside_the_window_is_not_caught_up(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    await write_last(backend, "yearly", datetime(2019, 1, 1, tzinfo=UTC))
+    sink, runs = CaptureSink(), Runs()
+    scheduler = scheduler_for(backend, "cu-out", sink)
+    scheduler.add_job(runs.job, name="yearly", cron="0 0 0 1 1 ? 2020", catchup_window=3600)
+    async with scheduler:
+        pass
+    assert runs.catchup() == []
+    assert any("outside catchup_window" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_a_window_nothing_is_caught_up(backend: Backend) -> None:
+    await write_last(backend, "plain", datetime.now(UTC) - timedelta(seconds=5))
+    sink, runs = CaptureSink(), Runs()
+    scheduler = scheduler_for(backend, "cu-off", sink)
+    scheduler.add_job(runs.job, name="plain", cron="0 0 0 1 1 ? 2099")
+    async with scheduler:
+        pass
+    assert runs.catchup() == []
+
+
+# -- the whole cluster stopped across two fire times, on a real ZooKeeper --
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_cluster_restarted_after_missed_fires_runs_one_catch_up_fire(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options: dict[str, Any] = {
+        "cron": "0/2 * * * * ?",
+        "catchup_window": 60,
+        "sharding_total_count": 2,
+        "duration": 0.1,
+    }
+    cluster = Cluster(url, tmp_path, job_options=options)
+    try:
+        first = cluster.start("inst-a")
+        await ready(cluster, first)
+        await eventually(
+            cluster.history,
+            30,
+            0.05,
+            until=lambda rs: any(r.scheduled and r.end for r in rs),
+            what="a cron fire before the stop",
+            detail=cluster.history,
+        )
+        first.signal(signal.SIGTERM)
+        await anyio.to_thread.run_sync(lambda: first.proc.wait(20))
+        last = max(r.scheduled for r in cluster.history() if r.scheduled)
+        # Nothing runs across the next two fire times (every 2 s): they are missed.
+        missed_by = last + 2 * 2 + 0.5
+        await anyio.sleep(max(0.0, missed_by - time.time()))
+        restarted = [cluster.start(i) for i in ("inst-b", "inst-c")]  # at once
+        await ready(cluster, *restarted)
+        await eventually(
+            cluster.history,
+            30,
+            0.05,
+            until=lambda rs: (
+                {
+                    r.instance
+                    for r in rs
+                    if r.source == "NORMAL_TRIGGER"
+                    and r.scheduled
+                    and r.scheduled > missed_by
+                    and r.end
+                }
+                >= {"inst-b", "inst-c"}
+                and len([r for r in rs if r.source == "MISFIRE"]) >= 2
+            ),
+            what="the catch-up fire and regular fires on both restarted instances",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    catchup = [r for r in cluster.history() if r.source == "MISFIRE"]
+    assert sorted(r.item for r in catchup) == [0, 1], f"not one catch-up fire: {catchup}"
+    assert {r.instance for r in catchup} <= {"inst-b", "inst-c"}
+    assert all(r.scheduled and r.scheduled > last for r in catchup)  # the latest missed fire

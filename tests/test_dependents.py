@@ -1,0 +1,312 @@
+"""Dependent jobs (``after=``): once per completed upstream fire, across the cluster; the
+request lives in the registry; policies; cycles and unknown upstream jobs refused."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aioelastic import ConfigError, Scheduler, Settings, ShardingContext
+from aioelastic._dependents import fire_key
+from aioelastic.registry import MemoryStore
+from aioelastic.tracing._events import State
+from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
+from tests.harness.helpers import CaptureSink, completions, eventually, statuses
+from tests.harness.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sink() -> CaptureSink:
+    return CaptureSink()
+
+
+@pytest.fixture
+def make_scheduler(sink: CaptureSink) -> Callable[..., Scheduler]:
+    store = f"dependents-{uuid.uuid4().hex[:12]}"
+    MemoryStore.reset(store)
+
+    def make(instance_id: str = "inst-1", **settings: Any) -> Scheduler:
+        s = Settings(registry_url=f"memory://{store}/ns", instance_id=instance_id, **settings)
+        return Scheduler(settings=s, sinks=[sink])
+
+    return make
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.contexts: list[ShardingContext] = []
+
+    def of(self, job: str) -> list[ShardingContext]:
+        return [c for c in self.contexts if c.job_name == job]
+
+
+def pipeline(scheduler: Scheduler, runs: Runs, fail_item: int | None = None, **dep: Any) -> None:
+    @scheduler.job(sharding_total_count=3)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        if ctx.sharding_item == fail_item:
+            raise ValueError("extract failed")
+
+    @scheduler.job(after="extract", sharding_total_count=2, **dep)
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+
+async def test_a_dependent_runs_once_per_upstream_fire_with_its_task_id(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs)
+    async with scheduler:
+        for n in (1, 2):
+            await scheduler.trigger("extract")
+            await eventually(lambda: len(runs.of("load")) == 2 * n, 20, what="the dependent")  # noqa: B023
+            await sink.wait_for(lambda events: len(completions(events, "load")) == 2 * n)  # noqa: B023
+    extract_tasks = [c.task_id for c in runs.of("extract")]
+    loads = runs.of("load")
+    assert len(loads) == 4 and len({c.task_id for c in loads}) == 2
+    assert loads[0].upstream_task_ids == (extract_tasks[0],)
+    assert loads[2].upstream_task_ids == (extract_tasks[3],)
+    staging = [s for s in statuses(sink.events, "load") if s.state is State.TASK_STAGING]
+    assert "after extract" in staging[0].message and extract_tasks[0] in staging[0].message
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("all_succeeded", 0), ("all_done", 2)])
+async def test_all_succeeded_skips_the_dependent_and_all_done_runs_it(
+    make_scheduler: Callable[..., Scheduler],
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    expected: int,
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs, fail_item=1, after_policy=policy)
+    async with scheduler:
+        await scheduler.trigger("extract")
+        if expected:
+            await eventually(lambda: len(runs.of("load")) == expected, 20, what="load")
+        else:
+            await eventually(
+                lambda: any("not run after fire" in r.getMessage() for r in caplog.records),
+                20,
+                what="the skip",
+            )
+    assert len(runs.of("load")) == expected
+
+
+async def test_two_upstreams_join(make_scheduler: Callable[..., Scheduler]) -> None:
+    scheduler, seen = make_scheduler(), Runs()
+
+    @scheduler.job(sharding_total_count=2)
+    async def a(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job()
+    async def b(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job(after=["a", "b"])
+    async def joined(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    async with scheduler:
+        await scheduler.trigger("a")
+        await eventually(lambda: len(seen.of("a")) == 2, 20, what="a")
+        await anyio.sleep(0)  # b has not run: joined must wait for it
+        assert seen.of("joined") == []
+        await scheduler.trigger("b")
+        await eventually(lambda: len(seen.of("joined")) == 1, 20, what="joined")
+    (run,) = seen.of("joined")
+    assert set(run.upstream_task_ids) == {seen.of("a")[0].task_id, seen.of("b")[0].task_id}
+
+
+async def test_unknown_upstreams_cycles_and_crons_are_config_errors(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    scheduler = make_scheduler()
+
+    async def job(ctx: ShardingContext) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="unknown upstream job"):
+        scheduler.add_job(job, name="orphan", after="missing")
+    with pytest.raises(ConfigError, match="cannot run after itself"):
+        scheduler.add_job(job, name="selfish", after="selfish")
+    scheduler.add_job(job, name="up", cron="0 0 * * * ?")
+    with pytest.raises(ConfigError, match="no cron of its own"):
+        scheduler.add_job(job, name="both", after="up", cron="0 0 * * * ?")
+    with pytest.raises(ConfigError, match="twice"):
+        scheduler.add_job(job, name="twice", after=["up", "up"])
+
+
+def test_a_cycle_through_the_registered_graph_is_refused() -> None:
+    from aioelastic import JobConfig
+    from aioelastic._dependents import check_dependencies
+
+    jobs = {"a": JobConfig(name="a", after=("c",)), "b": JobConfig(name="b", after=("a",))}
+    with pytest.raises(ConfigError, match="dependency cycle: c -> b -> a -> c"):
+        check_dependencies(jobs, JobConfig(name="c", after=("b",)))
+
+
+def test_fire_keys_name_the_scheduled_time() -> None:
+    assert fire_key(None) == "manual"
+    assert fire_key(datetime(2026, 1, 1, tzinfo=UTC)) == "1767225600000"
+
+
+# -- across instance processes on a real ZooKeeper --
+
+IDS = ["inst-a", "inst-b", "inst-c"]  # inst-c sorts first: it owns extract's items 0 and 1
+MODULE = "tests.harness.pipeline_instance"
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_the_dependent_runs_once_per_fire_when_an_upstream_instance_dies_mid_run(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options = {
+        "cron": "0/5 * * * * ?",
+        "sharding_total_count": 6,
+        "failover": True,
+        "duration": 1.0,
+        "durations": {"0": 0.2, "1": 3.0},
+    }
+    cluster = Cluster(url, tmp_path, job_options=options, module=MODULE, jobs="extract")
+    try:
+        procs = {i: cluster.start(i) for i in IDS}
+        await ready(cluster, *procs.values())
+        # A fire in which inst-c finished item 0 and is running item 1: kill it there.
+        runs = await eventually(
+            cluster.history,
+            30,
+            0.02,
+            until=lambda runs: (
+                any(
+                    r.instance == "inst-c" and r.job == "extract" and r.item == 1 and r.end is None
+                    for r in runs
+                )
+                and any(r.instance == "inst-c" and r.item == 0 and r.end for r in runs)
+            ),
+            what="inst-c running item 1 after item 0",
+            detail=cluster.history,
+        )
+        victim_fire = next(
+            r.scheduled for r in runs if r.instance == "inst-c" and r.item == 1 and not r.end
+        )
+        procs["inst-c"].signal(signal.SIGKILL)
+        # The killed fire completes through the failover of item 1; one more fire after it.
+        await eventually(
+            lambda: loads_done(cluster),
+            40,
+            0.1,
+            until=lambda fires: victim_fire in fires and any(f > victim_fire for f in fires),
+            what="the dependent after the killed fire and the next",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    runs = cluster.history()
+    check_no_overlap(runs)
+    fires = loads_done(cluster, all_runs=True)
+    assert len(fires) == len(set(fires)), f"a fire's dependent ran twice: {fires}"
+    item1 = [r for r in runs if r.job == "extract" and r.item == 1 and r.source == "FAILOVER"]
+    assert item1 and item1[0].instance in {"inst-a", "inst-b"}
+
+
+def loads_done(cluster: Cluster, all_runs: bool = False) -> list[float]:
+    """The upstream fire (scheduled time) of each load run so far (started runs if
+    ``all_runs``, else completed ones)."""
+    runs = cluster.history()
+    scheduled = {r.task_id: r.scheduled for r in runs if r.job == "extract" and r.scheduled}
+    ended = {(r.instance, r.task_id) for r in runs if r.job == "load" and r.end and r.ok}
+    out = []
+    for inst in cluster.instances.values():
+        for rec in inst.records():
+            if rec["ev"] != "start" or rec["job"] != "load":
+                continue
+            if not all_runs and (rec["instance"], rec["task_id"]) not in ended:
+                continue
+            fires = {scheduled[t] for t in rec["upstream"] if t in scheduled}
+            assert len(fires) == 1, f"a load run names upstream runs of several fires: {rec}"
+            out.append(fires.pop())
+    return sorted(out)
+
+
+async def test_the_request_outlives_the_instance_that_made_it(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    runs = Runs()
+    # The first instance completes extract's fire but cannot run load (its server is disabled):
+    # the request waits in the registry, and a later instance runs it.
+    first = make_scheduler(instance_id="inst-first")
+    pipeline(first, runs, disabled=True)
+    async with first:
+        await first.trigger("extract")
+        paths = first._runners["load"].coordinator.paths
+        await eventually(
+            lambda: bool(first._runners["load"].coordinator.view.children(paths.requests)),
+            20,
+            what="the request in the registry",
+        )
+    assert runs.of("load") == []
+    second = make_scheduler(instance_id="inst-second")
+    pipeline(second, runs, disabled=False, overwrite=True)
+    async with second:
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="load on the new instance")
+    assert {c.upstream_task_ids for c in runs.of("load")} == {(runs.of("extract")[0].task_id,)}
+
+
+@pytest.mark.slow
+async def test_the_pipeline_example_runs_the_chain() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "dependent_pipeline.py"
+    done = await anyio.run_process(
+        [sys.executable, str(example), "--seconds", "5"], check=False, stderr=subprocess.STDOUT
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "retrying in" in out and "transform after 1 extract run(s): items [0, 1, 2, 3]" in out
+    assert "load after transform task transform@-@0@-@READY" in out
+
+
+async def test_disabled_items_do_not_hold_the_fire_and_stale_fires_are_dropped(
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+
+    @scheduler.job(sharding_total_count=3, cron="* * * * * ?")
+    async def tick(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    @scheduler.job(after="tick")
+    async def tock(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        paths = scheduler._runners["tick"].coordinator.paths
+        view = scheduler._runners["tick"].coordinator.view
+        await scheduler.registry.create(paths.item_disabled(2), make_parents=True)
+        # A fire from long ago that never completed (item 1 never ran for it).
+        await scheduler.registry.create(paths.dependents_done("1000", 0), make_parents=True)
+        await eventually(lambda: view.exists(paths.item_disabled(2)), 20, what="item 2 disabled")
+        # A fire of items 0 and 1 only (2 is disabled) completes the fire.
+        await eventually(
+            lambda: any("@-@0,1@-@" in t for c in runs.of("tock") for t in c.upstream_task_ids),
+            20,
+            what="tock after a fire of tick's enabled items",
+        )
+        await eventually(
+            lambda: "1000" not in view.children(paths.dependents_done()), 20, what="stale dropped"
+        )
+    assert any("fire 1000 never completed" in r.getMessage() for r in caplog.records)
