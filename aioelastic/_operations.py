@@ -114,6 +114,14 @@ class JobSchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class JobChain:
+    """A job's dependencies: the jobs it runs after, and the jobs that run after it."""
+
+    upstream: tuple[str, ...]
+    downstream: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ServerInfo:
     host: str
     status: ServerStatus
@@ -679,3 +687,24 @@ class Operations:
         await self.registry.set(path, new, version=version)
         result: dict[str, Any] = json.loads(new)
         return result
+
+    @_deadline
+    async def chain(self, name: str) -> JobChain:
+        """The job's dependency chain as stored: the jobs it runs after (its ``after``) and
+        the jobs that run after it (every job whose ``after`` names it)."""
+        upstream = _names(await self._stored_config(name))
+        downstream = []
+        for other in sorted(await self._children(namespace_root(self.namespace))):
+            if other == name:
+                continue
+            try:
+                if name in _names(await self._stored_config(other)):
+                    downstream.append(other)
+            except (JobNotFoundError, ConfigError):
+                continue  # not a job, or one whose config is unreadable
+        return JobChain(upstream, tuple(downstream))
+
+
+def _names(stored: dict[str, Any]) -> tuple[str, ...]:
+    after = stored.get("after") or ()
+    return tuple(str(n) for n in after) if isinstance(after, list | tuple) else ()

@@ -644,3 +644,19 @@ async def test_missed_fires_page_lists_due_times_no_instance_started(tmp_path: P
         ) as client:
             page = await client.get("/missed")
             assert page.status_code == 200 and "No trace database configured" in page.text
+
+
+async def test_job_page_shows_the_dependency_chain(tmp_path: Path) -> None:
+    scheduler = Scheduler(registry=f"memory://chain{tmp_path.name[-12:]}/ns")
+    scheduler.add_job(fine, name="extract", sharding_total_count=2)
+    scheduler.add_job(fine, name="load", after="extract")
+    console = Console(settings())
+    async with scheduler, console.serve(Operations.of(scheduler)):
+        transport = httpx.ASGITransport(app=console.app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://console", auth=VIEWER
+        ) as client:
+            up = await client.get("/jobs/extract")
+            down = await client.get("/jobs/load")
+    assert re.search(r'runs before <a href="[^"]*/jobs/load">load</a>', up.text), up.text
+    assert re.search(r'runs after <a href="[^"]*/jobs/extract">extract</a>', down.text)

@@ -15,13 +15,14 @@ from typing import Any
 import anyio
 import pytest
 
-from aioelastic import ConfigError, Scheduler, Settings, ShardingContext
+from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._dependents import fire_key
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing._events import State
 from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
 from tests.harness.zookeeper import ZooKeeperServer
+from tests.test_cli import cli
 
 pytestmark = pytest.mark.anyio
 
@@ -310,3 +311,24 @@ async def test_disabled_items_do_not_hold_the_fire_and_stale_fires_are_dropped(
             lambda: "1000" not in view.children(paths.dependents_done()), 20, what="stale dropped"
         )
     assert any("fire 1000 never completed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.zookeeper
+async def test_operations_and_the_cli_show_the_chain(zk_url: str) -> None:
+    scheduler, runs = Scheduler(registry=zk_url), Runs()
+    pipeline(scheduler, runs)
+
+    @scheduler.job(after=["extract", "load"])
+    async def report(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler, Operations(zk_url) as ops:
+        assert await ops.chain("extract") == JobChain((), ("load", "report"))
+        assert await ops.chain("load") == JobChain(("extract",), ("report",))
+        assert await ops.chain("report") == JobChain(("extract", "load"), ())
+        shown = await cli("--registry", zk_url, "job", "show", "load")
+        assert shown.code == 0, shown.err
+        rows = {line.split()[0]: line.split()[1:] for line in shown.out.splitlines() if line}
+        assert rows["runs_after"] == ["extract"] and rows["runs_before"] == ["report"]
+        as_json = (await cli("--registry", zk_url, "--json", "job", "show", "report")).json()
+        assert as_json["chain"] == {"upstream": ["extract", "load"], "downstream": []}

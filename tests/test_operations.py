@@ -299,6 +299,7 @@ OPERATIONS_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("update_job_config_at", ("j", 0)),
     ("schedule", ("j",)),
     ("missed_fires", (None, "j")),  # its registry read has the deadline
+    ("chain", ("j",)),
 ]
 
 

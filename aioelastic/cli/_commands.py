@@ -167,9 +167,14 @@ async def _job_show(c: _Call) -> None:
     code, overwrite = _code_config(c.args)
     rows: list[tuple[Any, ...]] = [("status", brief.status), ("instances", brief.instance_count)]
     rows.append(("next_fire_time", brief.next_fire_time))
+    chain = None
+    if brief.status is not JobStatus.INVALID_CONFIG:
+        chain = await c.ops.chain(c.args.name)
+        rows.append(("runs_after", ", ".join(chain.upstream) or "-"))
+        rows.append(("runs_before", ", ".join(chain.downstream) or "-"))
     rows += [(k, _shown(v)) for k, v in config.items()]
     if code is None:
-        c.table({"job": brief, "config": config}, ["FIELD", "VALUE"], rows)
+        c.table({"job": brief, "config": config, "chain": chain}, ["FIELD", "VALUE"], rows)
         return
     differing = sorted(k for k in config.keys() | code.keys() if config.get(k) != code.get(k))
     if c.json:
@@ -184,7 +189,7 @@ async def _job_show(c: _Call) -> None:
             },
         )
         return
-    rows = [(*r, "") for r in rows[:3]]
+    rows = [(*r, "") for r in rows[: len(rows) - len(config)]]
     rows += [
         (k, _shown(config.get(k)), _shown(code.get(k)) if k in differing else "(same)")
         for k in sorted(config.keys() | code.keys())

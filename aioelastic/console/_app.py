@@ -488,6 +488,10 @@ class Console:
             config_error = None
         except ConfigError as exc:
             version, config_text, config_error = -1, "", str(exc)
+        try:
+            chain = await live.ops.chain(name)
+        except ConfigError:
+            chain = None
         search = live.search
         fires = None
         if search is not None:
@@ -499,6 +503,7 @@ class Console:
             "config_text": config_text,
             "config_version": version,
             "config_error": config_error,
+            "chain": chain,
             "fires": fires,
             "has_trace": search is not None,
             "audit": await self._audit_page(ctx, live, job_name=name, limit=10),
