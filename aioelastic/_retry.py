@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,8 +113,10 @@ async def run_with_retries(
 
 
 class AttemptRows:
-    """The trace rows of one item's attempts: a failed attempt's row is completed with its
-    cause (naming the attempt and the wait), and the retry gets a row of its own."""
+    """The trace rows of one item's attempts. The run's own row (the one its failover intent
+    names, so a taker can complete it if this instance dies) stays open across the attempts
+    and gets the final outcome; each failed attempt that is retried is written as a completed
+    row of its own, with its cause naming the attempt and the wait."""
 
     def __init__(
         self,
@@ -125,6 +126,8 @@ class AttemptRows:
     ) -> None:
         self._post = post
         self.current = start
+        self._attempt_start = start.start_time if start is not None else datetime.now(UTC)
+        self._failed: JobExecutionEvent | None = None
         self._ctx = ctx
 
     def retry(self, exc: BaseException, number: int, delay: float) -> None:
@@ -144,21 +147,25 @@ class AttemptRows:
         )
         if row is None or self._post is None:
             return
-        now = datetime.now(UTC)
         cause = f"attempt {number} failed; retrying in {delay:.3g}s\n{format_failure(exc)}"
-        self._post(replace(row, complete_time=now, is_success=False, failure_cause=cause))
-
-    def next(self) -> None:
-        """A retry starts: its own row."""
-        row = self.current
-        if row is None or self._post is None:
-            return
-        self.current = JobExecutionEvent(
+        # Written when the retry starts: if the wait ends without one (the claim was lost),
+        # this failure is the run's own outcome, not an extra row.
+        self._failed = JobExecutionEvent(
             job_name=row.job_name,
             task_id=row.task_id,
             hostname=row.hostname,
             ip=row.ip,
             sharding_item=row.sharding_item,
             execution_source=row.execution_source,
+            start_time=self._attempt_start,
+            complete_time=datetime.now(UTC),
+            is_success=False,
+            failure_cause=cause,
         )
-        self._post(self.current)
+
+    def next(self) -> None:
+        """A retry starts: the failed attempt's row is written; the run's own row stays open."""
+        if self._failed is not None and self._post is not None:
+            self._post(self._failed)
+        self._failed = None
+        self._attempt_start = datetime.now(UTC)

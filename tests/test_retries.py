@@ -4,6 +4,7 @@ lost claim are not retried."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,9 +13,10 @@ import anyio
 import pytest
 
 from aioelastic import ConfigError, ExecutionSource, JobConfig, Scheduler, Settings, ShardingContext
+from aioelastic._layout import JobPaths
 from aioelastic._retry import ItemTimeoutError, RetryBackoff
 from aioelastic.registry import MemoryStore
-from aioelastic.tracing._events import State
+from aioelastic.tracing._events import JobExecutionEvent, State
 from tests.harness.helpers import CaptureSink, completions, statuses
 
 pytestmark = pytest.mark.anyio
@@ -195,3 +197,39 @@ def test_retry_settings_are_validated(changes: dict[str, Any], field: str) -> No
     with pytest.raises(ConfigError) as info:
         JobConfig(name="j", **changes)
     assert info.value.field == field
+
+
+async def test_the_open_row_during_a_retry_is_the_one_the_failover_intent_names(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    """If this instance dies during attempt 2, the taker completes the row its failover intent
+    names: that must be the run's open row, or a RUNNING row would stay behind for ever."""
+    scheduler, attempts = make_scheduler(), []
+    second = anyio.Event()
+    release = anyio.Event()
+
+    @scheduler.job(retries=2, retry_backoff=FAST, failover=True)
+    async def flaky(ctx: ShardingContext) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails")
+        second.set()
+        await release.wait()
+
+    async with scheduler:
+        await scheduler.trigger("flaky")
+        with anyio.fail_after(20):
+            await second.wait()
+        await sink.wait_for(lambda events: len(completions(events, "flaky")) == 1)
+        paths = JobPaths(scheduler.registry_url.namespace, "flaky")
+        raw, _ = await scheduler.registry.get(paths.failover_item(0))
+        intent = json.loads(raw)
+        rows = {e.id: e for e in sink.events if isinstance(e, JobExecutionEvent)}
+        open_rows = [e for e in rows.values() if e.complete_time is None]
+        (failed,) = completions(sink.events, "flaky")
+        assert [e.id for e in open_rows] == [intent["id"]]
+        assert failed.id != intent["id"] and "attempt 1 failed" in (failed.failure_cause or "")
+        release.set()
+        await sink.wait_for(lambda events: len(completions(events, "flaky")) == 2)
+    final = [e for e in completions(sink.events, "flaky") if e.id == intent["id"]]
+    assert len(final) == 1 and final[0].is_success
