@@ -43,7 +43,7 @@ from ._guarantee import Guarantee
 from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths
 from ._marks import RunMarks
 from ._observer import Observer, notify_observers
-from ._sharding import shard
+from ._sharding import order_instances, shard
 from .registry._limits import chunk_ops
 from .registry._protocol import CheckOp, CreateOp, DeleteOp, Op, Registry, SetOp
 from .registry._view import TreeView
@@ -601,13 +601,16 @@ class JobCoordinator:
         return sorted(out)
 
     def failover_share(self, candidates: Sequence[int]) -> list[int]:
-        """This instance's part of ``candidates`` when split over the available instances (every
-        instance computes the same split, so one pass claims them all, spread out)."""
-        members = self.available_instances()
-        if self.identity.instance_id not in members or not self.holds_instance_node():
+        """This instance's part of ``candidates``: item ``i`` goes to the ``i mod n``-th of the
+        ``n`` available instances (in sharding order). Every instance computes the same
+        taker, and it does not depend on which other candidates its view shows yet (a dead
+        session's marks vanish one watch event at a time), so a dead instance's items, which
+        are usually consecutive, spread over the survivors."""
+        members = order_instances(self.available_instances())
+        me = self.identity.instance_id
+        if me not in members or not self.holds_instance_node():
             return []
-        split = shard(self.config.sharding_strategy, members, self.paths.job, len(candidates))
-        return [candidates[k] for k in split.get(self.identity.instance_id, [])]
+        return [item for item in candidates if members[item % len(members)] == me]
 
     def lost_runs(self, items: Sequence[int]) -> dict[int, tuple[str, JobExecutionEvent]]:
         """The dead runs recorded in the failover intents of ``items``: per item the lost

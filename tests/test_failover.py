@@ -116,7 +116,7 @@ async def test_all_running_items_are_claimed_in_one_pass_spread_over_survivors(
         detail=cluster.history,
     )
     takers = {r.instance for r in failover_runs(runs)}
-    assert takers == {"inst-a", "inst-b"}, f"not spread over the survivors: {takers}"
+    assert takers == {"inst-a", "inst-b"}, f"not spread over the survivors: {failover_runs(runs)}"
     starts = sorted(r.start for r in failover_runs(runs))
     assert starts[-1] - starts[0] < 1.0, "claimed in several rounds"
     check_no_overlap(cluster.history())
