@@ -4,7 +4,6 @@ PostgreSQL: output, JSON, exit codes and error messages."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -12,9 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,38 +21,11 @@ import aioelastic
 from aioelastic import JobStatus, Operations, Scheduler, Settings, ShardingContext
 from aioelastic.cli import EXIT_BROKEN_PIPE, build_parser
 from aioelastic.registry import MemoryStore
+from tests.harness.cli import JOBS_COLUMNS, ROOT, clean_env, cli
 from tests.harness.helpers import eventually
 from tests.harness.zookeeper import free_port
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOELASTIC_")}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> Result:
-    with anyio.fail_after(30):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "aioelastic.cli", *args],
-            check=False,
-            env=env or clean_env(),
-            cwd=ROOT,
-        )
-    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 def dead_zk(credentials: str = "") -> str:
@@ -271,15 +241,7 @@ async def test_registry_commands(zk_url: str) -> None:
         table = await cli(*reg, "jobs")
         assert table.code == 0
         header, row = table.out.splitlines()
-        assert header.split() == [
-            "NAME",
-            "STATUS",
-            "CRON",
-            "NEXT_FIRE",
-            "ITEMS",
-            "INSTANCES",
-            "DESCRIPTION",
-        ]
+        assert header.split() == JOBS_COLUMNS
         assert row.split() == ["settle", "OK", "-", "-", "3", "1", "nightly", "settlement"]
         assert header.index("STATUS") == row.index("OK")  # aligned columns
 
@@ -405,15 +367,7 @@ async def test_output_into_a_closed_pipe_exits_quietly(zk_url: str) -> None:
             done = await anyio.run_process(
                 ["sh", "-c", command], check=False, env=clean_env(), cwd=ROOT
             )
-        assert done.stdout.decode().split() == [
-            "NAME",
-            "STATUS",
-            "CRON",
-            "NEXT_FIRE",
-            "ITEMS",
-            "INSTANCES",
-            "DESCRIPTION",
-        ]
+        assert done.stdout.decode().split() == JOBS_COLUMNS
         assert done.stderr.decode() == "" and done.returncode == 0
 
 

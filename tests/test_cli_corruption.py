@@ -8,8 +8,8 @@ import pytest
 from aioelastic import JobConfig
 from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
+from tests.harness.cli import cli
 from tests.harness.cluster import zk_client
-from tests.test_cli import cli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.zookeeper, pytest.mark.timeout(120)]
 

@@ -23,8 +23,8 @@ from aioelastic.cli._format import (
     short_task_id,
     write_table,
 )
+from tests.harness.cli import JOBS_COLUMNS, JOBS_TRACED_COLUMNS, ROOT, Result, clean_env, cli
 from tests.harness.helpers import eventually
-from tests.test_cli import ROOT, Result, clean_env, cli
 
 pytestmark = pytest.mark.anyio
 
@@ -94,29 +94,11 @@ async def test_jobs_fires_and_tables_at_a_glance(zk_url: str, tmp_path: Path) ->
 
     plain = await cli("--registry", zk_url, "jobs", env=clean_env())
     header, row = plain.out.splitlines()
-    assert header.split() == [
-        "NAME",
-        "STATUS",
-        "CRON",
-        "NEXT_FIRE",
-        "ITEMS",
-        "INSTANCES",
-        "DESCRIPTION",
-    ]
+    assert header.split() == JOBS_COLUMNS
     assert row.split()[:2] == ["payroll", "CRASHED"]  # the scheduler stopped
 
     lines = _narrow(await cli("jobs", env=env))
-    assert lines[0].split() == [
-        "NAME",
-        "STATUS",
-        "CRON",
-        "NEXT_FIRE",
-        "ITEMS",
-        "INSTANCES",
-        "LAST_FIRE",
-        "OUTCOME",
-        "MISSED",
-    ]
+    assert lines[0].split() == JOBS_TRACED_COLUMNS
     cells = lines[1].split()
     assert cells[0] == "payroll" and "failed 1/3" in lines[1]
     listed = (await cli("jobs", "--json", env=env)).json()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import ROOT, clean_env
+from tests.harness.cli import ROOT, clean_env
 
 
 def run(tmp_path: Path, target: str) -> subprocess.CompletedProcess[str]:

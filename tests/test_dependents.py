@@ -19,10 +19,10 @@ from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, S
 from aioelastic._dependents import fire_key
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing._events import State
+from tests.harness.cli import cli
 from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
 from tests.harness.zookeeper import ZooKeeperServer
-from tests.test_cli import cli
 
 pytestmark = pytest.mark.anyio
 

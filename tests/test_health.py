@@ -21,9 +21,9 @@ import pytest
 from aioelastic import RunState, Scheduler, Settings, ShardingContext
 from aioelastic.health import asgi_app, serve_health
 from aioelastic.registry import MemoryStore
+from tests.harness.cli import ROOT, clean_env
 from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer, free_port
-from tests.test_cli import ROOT, clean_env
 
 pytestmark = pytest.mark.anyio
 

@@ -18,8 +18,8 @@ import pytest
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic._logging import JsonFormatter, short_task_id
 from aioelastic.registry import MemoryStore
+from tests.harness.cli import ROOT, clean_env
 from tests.harness.helpers import eventually
-from tests.test_cli import ROOT, clean_env
 
 pytestmark = pytest.mark.anyio
 

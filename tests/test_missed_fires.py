@@ -19,8 +19,8 @@ from aioelastic._missed import _Coverage, due_times, missed_fires
 from aioelastic.metrics import PrometheusMetrics
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
+from tests.harness.cli import clean_env, cli
 from tests.harness.helpers import eventually
-from tests.test_cli import clean_env, cli
 from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.anyio

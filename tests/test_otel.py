@@ -17,8 +17,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from aioelastic import Scheduler, Settings, ShardingContext
 from aioelastic.registry import MemoryStore
+from tests.harness.cli import ROOT, clean_env
 from tests.harness.helpers import eventually
-from tests.test_cli import ROOT, clean_env
 
 pytestmark = pytest.mark.anyio
 
