@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,15 +57,8 @@ def start(
 
 
 def complete(event: JobExecutionEvent, ok: bool, cause: str | None = None) -> JobExecutionEvent:
-    return JobExecutionEvent(
-        id=event.id,
-        job_name=event.job_name,
-        task_id=event.task_id,
-        hostname=event.hostname,
-        ip=event.ip,
-        sharding_item=event.sharding_item,
-        execution_source=event.execution_source,
-        start_time=event.start_time,
+    return replace(
+        event,
         complete_time=event.start_time + timedelta(seconds=3),
         is_success=ok,
         failure_cause=cause,

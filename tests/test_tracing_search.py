@@ -4,6 +4,7 @@ totals, per-job stats, retention purge, hostile parameters; and the SQLite sink'
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -331,15 +332,8 @@ def _fire_rows(task: str, start: datetime, outcomes: list[bool | None]) -> list[
         rows.append(begun)
         if ok is not None:
             rows.append(
-                JobExecutionEvent(
-                    id=begun.id,
-                    job_name="pipeline",
-                    task_id=task,
-                    hostname="host-a",
-                    ip="10.0.0.1",
-                    sharding_item=item,
-                    execution_source=ExecutionSource.FAILOVER,
-                    start_time=begun.start_time,
+                replace(  # the completion: the start's row, finished
+                    begun,
                     complete_time=start + timedelta(seconds=10 + item),
                     is_success=ok,
                     failure_cause=None if ok else f"<b>item {item}</b> broke",
