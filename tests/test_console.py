@@ -25,6 +25,7 @@ from aioelastic.console._security import Signer, authenticate
 from aioelastic.tracing import TraceSearch, open_trace_store
 from aioelastic.tracing._audit import AuditEntry, AuditLog, MemoryAuditLog, open_audit_log
 from tests.harness.helpers import eventually
+from tests.harness.ticks import run_fires, tick_job
 
 pytestmark = pytest.mark.anyio
 
@@ -602,16 +603,7 @@ async def test_missed_fires_page_lists_due_times_no_instance_started(tmp_path: P
             trace_journal_path=tmp_path / "journal",
         )
     )
-    runs: list[int] = []
-
-    @scheduler.job(cron="* * * * * ?")
-    async def tick(ctx: ShardingContext) -> None:
-        runs.append(ctx.sharding_item)
-
-    started = datetime.now(UTC)
-    async with scheduler:
-        await eventually(lambda: len(runs) >= 3, 20, what="three fires")
-    stopped = datetime.now(UTC)
+    started, stopped = await run_fires(scheduler, tick_job(scheduler), 3)
     console = Console(settings())
     async with AsyncExitStack() as stack:
         ops = await stack.enter_async_context(Operations(f"memory://{name}/ns"))

@@ -21,6 +21,7 @@ from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
 from tests.harness.cli import clean_env, cli
 from tests.harness.helpers import eventually
+from tests.harness.ticks import run_fires, tick_job
 from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.anyio
@@ -78,16 +79,7 @@ async def test_the_only_instance_stopped_across_fire_times(tmp_path: Path) -> No
     trace = f"sqlite:///{tmp_path}/trace.db"
     name = f"missed{uuid.uuid4().hex[:6]}"
     scheduler = memory_scheduler(tmp_path, name, tracing_url=trace)
-    runs: list[int] = []
-
-    @scheduler.job(cron="* * * * * ?", sharding_total_count=2)
-    async def tick(ctx: ShardingContext) -> None:
-        runs.append(ctx.sharding_item)
-
-    started = datetime.now(UTC)
-    async with scheduler:
-        await eventually(lambda: len(runs) >= 6, 20, what="three fires")
-    stopped = datetime.now(UTC)
+    started, stopped = await run_fires(scheduler, tick_job(scheduler, 2), 3)
     tolerance = timedelta(seconds=0.5)
     async with (
         Operations(f"memory://{name}/ns") as ops,
@@ -117,14 +109,7 @@ async def test_cli_missed_and_the_jobs_count(zk_url: str, tmp_path: Path) -> Non
             registry_url=zk_url, tracing_url=trace, trace_journal_path=tmp_path / "j.journal"
         )
     )
-    runs: list[int] = []
-
-    @scheduler.job(cron="* * * * * ?")
-    async def tick(ctx: ShardingContext) -> None:
-        runs.append(ctx.sharding_item)
-
-    async with scheduler:
-        await eventually(lambda: len(runs) >= 2, 20, what="two fires")
+    await run_fires(scheduler, tick_job(scheduler), 2)
     env = clean_env(AIOELASTIC_REGISTRY_URL=zk_url, AIOELASTIC_TRACING_URL=trace)
 
     async def listed() -> list[str]:
@@ -166,12 +151,7 @@ async def test_leader_counts_fires_missed_while_every_server_is_disabled(
         settings=Settings(registry_url=f"memory://{name}/ns", missed_fire_tolerance=0.5),
         observers=[misses, metrics],
     )
-    runs: list[int] = []
-
-    @scheduler.job(cron="* * * * * ?", sharding_total_count=2)
-    async def tick(ctx: ShardingContext) -> None:
-        runs.append(ctx.sharding_item)
-
+    runs = tick_job(scheduler, 2).runs
     async with scheduler:
         ops = Operations.of(scheduler)
         await eventually(lambda: len(runs) >= 4, 20, what="fires running")
