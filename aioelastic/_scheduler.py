@@ -26,6 +26,7 @@ from ._observer import Observer, notify_observers
 from ._pause import PauseDetector
 from ._runner import JobRunner
 from ._signals import handling_signals
+from ._timer import Timer
 from ._urls import RegistryURL, parse_tracing_url
 from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from .registry import create_registry
@@ -276,8 +277,10 @@ class Scheduler:
             await bus.start(stack)
             self._bus = bus
             stack.callback(setattr, self, "_bus", None)
+            timer = Timer()  # every job's cron fires from this one task
             async with anyio.create_task_group() as guards:
                 await guards.start(self._watchdog(registry).run)
+                await guards.start(timer.run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,
@@ -290,7 +293,7 @@ class Scheduler:
 
                     async def start(spec: _JobSpec) -> None:
                         async with limiter:
-                            runner = self._make_runner(spec, registry, bus)
+                            runner = self._make_runner(spec, registry, bus, timer)
                             await tg.start(runner.run)
                             self._runners[spec.config.name] = runner
 
@@ -379,7 +382,9 @@ class Scheduler:
         _flush_logs()
         os._exit(STALL_EXIT_STATUS)
 
-    def _make_runner(self, spec: _JobSpec, registry: Registry, bus: TraceBus) -> JobRunner:
+    def _make_runner(
+        self, spec: _JobSpec, registry: Registry, bus: TraceBus, timer: Timer
+    ) -> JobRunner:
         runner = JobRunner(
             config=spec.config,
             run_item=spec.run_item,
@@ -391,6 +396,7 @@ class Scheduler:
             grace_period=self.settings.shutdown_grace_period,
             reshard_timeout=self.settings.reshard_wait_timeout,
             observers=self.observers,
+            timer=timer,
         )
         return runner
 
