@@ -35,6 +35,12 @@ AVAILABLE = _trace is not None
 _NO_SPAN = contextlib.nullcontext()
 
 
+def _no_provider() -> bool:
+    """No tracer provider is set yet: every span would be a no-op, so none is made (checked
+    on each call, so a provider set later is followed)."""
+    return isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -76,7 +82,7 @@ class Spans:
 
     def start_fire(self, contexts: ShardingContexts, items: Sequence[int]) -> FireSpan | None:
         """Start the fire's span and make it current (for the items' tasks started next)."""
-        if self._tracer is None:
+        if self._tracer is None or _no_provider():
             return None
         span = self._tracer.start_span(
             f"aioelastic.fire {contexts.job_name}",
@@ -89,7 +95,7 @@ class Spans:
         self, contexts: ShardingContexts, item: int
     ) -> contextlib.AbstractContextManager[None]:
         """The item's span, current inside; an exception leaving it is recorded (ERROR)."""
-        if self._tracer is None:
+        if self._tracer is None or _no_provider():
             return _NO_SPAN
         return self._item(contexts, item)
 

@@ -48,8 +48,13 @@ class LagWindow:
         self.samples.clear()
         self.unscheduled = 0
         await anyio.sleep(t0 - time.time())
+        collector = _CollectorClock()
         cpu0 = time.process_time()
-        await anyio.sleep(t0 + seconds + drain - time.time())
+        gc.callbacks.append(collector)
+        try:
+            await anyio.sleep(t0 + seconds + drain - time.time())
+        finally:
+            gc.callbacks.remove(collector)
         cpu = time.process_time() - cpu0
         lags = [lag for at, lag in self.samples if t0 <= at < t0 + seconds]
         runs = len(self.samples) + self.unscheduled
@@ -58,7 +63,25 @@ class LagWindow:
             "lags_ms": [round(x, 3) for x in lags],
             "unscheduled_runs": self.unscheduled,
             "cpu_ms_per_run": round(1000 * cpu / max(runs, 1), 4),
+            "gc_ms_per_run": round(1000 * collector.seconds / max(runs, 1), 4),
+            "gc_full_collections": collector.full,
         }
+
+
+class _CollectorClock:
+    """Time spent in the garbage collector (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._began
+        self.full += info.get("generation") == 2
 
 
 def _rss_kib() -> float:
