@@ -162,16 +162,27 @@ def compare(quick: bool, repeat: int) -> dict[str, Any]:
     for n in sizes:
         for contender in ("floor", "aioelastic"):
             runs = [
-                run_fresh("lag", "--contender", contender, "--jobs", n, "--seconds", seconds,
-                          "--warmup", warmup)
+                run_fresh(
+                    "lag",
+                    "--contender",
+                    contender,
+                    "--jobs",
+                    n,
+                    "--seconds",
+                    seconds,
+                    "--warmup",
+                    warmup,
+                )
                 for _ in range(repeat)
             ]
             results["lag"][f"{n} {contender}"] = runs
             p50 = [pct(r["lags_ms"], 50) for r in runs]
             p99 = [pct(r["lags_ms"], 99) for r in runs]
             cpu = [r["cpu_ms_per_run"] for r in runs]
-            print(f"{contender:<12}{n:>6} jobs  p50 {_spread(p50)}  p99 {_spread(p99)} ms  "
-                  f"cpu/fire {_spread(cpu)} ms  {runs[0]['rss_kib_per_job']} KiB/job")
+            print(
+                f"{contender:<12}{n:>6} jobs  p50 {_spread(p50)}  p99 {_spread(p99)} ms  "
+                f"cpu/fire {_spread(cpu)} ms  {runs[0]['rss_kib_per_job']} KiB/job"
+            )
     items, rounds = (50, 5) if quick else (500, 40)
     for contender in ("floor", "aioelastic"):
         runs = [
