@@ -35,10 +35,16 @@ AVAILABLE = _trace is not None
 _NO_SPAN = contextlib.nullcontext()
 
 
+_provider_set = False
+
+
 def _no_provider() -> bool:
     """No tracer provider is set yet: every span would be a no-op, so none is made (checked
-    on each call, so a provider set later is followed)."""
-    return isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    on each call until one is set, so a provider set later is followed; it cannot be unset)."""
+    global _provider_set
+    if not _provider_set:
+        _provider_set = not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    return not _provider_set
 
 
 def _version() -> str:

@@ -65,6 +65,8 @@ class LagWindow:
             "cpu_ms_per_run": round(1000 * cpu / max(runs, 1), 4),
             "gc_ms_per_run": round(1000 * collector.seconds / max(runs, 1), 4),
             "gc_full_collections": collector.full,
+            "gc_ms_by_generation": [round(1000 * t, 1) for t in collector.by_generation],
+            "gc_collected": collector.collected,
         }
 
 
@@ -74,14 +76,20 @@ class _CollectorClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.full = 0
+        self.by_generation = [0.0, 0.0, 0.0]
+        self.collected = 0
         self._began = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._began = time.perf_counter()
             return
-        self.seconds += time.perf_counter() - self._began
-        self.full += info.get("generation") == 2
+        took = time.perf_counter() - self._began
+        self.seconds += took
+        generation = info.get("generation", 0)
+        self.by_generation[generation] += took
+        self.full += generation == 2
+        self.collected += info.get("collected", 0)
 
 
 def _rss_kib() -> float:

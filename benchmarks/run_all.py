@@ -486,6 +486,14 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         lambda r: f"{_ms(r, 'rss_kib_per_job')}; {r.get('objects_per_job', '-')}",
         row,
     )
+    distributed = {
+        n: row[k] for n, k in ((AP_POSTGRES, AP_POSTGRES), (EMBEDDED, ZOOKEEPER)) if k in row
+    }
+    line(
+        f"{big} jobs distributed (ZooKeeper; PostgreSQL): due fires run, p50 / p99 ms",
+        lambda r: f"{100 * r['ran_fraction']:.1f}%, {_ms(r, 'p50_ms')} / {_ms(r, 'p99_ms')}",
+        distributed,
+    )
     for n in results["plan"]["lag_embedded_only"]:
         line(
             f"{n} jobs, embedded: due fires run, p50 / p99 ms",
@@ -493,7 +501,8 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             lag.get(str(n), {}),
         )
     tp = {r["scheduler"]: r for r in results["throughput"] if r["unit"].startswith("items/s")}
-    line("no-op items/s, one 500-item job", lambda r: f"{r['per_s']:,.0f}", tp)
+    items = results["plan"]["items"]
+    line(f"no-op items/s, one {items}-item job", lambda r: f"{r['per_s']:,.0f}", tp)
     return lines
 
 
@@ -574,16 +583,15 @@ def report(results: dict[str, Any]) -> str:
         "",
         "### Throughput",
         *throughput_table(results["throughput"]),
-        "",
-        "### Coordination cost",
-        *coordination_table(results["coordination"]),
-        "",
-        "### Recovery",
-        *recovery_table(results["recovery"]),
-        "",
-        "### Scale",
-        *scale_table(results["scale"]["rows"]),
     ]
+    more = (
+        ("coordination", "Coordination cost", coordination_table),
+        ("recovery", "Recovery", recovery_table),
+        ("scale", "Scale", lambda scale: scale_table(scale["rows"])),
+    )
+    for key, title, table in more:
+        if key in results:  # not with --only
+            parts += ["", f"### {title}", *table(results[key])]
     return "\n".join(parts) + "\n"
 
 
@@ -607,13 +615,21 @@ def plot(json_path: Path, out: Path) -> None:
 # -- main --
 
 
-async def run(plan: Plan, svc: Services) -> dict[str, Any]:
+SECTIONS = ("lag", "throughput", "coordination", "recovery", "scale")
+
+
+async def run(
+    plan: Plan, svc: Services, only: frozenset[str] = frozenset(SECTIONS)
+) -> dict[str, Any]:
     results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(svc)}
     results["lag"] = await lag_section(plan, svc)
     results["throughput"] = await throughput_section(plan, svc)
-    results["coordination"] = await coordination_section(plan, svc)
-    results["recovery"] = await recovery_section(plan, svc)
-    results["scale"] = await scale_section(plan)
+    if "coordination" in only:
+        results["coordination"] = await coordination_section(plan, svc)
+    if "recovery" in only:
+        results["recovery"] = await recovery_section(plan, svc)
+    if "scale" in only:
+        results["scale"] = await scale_section(plan)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     return results
 
@@ -647,6 +663,12 @@ def main() -> None:
     parser.add_argument(
         "--before", metavar="REV", help="also measure aioelastic at this git revision (embedded)"
     )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help="comma-separated: lag and throughput always run, plus any of coordination, "
+        "recovery, scale (default: all)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
@@ -664,7 +686,8 @@ def main() -> None:
         stack.callback(zk.close)
         zk.start()
         before = export_revision(args.before, workdir / "before") if args.before else None
-        results = anyio.run(run, plan, Services(zk, pg, workdir, before))
+        only = frozenset(args.only.split(",")) if args.only else frozenset(SECTIONS)
+        results = anyio.run(run, plan, Services(zk, pg, workdir, before), only)
         if args.before:
             results["machine"]["before_revision"] = args.before
     results["runtime_s"] = round(time.monotonic() - began, 1)
