@@ -245,8 +245,9 @@ class JobRunner:
         held = coord.config_problem is not None
         if coord.adopt_config(raw):
             log.info("%s: config changed in the registry", self.name, extra=self._extra)
-        if (held != (coord.config_problem is not None) or not held) and self._cron is not None:
-            self._cron.reschedule()  # e.g. a new cron, or held/resumed
+        if held != (coord.config_problem is not None) or not held:
+            if self._cron is not None:
+                self._cron.reschedule()  # e.g. a new cron, or held/resumed
             self._leader_changes.notify()  # e.g. a new sharding count
 
     async def _repair_loop(self) -> None:
