@@ -116,3 +116,21 @@ async def test_scheduler_jobs_share_one_timer_and_stop_leaves_it_empty() -> None
         await eventually(lambda: len(timer) == 19, 5, what="the stopped job's entry removed")
     assert len(timer) == 0
     assert gc.get_freeze_count() == 0  # undone on exit
+
+
+async def test_objects_frozen_by_someone_else_stay_frozen() -> None:
+    MemoryStore.reset("timer-frozen")
+    gc.freeze()  # e.g. the application's own start-up
+    try:
+        frozen = gc.get_freeze_count()
+        scheduler = Scheduler(settings=Settings(registry_url="memory://timer-frozen/ns"))
+
+        async def job(ctx: ShardingContext) -> None:
+            pass
+
+        scheduler.add_job(job, name="j", cron="* * * * * ?")
+        async with scheduler:
+            pass
+        assert gc.get_freeze_count() > frozen // 2  # not unfrozen (some were freed since)
+    finally:
+        gc.unfreeze()
