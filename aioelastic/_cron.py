@@ -386,6 +386,30 @@ def _parse(expression: str) -> _Schedule:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """An expression's schedule and lookup tables, shared by every trigger of that text."""
+
+    schedule: _Schedule
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    months: tuple[int, ...]
+
+
+@lru_cache(maxsize=1024)
+def _compile(expression: str) -> _Compiled:
+    """Parse and tabulate once per expression text (a thousand jobs on one cron share it)."""
+    schedule = _parse(expression)
+    return _Compiled(
+        schedule,
+        _next_table(schedule.seconds, 60),
+        _next_table(schedule.minutes, 60),
+        _next_table(schedule.hours, 24),
+        _next_table(schedule.months, 13),
+    )
+
+
 def _load_zone(name: object) -> ZoneInfo:
     if not isinstance(name, str) or not name:
         raise ConfigError("time_zone", name, "must be an IANA time zone name, e.g. 'UTC'")
@@ -440,14 +464,15 @@ class CronTrigger:
             raise ConfigError("cron", expression, "must be a string")
         self._zone = _load_zone(time_zone)
         try:
-            self._schedule = _parse(expression)
+            compiled = _compile(expression)
         except _SyntaxError as exc:
             raise ConfigError("cron", expression, str(exc)) from None
         self._expression = expression
-        self._seconds = _next_table(self._schedule.seconds, 60)
-        self._minutes = _next_table(self._schedule.minutes, 60)
-        self._hours = _next_table(self._schedule.hours, 24)
-        self._months = _next_table(self._schedule.months, 13)
+        self._schedule = compiled.schedule
+        self._seconds = compiled.seconds
+        self._minutes = compiled.minutes
+        self._hours = compiled.hours
+        self._months = compiled.months
 
     @property
     def expression(self) -> str:

@@ -291,9 +291,12 @@ class JobExecutor:
 
         try:
             self._status(contexts, State.TASK_RUNNING, "")
-            async with anyio.create_task_group() as tg:
-                for item in items:
-                    tg.start_soon(run_one, item)
+            if len(items) == 1:
+                await run_one(items[0])  # in the fire's own task: no group, no extra task
+            else:
+                async with anyio.create_task_group() as tg:
+                    for item in items:
+                        tg.start_soon(run_one, item)
         finally:
             # An item without an outcome was cancelled by shutdown (its task re-raised).
             errors: dict[int, BaseException] = {
@@ -328,6 +331,8 @@ class JobExecutor:
         self, contexts: ShardingContexts, errors: Mapping[int, BaseException], duration: float
     ) -> None:
         """The fire's INFO line: job, short task id, items, source, duration, outcome."""
+        if not log.isEnabledFor(logging.INFO):
+            return  # its fields are not built for nothing
         source = contexts.execution_source.value.lower().removesuffix("_trigger")
         failed = sorted(errors)
         outcome = f"failed items {failed}" if failed else "ok"

@@ -95,9 +95,9 @@ class RunMarks:
         the item's trace event from ``runs``, so they can complete its trace row).
         """
         runs = runs or {}
-        data = {i: self._intent(runs.get(i)) for i in items}
         intents: dict[int, Op] = {}
         if self._config().failover:
+            data = {i: self._intent(runs.get(i)) for i in items}
             for i in items:
                 path = self.paths.failover_item(i)
                 intents[i] = (

@@ -35,6 +35,18 @@ AVAILABLE = _trace is not None
 _NO_SPAN = contextlib.nullcontext()
 
 
+_provider_set = False
+
+
+def _no_provider() -> bool:
+    """No tracer provider is set yet: every span would be a no-op, so none is made (checked
+    on each call until one is set, so a provider set later is followed; it cannot be unset)."""
+    global _provider_set
+    if not _provider_set:
+        _provider_set = not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    return not _provider_set
+
+
 def _version() -> str:
     from . import __version__
 
@@ -76,7 +88,7 @@ class Spans:
 
     def start_fire(self, contexts: ShardingContexts, items: Sequence[int]) -> FireSpan | None:
         """Start the fire's span and make it current (for the items' tasks started next)."""
-        if self._tracer is None:
+        if self._tracer is None or _no_provider():
             return None
         span = self._tracer.start_span(
             f"aioelastic.fire {contexts.job_name}",
@@ -89,7 +101,7 @@ class Spans:
         self, contexts: ShardingContexts, item: int
     ) -> contextlib.AbstractContextManager[None]:
         """The item's span, current inside; an exception leaving it is recorded (ERROR)."""
-        if self._tracer is None:
+        if self._tracer is None or _no_provider():
             return _NO_SPAN
         return self._item(contexts, item)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -14,11 +14,13 @@ from ._catchup import CatchUp
 from ._config import JobConfig
 from ._context import ShardingContexts
 from ._coordination import InstanceIdentity, JobCoordinator
+from ._cron import CronTrigger
 from ._errors import RegistryError
 from ._executor import Fatal, JobExecutor, Post, is_cancellation
 from ._jobs import ItemRunner
 from ._layout import JobPaths
 from ._observer import Observer, notify_observers
+from ._timer import CronEntry, Timer
 from .registry._protocol import Registry, SessionEvent, SessionState
 from .tracing._events import ExecutionSource, ExecutionType, JobExecutionEvent
 
@@ -28,7 +30,8 @@ log = logging.getLogger("aioelastic.runner")
 
 
 class JobRunner:
-    """Owns one job's coordinator, executor and loops (cron, leader, watch) on this instance."""
+    """Owns one job's coordinator, executor and loops (leader, watch, repair) and its entry in
+    the instance's ``Timer`` (a timer of its own if none is given)."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class JobRunner:
         grace_period: float,
         reshard_timeout: float,
         observers: Sequence[Observer] = (),
+        timer: Timer | None = None,
     ) -> None:
         self.registry = registry
         paths = JobPaths(namespace, config.name)
@@ -54,7 +58,9 @@ class JobRunner:
         self.in_flight = 0
         """Fires and runs of this job in progress on this instance."""
         self._stop = anyio.Event()
-        self._wake = anyio.Event()
+        self._timer = timer
+        self._cron: CronEntry | None = None
+        self._trigger_of: tuple[JobConfig | None, CronTrigger | None] = (None, None)
         self._fires: TaskGroup | None = None
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
@@ -114,7 +120,6 @@ class JobRunner:
                     self._fires = fires
                     async with anyio.create_task_group() as loops:
                         loops.start_soon(self._leader_loop)
-                        loops.start_soon(self._cron_loop)
                         loops.start_soon(self._watch_loop)
                         loops.start_soon(self._repair_loop)
                         loops.start_soon(self.executor.ownerships.watch, coord.view)
@@ -122,8 +127,17 @@ class JobRunner:
                             loops.start_soon(self.executor.dependents.run, self)
                         if coord.config.catchup_window > 0:
                             loops.start_soon(self.catchup.run)
-                        task_status.started()
-                        await self._stop.wait()
+                        timer = self._timer
+                        if timer is None:
+                            timer = Timer()
+                            await loops.start(timer.run)
+                        self._cron = timer.add(self._trigger, self._on_cron)
+                        try:
+                            task_status.started()
+                            await self._stop.wait()
+                        finally:
+                            self._cron.remove()
+                            self._cron = None
                         loops.cancel_scope.cancel()
                     self.executor.ownerships.revoke_all("the scheduler is stopping")
                     with anyio.move_on_after(5, shield=True):
@@ -193,31 +207,19 @@ class JobRunner:
         finally:
             self.in_flight -= 1
 
-    # -- loops --
+    # -- cron --
 
-    async def _cron_loop(self) -> None:
-        last: datetime | None = None
-        config, trigger = None, None
-        while True:
-            self._wake = anyio.Event()
-            if config is not self.coordinator.config:  # parse once per config, not per fire
-                config = self.coordinator.config
-                trigger = config.trigger()
-            now = datetime.now(UTC)
-            after = max(now, last) if last else now
-            scheduled = trigger.next_fire_time(after) if trigger else None
-            if scheduled is None:
-                await self._wake.wait()  # one-off job: only config changes wake it
-                continue
-            with anyio.move_on_after((scheduled - now).total_seconds()):
-                await self._wake.wait()
-            if self._wake.is_set():
-                continue  # config changed: recompute the next fire
-            early = (scheduled - datetime.now(UTC)).total_seconds()
-            if early > 0:
-                await anyio.sleep(early)
-            last = scheduled
-            self.start_fire(ExecutionSource.NORMAL_TRIGGER, scheduled)
+    def _trigger(self) -> CronTrigger | None:
+        """The current config's trigger (None: one-off job), made once per config."""
+        config = self.coordinator.config
+        if self._trigger_of[0] is not config:
+            self._trigger_of = (config, config.trigger())
+        return self._trigger_of[1]
+
+    def _on_cron(self, scheduled: datetime) -> None:
+        self.start_fire(ExecutionSource.NORMAL_TRIGGER, scheduled)
+
+    # -- loops --
 
     async def _leader_loop(self) -> None:
         coord = self.coordinator
@@ -275,7 +277,8 @@ class JobRunner:
         if coord.adopt_config(raw):
             log.info("%s: config changed in the registry", self.name, extra=self._extra)
         if held != (coord.config_problem is not None) or not held:
-            self._wake.set()  # e.g. a new cron, or held/resumed
+            if self._cron is not None:
+                self._cron.reschedule()  # e.g. a new cron, or held/resumed
             self._leader_changes.notify()  # e.g. a new sharding count
 
     async def _repair_loop(self) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from lag_window import LagWindow
+from lag_window import Footprint, LagWindow
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
 from aioelastic.registry import MemoryStore
@@ -55,6 +55,7 @@ async def lag(
     url: str, jobs: int, seconds: int, *, warmup: float, drain: float, start_timeout: float
 ) -> dict[str, Any]:
     _fresh(url)
+    footprint = Footprint()
     troubles = Troubles()
     scheduler = Scheduler(
         settings=Settings(registry_url=url, instance_id="lag-bench", shutdown_grace_period=1),
@@ -82,6 +83,7 @@ async def lag(
             )
             return out
         await anyio.sleep(warmup)
+        out.update(footprint.per_job(jobs))
         before = scheduler.registry.request_count
         out.update(await window.measure(seconds, drain))
         sent = scheduler.registry.request_count - before

@@ -15,8 +15,10 @@ scheduler's default cap (100) does not queue them; each task keeps its default
 throughput: ``jobs`` no-op jobs added with ``add_job`` to a running scheduler; the clock runs from
 the first ``add_job`` to the last ``JobReleased``.
 
-Both also report the PostgreSQL work (SQL statements through SQLAlchemy and NOTIFYs through the
-broker) per job run, the counterpart of aioelastic's ZooKeeper requests per fire.
+lag also reports the process's CPU time per run and its memory per job (``lag_window.py``), the
+same way as for aioelastic. Both also report the PostgreSQL work (SQL statements through
+SQLAlchemy and NOTIFYs through the broker) per job run, the counterpart of aioelastic's ZooKeeper
+requests per fire.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import anyio
 from apscheduler import AsyncScheduler, JobReleased, current_job
 from apscheduler.triggers.cron import CronTrigger
-from lag_window import LagWindow
+from lag_window import Footprint, LagWindow
 
 WINDOW = LagWindow()
 
@@ -103,6 +105,7 @@ def per_run(counters: Counters, before: tuple[int, int], runs: int) -> dict[str,
 
 
 async def lag(args: argparse.Namespace) -> dict[str, Any]:
+    footprint = Footprint()
     async with AsyncExitStack() as stack:
         scheduler, counters = await make_scheduler(stack, args.store, args.dsn, max(100, args.jobs))
         for i in range(args.jobs):
@@ -110,13 +113,14 @@ async def lag(args: argparse.Namespace) -> dict[str, Any]:
             await scheduler.add_schedule(f"job{i}", CronTrigger(second="*"), id=f"s{i}")
         await scheduler.start_in_background()
         await anyio.sleep(args.warmup)
+        memory = footprint.per_job(args.jobs)
         before = counters.snapshot()
         window = await WINDOW.measure(args.seconds, args.drain)
         cost = per_run(counters, before, len(WINDOW.samples))
         await scheduler.stop()
         with anyio.move_on_after(10):
             await scheduler.wait_until_stopped()
-    return {**window, **cost}
+    return {**window, **cost, **memory}
 
 
 async def throughput(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +66,23 @@ def run(
     timeout: float,
     interpreter: str | Path | None = None,
     stop: Callable[[dict[str, Any]], bool] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``benchmarks/{script}`` (in the baselines venv unless ``interpreter`` is given); the
     last JSON object it printed (one per line). ``stop(obj)`` true ends it at once (its teardown
     is not waited for). Its whole process group is killed on exit, timeout or interruption, so
-    no process it started (members, a ZooKeeper) outlives it."""
+    no process it started (members, a ZooKeeper) outlives it. ``env``: extra environment
+    variables (e.g. ``PYTHONPATH`` to measure another revision of aioelastic)."""
     cmd = [str(interpreter or python()), str(HERE / script), *map(str, args)]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
-            cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+            cmd,
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         expired = threading.Event()
         watchdog = threading.Timer(timeout, lambda: (expired.set(), _kill_group(proc)))

@@ -3,13 +3,17 @@
     python benchmarks/run_all.py            # full run (12-17 min on 2 cores)
     python benchmarks/run_all.py --quick    # CI smoke: tiny sizes, a few seconds each
     python benchmarks/run_all.py --no-baselines   # aioelastic only (no venv, no PostgreSQL)
+    python benchmarks/run_all.py --before REV     # also aioelastic at git revision REV: a
+                                                  # "before" column next to the current code
 
 Starts one ZooKeeper (and, with baselines, one PostgreSQL, fsync on like ZooKeeper's log) on
 loopback in a temp dir; the baselines (APScheduler 4, kazoo) run as subprocesses of their own venv
 ``benchmarks/.venv-baselines`` (created on demand, see baselines.py). Sections:
 
-1. fire lag: N jobs firing every second on one instance (lag_window.py says what is measured);
-2. throughput: no-op executions per second on one instance;
+1. fire lag: N jobs firing every second on one instance (lag_window.py says what is measured:
+   lag, CPU per run, memory per job), every contender in a fresh process of its own, the
+   1000-job point repeated (median and spread);
+2. throughput: no-op executions per second on one instance (fresh processes too);
 3. coordination cost: ZooKeeper requests per fire and per reshard (zk_coordination.py), next to
    APScheduler's SQL statements and notifications per job run;
 4. recovery: SIGKILL of an instance -> its items running elsewhere (failover), and kazoo's
@@ -45,15 +49,14 @@ import anyio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import aioelastic_workloads as ours  # noqa: E402
 import baselines  # noqa: E402
 import zk_coordination  # noqa: E402
-from core_embedded import aioelastic_throughput, baseline_lag, baseline_throughput  # noqa: E402
 
 from tests.harness.postgres import PostgresServer  # noqa: E402
 from tests.harness.zookeeper import ZooKeeperServer  # noqa: E402
 
 FLOOR, EMBEDDED, ZOOKEEPER = "bare anyio (reference)", "aioelastic embedded", "aioelastic ZooKeeper"
+BEFORE = "aioelastic embedded, before"
 AP_MEMORY, AP_POSTGRES = "APScheduler 4 memory", "APScheduler 4 PostgreSQL"
 
 
@@ -61,6 +64,9 @@ AP_MEMORY, AP_POSTGRES = "APScheduler 4 memory", "APScheduler 4 PostgreSQL"
 class Plan:
     quick: bool
     lag_jobs: tuple[int, ...]
+    lag_repeat_jobs: int  # the size measured ``lag_repeats`` times (each in a fresh process)
+    lag_repeats: int
+    lag_embedded_only: tuple[int, ...]  # sizes beyond: the floor and aioelastic embedded alone
     lag_seconds: int
     warmup: float
     drain: float
@@ -82,6 +88,9 @@ class Plan:
 FULL = Plan(
     quick=False,
     lag_jobs=(10, 100, 1000),
+    lag_repeat_jobs=1000,
+    lag_repeats=3,
+    lag_embedded_only=(3000,),
     lag_seconds=15,
     warmup=3,
     drain=3,
@@ -102,6 +111,9 @@ FULL = Plan(
 QUICK = Plan(
     quick=True,
     lag_jobs=(10,),
+    lag_repeat_jobs=10,
+    lag_repeats=1,
+    lag_embedded_only=(),
     lag_seconds=2,
     warmup=1,
     drain=1,
@@ -126,6 +138,11 @@ class Services:
     zk: ZooKeeperServer
     pg: PostgresServer | None  # None: baselines off
     workdir: Path
+    before: Path | None = None  # aioelastic's package at the --before revision
+
+    def before_env(self) -> dict[str, str]:
+        assert self.before is not None
+        return {"PYTHONPATH": str(self.before)}
 
 
 def step(text: str) -> None:
@@ -163,6 +180,19 @@ def lag_row(raw: dict[str, Any], expected: int) -> dict[str, Any]:
     return {**describe(raw["lags_ms"], expected), **extra}
 
 
+SPREAD_KEYS = ("p50_ms", "p99_ms", "cpu_ms_per_run", "gc_ms_per_run", "rss_kib_per_job")
+
+
+def repeated(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one contender: the median run (by p99) with every run's figures in ``repeats``."""
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        return rows[0]
+    median = sorted(good, key=lambda r: r["p99_ms"])[(len(good) - 1) // 2]
+    runs = [{k: r[k] for k in SPREAD_KEYS if k in r} for r in rows if "error" not in r]
+    return {**median, "repeats": runs, "failed_repeats": len(rows) - len(good)}
+
+
 # -- sections --
 
 
@@ -172,29 +202,57 @@ async def in_baselines(script: str, *args: object, timeout: float, **kw: Any) ->
     return await anyio.to_thread.run_sync(work)
 
 
+async def fresh(*args: object, timeout: float, env: dict[str, str] | None = None) -> Any:
+    """``core_embedded.py``'s JSON, run in a fresh interpreter of aioelastic's environment."""
+    work = partial(
+        baselines.run,
+        "core_embedded.py",
+        *args,
+        timeout=timeout,
+        interpreter=sys.executable,
+        env=env,
+    )
+    return await anyio.to_thread.run_sync(work)
+
+
 async def lag_section(plan: Plan, svc: Services) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    timing = {"warmup": plan.warmup, "drain": plan.drain, "start_timeout": plan.start_timeout}
-    for n in plan.lag_jobs:
+    timing = ["--seconds", plan.lag_seconds, "--warmup", plan.warmup, "--drain", plan.drain]
+    timeout = plan.start_timeout + plan.warmup + plan.lag_seconds + plan.drain + 120
+    for n in (*plan.lag_jobs, *plan.lag_embedded_only):
         expected = n * plan.lag_seconds
-        row: dict[str, Any] = {}
-        step(f"lag, {n} jobs: {FLOOR}")
-        row[FLOOR] = describe(await baseline_lag(n, plan.lag_seconds), expected)
-        step(f"lag, {n} jobs: {EMBEDDED}")
-        raw = await ours.lag("memory://bench-lag/bench", n, plan.lag_seconds, **timing)
-        row[EMBEDDED] = lag_row(raw, expected)
-        step(f"lag, {n} jobs: {ZOOKEEPER}")
-        url = svc.zk.url(f"lag{n}-{uuid.uuid4().hex[:6]}", session_timeout=10)
-        row[ZOOKEEPER] = lag_row(await ours.lag(url, n, plan.lag_seconds, **timing), expected)
-        if svc.pg is not None:
+        every = n in plan.lag_jobs  # else: only the floor and aioelastic embedded
+        repeats = plan.lag_repeats if n == plan.lag_repeat_jobs else 1
+        ours = ["lag", "--jobs", n, *timing, "--start-timeout", plan.start_timeout]
+        contenders: list[tuple[str, Any]] = [
+            (FLOOR, partial(fresh, "lag", "--contender", "floor", "--jobs", n, *timing)),
+            (EMBEDDED, partial(fresh, *ours)),
+        ]
+        if svc.before is not None and every:
+            contenders.append((BEFORE, partial(fresh, *ours, env=svc.before_env())))
+        if every:
+            url = svc.zk.url(f"lag{n}-{uuid.uuid4().hex[:6]}", session_timeout=10)
+            contenders.append((ZOOKEEPER, partial(fresh, *ours, "--registry", url)))
+        if svc.pg is not None and every:
             for name, store in ((AP_MEMORY, "memory"), (AP_POSTGRES, "sqlalchemy")):
-                step(f"lag, {n} jobs: {name}")
                 args = ["lag", "--store", store, "--jobs", n, "--seconds", plan.lag_seconds]
                 args += ["--warmup", plan.warmup, "--drain", plan.drain]
                 if store == "sqlalchemy":
                     args += ["--dsn", svc.pg.create_database()]
-                raw = await in_baselines("baseline_apscheduler.py", *args, timeout=300)
-                row[name] = lag_row(raw, expected)
+                work = partial(in_baselines, "baseline_apscheduler.py", *args)
+                contenders.append((name, work))
+        row: dict[str, Any] = {}
+        for name, work in contenders:
+            runs = repeats if name != ZOOKEEPER and name != AP_POSTGRES else 1
+            results = []
+            for k in range(runs):
+                step(f"lag, {n} jobs: {name}" + (f" (run {k + 1}/{runs})" if runs > 1 else ""))
+                try:
+                    raw = await work(timeout=timeout)
+                except RuntimeError as exc:
+                    raw = {"error": f"failed: {str(exc)[-300:]}"}
+                results.append(lag_row(raw, expected))
+            row[name] = repeated(results) if runs > 1 else results[0]
         out[str(n)] = row
     return out
 
@@ -207,16 +265,26 @@ async def throughput_section(plan: Plan, svc: Services) -> list[dict[str, Any]]:
 
     items_unit = f"items/s, one job of {plan.items} items fired {plan.item_rounds}x"
     fires_unit = f"fires/s, {plan.fire_jobs} one-item jobs fired at once, {plan.fire_rounds}x"
-    step("throughput: items")
-    add(FLOOR, items_unit, await baseline_throughput(plan.items, plan.item_rounds))
-    add(EMBEDDED, items_unit, await aioelastic_throughput(plan.items, plan.item_rounds))
+    step("throughput: items (each in a fresh process)")
+    items = ["items", "--items", plan.items, "--rounds", plan.item_rounds]
     url = svc.zk.url(f"tp-{uuid.uuid4().hex[:6]}", session_timeout=10)
-    add(ZOOKEEPER, items_unit, await aioelastic_throughput(plan.items, plan.item_rounds, url))
+    runs: list[tuple[str, tuple[object, ...], dict[str, str] | None]] = [
+        (FLOOR, ("--contender", "floor"), None),
+        (EMBEDDED, (), None),
+        (ZOOKEEPER, ("--registry", url), None),
+    ]
+    if svc.before is not None:
+        runs.insert(2, (BEFORE, (), svc.before_env()))
+    for name, extra, env in runs:
+        add(name, items_unit, (await fresh(*items, *extra, timeout=300, env=env))["items_per_s"])
     step("throughput: fires")
-    memory = "memory://bench-fires/bench"
-    add(EMBEDDED, fires_unit, await ours.fire_throughput(memory, plan.fire_jobs, plan.fire_rounds))
+    fires = ["fires", "--jobs", plan.fire_jobs, "--rounds", plan.fire_rounds]
+    add(EMBEDDED, fires_unit, (await fresh(*fires, timeout=300))["fires_per_s"])
+    if svc.before is not None:
+        raw = await fresh(*fires, timeout=300, env=svc.before_env())
+        add(BEFORE, fires_unit, raw["fires_per_s"])
     url = svc.zk.url(f"fires-{uuid.uuid4().hex[:6]}", session_timeout=10)
-    add(ZOOKEEPER, fires_unit, await ours.fire_throughput(url, plan.fire_jobs, plan.fire_rounds))
+    add(ZOOKEEPER, fires_unit, (await fresh(*fires, "--registry", url, timeout=300))["fires_per_s"])
     if svc.pg is not None:
         step("throughput: APScheduler")
         ap_unit = f"job runs/s, {plan.ap_jobs} no-op jobs via add_job"
@@ -350,19 +418,27 @@ def machine(svc: Services) -> dict[str, Any]:
 # -- tables --
 
 
-def _ms(row: dict[str, Any], key: str) -> str:
-    return f"{row[key]:,.1f}" if key in row else "-"
+def _ms(row: dict[str, Any], key: str, digits: int = 1) -> str:
+    """A figure, with the spread (min-max) of repeated runs when there were several."""
+    if key not in row:
+        return "-"
+    text = f"{row[key]:,.{digits}f}"
+    values = [run[key] for run in row.get("repeats", ()) if key in run]
+    if len(values) > 1:
+        text += f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+    return text
 
 
 def lag_table(lag: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
-        "| jobs | scheduler | p50 ms | p99 ms | max ms | due fires run | coordination per run |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| jobs | scheduler | p50 ms | p99 ms | max ms | due fires run | CPU ms per run "
+        "| of which gc | KiB per job | coordination per run |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n, row in lag.items():
         for name, r in row.items():
             if "error" in r:
-                lines.append(f"| {n} | {name} | - | - | - | - | {r['error']} |")
+                lines.append(f"| {n} | {name} | - | - | - | - | - | - | - | {r['error']} |")
                 continue
             cost = ""
             if "registry_requests_per_run" in r:
@@ -376,8 +452,57 @@ def lag_table(lag: dict[str, dict[str, Any]]) -> list[str]:
             ran = f"{100 * r['ran_fraction']:.1f}%"
             lines.append(
                 f"| {n} | {name} | {_ms(r, 'p50_ms')} | {_ms(r, 'p99_ms')} | {_ms(r, 'max_ms')} "
-                f"| {ran} | {cost} |"
+                f"| {ran} | {_ms(r, 'cpu_ms_per_run', 3)} | {_ms(r, 'gc_ms_per_run', 3)} "
+                f"| {_ms(r, 'rss_kib_per_job')} | {cost} |"
             )
+    return lines
+
+
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """Issue 17's table: the floor, APScheduler 4 and aioelastic before / now, in this run."""
+    names = [FLOOR, AP_MEMORY, AP_POSTGRES, BEFORE, EMBEDDED]
+    heads = ["bare anyio floor", AP_MEMORY, AP_POSTGRES, "aioelastic before", "aioelastic now"]
+    lines = ["| figure | " + " | ".join(heads) + " |", "|---|" + "---|" * len(names)]
+    lag = results["lag"]
+    big = str(results["plan"]["lag_repeat_jobs"])
+    row = lag.get(big, {})
+
+    def line(label: str, fmt: Any, source: dict[str, Any]) -> None:
+        cells = ["-" if n not in source or "error" in source[n] else fmt(source[n]) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    line(
+        f"lag p50 / p99 ms, {big} jobs, embedded",
+        lambda r: (
+            f"{_ms(r, 'p50_ms')} / {_ms(r, 'p99_ms')}"
+            + ("" if r.get("ran_fraction", 1) >= 0.995 else f", {100 * r['ran_fraction']:.0f}% ran")
+        ),
+        row,
+    )
+    line(f"CPU ms per fire, {big} jobs", lambda r: _ms(r, "cpu_ms_per_run", 3), row)
+    line(f"of which garbage collector, {big} jobs", lambda r: _ms(r, "gc_ms_per_run", 3), row)
+    line(
+        f"memory per job (RSS KiB; gc-tracked objects), {big} jobs",
+        lambda r: f"{_ms(r, 'rss_kib_per_job')}; {r.get('objects_per_job', '-')}",
+        row,
+    )
+    distributed = {
+        n: row[k] for n, k in ((AP_POSTGRES, AP_POSTGRES), (EMBEDDED, ZOOKEEPER)) if k in row
+    }
+    line(
+        f"{big} jobs distributed (ZooKeeper; PostgreSQL): due fires run, p50 / p99 ms",
+        lambda r: f"{100 * r['ran_fraction']:.1f}%, {_ms(r, 'p50_ms')} / {_ms(r, 'p99_ms')}",
+        distributed,
+    )
+    for n in results["plan"]["lag_embedded_only"]:
+        line(
+            f"{n} jobs, embedded: due fires run, p50 / p99 ms",
+            lambda r: f"{100 * r['ran_fraction']:.1f}%, {_ms(r, 'p50_ms')} / {_ms(r, 'p99_ms')}",
+            lag.get(str(n), {}),
+        )
+    tp = {r["scheduler"]: r for r in results["throughput"] if r["unit"].startswith("items/s")}
+    items = results["plan"]["items"]
+    line(f"no-op items/s, one {items}-item job", lambda r: f"{r['per_s']:,.0f}", tp)
     return lines
 
 
@@ -445,24 +570,28 @@ def report(results: dict[str, Any]) -> str:
     parts = [
         f"Machine: {m['cores']} cores, {m['memory']}, {m['cpu']}; Python {m['python']}, "
         f"ZooKeeper {m['zookeeper']}, PostgreSQL {m.get('postgresql', '-')}; {m['date']}; "
-        f"aioelastic at {m['revision']}; "
+        f"aioelastic at {m['revision']}"
+        + (f" (before: {m['before_revision']})" if "before_revision" in m else "")
+        + "; "
         f"load average at start {m['load_average_at_start']}, at end {m['load_average_at_end']}",
+        "",
+        "### Issue 17: before and after (ratios within this run)",
+        *summary_table(results),
         "",
         "### Fire lag",
         *lag_table(results["lag"]),
         "",
         "### Throughput",
         *throughput_table(results["throughput"]),
-        "",
-        "### Coordination cost",
-        *coordination_table(results["coordination"]),
-        "",
-        "### Recovery",
-        *recovery_table(results["recovery"]),
-        "",
-        "### Scale",
-        *scale_table(results["scale"]["rows"]),
     ]
+    more = (
+        ("coordination", "Coordination cost", coordination_table),
+        ("recovery", "Recovery", recovery_table),
+        ("scale", "Scale", lambda scale: scale_table(scale["rows"])),
+    )
+    for key, title, table in more:
+        if key in results:  # not with --only
+            parts += ["", f"### {title}", *table(results[key])]
     return "\n".join(parts) + "\n"
 
 
@@ -486,15 +615,36 @@ def plot(json_path: Path, out: Path) -> None:
 # -- main --
 
 
-async def run(plan: Plan, svc: Services) -> dict[str, Any]:
+SECTIONS = ("lag", "throughput", "coordination", "recovery", "scale")
+
+
+async def run(
+    plan: Plan, svc: Services, only: frozenset[str] = frozenset(SECTIONS)
+) -> dict[str, Any]:
     results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(svc)}
     results["lag"] = await lag_section(plan, svc)
     results["throughput"] = await throughput_section(plan, svc)
-    results["coordination"] = await coordination_section(plan, svc)
-    results["recovery"] = await recovery_section(plan, svc)
-    results["scale"] = await scale_section(plan)
+    if "coordination" in only:
+        results["coordination"] = await coordination_section(plan, svc)
+    if "recovery" in only:
+        results["recovery"] = await recovery_section(plan, svc)
+    if "scale" in only:
+        results["scale"] = await scale_section(plan)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     return results
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """aioelastic's package as of ``rev`` (``git archive``), for a PYTHONPATH."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", rev, "aioelastic"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
+    return into
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -510,6 +660,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that all runs")
     parser.add_argument("--no-baselines", action="store_true", help="aioelastic only")
     parser.add_argument("--out", type=Path, help="results directory")
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure aioelastic at this git revision (embedded)"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help="comma-separated: lag and throughput always run, plus any of coordination, "
+        "recovery, scale (default: all)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
@@ -526,7 +685,11 @@ def main() -> None:
         zk = ZooKeeperServer(workdir / "zk")
         stack.callback(zk.close)
         zk.start()
-        results = anyio.run(run, plan, Services(zk, pg, workdir))
+        before = export_revision(args.before, workdir / "before") if args.before else None
+        only = frozenset(args.only.split(",")) if args.only else frozenset(SECTIONS)
+        results = anyio.run(run, plan, Services(zk, pg, workdir, before), only)
+        if args.before:
+            results["machine"]["before_revision"] = args.before
     results["runtime_s"] = round(time.monotonic() - began, 1)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "run_all.json"

@@ -781,3 +781,14 @@ def test_random_expressions_match_brute_force(seed: int) -> None:
             assert ours is not None, where
             assert millis(ours) == millis(expected), where
             after = ours
+
+
+def test_equal_expressions_share_their_compiled_tables() -> None:
+    first, second = CronTrigger("*/5 * * * * ?"), CronTrigger("*/5 * * * * ?", "Asia/Shanghai")
+    assert first._seconds is second._seconds and first._schedule is second._schedule
+    assert first != second  # the zone still tells them apart
+    assert CronTrigger("*/5 * * * * ?")._seconds is first._seconds
+    other = CronTrigger("*/7 * * * * ?")
+    assert other._seconds is not first._seconds
+    when = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert first.next_fire_time(when) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)

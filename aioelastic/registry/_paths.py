@@ -27,11 +27,14 @@ def invalid_path_reason(path: str, *, sequential: bool = False) -> str | None:
         return None
     if path[-1] == "/":
         return "path must not end with / character"
+    plain = path.isascii() and path.isprintable()  # no forbidden character: skip the scan
     for index, name in enumerate(path[1:].split("/")):
         if not name:
             return f"empty node name specified in segment {index + 1}"
         if name in (".", ".."):
             return f"relative paths not allowed ({name!r} in segment {index + 1})"
+        if plain:
+            continue
         for char in name:
             if char == "\x00":
                 return f"null character not allowed in segment {index + 1}"
