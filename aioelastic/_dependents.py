@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,8 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._layout import JobPaths
-from .registry._protocol import CreateOp, DeleteOp, Op, Registry
+from .registry._limits import chunk_ops
+from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
 from .tracing._events import ExecutionSource, ExecutionType, State
 
 if TYPE_CHECKING:
@@ -46,9 +47,26 @@ log = logging.getLogger("aioelastic.dependents")
 MANUAL = "manual"
 
 
-def fire_key(scheduled: datetime | None) -> str:
-    """The cluster-wide name of a fire: its scheduled time (epoch ms), or ``manual``."""
-    return MANUAL if scheduled is None else str(round(scheduled.timestamp() * 1000))
+def fire_key(scheduled: datetime | None, trigger: str | None = None) -> str:
+    """The cluster-wide name of a fire: its scheduled time (epoch ms), or ``manual-{id}`` for
+    a trigger (its id, written by the triggering side, is the same on every instance), or
+    ``manual`` for a trigger without an id (an older version's)."""
+    if scheduled is not None:
+        return str(round(scheduled.timestamp() * 1000))
+    return MANUAL if not trigger else f"{MANUAL}-{trigger.replace('/', '_')}"
+
+
+def key_of(contexts: ShardingContexts) -> str:
+    """The fire key of ``contexts``' fire (a dependent job's run: its upstream fire's)."""
+    if contexts.upstream_fire is not None:
+        return contexts.upstream_fire
+    return fire_key(contexts.scheduled_fire_time, contexts.trigger)
+
+
+def key_time(key: str) -> int:
+    """The epoch ms a fire key names (a trigger's id starts with its time), -1 if none."""
+    head = key.removeprefix(f"{MANUAL}-").split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
 
 
 def check_dependencies(jobs: Mapping[str, JobConfig], new: JobConfig) -> None:
@@ -78,7 +96,10 @@ def attach_dependents(
     downstream = sorted(n for n, cfg in jobs.items() if name in cfg.after)
     if downstream or jobs[name].after:
         me = runner.coordinator.identity.instance_id
-        runner.executor.dependents = Dependents(registry, namespace, jobs[name], downstream, me)
+        joins = {n for n in downstream if len(jobs[n].after) > 1}
+        runner.executor.dependents = Dependents(
+            registry, namespace, jobs[name], downstream, me, joins
+        )
 
 
 async def _create_parents(registry: Registry, path: str, data: bytes = b"") -> bool:
@@ -101,6 +122,12 @@ def may_free(path: str) -> bool:
     )
 
 
+async def _put(registry: Registry, path: str, data: bytes) -> None:
+    """Create or overwrite ``path``."""
+    if not await _create_parents(registry, path, data):
+        await registry.set(path, data)
+
+
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -116,12 +143,16 @@ class Dependents:
         config: JobConfig,
         downstream: Sequence[str],
         instance_id: str,
+        joins: Set[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.paths = JobPaths(namespace, config.name)
         self._namespace = namespace
         self.downstream = list(downstream)
         self.instance_id = instance_id
+        self.config = config
+        self._joins = joins  # downstream jobs with several upstream jobs
+        self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
         self._misfired: dict[int, str] = {}  # item -> key of the fire it misfired in
 
@@ -131,24 +162,57 @@ class Dependents:
         """A fire found items still running: their delayed re-run completes this fire."""
         if self.downstream and contexts.execution_type is ExecutionType.READY:
             for item in contexts.items:
-                self._misfired[item] = fire_key(contexts.scheduled_fire_time)
+                self._misfired[item] = key_of(contexts)
 
-    async def fire_started(self, contexts: ShardingContexts) -> None:
+    async def fire_started(self, contexts: ShardingContexts) -> ShardingContexts:
         """Record which fire each item's run completes, in ``dependents/fires/{item}/{me}``
-        (while the run lasts): a failover run of it, elsewhere, completes that fire."""
+        (while the run lasts): a failover run of it, elsewhere, completes that fire. A
+        dependent job's run records its upstream task ids the same way; its failover run gets
+        them back (the returned contexts)."""
+        if self.config.after:
+            contexts = await self._upstream_started(contexts)
         if not self.downstream or contexts.execution_type is ExecutionType.FAILOVER:
-            return
+            return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
         for item in contexts.items:
-            key = (
-                self._misfired.pop(item, MANUAL)
-                if misfire
-                else fire_key(contexts.scheduled_fire_time)
-            )
+            key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
             self._keys[(contexts.task_id, item)] = key
             path = self.paths.dependents_fire(item, self.instance_id)
-            if not await _create_parents(self.registry, path, key.encode()):
-                await self.registry.set(path, key.encode())
+            await _put(self.registry, path, key.encode())
+        return contexts
+
+    async def _upstream_started(self, contexts: ShardingContexts) -> ShardingContexts:
+        """A dependent job's run: record its upstream fire in ``dependents/upstream/{item}/{me}``
+        (while it lasts); a failover run takes the record of the dead run it replaces."""
+        if contexts.execution_type is not ExecutionType.FAILOVER:
+            if contexts.upstream_fire is not None:
+                record = _dumps(
+                    {"fire": contexts.upstream_fire, "task_ids": contexts.upstream_task_ids}
+                )
+                for item in contexts.items:
+                    path = self.paths.dependents_upstream(item, self.instance_id)
+                    await _put(self.registry, path, record)
+            return contexts
+        task_ids: list[str] = []
+        fire: str | None = None
+        for item in contexts.items:
+            found = await self._dead_records(self.paths.dependents_upstream(item))
+            if not found:
+                continue
+            raw, instance = found[-1]
+            self._upstream_runs[(contexts.task_id, item)] = instance
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                record = json.loads(raw)
+                fire = str(record.get("fire"))
+                task_ids += [str(t) for t in record.get("task_ids", []) if str(t) not in task_ids]
+        if not task_ids:
+            return contexts
+        return dataclasses.replace(contexts, upstream_task_ids=tuple(task_ids), upstream_fire=fire)
+
+    async def _upstream_done(self, contexts: ShardingContexts, item: int) -> None:
+        runner = self._upstream_runs.pop((contexts.task_id, item), self.instance_id)
+        with contextlib.suppress(NoNodeError):
+            await self.registry.delete(self.paths.dependents_upstream(item, runner))
 
     async def item_done(
         self,
@@ -159,6 +223,8 @@ class Dependents:
     ) -> None:
         """Record the item's completion in its fire; claim the fire once every ``expected``
         item (the job's items minus disabled ones) is in."""
+        if self.config.after:
+            await self._upstream_done(contexts, item)
         if not self.downstream:
             return
         runner = self.instance_id
@@ -188,42 +254,59 @@ class Dependents:
     async def _lost_run(self, item: int) -> tuple[str, str | None]:
         """The instance and fire key of the dead run that a failover run of ``item`` replaces:
         the record of a run whose instance is gone (the latest fire if several)."""
-        found: list[tuple[str, str]] = []
+        found = await self._dead_records(self.paths.dependents_fire(item))
+        if not found:
+            return self.instance_id, None
+        raw, instance = max(found, key=lambda f: (key_time(f[0].decode()), f[0]))
+        return instance, raw.decode()
+
+    async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
+        """The data of ``parent``'s children named after an instance that is gone (oldest
+        first), with that instance."""
+        found: list[tuple[float, bytes, str]] = []
         with contextlib.suppress(NoNodeError):
-            for name in await self.registry.get_children(self.paths.dependents_fire(item)):
+            for name in await self.registry.get_children(parent):
                 if name == self.instance_id or await self.registry.exists(
                     self.paths.instance(name)
                 ):
                     continue
                 with contextlib.suppress(NoNodeError):
-                    raw, _ = await self.registry.get(self.paths.dependents_fire(item, name))
-                    found.append((raw.decode(), name))
-        if not found:
-            return self.instance_id, None
-        key, instance = max(found, key=lambda f: (f[0] != MANUAL, f[0]))
-        return instance, key
+                    raw, stat = await self.registry.get(f"{parent}/{name}")
+                    found.append((stat.mtime, raw, name))
+        return [(raw, name) for _, raw, name in sorted(found)]
 
     async def _claim(self, key: str, done: Sequence[str]) -> None:
+        """Request the dependents' fires of the complete fire ``key``: one small multi-op that
+        creates the set's ``claimed`` node (only one instance's can) with the requests (its
+        size does not grow with the item count); then the set is deleted, chunk by chunk."""
         records: list[dict[str, Any]] = []
-        for name in done:
+        items = [n for n in done if n.isdigit()]
+        for name in items:
             try:
                 raw, _ = await self.registry.get(self.paths.dependents_done(key, int(name)))
                 records.append(json.loads(raw))
             except (NoNodeError, ValueError):
                 return  # another instance is claiming it
         task_ids = sorted({str(r.get("task_id")) for r in records})
-        failed = sorted(int(n) for n, r in zip(done, records, strict=True) if not r.get("ok"))
+        failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
-        ops: list[Op] = [DeleteOp(self.paths.dependents_done(key, int(n))) for n in done]
-        ops.append(DeleteOp(self.paths.dependents_done(key)))
-        for name in self.downstream:
-            paths = JobPaths(self._namespace, name)
-            await _create_parents(self.registry, paths.request(key))
-            ops.append(CreateOp(paths.request_upstream(key, self.paths.job), up))
-        try:
-            await self.registry.transaction(ops)
-        except (TransactionFailedError, NoNodeError):
-            return  # another instance claimed the fire first
+        for _ in range(3):  # a request node appeared or went meanwhile: build the ops again
+            ops: list[Op] = [CreateOp(self.paths.dependents_claimed(key))]
+            for name in self.downstream:
+                paths = JobPaths(self._namespace, name)
+                request = self._request_key(name, key)
+                await _create_parents(self.registry, paths.request(request))
+                node = paths.request_upstream(request, self.paths.job)
+                exists = await self.registry.exists(node)
+                ops.append(SetOp(node, up) if exists else CreateOp(node, up))
+            try:
+                await self.registry.transaction(ops)
+                break
+            except TransactionFailedError as exc:
+                if exc.index == 0:
+                    return  # another instance claimed the fire first
+        else:
+            return
         log.info(
             "%s: fire %s completed on every item%s; requested %s",
             self.paths.job,
@@ -231,16 +314,35 @@ class Dependents:
             f" (failed items {failed})" if failed else "",
             ", ".join(self.downstream),
         )
+        await self._delete_set(key)
         await self._drop_older(key)
+
+    def _request_key(self, downstream: str, key: str) -> str:
+        """The request a fire goes to: its own key, but a trigger of one of several upstreams
+        joins the others' latest triggers (``manual``: their ids cannot match)."""
+        if downstream in self._joins and not key.isdigit():
+            return MANUAL
+        return key
+
+    async def _delete_set(self, key: str) -> None:
+        """Delete a claimed fire's record (chunked: thousands of items do not fit a packet)."""
+        parent = self.paths.dependents_done(key)
+        with contextlib.suppress(NoNodeError):
+            names = await self.registry.get_children(parent)
+            for chunk in chunk_ops([DeleteOp(f"{parent}/{n}") for n in names]):
+                with contextlib.suppress(TransactionFailedError, NoNodeError):
+                    await self.registry.transaction(chunk)
+            await self.registry.delete(parent, recursive=True)
 
     async def _drop_older(self, key: str) -> None:
         """Drop the records of earlier fires that never completed on every item (a fire whose
         items could not all run: a dead instance without failover, a disabled server)."""
-        if not key.isdigit():
+        at = key_time(key)
+        if at < 0:
             return
         with contextlib.suppress(NoNodeError):
             for name in await self.registry.get_children(self.paths.dependents_done()):
-                if name.isdigit() and int(name) < int(key):
+                if 0 <= key_time(name) < at:
                     log.warning(
                         "%s: fire %s never completed on every item; its dependents do not run",
                         self.paths.job,

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
-from aioelastic._dependents import fire_key
+from aioelastic._dependents import fire_key, key_time
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing._events import State
 from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
@@ -162,6 +162,9 @@ def test_a_cycle_through_the_registered_graph_is_refused() -> None:
 def test_fire_keys_name_the_scheduled_time() -> None:
     assert fire_key(None) == "manual"
     assert fire_key(datetime(2026, 1, 1, tzinfo=UTC)) == "1767225600000"
+    assert fire_key(None, "1767225600000-ab12cd34") == "manual-1767225600000-ab12cd34"
+    assert key_time("manual-1767225600000-ab12cd34") == key_time("1767225600000") > 0
+    assert key_time("manual") == -1
 
 
 # -- across instance processes on a real ZooKeeper --
@@ -332,3 +335,29 @@ async def test_operations_and_the_cli_show_the_chain(zk_url: str) -> None:
         assert rows["runs_after"] == ["extract"] and rows["runs_before"] == ["report"]
         as_json = (await cli("--registry", zk_url, "--json", "job", "show", "report")).json()
         assert as_json["chain"] == {"upstream": ["extract", "load"], "downstream": []}
+
+
+async def _set_servers(scheduler: Scheduler, job: str, data: bytes) -> None:
+    coord = scheduler._runners[job].coordinator
+    for host in await scheduler.registry.get_children(coord.paths.servers):
+        await scheduler.registry.set(coord.paths.server(host), data)
+    await eventually(lambda: not coord.local_items() if data == b"DISABLED" else True, 20)
+
+
+async def test_two_triggers_before_the_dependent_ran_are_two_dependent_fires(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs)
+    async with scheduler:
+        await _set_servers(scheduler, "load", b"DISABLED")  # requests wait: nothing runs load
+        for n in (1, 2):
+            await scheduler.trigger("extract")
+            await sink.wait_for(lambda events: len(completions(events, "extract")) == 3 * n)  # noqa: B023
+        await _set_servers(scheduler, "load", b"ENABLED")
+        await eventually(lambda: len(runs.of("load")) == 4, 20, what="two dependent fires")
+    extract_tasks = sorted({c.task_id for c in runs.of("extract")})
+    assert len(extract_tasks) == 2
+    assert sorted(c.upstream_task_ids for c in runs.of("load")) == sorted(
+        [(t,) for t in extract_tasks] * 2
+    )
