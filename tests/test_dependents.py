@@ -229,6 +229,51 @@ async def test_the_dependent_runs_once_per_fire_when_an_upstream_instance_dies_m
     assert item1 and item1[0].instance in {"inst-a", "inst-b"}
 
 
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_failover_run_of_a_dependent_item_has_its_upstream_task_ids(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options = {"cron": "0/5 * * * * ?", "sharding_total_count": 2, "load_duration": 60.0}
+    cluster = Cluster(url, tmp_path, job_options=options, module=MODULE, jobs="extract")
+    try:
+        procs = {i: cluster.start(i) for i in IDS[:2]}
+        await ready(cluster, *procs.values())
+        runs = await eventually(
+            cluster.history,
+            40,
+            0.05,
+            until=lambda runs: any(r.job == "load" for r in runs),
+            what="load running",
+            detail=cluster.history,
+        )
+        victim = next(r for r in runs if r.job == "load")
+        procs[victim.instance].signal(signal.SIGKILL)
+        survivor = cluster.instances[next(i for i in procs if i != victim.instance)]
+        started = await eventually(
+            survivor.records,
+            40,
+            0.1,
+            until=lambda recs: any(
+                r["ev"] == "start" and r["job"] == "load" and r["source"] == "FAILOVER"
+                for r in recs
+            ),
+            what="the failover run of load's item",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    killed = next(
+        r
+        for r in cluster.instances[victim.instance].records()
+        if r["ev"] == "start" and r["job"] == "load"
+    )
+    (failover,) = (r for r in started if r.get("job") == "load" and r.get("source") == "FAILOVER")
+    assert killed["upstream"] and failover["upstream"] == killed["upstream"]
+
+
 def loads_done(cluster: Cluster, all_runs: bool = False) -> list[float]:
     """The upstream fire (scheduled time) of each load run so far (started runs if
     ``all_runs``, else completed ones)."""

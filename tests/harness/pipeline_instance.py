@@ -1,5 +1,6 @@
 """An instance process running a two-job pipeline: ``extract`` (upstream, its options from
-``--job-options``) and ``load`` (``after="extract"``, one item, failover on).
+``--job-options``) and ``load`` (``after="extract"``, one item, failover on, running for
+``load_duration`` seconds of those options, default 0).
 
 Same command line and history records as ``cluster_instance`` (``start`` and ``end`` of every
 item run, for both jobs); a ``load`` start also names its ``upstream`` task ids.
@@ -28,6 +29,7 @@ async def main(args: argparse.Namespace) -> None:
     options: dict[str, Any] = json.loads(args.job_options)
     duration = float(options.pop("duration", 0.2))
     durations = {int(k): float(v) for k, v in options.pop("durations", {}).items()}
+    load_duration = float(options.pop("load_duration", 0.0))
 
     async def work(ctx: ShardingContext) -> None:
         history.write(
@@ -43,6 +45,8 @@ async def main(args: argparse.Namespace) -> None:
         try:
             if ctx.job_name == "extract":
                 await anyio.sleep(durations.get(ctx.sharding_item, duration))
+            elif load_duration:
+                await anyio.sleep(load_duration)
             ok = True
         finally:
             history.write(
