@@ -155,6 +155,9 @@ class Dependents:
         self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
         self._misfired: dict[int, str] = {}  # item -> key of the fire it misfired in
+        # task id -> items of that run whose completion is not recorded yet: only the last
+        # looks whether the fire is complete (looking per item grows with the count squared).
+        self._unrecorded: dict[str, set[int]] = {}
 
     # -- as an upstream job --
 
@@ -171,7 +174,10 @@ class Dependents:
         them back (the returned contexts)."""
         if self.config.after:
             contexts = await self._upstream_started(contexts)
-        if not self.downstream or contexts.execution_type is ExecutionType.FAILOVER:
+        if not self.downstream:
+            return contexts
+        self._unrecorded[contexts.task_id] = set(contexts.items)
+        if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
         for item in contexts.items:
@@ -244,6 +250,11 @@ class Dependents:
             await _create_parents(self.registry, done, record)  # e.g. recorded by a lost run
             with contextlib.suppress(NoNodeError):
                 await self.registry.delete(self.paths.dependents_fire(item, runner))
+        left = self._unrecorded.get(contexts.task_id, set())
+        left.discard(item)
+        if left:
+            return  # the last item of this run looks (its record is the latest of them)
+        self._unrecorded.pop(contexts.task_id, None)
         try:
             names = await self.registry.get_children(self.paths.dependents_done(key))
         except NoNodeError:

@@ -406,3 +406,33 @@ async def test_two_triggers_before_the_dependent_ran_are_two_dependent_fires(
     assert sorted(c.upstream_task_ids for c in runs.of("load")) == sorted(
         [(t,) for t in extract_tasks] * 2
     )
+
+
+@pytest.mark.timeout(120)
+async def test_an_upstream_fire_of_thousands_of_items_requests_its_dependent(
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The memory registry refuses a multi-op over ZooKeeper's packet limit, as ZooKeeper does:
+    # one op per item of 3,000 (with a long job name in each path) would not fit one.
+    scheduler, runs, done = make_scheduler(), Runs(), []
+    big = "big_" + "x" * 236
+
+    async def upstream(ctx: ShardingContext) -> None:
+        done.append(ctx.sharding_item)
+
+    async def dependent(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    scheduler.add_job(upstream, name=big, sharding_total_count=3000)
+    scheduler.add_job(dependent, name="after_big", after=big)
+    async with scheduler:
+        await scheduler.trigger(big)
+        await eventually(lambda: len(runs.of("after_big")) == 1, 90, what="the dependent")
+        coord = scheduler._runners[big].coordinator
+        await eventually(
+            lambda: not coord.view.children(coord.paths.dependents_done()),
+            30,
+            what="the done set deleted",
+        )
+    assert sorted(done) == list(range(3000))
+    assert not [r for r in caplog.records if "packet limit" in r.getMessage()]
