@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._config import JobConfig
@@ -29,10 +30,10 @@ from ._errors import (
     ConfigError,
     NodeExistsError,
     NoNodeError,
-    RegistryError,
     TransactionFailedError,
 )
 from ._layout import JobPaths
+from ._requests import claim_items, create_parents, drop, run_claimed, serve_requests
 from .registry._limits import chunk_ops
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
 from .tracing._events import ExecutionSource, ExecutionType, State
@@ -102,29 +103,9 @@ def attach_dependents(
         )
 
 
-async def _create_parents(registry: Registry, path: str, data: bytes = b"") -> bool:
-    """Create ``path`` (and missing parents); False if it existed."""
-    try:
-        await registry.create(path, data, make_parents=True)
-    except NodeExistsError:
-        return False
-    return True
-
-
-def may_free(path: str) -> bool:
-    """A change that can let a requested run's items run here: a run ended, a reshard
-    completed, a server was enabled."""
-    parts = path.split("/")
-    return (
-        path.endswith(("/running", "/instance"))
-        or parts[-1] == "necessary"
-        or (len(parts) > 2 and parts[-2] == "servers")
-    )
-
-
 async def _put(registry: Registry, path: str, data: bytes) -> None:
     """Create or overwrite ``path``."""
-    if not await _create_parents(registry, path, data):
+    if not await create_parents(registry, path, data):
         await registry.set(path, data)
 
 
@@ -241,13 +222,13 @@ class Dependents:
             return
         record = _dumps({"task_id": contexts.task_id, "ok": failure is None})
         done = self.paths.dependents_done(key, item)
-        await _create_parents(self.registry, self.paths.dependents_done(key))
+        await create_parents(self.registry, self.paths.dependents_done(key))
         try:  # the completion and the end of the run's record, at once
             await self.registry.transaction(
                 [CreateOp(done, record), DeleteOp(self.paths.dependents_fire(item, runner))]
             )
         except (TransactionFailedError, NoNodeError, NodeExistsError):
-            await _create_parents(self.registry, done, record)  # e.g. recorded by a lost run
+            await create_parents(self.registry, done, record)  # e.g. recorded by a lost run
             with contextlib.suppress(NoNodeError):
                 await self.registry.delete(self.paths.dependents_fire(item, runner))
         left = self._unrecorded.get(contexts.task_id, set())
@@ -306,7 +287,7 @@ class Dependents:
             for name in self.downstream:
                 paths = JobPaths(self._namespace, name)
                 request = self._request_key(name, key)
-                await _create_parents(self.registry, paths.request(request))
+                await create_parents(self.registry, paths.request(request))
                 node = paths.request_upstream(request, self.paths.job)
                 exists = await self.registry.exists(node)
                 ops.append(SetOp(node, up) if exists else CreateOp(node, up))
@@ -366,17 +347,7 @@ class Dependents:
 
     async def run(self, runner: JobRunner) -> None:
         """Run this instance's share of each complete request (a loop of the job's runner)."""
-        coord = runner.coordinator
-        requests = self.paths.requests
-        changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
-        while True:
-            if coord.view.fresh and not coord.config_problem:
-                try:
-                    for key in coord.view.children(requests):
-                        await self._serve(runner, key)
-                except RegistryError as exc:
-                    log.debug("%s: request step failed (%s)", self.paths.job, exc)
-            await changes.wait(30.0)
+        await serve_requests(runner, self.paths.requests, partial(self._serve, runner), log)
 
     def _upstreams(self, runner: JobRunner, key: str) -> dict[str, dict[str, Any]] | None:
         view, out = runner.coordinator.view, {}
@@ -396,12 +367,6 @@ class Dependents:
         upstreams = self._upstreams(runner, key)
         if upstreams is None:
             return  # waiting for another upstream job's fire
-        total = cfg.sharding_total_count
-        ran = coord.view.children(self.paths.request_ran(key))
-        if len(ran) >= total:
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request(key), recursive=True)
-            return
         failed = {u: r["failed_items"] for u, r in upstreams.items() if r.get("failed_items")}
         if failed and cfg.after_policy == "all_succeeded":
             log.warning(
@@ -412,26 +377,12 @@ class Dependents:
                 failed,
                 extra=coord.log_fields,
             )
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request(key), recursive=True)
+            await drop(self.registry, self.paths.request(key))
             return
-        items = [
-            i
-            for i in coord.local_items()
-            if str(i) not in ran and not executor.is_running(i) and not coord.is_running(i)
-        ]
-        if not items or not runner.keep_going():
+        ran = partial(self.paths.request_ran, key)
+        items = await claim_items(runner, self.paths.request(key), ran)
+        if not items:
             return
-        await _create_parents(self.registry, self.paths.request_ran(key))
-        try:
-            await self.registry.transaction(
-                [
-                    CreateOp(self.paths.request_ran(key, i), coord.identity.instance_id.encode())
-                    for i in items
-                ]
-            )
-        except (TransactionFailedError, NodeExistsError):
-            return  # claimed elsewhere (the view will show it)
         task_ids = tuple(t for u in cfg.after for t in upstreams[u].get("task_ids", []))
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.NORMAL_TRIGGER, None),
@@ -444,10 +395,4 @@ class Dependents:
             f"Job '{self.paths.job}' execute begin after {', '.join(cfg.after)} "
             f"(fire {key}, upstream tasks {', '.join(task_ids)}).",
         )
-        runner.start_contexts(contexts, lambda: self._unclaim(key, items))
-
-    async def _unclaim(self, key: str, items: list[int]) -> None:
-        """Give the claims back: the items did not run (the loop claims them again later)."""
-        for item in items:
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request_ran(key, item))
+        run_claimed(runner, ran, contexts)
