@@ -2,15 +2,18 @@
 
 An upstream fire is identified across the cluster by its *fire key*: the scheduled fire time
 in epoch milliseconds (every instance fires a cron job at the same scheduled time), or
-``manual`` for a fire without one (a trigger). Every instance records each item it completes
-under ``{upstream}/dependents/done/{key}/{item}``, right when the item completes (so an
-instance dying later loses nothing); while a run lasts, ``dependents/fires/{item}/{instance}``
-names its fire, so a failover run of it (elsewhere) completes that fire. The instance that
-sees the set full claims it with one multi-op that deletes the set and creates
-``{dependent}/requests/{key}/up-{upstream}``: the request is in the registry, never in one
-instance's memory. Each instance of the dependent job claims its own items of a complete
-request (``requests/{key}/ran/{item}``, one multi-op) and runs them once; once every item is
-claimed, the request is deleted.
+``manual-{id}`` for a trigger (``write_triggers`` puts one id in every instance's trigger
+node), or the upstream fire's key for a dependent job's own run. Every instance records each
+item it completes under ``{upstream}/dependents/done/{key}/{item}``, right when the item
+completes (so an instance dying later loses nothing); while a run lasts,
+``dependents/fires/{item}/{instance}`` names its fire, so a failover run of it (elsewhere)
+completes that fire. The instance that sees the set full (when the last item of its run is
+recorded) claims it with one small multi-op that creates ``done/{key}/claimed`` and
+``{dependent}/requests/{key}/up-{upstream}`` (its size does not grow with the item count),
+then deletes the set: the request is in the registry, never in one instance's memory. Each
+instance of the dependent job claims its own items of a complete request (``_requests``) and
+runs them once, recording the upstream task ids in ``dependents/upstream/{item}/{instance}``
+while the run lasts (a failover run of the item takes them from there).
 """
 
 from __future__ import annotations
@@ -136,9 +139,10 @@ class Dependents:
         self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
         self._misfired: dict[int, str] = {}  # item -> key of the fire it misfired in
-        # task id -> items of that run whose completion is not recorded yet: only the last
-        # looks whether the fire is complete (looking per item grows with the count squared).
-        self._unrecorded: dict[str, set[int]] = {}
+        # task id -> (items of that run not recorded yet, fire keys its items recorded): only
+        # the last item looks whether those fires are complete (looking per item grows with
+        # the item count squared).
+        self._unrecorded: dict[str, tuple[set[int], set[str]]] = {}
 
     # -- as an upstream job --
 
@@ -157,7 +161,7 @@ class Dependents:
             contexts = await self._upstream_started(contexts)
         if not self.downstream:
             return contexts
-        self._unrecorded[contexts.task_id] = set(contexts.items)
+        self._unrecorded[contexts.task_id] = (set(contexts.items), set())
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
@@ -218,8 +222,33 @@ class Dependents:
         key = self._keys.pop((contexts.task_id, item), None)
         if contexts.execution_type is ExecutionType.FAILOVER:
             runner, key = await self._lost_run(item)
-        if key is None:
-            return
+        if key is not None:
+            await self._record(contexts, item, key, runner, failure)
+        left, keys = self._unrecorded.get(contexts.task_id, (set(), set()))
+        left.discard(item)
+        if key is not None:
+            keys.add(key)
+        if left:
+            return  # the last item of this run looks (its record is the latest of them)
+        self._unrecorded.pop(contexts.task_id, None)
+        for fire in sorted(keys):
+            try:
+                names = await self.registry.get_children(self.paths.dependents_done(fire))
+            except NoNodeError:
+                continue  # claimed meanwhile
+            if expected() <= {int(n) for n in names if n.isdigit()}:
+                await self._claim(fire, names)
+
+    async def _record(
+        self,
+        contexts: ShardingContexts,
+        item: int,
+        key: str,
+        runner: str,
+        failure: BaseException | None,
+    ) -> None:
+        """Record the item's completion in fire ``key``'s set, ending ``runner``'s record of
+        the run."""
         record = _dumps({"task_id": contexts.task_id, "ok": failure is None})
         done = self.paths.dependents_done(key, item)
         await create_parents(self.registry, self.paths.dependents_done(key))
@@ -231,17 +260,6 @@ class Dependents:
             await create_parents(self.registry, done, record)  # e.g. recorded by a lost run
             with contextlib.suppress(NoNodeError):
                 await self.registry.delete(self.paths.dependents_fire(item, runner))
-        left = self._unrecorded.get(contexts.task_id, set())
-        left.discard(item)
-        if left:
-            return  # the last item of this run looks (its record is the latest of them)
-        self._unrecorded.pop(contexts.task_id, None)
-        try:
-            names = await self.registry.get_children(self.paths.dependents_done(key))
-        except NoNodeError:
-            return  # claimed meanwhile
-        if expected() <= {int(n) for n in names if n.isdigit()}:
-            await self._claim(key, names)
 
     async def _lost_run(self, item: int) -> tuple[str, str | None]:
         """The instance and fire key of the dead run that a failover run of ``item`` replaces:
