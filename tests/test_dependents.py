@@ -382,11 +382,14 @@ async def test_operations_and_the_cli_show_the_chain(zk_url: str) -> None:
         assert as_json["chain"] == {"upstream": ["extract", "load"], "downstream": []}
 
 
-async def _set_servers(scheduler: Scheduler, job: str, data: bytes) -> None:
+async def _set_servers(scheduler: Scheduler, job: str, data: bytes, *others: Scheduler) -> None:
+    """Enable or disable every server of ``job``; disabled: until no instance owns an item."""
     coord = scheduler._runners[job].coordinator
     for host in await scheduler.registry.get_children(coord.paths.servers):
         await scheduler.registry.set(coord.paths.server(host), data)
-    await eventually(lambda: not coord.local_items() if data == b"DISABLED" else True, 20)
+    if data == b"DISABLED":
+        coords = [s._runners[job].coordinator for s in (scheduler, *others)]
+        await eventually(lambda: not any(c.local_items() for c in coords), 20, what="disabled")
 
 
 async def test_two_triggers_before_the_dependent_ran_are_two_dependent_fires(
@@ -436,3 +439,37 @@ async def test_an_upstream_fire_of_thousands_of_items_requests_its_dependent(
         )
     assert sorted(done) == list(range(3000))
     assert not [r for r in caplog.records if "packet limit" in r.getMessage()]
+
+
+async def test_overlapping_triggers_on_two_instances_are_two_dependent_fires(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    runs = Runs()
+    schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
+    for scheduler in schedulers:
+
+        @scheduler.job(sharding_total_count=4)
+        async def extract(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+            await anyio.sleep(0.5)  # the second trigger may come while items run: they misfire
+
+        @scheduler.job(after="extract")
+        async def load(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+    first, second = schedulers
+    async with first, second:
+        coord = first._runners["extract"].coordinator
+        await eventually(lambda: len(coord.local_items()) == 2, 20, what="two items each")
+        await _set_servers(first, "load", b"DISABLED", second)  # both requests wait
+        await first.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 4, 20, what="the first fire")
+        await second.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 8, 20, what="both fires")
+        runners = [s._runners["extract"] for s in schedulers]
+        await eventually(lambda: not any(r.executor.running for r in runners), 20, what="idle")
+        await _set_servers(first, "load", b"ENABLED")
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="two dependent fires")
+        await anyio.sleep(0.5)  # no third load run follows
+    ups = [c.upstream_task_ids for c in runs.of("load")]
+    assert len(ups) == 2 and ups[0] != ups[1] and all(len(u) == 2 for u in ups), ups
