@@ -10,24 +10,21 @@ item claimed in ``requests/{key}/ran/{item}``), with source ``MISFIRE``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ._context import ShardingContexts
 from ._cron import CronTrigger
-from ._dependents import _create_parents, fire_key, may_free
+from ._dependents import fire_key
 from ._errors import (
     BadVersionError,
-    NodeExistsError,
     NoNodeError,
-    RegistryError,
-    TransactionFailedError,
 )
 from ._layout import JobPaths
-from .registry._protocol import CreateOp, Registry
+from ._requests import claim_items, create_parents, run_claimed, serve_requests
 from .tracing._events import ExecutionSource, ExecutionType, State
 
 if TYPE_CHECKING:
@@ -86,7 +83,7 @@ class CatchUp:
             try:
                 raw, stat = await self.registry.get(path)
             except NoNodeError:
-                if await _create_parents(self.registry, path, str(ms).encode()):
+                if await create_parents(self.registry, path, str(ms).encode()):
                     return
                 continue
             if _parse(raw) >= ms:
@@ -137,7 +134,7 @@ class CatchUp:
             return
         text = ", ".join(m.isoformat() for m in missed[-NAMED:])
         more = f" (and {len(missed) - NAMED} earlier)" if len(missed) > NAMED else ""
-        await _create_parents(
+        await create_parents(
             self.registry, self.paths.catchup_request(fire_key(latest)), (text + more).encode()
         )
         log.warning(
@@ -163,42 +160,15 @@ class CatchUp:
 
     async def run(self) -> None:
         """Run this instance's share of each catch-up request (a loop of the job's runner)."""
-        coord = self.runner.coordinator
-        requests = self.paths.catchup_requests
-        changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
-        while True:
-            if coord.view.fresh and not coord.config_problem:
-                try:
-                    for key in coord.view.children(requests):
-                        await self._serve(key)
-                except RegistryError as exc:
-                    log.debug("%s: catch-up step failed (%s)", self.paths.job, exc)
-            await changes.wait(30.0)
+        await serve_requests(self.runner, self.paths.catchup_requests, self._serve, log)
 
     async def _serve(self, key: str) -> None:
         runner = self.runner
         coord, executor = runner.coordinator, runner.executor
-        total = coord.config.sharding_total_count
-        ran = coord.view.children(self.paths.catchup_ran(key))
-        if len(ran) >= total:
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.catchup_request(key), recursive=True)
+        ran = partial(self.paths.catchup_ran, key)
+        items = await claim_items(runner, self.paths.catchup_request(key), ran)
+        if not items:
             return
-        items = [
-            i
-            for i in coord.local_items()
-            if str(i) not in ran and not executor.is_running(i) and not coord.is_running(i)
-        ]
-        if not items or not runner.keep_going():
-            return
-        await _create_parents(self.registry, self.paths.catchup_ran(key))
-        me = coord.identity.instance_id.encode()
-        try:
-            await self.registry.transaction(
-                [CreateOp(self.paths.catchup_ran(key, i), me) for i in items]
-            )
-        except (TransactionFailedError, NodeExistsError):
-            return  # claimed elsewhere (the view will show it)
         scheduled = _at(int(key)) if key.isdigit() else None
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, scheduled),
@@ -211,14 +181,7 @@ class CatchUp:
             f"Job '{self.paths.job}' catch-up fire for missed fire(s) "
             f"{missed.decode(errors='replace')} (catchup_window {self._window:g}s).",
         )
-        runner.start_contexts(contexts, lambda: _unclaim(self.registry, self.paths, key, items))
-
-
-async def _unclaim(registry: Registry, paths: JobPaths, key: str, items: list[int]) -> None:
-    """Give the claims back: the items did not run (the loop claims them again later)."""
-    for item in items:
-        with contextlib.suppress(NoNodeError):
-            await registry.delete(paths.catchup_ran(key, item))
+        run_claimed(runner, ran, contexts)
 
 
 def _parse(raw: bytes) -> int:

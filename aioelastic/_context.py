@@ -28,6 +28,8 @@ class ShardingContexts:
     upstream_task_ids: tuple[str, ...] = ()
     upstream_fire: str | None = None
     """A dependent job's run: the key of the upstream fire that requested it."""
+    trigger: str | None = None
+    """A manual fire: its trigger's id (the same on every instance the trigger reached)."""
     catch_up: bool = False
     """A catch-up fire (source MISFIRE, but no misfire re-run: there are no marks to take)."""
 

@@ -140,9 +140,16 @@ async def write_triggers(registry: Registry, paths: JobPaths) -> list[str]:
         instances = sorted(await registry.get_children(paths.instances))
     except NoNodeError:
         return []
+    # Every node holds this trigger's id (its fire's key for dependent jobs), all at once.
+    data = f"{round(time.time() * 1000)}-{uuid.uuid4().hex[:8]}".encode()
+    ops: list[Op] = [CreateOp(paths.trigger(i), data) for i in instances]
+    if len(chunk_ops(ops)) == 1:
+        with contextlib.suppress(NodeExistsError, NoNodeError, TransactionFailedError):
+            await registry.transaction(ops)
+            return instances
     for inst in instances:
         with contextlib.suppress(NodeExistsError):
-            await registry.create(paths.trigger(inst), make_parents=True)
+            await registry.create(paths.trigger(inst), data, make_parents=True)
     return instances
 
 

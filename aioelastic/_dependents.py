@@ -2,15 +2,18 @@
 
 An upstream fire is identified across the cluster by its *fire key*: the scheduled fire time
 in epoch milliseconds (every instance fires a cron job at the same scheduled time), or
-``manual`` for a fire without one (a trigger). Every instance records each item it completes
-under ``{upstream}/dependents/done/{key}/{item}``, right when the item completes (so an
-instance dying later loses nothing); while a run lasts, ``dependents/fires/{item}/{instance}``
-names its fire, so a failover run of it (elsewhere) completes that fire. The instance that
-sees the set full claims it with one multi-op that deletes the set and creates
-``{dependent}/requests/{key}/up-{upstream}``: the request is in the registry, never in one
-instance's memory. Each instance of the dependent job claims its own items of a complete
-request (``requests/{key}/ran/{item}``, one multi-op) and runs them once; once every item is
-claimed, the request is deleted.
+``manual-{id}`` for a trigger (``write_triggers`` puts one id in every instance's trigger
+node), or the upstream fire's key for a dependent job's own run. Every instance records each
+item it completes under ``{upstream}/dependents/done/{key}/{item}``, right when the item
+completes (so an instance dying later loses nothing); while a run lasts,
+``dependents/fires/{item}/{instance}`` names its fire, so a failover run of it (elsewhere)
+completes that fire. The instance that sees the set full (when the last item of its run is
+recorded) claims it with one small multi-op that creates ``done/{key}/claimed`` and
+``{dependent}/requests/{key}/up-{upstream}`` (its size does not grow with the item count),
+then deletes the set: the request is in the registry, never in one instance's memory. Each
+instance of the dependent job claims its own items of a complete request (``_requests``) and
+runs them once, recording the upstream task ids in ``dependents/upstream/{item}/{instance}``
+while the run lasts (a failover run of the item takes them from there).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ._config import JobConfig
@@ -29,11 +33,12 @@ from ._errors import (
     ConfigError,
     NodeExistsError,
     NoNodeError,
-    RegistryError,
     TransactionFailedError,
 )
 from ._layout import JobPaths
-from .registry._protocol import CreateOp, DeleteOp, Op, Registry
+from ._requests import claim_items, create_parents, drop, run_claimed, serve_requests
+from .registry._limits import chunk_ops
+from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
 from .tracing._events import ExecutionSource, ExecutionType, State
 
 if TYPE_CHECKING:
@@ -46,9 +51,26 @@ log = logging.getLogger("aioelastic.dependents")
 MANUAL = "manual"
 
 
-def fire_key(scheduled: datetime | None) -> str:
-    """The cluster-wide name of a fire: its scheduled time (epoch ms), or ``manual``."""
-    return MANUAL if scheduled is None else str(round(scheduled.timestamp() * 1000))
+def fire_key(scheduled: datetime | None, trigger: str | None = None) -> str:
+    """The cluster-wide name of a fire: its scheduled time (epoch ms), or ``manual-{id}`` for
+    a trigger (its id, written by the triggering side, is the same on every instance), or
+    ``manual`` for a trigger without an id (an older version's)."""
+    if scheduled is not None:
+        return str(round(scheduled.timestamp() * 1000))
+    return MANUAL if not trigger else f"{MANUAL}-{trigger.replace('/', '_')}"
+
+
+def key_of(contexts: ShardingContexts) -> str:
+    """The fire key of ``contexts``' fire (a dependent job's run: its upstream fire's)."""
+    if contexts.upstream_fire is not None:
+        return contexts.upstream_fire
+    return fire_key(contexts.scheduled_fire_time, contexts.trigger)
+
+
+def key_time(key: str) -> int:
+    """The epoch ms a fire key names (a trigger's id starts with its time), -1 if none."""
+    head = key.removeprefix(f"{MANUAL}-").split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
 
 
 def check_dependencies(jobs: Mapping[str, JobConfig], new: JobConfig) -> None:
@@ -78,27 +100,16 @@ def attach_dependents(
     downstream = sorted(n for n, cfg in jobs.items() if name in cfg.after)
     if downstream or jobs[name].after:
         me = runner.coordinator.identity.instance_id
-        runner.executor.dependents = Dependents(registry, namespace, jobs[name], downstream, me)
+        joins = {n for n in downstream if len(jobs[n].after) > 1}
+        runner.executor.dependents = Dependents(
+            registry, namespace, jobs[name], downstream, me, joins
+        )
 
 
-async def _create_parents(registry: Registry, path: str, data: bytes = b"") -> bool:
-    """Create ``path`` (and missing parents); False if it existed."""
-    try:
-        await registry.create(path, data, make_parents=True)
-    except NodeExistsError:
-        return False
-    return True
-
-
-def may_free(path: str) -> bool:
-    """A change that can let a requested run's items run here: a run ended, a reshard
-    completed, a server was enabled."""
-    parts = path.split("/")
-    return (
-        path.endswith(("/running", "/instance"))
-        or parts[-1] == "necessary"
-        or (len(parts) > 2 and parts[-2] == "servers")
-    )
+async def _put(registry: Registry, path: str, data: bytes) -> None:
+    """Create or overwrite ``path``."""
+    if not await create_parents(registry, path, data):
+        await registry.set(path, data)
 
 
 def _dumps(value: object) -> bytes:
@@ -116,14 +127,22 @@ class Dependents:
         config: JobConfig,
         downstream: Sequence[str],
         instance_id: str,
+        joins: Set[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.paths = JobPaths(namespace, config.name)
         self._namespace = namespace
         self.downstream = list(downstream)
         self.instance_id = instance_id
+        self.config = config
+        self._joins = joins  # downstream jobs with several upstream jobs
+        self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
         self._misfired: dict[int, str] = {}  # item -> key of the fire it misfired in
+        # task id -> (items of that run not recorded yet, fire keys its items recorded): only
+        # the last item looks whether those fires are complete (looking per item grows with
+        # the item count squared).
+        self._unrecorded: dict[str, tuple[set[int], set[str]]] = {}
 
     # -- as an upstream job --
 
@@ -131,24 +150,60 @@ class Dependents:
         """A fire found items still running: their delayed re-run completes this fire."""
         if self.downstream and contexts.execution_type is ExecutionType.READY:
             for item in contexts.items:
-                self._misfired[item] = fire_key(contexts.scheduled_fire_time)
+                self._misfired[item] = key_of(contexts)
 
-    async def fire_started(self, contexts: ShardingContexts) -> None:
+    async def fire_started(self, contexts: ShardingContexts) -> ShardingContexts:
         """Record which fire each item's run completes, in ``dependents/fires/{item}/{me}``
-        (while the run lasts): a failover run of it, elsewhere, completes that fire."""
-        if not self.downstream or contexts.execution_type is ExecutionType.FAILOVER:
-            return
+        (while the run lasts): a failover run of it, elsewhere, completes that fire. A
+        dependent job's run records its upstream task ids the same way; its failover run gets
+        them back (the returned contexts)."""
+        if self.config.after:
+            contexts = await self._upstream_started(contexts)
+        if not self.downstream:
+            return contexts
+        self._unrecorded[contexts.task_id] = (set(contexts.items), set())
+        if contexts.execution_type is ExecutionType.FAILOVER:
+            return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
         for item in contexts.items:
-            key = (
-                self._misfired.pop(item, MANUAL)
-                if misfire
-                else fire_key(contexts.scheduled_fire_time)
-            )
+            key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
             self._keys[(contexts.task_id, item)] = key
             path = self.paths.dependents_fire(item, self.instance_id)
-            if not await _create_parents(self.registry, path, key.encode()):
-                await self.registry.set(path, key.encode())
+            await _put(self.registry, path, key.encode())
+        return contexts
+
+    async def _upstream_started(self, contexts: ShardingContexts) -> ShardingContexts:
+        """A dependent job's run: record its upstream fire in ``dependents/upstream/{item}/{me}``
+        (while it lasts); a failover run takes the record of the dead run it replaces."""
+        if contexts.execution_type is not ExecutionType.FAILOVER:
+            if contexts.upstream_fire is not None:
+                record = _dumps(
+                    {"fire": contexts.upstream_fire, "task_ids": contexts.upstream_task_ids}
+                )
+                for item in contexts.items:
+                    path = self.paths.dependents_upstream(item, self.instance_id)
+                    await _put(self.registry, path, record)
+            return contexts
+        task_ids: list[str] = []
+        fire: str | None = None
+        for item in contexts.items:
+            found = await self._dead_records(self.paths.dependents_upstream(item))
+            if not found:
+                continue
+            raw, instance = found[-1]
+            self._upstream_runs[(contexts.task_id, item)] = instance
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                record = json.loads(raw)
+                fire = str(record.get("fire"))
+                task_ids += [str(t) for t in record.get("task_ids", []) if str(t) not in task_ids]
+        if not task_ids:
+            return contexts
+        return dataclasses.replace(contexts, upstream_task_ids=tuple(task_ids), upstream_fire=fire)
+
+    async def _upstream_done(self, contexts: ShardingContexts, item: int) -> None:
+        runner = self._upstream_runs.pop((contexts.task_id, item), self.instance_id)
+        with contextlib.suppress(NoNodeError):
+            await self.registry.delete(self.paths.dependents_upstream(item, runner))
 
     async def item_done(
         self,
@@ -159,71 +214,109 @@ class Dependents:
     ) -> None:
         """Record the item's completion in its fire; claim the fire once every ``expected``
         item (the job's items minus disabled ones) is in."""
+        if self.config.after:
+            await self._upstream_done(contexts, item)
         if not self.downstream:
             return
         runner = self.instance_id
         key = self._keys.pop((contexts.task_id, item), None)
         if contexts.execution_type is ExecutionType.FAILOVER:
             runner, key = await self._lost_run(item)
-        if key is None:
-            return
+        if key is not None:
+            await self._record(contexts, item, key, runner, failure)
+        left, keys = self._unrecorded.get(contexts.task_id, (set(), set()))
+        left.discard(item)
+        if key is not None:
+            keys.add(key)
+        if left:
+            return  # the last item of this run looks (its record is the latest of them)
+        self._unrecorded.pop(contexts.task_id, None)
+        for fire in sorted(keys):
+            try:
+                names = await self.registry.get_children(self.paths.dependents_done(fire))
+            except NoNodeError:
+                continue  # claimed meanwhile
+            if expected() <= {int(n) for n in names if n.isdigit()}:
+                await self._claim(fire, names)
+
+    async def _record(
+        self,
+        contexts: ShardingContexts,
+        item: int,
+        key: str,
+        runner: str,
+        failure: BaseException | None,
+    ) -> None:
+        """Record the item's completion in fire ``key``'s set, ending ``runner``'s record of
+        the run."""
         record = _dumps({"task_id": contexts.task_id, "ok": failure is None})
         done = self.paths.dependents_done(key, item)
-        await _create_parents(self.registry, self.paths.dependents_done(key))
+        await create_parents(self.registry, self.paths.dependents_done(key))
         try:  # the completion and the end of the run's record, at once
             await self.registry.transaction(
                 [CreateOp(done, record), DeleteOp(self.paths.dependents_fire(item, runner))]
             )
         except (TransactionFailedError, NoNodeError, NodeExistsError):
-            await _create_parents(self.registry, done, record)  # e.g. recorded by a lost run
+            await create_parents(self.registry, done, record)  # e.g. recorded by a lost run
             with contextlib.suppress(NoNodeError):
                 await self.registry.delete(self.paths.dependents_fire(item, runner))
-        try:
-            names = await self.registry.get_children(self.paths.dependents_done(key))
-        except NoNodeError:
-            return  # claimed meanwhile
-        if expected() <= {int(n) for n in names if n.isdigit()}:
-            await self._claim(key, names)
 
     async def _lost_run(self, item: int) -> tuple[str, str | None]:
         """The instance and fire key of the dead run that a failover run of ``item`` replaces:
         the record of a run whose instance is gone (the latest fire if several)."""
-        found: list[tuple[str, str]] = []
+        found = await self._dead_records(self.paths.dependents_fire(item))
+        if not found:
+            return self.instance_id, None
+        raw, instance = max(found, key=lambda f: (key_time(f[0].decode()), f[0]))
+        return instance, raw.decode()
+
+    async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
+        """The data of ``parent``'s children named after an instance that is gone (oldest
+        first), with that instance."""
+        found: list[tuple[float, bytes, str]] = []
         with contextlib.suppress(NoNodeError):
-            for name in await self.registry.get_children(self.paths.dependents_fire(item)):
+            for name in await self.registry.get_children(parent):
                 if name == self.instance_id or await self.registry.exists(
                     self.paths.instance(name)
                 ):
                     continue
                 with contextlib.suppress(NoNodeError):
-                    raw, _ = await self.registry.get(self.paths.dependents_fire(item, name))
-                    found.append((raw.decode(), name))
-        if not found:
-            return self.instance_id, None
-        key, instance = max(found, key=lambda f: (f[0] != MANUAL, f[0]))
-        return instance, key
+                    raw, stat = await self.registry.get(f"{parent}/{name}")
+                    found.append((stat.mtime, raw, name))
+        return [(raw, name) for _, raw, name in sorted(found)]
 
     async def _claim(self, key: str, done: Sequence[str]) -> None:
+        """Request the dependents' fires of the complete fire ``key``: one small multi-op that
+        creates the set's ``claimed`` node (only one instance's can) with the requests (its
+        size does not grow with the item count); then the set is deleted, chunk by chunk."""
         records: list[dict[str, Any]] = []
-        for name in done:
+        items = [n for n in done if n.isdigit()]
+        for name in items:
             try:
                 raw, _ = await self.registry.get(self.paths.dependents_done(key, int(name)))
                 records.append(json.loads(raw))
             except (NoNodeError, ValueError):
                 return  # another instance is claiming it
         task_ids = sorted({str(r.get("task_id")) for r in records})
-        failed = sorted(int(n) for n, r in zip(done, records, strict=True) if not r.get("ok"))
+        failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
-        ops: list[Op] = [DeleteOp(self.paths.dependents_done(key, int(n))) for n in done]
-        ops.append(DeleteOp(self.paths.dependents_done(key)))
-        for name in self.downstream:
-            paths = JobPaths(self._namespace, name)
-            await _create_parents(self.registry, paths.request(key))
-            ops.append(CreateOp(paths.request_upstream(key, self.paths.job), up))
-        try:
-            await self.registry.transaction(ops)
-        except (TransactionFailedError, NoNodeError):
-            return  # another instance claimed the fire first
+        for _ in range(3):  # a request node appeared or went meanwhile: build the ops again
+            ops: list[Op] = [CreateOp(self.paths.dependents_claimed(key))]
+            for name in self.downstream:
+                paths = JobPaths(self._namespace, name)
+                request = self._request_key(name, key)
+                await create_parents(self.registry, paths.request(request))
+                node = paths.request_upstream(request, self.paths.job)
+                exists = await self.registry.exists(node)
+                ops.append(SetOp(node, up) if exists else CreateOp(node, up))
+            try:
+                await self.registry.transaction(ops)
+                break
+            except TransactionFailedError as exc:
+                if exc.index == 0:
+                    return  # another instance claimed the fire first
+        else:
+            return
         log.info(
             "%s: fire %s completed on every item%s; requested %s",
             self.paths.job,
@@ -231,16 +324,35 @@ class Dependents:
             f" (failed items {failed})" if failed else "",
             ", ".join(self.downstream),
         )
+        await self._delete_set(key)
         await self._drop_older(key)
+
+    def _request_key(self, downstream: str, key: str) -> str:
+        """The request a fire goes to: its own key, but a trigger of one of several upstreams
+        joins the others' latest triggers (``manual``: their ids cannot match)."""
+        if downstream in self._joins and not key.isdigit():
+            return MANUAL
+        return key
+
+    async def _delete_set(self, key: str) -> None:
+        """Delete a claimed fire's record (chunked: thousands of items do not fit a packet)."""
+        parent = self.paths.dependents_done(key)
+        with contextlib.suppress(NoNodeError):
+            names = await self.registry.get_children(parent)
+            for chunk in chunk_ops([DeleteOp(f"{parent}/{n}") for n in names]):
+                with contextlib.suppress(TransactionFailedError, NoNodeError):
+                    await self.registry.transaction(chunk)
+            await self.registry.delete(parent, recursive=True)
 
     async def _drop_older(self, key: str) -> None:
         """Drop the records of earlier fires that never completed on every item (a fire whose
         items could not all run: a dead instance without failover, a disabled server)."""
-        if not key.isdigit():
+        at = key_time(key)
+        if at < 0:
             return
         with contextlib.suppress(NoNodeError):
             for name in await self.registry.get_children(self.paths.dependents_done()):
-                if name.isdigit() and int(name) < int(key):
+                if 0 <= key_time(name) < at:
                     log.warning(
                         "%s: fire %s never completed on every item; its dependents do not run",
                         self.paths.job,
@@ -253,17 +365,7 @@ class Dependents:
 
     async def run(self, runner: JobRunner) -> None:
         """Run this instance's share of each complete request (a loop of the job's runner)."""
-        coord = runner.coordinator
-        requests = self.paths.requests
-        changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
-        while True:
-            if coord.view.fresh and not coord.config_problem:
-                try:
-                    for key in coord.view.children(requests):
-                        await self._serve(runner, key)
-                except RegistryError as exc:
-                    log.debug("%s: request step failed (%s)", self.paths.job, exc)
-            await changes.wait(30.0)
+        await serve_requests(runner, self.paths.requests, partial(self._serve, runner), log)
 
     def _upstreams(self, runner: JobRunner, key: str) -> dict[str, dict[str, Any]] | None:
         view, out = runner.coordinator.view, {}
@@ -283,12 +385,6 @@ class Dependents:
         upstreams = self._upstreams(runner, key)
         if upstreams is None:
             return  # waiting for another upstream job's fire
-        total = cfg.sharding_total_count
-        ran = coord.view.children(self.paths.request_ran(key))
-        if len(ran) >= total:
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request(key), recursive=True)
-            return
         failed = {u: r["failed_items"] for u, r in upstreams.items() if r.get("failed_items")}
         if failed and cfg.after_policy == "all_succeeded":
             log.warning(
@@ -299,26 +395,12 @@ class Dependents:
                 failed,
                 extra=coord.log_fields,
             )
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request(key), recursive=True)
+            await drop(self.registry, self.paths.request(key))
             return
-        items = [
-            i
-            for i in coord.local_items()
-            if str(i) not in ran and not executor.is_running(i) and not coord.is_running(i)
-        ]
-        if not items or not runner.keep_going():
+        ran = partial(self.paths.request_ran, key)
+        items = await claim_items(runner, self.paths.request(key), ran)
+        if not items:
             return
-        await _create_parents(self.registry, self.paths.request_ran(key))
-        try:
-            await self.registry.transaction(
-                [
-                    CreateOp(self.paths.request_ran(key, i), coord.identity.instance_id.encode())
-                    for i in items
-                ]
-            )
-        except (TransactionFailedError, NodeExistsError):
-            return  # claimed elsewhere (the view will show it)
         task_ids = tuple(t for u in cfg.after for t in upstreams[u].get("task_ids", []))
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.NORMAL_TRIGGER, None),
@@ -331,10 +413,4 @@ class Dependents:
             f"Job '{self.paths.job}' execute begin after {', '.join(cfg.after)} "
             f"(fire {key}, upstream tasks {', '.join(task_ids)}).",
         )
-        runner.start_contexts(contexts, lambda: self._unclaim(key, items))
-
-    async def _unclaim(self, key: str, items: list[int]) -> None:
-        """Give the claims back: the items did not run (the loop claims them again later)."""
-        for item in items:
-            with contextlib.suppress(NoNodeError):
-                await self.registry.delete(self.paths.request_ran(key, item))
+        run_claimed(runner, ran, contexts)

@@ -130,6 +130,7 @@ class JobExecutor:
         self,
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
+        trigger: bytes | None = None,
     ) -> None:
         """One fire, ElasticJob's execution template: check the clock against the registry;
         skip unless the session is connected; let a pending reshard finish; take this
@@ -164,6 +165,8 @@ class JobExecutor:
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
         contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
+        if trigger:
+            contexts = dataclasses.replace(contexts, trigger=trigger.decode(errors="replace"))
         self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
@@ -278,7 +281,7 @@ class JobExecutor:
                 await self._misfire(contexts)
             return False
         if self.dependents is not None:
-            await self.dependents.fire_started(contexts)
+            contexts = await self.dependents.fire_started(contexts)
         if self.catchup is not None and self.config.catchup_window > 0:
             await self.catchup.fire_started(contexts)
         outcomes: dict[int, _Outcome] = {}

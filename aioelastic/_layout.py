@@ -128,10 +128,20 @@ class JobPaths:
         base = self._p("dependents", "fires", item)
         return base if instance_id is None else f"{base}/{instance_id}"
 
+    def dependents_upstream(self, item: int, instance_id: str | None = None) -> str:
+        """A dependent job's run of ``item`` on ``instance_id`` in progress: its upstream fire
+        and task ids (a failover run of it gets them from here)."""
+        base = self._p("dependents", "upstream", item)
+        return base if instance_id is None else f"{base}/{instance_id}"
+
     def dependents_done(self, key: str | None = None, item: int | None = None) -> str:
         """The items of the upstream fire ``key`` that completed (data: task id, outcome)."""
         base = self._p("dependents", "done") if key is None else self._p("dependents", "done", key)
         return base if item is None else f"{base}/{item}"
+
+    def dependents_claimed(self, key: str) -> str:
+        """Created by the one instance that requests the dependents' fires of fire ``key``."""
+        return self._p("dependents", "done", key, "claimed")
 
     @property
     def requests(self) -> str:

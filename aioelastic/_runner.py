@@ -162,9 +162,11 @@ class JobRunner:
         self,
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
+        trigger: bytes | None = None,
     ) -> None:
         if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
-            self._fires.start_soon(self._guarded, self.executor.fire(source, scheduled))
+            fire = self.executor.fire(source, scheduled, trigger=trigger)
+            self._fires.start_soon(self._guarded, fire)
 
     def _start_run(
         self,
@@ -258,8 +260,9 @@ class JobRunner:
                 if raw is not None and raw != config_raw:
                     config_raw = raw
                     self._apply_config(raw)
+                trigger = coord.view.get(coord.paths.trigger(coord.identity.instance_id))
                 if coord.has_trigger() and await coord.consume_trigger():
-                    self.start_fire(ExecutionSource.NORMAL_TRIGGER)
+                    self.start_fire(ExecutionSource.NORMAL_TRIGGER, trigger=trigger)
                 if coord.config_problem:
                     continue  # held: no misfire re-runs or takeovers with an unknown config
                 self._run_misfired_if_due()

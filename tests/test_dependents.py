@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
-from aioelastic._dependents import fire_key
+from aioelastic._dependents import fire_key, key_time
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing._events import State
 from tests.harness.cli import cli
@@ -162,6 +162,9 @@ def test_a_cycle_through_the_registered_graph_is_refused() -> None:
 def test_fire_keys_name_the_scheduled_time() -> None:
     assert fire_key(None) == "manual"
     assert fire_key(datetime(2026, 1, 1, tzinfo=UTC)) == "1767225600000"
+    assert fire_key(None, "1767225600000-ab12cd34") == "manual-1767225600000-ab12cd34"
+    assert key_time("manual-1767225600000-ab12cd34") == key_time("1767225600000") > 0
+    assert key_time("manual") == -1
 
 
 # -- across instance processes on a real ZooKeeper --
@@ -224,6 +227,51 @@ async def test_the_dependent_runs_once_per_fire_when_an_upstream_instance_dies_m
     assert len(fires) == len(set(fires)), f"a fire's dependent ran twice: {fires}"
     item1 = [r for r in runs if r.job == "extract" and r.item == 1 and r.source == "FAILOVER"]
     assert item1 and item1[0].instance in {"inst-a", "inst-b"}
+
+
+@pytest.mark.zookeeper
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_failover_run_of_a_dependent_item_has_its_upstream_task_ids(
+    zk_server: ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = url_with(zk_server, session_timeout=3.0)
+    options = {"cron": "0/5 * * * * ?", "sharding_total_count": 2, "load_duration": 60.0}
+    cluster = Cluster(url, tmp_path, job_options=options, module=MODULE, jobs="extract")
+    try:
+        procs = {i: cluster.start(i) for i in IDS[:2]}
+        await ready(cluster, *procs.values())
+        runs = await eventually(
+            cluster.history,
+            40,
+            0.05,
+            until=lambda runs: any(r.job == "load" for r in runs),
+            what="load running",
+            detail=cluster.history,
+        )
+        victim = next(r for r in runs if r.job == "load")
+        procs[victim.instance].signal(signal.SIGKILL)
+        survivor = cluster.instances[next(i for i in procs if i != victim.instance)]
+        started = await eventually(
+            survivor.records,
+            40,
+            0.1,
+            until=lambda recs: any(
+                r["ev"] == "start" and r["job"] == "load" and r["source"] == "FAILOVER"
+                for r in recs
+            ),
+            what="the failover run of load's item",
+            detail=cluster.history,
+        )
+    finally:
+        cluster.close()
+    killed = next(
+        r
+        for r in cluster.instances[victim.instance].records()
+        if r["ev"] == "start" and r["job"] == "load"
+    )
+    (failover,) = (r for r in started if r.get("job") == "load" and r.get("source") == "FAILOVER")
+    assert killed["upstream"] and failover["upstream"] == killed["upstream"]
 
 
 def loads_done(cluster: Cluster, all_runs: bool = False) -> list[float]:
@@ -332,3 +380,96 @@ async def test_operations_and_the_cli_show_the_chain(zk_url: str) -> None:
         assert rows["runs_after"] == ["extract"] and rows["runs_before"] == ["report"]
         as_json = (await cli("--registry", zk_url, "--json", "job", "show", "report")).json()
         assert as_json["chain"] == {"upstream": ["extract", "load"], "downstream": []}
+
+
+async def _set_servers(scheduler: Scheduler, job: str, data: bytes, *others: Scheduler) -> None:
+    """Enable or disable every server of ``job``; disabled: until no instance owns an item."""
+    coord = scheduler._runners[job].coordinator
+    for host in await scheduler.registry.get_children(coord.paths.servers):
+        await scheduler.registry.set(coord.paths.server(host), data)
+    if data == b"DISABLED":
+        coords = [s._runners[job].coordinator for s in (scheduler, *others)]
+        await eventually(lambda: not any(c.local_items() for c in coords), 20, what="disabled")
+
+
+async def test_two_triggers_before_the_dependent_ran_are_two_dependent_fires(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs)
+    async with scheduler:
+        await _set_servers(scheduler, "load", b"DISABLED")  # requests wait: nothing runs load
+        for n in (1, 2):
+            await scheduler.trigger("extract")
+            await sink.wait_for(lambda events: len(completions(events, "extract")) == 3 * n)  # noqa: B023
+        await _set_servers(scheduler, "load", b"ENABLED")
+        await eventually(lambda: len(runs.of("load")) == 4, 20, what="two dependent fires")
+    extract_tasks = sorted({c.task_id for c in runs.of("extract")})
+    assert len(extract_tasks) == 2
+    assert sorted(c.upstream_task_ids for c in runs.of("load")) == sorted(
+        [(t,) for t in extract_tasks] * 2
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_an_upstream_fire_of_thousands_of_items_requests_its_dependent(
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The memory registry refuses a multi-op over ZooKeeper's packet limit, as ZooKeeper does:
+    # one op per item of 3,000 (with a long job name in each path) would not fit one.
+    scheduler, runs, done = make_scheduler(), Runs(), []
+    big = "big_" + "x" * 236
+
+    async def upstream(ctx: ShardingContext) -> None:
+        done.append(ctx.sharding_item)
+
+    async def dependent(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    scheduler.add_job(upstream, name=big, sharding_total_count=3000)
+    scheduler.add_job(dependent, name="after_big", after=big)
+    async with scheduler:
+        await scheduler.trigger(big)
+        await eventually(lambda: len(runs.of("after_big")) == 1, 90, what="the dependent")
+        coord = scheduler._runners[big].coordinator
+        await eventually(
+            lambda: not coord.view.children(coord.paths.dependents_done()),
+            30,
+            what="the done set deleted",
+        )
+    assert sorted(done) == list(range(3000))
+    assert not [r for r in caplog.records if "packet limit" in r.getMessage()]
+
+
+async def test_overlapping_triggers_on_two_instances_are_two_dependent_fires(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    runs = Runs()
+    schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
+    for scheduler in schedulers:
+
+        @scheduler.job(sharding_total_count=4)
+        async def extract(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+            await anyio.sleep(0.5)  # the second trigger may come while items run: they misfire
+
+        @scheduler.job(after="extract")
+        async def load(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+    first, second = schedulers
+    async with first, second:
+        coord = first._runners["extract"].coordinator
+        await eventually(lambda: len(coord.local_items()) == 2, 20, what="two items each")
+        await _set_servers(first, "load", b"DISABLED", second)  # both requests wait
+        await first.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 4, 20, what="the first fire")
+        await second.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 8, 20, what="both fires")
+        runners = [s._runners["extract"] for s in schedulers]
+        await eventually(lambda: not any(r.executor.running for r in runners), 20, what="idle")
+        await _set_servers(first, "load", b"ENABLED")
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="two dependent fires")
+        await anyio.sleep(0.5)  # no third load run follows
+    ups = [c.upstream_task_ids for c in runs.of("load")]
+    assert len(ups) == 2 and ups[0] != ups[1] and all(len(u) == 2 for u in ups), ups

@@ -1,5 +1,6 @@
 """An instance process running a two-job pipeline: ``extract`` (upstream, its options from
-``--job-options``) and ``load`` (``after="extract"``, one item, failover on).
+``--job-options``) and ``load`` (``after="extract"``, one item, failover on, running for
+``load_duration`` seconds of those options, default 0).
 
 Same command line and history records as ``cluster_instance`` (``tests/harness/instance_main.py``;
 ``start`` and ``end`` of every item run, for both jobs); a ``load`` start also names its
@@ -21,6 +22,7 @@ def add_jobs(
     scheduler: Scheduler, history: History, options: dict[str, Any], args: argparse.Namespace
 ) -> None:
     seconds_of = item_seconds(options)
+    load_duration = float(options.pop("load_duration", 0.0))
 
     async def work(ctx: ShardingContext) -> None:
         history.start(ctx, upstream=list(ctx.upstream_task_ids))
@@ -28,6 +30,8 @@ def add_jobs(
         try:
             if ctx.job_name == "extract":
                 await anyio.sleep(seconds_of(ctx.sharding_item))
+            elif load_duration:
+                await anyio.sleep(load_duration)
             ok = True
         finally:
             history.end(ctx, ok=ok)

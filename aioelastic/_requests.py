@@ -1,0 +1,116 @@
+"""Requested fires (a dependent job's, a catch-up): a request node in the registry, whose
+items each instance claims (``{request}/ran/{item}``, paths from ``JobPaths``) and runs once;
+once every item is claimed, the request is deleted. Shared by ``_dependents`` and
+``_catchup``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ._context import ShardingContexts
+from ._errors import NodeExistsError, NoNodeError, RegistryError, TransactionFailedError
+from .registry._limits import batch_items
+from .registry._protocol import CreateOp, Registry
+
+if TYPE_CHECKING:
+    from ._runner import JobRunner
+
+__all__ = [
+    "Ran",
+    "claim_items",
+    "create_parents",
+    "drop",
+    "may_free",
+    "run_claimed",
+    "serve_requests",
+]
+
+
+async def create_parents(registry: Registry, path: str, data: bytes = b"") -> bool:
+    """Create ``path`` (and missing parents); False if it existed."""
+    try:
+        await registry.create(path, data, make_parents=True)
+    except NodeExistsError:
+        return False
+    return True
+
+
+def may_free(path: str) -> bool:
+    """A change that can let a requested run's items run here: a run ended, a reshard
+    completed, a server was enabled."""
+    parts = path.split("/")
+    return (
+        path.endswith(("/running", "/instance"))
+        or parts[-1] == "necessary"
+        or (len(parts) > 2 and parts[-2] == "servers")
+    )
+
+
+async def serve_requests(
+    runner: JobRunner, requests: str, serve: Callable[[str], Awaitable[None]], log: logging.Logger
+) -> None:
+    """Call ``serve`` with each request under ``requests`` whenever they, or what frees items,
+    change (a loop of the job's runner)."""
+    coord = runner.coordinator
+    changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
+    while True:
+        if coord.view.fresh and not coord.config_problem:
+            try:
+                for key in coord.view.children(requests):
+                    await serve(key)
+            except RegistryError as exc:
+                log.debug("%s: request step failed (%s)", runner.name, exc)
+        await changes.wait(30.0)
+
+
+async def drop(registry: Registry, request: str) -> None:
+    """Delete a request (every item claimed, or it is not to run)."""
+    with contextlib.suppress(NoNodeError):
+        await registry.delete(request, recursive=True)
+
+
+#: A request's claims: ``ran(None)`` their parent, ``ran(item)`` one item's.
+Ran = Callable[[int | None], str]
+
+
+async def claim_items(runner: JobRunner, request: str, ran: Ran) -> list[int]:
+    """Claim this instance's items of ``request`` that are free and not claimed yet (chunk by
+    chunk: thousands of items do not fit one multi-op); the items claimed, maybe none. A
+    request whose every item is claimed is deleted."""
+    coord, executor, registry = runner.coordinator, runner.executor, runner.registry
+    claimed = set(coord.view.children(ran(None)))
+    if len(claimed) >= coord.config.sharding_total_count:
+        await drop(registry, request)
+        return []
+    items = [
+        i
+        for i in coord.local_items()
+        if str(i) not in claimed and not executor.is_running(i) and not coord.is_running(i)
+    ]
+    if not items or not runner.keep_going():
+        return []
+    await create_parents(registry, ran(None))
+    me = coord.identity.instance_id.encode()
+    got: list[int] = []
+    for batch in batch_items(items, lambda i: [CreateOp(ran(i), me)]):
+        try:
+            await registry.transaction([CreateOp(ran(i), me) for i in batch])
+        except (TransactionFailedError, NodeExistsError):
+            break  # claimed elsewhere (the view will show it)
+        got += batch
+    return got
+
+
+def run_claimed(runner: JobRunner, ran: Ran, contexts: ShardingContexts) -> None:
+    """Run the claimed items of ``contexts``; their claims are given back if they did not run
+    (another run held one: the loop claims them again later)."""
+    runner.start_contexts(contexts, lambda: _unclaim(runner.registry, ran, contexts.items))
+
+
+async def _unclaim(registry: Registry, ran: Ran, items: Sequence[int]) -> None:
+    for item in items:
+        with contextlib.suppress(NoNodeError):
+            await registry.delete(ran(item))
