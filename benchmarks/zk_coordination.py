@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,105 @@ async def requests_per_fire(server: ZooKeeperServer, items: int, seconds: float)
         "note": "fire path = one multi-op to mark items running + one to clear them; the rest "
         "is view upkeep (re-reading nodes whose watches fired, for every instance's view)",
     }
+
+
+def server_counters(server: ZooKeeperServer, namespace: str) -> dict[str, int]:
+    """ZooKeeper's own counters (``mntr``): requests it served under ``/namespace`` (reads and
+    writes; a multi-op is one write) and every packet it received (pings included)."""
+    text = (server.four_letter("mntr", timeout=5) or b"").decode()
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("\t")
+        with contextlib.suppress(ValueError):
+            values[key] = int(float(value))
+    return {
+        "reads": values.get(f"zk_cnt_{namespace}_read_per_namespace", 0),
+        "writes": values.get(f"zk_cnt_{namespace}_write_per_namespace", 0),
+        "packets": values.get("zk_packets_received", 0),
+    }
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+async def server_requests_per_fire(
+    server: ZooKeeperServer, *, instances: int = 2, items: int = 4, failover: bool = False,
+    seconds: float = 10,
+) -> dict[str, Any]:
+    """Requests per fire per instance in steady state, counted by the ZooKeeper server (its
+    per-namespace read/write counters), for one job firing every second on ``instances``."""
+    namespace = f"srvreq{uuid.uuid4().hex[:8]}"
+    url = server.url(namespace, session_timeout=10)
+    counters = [FireCounter() for _ in range(instances)]
+    ids = [f"bench-{k}" for k in range(instances)]
+
+    async def noop(ctx: ShardingContext) -> None:
+        pass
+
+    schedulers = []
+    for k, counter in enumerate(counters):
+        s = Scheduler(settings=Settings(registry_url=url, instance_id=ids[k]), observers=[counter])
+        s.add_job(noop, name=JOB, cron="* * * * * ?", sharding_total_count=items, failover=failover)
+        schedulers.append(s)
+    async with AsyncExitStack() as stack:
+        for s in schedulers:
+            await stack.enter_async_context(s)
+        async with zk_client(url) as reg:
+            await wait_assignment(reg, url, items, expected(ids, items), 20)
+        await anyio.sleep(2)  # settle
+        before, fires_before = server_counters(server, namespace), sum(c.fires for c in counters)
+        await anyio.sleep(seconds)
+        after, fires = server_counters(server, namespace), sum(c.fires for c in counters)
+    delta, fires = _delta(after, before), fires - fires_before
+    return {
+        "instances": instances,
+        "items": items,
+        "failover": failover,
+        "fires": fires,
+        "server_reads_per_fire": round(delta["reads"] / fires, 2) if fires else None,
+        "server_writes_per_fire": round(delta["writes"] / fires, 2) if fires else None,
+        "server_packets_per_fire": round(delta["packets"] / fires, 2) if fires else None,
+        "note": "per fire per instance, from the server's mntr counters (zk_cnt_<ns>_read/"
+        "write_per_namespace; packets include pings and other clients' traffic)",
+    }
+
+
+async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> dict[str, Any]:
+    """One instance with ``jobs`` one-item jobs firing every second: time from ``run()`` to
+    started, the server-side requests of the start, and the share of fires that ran in the
+    5 s after it."""
+    namespace = f"start{uuid.uuid4().hex[:8]}"
+    url = server.url(namespace, session_timeout=10)
+    counter = FireCounter()
+    scheduler = Scheduler(settings=Settings(registry_url=url, instance_id="bench-0"),
+                          observers=[counter])
+
+    async def noop(ctx: ShardingContext) -> None:
+        pass
+
+    for j in range(jobs):
+        scheduler.add_job(noop, name=f"job{j:04d}", cron="* * * * * ?")
+    out: dict[str, Any] = {"jobs": jobs}
+    before = server_counters(server, namespace)
+    async with anyio.create_task_group() as tg:
+        t0 = time.perf_counter()
+        with anyio.move_on_after(budget):
+            await tg.start(scheduler.run)
+            out["start_s"] = round(time.perf_counter() - t0, 2)
+        if "start_s" not in out:
+            out["error"] = f"not started within {budget:g} s"
+        else:
+            start = _delta(server_counters(server, namespace), before)
+            out["server_requests_per_job_start"] = round(
+                (start["reads"] + start["writes"]) / jobs, 1
+            )
+            fires0 = counter.fires
+            await anyio.sleep(5)
+            out["fires_run_share"] = round((counter.fires - fires0) / (5 * jobs), 2)
+        scheduler.stop()
+        tg.cancel_scope.deadline = anyio.current_time() + 30
+    return out
 
 
 async def requests_per_reshard(server: ZooKeeperServer, items: int = 10) -> dict[str, Any]:
