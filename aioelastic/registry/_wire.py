@@ -13,7 +13,7 @@ import hashlib
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import anyio.abc
 from aiozk import exc as zk_exc
 from aiozk import protocol
 from aiozk.protocol.acl import ACL
+from aiozk.protocol.primitives import Int, UString
 from anyio.abc import SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -38,7 +39,9 @@ from ._protocol import Stat
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "AddWatchRequest",
     "Connection",
+    "RemoveWatchesRequest",
     "ServerError",
     "make_acl",
     "map_error",
@@ -73,6 +76,21 @@ _ERROR_TYPES: tuple[tuple[Any, type[RegistryError]], ...] = (
     (zk_exc.SessionMoved, SessionLostError),
     (zk_exc.OperationTimeout, SessionLostError),
 )
+
+
+class AddWatchRequest(protocol.request.Request):  # type: ignore[misc]
+    """ZooKeeper >= 3.6's ``addWatch`` (mode 1: PERSISTENT_RECURSIVE); the reply has no body
+    we use."""
+
+    opcode = 106
+    parts = (("path", UString), ("mode", Int))
+
+
+class RemoveWatchesRequest(protocol.request.Request):  # type: ignore[misc]
+    """``removeWatches`` (type 5: PersistentRecursive)."""
+
+    opcode = 18
+    parts = (("path", UString), ("type", Int))
 
 
 class ServerError(Exception):
@@ -221,6 +239,39 @@ class Connection:
             raise pending.error
         return pending.response
 
+    async def call_many(
+        self, requests: Sequence[tuple[Any, Callable[[Any, Exception | None], None]]]
+    ) -> None:
+        """Send ``requests`` in one write and wait for every reply; each ``on_reply`` runs as
+        its reply is read (error replies included). Raises ``SessionLostError`` if the
+        connection ends first."""
+        calls: list[tuple[int, _Call]] = []
+        try:
+            async with self._send_lock:
+                if self.closed.is_set():
+                    raise SessionLostError(f"connection to {self.host} is closed")
+                now = anyio.current_time()
+                frames = []
+                for request, on_reply in requests:
+                    self._xid = xid = self._xid % 0x7FFFFFFF + 1
+                    pending = _Call(request.opcode, now, on_reply)
+                    self._pending[xid] = pending
+                    calls.append((xid, pending))
+                    payload = request.serialize(xid)
+                    frames.append(_SIZE.pack(len(payload)) + payload)
+                await self._stream.send(b"".join(frames))
+                self.last_send = anyio.current_time()
+            for _, pending in calls:
+                await pending.done.wait()
+        except CONNECTION_ERRORS as error:
+            raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
+        finally:
+            for xid, _ in calls:
+                self._pending.pop(xid, None)
+        for _, pending in calls:
+            if pending.error is not None and not isinstance(pending.error, ServerError):
+                raise pending.error
+
     async def ping(self) -> None:
         """Send a ping unless one is outstanding; its reply acknowledges its send time."""
         async with self._send_lock:
@@ -269,7 +320,7 @@ class Connection:
             self.last_zxid = max(self.last_zxid, zxid)
         if err:
             pending.error = ServerError(_response_error(err))
-        else:
+        elif pending.opcode in protocol.response_xref:
             pending.response = protocol.response_xref[pending.opcode].deserialize(body)
         if pending.on_reply is not None:
             error = pending.error.error if isinstance(pending.error, ServerError) else None
