@@ -227,6 +227,7 @@ class ZooKeeperRegistry(ListenerBase):
         self._watches = _Watches()
         self._tree_watches: dict[str, list[Watcher]] = {}  # server-side root -> watchers
         self._inflight_creates: dict[str, int] = {}  # server-side path -> our creates of it
+        self._flagged: set[str] = set()  # paths whose CREATED went out marked pending
         self._session_id = 0
         self._password = b"\x00" * 16
         self._timeout = url.session_timeout
@@ -623,6 +624,8 @@ class ZooKeeperRegistry(ListenerBase):
         fired = [(w, event) for w in self._watches.pop(event_type, raw.path)]
         if self._tree_watches and event_type is not WatchEventType.CHILDREN:
             pending = event_type is WatchEventType.CREATED and raw.path in self._inflight_creates
+            if pending:
+                self._flagged.add(raw.path)
             tree_event = WatchEvent(event_type, event.path, pending=pending) if pending else event
             fired += [(w, tree_event) for w in self._tree_watchers(raw.path)]
         self._notify_watchers(fired)
@@ -647,8 +650,10 @@ class ZooKeeperRegistry(ListenerBase):
                 self._inflight_creates[path] = left
             else:
                 self._inflight_creates.pop(path, None)
+            flagged = path in self._flagged
+            self._flagged.discard(path)
             watchers = self._tree_watchers(path) if self._tree_watches else []
-            if not watchers:
+            if not watchers or not (ok or flagged):
                 continue
             if ok:
                 stat = Stat(0, now, self._session_id if ephemeral else 0, 0)
@@ -988,8 +993,11 @@ class ZooKeeperRegistry(ListenerBase):
         for op in ops:
             request.add(self._op_request(op))
         label = f"transaction on {ops[0].path}"
+        touched_later = {op.path for op in ops if not isinstance(op, CreateOp | CheckOp)}
         creates = [
-            (self._abs(op.path), op.data, op.ephemeral) for op in ops if isinstance(op, CreateOp)
+            (self._abs(op.path), op.data, op.ephemeral)
+            for op in ops
+            if isinstance(op, CreateOp) and op.path not in touched_later
         ]
         response = await self._tracked_call(request, label, creates)
         errors = [r for r in response.responses if isinstance(r, Exception)]
