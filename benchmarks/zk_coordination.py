@@ -119,7 +119,11 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 async def server_requests_per_fire(
-    server: ZooKeeperServer, *, instances: int = 2, items: int = 4, failover: bool = False,
+    server: ZooKeeperServer,
+    *,
+    instances: int = 2,
+    items: int = 4,
+    failover: bool = False,
     seconds: float = 10,
 ) -> dict[str, Any]:
     """Requests per fire per instance in steady state, counted by the ZooKeeper server (its
@@ -167,8 +171,9 @@ async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> 
     namespace = f"start{uuid.uuid4().hex[:8]}"
     url = server.url(namespace, session_timeout=10)
     counter = FireCounter()
-    scheduler = Scheduler(settings=Settings(registry_url=url, instance_id="bench-0"),
-                          observers=[counter])
+    scheduler = Scheduler(
+        settings=Settings(registry_url=url, instance_id="bench-0"), observers=[counter]
+    )
 
     async def noop(ctx: ShardingContext) -> None:
         pass

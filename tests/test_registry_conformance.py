@@ -484,14 +484,16 @@ async def test_a_tree_watch_learns_this_sessions_creates_without_a_read(backend:
         tree = Recorder()
         assert await reg.watch_tree(root, tree)
         await reg.create(f"{root}/mine", b"data", ephemeral=True)
-        await reg.transaction([CreateOp(f"{root}/t", b"tx"), SetOp(f"{root}/t", b"tx2")])
+        await reg.transaction([CreateOp(f"{root}/t", b"tx"), CreateOp(f"{root}/t/u", b"u")])
         known = {
             (c.path, c.data)
             for c in tree.calls
             if isinstance(c, WatchEvent) and c.data is not None and c.type in (CREATED, WRITTEN)
         }
-        assert {(f"{root}/mine", b"data"), (f"{root}/t", b"tx")} <= known
-        stats = [c.stat for c in tree.calls if isinstance(c, WatchEvent) and c.path.endswith("mine")]
+        assert {(f"{root}/mine", b"data"), (f"{root}/t", b"tx"), (f"{root}/t/u", b"u")} <= known
+        stats = [
+            c.stat for c in tree.calls if isinstance(c, WatchEvent) and c.path.endswith("mine")
+        ]
         assert any(s is not None and s.ephemeral_owner == reg.session_id for s in stats)
 
 

@@ -769,6 +769,12 @@ class ZooKeeperRegistry(ListenerBase):
             raise
         except RegistryError as error:
             log.info("ZooKeeper refuses addWatch on %s (%s): one-shot watches instead", path, error)
+            # A server that does not know the request may drop the connection after refusing
+            # it (3.8 does for an unknown opcode): return once requests go through again.
+            for _ in range(2):
+                with contextlib.suppress(SessionLostError):
+                    await self.exists("/")
+                    break
             return False
         return True
 
