@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
-from aioelastic.registry import _zookeeper
+from aioelastic.registry import _wire
 from aioelastic.registry._view import JobView, TreeView
 from tests.harness.helpers import eventually
 from tests.harness.zookeeper import ZooKeeperServer
@@ -89,7 +89,7 @@ async def test_without_persistent_watches_every_job_keeps_a_view_of_its_own(
 ) -> None:
     # An opcode no server knows: refused like addWatch by a ZooKeeper older than 3.6 (which
     # then drops the connection too).
-    monkeypatch.setattr(_zookeeper.AddWatchRequest, "opcode", 200)
+    monkeypatch.setattr(_wire.AddWatchRequest, "opcode", 200)
     url = zk_server.url(f"t{uuid.uuid4().hex[:12]}", session_timeout=3, connect_timeout=5)
     fires = [Fires()]
     async with AsyncExitStack() as stack:
