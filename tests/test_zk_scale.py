@@ -70,18 +70,18 @@ async def test_a_fire_costs_two_writes_and_no_read_on_the_server(
             await stack.enter_async_context(s)
         # Settled: both instances fired since the assignment over both was committed.
         await eventually(
-            lambda: [f.count for f in fires], 20, 0.1, until=lambda c: min(c) >= 3, what="fires"
+            lambda: [f.count for f in fires], 60, 0.1, until=lambda c: min(c) >= 3, what="fires"
         )
         before, fired = counters(zk_server, namespace), sum(f.count for f in fires)
         await eventually(
-            lambda: sum(f.count for f in fires) - fired, 20, 0.1, until=lambda n: n >= 8
+            lambda: sum(f.count for f in fires) - fired, 60, 0.1, until=lambda n: n >= 16
         )
         after, fired = counters(zk_server, namespace), sum(f.count for f in fires) - fired
     reads = after["reads"] - before["reads"]
     packets = after["packets"] - before["packets"]
     assert reads == 0, f"{reads} reads for {fired} fires"
     # Pings and the fires in flight at either count: a little slack, far below the old 8-10.
-    assert packets <= most * fired + 4, f"{packets} packets for {fired} fires"
+    assert packets <= most * fired + 6, f"{packets} packets for {fired} fires"
 
 
 async def test_without_persistent_watches_every_job_keeps_a_view_of_its_own(

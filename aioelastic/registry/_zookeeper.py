@@ -109,8 +109,10 @@ from ._wire import (
     CONNECTION_ERRORS,
     AddWatchRequest,
     Connection,
+    MultiRequest,
     RemoveWatchesRequest,
     ServerError,
+    acl_bytes,
     make_acl,
     map_error,
     parse_hosts,
@@ -217,6 +219,7 @@ class ZooKeeperRegistry(ListenerBase):
         self._chroot = url.chroot
         self._request_timeout = request_timeout or url.session_timeout
         self._acl = make_acl(url)
+        self._acl_bytes = acl_bytes(self._acl)
         self._credentials = (
             None
             if url.username is None or url.password is None
@@ -976,18 +979,18 @@ class ZooKeeperRegistry(ListenerBase):
                 await self._delete_tree(_child(path, name), -1, missing_ok=True)
         raise NotEmptyError(f"{path}: children keep appearing")
 
-    def _op_request(self, op: Op) -> Any:
+    def _op_entry(self, op: Op) -> tuple[str, str, bytes, int]:
         _check_path(op.path)
         path = self._abs(op.path)
         match op:
             case CreateOp(_, data, ephemeral):
-                return self._create_request(path, data, _EPHEMERAL if ephemeral else 0)
+                return ("create", path, data, _EPHEMERAL if ephemeral else 0)
             case SetOp(_, data, version):
-                return protocol.SetDataRequest(path=path, data=data, version=version)
+                return ("set", path, data, version)
             case DeleteOp(_, version):
-                return protocol.DeleteRequest(path=path, version=version)
+                return ("delete", path, b"", version)
             case CheckOp(_, version):
-                return protocol.CheckVersionRequest(path=path, version=version)
+                return ("check", path, b"", version)
         raise TypeError(f"unknown op {op!r}")
 
     async def transaction(self, ops: Sequence[Op]) -> None:
@@ -995,9 +998,7 @@ class ZooKeeperRegistry(ListenerBase):
         if not ops:
             return
         check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
-        request = protocol.TransactionRequest()
-        for op in ops:
-            request.add(self._op_request(op))
+        request = MultiRequest([self._op_entry(op) for op in ops], self._acl_bytes)
         label = f"transaction on {ops[0].path}"
         touched_later = {op.path for op in ops if not isinstance(op, CreateOp | CheckOp)}
         creates = [
