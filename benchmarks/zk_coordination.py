@@ -194,9 +194,11 @@ async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> 
             out["server_requests_per_job_start"] = round(
                 (start["reads"] + start["writes"]) / jobs, 1
             )
-            fires0 = counter.fires
+            fires0, cpu0 = counter.fires, time.process_time()
             await anyio.sleep(5)
-            out["fires_run_share"] = round((counter.fires - fires0) / (5 * jobs), 2)
+            fired = counter.fires - fires0
+            out["fires_run_share"] = round(fired / (5 * jobs), 2)
+            out["cpu_ms_per_fire"] = round((time.process_time() - cpu0) * 1000 / fired, 3)
         scheduler.stop()
         tg.cancel_scope.deadline = anyio.current_time() + 30
     return out

@@ -329,7 +329,8 @@ class SharedView:
     Every change is applied synchronously as the registry delivers it (events and read replies
     share the wire's order), so a read's reply supersedes exactly the events before it. An
     event without data (ZooKeeper sends none) waits for a read of its node, and every later
-    event waits behind it: readers see a state the registry had, never a mix. Nodes this
+    event of the same job waits behind it: readers see a state of the job's subtree the
+    registry had, never a mix (a multi-op never spans jobs; other jobs do not wait). Nodes this
     session created need no read (WRITTEN carries their data); running marks and failover
     intents of other instances are kept with unknown data (``get`` is None) and read only if
     they outlive ``_LAZY_DELAY``. After a new connection or session the subtree is read again,
@@ -343,8 +344,9 @@ class SharedView:
         self._stats: dict[str, Stat] = {}
         self._children: dict[str, set[str]] = {}
         self._unknown: set[str] = set()  # deferred nodes whose data is not read yet
-        self._queue: list[_Item] = []
-        self._unresolved: set[str] = set()  # paths whose queued events wait for a read
+        # Per job (``_job_key``): items not applied yet, and the paths they wait to be read.
+        self._queues: dict[str, list[_Item]] = {}
+        self._unresolved: dict[str, set[str]] = {}
         self._to_read: set[str] = set()
         self._lazy: dict[str, float] = {}  # deferred node -> when to read it
         self._wake = anyio.Event()
@@ -434,23 +436,32 @@ class SharedView:
         self._enqueue(_Value(path, data, stat, kids))
 
     def _enqueue(self, item: _Item) -> None:
+        """Queue ``item`` behind its job's items waiting for a read, or apply it (and them)
+        now. Jobs never wait for each other: a multi-op stays within one job's subtree."""
         path = item.path
+        key = _job_key(path)
+        waiting = self._unresolved.get(key)
         if isinstance(item, _Value):
-            if item.kids is None:  # a data reply (or the node missing) settles the node
-                self._unresolved.discard(path)
+            if item.kids is None and waiting:  # a data reply (or the node missing) settles it
+                waiting.discard(path)
         elif item.type in (_WRITTEN, _DELETED) or item.data is not None:
-            self._unresolved.discard(path)
-        elif not _deferred(path):
-            self._unresolved.add(path)  # CREATED/CHANGED without data: wait for a read
+            if waiting:
+                waiting.discard(path)
+        elif not _deferred(path):  # CREATED/CHANGED without data: wait for a read
+            if waiting is None:
+                waiting = self._unresolved[key] = set()
+            waiting.add(path)
             if not (item.type is _CREATED and item.pending):
                 self._to_read.add(path)
                 self._wake.set()
-        self._queue.append(item)
-        if not self._unresolved:
-            queue, self._queue = self._queue, []
-            for queued in queue:
-                self._apply(queued)
-            self._signal()
+        if waiting:
+            self._queues.setdefault(key, []).append(item)
+            return
+        self._unresolved.pop(key, None)
+        for queued in self._queues.pop(key, ()):
+            self._apply(queued)
+        self._apply(item)
+        self._signal()
 
     def _apply(self, item: _Item) -> None:
         path = item.path
@@ -537,7 +548,7 @@ class SharedView:
         self._stats.clear()
         self._children.clear()
         self._unknown.clear()
-        self._queue.clear()
+        self._queues.clear()
         self._unresolved.clear()
         self._to_read.clear()
         self._lazy.clear()
