@@ -5,7 +5,11 @@
 2. time from a membership change (an instance joins; one stops gracefully) to the new
    assignment being committed;
 3. failover latency: SIGKILL of an instance process to its running items starting on a survivor,
-   against the session timeout (target: within timeout + 0.5 s).
+   against the session timeout (target: within timeout + 0.5 s);
+4. counted by the ZooKeeper server itself (``mntr``'s per-namespace read/write counters and
+   its packets received): requests per fire per instance (2 instances x 4 items, with and
+   without failover), and the start of N jobs firing every second on one instance
+   (``server_side``, the rows ``run_all`` prints next to the client-side ones).
 
     python benchmarks/zk_coordination.py [--quick]
 """
@@ -204,6 +208,17 @@ async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> 
     return out
 
 
+async def server_side(server: ZooKeeperServer, quick: bool = False) -> dict[str, Any]:
+    """The server-side rows: per-fire requests (2 x 4, without and with failover) and the start
+    of 300 and 1000 jobs (100 when ``quick``) on one instance."""
+    seconds = 4 if quick else 10
+    return {
+        "per_fire": await server_requests_per_fire(server, seconds=seconds),
+        "per_fire_failover": await server_requests_per_fire(server, failover=True, seconds=seconds),
+        "start": [await start_time(server, jobs) for jobs in ([100] if quick else [300, 1000])],
+    }
+
+
 async def requests_per_reshard(server: ZooKeeperServer, items: int = 10) -> dict[str, Any]:
     """ZooKeeper requests one membership change costs, for a one-off job (nothing fires, so every
     request is registration, view upkeep or the reshard itself): a 4th instance joins 3, then one
@@ -354,6 +369,7 @@ async def main(quick: bool) -> dict[str, Any]:
                 "reshard_requests": await requests_per_reshard(server, 10),
                 "reshard": await reshard_times(server, workdir, 1 if quick else 3),
                 "failover": await failover_latency(server, workdir, 1 if quick else 3, 3.0),
+                "server_side": await server_side(server, quick),
             }
         finally:
             server.close()
@@ -372,6 +388,16 @@ async def main(quick: bool) -> dict[str, Any]:
         f"graceful leave {rs['graceful_leave_to_commit_s']} s "
         f"(session timeout {rs['session_timeout_s']} s)"
     )
+    side = results["server_side"]
+    for key in ("per_fire", "per_fire_failover"):
+        row = side[key]
+        print(
+            f"server-side per fire per instance ({row['instances']} x {row['items']} items, "
+            f"failover {row['failover']}): {row['server_packets_per_fire']} requests "
+            f"({row['server_reads_per_fire']} reads, {row['server_writes_per_fire']} write ops)"
+        )
+    for row in side["start"]:
+        print(f"start on one instance, server-side: {row}")
     print(
         f"failover latency SIGKILL -> item started on a survivor: "
         f"{fo['sigkill_to_failover_start_s']} s with session timeout {fo['session_timeout_s']} s "
