@@ -43,6 +43,7 @@ __all__ = [
     "AddWatchRequest",
     "Connection",
     "MultiRequest",
+    "ReadRequest",
     "RemoveWatchesRequest",
     "ServerError",
     "acl_bytes",
@@ -137,6 +138,18 @@ class MultiRequest:
                 out.append(_INT.pack(number))
         out.append(_HEADER.pack(-1, True, -1))
         return b"".join(out)
+
+
+class ReadRequest:
+    """getData (4) / getChildren (8) without a watch, serialized directly (``read_many`` sends
+    thousands at a time)."""
+
+    def __init__(self, opcode: int, path: str) -> None:
+        self.opcode = opcode
+        self.path = path
+
+    def serialize(self, xid: int) -> bytes:
+        return _INT.pack(xid) + _INT.pack(self.opcode) + _ustring(self.path) + b"\x00"
 
 
 class ServerError(Exception):

@@ -110,6 +110,7 @@ from ._wire import (
     AddWatchRequest,
     Connection,
     MultiRequest,
+    ReadRequest,
     RemoveWatchesRequest,
     ServerError,
     acl_bytes,
@@ -842,12 +843,10 @@ class ZooKeeperRegistry(ListenerBase):
 
         for path in paths:
             _check_path(path)
-            request = protocol.GetDataRequest(path=self._abs(path), watch=False)
-            requests.append((request, data_reply(path)))
+            requests.append((ReadRequest(4, self._abs(path)), data_reply(path)))
         for path in children:
             _check_path(path)
-            request = protocol.GetChildrenRequest(path=self._abs(path), watch=False)
-            requests.append((request, children_reply(path)))
+            requests.append((ReadRequest(8, self._abs(path)), children_reply(path)))
         for start in range(0, len(requests), _READ_WINDOW):
             window = requests[start : start + _READ_WINDOW]
             try:
