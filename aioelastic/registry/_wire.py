@@ -210,6 +210,22 @@ def make_acl(url: RegistryURL) -> list[Any]:
     return [ours, protocol.WORLD_READABLE]
 
 
+class _Countdown:
+    """One signal for the replies of a ``call_many`` batch (an Event per request was a good
+    part of sending thousands of reads)."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.event = anyio.Event()
+        if count <= 0:
+            self.event.set()
+
+    def set(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.event.set()
+
+
 @dataclass(eq=False)
 class _Call:
     """A request waiting for its reply on one connection."""
@@ -217,7 +233,7 @@ class _Call:
     opcode: int
     sent_at: float
     on_reply: Callable[[Any, Exception | None], None] | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event | _Countdown = field(default_factory=anyio.Event)
     response: Any = None
     error: Exception | None = None
 
@@ -287,13 +303,14 @@ class Connection:
             if self.closed.is_set():
                 raise SessionLostError(f"connection to {self.host} is closed")
             self._xid = xid = self._xid % 0x7FFFFFFF + 1
-            pending = _Call(request.opcode, anyio.current_time(), on_reply)
+            done = anyio.Event()
+            pending = _Call(request.opcode, anyio.current_time(), on_reply, done)
             self._pending[xid] = pending
             payload = request.serialize(xid)
             self._outbox.append(_SIZE.pack(len(payload)) + payload)
             if not self._flushing:
                 await self._flush()
-            await pending.done.wait()
+            await done.wait()
         except CONNECTION_ERRORS as error:
             raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
         finally:
@@ -325,6 +342,7 @@ class Connection:
         its reply is read (error replies included). Raises ``SessionLostError`` if the
         connection ends first."""
         calls: list[tuple[int, _Call]] = []
+        countdown = _Countdown(len(requests))
         try:
             async with self._send_lock:
                 if self.closed.is_set():
@@ -333,15 +351,14 @@ class Connection:
                 frames = []
                 for request, on_reply in requests:
                     self._xid = xid = self._xid % 0x7FFFFFFF + 1
-                    pending = _Call(request.opcode, now, on_reply)
+                    pending = _Call(request.opcode, now, on_reply, countdown)
                     self._pending[xid] = pending
                     calls.append((xid, pending))
                     payload = request.serialize(xid)
                     frames.append(_SIZE.pack(len(payload)) + payload)
                 await self._stream.send(b"".join(frames))
                 self.last_send = anyio.current_time()
-            for _, pending in calls:
-                await pending.done.wait()
+            await countdown.event.wait()
         except CONNECTION_ERRORS as error:
             raise SessionLostError(f"connection to {self.host} broke: {error!r}") from None
         finally:

@@ -137,7 +137,7 @@ _MAX_ATTEMPTS = 8  # make_parents / recursive delete rounds against concurrent c
 _RETIRE_TRIES = 3  # attempts to close a lost session on a reachable server before giving up
 _PERSISTENT_RECURSIVE = 1  # addWatch mode
 _WATCHER_PERSISTENT_RECURSIVE = 5  # removeWatches type
-_READ_WINDOW = 1000  # requests of one read_many in flight at once
+_READ_WINDOW = 500  # requests of one read_many in flight at once
 
 _EVENT_TYPES = {
     protocol.WatchEvent.CREATED: WatchEventType.CREATED,
@@ -816,7 +816,6 @@ class ZooKeeperRegistry(ListenerBase):
     ) -> None:
         """Pipelined getData/getChildren (``_READ_WINDOW`` in flight), each result delivered
         at its reply; raises ``SessionLostError`` or the first error other than NoNode."""
-        requests: list[tuple[Any, Callable[[Any, Exception | None], None]]] = []
         failures: list[RegistryError] = []
 
         def data_reply(path: str) -> Callable[[Any, Exception | None], None]:
@@ -841,14 +840,13 @@ class ZooKeeperRegistry(ListenerBase):
 
             return reply
 
-        for path in paths:
-            _check_path(path)
-            requests.append((ReadRequest(4, self._abs(path)), data_reply(path)))
-        for path in children:
-            _check_path(path)
-            requests.append((ReadRequest(8, self._abs(path)), children_reply(path)))
-        for start in range(0, len(requests), _READ_WINDOW):
-            window = requests[start : start + _READ_WINDOW]
+        todo = [(4, path) for path in paths] + [(8, path) for path in children]
+        for start in range(0, len(todo), _READ_WINDOW):
+            window = []  # built window by window: a long list must not hold the loop
+            for opcode, path in todo[start : start + _READ_WINDOW]:
+                _check_path(path)
+                reply = data_reply(path) if opcode == 4 else children_reply(path)
+                window.append((ReadRequest(opcode, self._abs(path)), reply))
             try:
                 with anyio.fail_after(self._request_timeout):
                     conn = await self._connection()
