@@ -374,7 +374,13 @@ class SharedView:
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             self._reset()
-            await self._load_all()
+            while self._loading:  # the first load, through connection losses
+                try:
+                    await self._load_all()
+                except SessionLostError:
+                    with anyio.fail_after(self._registry_wait()):
+                        await self._wake.wait()  # set by the reset of the next CONNECTED
+                    self._wake = anyio.Event()
             task_status.started()
             while True:
                 await self._step()
@@ -383,6 +389,11 @@ class SharedView:
             self._registry.remove_session_listener(self._on_session)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._registry.unwatch_tree(self.root, self._watcher)
+
+    def _registry_wait(self) -> float:
+        """How long the first load waits for a lost connection to come back."""
+        url = getattr(self._registry, "url", None)
+        return float(getattr(url, "connect_timeout", 30.0)) * 2
 
     def job(self, root: str) -> JobView:
         """The part of the view under one job's ``root``."""
@@ -604,7 +615,11 @@ class SharedView:
             paths = sorted(self._to_read | {p for p in due if p in self._unknown})
             self._to_read.clear()
             if paths:
-                await self._registry.read_many(paths, self._on_value)
+                try:
+                    await self._registry.read_many(paths, self._on_value)
+                except RegistryError:
+                    self._to_read.update(paths)  # read again (a reset may forget them first)
+                    raise
         except SessionLostError:
             with anyio.move_on_after(1):
                 await self._wake.wait()  # the next CONNECTED resets and reloads
