@@ -46,7 +46,7 @@ from ._observer import Observer, notify_observers
 from ._sharding import order_instances, shard
 from .registry._limits import chunk_ops
 from .registry._protocol import CheckOp, CreateOp, DeleteOp, Op, Registry, SetOp
-from .registry._view import TreeView
+from .registry._view import JobView, TreeView, View, shared_view_of
 from .tracing._events import ExecutionSource, JobExecutionEvent
 
 __all__ = ["InstanceIdentity", "JobCoordinator", "make_identity", "write_triggers"]
@@ -169,7 +169,10 @@ class JobCoordinator:
         self.paths = paths
         self.identity = identity
         self.config = config
-        self.view = TreeView(registry, paths.root)
+        shared = shared_view_of(registry)  # one view for all jobs when the registry allows
+        self.view: View = (
+            shared.job(paths.root) if shared is not None else TreeView(registry, paths.root)
+        )
         self.marks = RunMarks(registry, paths, self.view, identity.instance_id, lambda: self.config)
         """This instance's running, misfire and failover marks of the job."""
         self.once = Guarantee(registry, paths, self.view, lambda: self.config.sharding_total_count)
@@ -199,7 +202,37 @@ class JobCoordinator:
 
         A stored config that cannot be decoded does not fail the start: the job is held
         (``config_problem``, one ERROR) until the node holds a valid config again."""
-        await self._register(created=None)
+        if not await self._register_new():
+            await self._register(created=None)
+
+    async def _register_new(self) -> bool:
+        """A job the (fresh, shared) view does not know yet: create its skeleton, config,
+        server and reshard flag in one multi-op, then the instance node. False if that does
+        not apply or the multi-op failed (someone else registered it meanwhile)."""
+        view, p = self.view, self.paths
+        if not isinstance(view, JobView) or not view.fresh or view.exists(p.root):
+            return False
+        wanted = [*p.persistent_skeleton(), p.config, p.server(self.identity.host)]
+        wanted.append(p.sharding_necessary)
+        paths: set[str] = set()
+        for path in wanted:  # with every missing ancestor (make_parents' nodes)
+            while path not in paths and path.count("/") > 1 and not view.exists(path):
+                paths.add(path)
+                path = path.rsplit("/", 1)[0]
+        if not view.exists(f"/{p.namespace}"):  # first, alone: every new job needs it
+            with contextlib.suppress(NodeExistsError):
+                await self.registry.create(f"/{p.namespace}")
+        data = {
+            p.config: self.config.to_registry(),
+            p.server(self.identity.host): DISABLED if self.config.disabled else ENABLED,
+        }
+        ops = [CreateOp(x, data.get(x, b"")) for x in sorted(paths, key=lambda x: x.count("/"))]
+        try:
+            await self.registry.transaction(ops)
+        except TransactionFailedError:
+            return False
+        await self.register_instance()
+        return True
 
     async def heal(self) -> list[str]:
         """Re-create the job's nodes that are missing from the registry (a server restarted
@@ -408,6 +441,8 @@ class JobCoordinator:
 
     async def _ensure(self, path: str) -> bool:
         """Create persistent ``path`` (and parents) unless it exists; True if created."""
+        if self._view_shows(path):
+            return False
         try:
             await self.registry.create(path, make_parents=True)
         except NodeExistsError:
@@ -416,6 +451,8 @@ class JobCoordinator:
 
     async def _create_or_get(self, path: str, data: bytes) -> bytes | None:
         """Create ``path`` with ``data``; if it exists already, return its data instead."""
+        if self._view_shows(path) and (known := self.view.get(path)) is not None:
+            return known
         while True:
             try:
                 await self.registry.create(path, data, make_parents=True)
@@ -427,6 +464,11 @@ class JobCoordinator:
                 return stored
             except NoNodeError:
                 continue  # deleted in between: try creating again
+
+    def _view_shows(self, path: str) -> bool:
+        """The shared view (loaded before any job registers) shows ``path``: no request needed
+        to learn it exists. A per-job view is not loaded yet at registration."""
+        return isinstance(self.view, JobView) and self.view.fresh and self.view.exists(path)
 
     async def _fully_assigned(self) -> bool:
         for item in range(self.config.sharding_total_count):

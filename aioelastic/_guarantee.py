@@ -14,7 +14,7 @@ from ._layout import JobPaths
 from ._marks import create_all
 from .registry._limits import chunk_ops
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry
-from .registry._view import TreeView
+from .registry._view import View
 
 __all__ = ["Guarantee"]
 
@@ -23,7 +23,7 @@ class Guarantee:
     """One job's started/completed sets, from one instance."""
 
     def __init__(
-        self, registry: Registry, paths: JobPaths, view: TreeView, total: Callable[[], int]
+        self, registry: Registry, paths: JobPaths, view: View, total: Callable[[], int]
     ) -> None:
         self.registry = registry
         self.paths = paths

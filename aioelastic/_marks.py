@@ -23,7 +23,7 @@ from ._errors import NodeExistsError, NoNodeError, RegistryError, TransactionFai
 from ._layout import JobPaths
 from .registry._limits import batch_items, chunk_ops
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SessionState, SetOp
-from .registry._view import TreeView
+from .registry._view import View
 from .tracing._events import JobExecutionEvent
 
 __all__ = ["RunMarks", "create_all"]
@@ -50,14 +50,23 @@ async def create_all(registry: Registry, ops: Sequence[CreateOp]) -> None:
                 await registry.create(op.path, op.data)
 
 
+class _ClearBatch:
+    """Marks to delete in the next clear, and its outcome for those who wait on it."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.done = anyio.Event()
+        self.error: RegistryError | None = None
+
+
 class RunMarks:
-    """The marks this instance writes for one job (reads come from the job's ``TreeView``)."""
+    """The marks this instance writes for one job (reads come from the job's view)."""
 
     def __init__(
         self,
         registry: Registry,
         paths: JobPaths,
-        view: TreeView,
+        view: View,
         instance_id: str,
         config: Callable[[], JobConfig],
     ) -> None:
@@ -68,6 +77,8 @@ class RunMarks:
         self._config = config  # the job's current config (it changes when the stored one does)
         self._me = instance_id.encode()
         self._uncleared: dict[int, set[str]] = {}  # session id -> marks still to delete
+        self._clearing = False  # a clear is in flight: later ones join ``_next_clear``
+        self._next_clear = _ClearBatch()
 
     def _misfired(self, item: int) -> bool:
         return self.view.exists(self.paths.item_misfire(item))
@@ -150,7 +161,7 @@ class RunMarks:
             paths += [self.paths.item_failover(i) for i in items]
         session = self.registry.session_id
         try:
-            await self._delete_all(paths)
+            await self._delete_coalesced(paths)
         except RegistryError as exc:
             log.warning(
                 "%s: clearing marks failed (%s); retrying when connected", self.paths.job, exc
@@ -172,6 +183,37 @@ class RunMarks:
 
     def clears_pending(self) -> bool:
         return bool(self._uncleared)
+
+    async def _delete_coalesced(self, paths: Sequence[str]) -> None:
+        """``_delete_all``, with the clears that arrive while one is in flight (the items of
+        one fire completing together) sent together as the next multi-op."""
+        if self._clearing:
+            batch = self._next_clear
+            batch.paths += paths
+            with anyio.fail_after(30):
+                await batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+            return
+        self._clearing = True
+        try:
+            await self._delete_all(paths)
+        finally:
+            try:
+                while self._next_clear.paths:
+                    batch, self._next_clear = self._next_clear, _ClearBatch()
+                    try:
+                        await self._delete_all(batch.paths)
+                    except RegistryError as exc:
+                        batch.error = exc
+                    finally:
+                        batch.done.set()
+            finally:
+                self._clearing = False
+                if self._next_clear.paths:  # cancelled mid-way: fail the waiters
+                    batch, self._next_clear = self._next_clear, _ClearBatch()
+                    batch.error = RegistryError("clearing marks was interrupted")
+                    batch.done.set()
 
     async def _delete_all(self, paths: Sequence[str]) -> None:
         for chunk in chunk_ops([DeleteOp(p) for p in paths]):

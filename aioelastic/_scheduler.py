@@ -36,6 +36,7 @@ from ._urls import RegistryURL, parse_tracing_url
 from ._watchdog import STALL_EXIT_STATUS, LoopWatchdog, safe_stall_limit
 from .registry import create_registry
 from .registry._protocol import Registry, SessionEvent, SessionListener
+from .registry._view import SharedView
 from .tracing import TraceBus, create_sink
 from .tracing._events import TraceSink
 
@@ -307,6 +308,8 @@ class Scheduler:
                         lambda gap: registry.abandon_session(f"process paused for {gap:.1f}s"),
                     )
                     await guards.start(detector.run)
+                # One view of the namespace for every job (ZooKeeper < 3.6: a view per job).
+                await SharedView(registry, f"/{self.registry_url.namespace}").start(guards)
                 async with anyio.create_task_group() as tg:
                     # Registering a job is a few dozen registry round trips: do many at once.
                     limiter = anyio.CapacityLimiter(_CONCURRENT_STARTS)

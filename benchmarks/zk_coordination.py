@@ -5,7 +5,11 @@
 2. time from a membership change (an instance joins; one stops gracefully) to the new
    assignment being committed;
 3. failover latency: SIGKILL of an instance process to its running items starting on a survivor,
-   against the session timeout (target: within timeout + 0.5 s).
+   against the session timeout (target: within timeout + 0.5 s);
+4. counted by the ZooKeeper server itself (``mntr``'s per-namespace read/write counters and
+   its packets received): requests per fire per instance (2 instances x 4 items, with and
+   without failover), and the start of N jobs firing every second on one instance
+   (``server_side``, the rows ``run_all`` prints next to the client-side ones).
 
     python benchmarks/zk_coordination.py [--quick]
 """
@@ -13,11 +17,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -93,6 +99,123 @@ async def requests_per_fire(server: ZooKeeperServer, items: int, seconds: float)
         "fire_path_requests": 2,
         "note": "fire path = one multi-op to mark items running + one to clear them; the rest "
         "is view upkeep (re-reading nodes whose watches fired, for every instance's view)",
+    }
+
+
+def server_counters(server: ZooKeeperServer, namespace: str) -> dict[str, int]:
+    """ZooKeeper's own counters (``mntr``): requests it served under ``/namespace`` (reads and
+    writes; a multi-op is one write) and every packet it received (pings included)."""
+    text = (server.four_letter("mntr", timeout=5) or b"").decode()
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("\t")
+        with contextlib.suppress(ValueError):
+            values[key] = int(float(value))
+    return {
+        "reads": values.get(f"zk_cnt_{namespace}_read_per_namespace", 0),
+        "writes": values.get(f"zk_cnt_{namespace}_write_per_namespace", 0),
+        "packets": values.get("zk_packets_received", 0),
+    }
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+async def server_requests_per_fire(
+    server: ZooKeeperServer,
+    *,
+    instances: int = 2,
+    items: int = 4,
+    failover: bool = False,
+    seconds: float = 10,
+) -> dict[str, Any]:
+    """Requests per fire per instance in steady state, counted by the ZooKeeper server (its
+    per-namespace read/write counters), for one job firing every second on ``instances``."""
+    namespace = f"srvreq{uuid.uuid4().hex[:8]}"
+    url = server.url(namespace, session_timeout=10)
+    counters = [FireCounter() for _ in range(instances)]
+    ids = [f"bench-{k}" for k in range(instances)]
+
+    async def noop(ctx: ShardingContext) -> None:
+        pass
+
+    schedulers = []
+    for k, counter in enumerate(counters):
+        s = Scheduler(settings=Settings(registry_url=url, instance_id=ids[k]), observers=[counter])
+        s.add_job(noop, name=JOB, cron="* * * * * ?", sharding_total_count=items, failover=failover)
+        schedulers.append(s)
+    async with AsyncExitStack() as stack:
+        for s in schedulers:
+            await stack.enter_async_context(s)
+        async with zk_client(url) as reg:
+            await wait_assignment(reg, url, items, expected(ids, items), 20)
+        await anyio.sleep(2)  # settle
+        before, fires_before = server_counters(server, namespace), sum(c.fires for c in counters)
+        await anyio.sleep(seconds)
+        after, fires = server_counters(server, namespace), sum(c.fires for c in counters)
+    delta, fires = _delta(after, before), fires - fires_before
+    return {
+        "instances": instances,
+        "items": items,
+        "failover": failover,
+        "fires": fires,
+        "server_reads_per_fire": round(delta["reads"] / fires, 2) if fires else None,
+        "server_writes_per_fire": round(delta["writes"] / fires, 2) if fires else None,
+        "server_packets_per_fire": round(delta["packets"] / fires, 2) if fires else None,
+        "note": "per fire per instance, from the server's mntr counters (zk_cnt_<ns>_read/"
+        "write_per_namespace; packets include pings and other clients' traffic)",
+    }
+
+
+async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> dict[str, Any]:
+    """One instance with ``jobs`` one-item jobs firing every second: time from ``run()`` to
+    started, the server-side requests of the start, and the share of fires that ran in the
+    5 s after it."""
+    namespace = f"start{uuid.uuid4().hex[:8]}"
+    url = server.url(namespace, session_timeout=10)
+    counter = FireCounter()
+    scheduler = Scheduler(
+        settings=Settings(registry_url=url, instance_id="bench-0"), observers=[counter]
+    )
+
+    async def noop(ctx: ShardingContext) -> None:
+        pass
+
+    for j in range(jobs):
+        scheduler.add_job(noop, name=f"job{j:04d}", cron="* * * * * ?")
+    out: dict[str, Any] = {"jobs": jobs}
+    before = server_counters(server, namespace)
+    async with anyio.create_task_group() as tg:
+        t0 = time.perf_counter()
+        with anyio.move_on_after(budget):
+            await tg.start(scheduler.run)
+            out["start_s"] = round(time.perf_counter() - t0, 2)
+        if "start_s" not in out:
+            out["error"] = f"not started within {budget:g} s"
+        else:
+            start = _delta(server_counters(server, namespace), before)
+            out["server_requests_per_job_start"] = round(
+                (start["reads"] + start["writes"]) / jobs, 1
+            )
+            fires0, cpu0 = counter.fires, time.process_time()
+            await anyio.sleep(5)
+            fired = counter.fires - fires0
+            out["fires_run_share"] = round(fired / (5 * jobs), 2)
+            out["cpu_ms_per_fire"] = round((time.process_time() - cpu0) * 1000 / fired, 3)
+        scheduler.stop()
+        tg.cancel_scope.deadline = anyio.current_time() + 30
+    return out
+
+
+async def server_side(server: ZooKeeperServer, quick: bool = False) -> dict[str, Any]:
+    """The server-side rows: per-fire requests (2 x 4, without and with failover) and the start
+    of 300 and 1000 jobs (100 when ``quick``) on one instance."""
+    seconds = 4 if quick else 10
+    return {
+        "per_fire": await server_requests_per_fire(server, seconds=seconds),
+        "per_fire_failover": await server_requests_per_fire(server, failover=True, seconds=seconds),
+        "start": [await start_time(server, jobs) for jobs in ([100] if quick else [300, 1000])],
     }
 
 
@@ -246,6 +369,7 @@ async def main(quick: bool) -> dict[str, Any]:
                 "reshard_requests": await requests_per_reshard(server, 10),
                 "reshard": await reshard_times(server, workdir, 1 if quick else 3),
                 "failover": await failover_latency(server, workdir, 1 if quick else 3, 3.0),
+                "server_side": await server_side(server, quick),
             }
         finally:
             server.close()
@@ -264,6 +388,16 @@ async def main(quick: bool) -> dict[str, Any]:
         f"graceful leave {rs['graceful_leave_to_commit_s']} s "
         f"(session timeout {rs['session_timeout_s']} s)"
     )
+    side = results["server_side"]
+    for key in ("per_fire", "per_fire_failover"):
+        row = side[key]
+        print(
+            f"server-side per fire per instance ({row['instances']} x {row['items']} items, "
+            f"failover {row['failover']}): {row['server_packets_per_fire']} requests "
+            f"({row['server_reads_per_fire']} reads, {row['server_writes_per_fire']} write ops)"
+        )
+    for row in side["start"]:
+        print(f"start on one instance, server-side: {row}")
     print(
         f"failover latency SIGKILL -> item started on a survivor: "
         f"{fo['sigkill_to_failover_start_s']} s with session timeout {fo['session_timeout_s']} s "

@@ -89,12 +89,10 @@ def test_the_size_estimate_bounds_the_wire_size() -> None:
         DeleteOp("/ns/job/sharding/9999/misfire"),
         CheckOp("/ns/job/leader/sharding/necessary", -1),
     ]
-    from aiozk import protocol
+    from aioelastic.registry._wire import MultiRequest
 
     for group in ([op] for op in ops):
-        request = protocol.TransactionRequest()
-        for op in group:
-            request.add(zk._op_request(op))
+        request = MultiRequest([zk._op_entry(op) for op in group], zk._acl_bytes)
         wire = len(request.serialize(1))
         assert wire <= transaction_size(group) <= wire + 100 * len(group)
 

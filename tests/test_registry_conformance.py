@@ -430,3 +430,103 @@ async def test_the_zookeeper_server_itself_draws_the_same_line(zk_url: str) -> N
                     await reg._call(reg._create_request(path, b"", 0), path)
         assert await reg.get_children(root) == ["a"]
         assert await reg.get_children(f"{root}/a") == []
+
+
+# -- tree watches (persistent recursive) and pipelined reads --
+
+
+def _plain(calls: list[object], root: str) -> list[tuple[WatchEventType, str]]:
+    """Type and path of the watch events, barrier nodes and WRITTEN left out."""
+    return [
+        (c.type, c.path)
+        for c in calls
+        if isinstance(c, WatchEvent) and "barrier-" not in c.path and c.type is not WRITTEN
+    ]
+
+
+WRITTEN = WatchEventType.WRITTEN
+
+
+async def test_a_tree_watch_hears_every_node_under_it_and_stays_armed(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(f"{root}/w", make_parents=True)
+        await reg.create(f"{root}/outside")
+        tree = Recorder()
+        assert await reg.watch_tree(f"{root}/w", tree)
+        await other.create(f"{root}/w/a", b"1")
+        await other.create(f"{root}/w/a/b", ephemeral=True)
+        await other.set(f"{root}/w/a", b"2")
+        await other.set(f"{root}/w/a", b"3")  # persistent: heard again
+        await other.set(f"{root}/outside", b"x")
+        await other.delete(f"{root}/w/a/b")
+        await other.delete(f"{root}/w/a")
+        await barrier(reg, other, f"{root}/w")
+        assert _plain(tree.calls, root) == [
+            (CREATED, f"{root}/w/a"),
+            (CREATED, f"{root}/w/a/b"),
+            (CHANGED, f"{root}/w/a"),
+            (CHANGED, f"{root}/w/a"),
+            (DELETED, f"{root}/w/a/b"),
+            (DELETED, f"{root}/w/a"),
+        ]  # no CHILDREN events, nothing from outside the subtree
+        await reg.unwatch_tree(f"{root}/w", tree)
+        count = len(tree.calls)
+        await other.create(f"{root}/w/after")
+        await barrier(reg, other, root)
+        assert len(tree.calls) == count
+
+
+async def test_a_tree_watch_learns_this_sessions_creates_without_a_read(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        tree = Recorder()
+        assert await reg.watch_tree(root, tree)
+        await reg.create(f"{root}/mine", b"data", ephemeral=True)
+        await reg.transaction([CreateOp(f"{root}/t", b"tx"), CreateOp(f"{root}/t/u", b"u")])
+        known = {
+            (c.path, c.data)
+            for c in tree.calls
+            if isinstance(c, WatchEvent) and c.data is not None and c.type in (CREATED, WRITTEN)
+        }
+        assert {(f"{root}/mine", b"data"), (f"{root}/t", b"tx"), (f"{root}/t/u", b"u")} <= known
+        stats = [
+            c.stat for c in tree.calls if isinstance(c, WatchEvent) and c.path.endswith("mine")
+        ]
+        assert any(s is not None and s.ephemeral_owner == reg.session_id for s in stats)
+
+
+async def test_a_tree_watch_survives_a_new_session(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg, backend.open() as other:
+        await reg.create(root)
+        tree, listener = Recorder(), Recorder()
+        assert await reg.watch_tree(root, tree)
+        reg.add_session_listener(listener)
+        await backend.expire(reg)
+        await listener.until_state(SessionState.CONNECTED)
+        await other.create(f"{root}/later")
+        await tree.until(lambda calls: (CREATED, f"{root}/later") in _plain(calls, root))
+
+
+async def test_read_many_delivers_data_children_and_missing_nodes(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(f"{root}/a", b"A", make_parents=True)
+        await reg.create(f"{root}/a/k")
+        got: list[tuple[str, bytes | None, int | None, list[str] | None]] = []
+
+        def on_result(path: str, data: bytes | None, stat: object, kids: list[str] | None) -> None:
+            version = getattr(stat, "version", None)
+            got.append((path, data, version, sorted(kids) if kids is not None else None))
+
+        await reg.read_many([f"{root}/a", f"{root}/zz"], on_result, children=[f"{root}/a"])
+        assert sorted(got, key=str) == sorted(
+            [
+                (f"{root}/a", b"A", 0, None),
+                (f"{root}/zz", None, None, None),
+                (f"{root}/a", None, None, ["k"]),
+            ],
+            key=str,
+        )

@@ -3,6 +3,8 @@
 A process-wide ``MemoryStore`` per ``memory://NAME`` plays the server: several ``MemoryRegistry``
 clients (schedulers) in one process with the same URL share it, each with its own session,
 ephemeral nodes and one-shot watches. ``expire_session()`` simulates a session expiry for tests.
+Tree watches (persistent recursive) get every event with the node's data and stat, so a holder
+never needs to read back; they are re-added for each new session of the client.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ._protocol import (
     CreateOp,
     DeleteOp,
     Op,
+    ReadResult,
     SessionEvent,
     SessionState,
     SetOp,
@@ -94,6 +97,20 @@ class MemoryStore:
         self.nodes: dict[str, _Node] = {"/": _Node(b"")}
         self.data_watches: dict[str, list[tuple[int, Watcher]]] = {}
         self.child_watches: dict[str, list[tuple[int, Watcher]]] = {}
+        self.tree_watches: list[tuple[int, str, Watcher]] = []  # session, root, watcher
+
+    def _tree(
+        self, path: str, kind: WatchEventType, node: _Node | None
+    ) -> list[tuple[Watcher, WatchEvent]]:
+        """The tree watches over ``path`` hear ``kind`` (with the node's data and stat)."""
+        if not self.tree_watches:
+            return []
+        data, stat = (node.data, node.stat()) if node is not None else (None, None)
+        return [
+            (w, WatchEvent(kind, path, data, stat))
+            for _, root, w in self.tree_watches
+            if path == root or path.startswith(root.rstrip("/") + "/")
+        ]
 
     @classmethod
     def named(cls, name: str) -> MemoryStore:
@@ -128,9 +145,10 @@ class MemoryStore:
             parent.seq += 1
         if path in self.nodes:
             raise NodeExistsError(path)
-        self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
+        node = self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
         parent.children.add(path.rsplit("/", 1)[1])
         fired = self._fire(self.data_watches, path, WatchEventType.CREATED)
+        fired += self._tree(path, WatchEventType.CREATED, node)
         fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
         return path, fired
 
@@ -141,7 +159,8 @@ class MemoryStore:
         if version not in (-1, node.version):
             raise BadVersionError(f"{path}: version {node.version}, expected {version}")
         node.data, node.version, node.mtime = data, node.version + 1, time.time()
-        return node.stat(), self._fire(self.data_watches, path, WatchEventType.CHANGED)
+        fired = self._fire(self.data_watches, path, WatchEventType.CHANGED)
+        return node.stat(), fired + self._tree(path, WatchEventType.CHANGED, node)
 
     def delete(self, path: str, version: int) -> list[tuple[Watcher, WatchEvent]]:
         node = self._node(path)
@@ -154,6 +173,7 @@ class MemoryStore:
         del self.nodes[path]
         self.nodes[_parent(path)].children.discard(path.rsplit("/", 1)[1])
         fired = self._fire(self.data_watches, path, WatchEventType.DELETED)
+        fired += self._tree(path, WatchEventType.DELETED, None)
         fired += self._fire(self.child_watches, path, WatchEventType.DELETED)
         fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
         return fired
@@ -170,12 +190,17 @@ class MemoryStore:
             raise NoNodeError(path)
         return node
 
+    def _node_or_none(self, path: str) -> _Node | None:
+        validate_path(path)
+        return self.nodes.get(path)
+
     def end_session(self, session_id: int) -> list[tuple[Watcher, WatchEvent]]:
         """Delete the session's ephemerals and drop its watches (expiry or close)."""
         fired: list[tuple[Watcher, WatchEvent]] = []
         for table in (self.data_watches, self.child_watches):
             for path, watchers in list(table.items()):
                 table[path] = [(s, w) for s, w in watchers if s != session_id]
+        self.tree_watches = [t for t in self.tree_watches if t[0] != session_id]
         for path in sorted(
             (p for p, n in self.nodes.items() if n.ephemeral_owner == session_id),
             key=len,
@@ -196,6 +221,7 @@ class MemoryRegistry(ListenerBase):
         self._session_id = 0
         self._state = SessionState.LOST
         self._requests = 0
+        self._tree_watches: list[tuple[str, Watcher]] = []  # re-added for each new session
 
     @property
     def session_state(self) -> SessionState:
@@ -230,6 +256,8 @@ class MemoryRegistry(ListenerBase):
 
     def _new_session(self) -> None:
         self._session_id = next(_session_ids)
+        for root, watcher in self._tree_watches:
+            self.store.tree_watches.append((self._session_id, root, watcher))
         self._set_state(SessionState.CONNECTED)
 
     def _set_state(self, state: SessionState) -> None:
@@ -246,6 +274,36 @@ class MemoryRegistry(ListenerBase):
         entries = table.setdefault(path, [])
         if all(existing != w for _, existing in entries):
             entries.append((self._session_id, w))
+
+    async def watch_tree(self, path: str, watcher: Watcher) -> bool:
+        await self._enter()
+        validate_path(path)
+        if (path, watcher) not in self._tree_watches:
+            self._tree_watches.append((path, watcher))
+            self.store.tree_watches.append((self._session_id, path, watcher))
+        return True
+
+    async def unwatch_tree(self, path: str, watcher: Watcher) -> None:
+        if (path, watcher) in self._tree_watches:
+            self._tree_watches.remove((path, watcher))
+        entry = (self._session_id, path, watcher)
+        if entry in self.store.tree_watches:
+            self.store.tree_watches.remove(entry)
+
+    async def read_many(
+        self, paths: Sequence[str], on_result: ReadResult, *, children: Sequence[str] = ()
+    ) -> None:
+        await self._enter()
+        self._requests += len(paths) + len(children) - 1
+        for path in paths:
+            node = self.store._node_or_none(path)
+            if node is None:
+                on_result(path, None, None, None)
+            else:
+                on_result(path, node.data, node.stat(), None)
+        for path in children:
+            node = self.store._node_or_none(path)
+            on_result(path, None, None, None if node is None else list(node.children))
 
     async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
         await self._enter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .._errors import RegistryError
 
 __all__ = ["invalid_path_reason", "validate_path"]
@@ -12,6 +14,7 @@ def _forbidden(code: int) -> bool:
     return 0 < code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xF8FF or code >= 0xFFF0
 
 
+@lru_cache(maxsize=65536)  # the same paths are checked on every fire
 def invalid_path_reason(path: str, *, sequential: bool = False) -> str | None:
     """Why ZooKeeper's ``PathUtils.validatePath`` refuses ``path`` (None if it accepts it).
 

@@ -12,6 +12,15 @@ Semantics follow ZooKeeper:
   once, with the first change to that node (data/creation/deletion) or its children. Watchers are
   plain synchronous callables; they must not block (typically they set an event or put into a
   queue owned by a loop). They are called from the registry's own task, never concurrently.
+* a *tree watch* (``watch_tree``, ZooKeeper >= 3.6's persistent recursive watch) stays armed:
+  it hears CREATED, DELETED and CHANGED of every node under its path, never CHILDREN. The
+  registry keeps it across reconnections and sessions (re-adding it before reporting
+  CONNECTED; changes while disconnected are not replayed, so a holder re-reads on CONNECTED).
+  After a successful ``create``/``transaction`` of this session, its tree watchers hear WRITTEN
+  with the created node's data and stat, in wire order right after the node's CREATED event
+  (so they need not read back what this session wrote); a CREATED event that an in-flight
+  create of this session may explain is marked ``pending`` (WRITTEN follows on success, CHANGED
+  on failure). The memory registry gives data and stat with every event.
 * when a session is replaced (expired and re-established), every watch of the old session is gone
   and every ephemeral node of the old session is deleted; listeners get ``SessionEvent`` with the
   new ``session_id`` and must re-read what they cache.
@@ -30,6 +39,7 @@ __all__ = [
     "CreateOp",
     "DeleteOp",
     "Op",
+    "ReadResult",
     "Registry",
     "SessionEvent",
     "SessionListener",
@@ -65,22 +75,6 @@ class SessionEvent:
 SessionListener = Callable[[SessionEvent], None]
 
 
-class WatchEventType(enum.Enum):
-    CREATED = "CREATED"
-    DELETED = "DELETED"
-    CHANGED = "CHANGED"
-    CHILDREN = "CHILDREN"
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    type: WatchEventType
-    path: str
-
-
-Watcher = Callable[[WatchEvent], None]
-
-
 @dataclass(frozen=True, slots=True)
 class Stat:
     """The part of a ZooKeeper stat we use. ``mtime`` is the server's clock, epoch seconds."""
@@ -89,6 +83,31 @@ class Stat:
     mtime: float
     ephemeral_owner: int = 0
     num_children: int = 0
+
+
+class WatchEventType(enum.Enum):
+    CREATED = "CREATED"
+    DELETED = "DELETED"
+    CHANGED = "CHANGED"
+    CHILDREN = "CHILDREN"
+    WRITTEN = "WRITTEN"  # tree watches only: this session created the node (data, stat given)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: WatchEventType
+    path: str
+    data: bytes | None = None  # the node's data, where the registry knows it without a read
+    stat: Stat | None = None
+    pending: bool = False  # CREATED that an in-flight create of this session may explain
+
+
+Watcher = Callable[[WatchEvent], None]
+
+ReadResult = Callable[[str, bytes | None, Stat | None, list[str] | None], None]
+"""``read_many``'s callback, once per reply: ``(path, data, stat, None)`` for a data reply,
+``(path, None, None, children)`` for a children reply, ``(path, None, None, None)`` when the
+node is missing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +195,23 @@ class Registry(Protocol):
 
     async def transaction(self, ops: Sequence[Op]) -> None:
         """Apply every op atomically or none; raises ``TransactionFailedError``."""
+        ...
+
+    async def watch_tree(self, path: str, watcher: Watcher) -> bool:
+        """Add a persistent recursive watch on ``path`` (see the module docstring); False if the
+        server cannot (ZooKeeper < 3.6): use one-shot watches then."""
+        ...
+
+    async def unwatch_tree(self, path: str, watcher: Watcher) -> None:
+        """Remove a tree watch (the server's too, once no watcher of ``path`` is left)."""
+        ...
+
+    async def read_many(
+        self, paths: Sequence[str], on_result: ReadResult, *, children: Sequence[str] = ()
+    ) -> None:
+        """Read the data and stat of every node of ``paths`` and the children of those in
+        ``children`` (a subset), pipelined; ``on_result`` is called as each reply is read, in
+        wire order with watch events (after every event the reply's state includes)."""
         ...
 
     def abandon_session(self, reason: str) -> None:

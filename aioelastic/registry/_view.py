@@ -1,4 +1,6 @@
-"""A watch-maintained local copy of one registry subtree (our own TreeCache).
+"""Watch-maintained local copies of the registry: ``SharedView`` (the whole namespace, one tree
+watch for every job of an instance; ZooKeeper >= 3.6 and the memory registry) and ``TreeView``
+(one job's subtree, one-shot watches: the fallback for older servers).
 
 Reads on the hot path (a fire) come from here, not from the registry. The copy is kept by one
 task that applies watch events in the order the registry delivers them; ZooKeeper delivers a
@@ -12,15 +14,19 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
+import anyio.abc
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
 from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
-__all__ = ["Subscription", "TreeView"]
+__all__ = ["JobView", "SharedView", "Subscription", "TreeView", "View", "shared_view_of"]
 
 log = logging.getLogger("aioelastic.view")
 
@@ -247,3 +253,425 @@ class TreeView:
                 self._drop(_join(path, gone))
             for new in sorted(kids - old):
                 await self._load(_join(path, new))
+
+
+class View(Protocol):
+    """What coordination code reads: one job's nodes, kept by watches (``TreeView`` with
+    one-shot watches, or a job's part of the instance's ``SharedView``)."""
+
+    root: str
+
+    @property
+    def fresh(self) -> bool: ...
+
+    def get(self, path: str) -> bytes | None: ...
+
+    def stat(self, path: str) -> Stat | None: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def children(self, path: str) -> list[str]: ...
+
+    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription: ...
+
+    async def wait_changed(self, timeout: float) -> bool: ...
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool: ...
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A read's reply, queued in wire order with the watch events: the node at that point
+    (``missing``), its data and stat, or (``kids`` not None) its children's names."""
+
+    path: str
+    data: bytes | None
+    stat: Stat | None
+    kids: list[str] | None
+
+
+_Item = WatchEvent | _Value
+_LAZY_DELAY = 0.5  # seconds a mark's data may stay unread (most are deleted well before)
+_WRITTEN, _CREATED, _CHANGED, _DELETED = (
+    WatchEventType.WRITTEN,
+    WatchEventType.CREATED,
+    WatchEventType.CHANGED,
+    WatchEventType.DELETED,
+)
+
+
+def _deferred(path: str) -> bool:
+    """Nodes created and deleted on every fire (running marks, failover intents): their data
+    is read only if they outlive ``_LAZY_DELAY``; until then they exist with unknown data."""
+    return path.endswith("/running") or "/leader/failover/items/" in path
+
+
+def _job_key(path: str) -> str:
+    """``/ns/job`` of ``/ns/job/...`` (the part of the tree one job's subscriptions watch)."""
+    parts = path.split("/", 3)
+    return "/".join(parts[:3])
+
+
+_shared: weakref.WeakKeyDictionary[Registry, SharedView] = weakref.WeakKeyDictionary()
+
+
+def shared_view_of(registry: Registry) -> SharedView | None:
+    """The instance-wide view serving ``registry``'s jobs, if one runs (see ``SharedView``)."""
+    return _shared.get(registry)
+
+
+class SharedView:
+    """The whole namespace as last seen, kept by one tree watch (persistent recursive) for every
+    job of the instance, with per-job reads, subscriptions and change signals (``job``).
+
+    Every change is applied synchronously as the registry delivers it (events and read replies
+    share the wire's order), so a read's reply supersedes exactly the events before it. An
+    event without data (ZooKeeper sends none) waits for a read of its node, and every later
+    event of the same job waits behind it: readers see a state of the job's subtree the
+    registry had, never a mix (a multi-op never spans jobs; other jobs do not wait). Nodes this
+    session created need no read (WRITTEN carries their data); running marks and failover
+    intents of other instances are kept with unknown data (``get`` is None) and read only if
+    they outlive ``_LAZY_DELAY``. After a new connection or session the subtree is read again,
+    level by level with pipelined requests.
+    """
+
+    def __init__(self, registry: Registry, root: str) -> None:
+        self._registry = registry
+        self.root = root
+        self._data: dict[str, bytes] = {}
+        self._stats: dict[str, Stat] = {}
+        self._children: dict[str, set[str]] = {}
+        self._unknown: set[str] = set()  # deferred nodes whose data is not read yet
+        # Per job (``_job_key``): items not applied yet, and the paths they wait to be read.
+        self._queues: dict[str, list[_Item]] = {}
+        self._unresolved: dict[str, set[str]] = {}
+        self._to_read: set[str] = set()
+        self._lazy: dict[str, float] = {}  # deferred node -> when to read it
+        self._wake = anyio.Event()
+        self._fresh = False
+        self._loading = True
+        self._watcher = self._on_event
+        self._changed: dict[str, anyio.Event] = {}  # job key -> signal
+        self._subscriptions: dict[str, list[Subscription]] = {}
+        self._batch: set[str] = set()
+        self._everything = False
+        self._generation = 0  # bumped by each reset: stale loads stop
+
+    # -- setup --
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Add the tree watch and load the namespace under ``tg``; False (nothing started) if
+        the registry cannot watch a tree (ZooKeeper < 3.6): jobs keep views of their own."""
+        if not await self._registry.watch_tree(self.root, self._watcher):
+            return False
+        self._registry.add_session_listener(self._on_session)
+        _shared[self._registry] = self
+        await tg.start(self._run)
+        return True
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            self._reset()
+            while self._loading:  # the first load, through connection losses
+                try:
+                    await self._load_all()
+                except SessionLostError:
+                    with anyio.fail_after(self._registry_wait()):
+                        await self._wake.wait()  # set by the reset of the next CONNECTED
+                    self._wake = anyio.Event()
+            task_status.started()
+            while True:
+                await self._step()
+        finally:
+            _shared.pop(self._registry, None)
+            self._registry.remove_session_listener(self._on_session)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._registry.unwatch_tree(self.root, self._watcher)
+
+    def _registry_wait(self) -> float:
+        """How long the first load waits for a lost connection to come back."""
+        url = getattr(self._registry, "url", None)
+        return float(getattr(url, "connect_timeout", 30.0)) * 2
+
+    def job(self, root: str) -> JobView:
+        """The part of the view under one job's ``root``."""
+        return JobView(self, root)
+
+    # -- reads (no I/O) --
+
+    @property
+    def fresh(self) -> bool:
+        # Not "nothing unresolved": events waiting for a read leave a consistent (older) state.
+        return self._fresh and self._registry.session_state is SessionState.CONNECTED
+
+    def get(self, path: str) -> bytes | None:
+        return self._data.get(path)
+
+    def stat(self, path: str) -> Stat | None:
+        return self._stats.get(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self._data or path in self._unknown
+
+    def children(self, path: str) -> list[str]:
+        return sorted(self._children.get(path, ()))
+
+    def subscribe(self, root: str, relevant: Callable[[str], bool]) -> Subscription:
+        subscription = Subscription(relevant)
+        self._subscriptions.setdefault(root, []).append(subscription)
+        return subscription
+
+    def changed_event(self, key: str) -> anyio.Event:
+        event = self._changed.get(key)
+        if event is None:
+            event = self._changed[key] = anyio.Event()
+        return event
+
+    # -- events and replies, applied in wire order --
+
+    def _on_session(self, event: SessionEvent) -> None:
+        if event.state is SessionState.CONNECTED:
+            self._reset()
+        else:
+            self._fresh = False
+        self._signal()
+
+    def _on_event(self, event: WatchEvent) -> None:
+        self._enqueue(event)
+
+    def _on_value(
+        self, path: str, data: bytes | None, stat: Stat | None, kids: list[str] | None
+    ) -> None:
+        self._enqueue(_Value(path, data, stat, kids))
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue ``item`` behind its job's items waiting for a read, or apply it (and them)
+        now. Jobs never wait for each other: a multi-op stays within one job's subtree."""
+        path = item.path
+        key = _job_key(path)
+        waiting = self._unresolved.get(key)
+        if isinstance(item, _Value):
+            if item.kids is None and waiting:  # a data reply (or the node missing) settles it
+                waiting.discard(path)
+        elif item.type in (_WRITTEN, _DELETED) or item.data is not None:
+            if waiting:
+                waiting.discard(path)
+        elif not _deferred(path):  # CREATED/CHANGED without data: wait for a read
+            if waiting is None:
+                waiting = self._unresolved[key] = set()
+            waiting.add(path)
+            if not (item.type is _CREATED and item.pending):
+                self._to_read.add(path)
+                self._wake.set()
+        if waiting:
+            self._queues.setdefault(key, []).append(item)
+            return
+        self._unresolved.pop(key, None)
+        for queued in self._queues.pop(key, ()):
+            self._apply(queued)
+        self._apply(item)
+        self._signal()
+
+    def _apply(self, item: _Item) -> None:
+        path = item.path
+        if isinstance(item, _Value):
+            if item.kids is not None:
+                self._apply_kids(path, item.kids)
+            elif item.data is None or item.stat is None:
+                self._drop(path)
+            else:
+                self._set(path, item.data, item.stat)
+        elif item.type is _DELETED:
+            self._drop(path)
+        elif item.data is not None and item.stat is not None:
+            self._set(path, item.data, item.stat)
+        elif _deferred(path):  # unknown data for now
+            if item.type is _CREATED or path in self._data:
+                self._add(path)
+                self._data.pop(path, None)
+                self._stats.pop(path, None)
+                self._unknown.add(path)
+                self._lazy.setdefault(path, anyio.current_time() + _LAZY_DELAY)
+                self._wake.set()
+        # else: a later read in this batch sets the node
+
+    def _add(self, path: str) -> None:
+        self._batch.add(path)
+        self._children.setdefault(path, set())
+        parent, _, name = path.rpartition("/")
+        if path != self.root and parent in self._children:
+            self._children[parent].add(name)
+
+    def _set(self, path: str, data: bytes, stat: Stat) -> None:
+        self._add(path)
+        self._unknown.discard(path)
+        self._lazy.pop(path, None)
+        self._data[path], self._stats[path] = data, stat
+
+    def _drop(self, path: str) -> None:
+        if path in self._data or path in self._unknown:
+            self._batch.add(path)
+        for kid in self._children.pop(path, ()):
+            self._drop(_join(path, kid))
+        self._data.pop(path, None)
+        self._stats.pop(path, None)
+        self._unknown.discard(path)
+        self._lazy.pop(path, None)
+        parent, _, name = path.rpartition("/")
+        if parent in self._children:
+            self._children[parent].discard(name)
+
+    def _apply_kids(self, path: str, kids: list[str]) -> None:
+        """A children listing (loading): names the view holds but the listing lacks are gone."""
+        if path not in self._children:
+            return
+        for gone in self._children[path] - set(kids):
+            self._drop(_join(path, gone))
+
+    def _signal(self) -> None:
+        batch, everything = self._batch, self._everything
+        self._batch, self._everything = set(), False
+        if not batch and not everything:
+            return
+        by_key: dict[str, list[str]] = {}
+        for path in batch:
+            by_key.setdefault(_job_key(path), []).append(path)
+        if everything:
+            for key in set(self._changed) | set(self._subscriptions):
+                by_key.setdefault(key, [])
+        for key, paths in by_key.items():
+            event = self._changed.pop(key, None)
+            if event is not None:
+                event.set()
+            for subscription in self._subscriptions.get(key, ()):
+                if everything or any(subscription.relevant(p) for p in paths):
+                    subscription.notify()
+
+    # -- loading and reading --
+
+    def _reset(self) -> None:
+        """Forget everything (a new connection: events missed meanwhile are not replayed)."""
+        self._generation += 1
+        self._fresh, self._loading, self._everything = False, True, True
+        self._data.clear()
+        self._stats.clear()
+        self._children.clear()
+        self._unknown.clear()
+        self._queues.clear()
+        self._unresolved.clear()
+        self._to_read.clear()
+        self._lazy.clear()
+        self._wake.set()
+
+    async def _load_all(self) -> None:
+        """Read the whole subtree, level by level (pipelined reads), until done or reset."""
+        generation = self._generation
+        stats: dict[str, Stat] = {}
+        kids: dict[str, list[str]] = {}
+
+        def on_value(
+            path: str, data: bytes | None, stat: Stat | None, names: list[str] | None
+        ) -> None:
+            if generation != self._generation:
+                return
+            if stat is not None:
+                stats[path] = stat
+            if names is not None:
+                kids[path] = names
+            self._on_value(path, data, stat, names)
+
+        level = [self.root]
+        while level and generation == self._generation:
+            stats.clear()
+            kids.clear()
+            await self._registry.read_many(level, on_value)
+            parents = [p for p in level if p in stats and stats[p].num_children]
+            await self._registry.read_many([], on_value, children=parents)
+            level = [_join(p, k) for p in parents for k in kids.get(p, ())]
+        if generation == self._generation:
+            self._loading = False
+            self._fresh = True
+            self._everything = True
+            self._signal()
+
+    async def _step(self) -> None:
+        """Wait for reads to do (a reset's reload, events without data, unread marks)."""
+        now = anyio.current_time()
+        due = [p for p, at in self._lazy.items() if at <= now]
+        if not (self._to_read or due or self._loading):
+            wake = min(self._lazy.values(), default=now + 60)
+            with anyio.move_on_after(max(0.0, wake - now)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            return
+        try:
+            if self._loading:
+                await self._load_all()
+                return
+            for path in due:
+                self._lazy.pop(path, None)
+            paths = sorted(self._to_read | {p for p in due if p in self._unknown})
+            self._to_read.clear()
+            if paths:
+                try:
+                    await self._registry.read_many(paths, self._on_value)
+                except RegistryError:
+                    self._to_read.update(paths)  # read again (a reset may forget them first)
+                    raise
+        except SessionLostError:
+            with anyio.move_on_after(1):
+                await self._wake.wait()  # the next CONNECTED resets and reloads
+            self._wake = anyio.Event()
+        except RegistryError:
+            log.exception("view of %s: re-reading after a failed update", self.root)
+            await anyio.sleep(0.2)
+            self._reset()
+
+
+class JobView:
+    """One job's part of a ``SharedView`` (the ``View`` the job's coordination reads)."""
+
+    def __init__(self, shared: SharedView, root: str) -> None:
+        self._shared = shared
+        self.root = root
+        self._key = _job_key(root)
+
+    @property
+    def fresh(self) -> bool:
+        return self._shared.fresh
+
+    def get(self, path: str) -> bytes | None:
+        return self._shared.get(path)
+
+    def stat(self, path: str) -> Stat | None:
+        return self._shared.stat(path)
+
+    def exists(self, path: str) -> bool:
+        return self._shared.exists(path)
+
+    def children(self, path: str) -> list[str]:
+        return self._shared.children(path)
+
+    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
+        return self._shared.subscribe(self._key, relevant)
+
+    async def wait_changed(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._shared.changed_event(self._key).wait()
+            return True
+        return False
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            while not predicate():
+                await self._shared.changed_event(self._key).wait()
+            return True
+        return predicate()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to keep (the shared view does): ready once it is fresh, then idle."""
+        await self.wait_for(lambda: self._shared.fresh, math.inf)
+        task_status.started()
+        await anyio.sleep_forever()

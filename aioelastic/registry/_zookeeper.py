@@ -36,6 +36,12 @@ SUSPENDED a call waits for the reconnection within it; while LOST it fails at on
 ``SessionLostError`` and may or may not have been applied (a sequential create may have left an
 orphan node). aiozk's ``Session.send`` replays such requests, duplicating sequential nodes.
 
+Tree watches (``watch_tree``) are persistent recursive watches (``addWatch``, ZooKeeper >= 3.6),
+re-added on every new connection before CONNECTED is reported (the server drops a connection's
+watches with it; changes meanwhile are not replayed: holders re-read on CONNECTED). A server
+without ``addWatch`` refuses it and ``watch_tree`` returns False. Our own creates are announced
+to tree watchers (WRITTEN, at reply time) so they need not read back what we wrote.
+
 Watches are one-shot, registered when the server's reply is read (no event can overtake them),
 re-armed after a reconnection to the same session with ``SetWatches`` relative to the last zxid
 we saw (changes missed meanwhile fire then), and called synchronously by the connection's reader
@@ -62,6 +68,7 @@ import logging
 import math
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -89,6 +96,7 @@ from ._protocol import (
     CreateOp,
     DeleteOp,
     Op,
+    ReadResult,
     SessionEvent,
     SessionState,
     SetOp,
@@ -99,8 +107,13 @@ from ._protocol import (
 )
 from ._wire import (
     CONNECTION_ERRORS,
+    AddWatchRequest,
     Connection,
+    MultiRequest,
+    ReadRequest,
+    RemoveWatchesRequest,
     ServerError,
+    acl_bytes,
     make_acl,
     map_error,
     parse_hosts,
@@ -122,6 +135,9 @@ _RETRY_PAUSE = (0.05, 1.0)  # pause between connection rounds: first, maximum
 _EPHEMERAL, _SEQUENTIAL = 1, 2
 _MAX_ATTEMPTS = 8  # make_parents / recursive delete rounds against concurrent changes
 _RETIRE_TRIES = 3  # attempts to close a lost session on a reachable server before giving up
+_PERSISTENT_RECURSIVE = 1  # addWatch mode
+_WATCHER_PERSISTENT_RECURSIVE = 5  # removeWatches type
+_READ_WINDOW = 500  # requests of one read_many in flight at once
 
 _EVENT_TYPES = {
     protocol.WatchEvent.CREATED: WatchEventType.CREATED,
@@ -129,6 +145,10 @@ _EVENT_TYPES = {
     protocol.WatchEvent.DATA_CHANGED: WatchEventType.CHANGED,
     protocol.WatchEvent.CHILDREN_CHANGED: WatchEventType.CHILDREN,
 }
+
+
+def _ignore_reply(_response: Any, _error: Exception | None) -> None:
+    pass
 
 
 def _parent(path: str) -> str:
@@ -200,6 +220,7 @@ class ZooKeeperRegistry(ListenerBase):
         self._chroot = url.chroot
         self._request_timeout = request_timeout or url.session_timeout
         self._acl = make_acl(url)
+        self._acl_bytes = acl_bytes(self._acl)
         self._credentials = (
             None
             if url.username is None or url.password is None
@@ -208,6 +229,9 @@ class ZooKeeperRegistry(ListenerBase):
         self._state = SessionState.LOST
         self._state_changed = anyio.Event()
         self._watches = _Watches()
+        self._tree_watches: dict[str, list[Watcher]] = {}  # server-side root -> watchers
+        self._inflight_creates: dict[str, int] = {}  # server-side path -> our creates of it
+        self._flagged: set[str] = set()  # paths whose CREATED went out marked pending
         self._session_id = 0
         self._password = b"\x00" * 16
         self._timeout = url.session_timeout
@@ -309,6 +333,7 @@ class ZooKeeperRegistry(ListenerBase):
                 except (RegistryError, ServerError) as error:
                     log.debug("closing ZooKeeper session: %r", error)
         self._watches.clear()
+        self._tree_watches.clear()
         self._set_state(SessionState.LOST)
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
@@ -352,7 +377,9 @@ class ZooKeeperRegistry(ListenerBase):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.run, self._on_watch_event, self._on_connection_closed)
-                if not resumed or await self._rearm_watches(conn):
+                if (not resumed or await self._rearm_watches(conn)) and (
+                    await self._add_tree_watches(conn)
+                ):
                     self._conn = conn
                     self._set_state(SessionState.CONNECTED)
                     task_status.started()
@@ -598,7 +625,72 @@ class ZooKeeperRegistry(ListenerBase):
         if event_type is None:
             return  # a connection-state notification: our supervisor tracks state itself
         event = WatchEvent(event_type, self._rel(raw.path))
-        self._notify_watchers((w, event) for w in self._watches.pop(event_type, raw.path))
+        fired = [(w, event) for w in self._watches.pop(event_type, raw.path)]
+        if self._tree_watches and event_type is not WatchEventType.CHILDREN:
+            pending = event_type is WatchEventType.CREATED and raw.path in self._inflight_creates
+            if pending:
+                self._flagged.add(raw.path)
+            tree_event = WatchEvent(event_type, event.path, pending=pending) if pending else event
+            fired += [(w, tree_event) for w in self._tree_watchers(raw.path)]
+        self._notify_watchers(fired)
+
+    def _tree_watchers(self, path: str) -> list[Watcher]:
+        """Tree watchers whose root covers the server-side ``path``."""
+        out: list[Watcher] = []
+        for root, watchers in self._tree_watches.items():
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                out += watchers
+        return out
+
+    def _written(self, creates: list[tuple[str, bytes, bool]], ok: bool) -> None:
+        """At the reply of our request with ``creates`` (server-side path, data, ephemeral):
+        tree watchers hear WRITTEN for each node it created, or CHANGED (re-read it) if it
+        failed and the node's CREATED event was someone else's."""
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        now = time.time()
+        for path, data, ephemeral in creates:
+            left = self._inflight_creates.get(path, 0) - 1
+            if left > 0:
+                self._inflight_creates[path] = left
+            else:
+                self._inflight_creates.pop(path, None)
+            flagged = path in self._flagged
+            self._flagged.discard(path)
+            watchers = self._tree_watchers(path) if self._tree_watches else []
+            if not watchers or not (ok or flagged):
+                continue
+            if ok:
+                stat = Stat(0, now, self._session_id if ephemeral else 0, 0)
+                event = WatchEvent(WatchEventType.WRITTEN, self._rel(path), data, stat)
+            else:
+                event = WatchEvent(WatchEventType.CHANGED, self._rel(path))
+            fired += [(w, event) for w in watchers]
+        self._notify_watchers(fired)
+
+    async def _tracked_call(
+        self, request: Any, label: str, creates: list[tuple[str, bytes, bool]]
+    ) -> Any:
+        """``_call`` for a request creating ``creates``: CREATED events they cause are marked
+        pending, and tree watchers learn the outcome at reply time (``_written``)."""
+        if not creates:
+            return await self._call(request, label)
+        for path, _, _ in creates:
+            self._inflight_creates[path] = self._inflight_creates.get(path, 0) + 1
+        answered = False
+
+        def on_reply(response: Any, error: Exception | None) -> None:
+            nonlocal answered
+            answered = True
+            failed = error is not None or any(
+                isinstance(r, Exception) for r in getattr(response, "responses", ())
+            )
+            self._written(creates, not failed)
+
+        try:
+            return await self._call(request, label, on_reply)
+        finally:
+            if not answered:  # no reply (connection lost, cancelled): forget the tracking
+                self._written([(p, b"", False) for p, _, _ in creates], False)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -662,6 +754,111 @@ class ZooKeeperRegistry(ListenerBase):
 
         return register
 
+    async def watch_tree(self, path: str, watcher: Watcher) -> bool:
+        _check_path(path)
+        path = self._abs(path)
+        if path in self._tree_watches:
+            if watcher not in self._tree_watches[path]:
+                self._tree_watches[path].append(watcher)
+            return True
+        tree_watches = self._tree_watches
+
+        def register(_response: Any, error: Exception | None) -> None:
+            if error is None:  # from the reply on, events of the subtree reach the watcher
+                tree_watches.setdefault(path, []).append(watcher)
+
+        try:
+            await self._call(AddWatchRequest(path=path, mode=_PERSISTENT_RECURSIVE), path, register)
+        except SessionLostError:
+            raise
+        except RegistryError as error:
+            log.info("ZooKeeper refuses addWatch on %s (%s): one-shot watches instead", path, error)
+            # A server that does not know the request may drop the connection after refusing
+            # it (3.8 does for an unknown opcode): return once requests go through again.
+            for _ in range(2):
+                with contextlib.suppress(SessionLostError):
+                    await self.exists("/")
+                    break
+            return False
+        return True
+
+    async def unwatch_tree(self, path: str, watcher: Watcher) -> None:
+        path = self._abs(path)
+        watchers = self._tree_watches.get(path, [])
+        if watcher in watchers:
+            watchers.remove(watcher)
+        if watchers or path not in self._tree_watches:
+            return
+        del self._tree_watches[path]
+        if self._state is SessionState.CONNECTED and not self._closing:
+            request = RemoveWatchesRequest(path=path, type=_WATCHER_PERSISTENT_RECURSIVE)
+            with contextlib.suppress(RegistryError):
+                await self._call(request, path)
+
+    async def _add_tree_watches(self, conn: Connection) -> bool:
+        """Re-add the tree watches on a new connection (before CONNECTED); False if it died."""
+        if not self._tree_watches:
+            return True
+        requests = [
+            (AddWatchRequest(path=path, mode=_PERSISTENT_RECURSIVE), _ignore_reply)
+            for path in self._tree_watches
+        ]
+        try:
+            with anyio.fail_after(self._request_timeout):
+                await conn.call_many(requests)
+        except (TimeoutError, SessionLostError) as error:
+            log.warning("ZooKeeper %s: re-adding tree watches failed: %r", conn.host, error)
+            return False
+        return True
+
+    async def read_many(
+        self, paths: Sequence[str], on_result: ReadResult, *, children: Sequence[str] = ()
+    ) -> None:
+        """Pipelined getData/getChildren (``_READ_WINDOW`` in flight), each result delivered
+        at its reply; raises ``SessionLostError`` or the first error other than NoNode."""
+        failures: list[RegistryError] = []
+
+        def data_reply(path: str) -> Callable[[Any, Exception | None], None]:
+            def reply(response: Any, error: Exception | None) -> None:
+                if error is None:
+                    on_result(path, bytes(response.data or b""), to_stat(response.stat), None)
+                elif isinstance(error, zk_exc.NoNode):
+                    on_result(path, None, None, None)
+                else:
+                    failures.append(map_error(error, path))
+
+            return reply
+
+        def children_reply(path: str) -> Callable[[Any, Exception | None], None]:
+            def reply(response: Any, error: Exception | None) -> None:
+                if error is None:
+                    on_result(path, None, None, list(response.children))
+                elif isinstance(error, zk_exc.NoNode):
+                    on_result(path, None, None, None)
+                else:
+                    failures.append(map_error(error, path))
+
+            return reply
+
+        todo = [(4, path) for path in paths] + [(8, path) for path in children]
+        for start in range(0, len(todo), _READ_WINDOW):
+            window = []  # built window by window: a long list must not hold the loop
+            for opcode, path in todo[start : start + _READ_WINDOW]:
+                _check_path(path)
+                reply = data_reply(path) if opcode == 4 else children_reply(path)
+                window.append((ReadRequest(opcode, self._abs(path)), reply))
+            try:
+                with anyio.fail_after(self._request_timeout):
+                    conn = await self._connection()
+                    self._requests += len(window)
+                    await conn.call_many(window)
+            except TimeoutError:
+                raise SessionLostError(
+                    f"read of {len(window)} nodes: no answer within {self._request_timeout:g}s"
+                ) from None
+            if failures:
+                raise failures[0]
+
     async def get(self, path: str, watcher: Watcher | None = None) -> tuple[bytes, Stat]:
         _check_path(path)
         path = self._abs(path)
@@ -707,9 +904,11 @@ class ZooKeeperRegistry(ListenerBase):
         path = self._abs(path)
         check_request(create_size(path, data), path)
         flags = (_EPHEMERAL if ephemeral else 0) | (_SEQUENTIAL if sequential else 0)
+        creates = [] if sequential else [(path, data, ephemeral)]
         for _ in range(_MAX_ATTEMPTS):
             try:
-                response = await self._call(self._create_request(path, data, flags), path)
+                request = self._create_request(path, data, flags)
+                response = await self._tracked_call(request, path, creates)
                 return self._rel(str(response.path))
             except NoNodeError:
                 if not make_parents:
@@ -723,7 +922,9 @@ class ZooKeeperRegistry(ListenerBase):
         parent = _parent(path)
         while parent != "/":
             try:
-                await self._call(self._create_request(parent, b"", 0), parent)
+                await self._tracked_call(
+                    self._create_request(parent, b"", 0), parent, [(parent, b"", False)]
+                )
             except NodeExistsError:
                 break
             except NoNodeError:
@@ -733,7 +934,9 @@ class ZooKeeperRegistry(ListenerBase):
             break
         for node in reversed(missing):
             try:
-                await self._call(self._create_request(node, b"", 0), node)
+                await self._tracked_call(
+                    self._create_request(node, b"", 0), node, [(node, b"", False)]
+                )
             except NodeExistsError:
                 pass
 
@@ -773,18 +976,18 @@ class ZooKeeperRegistry(ListenerBase):
                 await self._delete_tree(_child(path, name), -1, missing_ok=True)
         raise NotEmptyError(f"{path}: children keep appearing")
 
-    def _op_request(self, op: Op) -> Any:
+    def _op_entry(self, op: Op) -> tuple[str, str, bytes, int]:
         _check_path(op.path)
         path = self._abs(op.path)
         match op:
             case CreateOp(_, data, ephemeral):
-                return self._create_request(path, data, _EPHEMERAL if ephemeral else 0)
+                return ("create", path, data, _EPHEMERAL if ephemeral else 0)
             case SetOp(_, data, version):
-                return protocol.SetDataRequest(path=path, data=data, version=version)
+                return ("set", path, data, version)
             case DeleteOp(_, version):
-                return protocol.DeleteRequest(path=path, version=version)
+                return ("delete", path, b"", version)
             case CheckOp(_, version):
-                return protocol.CheckVersionRequest(path=path, version=version)
+                return ("check", path, b"", version)
         raise TypeError(f"unknown op {op!r}")
 
     async def transaction(self, ops: Sequence[Op]) -> None:
@@ -792,11 +995,15 @@ class ZooKeeperRegistry(ListenerBase):
         if not ops:
             return
         check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
-        request = protocol.TransactionRequest()
-        for op in ops:
-            request.add(self._op_request(op))
+        request = MultiRequest([self._op_entry(op) for op in ops], self._acl_bytes)
         label = f"transaction on {ops[0].path}"
-        response = await self._call(request, label)
+        touched_later = {op.path for op in ops if not isinstance(op, CreateOp | CheckOp)}
+        creates = [
+            (self._abs(op.path), op.data, op.ephemeral)
+            for op in ops
+            if isinstance(op, CreateOp) and op.path not in touched_later
+        ]
+        response = await self._tracked_call(request, label, creates)
         errors = [r for r in response.responses if isinstance(r, Exception)]
         if not errors and len(response.responses) == len(ops):
             return
