@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 
 from ._layout import JobPaths
-from .registry._view import TreeView
+from .registry._view import View
 
 __all__ = ["ClaimLost", "Ownerships", "fencing_token"]
 
@@ -74,7 +74,7 @@ class Ownerships:
         for lost in list(self._claims):
             lost._revoke(reason)
 
-    def revoke_moved(self, view: TreeView) -> None:
+    def revoke_moved(self, view: View) -> None:
         """Revoke the claims on items that the registry now gives to another instance: a
         committed reshard moved the item (a normal run), or another instance holds its failover
         node (a failover run)."""
@@ -86,7 +86,7 @@ class Ownerships:
                 where = f"instance {holder}" if holder else "no instance"
                 lost._revoke(f"item {item} now belongs to {where} (resharded)")
 
-    def _holder(self, view: TreeView, item: int, failover: bool) -> str | None:
+    def _holder(self, view: View, item: int, failover: bool) -> str | None:
         raw = view.get(
             self._paths.item_failover(item) if failover else self._paths.item_instance(item)
         )
@@ -100,7 +100,7 @@ class Ownerships:
             and path.endswith(("/instance", "/failover"))
         )
 
-    async def watch(self, view: TreeView) -> None:
+    async def watch(self, view: View) -> None:
         """Revoke moved claims as the view changes (a loop of the job's runner)."""
         changes = view.subscribe(self.relevant)
         while True:

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 from .._errors import NoNodeError, OperationRefusedError
-from ..registry._protocol import Op, Registry, SessionListener, SessionState, Stat, Watcher
+from ..registry._protocol import (
+    Op,
+    ReadResult,
+    Registry,
+    SessionListener,
+    SessionState,
+    Stat,
+    Watcher,
+)
 from ..registry._view import TreeView
 
 __all__ = ["ViewRegistry"]
@@ -78,6 +86,21 @@ class ViewRegistry:
 
     async def transaction(self, ops: Sequence[Op]) -> None:
         raise self._refuse()
+
+    async def watch_tree(self, path: str, watcher: Watcher) -> bool:
+        return False  # the snapshot changes only with the view it reads
+
+    async def unwatch_tree(self, path: str, watcher: Watcher) -> None:
+        return None
+
+    async def read_many(
+        self, paths: Sequence[str], on_result: ReadResult, *, children: Sequence[str] = ()
+    ) -> None:
+        listed = set(children)
+        for path in paths:
+            data, stat = self._view.get(path), self._view.stat(path)
+            kids = self._view.children(path) if path in listed and stat is not None else None
+            on_result(path, data, stat, kids)
 
     def abandon_session(self, reason: str) -> None:
         return None
