@@ -162,13 +162,13 @@ class CatchUp:
         """Run this instance's share of each catch-up request (a loop of the job's runner)."""
         await serve_requests(self.runner, self.paths.catchup_requests, self._serve, log)
 
-    async def _serve(self, key: str) -> None:
+    async def _serve(self, key: str) -> bool:
         runner = self.runner
         coord, executor = runner.coordinator, runner.executor
         ran = partial(self.paths.catchup_ran, key)
         items = await claim_items(runner, self.paths.catchup_request(key), ran)
         if not items:
-            return
+            return False
         scheduled = _at(int(key)) if key.isdigit() else None
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, scheduled),
@@ -182,6 +182,7 @@ class CatchUp:
             f"{missed.decode(errors='replace')} (catchup_window {self._window:g}s).",
         )
         run_claimed(runner, ran, contexts)
+        return True
 
 
 def _parse(raw: bytes) -> int:

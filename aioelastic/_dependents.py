@@ -379,12 +379,12 @@ class Dependents:
                 out[upstream] = {"task_ids": [], "failed_items": ["?"]}
         return out
 
-    async def _serve(self, runner: JobRunner, key: str) -> None:
+    async def _serve(self, runner: JobRunner, key: str) -> bool:
         coord, executor = runner.coordinator, runner.executor
         cfg = coord.config
         upstreams = self._upstreams(runner, key)
         if upstreams is None:
-            return  # waiting for another upstream job's fire
+            return False  # waiting for another upstream job's fire
         failed = {u: r["failed_items"] for u, r in upstreams.items() if r.get("failed_items")}
         if failed and cfg.after_policy == "all_succeeded":
             log.warning(
@@ -396,11 +396,11 @@ class Dependents:
                 extra=coord.log_fields,
             )
             await drop(self.registry, self.paths.request(key))
-            return
+            return False
         ran = partial(self.paths.request_ran, key)
         items = await claim_items(runner, self.paths.request(key), ran)
         if not items:
-            return
+            return False
         task_ids = tuple(t for u in cfg.after for t in upstreams[u].get("task_ids", []))
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.NORMAL_TRIGGER, None),
@@ -414,3 +414,4 @@ class Dependents:
             f"(fire {key}, upstream tasks {', '.join(task_ids)}).",
         )
         run_claimed(runner, ran, contexts)
+        return True

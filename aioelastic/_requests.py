@@ -50,20 +50,28 @@ def may_free(path: str) -> bool:
 
 
 async def serve_requests(
-    runner: JobRunner, requests: str, serve: Callable[[str], Awaitable[None]], log: logging.Logger
+    runner: JobRunner, requests: str, serve: Callable[[str], Awaitable[bool]], log: logging.Logger
 ) -> None:
     """Call ``serve`` with each request under ``requests`` whenever they, or what frees items,
-    change (a loop of the job's runner)."""
+    change (a loop of the job's runner). ``serve`` returns whether it claimed and started a
+    run: the next request waits for the next pass, by when that run holds its items (two
+    requests claiming the same items in one pass would make one of them give its claims back,
+    racing the "every item claimed" check that deletes the request)."""
     coord = runner.coordinator
     changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
     while True:
+        pending = False
         if coord.view.fresh and not coord.config_problem:
             try:
                 for key in coord.view.children(requests):
-                    await serve(key)
+                    pending = True
+                    if await serve(key):
+                        break
             except RegistryError as exc:
                 log.debug("%s: request step failed (%s)", runner.name, exc)
-        await changes.wait(30.0)
+        # A request left while this instance's own run of the items ends may see the marks'
+        # deletion before the executor lets the items go: look again soon (view reads only).
+        await changes.wait(0.5 if pending else 30.0)
 
 
 async def drop(registry: Registry, request: str) -> None:

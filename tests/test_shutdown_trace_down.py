@@ -4,6 +4,7 @@ the next process writes them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -45,12 +46,14 @@ def _paused(server: PostgresServer) -> Iterator[None]:
     """Every server process stopped (SIGSTOP): connections hang instead of failing."""
     pids = _server_pids(server)
     for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a backend that ended meanwhile
+                os.kill(pid, signal.SIGCONT)
 
 
 def _scheduler(url: str, journal: Path, fires: list[int]) -> Scheduler:
