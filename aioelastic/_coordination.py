@@ -747,11 +747,6 @@ class JobCoordinator:
             try:
                 await self._write_reshard(ops)
             except TransactionFailedError as exc:
-                # The leader step that led here may have taken in a new member set while the
-                # view still showed a flag already consumed: forget it, so the next step sees
-                # the members as changed and flags a reshard again (else a joiner whose
-                # instance node came after the last committed reshard got no items).
-                self._members_seen = frozenset()
                 log.info(
                     "%s: reshard raced with a change (%s); will retry",
                     self.paths.job,
