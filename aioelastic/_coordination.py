@@ -802,17 +802,30 @@ class JobCoordinator:
         ops: list[Op] = [DeleteOp(f"{base}/{kid}") for kid in self.view.children(base)]
         return [*ops, DeleteOp(base)]
 
+    def reshard_retryable(self) -> bool:
+        """A reshard is pending and this leader can write it (there is someone to shard over)."""
+        return self.is_leader and self.reshard_pending() and bool(self.available_instances())
+
     async def wait_for_sharding(self, timeout: float) -> bool:
         """Before a fire: let a pending reshard complete (the leader does it; others watch)."""
         if not self.reshard_pending():
             return True
         if self.is_leader:
-            await self.reshard()
+            # Nobody else will do it: retry a reshard that raced (e.g. with this view still
+            # catching up with our own writes) instead of waiting the timeout out.
+            with anyio.move_on_after(timeout):
+                while self.reshard_retryable() and not await self.reshard():
+                    await self.view.wait_changed(0.1)
         if self.server_disabled() or not self.available_instances():
             # No items here whatever the outcome, or nobody to shard over (ElasticJob skips
             # sharding then): a fire must not wait for a reshard that cannot happen.
             return not self.reshard_pending()
-        done = await self.view.wait_for(lambda: not self.reshard_pending(), timeout)
+        # Stopping deletes the instance node and ends the leader loop: nobody would reshard
+        # for this fire then, so stop waiting (else a fire due as the scheduler stops holds
+        # the stop for the whole timeout).
+        done = await self.view.wait_for(
+            lambda: not self.reshard_pending() or not self.holds_instance_node(), timeout
+        )
         if not done:
             log.warning(
                 "%s: reshard still pending after %.1fs; running with the current assignment",
