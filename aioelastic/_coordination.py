@@ -182,6 +182,7 @@ class JobCoordinator:
         self._reshard_lock = anyio.Lock()
         self._members_seen: frozenset[str] | None = None
         self._count_seen: int | None = None
+        self._members_sharded: frozenset[str] | None = None  # of this leader's last reshard
         self.config_problem: str | None = None
         """Why the job is held (its registry config is invalid), or None."""
         self._reported: dict[str, str] = {}  # bad node path -> problem, as logged
@@ -752,7 +753,7 @@ class JobCoordinator:
                 pass
             return  # the view will show the outcome
         if not self.is_leader:
-            self._members_seen = None
+            self._members_seen = self._members_sharded = None
             return
         members = frozenset(self.available_instances())
         total = self.config.sharding_total_count
@@ -790,10 +791,13 @@ class JobCoordinator:
                 await self._write_reshard(ops)
             except TransactionFailedError as exc:
                 # The leader step that led here may have taken in a new member set while the
-                # view still showed a flag already consumed: forget it, so the next step sees
-                # the members as changed and flags a reshard again (else a joiner whose
-                # instance node came after the last committed reshard got no items).
-                self._members_seen = frozenset()
+                # view still showed a flag already consumed: fall back to the members the
+                # assignment was made for, so the next step flags a reshard again if they
+                # differ (else a joiner whose instance node came after the last committed
+                # reshard got no items), and not if they don't (no churn).
+                self._members_seen = self._members_sharded or frozenset(
+                    owner for item in range(total) if (owner := self.owner(item)) is not None
+                )
                 log.info(
                     "%s: reshard raced with a change (%s); will retry",
                     self.paths.job,
@@ -801,6 +805,7 @@ class JobCoordinator:
                     extra=self.log_fields,
                 )
                 return False
+            self._members_sharded = frozenset(members)
             log.info(
                 "%s: resharded over %d instance(s): %s",
                 self.paths.job,
@@ -849,17 +854,30 @@ class JobCoordinator:
         ops: list[Op] = [DeleteOp(f"{base}/{kid}") for kid in self.view.children(base)]
         return [*ops, DeleteOp(base)]
 
+    def reshard_retryable(self) -> bool:
+        """A reshard is pending and this leader can write it (there is someone to shard over)."""
+        return self.is_leader and self.reshard_pending() and bool(self.available_instances())
+
     async def wait_for_sharding(self, timeout: float) -> bool:
         """Before a fire: let a pending reshard complete (the leader does it; others watch)."""
         if not self.reshard_pending():
             return True
         if self.is_leader:
-            await self.reshard()
+            # Nobody else will do it: retry a reshard that raced (e.g. with this view still
+            # catching up with our own writes) instead of waiting the timeout out.
+            with anyio.move_on_after(timeout):
+                while self.reshard_retryable() and not await self.reshard():
+                    await self.view.wait_changed(0.1)
         if self.server_disabled() or not self.available_instances():
             # No items here whatever the outcome, or nobody to shard over (ElasticJob skips
             # sharding then): a fire must not wait for a reshard that cannot happen.
             return not self.reshard_pending()
-        done = await self.view.wait_for(lambda: not self.reshard_pending(), timeout)
+        # Stopping deletes the instance node and ends the leader loop: nobody would reshard
+        # for this fire then, so stop waiting (else a fire due as the scheduler stops holds
+        # the stop for the whole timeout).
+        done = await self.view.wait_for(
+            lambda: not self.reshard_pending() or not self.holds_instance_node(), timeout
+        )
         if not done:
             log.warning(
                 "%s: reshard still pending after %.1fs; running with the current assignment",

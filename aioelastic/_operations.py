@@ -519,31 +519,37 @@ class Operations:
     async def update_job_config(self, name: str, /, **changes: Any) -> dict[str, Any]:
         """Validate ``changes`` through ``JobConfig`` and store them; live instances apply them
         (they watch the node). Returns the new stored config."""
-        fixed = _FIXED_FIELDS & changes.keys()
-        if fixed:
-            raise ConfigError(sorted(fixed)[0], changes[sorted(fixed)[0]], "cannot be changed here")
-        path = self.paths(name).config
+        _check_changeable(changes)
         while True:  # compare-and-set on the node's version: no lost concurrent update
+            stored, version = await self._config_at(name)
             try:
-                raw, stat = await self.registry.get(path)
-            except NoNodeError:
-                raise JobNotFoundError(name) from None
-            stored = _parse_config(name, raw)
-            custom = stored.get("error_handler") == "custom"
-            base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
-            if custom:
-                base.pop("error_handler")
-            new = JobConfig(**{**base, **changes, "name": name}).to_registry()
-            if custom and "error_handler" not in changes:
-                data = json.loads(new)
-                data["error_handler"] = "custom"
-                new = json.dumps(data, sort_keys=True).encode()
-            try:
-                await self.registry.set(path, new, version=stat.version)
+                return await self._store_config(name, stored, version, changes)
             except BadVersionError:
                 continue
-            result: dict[str, Any] = json.loads(new)
-            return result
+
+    async def _config_at(self, name: str) -> tuple[dict[str, Any], int]:
+        try:
+            raw, stat = await self.registry.get(self.paths(name).config)
+        except NoNodeError:
+            raise JobNotFoundError(name) from None
+        return _parse_config(name, raw), stat.version
+
+    async def _store_config(
+        self, name: str, stored: dict[str, Any], version: int, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write ``stored`` with ``changes`` (validated through ``JobConfig``) if the node still
+        has ``version`` (``BadVersionError`` otherwise); a custom error handler stays marked."""
+        custom = stored.get("error_handler") == "custom"
+        base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
+        if custom:
+            base.pop("error_handler")
+        new = JobConfig(**{**base, **changes, "name": name}).to_registry()
+        if custom and "error_handler" not in changes:
+            data = {**json.loads(new), "error_handler": "custom"}
+            new = json.dumps(data, sort_keys=True).encode()
+        await self.registry.set(self.paths(name).config, new, version=version)
+        result: dict[str, Any] = json.loads(new)
+        return result
 
     @_deadline
     async def remove_job(self, name: str, *, force: bool = False) -> None:
@@ -653,11 +659,7 @@ class Operations:
     @_deadline
     async def job_config_version(self, name: str) -> tuple[dict[str, Any], int]:
         """The job's stored config and its node's version, for ``update_job_config_at``."""
-        try:
-            raw, stat = await self.registry.get(self.paths(name).config)
-        except NoNodeError:
-            raise JobNotFoundError(name) from None
-        return _parse_config(name, raw), stat.version
+        return await self._config_at(name)
 
     @_deadline
     async def update_job_config_at(
@@ -665,28 +667,11 @@ class Operations:
     ) -> dict[str, Any]:
         """``update_job_config`` only if the config node still has ``version``: someone else's
         change in between raises ``BadVersionError`` instead of being overwritten."""
-        fixed = _FIXED_FIELDS & changes.keys()
-        if fixed:
-            raise ConfigError(sorted(fixed)[0], changes[sorted(fixed)[0]], "cannot be changed here")
-        path = self.paths(name).config
-        try:
-            raw, stat = await self.registry.get(path)
-        except NoNodeError:
-            raise JobNotFoundError(name) from None
-        if stat.version != version:
-            raise BadVersionError(f"{path}: version {stat.version}, not {version}")
-        stored = _parse_config(name, raw)
-        base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
-        custom = base.get("error_handler") == "custom"
-        if custom:
-            base.pop("error_handler")
-        new = JobConfig(**{**base, **changes, "name": name}).to_registry()
-        if custom and "error_handler" not in changes:
-            data = {**json.loads(new), "error_handler": "custom"}
-            new = json.dumps(data, sort_keys=True).encode()
-        await self.registry.set(path, new, version=version)
-        result: dict[str, Any] = json.loads(new)
-        return result
+        _check_changeable(changes)
+        stored, current = await self._config_at(name)
+        if current != version:
+            raise BadVersionError(f"{self.paths(name).config}: version {current}, not {version}")
+        return await self._store_config(name, stored, version, changes)
 
     @_deadline
     async def chain(self, name: str) -> JobChain:
@@ -703,6 +688,12 @@ class Operations:
             except (JobNotFoundError, ConfigError):
                 continue  # not a job, or one whose config is unreadable
         return JobChain(upstream, tuple(downstream))
+
+
+def _check_changeable(changes: dict[str, Any]) -> None:
+    fixed = sorted(_FIXED_FIELDS & changes.keys())
+    if fixed:
+        raise ConfigError(fixed[0], changes[fixed[0]], "cannot be changed here")
 
 
 def _names(stored: dict[str, Any]) -> tuple[str, ...]:

@@ -229,6 +229,8 @@ class JobRunner:
             timeout: float = coord.config.reconcile_interval_minutes * 60 or 3600
             try:
                 await coord.leader_step()
+                if coord.reshard_retryable():
+                    timeout = 0.5  # the reshard raced: try again soon, not at the next change
             except RegistryError as exc:
                 log.debug(
                     "%s: leader step failed (%s); retrying", self.name, exc, extra=self._extra

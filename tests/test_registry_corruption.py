@@ -269,9 +269,13 @@ async def delete_tree_at_once(reg: ZooKeeperRegistry, root: str) -> None:
             below += await walk(f"{path}/{kid}")
         return [*below, path]
 
+    async def walk_and_delete() -> None:
+        await reg.transaction([DeleteOp(path) for path in await walk(root)])
+
     async def delete() -> bool:
-        # A RegistryError: changed meanwhile (a fire's marks), walk again.
-        return await attempt(reg.transaction([DeleteOp(path) for path in await walk(root)]))
+        # A RegistryError (a node came or went while walking, e.g. a fire's marks or the
+        # reshard flag): walk again.
+        return await attempt(walk_and_delete())
 
     await eventually(delete, 10)
 

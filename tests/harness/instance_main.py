@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from aioelastic import Scheduler, Settings, ShardingContext
-from aioelastic.registry import SessionEvent
+from aioelastic.registry import Registry, SessionEvent
 
 #: Adds the module's jobs: ``(scheduler, history, job options from --job-options, args)``.
 AddJobs = Callable[[Scheduler, "History", dict[str, Any], argparse.Namespace], None]
@@ -96,8 +96,9 @@ def build(args: argparse.Namespace, add_jobs: AddJobs) -> tuple[Scheduler, Histo
 async def serve(scheduler: Scheduler, history: History) -> None:
     """Run the scheduler until SIGTERM/SIGINT, recording its sessions."""
 
+    registry: Registry | None = None  # the running scheduler's (gone from it once stopped)
+
     def on_session(event: SessionEvent) -> None:
-        registry = scheduler.registry
         password = getattr(registry, "session_password", b"") or b""
         history.write(
             "session", state=event.state.value, session_id=event.session_id, password=password.hex()
@@ -115,10 +116,9 @@ async def serve(scheduler: Scheduler, history: History) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal)
         async with scheduler:
-            scheduler.registry.add_session_listener(on_session)
-            on_session(
-                SessionEvent(scheduler.registry.session_state, scheduler.registry.session_id)
-            )
+            registry = scheduler.registry
+            registry.add_session_listener(on_session)
+            on_session(SessionEvent(registry.session_state, registry.session_id))
             history.write("ready", pid=os.getpid())
             await stop.wait()
         tg.cancel_scope.cancel()
