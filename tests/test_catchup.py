@@ -66,7 +66,13 @@ class Runs:
         self.contexts: list[ShardingContext] = []
 
     def catchup(self) -> list[ShardingContext]:
-        return [c for c in self.contexts if c.execution_source is ExecutionSource.MISFIRE]
+        # A catch-up run names the missed fire it stands for; a misfire re-run (a cron fire
+        # that found the catch-up fire's items still running) names none.
+        return [
+            c
+            for c in self.contexts
+            if c.execution_source is ExecutionSource.MISFIRE and c.scheduled_fire_time is not None
+        ]
 
     async def job(self, ctx: ShardingContext) -> None:
         self.contexts.append(ctx)

@@ -39,7 +39,7 @@ async def test_instances_rebuild_their_nodes_after_the_server_lost_its_data(
     wiped_at = time.time()
     await anyio.to_thread.run_sync(server.wipe)
     async with zk_client(url) as reg:
-        healed_at = await wait_assignment(reg, url, TOTAL, want, 30)
+        healed_at = await wait_assignment(reg, url, TOTAL, want, 30, cluster)
     await anyio.sleep(4.0)  # fires after the recovery
     until = time.time()
 

@@ -364,12 +364,24 @@ class SharedView:
     async def start(self, tg: anyio.abc.TaskGroup) -> bool:
         """Add the tree watch and load the namespace under ``tg``; False (nothing started) if
         the registry cannot watch a tree (ZooKeeper < 3.6): jobs keep views of their own."""
-        if not await self._registry.watch_tree(self.root, self._watcher):
+        if not await self._watch_tree():
             return False
         self._registry.add_session_listener(self._on_session)
         _shared[self._registry] = self
         await tg.start(self._run)
         return True
+
+    async def _watch_tree(self) -> bool:
+        """Add the tree watch, through connection losses (a request in flight when the
+        connection drops fails; the next one waits for the connection to come back)."""
+        deadline = anyio.current_time() + self._registry_wait()
+        while True:
+            try:
+                return await self._registry.watch_tree(self.root, self._watcher)
+            except SessionLostError:
+                if anyio.current_time() >= deadline:
+                    raise
+                await anyio.sleep(0.1)
 
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -157,6 +157,12 @@ class Cluster:
                     raise AssertionError(f"{inst.instance_id} not ready:\n{self.stderr(inst)}")
                 time.sleep(0.05)
 
+    def stderr_of_all(self) -> str:
+        """Every instance's stderr tail, headed by its id (for a failure's detail)."""
+        return "\n".join(
+            f"--- {inst.instance_id}:\n{self.stderr(inst)}" for inst in self.instances.values()
+        )
+
     def stderr(self, inst: Instance, tail: int | None = 4000) -> str:
         """The instance's stderr: its last ``tail`` characters, or all of it (``None``)."""
         path = self.workdir / f"{inst.instance_id}.stderr"
@@ -285,15 +291,22 @@ def expected(
 
 
 async def wait_assignment(
-    reg: ZooKeeperRegistry, url: str, total: int, want: dict[str, list[int]], timeout: float
+    reg: ZooKeeperRegistry,
+    url: str,
+    total: int,
+    want: dict[str, list[int]],
+    timeout: float,
+    cluster: Cluster | None = None,
 ) -> float:
-    """Wait until the committed assignment equals ``want``; return when it was first seen."""
+    """Wait until the committed assignment equals ``want``; return when it was first seen.
+    With ``cluster``, a failure shows its instances' stderr."""
     await eventually(
         partial(read_assignment, reg, url, total),
         timeout,
         0.05,
         until=lambda got: got == want,
         what=f"the assignment {want}",
+        detail=None if cluster is None else cluster.stderr_of_all,
     )
     return time.time()
 
