@@ -771,6 +771,23 @@ class JobCoordinator:
 
     async def reshard(self) -> bool:
         """As leader: write the whole new assignment in one multi-op. True if written."""
+        written = await self._reshard()
+        if written or not self.is_leader:
+            return written
+        # The leader step that led here may have taken in a new member set that this call
+        # did not write: its write raced (the view still showed a flag already consumed), or
+        # a concurrent reshard had taken the flag with the members before. Judge the next
+        # step against the members the committed assignment was made for, so it flags a
+        # reshard again if they differ (else a joiner got no items until the reconcile
+        # interval) and not if they don't (no churn).
+        self._members_seen = self._members_sharded or frozenset(
+            owner
+            for item in range(self.config.sharding_total_count)
+            if (owner := self.owner(item)) is not None
+        )
+        return False
+
+    async def _reshard(self) -> bool:
         async with self._reshard_lock:
             if not (self.is_leader and self.reshard_pending()):
                 return False
@@ -790,14 +807,6 @@ class JobCoordinator:
             try:
                 await self._write_reshard(ops)
             except TransactionFailedError as exc:
-                # The leader step that led here may have taken in a new member set while the
-                # view still showed a flag already consumed: fall back to the members the
-                # assignment was made for, so the next step flags a reshard again if they
-                # differ (else a joiner whose instance node came after the last committed
-                # reshard got no items), and not if they don't (no churn).
-                self._members_seen = self._members_sharded or frozenset(
-                    owner for item in range(total) if (owner := self.owner(item)) is not None
-                )
                 log.info(
                     "%s: reshard raced with a change (%s); will retry",
                     self.paths.job,
