@@ -165,12 +165,25 @@ class Dependents:
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
-        for item in contexts.items:
-            key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
-            self._keys[(contexts.task_id, item)] = key
-            path = self.paths.dependents_fire(item, self.instance_id)
-            await _put(self.registry, path, key.encode())
+        try:
+            for item in contexts.items:
+                key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
+                self._keys[(contexts.task_id, item)] = key
+                path = self.paths.dependents_fire(item, self.instance_id)
+                await _put(self.registry, path, key.encode())
+        except BaseException:
+            self.run_ended(contexts)  # the items do not run
+            raise
         return contexts
+
+    def run_ended(self, contexts: ShardingContexts) -> None:
+        """Forget a run's bookkeeping once its items are over: an item that did not complete
+        (fenced, cancelled by shutdown) never reaches ``item_done``; its records in the
+        registry stay for a failover run elsewhere."""
+        self._unrecorded.pop(contexts.task_id, None)
+        for item in contexts.items:
+            self._keys.pop((contexts.task_id, item), None)
+            self._upstream_runs.pop((contexts.task_id, item), None)
 
     async def _upstream_started(self, contexts: ShardingContexts) -> ShardingContexts:
         """A dependent job's run: record its upstream fire in ``dependents/upstream/{item}/{me}``
@@ -272,11 +285,13 @@ class Dependents:
 
     async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
         """The data of ``parent``'s children named after an instance that is gone (oldest
-        first), with that instance."""
+        first), with that instance. For a failover run (the only caller) this instance's own
+        record is a dead run's too: its session was lost mid-run (fenced), and the item's
+        running mark keeps any other run of it here from overlapping this one."""
         found: list[tuple[float, bytes, str]] = []
         with contextlib.suppress(NoNodeError):
             for name in await self.registry.get_children(parent):
-                if name == self.instance_id or await self.registry.exists(
+                if name != self.instance_id and await self.registry.exists(
                     self.paths.instance(name)
                 ):
                     continue

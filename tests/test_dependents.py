@@ -17,8 +17,8 @@ import pytest
 
 from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._dependents import fire_key, key_time
-from aioelastic.registry import MemoryStore
-from aioelastic.tracing._events import State
+from aioelastic.registry import MemoryRegistry, MemoryStore
+from aioelastic.tracing._events import ExecutionSource, State
 from tests.harness.cli import cli
 from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
@@ -473,3 +473,39 @@ async def test_overlapping_triggers_on_two_instances_are_two_dependent_fires(
         await anyio.sleep(0.5)  # no third load run follows
     ups = [c.upstream_task_ids for c in runs.of("load")]
     assert len(ups) == 2 and ups[0] != ups[1] and all(len(u) == 2 for u in ups), ups
+
+
+async def test_a_fenced_upstream_run_leaves_no_bookkeeping_behind(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    # A fenced item never reaches item_done: its run's entries must still go (they grew by one
+    # per fenced run), and the failover run still completes the fire for the dependent.
+    scheduler, runs = make_scheduler(), Runs()
+    started = anyio.Event()
+
+    @scheduler.job(sharding_total_count=2, failover=True)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        started.set()
+        if ctx.execution_source is ExecutionSource.NORMAL_TRIGGER and ctx.sharding_item == 1:
+            await anyio.sleep(60)
+
+    @scheduler.job(after="extract")
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        await scheduler.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 2, 20, what="both items started")
+        registry = scheduler.registry
+        assert isinstance(registry, MemoryRegistry)
+        registry.expire_session()  # item 1 is fenced; a new session at once fails it over
+        await eventually(lambda: len(runs.of("load")) == 1, 20, what="the dependent")
+        dependents = scheduler._runners["extract"].executor.dependents
+        assert dependents is not None
+        await eventually(
+            lambda: not scheduler._runners["extract"].executor.running, 20, what="idle"
+        )
+        assert dependents._unrecorded == {} and dependents._keys == {}
+    sources = [c.execution_source for c in runs.of("extract") if c.sharding_item == 1]
+    assert sources == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.FAILOVER]
