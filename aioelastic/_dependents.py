@@ -315,15 +315,10 @@ class Dependents:
         task_ids = sorted({str(r.get("task_id")) for r in records})
         failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
-        for _ in range(3):  # a request node appeared or went meanwhile: build the ops again
+        for _ in range(5):  # a request node appeared or went meanwhile: build the ops again
             ops: list[Op] = [CreateOp(self.paths.dependents_claimed(key))]
             for name in self.downstream:
-                paths = JobPaths(self._namespace, name)
-                request = self._request_key(name, key)
-                await create_parents(self.registry, paths.request(request))
-                node = paths.request_upstream(request, self.paths.job)
-                exists = await self.registry.exists(node)
-                ops.append(SetOp(node, up) if exists else CreateOp(node, up))
+                ops += await self._request_ops(JobPaths(self._namespace, name), key, up)
             try:
                 await self.registry.transaction(ops)
                 break
@@ -342,12 +337,30 @@ class Dependents:
         await self._delete_set(key)
         await self._drop_older(key)
 
-    def _request_key(self, downstream: str, key: str) -> str:
-        """The request a fire goes to: its own key, but a trigger of one of several upstreams
-        joins the others' latest triggers (``manual``: their ids cannot match)."""
-        if downstream in self._joins and not key.isdigit():
-            return MANUAL
-        return key
+    async def _request_ops(self, downstream: JobPaths, key: str, up: bytes) -> list[Op]:
+        """The ops that put fire ``key`` into ``downstream``'s request: its own request, except
+        a manual fire (not a scheduled time) for a dependent of several upstream jobs: it
+        fills the oldest manual request that has no fire of this job yet, or opens its own.
+        So each trigger is one fire of one request, never overwritten or mixed with another:
+        the n-th manual fires of the upstream jobs make the n-th dependent fire together."""
+        mine = partial(downstream.request_upstream, upstream=self.paths.job)
+        if downstream.job in self._joins and not key.isdigit():
+            for request in await self._manual_requests(downstream):
+                if not await self.registry.exists(mine(request)):
+                    return [CreateOp(mine(request), up)]
+            await create_parents(self.registry, downstream.requests)
+            return [CreateOp(downstream.request(key)), CreateOp(mine(key), up)]
+        await create_parents(self.registry, downstream.request(key))
+        exists = await self.registry.exists(mine(key))
+        return [SetOp(mine(key), up) if exists else CreateOp(mine(key), up)]
+
+    async def _manual_requests(self, downstream: JobPaths) -> list[str]:
+        """``downstream``'s pending requests of manual fires, oldest first."""
+        try:
+            names = await self.registry.get_children(downstream.requests)
+        except NoNodeError:
+            return []
+        return sorted((n for n in names if not n.isdigit()), key=lambda n: (key_time(n), n))
 
     async def _delete_set(self, key: str) -> None:
         """Delete a claimed fire's record (chunked: thousands of items do not fit a packet)."""

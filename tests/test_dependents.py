@@ -3,6 +3,7 @@ request lives in the registry; policies; cycles and unknown upstream jobs refuse
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -509,3 +510,54 @@ async def test_a_fenced_upstream_run_leaves_no_bookkeeping_behind(
         assert dependents._unrecorded == {} and dependents._keys == {}
     sources = [c.execution_source for c in runs.of("extract") if c.sharding_item == 1]
     assert sources == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.FAILOVER]
+
+
+async def test_manual_fires_of_joined_upstreams_pair_in_order_and_are_never_mixed(
+    make_scheduler: Callable[..., Scheduler],
+    sink: CaptureSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a fires twice (its first fire fails an item), then b twice: the dependent of both gets
+    # (a1, b1), skipped by all_succeeded, then (a2, b2). Under one shared key a2 overwrote a1
+    # and the dependent ran once with (a2, b1).
+    scheduler, seen = make_scheduler(), Runs()
+    caplog.set_level(logging.INFO, logger="aioelastic.dependents")
+
+    @scheduler.job(sharding_total_count=2)
+    async def a(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+        if ctx.sharding_item == 1 and ctx.task_id == seen.of("a")[0].task_id:
+            raise ValueError("a's first fire fails item 1")
+
+    @scheduler.job()
+    async def b(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job(after=["a", "b"])
+    async def joined(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    def requested(job: str) -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.getMessage().startswith(f"{job}: fire ") and "requested joined" in r.getMessage()
+        )
+
+    def skipped() -> bool:
+        return any("not run after fire" in r.getMessage() for r in caplog.records)
+
+    async with scheduler:
+        for job, n in (("a", 1), ("a", 2), ("b", 1)):
+            await scheduler.trigger(job)
+            await eventually(lambda: requested(job) == n, 20, what=f"{job}'s fire {n} requested")  # noqa: B023
+        await eventually(lambda: skipped() or bool(seen.of("joined")), 20, what="(a1, b1)")
+        await scheduler.trigger("b")
+        await eventually(lambda: requested("b") == 2, 20, what="b's second fire requested")
+        await eventually(lambda: len(seen.of("joined")) >= 1, 20, what="the dependent")
+        await anyio.sleep(0.5)  # no other run of it follows
+    a1, a2 = dict.fromkeys(c.task_id for c in seen.of("a"))
+    b1, b2 = dict.fromkeys(c.task_id for c in seen.of("b"))
+    (run,) = seen.of("joined")
+    assert sorted(run.upstream_task_ids) == sorted([a2, b2])
+    assert skipped()
