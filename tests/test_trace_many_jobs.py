@@ -23,6 +23,7 @@ from aioelastic._layout import JobPaths
 from aioelastic._missed import MissedFire, missed_fires, missed_fires_of
 from aioelastic.cli import _commands, build_parser
 from aioelastic.cli._glance import glance, glances
+from aioelastic.cli._trace import open_search, tracing_url
 from aioelastic.console import Console, ConsoleSettings
 from aioelastic.console import _app as console_app
 from aioelastic.registry import MemoryStore
@@ -271,9 +272,7 @@ async def test_the_cli_jobs_output_is_unchanged_with_a_bounded_number_of_stateme
 
     async def one_by_one(c: Any, jobs: list[Any]) -> dict[str, Any]:
         async with AsyncExitStack() as stack:
-            search = await _commands.open_search(
-                stack, _commands.optional_tracing_url(c.args), c.args.timeout
-            )
+            search = await open_search(stack, tracing_url(c.args), c.args.timeout)
             return {j.name: await glance(c.ops, search, j) for j in jobs}
 
     monkeypatch.setattr(_commands, "_glance", one_by_one)
