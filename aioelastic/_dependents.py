@@ -10,7 +10,10 @@ completes (so an instance dying later loses nothing); while a run lasts,
 completes that fire. The instance that sees the set full (when the last item of its run is
 recorded) claims it with one small multi-op that creates ``done/{key}/claimed`` and
 ``{dependent}/requests/{key}/up-{upstream}`` (its size does not grow with the item count),
-then deletes the set: the request is in the registry, never in one instance's memory. Each
+then deletes the set: the request is in the registry, never in one instance's memory. A
+dependent of several upstream jobs gets one request per scheduled time; a manual fire of one
+of them fills the oldest manual request that has none of that job's fires yet (or opens its
+own), so the n-th manual fires of the upstream jobs run the dependent together. Each
 instance of the dependent job claims its own items of a complete request (``_requests``) and
 runs them once, recording the upstream task ids in ``dependents/upstream/{item}/{instance}``
 while the run lasts (a failover run of the item takes them from there).
