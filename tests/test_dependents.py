@@ -562,3 +562,45 @@ async def test_manual_fires_of_joined_upstreams_pair_in_order_and_are_never_mixe
     assert sorted(run.upstream_task_ids) == sorted([a2, b2])
     (skip,) = [r.getMessage() for r in caplog.records if "not run after fire" in r.getMessage()]
     assert "{'a': [1]}" in skip
+
+
+async def test_manual_fires_of_a_join_on_two_instances_are_each_used_once(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    # Two fires of a, each over both instances (the second misfires and runs right after the
+    # first): each joins one fire of b, none is lost, mixed or used twice.
+    runs = Runs()
+    schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
+    for scheduler in schedulers:
+
+        @scheduler.job(sharding_total_count=4)
+        async def a(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+            await anyio.sleep(0.3)
+
+        @scheduler.job()
+        async def b(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+        @scheduler.job(after=["a", "b"])
+        async def joined(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+    first, second = schedulers
+    async with first, second:
+        coord = first._runners["a"].coordinator
+        await eventually(lambda: len(coord.local_items()) == 2, 20, what="two items each")
+        await first.trigger("a")
+        await eventually(lambda: len(runs.of("a")) == 4, 20, what="the first fire of a")
+        await second.trigger("a")
+        await eventually(lambda: len(runs.of("a")) == 8, 20, what="both fires of a")
+        for n in (1, 2):
+            await second.trigger("b")
+            await eventually(lambda: len(runs.of("joined")) == n, 20, what=f"joined {n}")  # noqa: B023
+        await anyio.sleep(0.5)  # no third run follows
+    a_runs = [c.task_id for c in runs.of("a")]
+    fires = [set(a_runs[:4]), set(a_runs[4:])]  # each fire: one run on each instance
+    ups = [set(c.upstream_task_ids) for c in runs.of("joined")]
+    assert len(ups) == 2
+    assert [u - set(a_runs) for u in ups] == [{c.task_id} for c in runs.of("b")]
+    assert [u & set(a_runs) for u in ups] == fires, ups
