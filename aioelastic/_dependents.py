@@ -288,9 +288,9 @@ class Dependents:
 
     async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
         """The data of ``parent``'s children named after an instance that is gone (oldest
-        first), with that instance. For a failover run (the only caller) this instance's own
-        record is a dead run's too: its session was lost mid-run (fenced), and the item's
-        running mark keeps any other run of it here from overlapping this one."""
+        first), with that instance. Both callers are failover runs, for which this instance's
+        own record is a dead run's too: its session was lost mid-run (fenced) and the item
+        failed over to it; the item's running mark keeps any other run of it here away."""
         found: list[tuple[float, bytes, str]] = []
         with contextlib.suppress(NoNodeError):
             for name in await self.registry.get_children(parent):
