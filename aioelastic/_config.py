@@ -31,6 +31,7 @@ from ._retry import RetryBackoff
 from ._sharding import ShardingStrategy
 from ._urls import RegistryURL, check_node_name, parse_registry_url, parse_tracing_url
 from .registry._limits import NODE_DATA_LIMIT, PACKET_LIMIT
+from .registry._paths import invalid_path_reason
 
 __all__ = ["ErrorHandler", "JobConfig", "Settings", "load_settings"]
 
@@ -323,6 +324,28 @@ def _check_json_ints(field: str, value: object) -> None:
             _check_json_ints(f"{field}[{index}]", item)
 
 
+#: The longest ``instance_id`` / ``host``: an instance id is part of every task id (at most
+#: 255 characters, ElasticJob's column; a longer id is cut there) and a host is a DNS name.
+NAME_LIMITS = {"instance_id": 128, "host": 253}
+
+
+def check_instance_name(field: str, value: str) -> str:
+    """Refuse an ``instance_id`` or ``host`` that cannot be one registry node name
+    (``instances/{id}``, ``servers/{host}``, ``trigger/{id}``): empty, ``/``, ``.``, ``..``,
+    a character ZooKeeper refuses in a path (control characters among them), or too long.
+    ``@`` is allowed: ElasticJob's own ids are ``{ip}@-@{pid}``, and task ids parse around it."""
+    limit = NAME_LIMITS.get(field, 128)
+    if len(value) > limit:
+        raise ConfigError(field, value[:40] + "...", f"longer than {limit} characters")
+    if not value or "/" in value or value in (".", ".."):
+        raise ConfigError(field, value, "must be non-empty, not '.' or '..', and contain no '/'")
+    reason = invalid_path_reason("/" + value)
+    if reason is not None:
+        reason = reason.removesuffix(" in segment 1")
+        raise ConfigError(field, value, f"not a registry node name: {reason}")
+    return value
+
+
 class Settings(BaseSettings):
     """Scheduler settings; every field can come from an ``AIOELASTIC_<FIELD>`` variable."""
 
@@ -378,9 +401,9 @@ class Settings(BaseSettings):
 
     @field_validator("instance_id", "host")
     @classmethod
-    def _no_slash(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and (not v or "/" in v):
-            raise ConfigError(str(info.field_name), v, "must be non-empty and contain no '/'")
+    def _node_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            check_instance_name(str(info.field_name), v)
         return v
 
     @field_validator("shutdown_grace_period", "reshard_wait_timeout")

@@ -10,7 +10,10 @@ completes (so an instance dying later loses nothing); while a run lasts,
 completes that fire. The instance that sees the set full (when the last item of its run is
 recorded) claims it with one small multi-op that creates ``done/{key}/claimed`` and
 ``{dependent}/requests/{key}/up-{upstream}`` (its size does not grow with the item count),
-then deletes the set: the request is in the registry, never in one instance's memory. Each
+then deletes the set: the request is in the registry, never in one instance's memory. A
+dependent of several upstream jobs gets one request per scheduled time; a manual fire of one
+of them fills the oldest manual request that has none of that job's fires yet (or opens its
+own), so the n-th manual fires of the upstream jobs run the dependent together. Each
 instance of the dependent job claims its own items of a complete request (``_requests``) and
 runs them once, recording the upstream task ids in ``dependents/upstream/{item}/{instance}``
 while the run lasts (a failover run of the item takes them from there).
@@ -165,12 +168,25 @@ class Dependents:
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
         misfire = contexts.execution_source is ExecutionSource.MISFIRE
-        for item in contexts.items:
-            key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
-            self._keys[(contexts.task_id, item)] = key
-            path = self.paths.dependents_fire(item, self.instance_id)
-            await _put(self.registry, path, key.encode())
+        try:
+            for item in contexts.items:
+                key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
+                self._keys[(contexts.task_id, item)] = key
+                path = self.paths.dependents_fire(item, self.instance_id)
+                await _put(self.registry, path, key.encode())
+        except BaseException:
+            self.run_ended(contexts)  # the items do not run
+            raise
         return contexts
+
+    def run_ended(self, contexts: ShardingContexts) -> None:
+        """Forget a run's bookkeeping once its items are over: an item that did not complete
+        (fenced, cancelled by shutdown) never reaches ``item_done``; its records in the
+        registry stay for a failover run elsewhere."""
+        self._unrecorded.pop(contexts.task_id, None)
+        for item in contexts.items:
+            self._keys.pop((contexts.task_id, item), None)
+            self._upstream_runs.pop((contexts.task_id, item), None)
 
     async def _upstream_started(self, contexts: ShardingContexts) -> ShardingContexts:
         """A dependent job's run: record its upstream fire in ``dependents/upstream/{item}/{me}``
@@ -272,11 +288,13 @@ class Dependents:
 
     async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
         """The data of ``parent``'s children named after an instance that is gone (oldest
-        first), with that instance."""
+        first), with that instance. Both callers are failover runs, for which this instance's
+        own record is a dead run's too: its session was lost mid-run (fenced) and the item
+        failed over to it; the item's running mark keeps any other run of it here away."""
         found: list[tuple[float, bytes, str]] = []
         with contextlib.suppress(NoNodeError):
             for name in await self.registry.get_children(parent):
-                if name == self.instance_id or await self.registry.exists(
+                if name != self.instance_id and await self.registry.exists(
                     self.paths.instance(name)
                 ):
                     continue
@@ -300,15 +318,10 @@ class Dependents:
         task_ids = sorted({str(r.get("task_id")) for r in records})
         failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
-        for _ in range(3):  # a request node appeared or went meanwhile: build the ops again
+        for _ in range(5):  # a request node appeared or went meanwhile: build the ops again
             ops: list[Op] = [CreateOp(self.paths.dependents_claimed(key))]
             for name in self.downstream:
-                paths = JobPaths(self._namespace, name)
-                request = self._request_key(name, key)
-                await create_parents(self.registry, paths.request(request))
-                node = paths.request_upstream(request, self.paths.job)
-                exists = await self.registry.exists(node)
-                ops.append(SetOp(node, up) if exists else CreateOp(node, up))
+                ops += await self._request_ops(JobPaths(self._namespace, name), key, up)
             try:
                 await self.registry.transaction(ops)
                 break
@@ -327,12 +340,30 @@ class Dependents:
         await self._delete_set(key)
         await self._drop_older(key)
 
-    def _request_key(self, downstream: str, key: str) -> str:
-        """The request a fire goes to: its own key, but a trigger of one of several upstreams
-        joins the others' latest triggers (``manual``: their ids cannot match)."""
-        if downstream in self._joins and not key.isdigit():
-            return MANUAL
-        return key
+    async def _request_ops(self, downstream: JobPaths, key: str, up: bytes) -> list[Op]:
+        """The ops that put fire ``key`` into ``downstream``'s request: its own request, except
+        a manual fire (not a scheduled time) for a dependent of several upstream jobs: it
+        fills the oldest manual request that has no fire of this job yet, or opens its own.
+        So each trigger is one fire of one request, never overwritten or mixed with another:
+        the n-th manual fires of the upstream jobs make the n-th dependent fire together."""
+        mine = partial(downstream.request_upstream, upstream=self.paths.job)
+        if downstream.job in self._joins and not key.isdigit():
+            for request in await self._manual_requests(downstream):
+                if not await self.registry.exists(mine(request)):
+                    return [CreateOp(mine(request), up)]
+            await create_parents(self.registry, downstream.requests)
+            return [CreateOp(downstream.request(key)), CreateOp(mine(key), up)]
+        await create_parents(self.registry, downstream.request(key))
+        exists = await self.registry.exists(mine(key))
+        return [SetOp(mine(key), up) if exists else CreateOp(mine(key), up)]
+
+    async def _manual_requests(self, downstream: JobPaths) -> list[str]:
+        """``downstream``'s pending requests of manual fires, oldest first."""
+        try:
+            names = await self.registry.get_children(downstream.requests)
+        except NoNodeError:
+            return []
+        return sorted((n for n in names if not n.isdigit()), key=lambda n: (key_time(n), n))
 
     async def _delete_set(self, key: str) -> None:
         """Delete a claimed fire's record (chunked: thousands of items do not fit a packet)."""

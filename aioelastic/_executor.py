@@ -318,6 +318,8 @@ class JobExecutor:
                         keep_intents=any(isinstance(errors.get(i), ItemCancelled) for i in left),
                     )
             self.running.difference_update(items)
+            if self.dependents is not None:
+                self.dependents.run_ended(contexts)  # fenced items never reached item_done
             if errors:
                 text = ", ".join(f"{i}={type(e).__name__}: {e}" for i, e in sorted(errors.items()))
                 self._status(contexts, State.TASK_ERROR, "{" + text + "}")

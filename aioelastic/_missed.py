@@ -17,6 +17,7 @@ Two detectors share the ``MissedFire`` record:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import logging
 import math
@@ -31,13 +32,13 @@ from anyio.abc import TaskStatus
 
 from ._config import JobConfig
 from ._cron import CronTrigger
-from ._errors import ConfigError
+from ._errors import ConfigError, JobNotFoundError
 from ._layout import DISABLED
 from ._observer import Observer, notify_observers
 
 if TYPE_CHECKING:
     from ._coordination import JobCoordinator
-    from ._operations import Operations
+    from ._operations import JobSchedule, Operations
     from .tracing._search import TraceSearch
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "MissedFireWatch",
     "due_times",
     "missed_fires",
+    "missed_fires_of",
 ]
 
 log = logging.getLogger("aioelastic.missed")
@@ -132,31 +134,121 @@ async def missed_fires(
     :data:`DEFAULT_WINDOW` ago."""
     now = datetime.now(UTC)
     since = since if since is not None else now - DEFAULT_WINDOW
-    schedule = await ops.schedule(job)
-    if schedule.cron is None:
+    window = _Window.of(job, await ops.schedule(job), since, until, tolerance, now)
+    if window is None:
         return []
+    spans = await search.fire_spans(job_name=job, since=window.low, until=window.high)
+    return window.missed(spans, now)
+
+
+async def missed_fires_of(
+    ops: Operations,
+    search: TraceSearch,
+    jobs: Sequence[str],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    tolerance: timedelta = DEFAULT_TOLERANCE,
+) -> dict[str, list[MissedFire]]:
+    """:func:`missed_fires` of each of ``jobs`` (a job that is gone has none), with one trace
+    query per :data:`~aioelastic.tracing._search.JOBS_PER_QUERY` jobs rather than one per job;
+    the stored crons are read a few at a time."""
+    now = datetime.now(UTC)
+    since = since if since is not None else now - DEFAULT_WINDOW
+    schedules: dict[str, JobSchedule] = {}
+
+    async def read(job: str, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            with contextlib.suppress(JobNotFoundError):
+                schedules[job] = await ops.schedule(job)
+
     try:
-        trigger = CronTrigger(schedule.cron, schedule.time_zone)
-    except ConfigError:
-        return []
-    start = max(_aware(since), schedule.since) if schedule.since else _aware(since)
-    end = min(_aware(until) if until is not None else now, now - tolerance)
-    if end <= start:
-        return []
-    due = due_times(trigger, start, end)
-    if not due:
-        return []
-    lookback = max(tolerance, timedelta(hours=1))
-    spans = await search.fire_spans(job_name=job, since=start - lookback, until=end + tolerance)
-    coverage = _Coverage(spans, now)
-    earlier = due_times(trigger, due[0] - timedelta(hours=1), due[0])  # None: >1 h apart
-    bounds = [earlier[-1] if earlier else None, *due, trigger.next_fire_time(due[-1])]
-    reason = f"no fire started within {tolerance.total_seconds():g}s of the due time"
-    return [
-        MissedFire(job, at, reason)
-        for i, at in enumerate(due)
-        if not coverage.covers(at, tolerance, bounds[i], bounds[i + 2])
-    ]
+        async with anyio.create_task_group() as tg:
+            limiter = anyio.CapacityLimiter(_CONCURRENT_READS)
+            for job in dict.fromkeys(jobs):
+                tg.start_soon(read, job, limiter)
+    except ExceptionGroup as group:  # a registry error, as a sequential read would raise it
+        raise group.exceptions[0] from None
+    windows = {
+        job: window
+        for job in dict.fromkeys(jobs)
+        if job in schedules
+        and (window := _Window.of(job, schedules[job], since, until, tolerance, now)) is not None
+    }
+    out: dict[str, list[MissedFire]] = {job: [] for job in jobs}
+    if not windows:
+        return out
+    low = min(w.low for w in windows.values())
+    high = max(w.high for w in windows.values())
+    many = getattr(search, "fire_spans_of", None)
+    if many is not None:
+        spans = await many(list(windows), since=low, until=high)
+    else:  # a search of another make: one query per job
+        spans = {
+            job: await search.fire_spans(job_name=job, since=w.low, until=w.high)
+            for job, w in windows.items()
+        }
+    for job, window in windows.items():
+        # Only the job's own window, so that the answer is missed_fires' exactly.
+        own = [span for span in spans.get(job, []) if window.low <= span[0] < window.high]
+        out[job] = window.missed(own, now)
+    return out
+
+
+#: Stored crons ``missed_fires_of`` reads from the registry at once.
+_CONCURRENT_READS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The due times of one job to judge, and the span of the trace that judges them."""
+
+    job: str
+    trigger: CronTrigger
+    due: list[datetime]
+    tolerance: timedelta
+    low: datetime
+    high: datetime
+
+    @classmethod
+    def of(
+        cls,
+        job: str,
+        schedule: JobSchedule,
+        since: datetime,
+        until: datetime | None,
+        tolerance: timedelta,
+        now: datetime,
+    ) -> _Window | None:
+        if schedule.cron is None:
+            return None
+        try:
+            trigger = CronTrigger(schedule.cron, schedule.time_zone)
+        except ConfigError:
+            return None
+        start = max(_aware(since), schedule.since) if schedule.since else _aware(since)
+        end = min(_aware(until) if until is not None else now, now - tolerance)
+        if end <= start:
+            return None
+        due = due_times(trigger, start, end)
+        if not due:
+            return None
+        lookback = max(tolerance, timedelta(hours=1))
+        return cls(job, trigger, due, tolerance, start - lookback, end + tolerance)
+
+    def missed(
+        self, spans: Iterable[tuple[datetime, datetime | None]], now: datetime
+    ) -> list[MissedFire]:
+        due, trigger, tolerance = self.due, self.trigger, self.tolerance
+        coverage = _Coverage(spans, now)
+        earlier = due_times(trigger, due[0] - timedelta(hours=1), due[0])  # None: >1 h apart
+        bounds = [earlier[-1] if earlier else None, *due, trigger.next_fire_time(due[-1])]
+        reason = f"no fire started within {tolerance.total_seconds():g}s of the due time"
+        return [
+            MissedFire(self.job, at, reason)
+            for i, at in enumerate(due)
+            if not coverage.covers(at, tolerance, bounds[i], bounds[i + 2])
+        ]
 
 
 def _aware(value: datetime) -> datetime:

@@ -107,7 +107,7 @@ class Scheduler:
             settings = load_settings(**overrides)
         elif any(v is not None for v in overrides.values()):
             settings = Settings(
-                **{**settings.model_dump(), **{k: v for k, v in overrides.items() if v}}
+                **{**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
             )
         self.settings = settings
         self.registry_url: RegistryURL = settings.registry()

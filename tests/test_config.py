@@ -191,6 +191,53 @@ def test_settings_validators_name_the_field(field: str, value: object) -> None:
     assert info.value.field == field
 
 
+_BAD_NODE_NAMES = [
+    "",
+    "/",
+    "a/b",
+    ".",
+    "..",
+    "a\x00b",
+    "pod-1\n",
+    "a\tb",
+    "x\x7f",
+    "\ud800",
+    "a\ufff0",
+]
+
+
+@pytest.mark.parametrize("field", ["instance_id", "host"])
+@pytest.mark.parametrize("value", [*_BAD_NODE_NAMES, "x" * 254])
+def test_instance_ids_and_hosts_must_be_registry_node_names(field: str, value: str) -> None:
+    # Refused when the settings are made, naming the field, not at the first registry write.
+    with pytest.raises(ConfigError) as info:
+        Settings(**{field: value})
+    assert info.value.field == field and field in str(info.value)
+
+
+@pytest.mark.parametrize("value", _BAD_NODE_NAMES)
+def test_scheduler_refuses_a_bad_instance_id_at_construction(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="instance_id"):
+        Scheduler(instance_id=value)
+    with pytest.raises(ConfigError, match="instance_id"):
+        Scheduler(settings=Settings(), instance_id=value)
+    if "\x00" in value or "\ud800" in value:
+        return  # cannot be an environment variable
+    monkeypatch.setenv("AIOELASTIC_HOST", value)
+    with pytest.raises(ConfigError, match="host"):
+        Scheduler()
+
+
+def test_instance_ids_may_be_elasticjob_ids_ipv6_and_host_names() -> None:
+    for value in ("10.0.0.7@-@4242", "2001:db8::1@-@77@-@a1b2c3", "pod-7.svc.local", "ünï"):
+        assert Scheduler(instance_id=value, settings=Settings(host=value)).instance_id == value
+    assert Settings(instance_id="x" * 128, host="h" * 253).host == "h" * 253
+    with pytest.raises(ConfigError, match="longer than 128"):
+        Settings(instance_id="x" * 129)
+
+
 def test_settings_registry_url_takes_separate_credentials() -> None:
     s = Settings(
         registry_url="zookeeper://127.0.0.1:2181/ns",

@@ -3,6 +3,7 @@ request lives in the registry; policies; cycles and unknown upstream jobs refuse
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -17,8 +18,8 @@ import pytest
 
 from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._dependents import fire_key, key_time
-from aioelastic.registry import MemoryStore
-from aioelastic.tracing._events import State
+from aioelastic.registry import MemoryRegistry, MemoryStore
+from aioelastic.tracing._events import ExecutionSource, State
 from tests.harness.cli import cli
 from tests.harness.cluster import Cluster, check_no_overlap, ready, url_with
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
@@ -473,3 +474,133 @@ async def test_overlapping_triggers_on_two_instances_are_two_dependent_fires(
         await anyio.sleep(0.5)  # no third load run follows
     ups = [c.upstream_task_ids for c in runs.of("load")]
     assert len(ups) == 2 and ups[0] != ups[1] and all(len(u) == 2 for u in ups), ups
+
+
+async def test_a_fenced_upstream_run_leaves_no_bookkeeping_behind(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    # A fenced item never reaches item_done: its run's entries must still go (they grew by one
+    # per fenced run), and the failover run still completes the fire for the dependent.
+    scheduler, runs = make_scheduler(), Runs()
+    started = anyio.Event()
+
+    @scheduler.job(sharding_total_count=2, failover=True)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        started.set()
+        if ctx.execution_source is ExecutionSource.NORMAL_TRIGGER and ctx.sharding_item == 1:
+            await anyio.sleep(60)
+
+    @scheduler.job(after="extract")
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        await scheduler.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 2, 20, what="both items started")
+        registry = scheduler.registry
+        assert isinstance(registry, MemoryRegistry)
+        registry.expire_session()  # item 1 is fenced; a new session at once fails it over
+        await eventually(lambda: len(runs.of("load")) == 1, 20, what="the dependent")
+        dependents = scheduler._runners["extract"].executor.dependents
+        assert dependents is not None
+        await eventually(
+            lambda: not scheduler._runners["extract"].executor.running, 20, what="idle"
+        )
+        assert dependents._unrecorded == {} and dependents._keys == {}
+    sources = [c.execution_source for c in runs.of("extract") if c.sharding_item == 1]
+    assert sources == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.FAILOVER]
+
+
+async def test_manual_fires_of_joined_upstreams_pair_in_order_and_are_never_mixed(
+    make_scheduler: Callable[..., Scheduler],
+    sink: CaptureSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a fires twice (its first fire fails an item), then b twice: the dependent of both gets
+    # (a1, b1), skipped by all_succeeded, then (a2, b2). Under one shared key a2 overwrote a1
+    # and the dependent ran once with (a2, b1).
+    scheduler, seen = make_scheduler(), Runs()
+    caplog.set_level(logging.INFO, logger="aioelastic.dependents")
+
+    @scheduler.job(sharding_total_count=2)
+    async def a(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+        if ctx.sharding_item == 1 and ctx.task_id == seen.of("a")[0].task_id:
+            raise ValueError("a's first fire fails item 1")
+
+    @scheduler.job()
+    async def b(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job(after=["a", "b"])
+    async def joined(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    def requested(job: str) -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.getMessage().startswith(f"{job}: fire ") and "requested joined" in r.getMessage()
+        )
+
+    def skipped() -> bool:
+        return any("not run after fire" in r.getMessage() for r in caplog.records)
+
+    async with scheduler:
+        for job, n in (("a", 1), ("a", 2), ("b", 1)):
+            await scheduler.trigger(job)
+            await eventually(lambda: requested(job) == n, 20, what=f"{job}'s fire {n} requested")  # noqa: B023
+        await eventually(lambda: skipped() or bool(seen.of("joined")), 20, what="(a1, b1)")
+        await scheduler.trigger("b")
+        await eventually(lambda: requested("b") == 2, 20, what="b's second fire requested")
+        await eventually(lambda: len(seen.of("joined")) >= 1, 20, what="the dependent")
+        await anyio.sleep(0.5)  # no other run of it follows
+    _, a2 = dict.fromkeys(c.task_id for c in seen.of("a"))
+    _, b2 = dict.fromkeys(c.task_id for c in seen.of("b"))
+    (run,) = seen.of("joined")
+    assert sorted(run.upstream_task_ids) == sorted([a2, b2])
+    (skip,) = [r.getMessage() for r in caplog.records if "not run after fire" in r.getMessage()]
+    assert "{'a': [1]}" in skip
+
+
+async def test_manual_fires_of_a_join_on_two_instances_are_each_used_once(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    # Two fires of a, each over both instances (the second misfires and runs right after the
+    # first): each joins one fire of b, none is lost, mixed or used twice.
+    runs = Runs()
+    schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
+    for scheduler in schedulers:
+
+        @scheduler.job(sharding_total_count=4)
+        async def a(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+            await anyio.sleep(0.3)
+
+        @scheduler.job()
+        async def b(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+        @scheduler.job(after=["a", "b"])
+        async def joined(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+    first, second = schedulers
+    async with first, second:
+        coord = first._runners["a"].coordinator
+        await eventually(lambda: len(coord.local_items()) == 2, 20, what="two items each")
+        await first.trigger("a")
+        await eventually(lambda: len(runs.of("a")) == 4, 20, what="the first fire of a")
+        await second.trigger("a")
+        await eventually(lambda: len(runs.of("a")) == 8, 20, what="both fires of a")
+        for n in (1, 2):
+            await second.trigger("b")
+            await eventually(lambda: len(runs.of("joined")) == n, 20, what=f"joined {n}")  # noqa: B023
+        await anyio.sleep(0.5)  # no third run follows
+    a_runs = [c.task_id for c in runs.of("a")]
+    fires = [set(a_runs[:4]), set(a_runs[4:])]  # each fire: one run on each instance
+    ups = [set(c.upstream_task_ids) for c in runs.of("joined")]
+    assert len(ups) == 2
+    assert [u - set(a_runs) for u in ups] == [{c.task_id} for c in runs.of("b")]
+    assert [u & set(a_runs) for u in ups] == fires, ups

@@ -637,3 +637,36 @@ async def test_runs_without_any_trace_sink() -> None:
     async with scheduler:
         await scheduler.trigger("quiet")
         await eventually(lambda: sorted(seen) == [0, 1])
+
+
+async def test_a_duplicate_job_name_fails_before_anything_is_written(
+    make_scheduler: MakeScheduler, sink: CaptureSink, backend: Backend
+) -> None:
+    scheduler = make_scheduler()
+    ran: list[tuple[str, int]] = []
+
+    async def first(ctx: ShardingContext) -> None:
+        ran.append(("first", ctx.sharding_item))
+
+    async def second(ctx: ShardingContext) -> None:
+        ran.append(("second", ctx.sharding_item))
+
+    kept = scheduler.add_job(first, name="dup", sharding_total_count=2, job_parameter="one")
+    attempts: list[Callable[[], object]] = [
+        lambda: scheduler.add_job(second, name="dup", sharding_total_count=5, job_parameter="2"),
+        lambda: scheduler.add_job(second, config=kept.model_copy(update={"job_parameter": "3"})),
+        lambda: scheduler.job(name="dup", cron="0/5 * * * * ?")(second),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ConfigError, match="already registered") as info:
+            attempt()
+        assert info.value.field == "name" and "dup" in str(info.value)
+    assert scheduler.jobs == {"dup": kept}
+    async with scheduler:
+        paths = JobPaths(scheduler.registry_url.namespace, "dup")
+        stored = json.loads((await scheduler.registry.get(paths.config))[0])
+        assert (stored["sharding_total_count"], stored["job_parameter"]) == (2, "one")
+        await scheduler.trigger("dup")
+        await sink.wait_for(lambda events: len(completions(events, "dup")) == 2)
+        assert sorted(await scheduler.registry.get_children(paths.sharding)) == ["0", "1"]
+    assert sorted(ran) == [("first", 0), ("first", 1)]

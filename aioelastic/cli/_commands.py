@@ -24,7 +24,7 @@ from ._format import (
     write_json,
     write_table,
 )
-from ._glance import Glance, glance, glance_json
+from ._glance import Glance, glance_json, glances
 from ._trace import open_search, optional_tracing_url, outcome_text, tracing_url
 
 __all__ = ["registry_url", "run_registry_command"]
@@ -130,7 +130,7 @@ async def _glance(c: _Call, jobs: list[JobBrief]) -> dict[str, Glance] | None:
         return None
     async with AsyncExitStack() as stack:
         search = await open_search(stack, url, c.args.timeout)
-        return {j.name: await glance(c.ops, search, j) for j in jobs}
+        return await glances(c.ops, search, jobs)
 
 
 async def _missed(c: _Call) -> None:

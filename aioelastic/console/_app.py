@@ -32,7 +32,7 @@ from .._errors import (
     SessionLostError,
 )
 from .._layout import namespace_root
-from .._missed import MissedFire, missed_fires
+from .._missed import MissedFire, missed_fires, missed_fires_of
 from .._operations import JobBrief, Operations
 from ..cli._format import parse_time
 from ..registry._view import TreeView
@@ -769,12 +769,16 @@ class Console:
             search = live.search
 
             async def collect() -> list[MissedFire]:
-                names = [job] if job else [b.name for b in await live.ops.jobs() if b.cron]
-                found: list[MissedFire] = []
-                for name in names:
-                    found += await missed_fires(
-                        live.ops, search, name, since=since, tolerance=tolerance
+                if job:
+                    found = await missed_fires(
+                        live.ops, search, job, since=since, tolerance=tolerance
                     )
+                else:  # every job's in one trace query (a few for hundreds of jobs)
+                    names = [b.name for b in await live.ops.jobs() if b.cron]
+                    per_job = await missed_fires_of(
+                        live.ops, search, names, since=since, tolerance=tolerance
+                    )
+                    found = [m for name in names for m in per_job[name]]
                 return sorted(found, key=lambda m: m.due, reverse=True)[:500]
 
             rows = await self._trace(ctx, "missed fires", collect)

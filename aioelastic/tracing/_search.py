@@ -33,6 +33,7 @@ from ._schema import (
 __all__ = [
     "DEFAULT_STATS_WINDOW",
     "EXECUTION_SORT_COLUMNS",
+    "JOBS_PER_QUERY",
     "MAX_OFFSET",
     "MAX_PAGE_SIZE",
     "STATUS_SORT_COLUMNS",
@@ -57,6 +58,9 @@ MAX_OFFSET = 2**63 - 1
 _MAX_ITEM = 2**31 - 1
 #: ``job_stats()`` and ``aioelastic trace stats`` count runs of the last day by default.
 DEFAULT_STATS_WINDOW = timedelta(days=1)
+#: Job names per statement of the many-jobs queries (an ``IN`` list of parameters; SQLite
+#: takes at most 32,766 per statement, PostgreSQL 32,767).
+JOBS_PER_QUERY = 500
 EXECUTION_SORT_COLUMNS = frozenset(EXECUTION_COLUMNS) - {"failure_cause"}
 STATUS_SORT_COLUMNS = frozenset(STATUS_COLUMNS) - {"message"}
 
@@ -244,6 +248,17 @@ class TraceSearch(Protocol):
         """Every fire of the job started in ``[since, until)``: (start, completion or None)."""
         ...
 
+    async def fire_spans_of(
+        self, job_names: Sequence[str], *, since: datetime, until: datetime
+    ) -> dict[str, list[tuple[datetime, datetime | None]]]:
+        """:meth:`fire_spans` of many jobs at once (every name a key, maybe with no spans)."""
+        ...
+
+    async def last_fires(self, job_names: Sequence[str]) -> dict[str, FireRecord]:
+        """Each job's newest fire (as ``fires(job_name=..., limit=1)`` gives it); jobs without
+        any are left out."""
+        ...
+
     async def count_older(self, older_than_days: float) -> PurgeResult:
         """How many rows :meth:`purge` with the same argument would delete now."""
         ...
@@ -288,11 +303,27 @@ class _Where:
         self.params.append(self.dialect.encode(value, self.layout.get(column)))
         self.clauses.append(f"{column} {op} {self.dialect.placeholder(len(self.params))}")
 
+    def add_in(self, column: str, values: Sequence[object]) -> None:
+        """``column IN (...)``, one parameter per value (at least one value)."""
+        if column not in self.layout:
+            raise ConfigError(column, values, f"{self.layout.table} has no such column")
+        marks = []
+        for value in values:
+            self.params.append(self.dialect.encode(value, self.layout.get(column)))
+            marks.append(self.dialect.placeholder(len(self.params)))
+        self.clauses.append(f"{column} IN ({', '.join(marks)})")
+
     def raw(self, clause: str) -> None:
         self.clauses.append(clause)
 
     def sql(self) -> str:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+def _chunks(names: Sequence[str]) -> list[list[str]]:
+    """``names`` without repeats, in lists of at most :data:`JOBS_PER_QUERY`."""
+    unique = list(dict.fromkeys(names))
+    return [unique[i : i + JOBS_PER_QUERY] for i in range(0, len(unique), JOBS_PER_QUERY)]
 
 
 def _check_page(
@@ -535,21 +566,47 @@ class SqlTraceSearch:
         where.add("job_name", "=", job_name)
         where.add("start_time", ">=", since)
         where.add("start_time", "<", until)
-        truth = self.dialect.truth(layout.get("is_success"))
         group = f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY job_name, task_id"
         n = len(where.params)
         rows_sql = (
-            "SELECT job_name, task_id, min(execution_source), count(*),"
-            f" sum(CASE WHEN complete_time IS NOT NULL AND {truth} THEN 1 ELSE 0 END),"
-            f" sum(CASE WHEN complete_time IS NOT NULL AND NOT ({truth}) THEN 1 ELSE 0 END),"
-            " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END),"
-            " min(start_time), max(complete_time), min(failure_cause)"
+            f"SELECT {self._fire_columns(layout)}"
             f"{group} ORDER BY min(start_time) DESC, task_id DESC"
             f" LIMIT {self.dialect.placeholder(n + 1)} OFFSET {self.dialect.placeholder(n + 2)}"
         )
         count_sql = f"SELECT count(*) FROM (SELECT task_id{group}) AS fires"  # noqa: S608
         total, rows = await self._page(count_sql, rows_sql, where.params, (limit, offset))
         return Page(tuple(self._fire(row) for row in rows), total, offset, limit)
+
+    def _fire_columns(self, layout: TableLayout) -> str:
+        """A fire's columns over its rows grouped by ``job_name, task_id`` (see ``_fire``)."""
+        truth = self.dialect.truth(layout.get("is_success"))
+        return (
+            "job_name, task_id, min(execution_source), count(*),"
+            f" sum(CASE WHEN complete_time IS NOT NULL AND {truth} THEN 1 ELSE 0 END),"
+            f" sum(CASE WHEN complete_time IS NOT NULL AND NOT ({truth}) THEN 1 ELSE 0 END),"
+            " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END),"
+            " min(start_time), max(complete_time), min(failure_cause)"
+        )
+
+    async def last_fires(self, job_names: Sequence[str]) -> dict[str, FireRecord]:
+        """Each job's newest fire, by its first item's start (ties: the greater task id, as
+        :meth:`fires` orders them); one statement per :data:`JOBS_PER_QUERY` jobs."""
+        layout, _ = await self._tables()
+        out: dict[str, FireRecord] = {}
+        for chunk in _chunks(job_names):
+            where = _Where(self.dialect, layout)
+            where.add_in("job_name", chunk)
+            sql = (
+                "SELECT * FROM (SELECT "  # noqa: S608 - fixed names
+                f"{self._fire_columns(layout)}, row_number() OVER (PARTITION BY job_name"
+                " ORDER BY min(start_time) DESC, task_id DESC) AS newest"
+                f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY job_name, task_id) AS fires"
+                " WHERE newest = 1"
+            )
+            for row in await self._rows(sql, where.params):
+                fire = self._fire(row)
+                out[fire.job_name] = fire
+        return out
 
     async def count_older(self, older_than_days: float) -> PurgeResult:
         """How many rows :meth:`purge` with the same argument would delete now."""
@@ -602,6 +659,32 @@ class SqlTraceSearch:
             start = self.dialect.decode_time(row[0])
             if start is not None:
                 out.append((start, None if int(row[2]) else self.dialect.decode_time(row[1])))
+        return out
+
+    async def fire_spans_of(
+        self, job_names: Sequence[str], *, since: datetime, until: datetime
+    ) -> dict[str, list[tuple[datetime, datetime | None]]]:
+        """:meth:`fire_spans` of every job in ``job_names``, one statement per
+        :data:`JOBS_PER_QUERY` jobs instead of one per job."""
+        layout, _ = await self._tables()
+        _check_time("since", since)
+        _check_time("until", until)
+        out: dict[str, list[tuple[datetime, datetime | None]]] = {n: [] for n in job_names}
+        for chunk in _chunks(job_names):
+            where = _Where(self.dialect, layout)
+            where.add_in("job_name", chunk)
+            where.add("start_time", ">=", since)
+            where.add("start_time", "<", until)
+            sql = (
+                "SELECT job_name, min(start_time), max(complete_time),"  # noqa: S608
+                " sum(CASE WHEN complete_time IS NULL THEN 1 ELSE 0 END)"
+                f" FROM {EXECUTION_TABLE}{where.sql()} GROUP BY job_name, task_id"
+            )
+            for row in await self._rows(sql, where.params):
+                start = self.dialect.decode_time(row[1])
+                if start is not None and row[0] in out:
+                    end = None if int(row[3]) else self.dialect.decode_time(row[2])
+                    out[row[0]].append((start, end))
         return out
 
     async def purge_in_batches(
