@@ -238,11 +238,11 @@ async def test_thousands_of_items_shard_fire_and_clear_on_zookeeper(
     # A session timeout that outlasts a loaded CI machine's pauses: the point here is the packet
     # limit, not session loss (a lost session cancels the one-off run, which never comes back).
     zk_url = zk_server.url(f"t{uuid.uuid4().hex[:12]}", session_timeout=15, connect_timeout=5)
-    # Long instance ids make every owner write big, so 4,000 items need a reshard, running marks
-    # and clears over the packet limit (what 10,000 items with short ids need) in a fraction of
-    # the time the views take to load 10,000 items on a shared CI machine.
-    total = 4_000
-    ids = {"a": "a" + "x" * 199, "b": "b" + "x" * 199}
+    # Long instance ids (the longest allowed) make every owner write big, so 6,000 items need a
+    # reshard, running marks and clears over the packet limit (what 10,000 items with short ids
+    # need) in a fraction of the time the views take to load 10,000 items on a shared machine.
+    total = 6_000
+    ids = {"a": "a" + "x" * 127, "b": "b" + "x" * 127}
     owner_bytes = sum(
         transaction_size(
             [
