@@ -1,0 +1,50 @@
+"""How a registry hands events to watchers: each (watcher, event) once, in order, one failing
+watcher not stopping the rest, and in linear time (a multi-op of thousands of creates fires
+thousands of events at once: a quadratic dedup blocked the loop for seconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aioelastic.registry import WatchEvent, WatchEventType
+from aioelastic.registry._base import ListenerBase
+from aioelastic.registry._protocol import Watcher
+
+
+def test_each_pair_is_delivered_once_in_order() -> None:
+    got: list[tuple[str, str]] = []
+    a = WatchEvent(WatchEventType.DELETED, "/n")
+    b = WatchEvent(WatchEventType.CREATED, "/m")
+
+    def one(event: WatchEvent) -> None:
+        got.append(("one", event.path))
+
+    def two(event: WatchEvent) -> None:
+        got.append(("two", event.path))
+
+    ListenerBase._notify_watchers([(one, a), (two, a), (one, a), (one, b), (two, a)])
+    assert got == [("one", "/n"), ("two", "/n"), ("one", "/m")]
+
+
+def test_a_failing_watcher_does_not_stop_the_others() -> None:
+    got: list[WatchEvent] = []
+
+    def bad(event: WatchEvent) -> None:
+        raise RuntimeError("boom")
+
+    ListenerBase._notify_watchers(
+        [
+            (bad, WatchEvent(WatchEventType.CREATED, "/a")),
+            (got.append, WatchEvent(WatchEventType.CREATED, "/b")),
+        ]
+    )
+    assert got == [WatchEvent(WatchEventType.CREATED, "/b")]
+
+
+@pytest.mark.timeout(20)  # linear: well under a second; quadratic (the old dedup): hours
+def test_tens_of_thousands_of_events_are_delivered_without_a_quadratic_dedup() -> None:
+    got: list[WatchEvent] = []
+    events = [WatchEvent(WatchEventType.WRITTEN, f"/j/sharding/{i}/running") for i in range(50_000)]
+    watcher: Watcher = got.append
+    ListenerBase._notify_watchers([(watcher, e) for e in events])
+    assert got == events
