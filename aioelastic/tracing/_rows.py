@@ -199,6 +199,8 @@ def _merge(old: JobExecutionEvent, new: JobExecutionEvent) -> JobExecutionEvent:
     done = old if old.is_completion else new
     if not done.is_completion or start is done:
         return old
+    if _same_run(start, done):  # the usual completion: the start with its outcome
+        return done
     return JobExecutionEvent(  # not dataclasses.replace(): this runs for most item runs
         job_name=start.job_name,
         task_id=start.task_id,
@@ -211,6 +213,19 @@ def _merge(old: JobExecutionEvent, new: JobExecutionEvent) -> JobExecutionEvent:
         is_success=done.is_success,
         failure_cause=done.failure_cause,
         id=start.id,
+    )
+
+
+def _same_run(start: JobExecutionEvent, done: JobExecutionEvent) -> bool:
+    """Whether ``done`` carries ``start``'s identity columns (then it is the merged row)."""
+    return (
+        done.start_time == start.start_time
+        and done.task_id == start.task_id
+        and done.sharding_item == start.sharding_item
+        and done.hostname == start.hostname
+        and done.ip == start.ip
+        and done.job_name == start.job_name
+        and done.execution_source == start.execution_source
     )
 
 
