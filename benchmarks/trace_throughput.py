@@ -65,6 +65,8 @@ from aioelastic.tracing._rows import items_text  # noqa: E402
 from tests.harness.postgres import PostgresServer, running_postgres  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "trace_throughput.json"
+#: the bus's ``batch_size`` (``--batch-size``; each batch is one transaction, one commit)
+BATCH_SIZE = 1000
 ITEMS = (0, 1, 2, 3)
 
 
@@ -169,11 +171,13 @@ def backlog(stats: SinkStats) -> int:
     return stats.queued + stats.journaled - stats.replayed
 
 
-async def run_bus(url: str, events: Sequence[TraceEvent], journal_dir: Path) -> Result:
+async def run_bus(
+    url: str, events: Sequence[TraceEvent], journal_dir: Path, batch_size: int = 1000
+) -> Result:
     max_queue = 20_000
     sink = create_sink(url, journal_path=journal_dir / "bench.journal")
     async with AsyncExitStack() as stack:
-        bus = TraceBus([sink], max_queue=max_queue, batch_size=1000, flush_interval=0.05)
+        bus = TraceBus([sink], max_queue=max_queue, batch_size=batch_size, flush_interval=0.05)
         await bus.start(stack)
         await sink.write([])  # connect, check the schema: as the other contenders, off the clock
         started = time.perf_counter()
@@ -343,12 +347,14 @@ async def run_copy(url: str, events: Sequence[TraceEvent]) -> Result:
 CONTENDERS = ("bus", "copy", "naive", "naive_pooled")
 
 
-async def run_contender(name: str, url: str, count: int, budget: float) -> Result:
+async def run_contender(
+    name: str, url: str, count: int, budget: float, batch_size: int = 1000
+) -> Result:
     """One contender against the (fresh, schema-ready) database ``url``; checks what it wrote."""
     events = stream(count)
     if name == "bus":
         with tempfile.TemporaryDirectory() as journal_dir:
-            result = await run_bus(url, events, Path(journal_dir))
+            result = await run_bus(url, events, Path(journal_dir), batch_size)
         expected = len({e.id for e in events if isinstance(e, JobExecutionEvent)})
         rows = await count_rows(url)
         statuses = sum(1 for e in events if isinstance(e, JobStatusTraceEvent))
@@ -371,7 +377,7 @@ def run_in_child(
     if package is not None:  # an older aioelastic (``--before``) shadows this tree's
         env["TRACE_BENCH_PACKAGE"] = str(package)
     args = [sys.executable, __file__, "--contender", name, "--url", url]
-    args += ["--events", str(count), "--budget", str(budget)]
+    args += ["--events", str(count), "--budget", str(budget), "--batch-size", str(BATCH_SIZE)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -454,6 +460,7 @@ def report(runs: dict[str, list[Result]], args: argparse.Namespace) -> dict[str,
         "mode": "quick" if args.quick else "full",
         "events": args.events,
         "repeat": args.repeat,
+        "batch_size": args.batch_size,
         "before": args.before,
         "postgres_fsync": not args.no_fsync,
         "python": platform.python_version(),
@@ -471,17 +478,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, help="events in the stream")
     parser.add_argument("--repeat", type=int, help="runs of the bus and of COPY (default 5)")
     parser.add_argument("--before", metavar="REV", help="also the bus of git revision REV")
+    parser.add_argument("--batch-size", type=int, default=1000, help="the bus's batch_size")
     parser.add_argument("--no-fsync", action="store_true", help="run PostgreSQL with fsync off")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     args.events = args.events or (20_000 if args.quick else 200_000)
     args.repeat = args.repeat or (2 if args.quick else 5)
     budget = args.budget or (1.0 if args.quick else 10.0)
     if args.contender:  # a child: one run, its result as the last line of stdout
-        result = anyio.run(run_contender, args.contender, args.url, args.events, budget)
+        result = anyio.run(
+            run_contender, args.contender, args.url, args.events, budget, args.batch_size
+        )
         print(json.dumps(asdict(result)))
         return
     load_before = os.getloadavg()
