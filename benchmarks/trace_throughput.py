@@ -17,9 +17,14 @@ b) ``naive``: ElasticJob's ``RDBJobEventStorage`` pattern: per event a new conne
 c) ``copy``: the final rows of the stream loaded with ``COPY`` (``copy_records_to_table``), no
    upsert: an upper bound for getting these rows into these (indexed) tables.
 
-Each contender writes into a fresh database with the same schema and indexes.
+Each run of a contender is a fresh process of its own writing into a fresh database with the
+same schema and indexes; the bus and COPY run ``--repeat`` times (default 5), interleaved (and
+in alternating order), the naive ones once. ``--before REV`` adds the bus of git revision REV
+(its ``aioelastic/`` unpacked to a temp dir) to every round. Reported: median, min-max, and the
+ratio to COPY within each round.
 
-    python benchmarks/trace_throughput.py [--quick] [--events N] [--no-fsync]
+    python benchmarks/trace_throughput.py [--quick] [--events N] [--repeat N] [--before REV]
+        [--batch-size N] [--no-fsync]
 
 Prints events/second and ratios; writes ``benchmarks/results/trace_throughput.json``.
 """
