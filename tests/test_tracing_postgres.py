@@ -353,3 +353,89 @@ async def test_a_journal_left_by_a_previous_process_is_replayed(
     assert len(await executions(postgres_url)) == 60
     assert len(await statuses(postgres_url)) == 90
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+
+
+class SetBasedSink(PostgresSink):
+    """Writes every batch with the set-based statements alone (the fallback of ``COPY``)."""
+
+    async def _write_rows(self, conn: Any, sql: Any, split: Any) -> None:
+        self._copy_works = False
+        await super()._write_rows(conn, sql, split)
+
+
+def mixed_stream() -> list[list[TraceEvent]]:
+    """Batches as a live lane cuts them: runs split across batches, a completion before its
+    start, a failover with its original task, stagings replayed late, a retried batch."""
+    batches: list[list[TraceEvent]] = []
+    events: list[TraceEvent] = []
+    for run in range(30):
+        events += run_events("job", run, items=(0, 1, 2))
+    batches += [events[i : i + 7] for i in range(0, len(events), 7)]  # cuts through runs
+    begun = start("job", "t-late", 0, ExecutionSource.FAILOVER, T0)
+    staging = state("job", "t-fo", State.TASK_STAGING, original="t-orig")
+    finished = state("job", "t-fo", State.TASK_FINISHED)
+    batches += [[complete(begun, False, "boom")], [begun, finished], [staging]]
+    batches += [batches[3], batches[4] + batches[5]]  # retried / replayed batches
+    return batches
+
+
+async def table_rows(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    execution_rows = await fetch(url, "SELECT * FROM JOB_EXECUTION_LOG ORDER BY id")
+    status_rows = await fetch(url, "SELECT * FROM JOB_STATUS_TRACE_LOG ORDER BY id")
+    return [tuple(r) for r in execution_rows], [tuple(r) for r in status_rows]
+
+
+async def test_copy_and_the_set_based_statements_write_the_same_rows(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    batches = mixed_stream()
+    other_url = await anyio.to_thread.run_sync(postgres_server.create_database)
+    for sink in (PostgresSink(postgres_url), SetBasedSink(other_url)):
+        try:
+            for batch in batches:
+                await sink.write(batch)
+        finally:
+            await sink.aclose()
+    copied, set_based = await table_rows(postgres_url), await table_rows(other_url)
+    assert copied == set_based
+    assert len(copied[0]) == 91 and len(copied[1]) == 92
+
+
+async def test_an_id_already_present_falls_back_to_the_set_based_statements(
+    postgres_url: str,
+) -> None:
+    sink = PostgresSink(postgres_url)
+    try:
+        first = run_events("job", 1)
+        await sink.write(first)
+        await sink.write(first[:3] + run_events("job", 2))  # a retry with new events
+        assert sink._set_based_left == 8  # the next batches skip the COPY attempt
+        for run in range(3, 12):
+            await sink.write(run_events("job", run))
+        assert sink._set_based_left == 0 and sink._copy_works
+    finally:
+        await sink.aclose()
+    assert len(await executions(postgres_url)) == 2 * 11
+    assert len(await statuses(postgres_url)) == 3 * 11
+
+
+class CopyRefusedSink(PostgresSink):
+    """A database whose tables take INSERT but not this COPY (say, an odd column type)."""
+
+    @staticmethod
+    async def _copy(conn: Any, sql: Any, split: Any) -> None:
+        raise asyncpg.DataError("invalid input for binary COPY")
+
+
+async def test_a_copy_the_tables_refuse_is_written_by_insert_from_then_on(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = CopyRefusedSink(postgres_url)
+    try:
+        await sink.write(run_events("job", 1))
+        assert not sink._copy_works
+        await sink.write(run_events("job", 2))
+    finally:
+        await sink.aclose()
+    assert len(await executions(postgres_url)) == 4
+    assert "writing with INSERT from now on" in caplog.text

@@ -17,6 +17,14 @@ a healthy sink, at most the events not yet written (``flush_interval`` plus one 
 that cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``,
 drops the rest, logs one ERROR until it works again, and counts ``journal_errors``.
 
+A sink fails by raising anything but cancellation: a ``SystemExit``, ``GeneratorExit`` or other
+``BaseException`` from ``write()`` fails that write only (logged, retried or journaled like any
+failure), never the owner or the other sinks. A ``KeyboardInterrupt`` from ``write()`` is Ctrl-C
+that happened to land inside the sink: the write counts as failed (so the batch is kept), and
+SIGINT is sent to the process again, outside the sink, so whoever handles it (``Scheduler.run``:
+a graceful stop that flushes every sink) gets it. From ``aclose()`` it is re-raised once the
+other sinks are closed.
+
 Shutdown (the owner's exit stack unwinding): lanes flush their queues and journal backlogs for
 up to ``grace_period`` seconds, then stop; a sink that was failing gets one prompt attempt (its
 retry backoff is cut short), and once a write fails during shutdown the journal is left to the
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -389,21 +398,15 @@ class _Lane:
                 if scope.cancelled_caught:  # abandon_stuck_write(): the batch is journaled
                     self._failed_while_closing = True
                     return False
-            except Exception as exc:
+            except BaseException as exc:  # a sink's SystemExit, GeneratorExit... too
+                if _is_cancellation(exc):
+                    raise
                 attempt += 1
-                self.failed_writes += 1
-                self.failing = True
-                delay = self._backoff(attempt)
-                self._log_failure(exc, len(batch), attempt, delay)
-                if self.closing:
-                    self._failed_while_closing = True
-                    if from_journal:  # it stays in the journal, for the next bus
-                        return False
-                if not from_journal and self.journal is not None:
-                    self.spill_while_failing()
-                    if self.inflight_journaled:
-                        self._journal_retry_at = time.monotonic() + delay
-                        return False
+                delay = self._failed(exc, len(batch), attempt, from_journal)
+                if isinstance(exc, KeyboardInterrupt):  # the batch is safe: pass it on
+                    _redeliver_interrupt(self.name)
+                if delay is None:
+                    return False
                 await self._pause(delay)
                 continue
             finally:
@@ -413,11 +416,31 @@ class _Lane:
             self.failing = False
             return True
 
+    def _failed(
+        self, exc: BaseException, size: int, attempt: int, from_journal: bool
+    ) -> float | None:
+        """Count and log a failed write and journal what is in memory; the delay before the
+        batch's next attempt, or None if it is left to the journal (not retried from memory)."""
+        self.failed_writes += 1
+        self.failing = True
+        delay = self._backoff(attempt)
+        self._log_failure(exc, size, attempt, delay)
+        if self.closing:
+            self._failed_while_closing = True
+            if from_journal:  # it stays in the journal, for the next bus
+                return None
+        if not from_journal and self.journal is not None:
+            self.spill_while_failing()
+            if self.inflight_journaled:
+                self._journal_retry_at = time.monotonic() + delay
+                return None
+        return delay
+
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.retry_max, self.config.retry_initial * 2.0 ** (attempt - 1))
         return ceiling * random.uniform(0.5, 1.0)
 
-    def _log_failure(self, exc: Exception, size: int, attempt: int, delay: float) -> None:
+    def _log_failure(self, exc: BaseException, size: int, attempt: int, delay: float) -> None:
         if attempt == 1 or self._fail_log.allow():
             log.warning(
                 "trace sink %s: writing %d event(s) failed (attempt %d: %s: %s); "
@@ -701,16 +724,47 @@ class TraceBus:
                     await anyio.to_thread.run_sync(journal.close)
 
     async def _close_sinks(self) -> None:
+        interrupted: KeyboardInterrupt | None = None
         for lane in self._lanes:
             if isinstance(lane.sink, ClosableSink):
-                await _bounded_cleanup(lane.sink.aclose, f"closing trace sink {lane.name}")
+                try:
+                    await _bounded_cleanup(lane.sink.aclose, f"closing trace sink {lane.name}")
+                except KeyboardInterrupt as exc:
+                    interrupted = exc
+        if interrupted is not None:  # every other sink is closed now
+            raise interrupted
 
 
 async def _bounded_cleanup(fn: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``fn`` (a sink's code) for at most ``_CLEANUP_TIMEOUT``; its failure is logged, a
+    ``KeyboardInterrupt`` from it re-raised (after the caller closed the other sinks)."""
     with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True) as scope:
         try:
             await fn()
-        except Exception as exc:
+        except BaseException as exc:
+            if _is_cancellation(exc) or isinstance(exc, KeyboardInterrupt):
+                raise
             log.warning("%s failed: %r", what, exc)
     if scope.cancelled_caught:
         log.warning("%s timed out after %.1fs", what, _CLEANUP_TIMEOUT)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or groups) the cancellation of the task running it."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
+
+
+def _redeliver_interrupt(sink: str) -> None:
+    """A ``KeyboardInterrupt`` raised inside a sink is Ctrl-C meant for the process, not a
+    failure of the sink: send SIGINT again, now outside the sink (``Scheduler.run()``'s handler
+    then stops gracefully, flushing every sink; with Python's default handler it is raised
+    again here, as on any Ctrl-C)."""
+    log.warning(
+        "trace sink %s: KeyboardInterrupt inside write(); the batch is kept for a retry and "
+        "SIGINT is delivered to the process again",
+        sink,
+    )
+    signal.raise_signal(signal.SIGINT)

@@ -1,17 +1,28 @@
 """PostgreSQL (asyncpg): the trace sink and the search.
 
-A batch is one transaction of at most two set-based statements (``INSERT ... SELECT FROM
-unnest(arrays)``): an upsert of execution rows keyed by event id, where a completion updates the
-row and a start never overwrites one (so a completion may arrive first), and an insert of status
-rows that ignores ids already present (a retried batch adds nothing). ``original_task_id`` misses
-are looked up inside that insert, through ``TASK_ID_STATE_INDEX`` (and a late staging back-fills
-them with a third statement, only when it names an original task).
+A batch is one transaction. Rows are built once, as tuples in the tables' column order (text
+cleaned and fitted, times bound), and most go in by binary ``COPY`` (asyncpg encodes them):
+
+- execution rows whose start is in the batch (a start, or a start merged with its completion)
+  and status rows whose ``original_task_id`` is known: rows the batch creates, so ``COPY``;
+- completions of runs started in an earlier batch (or by another process): an upsert keyed by
+  event id (``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT``), where a completion updates
+  the row and a start never overwrites one (so a completion may arrive first);
+- status rows whose ``original_task_id`` must be looked up (their staging is not in this
+  process's memory): an insert that looks it up through ``TASK_ID_STATE_INDEX``.
+
+``COPY`` cannot ignore an id already present, so a batch that meets one (a retried batch, a
+replayed journal, a start arriving after its completion) is rolled back and written again with
+the set-based statements for every row: the upsert, and an insert of status rows that ignores
+ids already present (a retried batch adds nothing). The next few batches then skip the ``COPY``
+attempt. Both ways give the same rows. A late staging back-fills ``original_task_id`` with a
+further statement, only when it names an original task.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,13 +32,23 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._urls import TracingURL, parse_tracing_url
-from ._events import State, TraceEvent
-from ._rows import OriginalTaskIds, WrittenColumns, execution_values, prepare_batch, status_values
+from ._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from ._rows import (
+    OriginalTaskIds,
+    PreparedBatch,
+    WrittenColumns,
+    items_text,
+    long_text_fitter,
+    prepare_batch,
+    text_fitter,
+)
 from ._schema import (
     BOOLEAN,
+    EXECUTION_COLUMNS,
     EXECUTION_TABLE,
     INTEGER,
     POSTGRES_DDL,
+    STATUS_COLUMNS,
     STATUS_TABLE,
     TEXT,
     TIMESTAMP,
@@ -53,6 +74,9 @@ log = logging.getLogger("aioelastic.tracing")
 #: Arbitrary constant key of the advisory lock that serialises concurrent schema creation.
 _SCHEMA_LOCK_KEY = 0x61696F656C617374
 _PURGE_CHUNK = 10_000
+#: Batches written with the set-based statements alone after one met an id already present
+#: (retries and journal replays come in runs).
+_SET_BASED_AFTER_CONFLICT = 8
 
 _BACKFILL_ORIGINALS = """
 UPDATE JOB_STATUS_TRACE_LOG AS s SET original_task_id = u.original_task_id
@@ -133,13 +157,103 @@ def _unnest(layout: TableLayout, columns: Sequence[str]) -> str:
     return "unnest(" + ", ".join(types) + ")"
 
 
-def _columns_of(
-    layout: TableLayout, columns: Sequence[str], rows: Sequence[dict[str, object]]
-) -> list[list[object]]:
-    specs = [layout.get(name) for name in columns]
-    return [
-        [bind(spec, row[name]) for row in rows] for name, spec in zip(columns, specs, strict=True)
-    ]
+Row = tuple[object, ...]
+
+
+def _time_binder(layout: TableLayout, name: str) -> Callable[[datetime | None], object]:
+    column = layout.get(name)
+    if column is not None and column.kind == TIMESTAMP:
+        return lambda value: None if value is None else to_utc(value).replace(tzinfo=None)
+    return lambda value: value
+
+
+class _Rows:
+    """Rows of the tables as they are: tuples in their column order, text cleaned and fitted,
+    values bound (``bind``) once. ``status_original`` is the position of ``original_task_id``
+    (None: the table has none)."""
+
+    def __init__(self, written: WrittenColumns) -> None:
+        ex, st = written.executions, written.statuses
+        self._ex_text = [text_fitter(ex, n) for n in ("id", "job_name", "task_id", "hostname")]
+        self._ex_ip, self._ex_source = text_fitter(ex, "ip"), text_fitter(ex, "execution_source")
+        self._ex_cause = long_text_fitter(ex, "failure_cause")
+        self._ex_start, self._ex_complete = (_time_binder(ex, n) for n in _EXECUTION_TIMES)
+        success = ex.get("is_success")
+        self._success_as_int = success is not None and success.kind == INTEGER
+        self._st_text = [
+            text_fitter(st, n)
+            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id", "source")
+        ]
+        self._st_type, self._st_state = text_fitter(st, "execution_type"), text_fitter(st, "state")
+        self._st_message = long_text_fitter(st, "message")
+        self._st_created = _time_binder(st, "creation_time")
+        items = st.get("sharding_item")
+        self._items_width = items.width if items is not None else None
+        self._items: dict[tuple[int, ...], str] = {}
+        self._ex_pick = _picker(written.execution_columns, EXECUTION_COLUMNS)
+        self._st_pick = _picker(written.status_columns, STATUS_COLUMNS)
+        columns = written.status_columns
+        self.status_original = (
+            columns.index("original_task_id") if "original_task_id" in columns else None
+        )
+
+    def execution(self, e: JobExecutionEvent) -> Row:
+        fid, fjob, ftask, fhost = self._ex_text
+        row = (
+            fid(e.id),
+            fjob(e.job_name),
+            ftask(e.task_id),
+            fhost(e.hostname),
+            self._ex_ip(e.ip),
+            e.sharding_item,
+            self._ex_source(e.execution_source.value),
+            self._ex_cause(e.failure_cause),
+            int(e.is_success) if self._success_as_int else e.is_success,
+            self._ex_start(e.start_time),
+            self._ex_complete(e.complete_time),
+        )
+        return row if self._ex_pick is None else self._ex_pick(row)
+
+    def status(self, e: JobStatusTraceEvent, original: str | None) -> Row:
+        fid, fjob, foriginal, ftask, fslave, fsource = self._st_text
+        row = (
+            fid(e.id),
+            fjob(e.job_name),
+            None if original is None else foriginal(original),
+            ftask(e.task_id),
+            fslave(e.slave_id),
+            fsource(e.source.value),
+            self._st_type(e.execution_type.value),
+            self._items_text(e.sharding_items),
+            self._st_state(e.state.value),
+            self._st_message(e.message),
+            self._st_created(e.creation_time),
+        )
+        return row if self._st_pick is None else self._st_pick(row)
+
+    def _items_text(self, items: tuple[int, ...]) -> str:
+        text = self._items.get(items)
+        if text is None:
+            if len(self._items) >= 1024:  # the item sets of a process's jobs: few
+                self._items.clear()
+            text = self._items[items] = items_text(items, self._items_width)
+        return text
+
+
+_EXECUTION_TIMES = ("start_time", "complete_time")
+
+
+def _picker(present: Sequence[str], full: Sequence[str]) -> Callable[[Row], Row] | None:
+    """Projection of a full row onto the columns a table has (None: it has them all)."""
+    if list(present) == list(full):
+        return None
+    indexes = [full.index(name) for name in present]
+    return lambda row: tuple(row[i] for i in indexes)
+
+
+def _columns(rows: Sequence[Row]) -> list[Sequence[object]]:
+    """Rows as column arrays (the parameters of the ``unnest`` statements)."""
+    return list(zip(*rows, strict=True))
 
 
 class _Statements(WrittenColumns):
@@ -171,6 +285,27 @@ class _Statements(WrittenColumns):
             f" AS u({', '.join(self.status_columns)}) ON CONFLICT (id) DO NOTHING"
         )
         self.backfill = "original_task_id" in statuses
+        self.rows = _Rows(self)
+        self.copy_executions = (EXECUTION_TABLE.lower(), self.execution_columns)
+        self.copy_statuses = (STATUS_TABLE.lower(), self.status_columns)
+
+
+class _Split:
+    """A prepared batch as rows: those ``COPY`` can create, and those needing a statement."""
+
+    def __init__(self, prepared: PreparedBatch, sql: _Statements) -> None:
+        rows, started = sql.rows, prepared.started
+        self.new_executions: list[Row] = []
+        self.completions: list[Row] = []
+        for e in prepared.executions:
+            (self.new_executions if e.id in started else self.completions).append(rows.execution(e))
+        self.new_statuses: list[Row] = []
+        self.looked_up: list[Row] = []  # original_task_id to be found by the database
+        lookup = sql.rows.status_original is not None
+        for status, original in prepared.statuses:
+            row = rows.status(status, original)
+            (self.looked_up if lookup and original is None else self.new_statuses).append(row)
+        self.backfill = prepared.backfill if sql.backfill else []
 
 
 class PostgresSink:
@@ -205,6 +340,8 @@ class PostgresSink:
         self._pool_lock = anyio.Lock()
         self._originals = OriginalTaskIds()
         self._statements: _Statements | None = None
+        self._copy_works = True
+        self._set_based_left = 0
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r})"
@@ -228,23 +365,68 @@ class PostgresSink:
             if self._statements is None:
                 self._statements = _Statements(*await read_layouts(conn))
             sql = self._statements
-            async with conn.transaction():
-                if prepared.executions:
-                    rows = [execution_values(e, sql.executions) for e in prepared.executions]
-                    columns = _columns_of(sql.executions, sql.execution_columns, rows)
-                    await conn.execute(sql.upsert, *columns)
-                if prepared.statuses:
-                    status_rows = [
-                        status_values(e, original, sql.statuses)
-                        for e, original in prepared.statuses
-                    ]
-                    columns = _columns_of(sql.statuses, sql.status_columns, status_rows)
-                    await conn.execute(sql.insert_statuses, *columns, State.TASK_STAGING.value)
-                if prepared.backfill and sql.backfill:
-                    tasks, originals = zip(*prepared.backfill, strict=True)
-                    await conn.execute(
-                        _BACKFILL_ORIGINALS, tasks, originals, State.TASK_STAGING.value
-                    )
+            await self._write_rows(conn, sql, _Split(prepared, sql))
+
+    async def _write_rows(
+        self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
+    ) -> None:
+        copy_error: Exception | None = None
+        if self._set_based_left > 0:
+            self._set_based_left -= 1
+        elif self._copy_works:
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, sql, split)
+                return
+            except asyncpg.UniqueViolationError:
+                self._set_based_left = _SET_BASED_AFTER_CONFLICT
+            except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+                copy_error = exc
+        async with conn.transaction():
+            await self._set_based(conn, sql, split)
+        if copy_error is not None:  # what COPY could not write, INSERT did: stay with INSERT
+            self._copy_works = False
+            log.warning(
+                "trace sink %s: COPY into the trace tables failed (%r) where INSERT works;"
+                " writing with INSERT from now on",
+                self.name,
+                copy_error,
+            )
+
+    @staticmethod
+    async def _copy(conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split) -> None:
+        """The rows the batch creates by ``COPY``; the others by statement."""
+        if split.new_executions:
+            table, columns = sql.copy_executions
+            await conn.copy_records_to_table(table, records=split.new_executions, columns=columns)
+        if split.completions:
+            await conn.execute(sql.upsert, *_columns(split.completions))
+        if split.new_statuses:
+            table, columns = sql.copy_statuses
+            await conn.copy_records_to_table(table, records=split.new_statuses, columns=columns)
+        await PostgresSink._finish_statuses(conn, sql, split.looked_up, split.backfill)
+
+    @staticmethod
+    async def _set_based(conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split) -> None:
+        """Every row by statement, ignoring (statuses) or merging (executions) ids present."""
+        executions = split.new_executions + split.completions
+        if executions:
+            await conn.execute(sql.upsert, *_columns(executions))
+        statuses = split.new_statuses + split.looked_up
+        await PostgresSink._finish_statuses(conn, sql, statuses, split.backfill)
+
+    @staticmethod
+    async def _finish_statuses(
+        conn: PoolConnectionProxy[Any],
+        sql: _Statements,
+        statuses: list[Row],
+        backfill: list[tuple[str, str]],
+    ) -> None:
+        if statuses:
+            await conn.execute(sql.insert_statuses, *_columns(statuses), State.TASK_STAGING.value)
+        if backfill:
+            tasks, originals = zip(*backfill, strict=True)
+            await conn.execute(_BACKFILL_ORIGINALS, tasks, originals, State.TASK_STAGING.value)
 
     async def aclose(self) -> None:
         """Close the pool if this sink created it."""

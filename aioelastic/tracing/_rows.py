@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .._task_id import format_items
@@ -35,8 +35,10 @@ __all__ = [
     "cut_text",
     "execution_values",
     "items_text",
+    "long_text_fitter",
     "prepare_batch",
     "status_values",
+    "text_fitter",
 ]
 
 #: ElasticJob cuts messages and failure causes to this many characters.
@@ -83,12 +85,39 @@ def _fit(layout: TableLayout, column: str, value: str) -> str:
     return value if width is None or len(value) <= width else value[:width]
 
 
+def _long_limit(layout: TableLayout, column: str) -> int:
+    spec = layout.get(column)
+    return MESSAGE_LIMIT if spec is None or spec.width is None else min(spec.width, MESSAGE_LIMIT)
+
+
 def _fit_long(layout: TableLayout, column: str, value: str | None) -> str | None:
     if value is None:
         return None
+    return cut_text(clean_text(value), _long_limit(layout, column))
+
+
+def text_fitter(layout: TableLayout, column: str) -> Callable[[str], str]:
+    """``_fit`` for one column, its width looked up once (a row builder calls it per row)."""
     spec = layout.get(column)
-    limit = MESSAGE_LIMIT if spec is None or spec.width is None else min(spec.width, MESSAGE_LIMIT)
-    return cut_text(clean_text(value), limit)
+    width = spec.width if spec is not None else None
+    if width is None:
+        return clean_text
+
+    def fit(value: str) -> str:
+        value = clean_text(value)
+        return value if len(value) <= width else value[:width]
+
+    return fit
+
+
+def long_text_fitter(layout: TableLayout, column: str) -> Callable[[str | None], str | None]:
+    """``_fit_long`` (messages, failure causes) for one column, its limit looked up once."""
+    limit = _long_limit(layout, column)
+
+    def fit(value: str | None) -> str | None:
+        return None if value is None else cut_text(clean_text(value), limit)
+
+    return fit
 
 
 def execution_values(e: JobExecutionEvent, layout: TableLayout) -> dict[str, object]:
@@ -159,6 +188,9 @@ class PreparedBatch:
     statuses: list[tuple[JobStatusTraceEvent, str | None]]
     #: ``(task_id, original_task_id)`` of stagings that name an original task
     backfill: list[tuple[str, str]]
+    #: ids of ``executions`` whose start is in this batch (rows the batch may create; the
+    #: others are completions of rows started in an earlier batch or elsewhere)
+    started: set[str] = dataclasses.field(default_factory=set)
 
 
 def _merge(old: JobExecutionEvent, new: JobExecutionEvent) -> JobExecutionEvent:
@@ -167,44 +199,64 @@ def _merge(old: JobExecutionEvent, new: JobExecutionEvent) -> JobExecutionEvent:
     done = old if old.is_completion else new
     if not done.is_completion or start is done:
         return old
-    return dataclasses.replace(
-        start,
+    if _same_run(start, done):  # the usual completion: the start with its outcome
+        return done
+    return JobExecutionEvent(  # not dataclasses.replace(): this runs for most item runs
+        job_name=start.job_name,
+        task_id=start.task_id,
+        hostname=start.hostname,
+        ip=start.ip,
+        sharding_item=start.sharding_item,
+        execution_source=start.execution_source,
+        start_time=start.start_time,
         complete_time=done.complete_time,
         is_success=done.is_success,
         failure_cause=done.failure_cause,
+        id=start.id,
     )
 
 
-def _merge_executions(events: Sequence[JobExecutionEvent]) -> list[JobExecutionEvent]:
-    merged: dict[str, JobExecutionEvent] = {}
-    for event in events:
-        old = merged.get(event.id)
-        merged[event.id] = event if old is None else _merge(old, event)
-    return list(merged.values())
-
-
-def _unique_statuses(events: Sequence[JobStatusTraceEvent]) -> list[JobStatusTraceEvent]:
-    seen: dict[str, JobStatusTraceEvent] = {}
-    for event in events:
-        seen.setdefault(event.id, event)
-    return list(seen.values())
+def _same_run(start: JobExecutionEvent, done: JobExecutionEvent) -> bool:
+    """Whether ``done`` carries ``start``'s identity columns (then it is the merged row)."""
+    return (
+        done.start_time == start.start_time
+        and done.task_id == start.task_id
+        and done.sharding_item == start.sharding_item
+        and done.hostname == start.hostname
+        and done.ip == start.ip
+        and done.job_name == start.job_name
+        and done.execution_source == start.execution_source
+    )
 
 
 def prepare_batch(batch: Sequence[TraceEvent], originals: OriginalTaskIds) -> PreparedBatch:
     """Split, merge and resolve a batch (stagings first, so later rows of the batch see them)."""
-    executions = [event for event in batch if isinstance(event, JobExecutionEvent)]
-    statuses = _unique_statuses([e for e in batch if isinstance(e, JobStatusTraceEvent)])
-    ordered = sorted(statuses, key=lambda e: e.state is not State.TASK_STAGING)
-    resolved = {event.id: originals.resolve(event) for event in ordered}
-    backfill = [
-        (clean_text(e.task_id), clean_text(e.original_task_id))
-        for e in statuses
-        if e.state is State.TASK_STAGING and e.original_task_id
-    ]
+    merged: dict[str, JobExecutionEvent] = {}
+    started: set[str] = set()
+    statuses: dict[str, JobStatusTraceEvent] = {}
+    for event in batch:
+        if isinstance(event, JobExecutionEvent):
+            old = merged.get(event.id)
+            merged[event.id] = event if old is None else _merge(old, event)
+            if event.complete_time is None:
+                started.add(event.id)
+        elif event.id not in statuses:
+            statuses[event.id] = event
+    resolved: dict[str, str | None] = {}
+    backfill = []
+    for event in statuses.values():
+        if event.state is State.TASK_STAGING:
+            resolved[event.id] = originals.resolve(event)
+            if event.original_task_id:
+                backfill.append((clean_text(event.task_id), clean_text(event.original_task_id)))
+    for event in statuses.values():
+        if event.state is not State.TASK_STAGING:
+            resolved[event.id] = originals.resolve(event)
     return PreparedBatch(
-        executions=_merge_executions(executions),
-        statuses=[(event, resolved[event.id]) for event in statuses],
+        executions=list(merged.values()),
+        statuses=[(event, resolved[event.id]) for event in statuses.values()],
         backfill=backfill,
+        started=started,
     )
 
 
