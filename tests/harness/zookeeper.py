@@ -85,7 +85,7 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 class ZooKeeperServer:
-    """One standalone ZooKeeper 3.8 on 127.0.0.1 (tickTime 500 ms: session timeouts 1-10 s)."""
+    """One standalone ZooKeeper 3.8 on 127.0.0.1 (tickTime 500 ms: session timeouts 1-30 s)."""
 
     main_class = MAIN_CLASS
     jvm_options: tuple[str, ...] = ()
@@ -117,6 +117,7 @@ class ZooKeeperServer:
             f"clientPort={self.port}\n"
             f"clientPortAddress={self.address}\n"
             "maxClientCnxns=0\n"
+            "maxSessionTimeout=30000\n"
             "4lw.commands.whitelist=srvr,ruok,mntr,cons\n"
             "admin.enableServer=false\n"
         )
