@@ -12,6 +12,7 @@ session are gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import weakref
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
@@ -38,24 +40,51 @@ def _join(path: str, child: str) -> str:
 
 
 class Subscription:
-    """Wakes its owner only for changes to the paths it cares about (``relevant(path)``)."""
+    """Wakes its owner only for changes to the paths it cares about (``relevant(path)``): a
+    flag, a future only while someone waits, and an optional ``wake`` callback (a driver that
+    serves several subscriptions in one task)."""
 
-    def __init__(self, relevant: Callable[[str], bool]) -> None:
+    __slots__ = ("_pending", "_waiter", "_wake", "relevant")
+
+    def __init__(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> None:
         self.relevant = relevant
-        self._event = anyio.Event()
+        self._pending = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake = wake
+
+    @property
+    def pending(self) -> bool:
+        """A relevant change happened since the last ``wait``/``take``."""
+        return self._pending
 
     def notify(self) -> None:
         """Wake the owner as if a relevant change happened."""
-        self._event.set()
+        self._pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._wake is not None:
+            self._wake()
+
+    def take(self) -> bool:
+        """Consume the pending change: True if there was one."""
+        changed, self._pending = self._pending, False
+        return changed
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a relevant change since the last wait (True) or ``timeout`` (False)."""
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-        changed = self._event.is_set()
-        if changed:
-            self._event = anyio.Event()
-        return changed
+        if self._pending:
+            await anyio.lowlevel.checkpoint()  # always yield: what the owner started runs first
+        else:
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                with anyio.move_on_after(timeout):
+                    await waiter
+            finally:
+                self._waiter = None
+        return self.take()
 
 
 class TreeView:
@@ -94,9 +123,12 @@ class TreeView:
     def children(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
-        """A change signal restricted to paths for which ``relevant(path)`` is true."""
-        subscription = Subscription(relevant)
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        """A change signal restricted to paths for which ``relevant(path)`` is true (``wake``
+        is called on each such change)."""
+        subscription = Subscription(relevant, wake)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -272,7 +304,9 @@ class View(Protocol):
 
     def children(self, path: str) -> list[str]: ...
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription: ...
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription: ...
 
     async def wait_changed(self, timeout: float) -> bool: ...
 
@@ -418,8 +452,10 @@ class SharedView:
     def children(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
 
-    def subscribe(self, root: str, relevant: Callable[[str], bool]) -> Subscription:
-        subscription = Subscription(relevant)
+    def subscribe(
+        self, root: str, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        subscription = Subscription(relevant, wake)
         self._subscriptions.setdefault(root, []).append(subscription)
         return subscription
 
@@ -654,8 +690,10 @@ class JobView:
     def children(self, path: str) -> list[str]:
         return self._shared.children(path)
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
-        return self._shared.subscribe(self._key, relevant)
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        return self._shared.subscribe(self._key, relevant, wake)
 
     async def wait_changed(self, timeout: float) -> bool:
         with anyio.move_on_after(timeout):
