@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from ._catchup import CatchUp
 from ._config import JobConfig
@@ -30,6 +31,56 @@ from .tracing._events import ExecutionSource, ExecutionType, JobExecutionEvent
 __all__ = ["JobRunner"]
 
 log = logging.getLogger("aioelastic.runner")
+
+
+class _Fires:
+    """A job's fires and runs in progress: plain asyncio tasks, owned here (no anyio task
+    group and cancel scope per fire). ``cancel`` cancels every one; ``wait`` waits for them."""
+
+    __slots__ = ("_idle", "_on_error", "error", "tasks")
+
+    def __init__(self, on_error: Callable[[], None]) -> None:
+        self._on_error = on_error
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        """The first exception that escaped a fire (a bug: fires handle their errors)."""
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if self.error is None:
+                self.error = exc
+            self.cancel()  # as a task group would: the job stops, its other fires are cancelled
+            self._on_error()
+        idle = self._idle
+        if not self.tasks and idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until no fire is left (True) or ``timeout`` passes (False)."""
+        if self.tasks:
+            self._idle = idle = asyncio.get_running_loop().create_future()
+            try:
+                with anyio.move_on_after(timeout):
+                    await idle
+            finally:
+                self._idle = None
+        return not self.tasks
+
+
+#: After the grace period, how long a job's stop re-cancels fires that keep running (job code
+#: that swallows cancellation) before it gives up on them with an ERROR.
+_CANCELLED_WAIT = 30.0
 
 
 class JobRunner:
@@ -68,7 +119,8 @@ class JobRunner:
         self._timer = timer
         self._cron: CronEntry | None = None
         self._trigger_of: tuple[JobConfig | None, CronTrigger | None] = (None, None)
-        self._fires: TaskGroup | None = None
+        self._fires: _Fires | None = None
+        self._cancel_at = math.inf  # when stopping cancels the fires left (after the grace)
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
         # Each step wakes only for changes it acts on: a fire's own running marks would
@@ -111,9 +163,9 @@ class JobRunner:
         """Stop with no grace period: running items are cancelled once deregistered."""
         self._grace = 0.0
         self.request_stop()
-        fires = self._fires
-        if fires is not None and fires.cancel_scope.deadline != math.inf:
-            fires.cancel_scope.deadline = anyio.current_time()  # already in its grace period
+        if self._fires is not None and self._cancel_at != math.inf:  # already in its grace
+            self._cancel_at = anyio.current_time()
+            self._fires.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         coord = self.coordinator
@@ -131,8 +183,8 @@ class JobRunner:
                         await self.catchup.at_start()
                     except RegistryError as exc:
                         log.warning("%s: catch-up check failed: %s", self.name, exc)
-                async with anyio.create_task_group() as fires:
-                    self._fires = fires
+                self._fires = fires = _Fires(self.request_stop)
+                try:
                     async with anyio.create_task_group() as loops:
                         if self.executor.dependents and coord.config.after:
                             loops.start_soon(self.executor.dependents.run, self)
@@ -146,7 +198,7 @@ class JobRunner:
                         try:
                             task_status.started()
                             with anyio.CancelScope() as self._driving:
-                                if self._stop:
+                                if self._stop or fires.error:
                                     self._driving.cancel()
                                 await self._drive()
                         finally:
@@ -158,11 +210,39 @@ class JobRunner:
                     with anyio.move_on_after(5, shield=True):
                         await coord.deregister()
                     # Running items get the grace period, then are cancelled.
-                    fires.cancel_scope.deadline = anyio.current_time() + self._grace
+                    self._cancel_at = anyio.current_time() + self._grace
+                    await self._drain(fires)
+                finally:
+                    if fires.tasks:  # cancelled from outside, or a step failed
+                        self._cancel_at = anyio.current_time()
+                        with anyio.CancelScope(shield=True):
+                            await self._drain(fires)
+                if fires.error is not None:
+                    raise fires.error
                 infra.cancel_scope.cancel()
         finally:
             self._fires = None
             self.registry.remove_session_listener(self._on_session)
+
+    async def _drain(self, fires: _Fires) -> None:
+        """Wait for the fires left until ``_cancel_at``, then cancel them (again, as job code
+        may swallow a cancellation) until they end or ``_CANCELLED_WAIT`` passes."""
+        while not await fires.wait(min(0.5, max(0.0, self._cancel_at - anyio.current_time()))):
+            if anyio.current_time() >= self._cancel_at:  # (cancel_running moves it to now)
+                break
+        give_up = anyio.current_time() + _CANCELLED_WAIT
+        while fires.tasks:
+            if anyio.current_time() >= give_up:
+                log.error(
+                    "%s: %d fire(s) still running %.0fs after being cancelled; left behind",
+                    self.name,
+                    len(fires.tasks),
+                    _CANCELLED_WAIT,
+                    extra=self._extra,
+                )
+                return
+            fires.cancel()
+            await fires.wait(0.05)
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.state is SessionState.LOST:
@@ -180,8 +260,7 @@ class JobRunner:
         trigger: bytes | None = None,
     ) -> None:
         if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
-            fire = self.executor.fire(source, scheduled, trigger=trigger)
-            self._fires.start_soon(self._guarded, fire)
+            self._fires.start(self._guarded(self.executor.fire(source, scheduled, trigger=trigger)))
 
     def _start_run(
         self,
@@ -195,7 +274,7 @@ class JobRunner:
         if self._fires is None or self._stopping:
             return
         contexts = self.executor.contexts(items, kind, source, None)
-        self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
+        self._fires.start(self._guarded(self.executor.run(contexts, lost)))
 
     def start_contexts(
         self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
@@ -203,7 +282,7 @@ class JobRunner:
         """Run prepared ``contexts`` (a requested fire: dependent job, catch-up), listeners
         included; ``not_run`` if its items did not run (another run held one)."""
         if self._fires is not None and not self._stopping:
-            self._fires.start_soon(self._guarded, self._run_requested(contexts, not_run))
+            self._fires.start(self._guarded(self._run_requested(contexts, not_run)))
 
     async def _run_requested(
         self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]

@@ -59,3 +59,28 @@ async def test_subscription_is_a_flag_until_someone_waits() -> None:
         tg.start_soon(later)
         with anyio.fail_after(10):
             assert await sub.wait(30)
+
+
+async def test_stop_cancels_a_fire_again_when_its_job_swallows_the_first_cancellation() -> None:
+    # Fires are plain asyncio tasks now, not a task group's: a job that catches the first
+    # CancelledError is cancelled again, as anyio's cancel scopes keep doing.
+    MemoryStore.reset("scale-swallow")
+    scheduler = Scheduler(
+        settings=Settings(registry_url="memory://scale-swallow/ns", shutdown_grace_period=0.2)
+    )
+    started, cancelled = anyio.Event(), []
+
+    @scheduler.job(cron="0 0 0 1 1 ? 2099")
+    async def stubborn(ctx: ShardingContext) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+        await anyio.sleep(60)  # cancelled again
+
+    with anyio.fail_after(20):
+        async with scheduler:
+            await scheduler.trigger("stubborn")
+            await started.wait()
+    assert cancelled == [1]
