@@ -391,6 +391,7 @@ class SharedView:
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._batch: set[str] = set()
         self._everything = False
+        self._signal_queued = False  # a deferred ``_signal`` is queued on the loop
         self._generation = 0  # bumped by each reset: stale loads stop
 
     # -- setup --
@@ -508,7 +509,7 @@ class SharedView:
         for queued in self._queues.pop(key, ()):
             self._apply(queued)
         self._apply(item)
-        self._signal()
+        self._signal_soon()
 
     def _apply(self, item: _Item) -> None:
         path = item.path
@@ -566,11 +567,20 @@ class SharedView:
         for gone in self._children[path] - set(kids):
             self._drop(_join(path, gone))
 
+    def _signal_soon(self) -> None:
+        """Signal once per loop pass what the events applied meanwhile changed (the copy is
+        already up to date: only waking the waiters is deferred, so the fires of a tick that
+        write marks do not each pay for it before their jobs start)."""
+        if not self._signal_queued:
+            self._signal_queued = True
+            asyncio.get_running_loop().call_soon(self._signal)
+
     def _signal(self) -> None:
+        self._signal_queued = False
         batch, everything = self._batch, self._everything
-        self._batch, self._everything = set(), False
         if not batch and not everything:
             return
+        self._batch, self._everything = set(), False
         by_key: dict[str, list[str]] = {}
         for path in batch:
             by_key.setdefault(_job_key(path), []).append(path)
