@@ -269,7 +269,8 @@ async def traced_heap(
             continue
         step(f"traced heap: {name}")
         try:
-            raw = await work("--tracemalloc", timeout=timeout * 3)
+            # Tracing slows the start several times: give it far longer than the lag runs.
+            raw = await work("--tracemalloc", "--start-timeout", 600, timeout=timeout + 900)
         except RuntimeError:
             continue
         if "traced_kib_per_job" in raw:
