@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+import anyio.lowlevel
+from anyio.abc import TaskStatus
 
 from ._catchup import CatchUp
 from ._config import JobConfig
@@ -22,6 +25,7 @@ from ._layout import JobPaths
 from ._observer import Observer, notify_observers
 from ._timer import CronEntry, Timer
 from .registry._protocol import Registry, SessionEvent, SessionState
+from .registry._view import JobView
 from .tracing._events import ExecutionSource, ExecutionType, JobExecutionEvent
 
 __all__ = ["JobRunner"]
@@ -29,9 +33,61 @@ __all__ = ["JobRunner"]
 log = logging.getLogger("aioelastic.runner")
 
 
+class _Fires:
+    """A job's fires and runs in progress: plain asyncio tasks, owned here (no anyio task
+    group and cancel scope per fire). ``cancel`` cancels every one; ``wait`` waits for them."""
+
+    __slots__ = ("_idle", "_on_error", "error", "tasks")
+
+    def __init__(self, on_error: Callable[[], None]) -> None:
+        self._on_error = on_error
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        """The first exception that escaped a fire (a bug: fires handle their errors)."""
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if self.error is None:
+                self.error = exc
+            self.cancel()  # as a task group would: the job stops, its other fires are cancelled
+            self._on_error()
+        idle = self._idle
+        if not self.tasks and idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until no fire is left (True) or ``timeout`` passes (False)."""
+        if self.tasks:
+            self._idle = idle = asyncio.get_running_loop().create_future()
+            try:
+                with anyio.move_on_after(timeout):
+                    await idle
+            finally:
+                self._idle = None
+        return not self.tasks
+
+
+#: After the grace period, how long a job's stop re-cancels fires that keep running (job code
+#: that swallows cancellation) before it gives up on them with an ERROR.
+_CANCELLED_WAIT = 30.0
+
+
 class JobRunner:
-    """Owns one job's coordinator, executor and loops (leader, watch, repair) and its entry in
-    the instance's ``Timer`` (a timer of its own if none is given)."""
+    """Owns one job's coordinator, executor, its entry in the instance's ``Timer`` (a timer of
+    its own if none is given) and its steps (leader, watch, repair, ownership), which one task,
+    the job's own (``run``), takes as the changes they act on arrive or their deadlines pass.
+    An idle job is plain data plus that one task."""
 
     def __init__(
         self,
@@ -57,22 +113,28 @@ class JobRunner:
         self._grace = grace_period
         self.in_flight = 0
         """Fires and runs of this job in progress on this instance."""
-        self._stop = anyio.Event()
+        self._stop = False
+        self._driving: anyio.CancelScope | None = None  # the steps' scope: stopping cancels it
+        self._wake: asyncio.Future[None] | None = None  # while the steps sleep
         self._timer = timer
         self._cron: CronEntry | None = None
         self._trigger_of: tuple[JobConfig | None, CronTrigger | None] = (None, None)
-        self._fires: TaskGroup | None = None
+        self._fires: _Fires | None = None
+        self._cancel_at = math.inf  # when stopping cancels the fires left (after the grace)
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
-        # The leader and watch loops wake only for changes they act on: a fire's own running
-        # marks would otherwise wake both on every fire of every job.
-        view = self.coordinator.view
-        self._leader_changes = view.subscribe(self.coordinator.leader_relevant)
+        # Each step wakes only for changes it acts on: a fire's own running marks would
+        # otherwise wake the job on every fire.
+        view, wake = self.coordinator.view, self._poke
+        self._leader_changes = view.subscribe(self.coordinator.leader_relevant, wake)
         self._marks_pending = False
         self._watch_changes = view.subscribe(
-            lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending)
+            lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending),
+            wake,
         )
-        self._repair_changes = view.subscribe(self.coordinator.repair_relevant)
+        self._repair_changes = view.subscribe(self.coordinator.repair_relevant, wake)
+        self._claim_changes = view.subscribe(self.executor.ownerships.relevant, wake)
+        self._config_raw: bytes | None = None
         self.catchup = CatchUp(self)
         self.executor.catchup = self.catchup
 
@@ -90,18 +152,20 @@ class JobRunner:
 
     @property
     def _stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self._stop = True
+        if self._driving is not None:
+            self._driving.cancel()
 
     def cancel_running(self) -> None:
         """Stop with no grace period: running items are cancelled once deregistered."""
         self._grace = 0.0
         self.request_stop()
-        fires = self._fires
-        if fires is not None and fires.cancel_scope.deadline != math.inf:
-            fires.cancel_scope.deadline = anyio.current_time()  # already in its grace period
+        if self._fires is not None and self._cancel_at != math.inf:  # already in its grace
+            self._cancel_at = anyio.current_time()
+            self._fires.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         coord = self.coordinator
@@ -110,19 +174,18 @@ class JobRunner:
         self.registry.add_session_listener(self._on_session)
         try:
             async with anyio.create_task_group() as infra:
-                await infra.start(coord.view.run)
+                if isinstance(coord.view, JobView):  # the shared view needs no task per job
+                    await coord.view.wait_for(lambda: coord.view.fresh, math.inf)
+                else:
+                    await infra.start(coord.view.run)
                 with anyio.move_on_after(10):  # a registry outage: no catch-up, start anyway
                     try:
                         await self.catchup.at_start()
                     except RegistryError as exc:
                         log.warning("%s: catch-up check failed: %s", self.name, exc)
-                async with anyio.create_task_group() as fires:
-                    self._fires = fires
+                self._fires = fires = _Fires(self.request_stop)
+                try:
                     async with anyio.create_task_group() as loops:
-                        loops.start_soon(self._leader_loop)
-                        loops.start_soon(self._watch_loop)
-                        loops.start_soon(self._repair_loop)
-                        loops.start_soon(self.executor.ownerships.watch, coord.view)
                         if self.executor.dependents and coord.config.after:
                             loops.start_soon(self.executor.dependents.run, self)
                         if coord.config.catchup_window > 0:
@@ -134,8 +197,12 @@ class JobRunner:
                         self._cron = timer.add(self._trigger, self._on_cron)
                         try:
                             task_status.started()
-                            await self._stop.wait()
+                            with anyio.CancelScope() as self._driving:
+                                if self._stop or fires.error:
+                                    self._driving.cancel()
+                                await self._drive()
                         finally:
+                            self._driving = None
                             self._cron.remove()
                             self._cron = None
                         loops.cancel_scope.cancel()
@@ -143,11 +210,39 @@ class JobRunner:
                     with anyio.move_on_after(5, shield=True):
                         await coord.deregister()
                     # Running items get the grace period, then are cancelled.
-                    fires.cancel_scope.deadline = anyio.current_time() + self._grace
+                    self._cancel_at = anyio.current_time() + self._grace
+                    await self._drain(fires)
+                finally:
+                    if fires.tasks:  # cancelled from outside, or a step failed
+                        self._cancel_at = anyio.current_time()
+                        with anyio.CancelScope(shield=True):
+                            await self._drain(fires)
+                if fires.error is not None:
+                    raise fires.error
                 infra.cancel_scope.cancel()
         finally:
             self._fires = None
             self.registry.remove_session_listener(self._on_session)
+
+    async def _drain(self, fires: _Fires) -> None:
+        """Wait for the fires left until ``_cancel_at``, then cancel them (again, as job code
+        may swallow a cancellation) until they end or ``_CANCELLED_WAIT`` passes."""
+        while not await fires.wait(min(0.5, max(0.0, self._cancel_at - anyio.current_time()))):
+            if anyio.current_time() >= self._cancel_at:  # (cancel_running moves it to now)
+                break
+        give_up = anyio.current_time() + _CANCELLED_WAIT
+        while fires.tasks:
+            if anyio.current_time() >= give_up:
+                log.error(
+                    "%s: %d fire(s) still running %.0fs after being cancelled; left behind",
+                    self.name,
+                    len(fires.tasks),
+                    _CANCELLED_WAIT,
+                    extra=self._extra,
+                )
+                return
+            fires.cancel()
+            await fires.wait(0.05)
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.state is SessionState.LOST:
@@ -165,8 +260,7 @@ class JobRunner:
         trigger: bytes | None = None,
     ) -> None:
         if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
-            fire = self.executor.fire(source, scheduled, trigger=trigger)
-            self._fires.start_soon(self._guarded, fire)
+            self._fires.start(self._guarded(self.executor.fire(source, scheduled, trigger=trigger)))
 
     def _start_run(
         self,
@@ -180,7 +274,7 @@ class JobRunner:
         if self._fires is None or self._stopping:
             return
         contexts = self.executor.contexts(items, kind, source, None)
-        self._fires.start_soon(self._guarded, self.executor.run(contexts, lost))
+        self._fires.start(self._guarded(self.executor.run(contexts, lost)))
 
     def start_contexts(
         self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
@@ -188,7 +282,7 @@ class JobRunner:
         """Run prepared ``contexts`` (a requested fire: dependent job, catch-up), listeners
         included; ``not_run`` if its items did not run (another run held one)."""
         if self._fires is not None and not self._stopping:
-            self._fires.start_soon(self._guarded, self._run_requested(contexts, not_run))
+            self._fires.start(self._guarded(self._run_requested(contexts, not_run)))
 
     async def _run_requested(
         self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
@@ -221,58 +315,97 @@ class JobRunner:
     def _on_cron(self, scheduled: datetime) -> None:
         self.start_fire(ExecutionSource.NORMAL_TRIGGER, scheduled)
 
-    # -- loops --
+    # -- steps --
 
-    async def _leader_loop(self) -> None:
-        coord = self.coordinator
-        while True:
-            timeout: float = coord.config.reconcile_interval_minutes * 60 or 3600
-            try:
-                await coord.leader_step()
-                if coord.reshard_retryable():
-                    timeout = 0.5  # the reshard raced: try again soon, not at the next change
-            except RegistryError as exc:
-                log.debug(
-                    "%s: leader step failed (%s); retrying", self.name, exc, extra=self._extra
-                )
-                timeout = 0.5
-            await self._leader_changes.wait(timeout)
+    def _poke(self) -> None:
+        """A subscription saw a change its step acts on: wake the steps."""
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
-    async def _watch_loop(self) -> None:
+    async def _drive(self) -> None:
+        """Take the job's steps until cancelled (``request_stop``): each when a change it acts
+        on arrives or its deadline passes (0.5 s after a failed step, else 60 s; the leader's
+        at the reconcile interval)."""
         coord = self.coordinator
-        config_raw = coord.view.get(coord.paths.config)
-        wait = 60.0
+        self._config_raw = coord.view.get(coord.paths.config)
+        now = anyio.current_time()
+        leader_at, repair_at, watch_at = now, now, now + 60.0
+        self._marks_pending = coord.marks_pending()
         while True:
-            self._marks_pending = coord.marks_pending()
-            await self._watch_changes.wait(wait)
-            wait = 60.0
-            if not coord.view.fresh:
-                continue
-            try:
-                if coord.shutdown_requested():
-                    log.info("%s: shutdown requested by an operator", self.name, extra=self._extra)
-                    self.request_stop()
-                    return
-                if self._registered_session != self.registry.session_id:
-                    await coord.register_instance()
-                    self._registered_session = self.registry.session_id
-                if coord.marks.clears_pending():
-                    await coord.marks.retry_clears()
-                raw = coord.view.get(coord.paths.config)
-                if raw is not None and raw != config_raw:
-                    config_raw = raw
-                    self._apply_config(raw)
-                trigger = coord.view.get(coord.paths.trigger(coord.identity.instance_id))
-                if coord.has_trigger() and await coord.consume_trigger():
-                    self.start_fire(ExecutionSource.NORMAL_TRIGGER, trigger=trigger)
-                if coord.config_problem:
-                    continue  # held: no misfire re-runs or takeovers with an unknown config
-                self._run_misfired_if_due()
-                if await self._failover_if_due():
-                    wait = 0.5  # unclaimed candidates left: look again soon
-            except RegistryError as exc:
-                log.debug("%s: watch step failed (%s)", self.name, exc, extra=self._extra)
-                wait = 0.5
+            if self._claim_changes.take():
+                self.executor.ownerships.revoke_moved(coord.view)
+            if self._watch_changes.take() or anyio.current_time() >= watch_at:
+                watch_at = anyio.current_time() + await self._watch_step()
+                self._marks_pending = coord.marks_pending()
+            if self._leader_changes.take() or anyio.current_time() >= leader_at:
+                leader_at = anyio.current_time() + await self._leader_step()
+            if self._repair_changes.take() or anyio.current_time() >= repair_at:
+                repair_at = anyio.current_time() + await self._repair_step()
+            await self._sleep_until(min(leader_at, repair_at, watch_at))
+
+    async def _sleep_until(self, deadline: float) -> None:
+        subscriptions = (
+            self._claim_changes,
+            self._watch_changes,
+            self._leader_changes,
+            self._repair_changes,
+        )
+        if any(s.pending for s in subscriptions):
+            await anyio.lowlevel.checkpoint()
+            return
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        try:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await wake
+        finally:
+            self._wake = None
+
+    async def _leader_step(self) -> float:
+        """Elect, flag and run reshards; the delay until the next step."""
+        coord = self.coordinator
+        timeout: float = coord.config.reconcile_interval_minutes * 60 or 3600
+        try:
+            await coord.leader_step()
+            if coord.reshard_retryable():
+                timeout = 0.5  # the reshard raced: try again soon, not at the next change
+        except RegistryError as exc:
+            log.debug("%s: leader step failed (%s); retrying", self.name, exc, extra=self._extra)
+            timeout = 0.5
+        return timeout
+
+    async def _watch_step(self) -> float:
+        """Act on the job's nodes: shutdown requests, re-registration, config changes,
+        triggers, misfire re-runs and failover; the delay until the next step."""
+        coord = self.coordinator
+        if not coord.view.fresh:
+            return 60.0
+        try:
+            if coord.shutdown_requested():
+                log.info("%s: shutdown requested by an operator", self.name, extra=self._extra)
+                self.request_stop()
+                return 60.0
+            if self._registered_session != self.registry.session_id:
+                await coord.register_instance()
+                self._registered_session = self.registry.session_id
+            if coord.marks.clears_pending():
+                await coord.marks.retry_clears()
+            raw = coord.view.get(coord.paths.config)
+            if raw is not None and raw != self._config_raw:
+                self._config_raw = raw
+                self._apply_config(raw)
+            trigger = coord.view.get(coord.paths.trigger(coord.identity.instance_id))
+            if coord.has_trigger() and await coord.consume_trigger():
+                self.start_fire(ExecutionSource.NORMAL_TRIGGER, trigger=trigger)
+            if coord.config_problem:
+                return 60.0  # held: no misfire re-runs or takeovers with an unknown config
+            self._run_misfired_if_due()
+            if await self._failover_if_due():
+                return 0.5  # unclaimed candidates left: look again soon
+        except RegistryError as exc:
+            log.debug("%s: watch step failed (%s)", self.name, exc, extra=self._extra)
+            return 0.5
+        return 60.0
 
     def _apply_config(self, raw: bytes) -> None:
         """Adopt the registry's new config; an invalid one holds the job (one ERROR) until
@@ -286,22 +419,20 @@ class JobRunner:
                 self._cron.reschedule()  # e.g. a new cron, or held/resumed
             self._leader_changes.notify()  # e.g. a new sharding count
 
-    async def _repair_loop(self) -> None:
+    async def _repair_step(self) -> float:
         """Heal missing nodes (an emptied server, a deleted root), report bad nodes once and
-        delete stale persistent marks where ephemerals belong."""
+        delete stale persistent marks where ephemerals belong; the delay until the next step."""
         coord = self.coordinator
-        while True:
-            wait = 60.0
-            if coord.view.fresh:
-                try:
-                    await self._heal_if_needed()
-                    coord.report_problems()
-                    if not coord.config_problem and await coord.repair_stale():
-                        self._leader_changes.notify()
-                except RegistryError as exc:
-                    log.debug("%s: repair step failed (%s)", self.name, exc, extra=self._extra)
-                    wait = 0.5
-            await self._repair_changes.wait(wait)
+        if coord.view.fresh:
+            try:
+                await self._heal_if_needed()
+                coord.report_problems()
+                if not coord.config_problem and await coord.repair_stale():
+                    self._leader_changes.notify()
+            except RegistryError as exc:
+                log.debug("%s: repair step failed (%s)", self.name, exc, extra=self._extra)
+                return 0.5
+        return 60.0
 
     async def _heal_if_needed(self) -> None:
         coord = self.coordinator

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -205,6 +206,9 @@ def main() -> None:
     lag.add_argument("--warmup", type=float, default=3.0)
     lag.add_argument("--drain", type=float, default=3.0)
     lag.add_argument("--start-timeout", type=float, default=60.0)
+    lag.add_argument(
+        "--tracemalloc", action="store_true", help="also the traced heap per job (slower start)"
+    )
     items = sub.add_parser("items")
     items.add_argument("--contender", choices=["floor", "aioelastic"], default="aioelastic")
     items.add_argument("--registry", default="memory://bench-tp/bench")
@@ -224,6 +228,8 @@ def main() -> None:
         name = "core_embedded_quick.json" if args.quick else "core_embedded.json"
         (RESULTS / name).write_text(json.dumps(out, indent=1))
         return
+    if getattr(args, "tracemalloc", False):
+        os.environ["BENCH_TRACEMALLOC"] = "1"  # read by lag_window.Footprint
     work = {"lag": _lag, "items": _items, "fires": _fires}[args.command]
     print(json.dumps(anyio.run(work, args)), flush=True)
 

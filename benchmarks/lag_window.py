@@ -19,6 +19,7 @@ import gc
 import math
 import os
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,16 +107,28 @@ class Footprint:
     to ``per_job(jobs)`` (after they started)."""
 
     def __init__(self) -> None:
+        # With BENCH_TRACEMALLOC=1 (``core_embedded.py lag --tracemalloc``), also the Python
+        # heap per job as tracemalloc sees it; tracing stops at ``per_job`` (it slows the start
+        # and adds its own RSS: use that run for this figure only).
+        self._traced = os.environ.get("BENCH_TRACEMALLOC") == "1"
+        if self._traced:
+            tracemalloc.start()
         gc.collect()
         self._rss = _rss_kib()
         self._objects = len(gc.get_objects())
+        self._heap = tracemalloc.get_traced_memory()[0] if self._traced else 0
 
     def per_job(self, jobs: int) -> dict[str, float]:
         gc.collect()
         frozen = gc.get_freeze_count()
         objects = len(gc.get_objects()) + frozen
-        return {
+        out = {
             "rss_kib_per_job": round((_rss_kib() - self._rss) / max(jobs, 1), 2),
             "objects_per_job": round((objects - self._objects) / max(jobs, 1), 1),
             "frozen_objects": frozen,
         }
+        if self._traced:
+            heap = tracemalloc.get_traced_memory()[0] - self._heap
+            out["traced_kib_per_job"] = round(heap / 1024 / max(jobs, 1), 2)
+            tracemalloc.stop()
+        return out

@@ -253,8 +253,28 @@ async def lag_section(plan: Plan, svc: Services) -> dict[str, dict[str, Any]]:
                     raw = {"error": f"failed: {str(exc)[-300:]}"}
                 results.append(lag_row(raw, expected))
             row[name] = repeated(results) if runs > 1 else results[0]
+        if n == plan.lag_repeat_jobs:
+            await traced_heap(row, contenders, timeout)
         out[str(n)] = row
     return out
+
+
+async def traced_heap(
+    row: dict[str, Any], contenders: list[tuple[str, Any]], timeout: float
+) -> None:
+    """One more short run of the floor and aioelastic (embedded, before and now) with
+    tracemalloc on, for the Python heap per job (``traced_kib_per_job``; its start is slower)."""
+    for name, work in contenders:
+        if name not in (FLOOR, EMBEDDED, BEFORE) or "error" in row.get(name, {"error": 1}):
+            continue
+        step(f"traced heap: {name}")
+        try:
+            # Tracing slows the start several times: give it far longer than the lag runs.
+            raw = await work("--tracemalloc", "--start-timeout", 600, timeout=timeout + 900)
+        except RuntimeError:
+            continue
+        if "traced_kib_per_job" in raw:
+            row[name]["traced_kib_per_job"] = raw["traced_kib_per_job"]
 
 
 async def throughput_section(plan: Plan, svc: Services) -> list[dict[str, Any]]:
@@ -482,8 +502,11 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     line(f"CPU ms per fire, {big} jobs", lambda r: _ms(r, "cpu_ms_per_run", 3), row)
     line(f"of which garbage collector, {big} jobs", lambda r: _ms(r, "gc_ms_per_run", 3), row)
     line(
-        f"memory per job (RSS KiB; gc-tracked objects), {big} jobs",
-        lambda r: f"{_ms(r, 'rss_kib_per_job')}; {r.get('objects_per_job', '-')}",
+        f"memory per job (RSS KiB; gc-tracked objects; tracemalloc), {big} jobs",
+        lambda r: (
+            f"{_ms(r, 'rss_kib_per_job')}; {r.get('objects_per_job', '-')}"
+            + (f"; traced heap {r['traced_kib_per_job']} KiB" if "traced_kib_per_job" in r else "")
+        ),
         row,
     )
     distributed = {

@@ -9,15 +9,14 @@ never needs to read back; they are re-added for each new session of the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import count
-from typing import TypeVar
-
-import anyio.lowlevel
 
 from .._errors import (
     BadVersionError,
@@ -70,22 +69,12 @@ def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
 
 
-V = TypeVar("V")
+#: What a multi-op's mutations log to be undone if a later op fails (newest last).
+_Undo = list[Callable[[], object]]
 
 
-def _copy_node(node: _Node | None) -> _Node | None:
-    if node is None:
-        return None
-    return _Node(
-        node.data, node.version, node.mtime, node.ephemeral_owner, node.seq, set(node.children)
-    )
-
-
-def _restore(table: dict[str, V], key: str, value: V | None) -> None:
-    if value is None:
-        table.pop(key, None)
-    else:
-        table[key] = value
+def _unset(node: _Node, data: bytes, version: int, mtime: float) -> None:
+    node.data, node.version, node.mtime = data, version, mtime
 
 
 class MemoryStore:
@@ -98,6 +87,7 @@ class MemoryStore:
         self.data_watches: dict[str, list[tuple[int, Watcher]]] = {}
         self.child_watches: dict[str, list[tuple[int, Watcher]]] = {}
         self.tree_watches: list[tuple[int, str, Watcher]] = []  # session, root, watcher
+        self.undo: _Undo | None = None  # set during a multi-op: mutations log their inverse
 
     def _tree(
         self, path: str, kind: WatchEventType, node: _Node | None
@@ -129,7 +119,12 @@ class MemoryStore:
     def _fire(
         self, table: dict[str, list[tuple[int, Watcher]]], path: str, kind: WatchEventType
     ) -> list[tuple[Watcher, WatchEvent]]:
-        return [(w, WatchEvent(kind, path)) for _, w in table.pop(path, [])]
+        entries = table.pop(path, None)
+        if not entries:
+            return []
+        if self.undo is not None:
+            self.undo.append(partial(table.__setitem__, path, entries))
+        return [(w, WatchEvent(kind, path)) for _, w in entries]
 
     def create(
         self, path: str, data: bytes, ephemeral_owner: int, sequential: bool
@@ -140,13 +135,17 @@ class MemoryStore:
             raise NoNodeError(f"parent of {path} does not exist")
         if parent.ephemeral_owner:
             raise RegistryError(f"ephemeral {_parent(path)} cannot have children")
+        seq = parent.seq
         if sequential:
-            path = f"{path}{parent.seq:010d}"
-            parent.seq += 1
+            path = f"{path}{seq:010d}"
         if path in self.nodes:
             raise NodeExistsError(path)
+        parent.seq += sequential
         node = self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
-        parent.children.add(path.rsplit("/", 1)[1])
+        name = path.rsplit("/", 1)[1]
+        parent.children.add(name)
+        if self.undo is not None:
+            self.undo.append(partial(self._uncreate, path, parent, name, seq))
         fired = self._fire(self.data_watches, path, WatchEventType.CREATED)
         fired += self._tree(path, WatchEventType.CREATED, node)
         fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
@@ -158,6 +157,8 @@ class MemoryStore:
         node = self._node(path)
         if version not in (-1, node.version):
             raise BadVersionError(f"{path}: version {node.version}, expected {version}")
+        if self.undo is not None:
+            self.undo.append(partial(_unset, node, node.data, node.version, node.mtime))
         node.data, node.version, node.mtime = data, node.version + 1, time.time()
         fired = self._fire(self.data_watches, path, WatchEventType.CHANGED)
         return node.stat(), fired + self._tree(path, WatchEventType.CHANGED, node)
@@ -171,12 +172,24 @@ class MemoryStore:
         if node.children:
             raise NotEmptyError(path)
         del self.nodes[path]
-        self.nodes[_parent(path)].children.discard(path.rsplit("/", 1)[1])
+        parent, name = self.nodes[_parent(path)], path.rsplit("/", 1)[1]
+        parent.children.discard(name)
+        if self.undo is not None:
+            self.undo.append(partial(self._undelete, path, node, parent, name))
         fired = self._fire(self.data_watches, path, WatchEventType.DELETED)
         fired += self._tree(path, WatchEventType.DELETED, None)
         fired += self._fire(self.child_watches, path, WatchEventType.DELETED)
         fired += self._fire(self.child_watches, _parent(path), WatchEventType.CHILDREN)
         return fired
+
+    def _uncreate(self, path: str, parent: _Node, name: str, seq: int) -> None:
+        del self.nodes[path]
+        parent.children.discard(name)
+        parent.seq = seq
+
+    def _undelete(self, path: str, node: _Node, parent: _Node, name: str) -> None:
+        self.nodes[path] = node
+        parent.children.add(name)
 
     def check(self, path: str, version: int) -> None:
         node = self._node(path)
@@ -265,7 +278,7 @@ class MemoryRegistry(ListenerBase):
         self._notify_session(SessionEvent(state, self._session_id))
 
     async def _enter(self) -> None:
-        await anyio.lowlevel.checkpoint()
+        await asyncio.sleep(0)  # one loop yield, as a network round trip (no backend lookup)
         if self._state is not SessionState.CONNECTED:
             raise SessionLostError(f"session {self._session_id} is {self._state.value}")
         self._requests += 1
@@ -389,22 +402,21 @@ class MemoryRegistry(ListenerBase):
             validate_path(op.path)
         if ops:
             check_request(transaction_size(ops), f"transaction of {len(ops)} ops on {ops[0].path}")
-        # Apply for real, keeping the touched nodes and watches to put back if an op fails.
+        # Apply for real, each mutation logging its inverse: undone newest first if an op fails.
         store = self.store
-        touched = {op.path for op in ops} | {_parent(op.path) for op in ops}
-        nodes = {p: _copy_node(store.nodes.get(p)) for p in touched}
-        watches = {p: (store.data_watches.get(p), store.child_watches.get(p)) for p in touched}
+        undo: _Undo = []
+        store.undo = undo
         fired: list[tuple[Watcher, WatchEvent]] = []
-        for index, op in enumerate(ops):
-            try:
-                fired += self._apply(op)
-            except RegistryError as exc:
-                for path, node in nodes.items():
-                    _restore(store.nodes, path, node)
-                for path, (data_w, child_w) in watches.items():
-                    _restore(store.data_watches, path, data_w)
-                    _restore(store.child_watches, path, child_w)
-                raise TransactionFailedError(index, exc) from exc
+        try:
+            for index, op in enumerate(ops):
+                try:
+                    fired += self._apply(op)
+                except RegistryError as exc:
+                    for step in reversed(undo):
+                        step()
+                    raise TransactionFailedError(index, exc) from exc
+        finally:
+            store.undo = None
         self._notify_watchers(fired)
 
     def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:

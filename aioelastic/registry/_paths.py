@@ -14,7 +14,7 @@ def _forbidden(code: int) -> bool:
     return 0 < code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xF8FF or code >= 0xFFF0
 
 
-@lru_cache(maxsize=65536)  # the same paths are checked on every fire
+@lru_cache(maxsize=4096)  # paths outside the plain case, checked again and again
 def invalid_path_reason(path: str, *, sequential: bool = False) -> str | None:
     """Why ZooKeeper's ``PathUtils.validatePath`` refuses ``path`` (None if it accepts it).
 
@@ -46,8 +46,23 @@ def invalid_path_reason(path: str, *, sequential: bool = False) -> str | None:
     return None
 
 
+def _plainly_valid(path: str) -> bool:
+    """The common case, checked without the cache (which would hold every job's paths): an
+    absolute printable-ASCII path with no empty segment and no segment starting with a dot."""
+    return (
+        path[:1] == "/"
+        and path[-1] != "/"
+        and path.isascii()
+        and path.isprintable()
+        and "//" not in path
+        and "/." not in path
+    )
+
+
 def validate_path(path: str, *, sequential: bool = False) -> None:
     """Raise ``RegistryError`` for a path ZooKeeper refuses; both registries call it."""
+    if not sequential and _plainly_valid(path):
+        return
     reason = invalid_path_reason(path, sequential=sequential)
     if reason is not None:
         raise RegistryError(f"invalid path {path!r}: {reason}")

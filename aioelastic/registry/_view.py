@@ -12,6 +12,7 @@ session are gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import weakref
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
@@ -38,24 +40,51 @@ def _join(path: str, child: str) -> str:
 
 
 class Subscription:
-    """Wakes its owner only for changes to the paths it cares about (``relevant(path)``)."""
+    """Wakes its owner only for changes to the paths it cares about (``relevant(path)``): a
+    flag, a future only while someone waits, and an optional ``wake`` callback (a driver that
+    serves several subscriptions in one task)."""
 
-    def __init__(self, relevant: Callable[[str], bool]) -> None:
+    __slots__ = ("_pending", "_waiter", "_wake", "relevant")
+
+    def __init__(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> None:
         self.relevant = relevant
-        self._event = anyio.Event()
+        self._pending = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake = wake
+
+    @property
+    def pending(self) -> bool:
+        """A relevant change happened since the last ``wait``/``take``."""
+        return self._pending
 
     def notify(self) -> None:
         """Wake the owner as if a relevant change happened."""
-        self._event.set()
+        self._pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._wake is not None:
+            self._wake()
+
+    def take(self) -> bool:
+        """Consume the pending change: True if there was one."""
+        changed, self._pending = self._pending, False
+        return changed
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a relevant change since the last wait (True) or ``timeout`` (False)."""
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-        changed = self._event.is_set()
-        if changed:
-            self._event = anyio.Event()
-        return changed
+        if self._pending:
+            await anyio.lowlevel.checkpoint()  # always yield: what the owner started runs first
+        else:
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                with anyio.move_on_after(timeout):
+                    await waiter
+            finally:
+                self._waiter = None
+        return self.take()
 
 
 class TreeView:
@@ -94,9 +123,12 @@ class TreeView:
     def children(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
-        """A change signal restricted to paths for which ``relevant(path)`` is true."""
-        subscription = Subscription(relevant)
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        """A change signal restricted to paths for which ``relevant(path)`` is true (``wake``
+        is called on each such change)."""
+        subscription = Subscription(relevant, wake)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -272,7 +304,9 @@ class View(Protocol):
 
     def children(self, path: str) -> list[str]: ...
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription: ...
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription: ...
 
     async def wait_changed(self, timeout: float) -> bool: ...
 
@@ -357,6 +391,7 @@ class SharedView:
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._batch: set[str] = set()
         self._everything = False
+        self._signal_queued = False  # a deferred ``_signal`` is queued on the loop
         self._generation = 0  # bumped by each reset: stale loads stop
 
     # -- setup --
@@ -430,8 +465,10 @@ class SharedView:
     def children(self, path: str) -> list[str]:
         return sorted(self._children.get(path, ()))
 
-    def subscribe(self, root: str, relevant: Callable[[str], bool]) -> Subscription:
-        subscription = Subscription(relevant)
+    def subscribe(
+        self, root: str, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        subscription = Subscription(relevant, wake)
         self._subscriptions.setdefault(root, []).append(subscription)
         return subscription
 
@@ -484,7 +521,7 @@ class SharedView:
         for queued in self._queues.pop(key, ()):
             self._apply(queued)
         self._apply(item)
-        self._signal()
+        self._signal_soon()
 
     def _apply(self, item: _Item) -> None:
         path = item.path
@@ -542,11 +579,20 @@ class SharedView:
         for gone in self._children[path] - set(kids):
             self._drop(_join(path, gone))
 
+    def _signal_soon(self) -> None:
+        """Signal once per loop pass what the events applied meanwhile changed (the copy is
+        already up to date: only waking the waiters is deferred, so the fires of a tick that
+        write marks do not each pay for it before their jobs start)."""
+        if not self._signal_queued:
+            self._signal_queued = True
+            asyncio.get_running_loop().call_soon(self._signal)
+
     def _signal(self) -> None:
+        self._signal_queued = False
         batch, everything = self._batch, self._everything
-        self._batch, self._everything = set(), False
         if not batch and not everything:
             return
+        self._batch, self._everything = set(), False
         by_key: dict[str, list[str]] = {}
         for path in batch:
             by_key.setdefault(_job_key(path), []).append(path)
@@ -666,8 +712,10 @@ class JobView:
     def children(self, path: str) -> list[str]:
         return self._shared.children(path)
 
-    def subscribe(self, relevant: Callable[[str], bool]) -> Subscription:
-        return self._shared.subscribe(self._key, relevant)
+    def subscribe(
+        self, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
+    ) -> Subscription:
+        return self._shared.subscribe(self._key, relevant, wake)
 
     async def wait_changed(self, timeout: float) -> bool:
         with anyio.move_on_after(timeout):
