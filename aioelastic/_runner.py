@@ -35,24 +35,28 @@ log = logging.getLogger("aioelastic.runner")
 
 class _Fires:
     """A job's fires and runs in progress: plain asyncio tasks, owned here (no anyio task
-    group and cancel scope per fire). ``cancel`` cancels every one; ``wait`` waits for them."""
+    group per fire), each in a cancel scope of its own. ``cancel`` cancels every one through
+    its scope, never ``Task.cancel()``: a native cancellation would cut through the shielded
+    cleanups of the executor and of job code (a script's kill sequence, clearing the marks);
+    ``wait`` waits for them."""
 
     __slots__ = ("_idle", "_on_error", "error", "tasks")
 
     def __init__(self, on_error: Callable[[], None]) -> None:
         self._on_error = on_error
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
         self._idle: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         """The first exception that escaped a fire (a bug: fires handle their errors)."""
 
     def start(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks.add(task)
+        scope = anyio.CancelScope()
+        task = asyncio.get_running_loop().create_task(_in_scope(scope, work))
+        self.tasks[task] = scope
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             if self.error is None:
                 self.error = exc
@@ -63,8 +67,8 @@ class _Fires:
             idle.set_result(None)
 
     def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
+        for scope in self.tasks.values():
+            scope.cancel()
 
     async def wait(self, timeout: float) -> bool:
         """Wait until no fire is left (True) or ``timeout`` passes (False)."""
@@ -76,6 +80,11 @@ class _Fires:
             finally:
                 self._idle = None
         return not self.tasks
+
+
+async def _in_scope(scope: anyio.CancelScope, work: Coroutine[Any, Any, None]) -> None:
+    with scope:
+        await work
 
 
 #: After the grace period, how long a job's stop re-cancels fires that keep running (job code
