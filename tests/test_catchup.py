@@ -4,6 +4,7 @@ within the window; never more than one, never on two instances."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -85,7 +86,10 @@ class Runs:
         self.contexts.append(ctx)
 
 
-async def test_two_instances_starting_at_once_run_one_catch_up_fire(backend: Backend) -> None:
+async def test_two_instances_starting_at_once_run_one_catch_up_fire(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aioelastic")  # a failure shows every fire and reshard
     await write_last(backend, "nightly", datetime.now(UTC) - timedelta(seconds=5))
     sink, runs = CaptureSink(), Runs()
     schedulers = [scheduler_for(backend, f"cu-{n}", sink) for n in (1, 2)]
@@ -101,7 +105,13 @@ async def test_two_instances_starting_at_once_run_one_catch_up_fire(backend: Bac
             lambda: all(s.state is RunState.STARTED for s in schedulers), 30, what="both started"
         )
         await eventually(
-            lambda: runs.misfire_items() == {0, 1, 2, 3}, 30, what="the catch-up fire's items"
+            lambda: runs.misfire_items() == {0, 1, 2, 3},
+            30,
+            what="the catch-up fire's items",
+            detail=lambda: [
+                (c.task_id.split("@-@")[3], c.sharding_item, c.execution_source.name)
+                for c in runs.contexts
+            ],
         )
         # Both instances have run fires since: a second catch-up would have come by now.
         await eventually(
