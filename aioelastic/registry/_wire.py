@@ -46,6 +46,7 @@ __all__ = [
     "ReadRequest",
     "RemoveWatchesRequest",
     "ServerError",
+    "WatchNote",
     "acl_bytes",
     "make_acl",
     "map_error",
@@ -226,6 +227,26 @@ class _Countdown:
             self.event.set()
 
 
+_READ_CHUNK = 256 * 1024
+_WATCH_HEADER = struct.Struct("!iii")  # a watch notification: type, state, path length
+
+
+@dataclass(frozen=True, slots=True)
+class WatchNote:
+    """A watch notification as the server sent it (``type`` is ZooKeeper's event code)."""
+
+    type: int
+    state: int
+    path: str
+
+
+def _watch_note(frame: bytes, offset: int) -> WatchNote:
+    """Decoded directly (aiozk's generic parsing was most of a busy view's event cost)."""
+    kind, state, size = _WATCH_HEADER.unpack_from(frame, offset)
+    start = offset + _WATCH_HEADER.size
+    return WatchNote(kind, state, frame[start : start + size].decode() if size > 0 else "")
+
+
 @dataclass(eq=False)
 class _Call:
     """A request waiting for its reply on one connection."""
@@ -383,12 +404,26 @@ class Connection:
         """Read replies and watch events until the connection ends; then fail what waits."""
         self._on_closed = on_closed
         reason = "closed"
+        buffer = bytearray()
         try:
             while True:
-                frame = await self._read_frame()
-                if self.closed.is_set():
-                    return  # aborted: nothing of this connection is delivered any more
-                self._dispatch(frame, on_event)
+                # Every complete frame of a chunk is dispatched in one go: one await per read
+                # from the socket, not two per frame, and the callers its replies wake send
+                # their next requests together.
+                buffer += await self._reader.receive(_READ_CHUNK)
+                offset, end = 0, len(buffer)
+                while end - offset >= _SIZE.size:
+                    (size,) = _SIZE.unpack_from(buffer, offset)
+                    if not 0 <= size <= _MAX_FRAME:
+                        raise EOFError(f"bad frame size {size} from {self.host}")
+                    start = offset + _SIZE.size
+                    if start + size > end:
+                        break
+                    if self.closed.is_set():
+                        return  # aborted: nothing of this connection is delivered any more
+                    offset = start + size
+                    self._dispatch(bytes(buffer[start:offset]), on_event)
+                del buffer[:offset]
         except CONNECTION_ERRORS as error:
             reason = repr(error)
         except Exception as error:  # a protocol bug must not take the registry down
@@ -401,7 +436,7 @@ class Connection:
         xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
         body = frame[_REPLY_HEADER.size :]
         if xid == _WATCH_XID:
-            on_event(protocol.WatchEvent.deserialize(body))
+            on_event(_watch_note(frame, _REPLY_HEADER.size))
             return
         if xid == _PING_XID:
             if self.ping_sent_at is not None:
