@@ -7,10 +7,12 @@ The session built on these connections (heartbeats, SUSPENDED/LOST, reconnection
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import logging
+import math
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -240,11 +242,32 @@ class WatchNote:
     path: str
 
 
+def _now(loop: asyncio.AbstractEventLoop | None) -> float:
+    return anyio.current_time() if loop is None else loop.time()
+
+
 def _watch_note(frame: bytes, offset: int) -> WatchNote:
     """Decoded directly (aiozk's generic parsing was most of a busy view's event cost)."""
     kind, state, size = _WATCH_HEADER.unpack_from(frame, offset)
     start = offset + _WATCH_HEADER.size
     return WatchNote(kind, state, frame[start : start + size].decode() if size > 0 else "")
+
+
+class _Waiter:
+    """One reply's signal on asyncio: a bare future (an anyio ``Event`` looks its backend up
+    on every creation and wait, a tenth of a busy instance's fire path)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        if not self._future.done():  # done: answered, or the waiter was cancelled
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        await self._future
 
 
 @dataclass(eq=False)
@@ -254,7 +277,7 @@ class _Call:
     opcode: int
     sent_at: float
     on_reply: Callable[[Any, Exception | None], None] | None = None
-    done: anyio.Event | _Countdown = field(default_factory=anyio.Event)
+    done: anyio.Event | _Countdown | _Waiter = field(default_factory=anyio.Event)
     response: Any = None
     error: Exception | None = None
 
@@ -269,6 +292,15 @@ class Connection:
         self.acked_at = now  # send time of the newest request the server answered
         self.last_send = now
         self.closed = anyio.Event()
+        self.attention = anyio.Event()
+        """Set when the connection closes or a call's deadline comes before ``wake_at`` (when
+        its keepalive looks next, see ``expire``)."""
+        self.wake_at = 0.0
+        self._timeout = math.inf  # of ``expire``
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # another backend: anyio's primitives
+            self._loop = None
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
         self._send_lock = anyio.Lock()
@@ -324,8 +356,11 @@ class Connection:
             if self.closed.is_set():
                 raise SessionLostError(f"connection to {self.host} is closed")
             self._xid = xid = self._xid % 0x7FFFFFFF + 1
-            done = anyio.Event()
-            pending = _Call(request.opcode, anyio.current_time(), on_reply, done)
+            loop = self._loop
+            done = anyio.Event() if loop is None else _Waiter(loop)
+            pending = _Call(request.opcode, _now(loop), on_reply, done)
+            if not self._pending and pending.sent_at + self._timeout < self.wake_at:
+                self.attention.set()
             self._pending[xid] = pending
             payload = request.serialize(xid)
             self._outbox.append(_SIZE.pack(len(payload)) + payload)
@@ -339,6 +374,20 @@ class Connection:
         if pending.error is not None:
             raise pending.error
         return pending.response
+
+    def expire(self, timeout: float) -> float:
+        """Fail the calls unanswered for ``timeout`` seconds (``TimeoutError``): one deadline
+        check for every request instead of a cancel scope each. Returns when the oldest call
+        left is due (inf if none waits)."""
+        now, self._timeout = _now(self._loop), timeout
+        while self._pending:
+            xid, oldest = next(iter(self._pending.items()))  # in the order they were sent
+            if oldest.sent_at + timeout > now:
+                return oldest.sent_at + timeout
+            del self._pending[xid]
+            oldest.error = TimeoutError()
+            oldest.done.set()
+        return math.inf
 
     async def _flush(self) -> None:
         """Send the outbox: the requests of every task that called in this loop iteration go
@@ -462,6 +511,7 @@ class Connection:
         if not self.closed.is_set():
             log.debug("ZooKeeper connection to %s ended: %s", self.host, reason)
         self.closed.set()
+        self.attention.set()
         for pending in self._pending.values():
             pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
             pending.done.set()
