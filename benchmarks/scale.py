@@ -10,6 +10,9 @@ has committed the new assignment. Reported per size:
 
 - ``start_s``: until all jobs are assigned over all instances (registration + reshards);
 - ``reshard_after_leave_s``: a graceful stop to the last job's new assignment committed;
+- ``join_start_s`` / ``reshard_after_join_s`` / ``join_to_settled_s``: a new instance joins the
+  survivors: its start (``run()`` to started), its start's end to the last job's assignment
+  over it committed, and the whole (leaders reshard while it still registers jobs);
 - ``rss_per_job_instance_kib``: growth of this process's RSS divided by jobs x instances;
 - ``znodes``: ZooKeeper's ``zk_znode_count`` growth (from ``mntr``), total and per job;
 - ``requests_per_job_instance_start`` / ``requests_per_job_reshard``: ZooKeeper requests sent;
@@ -83,10 +86,14 @@ async def noop(ctx: ShardingContext) -> None:
     pass
 
 
-def make_instances(url: str, jobs: int, items: int, count: int, log: ReshardLog) -> list[Scheduler]:
+def make_instances(
+    url: str, jobs: int, items: int, count: int, log: ReshardLog, prefix: str = "inst"
+) -> list[Scheduler]:
     out = []
     for k in range(count):
-        settings = Settings(registry_url=url, instance_id=f"inst-{k:02d}", shutdown_grace_period=1)
+        settings = Settings(
+            registry_url=url, instance_id=f"{prefix}-{k:02d}", shutdown_grace_period=1
+        )
         scheduler = Scheduler(settings=settings, observers=[log])
         for j in range(jobs):
             scheduler.add_job(noop, name=f"job{j:04d}", sharding_total_count=items)
@@ -153,6 +160,17 @@ async def one_size(
             out["reshard_after_leave_s"] = round(done - left, 2)
             await anyio.sleep(1)
             out["requests_per_job_reshard"] = round((requests(survivors) - before) / jobs, 1)
+            # A new instance joins the survivors: its start (session, view load, registration
+            # of every job), then every leader's reshard over it.
+            (joiner,) = make_instances(url, jobs, items, 1, log, prefix="join")
+            schedulers.append(joiner)
+            joined = time.time()
+            await tg.start(joiner.run)
+            ready = time.time()
+            out["join_start_s"] = round(ready - joined, 2)
+            done = await wait_until(lambda: log.all_over(jobs, instances, joined), budget)
+            out["reshard_after_join_s"] = round(max(0.0, done - ready), 2)
+            out["join_to_settled_s"] = round(done - joined, 2)
         except TimeoutError:
             out["error"] = (
                 f"did not settle within the {budget:.0f} s budget "

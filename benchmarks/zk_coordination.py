@@ -232,6 +232,31 @@ async def server_side(server: ZooKeeperServer, quick: bool = False) -> dict[str,
     }
 
 
+def server_side_rows(side: dict[str, Any] | None) -> list[str]:
+    """``server_side``'s results as rows of run_all's coordination table."""
+    if not side:
+        return []
+    rows = []
+    for key in ("per_fire", "per_fire_failover"):
+        r = side[key]
+        rows.append(
+            f"| server-side per fire per instance ({r['instances']} x {r['items']} items"
+            f"{', failover' if r['failover'] else ''}) | {r['server_writes_per_fire']} writes, "
+            f"{r['server_reads_per_fire']} reads |"
+        )
+    for r in side["start"]:
+        if "error" in r:
+            rows.append(f"| start of {r['jobs']} jobs on one instance | {r['error']} |")
+            continue
+        rows.append(
+            f"| start of {r['jobs']} jobs on one instance: s, share of fires run, lag p50 / p99 "
+            f"ms, CPU ms per fire, server requests per job | {r['start_s']}, "
+            f"{r['fires_run_share']:.0%}, {r.get('lag_p50_ms')} / {r.get('lag_p99_ms')}, "
+            f"{r['cpu_ms_per_fire']}, {r['server_requests_per_job_start']} |"
+        )
+    return rows
+
+
 async def requests_per_reshard(server: ZooKeeperServer, items: int = 10) -> dict[str, Any]:
     """ZooKeeper requests one membership change costs, for a one-off job (nothing fires, so every
     request is registration, view upkeep or the reshard itself): a 4th instance joins 3, then one
