@@ -765,7 +765,9 @@ class JobCoordinator:
             (changed and not self.config.static_sharding) or not self._assignment_valid()
         ):
             await self._ensure(self.paths.sharding_necessary)
-            return
+            if not isinstance(self.view, JobView):
+                return  # a per-job view shows the flag once its watch fired: the next step
+        # (A shared view shows our own flag at the create's reply: reshard in this step.)
         if self.reshard_pending():
             await self.reshard()
 
