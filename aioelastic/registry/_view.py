@@ -344,6 +344,21 @@ def _job_key(path: str) -> str:
     return "/".join(parts[:3])
 
 
+class _Batched:
+    """A watcher that also takes several events in one call (``many``, see the registries'
+    ``_notify_watchers``)."""
+
+    __slots__ = ("_one", "many")
+
+    def __init__(
+        self, one: Callable[[WatchEvent], None], many: Callable[[list[WatchEvent]], None]
+    ) -> None:
+        self._one, self.many = one, many
+
+    def __call__(self, event: WatchEvent) -> None:
+        self._one(event)
+
+
 _shared: weakref.WeakKeyDictionary[Registry, SharedView] = weakref.WeakKeyDictionary()
 
 
@@ -382,7 +397,7 @@ class SharedView:
         self._wake = anyio.Event()
         self._fresh = False
         self._loading = True
-        self._watcher = self._on_event
+        self._watcher = _Batched(self._on_event, self._on_events)
         self._changed: dict[str, anyio.Event] = {}  # job key -> signal
         self._subscriptions: dict[str, list[Subscription]] = {}
         self._batch: set[str] = set()
@@ -471,12 +486,18 @@ class SharedView:
     def _on_event(self, event: WatchEvent) -> None:
         self._enqueue(event)
 
+    def _on_events(self, events: list[WatchEvent]) -> None:
+        """Several events at once (a multi-op's own creates): waiters wake once, after all."""
+        for event in events:
+            self._enqueue(event, signal=False)
+        self._signal()
+
     def _on_value(
         self, path: str, data: bytes | None, stat: Stat | None, kids: list[str] | None
     ) -> None:
         self._enqueue(_Value(path, data, stat, kids))
 
-    def _enqueue(self, item: _Item) -> None:
+    def _enqueue(self, item: _Item, *, signal: bool = True) -> None:
         """Queue ``item`` behind its job's items waiting for a read, or apply it (and them)
         now. Jobs never wait for each other: a multi-op stays within one job's subtree."""
         path = item.path
@@ -502,7 +523,8 @@ class SharedView:
         for queued in self._queues.pop(key, ()):
             self._apply(queued)
         self._apply(item)
-        self._signal()
+        if signal:
+            self._signal()
 
     def _apply(self, item: _Item) -> None:
         path = item.path
