@@ -17,7 +17,7 @@ from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import CheckOp, CreateOp, DeleteOp, SetOp
 from aioelastic.registry._view import SharedView
-from aioelastic.registry._wire import _multi_reply, _watch_note
+from aioelastic.registry._wire import _multi_reply, _reply, _watch_note, to_stat
 from aioelastic.registry._zookeeper import ZooKeeperRegistry
 from tests.harness.helpers import eventually
 
@@ -61,6 +61,30 @@ def test_multi_replies_decode_like_aiozk() -> None:
     theirs = protocol.TransactionResponse.deserialize(failed + done).responses
     assert [type(r) for r in reply] == [type(r) for r in theirs]
     assert isinstance(reply[0], zk_exc.RolledBack) and isinstance(reply[1], zk_exc.NodeExists)
+
+
+def test_read_replies_decode_like_aiozk() -> None:
+    stat = struct.pack("!qqqqiiiqiiq", 1, 2, 3, 1_700_000_000_123, 7, 8, 9, 0x1234, 5, 6, 10)
+    names = [b"a", "ü".encode(), b"n0001"]
+    bodies = [
+        (4, struct.pack("!i", 5) + b"hello" + stat),
+        (4, struct.pack("!i", -1) + stat),
+        (3, stat),
+        (5, stat),
+        (8, struct.pack("!i", 3) + b"".join(struct.pack("!i", len(n)) + n for n in names)),
+        (1, struct.pack("!i", 4) + b"/a/b"),
+    ]
+    for opcode, body in bodies:
+        ours, theirs = _reply(opcode, body), protocol.response_xref[opcode].deserialize(body)
+        assert ours is not None
+        if opcode in (3, 4, 5):
+            assert to_stat(ours.stat) == to_stat(theirs.stat)
+        if opcode == 4:
+            assert ours.data == theirs.data
+        if opcode == 8:
+            assert ours.children == list(theirs.children)
+        if opcode == 1:
+            assert ours.path == theirs.path
 
 
 @contextlib.asynccontextmanager
