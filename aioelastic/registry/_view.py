@@ -490,7 +490,8 @@ class SharedView:
         """Several events at once (a multi-op's own creates): waiters wake once, after all."""
         for event in events:
             self._enqueue(event, signal=False)
-        self._signal()
+        if not self._loading:
+            self._signal()
 
     def _on_value(
         self, path: str, data: bytes | None, stat: Stat | None, kids: list[str] | None
@@ -523,7 +524,7 @@ class SharedView:
         for queued in self._queues.pop(key, ()):
             self._apply(queued)
         self._apply(item)
-        if signal:
+        if signal and not self._loading:  # a load wakes every job once, at its end
             self._signal()
 
     def _apply(self, item: _Item) -> None:

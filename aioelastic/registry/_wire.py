@@ -325,7 +325,7 @@ class _Countdown:
             self.event.set()
 
 
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 64 * 1024  # what one read hands over at most: the loop is not held longer
 _WATCH_HEADER = struct.Struct("!iii")  # a watch notification: type, state, path length
 
 
