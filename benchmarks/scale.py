@@ -45,6 +45,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
+from aioelastic.registry._view import shared_view_of
 from tests.harness.zookeeper import ZooKeeperServer
 
 RESULTS = Path(__file__).parent / "results"
@@ -118,6 +119,12 @@ async def run_instance(scheduler: Scheduler, failures: list[str]) -> None:
         failures.append(f"{scheduler.instance_id}: {exc!r}")
 
 
+def views_settled(schedulers: list[Scheduler]) -> bool:
+    """No instance's shared view waits for a read."""
+    views = [shared_view_of(s.registry) for s in schedulers]
+    return all(v is not None and v.fresh and not v.reading for v in views)
+
+
 def requests(schedulers: list[Scheduler]) -> int:
     return sum(s.registry.request_count for s in schedulers)
 
@@ -166,6 +173,9 @@ async def one_size(
             out["reshard_after_leave_s"] = round(done - left, 2)
             await anyio.sleep(1)
             out["requests_per_job_reshard"] = round((requests(survivors) - before) / jobs, 1)
+            # Every survivor has read the new owners (they share this process with the joiner).
+            views_done = await wait_until(lambda: views_settled(survivors), budget)
+            out["views_settled_after_leave_s"] = round(views_done - left, 2)
             # A new instance joins the survivors: its start (session, view load, registration
             # of every job), then every leader's reshard over it.
             (joiner,) = make_instances(url, jobs, items, 1, log, prefix="join")

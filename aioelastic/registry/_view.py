@@ -451,6 +451,11 @@ class SharedView:
         # Not "nothing unresolved": events waiting for a read leave a consistent (older) state.
         return self._fresh and self._registry.session_state is SessionState.CONNECTED
 
+    @property
+    def reading(self) -> bool:
+        """Changes wait for a read (a load, events without data)."""
+        return self._loading or bool(self._to_read or self._unresolved)
+
     def get(self, path: str) -> bytes | None:
         return self._data.get(path)
 
