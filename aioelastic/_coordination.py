@@ -434,6 +434,13 @@ class JobCoordinator:
         another session's node of the same instance id."""
         path = self.paths.instance(self.identity.instance_id)
         try:
+            # The shared view knows our own node (one request per job less at a stop); a
+            # delete it raced with (the version moved) asks the registry.
+            stat = self.view.stat(path) if self._view_shows(path) else None
+            if stat is not None and stat.ephemeral_owner == self.registry.session_id:
+                with contextlib.suppress(BadVersionError):
+                    await self.registry.delete(path, version=stat.version)
+                    return
             stat = await self.registry.exists(path)
             if stat is not None and stat.ephemeral_owner == self.registry.session_id:
                 await self.registry.delete(path, version=stat.version)
@@ -765,7 +772,9 @@ class JobCoordinator:
             (changed and not self.config.static_sharding) or not self._assignment_valid()
         ):
             await self._ensure(self.paths.sharding_necessary)
-            return
+            if not isinstance(self.view, JobView):
+                return  # a per-job view shows the flag once its watch fired: the next step
+        # (A shared view shows our own flag at the create's reply: reshard in this step.)
         if self.reshard_pending():
             await self.reshard()
 

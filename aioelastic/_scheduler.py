@@ -119,6 +119,7 @@ class Scheduler:
                 create_sink(parse_tracing_url(settings.tracing_url.get_secret_value()))
             )
         self._jobs: dict[str, _JobSpec] = {}
+        self._upstreams_of: tuple[int, frozenset[str]] = (-1, frozenset())
         self._runners: dict[str, JobRunner] = {}
         self._registry: Registry | None = None
         self._bus: TraceBus | None = None
@@ -448,8 +449,17 @@ class Scheduler:
             observers=self.observers,
             timer=timer,
         )
-        attach_dependents(runner, registry, self.registry_url.namespace, self.jobs)
+        if spec.config.after or spec.config.name in self._upstreams():
+            attach_dependents(runner, registry, self.registry_url.namespace, self.jobs)
         return runner
+
+    def _upstreams(self) -> frozenset[str]:
+        """Jobs others depend on (scanning ``self.jobs`` per runner was quadratic at start)."""
+        key = len(self._jobs)
+        if self._upstreams_of[0] != key:
+            names = frozenset(n for s in self._jobs.values() for n in s.config.after)
+            self._upstreams_of = (key, names)
+        return self._upstreams_of[1]
 
     def _fatal(self, exc: BaseException) -> None:
         """An ``error_handler="raise"`` job failed: stop, and make ``run()`` raise ``exc``."""

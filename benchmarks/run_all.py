@@ -324,7 +324,11 @@ async def coordination_section(plan: Plan, svc: Services) -> dict[str, Any]:
     per_fire = await zk_coordination.requests_per_fire(svc.zk, 10, plan.coordination_seconds)
     step("coordination: requests per reshard")
     per_reshard = await zk_coordination.requests_per_reshard(svc.zk, 10)
-    return {"requests_per_fire": per_fire, "requests_per_reshard": per_reshard}
+    out = {"requests_per_fire": per_fire, "requests_per_reshard": per_reshard}
+    if not plan.quick:  # server-side counts, and the start of 300 and 1000 jobs on one instance
+        step("coordination: server-side requests per fire, start of 300 and 1000 jobs")
+        out["server_side"] = await zk_coordination.server_side(svc.zk)
+    return out
 
 
 async def recovery_section(plan: Plan, svc: Services) -> dict[str, Any]:
@@ -546,6 +550,7 @@ def coordination_table(coord: dict[str, Any]) -> list[str]:
         f"| per reshard, a 4th instance joins: the 3 others | {join['existing_instances']} |",
         f"| per reshard, a 4th instance joins: the joiner's whole start | {join['joiner']} |",
         f"| per reshard, graceful leave 4 -> 3: the survivors | {leave['survivors']} |",
+        *zk_coordination.server_side_rows(coord.get("server_side")),
     ]
 
 
@@ -571,17 +576,19 @@ def recovery_table(rec: dict[str, Any]) -> list[str]:
 
 def scale_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| jobs x items x instances | start (s) | reshard after a leave (s) | RSS KiB per job "
-        "per instance | znodes (per job) | requests per job: start per instance / reshard |",
-        "|---|---:|---:|---:|---:|---|",
+        "| jobs x items x instances | start (s) | reshard after a leave (s) | a join: its start"
+        " / reshard after it (s) | RSS KiB per job per instance | znodes (per job) | requests "
+        "per job: start per instance / reshard |",
+        "|---|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         shape = f"{r['jobs']} x {r['items']} x {r['instances']}"
         if "error" in r:
-            lines.append(f"| {shape} | {r['error']} | | | | |")
+            lines.append(f"| {shape} | {r['error']} | | | | | |")
             continue
         lines.append(
             f"| {shape} | {r['start_s']} | {r['reshard_after_leave_s']} | "
+            f"{r.get('join_start_s', '-')} / {r.get('reshard_after_join_s', '-')} | "
             f"{r['rss_per_job_instance_kib']} | {r['znodes']:,} ({r['znodes_per_job']}) | "
             f"{r['requests_per_job_instance_start']} / {r['requests_per_job_reshard']} |"
         )

@@ -10,6 +10,9 @@ has committed the new assignment. Reported per size:
 
 - ``start_s``: until all jobs are assigned over all instances (registration + reshards);
 - ``reshard_after_leave_s``: a graceful stop to the last job's new assignment committed;
+- ``join_start_s`` / ``reshard_after_join_s`` / ``join_to_settled_s``: a new instance joins the
+  survivors: its start (``run()`` to started), its start's end to the last job's assignment
+  over it committed, and the whole (leaders reshard while it still registers jobs);
 - ``rss_per_job_instance_kib``: growth of this process's RSS divided by jobs x instances;
 - ``znodes``: ZooKeeper's ``zk_znode_count`` growth (from ``mntr``), total and per job;
 - ``requests_per_job_instance_start`` / ``requests_per_job_reshard``: ZooKeeper requests sent;
@@ -27,6 +30,7 @@ memory freed by one size is reused by the next, and by whatever ran before.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -41,6 +45,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioelastic import Observer, Scheduler, Settings, ShardingContext
+from aioelastic.registry._view import shared_view_of
 from tests.harness.zookeeper import ZooKeeperServer
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,10 +88,14 @@ async def noop(ctx: ShardingContext) -> None:
     pass
 
 
-def make_instances(url: str, jobs: int, items: int, count: int, log: ReshardLog) -> list[Scheduler]:
+def make_instances(
+    url: str, jobs: int, items: int, count: int, log: ReshardLog, prefix: str = "inst"
+) -> list[Scheduler]:
     out = []
     for k in range(count):
-        settings = Settings(registry_url=url, instance_id=f"inst-{k:02d}", shutdown_grace_period=1)
+        settings = Settings(
+            registry_url=url, instance_id=f"{prefix}-{k:02d}", shutdown_grace_period=1
+        )
         scheduler = Scheduler(settings=settings, observers=[log])
         for j in range(jobs):
             scheduler.add_job(noop, name=f"job{j:04d}", sharding_total_count=items)
@@ -108,6 +117,12 @@ async def run_instance(scheduler: Scheduler, failures: list[str]) -> None:
         await scheduler.run()
     except Exception as exc:
         failures.append(f"{scheduler.instance_id}: {exc!r}")
+
+
+def views_settled(schedulers: list[Scheduler]) -> bool:
+    """No instance's shared view waits for a read."""
+    views = [shared_view_of(s.registry) for s in schedulers]
+    return all(v is not None and v.fresh and not v.reading for v in views)
 
 
 def requests(schedulers: list[Scheduler]) -> int:
@@ -137,6 +152,11 @@ async def one_size(
                 tg.start_soon(run_instance, s, failures)
             started = await wait_until(lambda: log.all_over(jobs, instances), budget)
             out["start_s"] = round(started - t0, 2)
+            # What the started instances keep: out of the collector's sight, as each process
+            # of a real cluster does at its start (a scheduler's own freeze only works for the
+            # first one of a process; full collections over ten instances' objects held the
+            # loop for seconds, sessions dropped).
+            gc.freeze()
             out["requests_per_job_instance_start"] = round(
                 requests(schedulers) / (jobs * instances), 1
             )
@@ -153,6 +173,21 @@ async def one_size(
             out["reshard_after_leave_s"] = round(done - left, 2)
             await anyio.sleep(1)
             out["requests_per_job_reshard"] = round((requests(survivors) - before) / jobs, 1)
+            # Every survivor has read the new owners (they share this process with the joiner).
+            views_done = await wait_until(lambda: views_settled(survivors), budget)
+            out["views_settled_after_leave_s"] = round(views_done - left, 2)
+            # A new instance joins the survivors: its start (session, view load, registration
+            # of every job), then every leader's reshard over it.
+            (joiner,) = make_instances(url, jobs, items, 1, log, prefix="join")
+            schedulers.append(joiner)
+            joined = time.time()
+            await tg.start(joiner.run)
+            ready = time.time()
+            gc.freeze()
+            out["join_start_s"] = round(ready - joined, 2)
+            done = await wait_until(lambda: log.all_over(jobs, instances, joined), budget)
+            out["reshard_after_join_s"] = round(max(0.0, done - ready), 2)
+            out["join_to_settled_s"] = round(done - joined, 2)
         except TimeoutError:
             out["error"] = (
                 f"did not settle within the {budget:.0f} s budget "
@@ -162,6 +197,7 @@ async def one_size(
             if failures:
                 out["instance_failures"] = failures[:5]
             emit(out)
+            gc.unfreeze()
             for s in schedulers:
                 s.stop()
             tg.cancel_scope.deadline = anyio.current_time() + 30

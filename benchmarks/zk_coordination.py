@@ -50,9 +50,17 @@ JOB = "cluster_job"
 class FireCounter(Observer):
     def __init__(self) -> None:
         self.fires = 0
+        self.lags: list[float] | None = None  # seconds from scheduled to started, if recording
 
     def fire_started(self, job: str, scheduled: Any, started: Any) -> None:
         self.fires += 1
+        if self.lags is not None and scheduled is not None:
+            self.lags.append((started - scheduled).total_seconds())
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def requests_per_fire(server: ZooKeeperServer, items: int, seconds: float) -> dict[str, Any]:
@@ -199,10 +207,15 @@ async def start_time(server: ZooKeeperServer, jobs: int, budget: float = 60) -> 
                 (start["reads"] + start["writes"]) / jobs, 1
             )
             fires0, cpu0 = counter.fires, time.process_time()
+            counter.lags = []
             await anyio.sleep(5)
-            fired = counter.fires - fires0
+            fired, lags = counter.fires - fires0, counter.lags
+            counter.lags = None
             out["fires_run_share"] = round(fired / (5 * jobs), 2)
             out["cpu_ms_per_fire"] = round((time.process_time() - cpu0) * 1000 / fired, 3)
+            if lags:
+                out["lag_p50_ms"] = round(_pct(lags, 50) * 1000, 1)
+                out["lag_p99_ms"] = round(_pct(lags, 99) * 1000, 1)
         scheduler.stop()
         tg.cancel_scope.deadline = anyio.current_time() + 30
     return out
@@ -217,6 +230,31 @@ async def server_side(server: ZooKeeperServer, quick: bool = False) -> dict[str,
         "per_fire_failover": await server_requests_per_fire(server, failover=True, seconds=seconds),
         "start": [await start_time(server, jobs) for jobs in ([100] if quick else [300, 1000])],
     }
+
+
+def server_side_rows(side: dict[str, Any] | None) -> list[str]:
+    """``server_side``'s results as rows of run_all's coordination table."""
+    if not side:
+        return []
+    rows = []
+    for key in ("per_fire", "per_fire_failover"):
+        r = side[key]
+        rows.append(
+            f"| server-side per fire per instance ({r['instances']} x {r['items']} items"
+            f"{', failover' if r['failover'] else ''}) | {r['server_writes_per_fire']} writes, "
+            f"{r['server_reads_per_fire']} reads |"
+        )
+    for r in side["start"]:
+        if "error" in r:
+            rows.append(f"| start of {r['jobs']} jobs on one instance | {r['error']} |")
+            continue
+        rows.append(
+            f"| start of {r['jobs']} jobs on one instance: s, share of fires run, lag p50 / p99 "
+            f"ms, CPU ms per fire, server requests per job | {r['start_s']}, "
+            f"{r['fires_run_share']:.0%}, {r.get('lag_p50_ms')} / {r.get('lag_p99_ms')}, "
+            f"{r['cpu_ms_per_fire']}, {r['server_requests_per_job_start']} |"
+        )
+    return rows
 
 
 async def requests_per_reshard(server: ZooKeeperServer, items: int = 10) -> dict[str, Any]:

@@ -41,12 +41,26 @@ class ListenerBase:
 
     @staticmethod
     def _notify_watchers(fired: Iterable[tuple[Watcher, WatchEvent]]) -> None:
-        """Call each watcher once per event; one that raises is logged and the rest go on."""
-        # A watcher on a node's data and children hears its deletion once. A dict keeps the
-        # order (a list's `in` made a multi-op of thousands of creates quadratic: seconds).
-        unique = dict.fromkeys(fired)
-        for watcher, event in unique:
+        """Call each watcher once per event, in order (a watcher with ``many`` gets all of its
+        events in one call: a multi-op's, say); one that raises is logged, the rest go on."""
+        # A watcher on a node's data and children hears its deletion once.
+        try:
+            seen = list(dict.fromkeys(fired))
+        except TypeError:  # an unhashable watcher
+            seen = []
+            for pair in fired:
+                if pair not in seen:
+                    seen.append(pair)
+        batches: dict[int, tuple[Watcher, list[WatchEvent]]] = {}
+        for watcher, event in seen:
+            batches.setdefault(id(watcher), (watcher, []))[1].append(event)
+        for watcher, events in batches.values():
+            many = getattr(watcher, "many", None)
             try:
-                watcher(event)
+                if many is not None and len(events) > 1:
+                    many(events)
+                else:
+                    for event in events:
+                        watcher(event)
             except Exception:
-                log.exception("watcher %r failed on %s", watcher, event)
+                log.exception("watcher %r failed on %s", watcher, events)

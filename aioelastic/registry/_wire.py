@@ -7,10 +7,12 @@ The session built on these connections (heartbeats, SUSPENDED/LOST, reconnection
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import logging
+import math
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ __all__ = [
     "ReadRequest",
     "RemoveWatchesRequest",
     "ServerError",
+    "WatchNote",
     "acl_bytes",
     "make_acl",
     "map_error",
@@ -200,6 +203,102 @@ def parse_hosts(hosts: str) -> list[tuple[str, int]]:
     return out
 
 
+_STAT_SIZE = 68  # a jute Stat: 6 longs, 5 ints
+_CREATE, _DELETE, _SET, _CHECK, _CREATE2, _ERROR = 1, 2, 5, 13, 15, -1
+
+
+@dataclass(slots=True)
+class MultiReply:
+    """A multi's reply: per op None (done) or the error (aiozk's exception types)."""
+
+    responses: list[Exception | None]
+
+
+_STAT = struct.Struct("!qqqqiiiqiiq")  # czxid mzxid ctime mtime version cversion aversion
+# ephemeralOwner dataLength numChildren pzxid
+
+
+@dataclass(frozen=True, slots=True)
+class RawStat:
+    """The fields of a reply's Stat that ``to_stat`` uses (named as aiozk names them)."""
+
+    version: int
+    modified: int
+    ephemeral_owner: int
+    num_children: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A read or write reply, decoded directly (aiozk's generic ``Part`` parsing was most of
+    a view's read cost): the fields its request type has."""
+
+    data: bytes | None = None
+    stat: RawStat | None = None
+    children: list[str] | None = None
+    path: str | None = None
+
+
+def _stat(body: bytes, offset: int) -> RawStat:
+    _, _, _, mtime, version, _, _, owner, _, kids, _ = _STAT.unpack_from(body, offset)
+    return RawStat(version, mtime, owner, kids)
+
+
+def _string(body: bytes, offset: int) -> tuple[str, int]:
+    (size,) = _INT.unpack_from(body, offset)
+    offset += _INT.size
+    size = max(size, 0)
+    return body[offset : offset + size].decode(), offset + size
+
+
+def _reply(opcode: int, body: bytes) -> Reply | None:
+    """``body`` of a reply to ``opcode``; None for the types decoded by aiozk."""
+    if opcode == _OP_GET_DATA:
+        (size,) = _INT.unpack_from(body, 0)
+        end = _INT.size + max(size, 0)
+        return Reply(data=body[_INT.size : end] if size >= 0 else None, stat=_stat(body, end))
+    if opcode in (_OP_EXISTS, _OP_SET_DATA):
+        return Reply(stat=_stat(body, 0))
+    if opcode == _OP_GET_CHILDREN:
+        (count,) = _INT.unpack_from(body, 0)
+        offset, names = _INT.size, []
+        for _ in range(max(count, 0)):
+            name, offset = _string(body, offset)
+            names.append(name)
+        return Reply(children=names)
+    if opcode == _OP_CREATE:
+        return Reply(path=_string(body, 0)[0])
+    return None
+
+
+_OP_CREATE, _OP_EXISTS, _OP_GET_DATA, _OP_SET_DATA, _OP_GET_CHILDREN = 1, 3, 4, 5, 8
+
+
+def _multi_reply(body: bytes) -> Any:
+    """Decoded directly (aiozk's generic parsing was most of a mark's reply cost); a result
+    type we never send goes to aiozk's decoder."""
+    out: list[Exception | None] = []
+    offset = 0
+    while True:
+        kind, done, _ = _HEADER.unpack_from(body, offset)
+        offset += _HEADER.size
+        if done:
+            return MultiReply(out)
+        if kind == _ERROR:
+            (code,) = _INT.unpack_from(body, offset)
+            offset += _INT.size
+            out.append(zk_exc.get_response_error(code))
+            continue
+        if kind in (_CREATE, _CREATE2):
+            (size,) = _INT.unpack_from(body, offset)
+            offset += _INT.size + max(size, 0) + (_STAT_SIZE if kind == _CREATE2 else 0)
+        elif kind == _SET:
+            offset += _STAT_SIZE
+        elif kind not in (_DELETE, _CHECK):
+            return protocol.TransactionResponse.deserialize(body)
+        out.append(None)
+
+
 def make_acl(url: RegistryURL) -> list[Any]:
     """ALL for our digest identity + READ for the world; open without credentials."""
     if url.username is None or url.password is None:
@@ -226,6 +325,47 @@ class _Countdown:
             self.event.set()
 
 
+_READ_CHUNK = 64 * 1024  # what one read hands over at most: the loop is not held longer
+_WATCH_HEADER = struct.Struct("!iii")  # a watch notification: type, state, path length
+
+
+@dataclass(frozen=True, slots=True)
+class WatchNote:
+    """A watch notification as the server sent it (``type`` is ZooKeeper's event code)."""
+
+    type: int
+    state: int
+    path: str
+
+
+def _now(loop: asyncio.AbstractEventLoop | None) -> float:
+    return anyio.current_time() if loop is None else loop.time()
+
+
+def _watch_note(frame: bytes, offset: int) -> WatchNote:
+    """Decoded directly (aiozk's generic parsing was most of a busy view's event cost)."""
+    kind, state, size = _WATCH_HEADER.unpack_from(frame, offset)
+    start = offset + _WATCH_HEADER.size
+    return WatchNote(kind, state, frame[start : start + size].decode() if size > 0 else "")
+
+
+class _Waiter:
+    """One reply's signal on asyncio: a bare future (an anyio ``Event`` looks its backend up
+    on every creation and wait, a tenth of a busy instance's fire path)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        if not self._future.done():  # done: answered, or the waiter was cancelled
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        await self._future
+
+
 @dataclass(eq=False)
 class _Call:
     """A request waiting for its reply on one connection."""
@@ -233,7 +373,7 @@ class _Call:
     opcode: int
     sent_at: float
     on_reply: Callable[[Any, Exception | None], None] | None = None
-    done: anyio.Event | _Countdown = field(default_factory=anyio.Event)
+    done: anyio.Event | _Countdown | _Waiter = field(default_factory=anyio.Event)
     response: Any = None
     error: Exception | None = None
 
@@ -248,6 +388,15 @@ class Connection:
         self.acked_at = now  # send time of the newest request the server answered
         self.last_send = now
         self.closed = anyio.Event()
+        self.attention = anyio.Event()
+        """Set when the connection closes or a call's deadline comes before ``wake_at`` (when
+        its keepalive looks next, see ``expire``)."""
+        self.wake_at = 0.0
+        self._timeout = math.inf  # of ``expire``
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # another backend: anyio's primitives
+            self._loop = None
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
         self._send_lock = anyio.Lock()
@@ -303,8 +452,11 @@ class Connection:
             if self.closed.is_set():
                 raise SessionLostError(f"connection to {self.host} is closed")
             self._xid = xid = self._xid % 0x7FFFFFFF + 1
-            done = anyio.Event()
-            pending = _Call(request.opcode, anyio.current_time(), on_reply, done)
+            loop = self._loop
+            done = anyio.Event() if loop is None else _Waiter(loop)
+            pending = _Call(request.opcode, _now(loop), on_reply, done)
+            if not self._pending and pending.sent_at + self._timeout < self.wake_at:
+                self.attention.set()
             self._pending[xid] = pending
             payload = request.serialize(xid)
             self._outbox.append(_SIZE.pack(len(payload)) + payload)
@@ -318,6 +470,20 @@ class Connection:
         if pending.error is not None:
             raise pending.error
         return pending.response
+
+    def expire(self, timeout: float) -> float:
+        """Fail the calls unanswered for ``timeout`` seconds (``TimeoutError``): one deadline
+        check for every request instead of a cancel scope each. Returns when the oldest call
+        left is due (inf if none waits)."""
+        now, self._timeout = _now(self._loop), timeout
+        while self._pending:
+            xid, oldest = next(iter(self._pending.items()))  # in the order they were sent
+            if oldest.sent_at + timeout > now:
+                return oldest.sent_at + timeout
+            del self._pending[xid]
+            oldest.error = TimeoutError()
+            oldest.done.set()
+        return math.inf
 
     async def _flush(self) -> None:
         """Send the outbox: the requests of every task that called in this loop iteration go
@@ -383,12 +549,26 @@ class Connection:
         """Read replies and watch events until the connection ends; then fail what waits."""
         self._on_closed = on_closed
         reason = "closed"
+        buffer = bytearray()
         try:
             while True:
-                frame = await self._read_frame()
-                if self.closed.is_set():
-                    return  # aborted: nothing of this connection is delivered any more
-                self._dispatch(frame, on_event)
+                # Every complete frame of a chunk is dispatched in one go: one await per read
+                # from the socket, not two per frame, and the callers its replies wake send
+                # their next requests together.
+                buffer += await self._reader.receive(_READ_CHUNK)
+                offset, end = 0, len(buffer)
+                while end - offset >= _SIZE.size:
+                    (size,) = _SIZE.unpack_from(buffer, offset)
+                    if not 0 <= size <= _MAX_FRAME:
+                        raise EOFError(f"bad frame size {size} from {self.host}")
+                    start = offset + _SIZE.size
+                    if start + size > end:
+                        break
+                    if self.closed.is_set():
+                        return  # aborted: nothing of this connection is delivered any more
+                    offset = start + size
+                    self._dispatch(bytes(buffer[start:offset]), on_event)
+                del buffer[:offset]
         except CONNECTION_ERRORS as error:
             reason = repr(error)
         except Exception as error:  # a protocol bug must not take the registry down
@@ -401,7 +581,7 @@ class Connection:
         xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
         body = frame[_REPLY_HEADER.size :]
         if xid == _WATCH_XID:
-            on_event(protocol.WatchEvent.deserialize(body))
+            on_event(_watch_note(frame, _REPLY_HEADER.size))
             return
         if xid == _PING_XID:
             if self.ping_sent_at is not None:
@@ -416,7 +596,11 @@ class Connection:
             self.last_zxid = max(self.last_zxid, zxid)
         if err:
             pending.error = ServerError(_response_error(err))
-        elif pending.opcode in protocol.response_xref:  # MultiRequest: TransactionResponse
+        elif pending.opcode == MultiRequest.opcode:
+            pending.response = _multi_reply(body)
+        elif (reply := _reply(pending.opcode, body)) is not None:
+            pending.response = reply
+        elif pending.opcode in protocol.response_xref:
             pending.response = protocol.response_xref[pending.opcode].deserialize(body)
         if pending.on_reply is not None:
             error = pending.error.error if isinstance(pending.error, ServerError) else None
@@ -427,6 +611,7 @@ class Connection:
         if not self.closed.is_set():
             log.debug("ZooKeeper connection to %s ended: %s", self.host, reason)
         self.closed.set()
+        self.attention.set()
         for pending in self._pending.values():
             pending.error = SessionLostError(f"connection to {self.host} lost ({reason})")
             pending.done.set()

@@ -411,15 +411,17 @@ class ZooKeeperRegistry(ListenerBase):
                     now - conn.acked_at,
                 )
                 return
-            wake = silent_until
+            wake = min(silent_until, conn.expire(self._request_timeout))
             if conn.ping_sent_at is None:
                 if now - conn.last_send >= ping_every:
                     with anyio.move_on_after(silent_until - now):  # the send lock may be busy
                         await conn.ping()
                     continue
                 wake = min(wake, conn.last_send + ping_every)
+            conn.wake_at = wake
             with anyio.move_on_after(wake - now):
-                await conn.closed.wait()
+                await conn.attention.wait()
+            conn.attention = anyio.Event()
 
     async def _recover(self, dead: Connection) -> tuple[Connection, bool]:
         """Reconnect: resume the session while SUSPENDED, until it is lost; then a new one."""
@@ -714,10 +716,13 @@ class ZooKeeperRegistry(ListenerBase):
     ) -> Any:
         """Send one request with a deadline; map every failure to our errors."""
         try:
-            with anyio.fail_after(self._request_timeout):
-                conn = await self._connection()
-                self._requests += 1
-                return await conn.call(request, on_reply)
+            conn = self._conn
+            if conn is None or self._state is not SessionState.CONNECTED or self._closing:
+                with anyio.fail_after(self._request_timeout):
+                    conn = await self._connection()
+            self._requests += 1
+            # Its deadline: the keepalive fails it after request_timeout (Connection.expire).
+            return await conn.call(request, on_reply)
         except TimeoutError:
             raise SessionLostError(
                 f"{path}: no answer from ZooKeeper within {self._request_timeout:g}s"
