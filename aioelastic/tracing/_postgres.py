@@ -365,7 +365,15 @@ class PostgresSink:
             if self._statements is None:
                 self._statements = _Statements(*await read_layouts(conn))
             sql = self._statements
-            await self._write_rows(conn, sql, _Split(prepared, sql))
+            try:
+                await self._write_rows(conn, sql, _Split(prepared, sql))
+            except BaseException as exc:
+                if not isinstance(exc, asyncpg.PostgresError):
+                    # Cut mid-operation (connection lost, the write cancelled): the protocol's
+                    # state is unknown, so the pool must neither reset nor reuse it (a reset
+                    # on it raises out of the pool's release, even into the event loop).
+                    conn.terminate()
+                raise
 
     async def _write_rows(
         self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
