@@ -447,16 +447,15 @@ class JobRunner:
         coord = self.coordinator
         if not coord.needs_heal():
             return
-        if not coord.view.exists(coord.paths.sharding) and self.executor.running:
-            log.warning(
-                "%s: the job's sharding nodes were deleted while items %s ran: their running "
-                "marks are gone, so they are cancelled",
-                self.name,
-                sorted(self.executor.running),
-                extra=self._extra,
-            )
-            self.executor.fence("the job's sharding nodes were deleted")
+        running = self.executor.running
+        fenced = bool(running) and not coord.view.exists(coord.paths.sharding)
+        if fenced:
+            self._fence_for_deleted_marks(running)
         created = await coord.heal()
+        # The view may show a deletion half applied (the job's root gone, its sharding nodes
+        # not yet): what heal had to re-create is what the registry lacked.
+        if not fenced and self.executor.running and coord.paths.sharding in created:
+            self._fence_for_deleted_marks(self.executor.running)
         self._registered_session = self.registry.session_id
         if created:
             root = coord.paths.root
@@ -469,6 +468,16 @@ class JobRunner:
                 extra=self._extra,
             )
             self._leader_changes.notify()
+
+    def _fence_for_deleted_marks(self, running: set[int]) -> None:
+        log.warning(
+            "%s: the job's sharding nodes were deleted while items %s ran: their running "
+            "marks are gone, so they are cancelled",
+            self.name,
+            sorted(running),
+            extra=self._extra,
+        )
+        self.executor.fence("the job's sharding nodes were deleted")
 
     async def _failover_if_due(self) -> bool:
         """Claim and run at once this instance's share of a dead runner's unfinished items, and
