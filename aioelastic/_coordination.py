@@ -771,6 +771,9 @@ class JobCoordinator:
         if not self.reshard_pending() and (
             (changed and not self.config.static_sharding) or not self._assignment_valid()
         ):
+            # The reshard overwrites bad owner nodes: report them first, or nobody may ever
+            # see them (with a shared view it lands in this very step).
+            self.report_problems()
             await self._ensure(self.paths.sharding_necessary)
             if not isinstance(self.view, JobView):
                 return  # a per-job view shows the flag once its watch fired: the next step

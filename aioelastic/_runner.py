@@ -234,24 +234,23 @@ class JobRunner:
             self.registry.remove_session_listener(self._on_session)
 
     async def _drain(self, fires: _Fires) -> None:
-        """Wait for the fires left until ``_cancel_at``, then cancel them (again, as job code
-        may swallow a cancellation) until they end or ``_CANCELLED_WAIT`` passes."""
+        """Wait for the fires left until ``_cancel_at``, then cancel them (their scopes keep
+        re-delivering the cancellation to job code that swallows it) and wait up to
+        ``_CANCELLED_WAIT`` for them to end."""
         while not await fires.wait(min(0.5, max(0.0, self._cancel_at - anyio.current_time()))):
             if anyio.current_time() >= self._cancel_at:  # (cancel_running moves it to now)
                 break
-        give_up = anyio.current_time() + _CANCELLED_WAIT
-        while fires.tasks:
-            if anyio.current_time() >= give_up:
-                log.error(
-                    "%s: %d fire(s) still running %.0fs after being cancelled; left behind",
-                    self.name,
-                    len(fires.tasks),
-                    _CANCELLED_WAIT,
-                    extra=self._extra,
-                )
-                return
-            fires.cancel()
-            await fires.wait(0.05)
+        if not fires.tasks:
+            return
+        fires.cancel()
+        if not await fires.wait(_CANCELLED_WAIT):
+            log.error(
+                "%s: %d fire(s) still running %.0fs after being cancelled; left behind",
+                self.name,
+                len(fires.tasks),
+                _CANCELLED_WAIT,
+                extra=self._extra,
+            )
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.state is SessionState.LOST:

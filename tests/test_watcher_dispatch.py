@@ -51,3 +51,31 @@ def test_tens_of_thousands_of_events_are_delivered_without_a_quadratic_dedup() -
     watcher: Watcher = got.append
     ListenerBase._notify_watchers([(watcher, e) for e in events])
     assert got == events
+
+
+def test_a_watcher_failing_on_one_event_still_hears_its_others() -> None:
+    got: list[str] = []
+
+    def picky(event: WatchEvent) -> None:
+        if event.path == "/bad":
+            raise RuntimeError("boom")
+        got.append(event.path)
+
+    events = [WatchEvent(WatchEventType.CREATED, p) for p in ("/a", "/bad", "/b")]
+    ListenerBase._notify_watchers([(picky, e) for e in events])
+    assert got == ["/a", "/b"]
+
+
+def test_a_generator_of_pairs_with_an_unhashable_watcher_loses_none() -> None:
+    got: list[str] = []
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, event: WatchEvent) -> None:
+            got.append(event.path)
+
+    watcher = Unhashable()
+    events = [WatchEvent(WatchEventType.CREATED, p) for p in ("/a", "/b", "/a")]
+    ListenerBase._notify_watchers((watcher, e) for e in events)
+    assert got == ["/a", "/b"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .._observer import hook_name
 from ._protocol import SessionEvent, SessionListener, Watcher, WatchEvent
@@ -43,24 +44,29 @@ class ListenerBase:
     def _notify_watchers(fired: Iterable[tuple[Watcher, WatchEvent]]) -> None:
         """Call each watcher once per event, in order (a watcher with ``many`` gets all of its
         events in one call: a multi-op's, say); one that raises is logged, the rest go on."""
+        pairs = list(fired)
         # A watcher on a node's data and children hears its deletion once.
         try:
-            seen = list(dict.fromkeys(fired))
+            unique = list(dict.fromkeys(pairs))
         except TypeError:  # an unhashable watcher
-            seen = []
-            for pair in fired:
-                if pair not in seen:
-                    seen.append(pair)
+            unique = []
+            for pair in pairs:
+                if pair not in unique:
+                    unique.append(pair)
         batches: dict[int, tuple[Watcher, list[WatchEvent]]] = {}
-        for watcher, event in seen:
+        for watcher, event in unique:
             batches.setdefault(id(watcher), (watcher, []))[1].append(event)
         for watcher, events in batches.values():
             many = getattr(watcher, "many", None)
-            try:
-                if many is not None and len(events) > 1:
-                    many(events)
-                else:
-                    for event in events:
-                        watcher(event)
-            except Exception:
-                log.exception("watcher %r failed on %s", watcher, events)
+            if many is not None and len(events) > 1:
+                _call_watcher(many, events)
+            else:
+                for event in events:  # each on its own: one failing event spoils no other
+                    _call_watcher(watcher, event)
+
+
+def _call_watcher(watcher: Callable[[Any], None], arg: object) -> None:
+    try:
+        watcher(arg)
+    except Exception:
+        log.exception("watcher %r failed on %s", watcher, arg)
