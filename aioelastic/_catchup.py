@@ -24,7 +24,7 @@ from ._errors import (
     NoNodeError,
 )
 from ._layout import JobPaths
-from ._requests import claim_items, create_parents, run_claimed, serve_requests
+from ._requests import claimable_items, create_parents, run_claiming, serve_requests
 from .tracing._events import ExecutionSource, ExecutionType, State
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class CatchUp:
         runner = self.runner
         coord, executor = runner.coordinator, runner.executor
         ran = partial(self.paths.catchup_ran, key)
-        items = await claim_items(runner, self.paths.catchup_request(key), ran)
+        items = await claimable_items(runner, self.paths.catchup_request(key), ran)
         if not items:
             return False
         scheduled = _at(int(key)) if key.isdigit() else None
@@ -181,7 +181,7 @@ class CatchUp:
             f"Job '{self.paths.job}' catch-up fire for missed fire(s) "
             f"{missed.decode(errors='replace')} (catchup_window {self._window:g}s).",
         )
-        run_claimed(runner, ran, contexts)
+        run_claiming(runner, ran, contexts)
         return True
 
 

@@ -39,7 +39,7 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._layout import JobPaths
-from ._requests import claim_items, create_parents, drop, run_claimed, serve_requests
+from ._requests import claimable_items, create_parents, drop, run_claiming, serve_requests
 from .registry._limits import chunk_ops
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
 from .tracing._events import ExecutionSource, ExecutionType, State
@@ -429,7 +429,7 @@ class Dependents:
             await drop(self.registry, self.paths.request(key))
             return False
         ran = partial(self.paths.request_ran, key)
-        items = await claim_items(runner, self.paths.request(key), ran)
+        items = await claimable_items(runner, self.paths.request(key), ran)
         if not items:
             return False
         task_ids = tuple(t for u in cfg.after for t in upstreams[u].get("task_ids", []))
@@ -444,5 +444,5 @@ class Dependents:
             f"Job '{self.paths.job}' execute begin after {', '.join(cfg.after)} "
             f"(fire {key}, upstream tasks {', '.join(task_ids)}).",
         )
-        run_claimed(runner, ran, contexts)
+        run_claiming(runner, ran, contexts)
         return True

@@ -189,11 +189,14 @@ class JobExecutor:
         self,
         contexts: ShardingContexts,
         lost: Mapping[int, tuple[str, JobExecutionEvent]] | None = None,
+        claim: Callable[[int], str] | None = None,
     ) -> bool:
-        """A run outside a cron fire (a failover takeover or a misfire re-run), between the
-        listeners as ElasticJob's (its takeover is a whole fire). ``lost``: the dead runs of a
-        takeover's items, whose trace rows are completed as failures first. False if the items
-        did not run (a listener aborted it, or another run holds an item)."""
+        """A run outside a cron fire (a failover takeover, a misfire re-run, a requested fire),
+        between the listeners as ElasticJob's (its takeover is a whole fire). ``lost``: the
+        dead runs of a takeover's items, whose trace rows are completed as failures first.
+        ``claim``: a requested fire's claim node of an item, created with the running marks.
+        False if the items did not run (a listener aborted it, another run holds an item, or
+        another instance claimed one)."""
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         if lost:
             self._complete_lost_runs(contexts, lost)
@@ -202,7 +205,7 @@ class JobExecutor:
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
                     await self.coordinator.marks.release_failover(contexts.items)
             return False
-        ran = await self.execute(contexts, quiet_conflict=True)
+        ran = await self.execute(contexts, quiet_conflict=True, claim=claim)
         await self._listeners(contexts, before=False, cluster_once=False)
         return ran
 
@@ -248,9 +251,15 @@ class JobExecutor:
             "misfired job will start after previous job completed.",
         )
 
-    async def execute(self, contexts: ShardingContexts, *, quiet_conflict: bool = False) -> bool:
-        """Run the items of ``contexts`` under running marks. False if they could not be
-        claimed (another fire holds one)."""
+    async def execute(
+        self,
+        contexts: ShardingContexts,
+        *,
+        quiet_conflict: bool = False,
+        claim: Callable[[int], str] | None = None,
+    ) -> bool:
+        """Run the items of ``contexts`` under running marks (and ``claim`` nodes, see
+        ``run``). False if they could not be claimed (another fire holds one)."""
         items = contexts.items
         if not items:
             self._status(
@@ -263,10 +272,14 @@ class JobExecutor:
         # The items' trace events exist before the running marks: their ids go into the
         # failover intents, so a taker can complete the rows if this instance dies.
         starts = self._start_events(contexts)
+        claims = [claim(i) for i in items] if claim is not None else []
         try:
-            claimed = not monitor or await self.coordinator.marks.mark_running(
-                items, misfire_run=misfire_run, runs=starts
-            )
+            if monitor:
+                claimed = await self.coordinator.marks.mark_running(
+                    items, misfire_run=misfire_run, runs=starts, claims=claims
+                )
+            else:
+                claimed = not claims or await self.coordinator.marks.claim(claims)
         except RegistryError:
             if failover_run:  # give the takeover back rather than block the items
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):

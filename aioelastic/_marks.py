@@ -37,6 +37,7 @@ class _Role(enum.Enum):
     RUNNING = "running"
     INTENT = "intent"
     MISFIRE = "misfire"
+    CLAIM = "claim"
 
 
 async def create_all(registry: Registry, ops: Sequence[CreateOp]) -> None:
@@ -95,6 +96,7 @@ class RunMarks:
         *,
         misfire_run: bool = False,
         runs: Mapping[int, JobExecutionEvent] | None = None,
+        claims: Sequence[str] = (),
     ) -> bool:
         """Atomically create the running marks (and clear misfire marks) of ``items``.
 
@@ -103,7 +105,10 @@ class RunMarks:
         same multi-op, so two instances (or a stale view) cannot both re-run a misfire. With
         failover on, a persistent intent (``leader/failover/items/{i}``: runner and session) is
         written in the same multi-op: if this instance dies mid-run, survivors find it (with
-        the item's trace event from ``runs``, so they can complete its trace row).
+        the item's trace event from ``runs``, so they can complete its trace row). ``claims``:
+        nodes a requested fire creates in the same multi-op (its items' ``ran`` claims), so an
+        item is claimed exactly when it runs; False if one exists (claimed elsewhere) or its
+        request is gone.
         """
         runs = runs or {}
         intents: dict[int, Op] = {}
@@ -122,6 +127,7 @@ class RunMarks:
             ]
             planned += [(op, _Role.INTENT, i) for i, op in intents.items()]
             planned += [(DeleteOp(self.paths.item_misfire(i)), _Role.MISFIRE, i) for i in misfired]
+            planned += [(CreateOp(path, self._me), _Role.CLAIM, -1) for path in claims]
             try:
                 await self._transaction_all_or_nothing([op for op, _, _ in planned])
                 return True
@@ -141,6 +147,17 @@ class RunMarks:
                     return False
                 raise
         return False
+
+    async def claim(self, claims: Sequence[str]) -> bool:
+        """Create a requested fire's ``claims`` all or none (a job without running marks);
+        False if one exists or its request is gone."""
+        try:
+            await self._transaction_all_or_nothing([CreateOp(path, self._me) for path in claims])
+        except TransactionFailedError as exc:
+            if isinstance(exc.cause, NodeExistsError | NoNodeError):
+                return False
+            raise
+        return True
 
     async def clear_running(
         self, items: Sequence[int], *, failover_run: bool = False, keep_intents: bool = False

@@ -1,30 +1,30 @@
 """Requested fires (a dependent job's, a catch-up): a request node in the registry, whose
-items each instance claims (``{request}/ran/{item}``, paths from ``JobPaths``) and runs once;
-once every item is claimed, the request is deleted. Shared by ``_dependents`` and
+items each instance claims (``{request}/ran/{item}``, paths from ``JobPaths``, created in the
+multi-op of the item's running mark) and runs once; once every item is claimed, the request
+is deleted. Shared by ``_dependents`` and
 ``_catchup``."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ._context import ShardingContexts
-from ._errors import NodeExistsError, NoNodeError, RegistryError, TransactionFailedError
-from .registry._limits import batch_items
-from .registry._protocol import CreateOp, Registry
+from ._errors import NodeExistsError, NoNodeError, RegistryError
+from .registry._protocol import Registry
 
 if TYPE_CHECKING:
     from ._runner import JobRunner
 
 __all__ = [
     "Ran",
-    "claim_items",
+    "claimable_items",
     "create_parents",
     "drop",
     "may_free",
-    "run_claimed",
+    "run_claiming",
     "serve_requests",
 ]
 
@@ -53,10 +53,8 @@ async def serve_requests(
     runner: JobRunner, requests: str, serve: Callable[[str], Awaitable[bool]], log: logging.Logger
 ) -> None:
     """Call ``serve`` with each request under ``requests`` whenever they, or what frees items,
-    change (a loop of the job's runner). ``serve`` returns whether it claimed and started a
-    run: the next request waits for the next pass, by when that run holds its items (two
-    requests claiming the same items in one pass would make one of them give its claims back,
-    racing the "every item claimed" check that deletes the request)."""
+    change (a loop of the job's runner). ``serve`` returns whether it started a run: the
+    next request waits for the next pass (its items are ``claiming`` until that run ends)."""
     coord = runner.coordinator
     changes = coord.view.subscribe(lambda path: path.startswith(requests) or may_free(path))
     while True:
@@ -84,10 +82,10 @@ async def drop(registry: Registry, request: str) -> None:
 Ran = Callable[[int | None], str]
 
 
-async def claim_items(runner: JobRunner, request: str, ran: Ran) -> list[int]:
-    """Claim this instance's items of ``request`` that are free and not claimed yet (chunk by
-    chunk: thousands of items do not fit one multi-op); the items claimed, maybe none. A
-    request whose every item is claimed is deleted."""
+async def claimable_items(runner: JobRunner, request: str, ran: Ran) -> list[int]:
+    """This instance's items of ``request`` that are free and not claimed yet, maybe none;
+    their run claims them (``run_claiming``). A request whose every item is claimed is
+    deleted."""
     coord, executor, registry = runner.coordinator, runner.executor, runner.registry
     claimed = set(coord.view.children(ran(None)))
     if len(claimed) >= coord.config.sharding_total_count:
@@ -96,29 +94,19 @@ async def claim_items(runner: JobRunner, request: str, ran: Ran) -> list[int]:
     items = [
         i
         for i in coord.local_items()
-        if str(i) not in claimed and not executor.is_running(i) and not coord.is_running(i)
+        if str(i) not in claimed
+        and i not in runner.claiming
+        and not executor.is_running(i)
+        and not coord.is_running(i)
     ]
     if not items or not runner.keep_going():
         return []
     await create_parents(registry, ran(None))
-    me = coord.identity.instance_id.encode()
-    got: list[int] = []
-    for batch in batch_items(items, lambda i: [CreateOp(ran(i), me)]):
-        try:
-            await registry.transaction([CreateOp(ran(i), me) for i in batch])
-        except (TransactionFailedError, NodeExistsError):
-            break  # claimed elsewhere (the view will show it)
-        got += batch
-    return got
+    return items
 
 
-def run_claimed(runner: JobRunner, ran: Ran, contexts: ShardingContexts) -> None:
-    """Run the claimed items of ``contexts``; their claims are given back if they did not run
-    (another run held one: the loop claims them again later)."""
-    runner.start_contexts(contexts, lambda: _unclaim(runner.registry, ran, contexts.items))
-
-
-async def _unclaim(registry: Registry, ran: Ran, items: Sequence[int]) -> None:
-    for item in items:
-        with contextlib.suppress(NoNodeError):
-            await registry.delete(ran(item))
+def run_claiming(runner: JobRunner, ran: Ran, contexts: ShardingContexts) -> None:
+    """Run the items of ``contexts``, claiming each in the multi-op of its running mark: an
+    item is claimed exactly when it runs (a claim given back after a failed run could race
+    the "every item claimed" check and lose the request)."""
+    runner.start_contexts(contexts, ran)

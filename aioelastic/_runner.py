@@ -122,6 +122,8 @@ class JobRunner:
         self._grace = grace_period
         self.in_flight = 0
         """Fires and runs of this job in progress on this instance."""
+        self.claiming: set[int] = set()
+        """Items of requested fires started here that may not hold their marks yet."""
         self._stop = False
         self._driving: anyio.CancelScope | None = None  # the steps' scope: stopping cancels it
         self._wake: asyncio.Future[None] | None = None  # while the steps sleep
@@ -284,21 +286,18 @@ class JobRunner:
         contexts = self.executor.contexts(items, kind, source, None)
         self._fires.start(self._guarded(self.executor.run(contexts, lost)))
 
-    def start_contexts(
-        self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Run prepared ``contexts`` (a requested fire: dependent job, catch-up), listeners
-        included; ``not_run`` if its items did not run (another run held one)."""
+    def start_contexts(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
+        """Run the items of a requested fire's ``contexts`` (a dependent job's, a catch-up),
+        listeners included, creating each item's ``claim`` node with its running mark."""
         if self._fires is not None and not self._stopping:
-            self._fires.start(self._guarded(self._run_requested(contexts, not_run)))
+            self.claiming.update(contexts.items)
+            self._fires.start(self._guarded(self._run_requested(contexts, claim)))
 
-    async def _run_requested(
-        self, contexts: ShardingContexts, not_run: Callable[[], Awaitable[None]]
-    ) -> None:
-        ok = await self.executor.run(contexts)
-        if not ok:
-            with anyio.move_on_after(5, shield=True):
-                await not_run()
+    async def _run_requested(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
+        try:
+            await self.executor.run(contexts, claim=claim)
+        finally:
+            self.claiming.difference_update(contexts.items)
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1

@@ -19,10 +19,12 @@ from aioelastic import (
     CronTrigger,
     ExecutionSource,
     JobConfig,
+    JobListener,
     RunState,
     Scheduler,
     Settings,
     ShardingContext,
+    ShardingContexts,
 )
 from aioelastic._catchup import missed_fires
 from aioelastic._layout import JobPaths
@@ -84,6 +86,59 @@ class Runs:
 
     async def job(self, ctx: ShardingContext) -> None:
         self.contexts.append(ctx)
+
+
+async def test_a_catch_up_fire_whose_item_a_cron_fire_took_runs_after_it(
+    backend: Backend,
+) -> None:
+    """The catch-up fire starts while its item is free, but the cron fire takes the item
+    before it marks it: the catch-up fire must not count as run (claimed) and be lost; it
+    runs once the cron fire ends. (Claims used to be taken before the marks and given back
+    after a lost race; a pass of the request loop in between saw every item claimed and
+    deleted the request.)"""
+    await write_last(backend, "held", datetime.now(UTC) - timedelta(seconds=5))
+    at_catchup, go_catchup, catchup_over = anyio.Event(), anyio.Event(), anyio.Event()
+    cron_running, go_cron = anyio.Event(), anyio.Event()
+    runs = Runs()
+
+    class HoldFirstCatchUp(JobListener):
+        async def before_job_executed(self, contexts: ShardingContexts) -> None:
+            if contexts.catch_up and not at_catchup.is_set():
+                at_catchup.set()
+                await go_catchup.wait()
+
+        async def after_job_executed(self, contexts: ShardingContexts) -> None:
+            if contexts.catch_up:
+                catchup_over.set()
+
+    async def job(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        if ctx.execution_source is ExecutionSource.NORMAL_TRIGGER and not cron_running.is_set():
+            cron_running.set()
+            await go_cron.wait()
+
+    scheduler = scheduler_for(backend, "held-1", CaptureSink())
+    scheduler.add_job(
+        job,
+        name="held",
+        cron=EVERY_SECOND,
+        sharding_total_count=1,
+        catchup_window=60,
+        listeners=[HoldFirstCatchUp()],
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler.run)
+        with anyio.fail_after(30):
+            await at_catchup.wait()  # the catch-up fire started; the item was free
+            await cron_running.wait()  # a cron fire took the item meanwhile
+        go_catchup.set()  # the catch-up fire meets the cron fire's mark: it does not run
+        with anyio.fail_after(10):
+            await catchup_over.wait()
+        assert runs.catchup() == []
+        go_cron.set()
+        await eventually(lambda: runs.catchup() != [], 30, what="the catch-up fire")
+        scheduler.stop()
+    assert len(runs.catchup()) == 1
 
 
 async def test_two_instances_starting_at_once_run_one_catch_up_fire(

@@ -311,7 +311,13 @@ async def test_expired_session_is_lost_then_replaced(zk_url: str) -> None:
         reg.add_session_listener(listener)
         old = reg.session_id
         await expire_session(reg)
-        await listener.until_state(CONNECTED)
+        # Attaching to the session drops reg's connection and reg may resume it (a CONNECTED
+        # of the old session) before the server expires it: wait for the new session's.
+        await listener.until(
+            lambda calls: SessionEvent(LOST, old) in calls
+            and calls[-1] == SessionEvent(CONNECTED, reg.session_id),
+            timeout=15,
+        )
         assert [e for e in listener.calls if e == SessionEvent(LOST, old)] == [listener.calls[-2]]
         assert listener.states()[-2:] == [LOST, CONNECTED]
         assert listener.calls[-1] == SessionEvent(CONNECTED, reg.session_id)
