@@ -314,8 +314,10 @@ async def test_expired_session_is_lost_then_replaced(zk_url: str) -> None:
         # Attaching to the session drops reg's connection and reg may resume it (a CONNECTED
         # of the old session) before the server expires it: wait for the new session's.
         await listener.until(
-            lambda calls: SessionEvent(LOST, old) in calls
-            and calls[-1] == SessionEvent(CONNECTED, reg.session_id),
+            lambda calls: (
+                SessionEvent(LOST, old) in calls
+                and calls[-1] == SessionEvent(CONNECTED, reg.session_id)
+            ),
             timeout=15,
         )
         assert [e for e in listener.calls if e == SessionEvent(LOST, old)] == [listener.calls[-2]]
