@@ -141,7 +141,6 @@ class Dependents:
         self._joins = joins  # downstream jobs with several upstream jobs
         self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
-        self._misfired: dict[int, str] = {}  # item -> key of the fire it misfired in
         # task id -> (items of that run not recorded yet, fire keys its items recorded): only
         # the last item looks whether those fires are complete (looking per item grows with
         # the item count squared).
@@ -149,17 +148,21 @@ class Dependents:
 
     # -- as an upstream job --
 
-    def misfired(self, contexts: ShardingContexts) -> None:
-        """A fire found items still running: their delayed re-run completes this fire."""
+    def misfire_key(self, contexts: ShardingContexts) -> bytes:
+        """What a misfire mark of this fire holds: the fire's key, which the delayed re-run
+        completes (on whichever instance runs it); empty without dependent jobs."""
         if self.downstream and contexts.execution_type is ExecutionType.READY:
-            for item in contexts.items:
-                self._misfired[item] = key_of(contexts)
+            return key_of(contexts).encode()
+        return b""
 
-    async def fire_started(self, contexts: ShardingContexts) -> ShardingContexts:
+    async def fire_started(
+        self, contexts: ShardingContexts, misfired: Mapping[int, str] | None = None
+    ) -> ShardingContexts:
         """Record which fire each item's run completes, in ``dependents/fires/{item}/{me}``
-        (while the run lasts): a failover run of it, elsewhere, completes that fire. A
-        dependent job's run records its upstream task ids the same way; its failover run gets
-        them back (the returned contexts)."""
+        (while the run lasts): a failover run of it, elsewhere, completes that fire; a misfire
+        re-run completes the fire its mark named (``misfired``; ``manual`` for a mark of an
+        older version). A dependent job's run records its upstream task ids the same way; its
+        failover run gets them back (the returned contexts)."""
         if self.config.after:
             contexts = await self._upstream_started(contexts)
         if not self.downstream:
@@ -167,10 +170,9 @@ class Dependents:
         self._unrecorded[contexts.task_id] = (set(contexts.items), set())
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
-        misfire = contexts.execution_source is ExecutionSource.MISFIRE
         try:
             for item in contexts.items:
-                key = self._misfired.pop(item, MANUAL) if misfire else key_of(contexts)
+                key = key_of(contexts) if misfired is None else misfired.get(item, MANUAL)
                 self._keys[(contexts.task_id, item)] = key
                 path = self.paths.dependents_fire(item, self.instance_id)
                 await _put(self.registry, path, key.encode())

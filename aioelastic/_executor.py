@@ -240,10 +240,9 @@ class JobExecutor:
         )
 
     async def _misfire(self, contexts: ShardingContexts) -> None:
-        if self.dependents is not None:
-            self.dependents.misfired(contexts)
         if self.config.misfire:
-            await self.coordinator.marks.mark_misfire(contexts.items)
+            fire = self.dependents.misfire_key(contexts) if self.dependents is not None else b""
+            await self.coordinator.marks.mark_misfire(contexts.items, fire)
         self._status(
             contexts,
             State.TASK_FINISHED,
@@ -273,6 +272,12 @@ class JobExecutor:
         # failover intents, so a taker can complete the rows if this instance dies.
         starts = self._start_events(contexts)
         claims = [claim(i) for i in items] if claim is not None else []
+        # A misfire re-run completes the fires its marks name (read before it consumes them).
+        misfired = (
+            self.coordinator.marks.misfire_fires(items)
+            if misfire_run and self.dependents is not None
+            else None
+        )
         try:
             if monitor:
                 claimed = await self.coordinator.marks.mark_running(
@@ -294,7 +299,7 @@ class JobExecutor:
                 await self._misfire(contexts)
             return False
         if self.dependents is not None:
-            contexts = await self.dependents.fire_started(contexts)
+            contexts = await self.dependents.fire_started(contexts, misfired)
         if self.catchup is not None and self.config.catchup_window > 0:
             await self.catchup.fire_started(contexts)
         outcomes: dict[int, _Outcome] = {}

@@ -243,13 +243,39 @@ class RunMarks:
                     except NoNodeError:
                         pass
 
-    async def mark_misfire(self, items: Sequence[int]) -> None:
-        """Create the misfire marks of ``items`` (at once, so views never see part of them)."""
+    async def mark_misfire(self, items: Sequence[int], fire: bytes = b"") -> None:
+        """Create the misfire marks of ``items`` (at once, so views never see part of them)
+        holding ``fire``, the key of the fire that misfired (for dependent jobs: the re-run
+        completes that fire, wherever it runs); a mark that exists takes the later key, as
+        its one re-run stands for both fires. Marks of older versions hold no key."""
         missing = [i for i in items if not self._misfired(i)]
-        if not missing:
-            return
-        for chunk in chunk_ops([CreateOp(self.paths.item_misfire(i)) for i in missing]):
+        for chunk in chunk_ops([CreateOp(self.paths.item_misfire(i), fire) for i in missing]):
             await create_all(self.registry, [op for op in chunk if isinstance(op, CreateOp)])
+        if fire:
+            paths = [self.paths.item_misfire(i) for i in items if i not in missing]
+            await self._set_all([p for p in paths if self.view.get(p) != fire], fire)
+
+    async def _set_all(self, paths: Sequence[str], data: bytes) -> None:
+        """Write ``data`` into ``paths``, creating those gone meanwhile (a re-run took them)."""
+        for chunk in chunk_ops([SetOp(p, data) for p in paths]):
+            try:
+                await self.registry.transaction(chunk)
+            except TransactionFailedError:
+                for op in chunk:
+                    try:
+                        await self.registry.set(op.path, data)
+                    except NoNodeError:
+                        with contextlib.suppress(NodeExistsError, NoNodeError):
+                            await self.registry.create(op.path, data)
+
+    def misfire_fires(self, items: Sequence[int]) -> dict[int, str]:
+        """The fire keys the misfire marks of ``items`` hold (items whose mark holds none are
+        left out)."""
+        out: dict[int, str] = {}
+        for i in items:
+            if raw := self.view.get(self.paths.item_misfire(i)):
+                out[i] = raw.decode(errors="replace")
+        return out
 
     async def claim_failover(self, items: Sequence[int]) -> list[int]:
         """Take ``items`` over (ephemeral ``sharding/{i}/failover`` = this instance), all at once;

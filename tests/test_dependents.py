@@ -604,3 +604,95 @@ async def test_manual_fires_of_a_join_on_two_instances_are_each_used_once(
     assert len(ups) == 2
     assert [u - set(a_runs) for u in ups] == [{c.task_id} for c in runs.of("b")]
     assert [u & set(a_runs) for u in ups] == fires, ups
+
+
+async def test_a_misfire_rerun_on_another_instance_completes_its_own_fire(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
+    # inst-1's item of extract still runs fire 1 when fire 2 comes: it misfires there (inst-2's
+    # item runs fire 2). inst-1 stops before re-running it; inst-2 takes the item over and
+    # re-runs the misfire, which must complete fire 2 (its key is in the misfire mark): under
+    # the key "manual" fire 2 never completed and load ran once.
+    runs = Runs()
+    schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
+    for scheduler in schedulers:
+
+        @scheduler.job(sharding_total_count=2)
+        async def extract(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+            if "@-@inst-1@-@" in ctx.task_id:
+                await ctx.lost.wait()  # until inst-1 stops
+
+        @scheduler.job(after="extract")
+        async def load(ctx: ShardingContext) -> None:
+            runs.contexts.append(ctx)
+
+    first, second = schedulers
+    async with second:
+        async with first:
+            coord = first._runners["extract"].coordinator
+            await eventually(lambda: len(coord.local_items()) == 1, 20, what="one item each")
+            (held,) = coord.local_items()
+            await first.trigger("extract")
+            await eventually(lambda: len(runs.of("extract")) == 2, 20, what="fire 1")
+            await first.trigger("extract")
+            await eventually(lambda: len(runs.of("extract")) == 3, 20, what="fire 2 on inst-2")
+            await eventually(lambda: coord.is_misfired(held), 20, what="the misfire on inst-1")
+        await eventually(
+            lambda: len(runs.of("load")) == 2,
+            20,
+            what="load after both fires",
+            detail=lambda: [(c.job_name, c.execution_source.value) for c in runs.contexts],
+        )
+    rerun = [c for c in runs.of("extract") if c.execution_source is ExecutionSource.MISFIRE]
+    assert [c.sharding_item for c in rerun] == [held] and "@-@inst-2@-@" in rerun[0].task_id
+    fire2 = {runs.of("extract")[2].task_id, rerun[0].task_id}
+    assert set(runs.of("load")[1].upstream_task_ids) == fire2
+
+
+async def test_a_misfire_mark_names_the_latest_fire_and_an_old_mark_still_reruns(
+    make_scheduler: Callable[..., Scheduler], sink: CaptureSink
+) -> None:
+    # Fires 2 and 3 misfire while fire 1 runs: the mark names fire 3 (its one re-run stands for
+    # both), and load runs after fires 1 and 3. A mark without a key (an older version's) is
+    # re-run as fire "manual".
+    scheduler, runs, release = make_scheduler(), Runs(), anyio.Event()
+
+    @scheduler.job()
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+        if len(runs.of("extract")) == 1:
+            await release.wait()
+
+    @scheduler.job(after="extract")
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    def fires() -> list[str]:
+        staged = [s for s in statuses(sink.events, "load") if s.state is State.TASK_STAGING]
+        return [s.message.split("(fire ")[1].split(",")[0] for s in staged]
+
+    async with scheduler:
+        coord = scheduler._runners["extract"].coordinator
+        mark = coord.paths.item_misfire(0)
+        await scheduler.trigger("extract")
+        await eventually(lambda: len(runs.of("extract")) == 1, 20, what="fire 1")
+        keys = []
+        for n in (2, 3):
+            await scheduler.trigger("extract")
+            keys.append(
+                await eventually(
+                    lambda: coord.view.get(mark),
+                    20,
+                    until=lambda raw: raw and raw not in keys,  # noqa: B023
+                    what=f"fire {n}'s misfire mark",
+                )
+            )
+        release.set()
+        await eventually(lambda: len(fires()) == 2, 20, what="load after fires 1 and 3")
+        assert fires()[1] == keys[1].decode() and key_time(fires()[1]) > 0
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="load ran")
+        await scheduler.registry.create(mark, b"")
+        await eventually(lambda: len(fires()) == 3, 20, what="load after the old mark's re-run")
+    assert fires()[2] == "manual"
+    assert [c.execution_source for c in runs.of("extract")][1:] == [ExecutionSource.MISFIRE] * 2
