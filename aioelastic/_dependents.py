@@ -36,6 +36,7 @@ from ._errors import (
     ConfigError,
     NodeExistsError,
     NoNodeError,
+    RegistryError,
     TransactionFailedError,
 )
 from ._layout import JobPaths
@@ -170,16 +171,28 @@ class Dependents:
         self._unrecorded[contexts.task_id] = (set(contexts.items), set())
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
-        try:
-            for item in contexts.items:
-                key = key_of(contexts) if misfired is None else misfired.get(item, MANUAL)
-                self._keys[(contexts.task_id, item)] = key
-                path = self.paths.dependents_fire(item, self.instance_id)
-                await _put(self.registry, path, key.encode())
-        except BaseException:
-            self.run_ended(contexts)  # the items do not run
-            raise
+        for item in contexts.items:
+            key = key_of(contexts) if misfired is None else misfired.get(item, MANUAL)
+            self._keys[(contexts.task_id, item)] = key
+            path = self.paths.dependents_fire(item, self.instance_id)
+            await _put(self.registry, path, key.encode())
         return contexts
+
+    async def fire_aborted(self, contexts: ShardingContexts) -> None:
+        """The fire's items do not run after all (its start failed): forget its bookkeeping
+        and delete the records ``fire_started`` wrote (a failover run wrote none)."""
+        self.run_ended(contexts)
+        if contexts.execution_type is ExecutionType.FAILOVER:
+            return
+        paths: list[str] = []
+        if self.config.after and contexts.upstream_fire is not None:
+            paths += [self.paths.dependents_upstream(i, self.instance_id) for i in contexts.items]
+        if self.downstream:
+            paths += [self.paths.dependents_fire(i, self.instance_id) for i in contexts.items]
+        with contextlib.suppress(RegistryError):
+            for path in paths:
+                with contextlib.suppress(NoNodeError):
+                    await self.registry.delete(path)
 
     def run_ended(self, contexts: ShardingContexts) -> None:
         """Forget a run's bookkeeping once its items are over: an item that did not complete

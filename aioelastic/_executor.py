@@ -19,7 +19,7 @@ from ._config import JobConfig
 from ._context import ShardingContext, ShardingContexts
 from ._coordination import JobCoordinator
 from ._dependents import Dependents
-from ._errors import ItemCancelled, RegistryError, SessionLostError
+from ._errors import ItemCancelled, NoNodeError, RegistryError, SessionLostError
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
 from ._logging import fields, short_task_id
@@ -298,10 +298,10 @@ class JobExecutor:
             elif not quiet_conflict:
                 await self._misfire(contexts)
             return False
-        if self.dependents is not None:
-            contexts = await self.dependents.fire_started(contexts, misfired)
-        if self.catchup is not None and self.config.catchup_window > 0:
-            await self.catchup.fire_started(contexts)
+        if self.dependents is not None or (
+            self.catchup is not None and self.config.catchup_window > 0
+        ):
+            contexts = await self._fire_started(contexts, misfired, claims)
         outcomes: dict[int, _Outcome] = {}
         self.running.update(items)
         began = time.monotonic()
@@ -349,6 +349,46 @@ class JobExecutor:
         for item, exc in sorted(errors.items()):
             await self.handle_error(exc, contexts, item)
         return True
+
+    async def _fire_started(
+        self,
+        contexts: ShardingContexts,
+        misfired: Mapping[int, str] | None,
+        claims: Sequence[str],
+    ) -> ShardingContexts:
+        """The bookkeeping of a fire whose items hold their marks (dependents, catch-up). If
+        it fails (a registry error), the items do not run: what the fire wrote is undone (marks,
+        claims, dependents records; consumed misfire marks are put back) and the error raised."""
+        try:
+            if self.dependents is not None:
+                contexts = await self.dependents.fire_started(contexts, misfired)
+            if self.catchup is not None and self.config.catchup_window > 0:
+                await self.catchup.fire_started(contexts)
+        except BaseException:
+            with anyio.move_on_after(5, shield=True):
+                await self._undo_start(contexts, misfired, claims)
+            raise
+        return contexts
+
+    async def _undo_start(
+        self,
+        contexts: ShardingContexts,
+        misfired: Mapping[int, str] | None,
+        claims: Sequence[str],
+    ) -> None:
+        items, marks = contexts.items, self.coordinator.marks
+        failover_run = contexts.execution_type is ExecutionType.FAILOVER
+        if self.dependents is not None:
+            await self.dependents.fire_aborted(contexts)
+        if self.config.monitor_execution:
+            # A takeover keeps its intents: the items are taken over again.
+            await marks.clear_running(items, failover_run=failover_run, keep_intents=failover_run)
+        with contextlib.suppress(RegistryError):
+            if misfired is not None:
+                await marks.restore_misfire(items, misfired)
+            for path in claims:  # the request's items run later
+                with contextlib.suppress(NoNodeError):
+                    await self.coordinator.registry.delete(path)
 
     def _log_fire(
         self, contexts: ShardingContexts, errors: Mapping[int, BaseException], duration: float

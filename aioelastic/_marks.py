@@ -268,6 +268,13 @@ class RunMarks:
                         with contextlib.suppress(NodeExistsError, NoNodeError):
                             await self.registry.create(op.path, data)
 
+    async def restore_misfire(self, items: Sequence[int], fires: Mapping[int, str]) -> None:
+        """Put back the misfire marks a re-run of ``items`` consumed (it did not start), each
+        with the fire key it held (``fires``)."""
+        ops = [CreateOp(self.paths.item_misfire(i), fires.get(i, "").encode()) for i in items]
+        for chunk in chunk_ops(ops):
+            await create_all(self.registry, [op for op in chunk if isinstance(op, CreateOp)])
+
     def misfire_fires(self, items: Sequence[int]) -> dict[int, str]:
         """The fire keys the misfire marks of ``items`` hold (items whose mark holds none are
         left out)."""

@@ -18,6 +18,7 @@ import pytest
 
 from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
 from aioelastic._dependents import fire_key, key_time
+from aioelastic._errors import RegistryError
 from aioelastic.registry import MemoryRegistry, MemoryStore
 from aioelastic.tracing._events import ExecutionSource, State
 from tests.harness.cli import cli
@@ -677,14 +678,14 @@ async def test_a_misfire_mark_names_the_latest_fire_and_an_old_mark_still_reruns
         mark = coord.paths.item_misfire(0)
         await scheduler.trigger("extract")
         await eventually(lambda: len(runs.of("extract")) == 1, 20, what="fire 1")
-        keys = []
+        keys: list[bytes] = []
         for n in (2, 3):
             await scheduler.trigger("extract")
             keys.append(
                 await eventually(
-                    lambda: coord.view.get(mark),
+                    lambda: coord.view.get(mark) or b"",
                     20,
-                    until=lambda raw: raw and raw not in keys,  # noqa: B023
+                    until=lambda raw: raw and raw not in keys,
                     what=f"fire {n}'s misfire mark",
                 )
             )
@@ -696,3 +697,45 @@ async def test_a_misfire_mark_names_the_latest_fire_and_an_old_mark_still_reruns
         await eventually(lambda: len(fires()) == 3, 20, what="load after the old mark's re-run")
     assert fires()[2] == "manual"
     assert [c.execution_source for c in runs.of("extract")][1:] == [ExecutionSource.MISFIRE] * 2
+
+
+async def test_a_fire_whose_start_fails_leaves_nothing_behind(
+    make_scheduler: Callable[..., Scheduler],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The registry fails once mid-fire (moving catchup/last on, after the dependents' records
+    # were written): the fire's running mark, its dependents records and their bookkeeping must
+    # go. The mark was left, so every later fire misfired: the job never ran again.
+    scheduler, runs = make_scheduler(), Runs()
+
+    @scheduler.job(cron="* * * * * ?", sharding_total_count=2, catchup_window=60)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    @scheduler.job(after="extract")
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        runner = scheduler._runners["extract"]
+        paths, registry = runner.coordinator.paths, scheduler.registry
+        get, failed = registry.get, anyio.Event()
+
+        async def get_failing_once(path: str, watcher: Any = None) -> Any:
+            if path == paths.catchup_last and not failed.is_set():
+                failed.set()
+                raise RegistryError("connection lost (injected)")
+            return await get(path, watcher)
+
+        monkeypatch.setattr(registry, "get", get_failing_once)
+        with anyio.fail_after(20):
+            await failed.wait()
+        before = len(runs.of("extract"))
+        await eventually(lambda: len(runs.of("load")) >= 1, 20, what="load after a later fire")
+        assert len(runs.of("extract")) > before
+        dependents = runner.executor.dependents
+        assert dependents is not None
+    assert any("connection lost (injected)" in r.getMessage() for r in caplog.records)
+    assert dependents._unrecorded == {} and dependents._keys == {}
+    assert not [c for c in runs.of("extract") if c.execution_source is ExecutionSource.MISFIRE]
