@@ -12,8 +12,9 @@ recorded) claims it with one small multi-op that creates ``done/{key}/claimed`` 
 ``{dependent}/requests/{key}/up-{upstream}`` (its size does not grow with the item count),
 then deletes the set: the request is in the registry, never in one instance's memory. A
 dependent of several upstream jobs gets one request per scheduled time; a manual fire of one
-of them fills the oldest manual request that has none of that job's fires yet (or opens its
-own), so the n-th manual fires of the upstream jobs run the dependent together. Each
+of them fills the oldest manual request that has none of that job's fires yet, or else takes
+the place of that job's earlier fire in the request still waiting for the others (coalesced
+to the latest, like a misfire), or else opens its own: at most one manual request waits. Each
 instance of the dependent job claims its own items of a complete request (``_requests``) and
 runs them once, recording the upstream task ids in ``dependents/upstream/{item}/{instance}``
 while the run lasts (a failover run of the item takes them from there).
@@ -25,7 +26,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,9 @@ __all__ = ["Dependents", "attach_dependents", "check_dependencies", "fire_key"]
 log = logging.getLogger("aioelastic.dependents")
 
 MANUAL = "manual"
+
+#: Attempts at requesting a complete fire's dependents (each failed one: another change won).
+_CLAIM_TRIES = 20
 
 
 def fire_key(scheduled: datetime | None, trigger: str | None = None) -> str:
@@ -104,7 +108,7 @@ def attach_dependents(
     downstream = sorted(n for n, cfg in jobs.items() if name in cfg.after)
     if downstream or jobs[name].after:
         me = runner.coordinator.identity.instance_id
-        joins = {n for n in downstream if len(jobs[n].after) > 1}
+        joins = {n: jobs[n].after for n in downstream if len(jobs[n].after) > 1}
         runner.executor.dependents = Dependents(
             registry, namespace, jobs[name], downstream, me, joins
         )
@@ -131,7 +135,7 @@ class Dependents:
         config: JobConfig,
         downstream: Sequence[str],
         instance_id: str,
-        joins: Set[str] = frozenset(),
+        joins: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.registry = registry
         self.paths = JobPaths(namespace, config.name)
@@ -139,7 +143,7 @@ class Dependents:
         self.downstream = list(downstream)
         self.instance_id = instance_id
         self.config = config
-        self._joins = joins  # downstream jobs with several upstream jobs
+        self._joins = dict(joins or {})  # downstream job of several upstreams -> those
         self._upstream_runs: dict[tuple[str, int], str] = {}  # failover run -> dead instance
         self._keys: dict[tuple[str, int], str] = {}  # (task id, item) -> fire key
         # task id -> (items of that run not recorded yet, fire keys its items recorded): only
@@ -333,7 +337,9 @@ class Dependents:
         task_ids = sorted({str(r.get("task_id")) for r in records})
         failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
-        for _ in range(5):  # a request node appeared or went meanwhile: build the ops again
+        # A request node appeared or went meanwhile, or another fire changed a join's manual
+        # requests (each such change lets one claim through): build the ops again.
+        for _ in range(_CLAIM_TRIES):
             ops: list[Op] = [CreateOp(self.paths.dependents_claimed(key))]
             for name in self.downstream:
                 ops += await self._request_ops(JobPaths(self._namespace, name), key, up)
@@ -344,6 +350,14 @@ class Dependents:
                 if exc.index == 0:
                     return  # another instance claimed the fire first
         else:
+            log.warning(
+                "%s: fire %s completed on every item, but requesting %s failed %d times; "
+                "its dependents do not run",
+                self.paths.job,
+                key,
+                ", ".join(self.downstream),
+                _CLAIM_TRIES,
+            )
             return
         log.info(
             "%s: fire %s completed on every item%s; requested %s",
@@ -357,20 +371,54 @@ class Dependents:
 
     async def _request_ops(self, downstream: JobPaths, key: str, up: bytes) -> list[Op]:
         """The ops that put fire ``key`` into ``downstream``'s request: its own request, except
-        a manual fire (not a scheduled time) for a dependent of several upstream jobs: it
-        fills the oldest manual request that has no fire of this job yet, or opens its own.
-        So each trigger is one fire of one request, never overwritten or mixed with another:
-        the n-th manual fires of the upstream jobs make the n-th dependent fire together."""
+        a manual fire (not a scheduled time) for a dependent of several upstream jobs
+        (``_join_ops``)."""
         mine = partial(downstream.request_upstream, upstream=self.paths.job)
         if downstream.job in self._joins and not key.isdigit():
-            for request in await self._manual_requests(downstream):
-                if not await self.registry.exists(mine(request)):
-                    return [CreateOp(mine(request), up)]
-            await create_parents(self.registry, downstream.requests)
-            return [CreateOp(downstream.request(key)), CreateOp(mine(key), up)]
+            return await self._join_ops(downstream, key, up)
         await create_parents(self.registry, downstream.request(key))
         exists = await self.registry.exists(mine(key))
         return [SetOp(mine(key), up) if exists else CreateOp(mine(key), up)]
+
+    async def _join_ops(self, downstream: JobPaths, key: str, up: bytes) -> list[Op]:
+        """A manual fire of one upstream of a join: it fills the oldest pending manual request
+        without a fire of this job; else it replaces this job's earlier fire in the request
+        that waits for the other upstream jobs (manual fires of one upstream coalesce to the
+        latest, as a misfire's do: a waiting request never piles up behind them, nor joins a
+        stale fire); else it opens its own. A complete request is never changed, so a
+        dependent fire never mixes fires. The ops check and bump the version of the requests
+        node, which every such change does: two fires at once cannot both open a request."""
+        await create_parents(self.registry, downstream.requests)
+        stat = await self.registry.exists(downstream.requests)
+        guard: list[Op] = [SetOp(downstream.requests, b"", stat.version)] if stat else []
+        upstreams = self._joins[downstream.job]
+        waiting: str | None = None
+        for request in await self._manual_requests(downstream):
+            try:
+                names = set(await self.registry.get_children(downstream.request(request)))
+            except NoNodeError:
+                continue
+            has = {u for u in upstreams if f"up-{u}" in names}
+            if self.paths.job not in has:
+                return [*guard, CreateOp(downstream.request_upstream(request, self.paths.job), up)]
+            if waiting is None and len(has) < len(upstreams):
+                waiting = request
+        if waiting is not None:
+            log.info(
+                "%s: manual fire %s replaces this job's earlier fire in %s's request %s, "
+                "which waits for %s",
+                self.paths.job,
+                key,
+                downstream.job,
+                waiting,
+                ", ".join(u for u in upstreams if u != self.paths.job),
+            )
+            return [*guard, SetOp(downstream.request_upstream(waiting, self.paths.job), up)]
+        return [
+            *guard,
+            CreateOp(downstream.request(key)),
+            CreateOp(downstream.request_upstream(key, self.paths.job), up),
+        ]
 
     async def _manual_requests(self, downstream: JobPaths) -> list[str]:
         """``downstream``'s pending requests of manual fires, oldest first."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,19 @@ from typing import Any
 import anyio
 import pytest
 
-from aioelastic import ConfigError, JobChain, Operations, Scheduler, Settings, ShardingContext
-from aioelastic._dependents import fire_key, key_time
-from aioelastic._errors import RegistryError
+from aioelastic import (
+    ConfigError,
+    JobChain,
+    JobConfig,
+    Operations,
+    Scheduler,
+    Settings,
+    ShardingContext,
+)
+from aioelastic._dependents import Dependents, fire_key, key_time
+from aioelastic._errors import RegistryError, TransactionFailedError
+from aioelastic._layout import JobPaths
+from aioelastic._urls import parse_registry_url
 from aioelastic.registry import MemoryRegistry, MemoryStore
 from aioelastic.tracing._events import ExecutionSource, State
 from tests.harness.cli import cli
@@ -513,14 +524,22 @@ async def test_a_fenced_upstream_run_leaves_no_bookkeeping_behind(
     assert sources == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.FAILOVER]
 
 
-async def test_manual_fires_of_joined_upstreams_pair_in_order_and_are_never_mixed(
+def requested(caplog: pytest.LogCaptureFixture, job: str, n: int) -> Callable[[], bool]:
+    """Whether ``n`` fires of ``job`` have requested the dependent ``joined``."""
+
+    def probe() -> bool:
+        messages = [r.getMessage() for r in caplog.records]
+        return n == sum(1 for m in messages if m.startswith(f"{job}: fire ") and "joined" in m)
+
+    return probe
+
+
+async def test_manual_fires_of_joined_upstreams_pair_coalesce_and_are_never_mixed(
     make_scheduler: Callable[..., Scheduler],
-    sink: CaptureSink,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # a fires twice (its first fire fails an item), then b twice: the dependent of both gets
-    # (a1, b1), skipped by all_succeeded, then (a2, b2). Under one shared key a2 overwrote a1
-    # and the dependent ran once with (a2, b1).
+    # (a1, b1): a1 failed an item, so all_succeeded skips it. a2 and a3 come before b2: a3
+    # takes a2's place in the waiting request, and the dependent runs once, with (a3, b2).
     scheduler, seen = make_scheduler(), Runs()
     caplog.set_level(logging.INFO, logger="aioelastic.dependents")
 
@@ -538,39 +557,36 @@ async def test_manual_fires_of_joined_upstreams_pair_in_order_and_are_never_mixe
     async def joined(ctx: ShardingContext) -> None:
         seen.contexts.append(ctx)
 
-    def requested(job: str) -> int:
-        return sum(
-            1
-            for r in caplog.records
-            if r.getMessage().startswith(f"{job}: fire ") and "requested joined" in r.getMessage()
-        )
-
     def skipped() -> bool:
         return any("not run after fire" in r.getMessage() for r in caplog.records)
 
     async with scheduler:
-        for job, n in (("a", 1), ("a", 2), ("b", 1)):
+        for job, n in (("a", 1), ("b", 1)):
             await scheduler.trigger(job)
-            await eventually(lambda: requested(job) == n, 20, what=f"{job}'s fire {n} requested")  # noqa: B023
-        await eventually(lambda: skipped() or bool(seen.of("joined")), 20, what="(a1, b1)")
-        await scheduler.trigger("b")
-        await eventually(lambda: requested("b") == 2, 20, what="b's second fire requested")
-        await eventually(lambda: len(seen.of("joined")) >= 1, 20, what="the dependent")
-        await anyio.sleep(0.5)  # no other run of it follows
-    _, a2 = dict.fromkeys(c.task_id for c in seen.of("a"))
+            await eventually(requested(caplog, job, n), 20, what=f"{job}'s fire {n} requested")
+        await eventually(skipped, 20, what="(a1, b1) skipped")
+        for job, n in (("a", 2), ("a", 3), ("b", 2)):
+            await scheduler.trigger(job)
+            await eventually(requested(caplog, job, n), 20, what=f"{job}'s fire {n} requested")
+        await eventually(lambda: len(seen.of("joined")) == 1, 20, what="the dependent")
+        coord = scheduler._runners["joined"].coordinator
+        await eventually(lambda: not coord.view.children(coord.paths.requests), 20, what="done")
+    *_, a3 = dict.fromkeys(c.task_id for c in seen.of("a"))
     _, b2 = dict.fromkeys(c.task_id for c in seen.of("b"))
     (run,) = seen.of("joined")
-    assert sorted(run.upstream_task_ids) == sorted([a2, b2])
+    assert sorted(run.upstream_task_ids) == sorted([a3, b2])
     (skip,) = [r.getMessage() for r in caplog.records if "not run after fire" in r.getMessage()]
     assert "{'a': [1]}" in skip
 
 
 async def test_manual_fires_of_a_join_on_two_instances_are_each_used_once(
-    make_scheduler: Callable[..., Scheduler],
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Two fires of a, each over both instances (the second misfires and runs right after the
-    # first): each joins one fire of b, none is lost, mixed or used twice.
+    # first), coalesce: the dependent joins b1 with the second. Then b2 waits for a3. No fire
+    # is mixed with another or used twice.
     runs = Runs()
+    caplog.set_level(logging.INFO, logger="aioelastic.dependents")
     schedulers = [make_scheduler(instance_id=f"inst-{n}") for n in (1, 2)]
     for scheduler in schedulers:
 
@@ -594,15 +610,18 @@ async def test_manual_fires_of_a_join_on_two_instances_are_each_used_once(
         await first.trigger("a")
         await eventually(lambda: len(runs.of("a")) == 4, 20, what="the first fire of a")
         await second.trigger("a")
-        await eventually(lambda: len(runs.of("a")) == 8, 20, what="both fires of a")
-        for n in (1, 2):
-            await second.trigger("b")
-            await eventually(lambda: len(runs.of("joined")) == n, 20, what=f"joined {n}")  # noqa: B023
+        await eventually(requested(caplog, "a", 2), 20, what="both fires of a requested")
+        await second.trigger("b")
+        await eventually(lambda: len(runs.of("joined")) == 1, 20, what="joined 1")
+        await second.trigger("b")
+        await eventually(requested(caplog, "b", 2), 20, what="b's second fire requested")
+        await first.trigger("a")
+        await eventually(lambda: len(runs.of("joined")) == 2, 20, what="joined 2")
         await anyio.sleep(0.5)  # no third run follows
     a_runs = [c.task_id for c in runs.of("a")]
-    fires = [set(a_runs[:4]), set(a_runs[4:])]  # each fire: one run on each instance
+    fires = [set(a_runs[4:8]), set(a_runs[8:])]  # each fire: one run on each instance
     ups = [set(c.upstream_task_ids) for c in runs.of("joined")]
-    assert len(ups) == 2
+    assert len(ups) == 2 and all(len(f) == 2 for f in fires)
     assert [u - set(a_runs) for u in ups] == [{c.task_id} for c in runs.of("b")]
     assert [u & set(a_runs) for u in ups] == fires, ups
 
@@ -739,3 +758,66 @@ async def test_a_fire_whose_start_fails_leaves_nothing_behind(
     assert any("connection lost (injected)" in r.getMessage() for r in caplog.records)
     assert dependents._unrecorded == {} and dependents._keys == {}
     assert not [c for c in runs.of("extract") if c.execution_source is ExecutionSource.MISFIRE]
+
+
+async def test_manual_fires_of_one_upstream_of_a_join_coalesce_to_the_latest(
+    make_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a is triggered 4 times while b never is: one request waits (with a's latest fire), not
+    # one per trigger; b's fire then runs the dependent once, with a's latest fire.
+    scheduler, seen = make_scheduler(), Runs()
+    caplog.set_level(logging.INFO, logger="aioelastic.dependents")
+
+    @scheduler.job(sharding_total_count=2)
+    async def a(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job()
+    async def b(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    @scheduler.job(after=["a", "b"])
+    async def joined(ctx: ShardingContext) -> None:
+        seen.contexts.append(ctx)
+
+    async with scheduler:
+        coord = scheduler._runners["joined"].coordinator
+        for n in range(1, 5):
+            await scheduler.trigger("a")
+            await eventually(requested(caplog, "a", n), 20, what=f"a's fire {n} requested")
+        assert len(coord.view.children(coord.paths.requests)) == 1
+        await scheduler.trigger("b")
+        await eventually(lambda: len(seen.of("joined")) == 1, 20, what="the dependent")
+        await eventually(
+            lambda: not coord.view.children(coord.paths.requests), 20, what="no request left"
+        )
+    (run,) = seen.of("joined")
+    assert sorted(run.upstream_task_ids) == sorted(
+        [seen.of("a")[-1].task_id, seen.of("b")[0].task_id]
+    )
+
+
+async def test_two_manual_fires_of_a_join_at_once_open_one_request() -> None:
+    # Fires of a and b complete at once on two instances; each finds no request waiting and
+    # would open its own (two requests, each waiting for the other job forever): the version
+    # check of the requests node fails the later one, which then fills the first.
+    name = f"join-{uuid.uuid4().hex[:8]}"
+    MemoryStore.reset(name)
+    async with AsyncExitStack() as stack:
+        registry = MemoryRegistry(parse_registry_url(f"memory://{name}/ns"))
+        await registry.start(stack)
+        joins = {"joined": ("a", "b")}
+        da, db = (
+            Dependents(registry, "ns", JobConfig(name=n), ["joined"], f"inst-{n}", joins)
+            for n in ("a", "b")
+        )
+        joined = JobPaths("ns", "joined")
+        ops_a = await da._request_ops(joined, "manual-1-x", b"{}")
+        ops_b = await db._request_ops(joined, "manual-2-y", b"{}")
+        await registry.transaction(ops_a)
+        with pytest.raises(TransactionFailedError):
+            await registry.transaction(ops_b)
+        await registry.transaction(await db._request_ops(joined, "manual-2-y", b"{}"))
+        assert await registry.get_children(joined.requests) == ["manual-1-x"]
+        ups = await registry.get_children(joined.request("manual-1-x"))
+        assert sorted(ups) == ["up-a", "up-b"]
