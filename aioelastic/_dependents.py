@@ -326,14 +326,10 @@ class Dependents:
         """Request the dependents' fires of the complete fire ``key``: one small multi-op that
         creates the set's ``claimed`` node (only one instance's can) with the requests (its
         size does not grow with the item count); then the set is deleted, chunk by chunk."""
-        records: list[dict[str, Any]] = []
         items = [n for n in done if n.isdigit()]
-        for name in items:
-            try:
-                raw, _ = await self.registry.get(self.paths.dependents_done(key, int(name)))
-                records.append(json.loads(raw))
-            except (NoNodeError, ValueError):
-                return  # another instance is claiming it
+        records = await self._read_records(key, items)
+        if records is None:
+            return  # another instance is claiming it
         task_ids = sorted({str(r.get("task_id")) for r in records})
         failed = sorted(int(n) for n, r in zip(items, records, strict=True) if not r.get("ok"))
         up = _dumps({"task_ids": task_ids, "failed_items": failed})
@@ -368,6 +364,27 @@ class Dependents:
         )
         await self._delete_set(key)
         await self._drop_older(key)
+
+    async def _read_records(self, key: str, items: Sequence[str]) -> list[dict[str, Any]] | None:
+        """The completion records of fire ``key``'s ``items``, read in one pipelined call; None
+        if one is gone or unreadable (the set is being claimed and deleted)."""
+        paths = [self.paths.dependents_done(key, int(n)) for n in items]
+        raws: dict[str, bytes | None] = {}
+
+        def got(path: str, data: bytes | None, *_: object) -> None:
+            raws[path] = data
+
+        await self.registry.read_many(paths, got)
+        records: list[dict[str, Any]] = []
+        for path in paths:
+            raw = raws.get(path)
+            if raw is None:
+                return None
+            try:
+                records.append(json.loads(raw))
+            except ValueError:
+                return None
+        return records
 
     async def _request_ops(self, downstream: JobPaths, key: str, up: bytes) -> list[Op]:
         """The ops that put fire ``key`` into ``downstream``'s request: its own request, except

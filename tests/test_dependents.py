@@ -821,3 +821,37 @@ async def test_two_manual_fires_of_a_join_at_once_open_one_request() -> None:
         assert await registry.get_children(joined.requests) == ["manual-1-x"]
         ups = await registry.get_children(joined.request("manual-1-x"))
         assert sorted(ups) == ["up-a", "up-b"]
+
+
+async def test_completing_a_fire_reads_its_records_in_one_pipelined_call(
+    make_scheduler: Callable[..., Scheduler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The instance that sees a fire complete reads every item's record: one get each before.
+    scheduler, runs = make_scheduler(), Runs()
+
+    @scheduler.job(sharding_total_count=40)
+    async def extract(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    @scheduler.job(after="extract")
+    async def load(ctx: ShardingContext) -> None:
+        runs.contexts.append(ctx)
+
+    async with scheduler:
+        registry, done = scheduler.registry, scheduler._runners["extract"].coordinator.paths
+        get, read_many, gets, reads = registry.get, registry.read_many, [], []
+
+        async def counted_get(path: str, watcher: Any = None) -> Any:
+            if path.startswith(done.dependents_done() + "/"):
+                gets.append(path)
+            return await get(path, watcher)
+
+        async def counted_read_many(paths: Any, on_result: Any, **kw: Any) -> None:
+            reads.append(len(paths))
+            await read_many(paths, on_result, **kw)
+
+        monkeypatch.setattr(registry, "get", counted_get)
+        monkeypatch.setattr(registry, "read_many", counted_read_many)
+        await scheduler.trigger("extract")
+        await eventually(lambda: len(runs.of("load")) == 1, 20, what="the dependent")
+    assert gets == [] and 40 in reads
