@@ -4,7 +4,7 @@
 
 Same command line and history records as ``cluster_instance`` (``tests/harness/instance_main.py``;
 ``start`` and ``end`` of every item run, for both jobs); a ``load`` start also names its
-``upstream`` task ids.
+``upstream`` task ids, and a ``fire`` record names the upstream fire of each run of ``load``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from aioelastic import Scheduler, ShardingContext
+from aioelastic import JobListener, Scheduler, ShardingContext, ShardingContexts
 from tests.harness.instance_main import History, item_seconds, run
 
 
@@ -37,7 +37,20 @@ def add_jobs(
             history.end(ctx, ok=ok)
 
     scheduler.add_job(work, name="extract", **options)
-    scheduler.add_job(work, name="load", after="extract", failover=True)
+    scheduler.add_job(
+        work, name="load", after="extract", failover=True, listeners=(_Fires(history),)
+    )
+
+
+class _Fires(JobListener):
+    """Records which upstream fire each run of ``load`` serves (a ``fire`` record: its task id
+    and the fire's key)."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+
+    async def before_job_executed(self, contexts: ShardingContexts) -> None:
+        self.history.write("fire", task_id=contexts.task_id, upstream_fire=contexts.upstream_fire)
 
 
 if __name__ == "__main__":
