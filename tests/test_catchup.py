@@ -284,3 +284,26 @@ async def test_a_cluster_restarted_after_missed_fires_runs_one_catch_up_fire(
     assert len({r.scheduled for r in catchup}) == 1, f"not one catch-up fire: {catchup}"
     assert {r.instance for r in catchup} <= {"inst-b", "inst-c"}
     assert all(r.scheduled and r.scheduled > last for r in catchup)  # the latest missed fire
+
+
+async def test_a_catch_up_fire_of_an_upstream_job_requests_its_dependents_under_its_time(
+    backend: Backend,
+) -> None:
+    """The catch-up fire stands for the latest missed fire: its dependents' fire is that
+    time's (it was requested as a fire named ``manual``)."""
+    await write_last(backend, "up", datetime.now(UTC) - timedelta(seconds=5))
+    sink, runs = CaptureSink(), Runs()
+    scheduler = scheduler_for(backend, "cu-dep", sink)
+    scheduler.add_job(runs.job, name="up", cron=EVERY_SECOND, catchup_window=60)
+    scheduler.add_job(runs.job, name="down", after="up")
+
+    def fires() -> list[str]:
+        staged = [s for s in statuses(sink.events, "down") if s.state is State.TASK_STAGING]
+        return [s.message.split("(fire ")[1].split(",")[0] for s in staged]
+
+    async with scheduler:
+        (catchup,) = await eventually(runs.catchup, 20, what="the catch-up fire")
+        assert catchup.scheduled_fire_time is not None
+        key = str(round(catchup.scheduled_fire_time.timestamp() * 1000))
+        await eventually(lambda: key in fires(), 20, what="down after it", detail=fires)
+    assert "manual" not in fires()
