@@ -358,9 +358,9 @@ async def test_a_journal_left_by_a_previous_process_is_replayed(
 class SetBasedSink(PostgresSink):
     """Writes every batch with the set-based statements alone (the fallback of ``COPY``)."""
 
-    async def _write_rows(self, conn: Any, sql: Any, split: Any) -> None:
+    async def _write_rows(self, conn: Any, sql: Any, split: Any, *order: Any) -> None:
         self._copy_works = False
-        await super()._write_rows(conn, sql, split)
+        await super()._write_rows(conn, sql, split, *order)
 
 
 def mixed_stream() -> list[list[TraceEvent]]:

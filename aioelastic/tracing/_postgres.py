@@ -307,6 +307,47 @@ class _Split:
             (self.looked_up if lookup and original is None else self.new_statuses).append(row)
         self.backfill = prepared.backfill if sql.backfill else []
 
+    @property
+    def ids(self) -> set[str]:
+        """Ids of the rows ``COPY`` creates (the first column of both tables)."""
+        found = {str(row[0]) for row in self.new_executions}
+        found.update(str(row[0]) for row in self.new_statuses)
+        return found
+
+
+class EarlierBatchFailed(Exception):
+    """A batch not written because the batch written before it failed (they commit in order)."""
+
+
+class _Turn:
+    """One write's place in the order of writes (the next write waits on it)."""
+
+    def __init__(self, prepared: PreparedBatch) -> None:
+        self.sent = anyio.Event()  # its statements are all sent (or it ended)
+        self.done = anyio.Event()
+        self.ok = False
+        #: ids of the rows it writes
+        self.ids = {e.id for e in prepared.executions}
+        self.ids.update(status.id for status, _ in prepared.statuses)
+
+    @staticmethod
+    async def clear_of(turn: _Turn | None, split: _Split | None) -> None:
+        """Wait until creating ``split``'s rows cannot block ``turn``'s statements: those rows
+        share no id with ``turn``'s (else, and before the statements are known, until all of
+        ``turn``'s statements are sent). A later write never holds up an earlier one."""
+        if turn is None or turn.sent.is_set():
+            return
+        if split is None or not split.ids.isdisjoint(turn.ids):
+            await turn.sent.wait()
+
+    @staticmethod
+    async def committed(turn: _Turn | None) -> None:
+        """Wait for ``turn``'s write to end; raise ``EarlierBatchFailed`` unless it committed."""
+        if turn is not None:
+            await turn.done.wait()
+            if not turn.ok:
+                raise EarlierBatchFailed("the trace batch written before this one failed")
+
 
 class PostgresSink:
     """Writes trace batches to PostgreSQL; creates the schema on its first connection.
@@ -342,6 +383,7 @@ class PostgresSink:
         self._statements: _Statements | None = None
         self._copy_works = True
         self._set_based_left = 0
+        self._last_turn: _Turn | None = None  # of the latest write
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r})"
@@ -355,28 +397,53 @@ class PostgresSink:
             return self._pool
 
     async def write(self, batch: Sequence[TraceEvent]) -> None:
-        """Write ``batch`` in one transaction (idempotent by event id)."""
+        """Write ``batch`` in one transaction (idempotent by event id).
+
+        Writes may overlap (the bus pipelines them). One that begins while the previous one
+        is in progress creates its rows alongside (after it, if they share an id), but applies
+        completions, looks rows up and commits only once the previous one has committed; if
+        that one fails, so does this one (``EarlierBatchFailed``). So batches commit in order.
+        """
         prepared = prepare_batch(batch, self._originals)
-        pool = await self._get_pool()
-        async with pool.acquire(timeout=self._connect_timeout) as conn:
-            if not self._schema_ready:
-                await ensure_schema(conn)
-                self._schema_ready = True
-            if self._statements is None:
-                self._statements = _Statements(*await read_layouts(conn))
+        previous, turn = self._last_turn, _Turn(prepared)
+        self._last_turn = turn
+        if previous is not None and previous.done.is_set():
+            previous = None  # ended before this write began: its caller knows how it went
+        try:
             sql = self._statements
-            try:
-                await self._write_rows(conn, sql, _Split(prepared, sql))
-            except BaseException as exc:
-                if not isinstance(exc, asyncpg.PostgresError):
-                    # Cut mid-operation (connection lost, the write cancelled): the protocol's
-                    # state is unknown, so the pool must neither reset nor reuse it (a reset
-                    # on it raises out of the pool's release, even into the event loop).
-                    conn.terminate()
-                raise
+            split = None if sql is None else _Split(prepared, sql)
+            await _Turn.clear_of(previous, split)
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                try:
+                    if not self._schema_ready:
+                        await ensure_schema(conn)
+                        self._schema_ready = True
+                    if sql is None or split is None:
+                        sql = self._statements = _Statements(*await read_layouts(conn))
+                        split = _Split(prepared, sql)
+                    await self._write_rows(conn, sql, split, previous, turn)
+                    turn.ok = True
+                    turn.done.set()  # committed: the next write need not wait for the release
+                except BaseException as exc:
+                    if not isinstance(exc, asyncpg.PostgresError | EarlierBatchFailed):
+                        # Cut mid-operation (connection lost, the write cancelled): the
+                        # protocol's state is unknown, so the pool must neither reset nor reuse
+                        # it (a reset on it raises out of the pool's release, even into the
+                        # event loop).
+                        conn.terminate()
+                    raise
+        finally:
+            turn.sent.set()
+            turn.done.set()
 
     async def _write_rows(
-        self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
+        self,
+        conn: PoolConnectionProxy[Any],
+        sql: _Statements,
+        split: _Split,
+        previous: _Turn | None,
+        turn: _Turn,
     ) -> None:
         copy_error: Exception | None = None
         if self._set_based_left > 0:
@@ -385,13 +452,18 @@ class PostgresSink:
             try:
                 async with conn.transaction():
                     await self._copy(conn, sql, split)
+                    await _Turn.committed(previous)
+                    await self._dependent(conn, sql, split.completions, split)
+                    turn.sent.set()
                 return
             except asyncpg.UniqueViolationError:
                 self._set_based_left = _SET_BASED_AFTER_CONFLICT
             except (asyncpg.PostgresError, asyncpg.DataError) as exc:
                 copy_error = exc
+        await _Turn.committed(previous)
         async with conn.transaction():
             await self._set_based(conn, sql, split)
+            turn.sent.set()
         if copy_error is not None:  # what COPY could not write, INSERT did: stay with INSERT
             self._copy_works = False
             log.warning(
@@ -403,15 +475,21 @@ class PostgresSink:
 
     @staticmethod
     async def _copy(conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split) -> None:
-        """The rows the batch creates by ``COPY``; the others by statement."""
+        """The rows the batch creates, by ``COPY`` (they depend on no earlier batch)."""
         if split.new_executions:
             table, columns = sql.copy_executions
             await conn.copy_records_to_table(table, records=split.new_executions, columns=columns)
-        if split.completions:
-            await conn.execute(sql.upsert, *_columns(split.completions))
         if split.new_statuses:
             table, columns = sql.copy_statuses
             await conn.copy_records_to_table(table, records=split.new_statuses, columns=columns)
+
+    @staticmethod
+    async def _dependent(
+        conn: PoolConnectionProxy[Any], sql: _Statements, completions: list[Row], split: _Split
+    ) -> None:
+        """Completions, looked-up and back-filled statuses: rows of earlier batches."""
+        if completions:
+            await conn.execute(sql.upsert, *_columns(completions))
         await PostgresSink._finish_statuses(conn, sql, split.looked_up, split.backfill)
 
     @staticmethod
