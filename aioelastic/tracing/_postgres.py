@@ -360,6 +360,9 @@ class PostgresSink:
         create_schema: create missing tables/indexes on the first write.
     """
 
+    #: the bus may write this many batches at once (they commit in order: see ``write``)
+    concurrent_writes = 2
+
     def __init__(
         self,
         url: str | TracingURL,
