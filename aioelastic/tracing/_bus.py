@@ -406,6 +406,8 @@ class _Lane:
         journal = self.journal
         if journal is None or self._failed_while_closing or not journal.has_backlog:
             return False
+        if self._background:  # how they end decides (a failure while closing: no replay)
+            return False
         if time.monotonic() < self._journal_retry_at:
             return False
         return self._prefer_journal or not self.queue or self.failing
