@@ -456,7 +456,7 @@ class PostgresSink:
                 async with conn.transaction():
                     await self._copy(conn, sql, split)
                     await _Turn.committed(previous)
-                    await self._dependent(conn, sql, split.completions, split)
+                    await self._dependent(conn, sql, split)
                     turn.sent.set()
                 return
             except asyncpg.UniqueViolationError:
@@ -486,13 +486,12 @@ class PostgresSink:
             table, columns = sql.copy_statuses
             await conn.copy_records_to_table(table, records=split.new_statuses, columns=columns)
 
-    @staticmethod
     async def _dependent(
-        conn: PoolConnectionProxy[Any], sql: _Statements, completions: list[Row], split: _Split
+        self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
     ) -> None:
         """Completions, looked-up and back-filled statuses: rows of earlier batches."""
-        if completions:
-            await conn.execute(sql.upsert, *_columns(completions))
+        if split.completions:
+            await conn.execute(sql.upsert, *_columns(split.completions))
         await PostgresSink._finish_statuses(conn, sql, split.looked_up, split.backfill)
 
     @staticmethod
