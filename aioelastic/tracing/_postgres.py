@@ -88,7 +88,12 @@ WHERE s.task_id = u.task_id AND s.original_task_id = '' AND s.state <> $3
 async def create_pool(
     url: TracingURL, *, max_size: int = 4, connect_timeout: float = 10.0
 ) -> asyncpg.Pool:
-    """A lazy asyncpg pool (no connection until first use, no background task)."""
+    """A lazy asyncpg pool (no connection until first use, no background task).
+
+    A released connection has an open transaction rolled back, no more: asyncpg's default reset
+    (``RESET ALL``, ``UNLISTEN *``...) costs a round trip per release, and nothing here sets
+    session state (locks and settings are transaction-scoped).
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn=url.connect_dsn,  # credentials apart: asyncpg's DSN errors cannot echo them
         user=url.username,
@@ -97,8 +102,13 @@ async def create_pool(
         max_size=max_size,
         timeout=connect_timeout,
         command_timeout=60,
+        reset=_keep_session,
     )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset beyond rolling back a transaction: none."""
 
 
 async def ensure_schema(conn: PoolConnectionProxy[Any]) -> None:
