@@ -143,6 +143,7 @@ class _Lane:
         #: live batches being written (taken from ``queue``, oldest first), and whether all of
         #: them are journaled
         self.outstanding: list[list[TraceEvent]] = []
+        self._outstanding_events = 0  # their length (``offer`` reads it per event)
         self.inflight_journaled = False
         #: live batches at once (the sink's ``concurrent_writes``), while it is healthy
         self.depth = max(1, int(getattr(sink, "concurrent_writes", 1)))
@@ -220,8 +221,7 @@ class _Lane:
     @property
     def in_memory(self) -> int:
         """Events only this process holds (queue and an unjournaled in-flight batch)."""
-        held = 0 if self.inflight_journaled else sum(len(batch) for batch in self.outstanding)
-        return len(self.queue) + held
+        return len(self.queue) + (0 if self.inflight_journaled else self._outstanding_events)
 
     def _journal_failed(self, exc: BaseException) -> None:
         self.journal_errors += 1
@@ -325,7 +325,7 @@ class _Lane:
         """After an unexpected writer error: unconfirmed live events go back to the queue."""
         if not self.inflight_journaled:
             self.queue.extendleft(reversed(self.inflight))
-        self.outstanding = []
+        self._set_outstanding([])
         self.inflight_journaled = False
         self._background = []
         self._attempts.clear()
@@ -352,6 +352,10 @@ class _Lane:
                     self._finished(batch)
                 self._foreground = False
 
+    def _set_outstanding(self, batches: list[list[TraceEvent]]) -> None:
+        self.outstanding = batches
+        self._outstanding_events = sum(len(batch) for batch in batches)
+
     def _may_pipeline(self) -> bool:
         """Whether the next live batch may be written while others are: with a sink that takes
         overlapping writes, while it is healthy and a working journal holds nothing of ours."""
@@ -371,7 +375,7 @@ class _Lane:
 
     def _finished(self, batch: list[TraceEvent]) -> None:
         """``batch`` is written or journaled: no longer held by this lane."""
-        self.outstanding = [b for b in self.outstanding if b is not batch]
+        self._set_outstanding([b for b in self.outstanding if b is not batch])
         now = time.monotonic()  # a later write's pending time counts from now (it waited)
         self._attempts = {key: max(started, now) for key, started in self._attempts.items()}
         if not self.outstanding:
@@ -390,7 +394,7 @@ class _Lane:
                 if self.queue and not (self.outstanding and self.inflight_journaled):
                     size = min(self.config.batch_size, len(self.queue))
                     batch = [self.queue.popleft() for _ in range(size)]
-                    self.outstanding.append(batch)
+                    self._set_outstanding([*self.outstanding, batch])
                     self._prefer_journal = True
                     return batch, False
                 continue
@@ -552,7 +556,7 @@ class _Lane:
         remaining = [] if self.inflight_journaled else list(self.inflight)
         remaining += self.queue
         self.queue.clear()
-        self.outstanding = []
+        self._set_outstanding([])
         self.closed = True
         self.overflow(remaining)
         return len(remaining)
