@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._urls import TracingURL, parse_tracing_url
-from ._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from ._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    Source,
+    State,
+    TraceEvent,
+)
 from ._rows import (
     OriginalTaskIds,
     PreparedBatch,
@@ -185,16 +194,19 @@ class _Rows:
     def __init__(self, written: WrittenColumns) -> None:
         ex, st = written.executions, written.statuses
         self._ex_text = [text_fitter(ex, n) for n in ("id", "job_name", "task_id", "hostname")]
-        self._ex_ip, self._ex_source = text_fitter(ex, "ip"), text_fitter(ex, "execution_source")
+        self._ex_ip = text_fitter(ex, "ip")
+        self._ex_source = _enum_texts(ex, "execution_source", ExecutionSource)
         self._ex_cause = long_text_fitter(ex, "failure_cause")
         self._ex_start, self._ex_complete = (_time_binder(ex, n) for n in _EXECUTION_TIMES)
         success = ex.get("is_success")
         self._success_as_int = success is not None and success.kind == INTEGER
         self._st_text = [
             text_fitter(st, n)
-            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id", "source")
+            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id")
         ]
-        self._st_type, self._st_state = text_fitter(st, "execution_type"), text_fitter(st, "state")
+        self._st_source = _enum_texts(st, "source", Source)
+        self._st_type = _enum_texts(st, "execution_type", ExecutionType)
+        self._st_state = _enum_texts(st, "state", State)
         self._st_message = long_text_fitter(st, "message")
         self._st_created = _time_binder(st, "creation_time")
         items = st.get("sharding_item")
@@ -216,7 +228,7 @@ class _Rows:
             fhost(e.hostname),
             self._ex_ip(e.ip),
             e.sharding_item,
-            self._ex_source(e.execution_source.value),
+            self._ex_source[e.execution_source],
             self._ex_cause(e.failure_cause),
             int(e.is_success) if self._success_as_int else e.is_success,
             self._ex_start(e.start_time),
@@ -225,17 +237,17 @@ class _Rows:
         return row if self._ex_pick is None else self._ex_pick(row)
 
     def status(self, e: JobStatusTraceEvent, original: str | None) -> Row:
-        fid, fjob, foriginal, ftask, fslave, fsource = self._st_text
+        fid, fjob, foriginal, ftask, fslave = self._st_text
         row = (
             fid(e.id),
             fjob(e.job_name),
             None if original is None else foriginal(original),
             ftask(e.task_id),
             fslave(e.slave_id),
-            fsource(e.source.value),
-            self._st_type(e.execution_type.value),
+            self._st_source[e.source],
+            self._st_type[e.execution_type],
             self._items_text(e.sharding_items),
-            self._st_state(e.state.value),
+            self._st_state[e.state],
             self._st_message(e.message),
             self._st_created(e.creation_time),
         )
@@ -251,6 +263,12 @@ class _Rows:
 
 
 _EXECUTION_TIMES = ("start_time", "complete_time")
+
+
+def _enum_texts(layout: TableLayout, column: str, kind: type[StrEnum]) -> dict[Any, str]:
+    """Every member's text as the column takes it (looked up per row, not fitted per row)."""
+    fit = text_fitter(layout, column)
+    return {member: fit(member.value) for member in kind}
 
 
 def _picker(present: Sequence[str], full: Sequence[str]) -> Callable[[Row], Row] | None:
