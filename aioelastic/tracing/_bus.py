@@ -8,14 +8,21 @@ batch with capped exponential backoff until it is written, so one slow or broken
 its own lane. Journal backlogs (overflow, or files left by an earlier process) are replayed
 alternately with the live queue once the sink accepts writes.
 
+A sink whose ``concurrent_writes`` is above 1 (``PostgresSink``: 2) gets that many live batches
+at once while it is healthy and the lane's journal works, so that one batch's commit overlaps
+the next one's rows. Such a sink commits overlapping batches in posting order and fails a batch
+whose predecessor (in progress when it began) failed; the lane retries a batch only once the
+ones before it are done, and replays the journal only with nothing else in progress.
+
 A failing sink loses nothing to a kill -9: once a write fails (or has been pending for more than
-``journal_window``, 100 ms), the lane's queue and the unconfirmed batch are appended to its
-journal at once, and every event posted while the sink keeps failing goes straight to the journal
-(each line reaches the OS as it is written; the journal is fsync'd every ``journal_window``). So a
-process killed during a database outage loses at most the events of one ``journal_window``; with
-a healthy sink, at most the events not yet written (``flush_interval`` plus one write). A journal
-that cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``,
-drops the rest, logs one ERROR until it works again, and counts ``journal_errors``.
+``journal_window``, 100 ms; a pipelined write counts from the end of the one before it), the
+lane's queue and the unconfirmed batches are appended to its journal at once, and every event
+posted while the sink keeps failing goes straight to the journal (each line reaches the OS as it
+is written; the journal is fsync'd every ``journal_window``). So a process killed during a
+database outage loses at most the events of one ``journal_window``; with a healthy sink, at most
+the events not yet written (``flush_interval`` plus one write). A journal that cannot be written
+(full disk, unwritable path) keeps events in memory up to ``max_queue``, drops the rest, logs
+one ERROR until it works again, and counts ``journal_errors``.
 
 A sink fails by raising anything but cancellation: a ``SystemExit``, ``GeneratorExit`` or other
 ``BaseException`` from ``write()`` fails that write only (logged, retried or journaled like any
