@@ -20,9 +20,9 @@ lane's queue and the unconfirmed batches are appended to its journal at once, an
 posted while the sink keeps failing goes straight to the journal (each line reaches the OS as it
 is written; the journal is fsync'd every ``journal_window``). So a process killed during a
 database outage loses at most the events of one ``journal_window``; with a healthy sink, at most
-the events not yet written (``flush_interval`` plus one write). A journal that cannot be written
-(full disk, unwritable path) keeps events in memory up to ``max_queue``, drops the rest, logs
-one ERROR until it works again, and counts ``journal_errors``.
+the events not yet written (``flush_interval`` plus the writes in progress). A journal that
+cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``, drops
+the rest, logs one ERROR until it works again, and counts ``journal_errors``.
 
 A sink fails by raising anything but cancellation: a ``SystemExit``, ``GeneratorExit`` or other
 ``BaseException`` from ``write()`` fails that write only (logged, retried or journaled like any
