@@ -92,6 +92,44 @@ class FlakySink:
         self.batches.append(len(batch))
 
 
+class PipelinedSink:
+    """Takes ``concurrent_writes`` writes at once and commits them in order, as PostgresSink
+    does: a write that began while the previous one was in progress fails if that one fails.
+    Fails the writes numbered in ``fail`` (1-based)."""
+
+    concurrent_writes = 2
+
+    def __init__(self, fail: Sequence[int] = ()) -> None:
+        self.fail = set(fail)
+        self.committed: list[TraceEvent] = []
+        self.calls = self.active = self.most_active = self.refused = 0
+        self._last: tuple[anyio.Event, list[bool]] | None = None
+
+    async def write(self, batch: Sequence[TraceEvent]) -> None:
+        self.calls += 1
+        call, previous = self.calls, self._last
+        done, ok = anyio.Event(), [False]
+        self._last = (done, ok)
+        if previous is not None and previous[0].is_set():
+            previous = None
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await anyio.sleep(0.01)  # the statements take a while
+            if call in self.fail:
+                raise ConnectionError("database unavailable")
+            if previous is not None:
+                await previous[0].wait()
+                if not previous[1][0]:
+                    self.refused += 1
+                    raise RuntimeError("the batch before this one failed")
+            self.committed.extend(batch)
+            ok[0] = True
+        finally:
+            self.active -= 1
+            done.set()
+
+
 class ClosingSink(MemorySink):
     def __init__(self) -> None:
         super().__init__()
@@ -355,3 +393,39 @@ async def test_events_in_memory_are_journaled_before_a_watchdog_exit(tmp_path: P
         lines = [line for line in journal.read_text().splitlines() if line]
         assert sorted(decode_event(line).id for line in lines) == sorted(ids(posted))
         sink.release.set()
+
+
+async def test_a_sink_taking_overlapping_writes_gets_two_batches_at_once(tmp_path: Path) -> None:
+    sink = PipelinedSink()
+    posted = events(1000)
+    async with AsyncExitStack() as stack:
+        bus = TraceBus([sink], batch_size=100, journal_path=tmp_path / "trace.journal")
+        await bus.start(stack)
+        for event in posted:
+            bus.post(event)
+        with anyio.fail_after(10):
+            await bus.flush()
+        assert bus.stats()[0].written == len(posted) and bus.stats()[0].queued == 0
+    assert sink.most_active == 2
+    assert ids(sink.committed) == ids(posted)
+
+
+async def test_a_write_failing_while_the_next_is_in_progress_loses_nothing_and_keeps_order(
+    tmp_path: Path,
+) -> None:
+    sink = PipelinedSink(fail=[3])
+    posted = events(1000)
+    async with AsyncExitStack() as stack:
+        bus = TraceBus(
+            [sink], batch_size=100, journal_path=tmp_path / "trace.journal", retry_initial=0.01
+        )
+        await bus.start(stack)
+        for event in posted:
+            bus.post(event)
+        with anyio.fail_after(10):
+            await bus.flush()
+        stats = bus.stats()[0]
+    assert sink.refused >= 1  # the write after the failed one was in progress, and failed too
+    assert stats.failed_writes >= 2 and stats.journaled >= 200 and stats.dropped == 0
+    first_seen = list(dict.fromkeys(ids(sink.committed)))
+    assert first_seen == ids(posted)  # all of them, never a batch before an earlier one

@@ -427,3 +427,32 @@ async def test_shutdown_during_an_outage_keeps_the_journal_and_does_not_wait_it_
         with anyio.fail_after(20):
             await bus.flush()
     assert sorted(e.id for e in replayed.events) == sorted(e.id for e in posted)
+
+
+class PipelinedSwitchSink(SwitchSink):
+    """A ``SwitchSink`` that takes two writes at once (as PostgresSink does)."""
+
+    concurrent_writes = 2
+
+
+async def test_a_stop_while_a_pipelined_write_hangs_is_prompt_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The hanging write is abandoned (its batch is journaled) and the journal is left to the
+    next process, not replayed into the hanging sink at shutdown (which would wait it out)."""
+    journal = tmp_path / "t.journal"
+    sink = PipelinedSwitchSink()
+    sink.stuck = anyio.Event()
+    posted = [event(i) for i in range(10)]
+    bus = TraceBus([sink], journal_path=journal, grace_period=10.0, write_timeout=3600.0)
+    async with AsyncExitStack() as stack:
+        await bus.start(stack)
+        for e in posted[:5]:
+            bus.post(e)
+        await eventually(lambda: stats_of(bus).failing, 20, 0.02)  # pending past the window
+        for e in posted[5:]:
+            bus.post(e)
+        began = time.monotonic()
+    assert time.monotonic() - began < 5, "the stop waited out the grace period"
+    assert sink.calls == 1 and not sink.ids
+    assert journal_lines(journal) == len(posted)

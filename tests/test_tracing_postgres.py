@@ -25,6 +25,7 @@ from aioelastic.tracing._events import (
     TraceEvent,
     format_failure,
 )
+from aioelastic.tracing._postgres import EarlierBatchFailed
 from tests.harness.helpers import eventually
 from tests.harness.postgres import PostgresServer
 
@@ -358,9 +359,9 @@ async def test_a_journal_left_by_a_previous_process_is_replayed(
 class SetBasedSink(PostgresSink):
     """Writes every batch with the set-based statements alone (the fallback of ``COPY``)."""
 
-    async def _write_rows(self, conn: Any, sql: Any, split: Any) -> None:
+    async def _write_rows(self, conn: Any, sql: Any, split: Any, *order: Any) -> None:
         self._copy_works = False
-        await super()._write_rows(conn, sql, split)
+        await super()._write_rows(conn, sql, split, *order)
 
 
 def mixed_stream() -> list[list[TraceEvent]]:
@@ -439,3 +440,81 @@ async def test_a_copy_the_tables_refuse_is_written_by_insert_from_then_on(
         await sink.aclose()
     assert len(await executions(postgres_url)) == 4
     assert "writing with INSERT from now on" in caplog.text
+
+
+class LostAfterCopySink(PostgresSink):
+    """The connection of the first write is lost once its new rows are copied."""
+
+    lose = True
+
+    async def _dependent(self, *args: Any) -> None:
+        if self.lose:
+            self.lose = False
+            raise ConnectionResetError("connection lost")
+        await super()._dependent(*args)
+
+
+async def test_overlapping_writes_commit_in_order_and_a_failure_fails_the_later_one(
+    postgres_url: str,
+) -> None:
+    first = run_events("job", 1)
+    starts, completions = first[:4], first[4:]  # staging, running, 2 starts | 2 completions...
+    sink = LostAfterCopySink(postgres_url)
+    failures: list[BaseException] = []
+
+    async def write(batch: Sequence[TraceEvent]) -> None:
+        try:
+            await sink.write(batch)
+        except Exception as exc:
+            failures.append(exc)
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write, starts)
+                tg.start_soon(write, completions)  # begins while the first is in progress
+        assert [type(exc) for exc in failures] == [ConnectionResetError, EarlierBatchFailed]
+        # The completions were not applied without their starts; nothing was committed.
+        assert await executions(postgres_url) == {} and await statuses(postgres_url) == {}
+        await sink.write(starts)  # the bus retries them in order
+        await sink.write(completions)
+    finally:
+        await sink.aclose()
+    rows = await executions(postgres_url)
+    assert len(rows) == 2 and all(row["complete_time"] is not None for row in rows.values())
+    assert len(await statuses(postgres_url)) == 3
+
+
+async def test_overlapping_writes_through_the_bus_write_every_row(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    posted = [event for run in range(300) for event in run_events("job", run)]  # 9 per run
+    sink = PostgresSink(postgres_url)
+    written: list[int] = []
+    most = [0, 0]  # writes in progress, the most at once
+    original = sink.write
+
+    async def counting(batch: Sequence[TraceEvent]) -> None:
+        most[0] += 1
+        most[1] = max(most)
+        try:
+            await original(batch)
+            written.append(len(batch))
+        finally:
+            most[0] -= 1
+
+    await original([])  # connected, so that no write is pending past the journal window...
+    sink.write = counting  # type: ignore[method-assign]
+    async with AsyncExitStack() as stack:
+        bus = TraceBus(  # ... on a loaded machine either (that journals, and pipelining stops)
+            [sink], batch_size=100, journal_path=tmp_path / "trace.journal", journal_window=5.0
+        )
+        await bus.start(stack)
+        for event in posted:
+            bus.post(event)
+        with anyio.fail_after(60):
+            await bus.flush()
+    assert most[1] == 2 and sum(written) == len(posted) and bus.stats()[0].journaled == 0
+    rows = await executions(postgres_url)
+    assert len(rows) == 600 and all(row["complete_time"] is not None for row in rows.values())
+    assert len(await statuses(postgres_url)) == 900

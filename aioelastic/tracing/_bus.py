@@ -8,14 +8,21 @@ batch with capped exponential backoff until it is written, so one slow or broken
 its own lane. Journal backlogs (overflow, or files left by an earlier process) are replayed
 alternately with the live queue once the sink accepts writes.
 
+A sink whose ``concurrent_writes`` is above 1 (``PostgresSink``: 2) gets that many live batches
+at once while it is healthy and the lane's journal works, so that one batch's commit overlaps
+the next one's rows. Such a sink commits overlapping batches in posting order and fails a batch
+whose predecessor (in progress when it began) failed; the lane retries a batch only once the
+ones before it are done, and replays the journal only with nothing else in progress.
+
 A failing sink loses nothing to a kill -9: once a write fails (or has been pending for more than
-``journal_window``, 100 ms), the lane's queue and the unconfirmed batch are appended to its
-journal at once, and every event posted while the sink keeps failing goes straight to the journal
-(each line reaches the OS as it is written; the journal is fsync'd every ``journal_window``). So a
-process killed during a database outage loses at most the events of one ``journal_window``; with
-a healthy sink, at most the events not yet written (``flush_interval`` plus one write). A journal
-that cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``,
-drops the rest, logs one ERROR until it works again, and counts ``journal_errors``.
+``journal_window``, 100 ms; a pipelined write counts from the end of the one before it), the
+lane's queue and the unconfirmed batches are appended to its journal at once, and every event
+posted while the sink keeps failing goes straight to the journal (each line reaches the OS as it
+is written; the journal is fsync'd every ``journal_window``). So a process killed during a
+database outage loses at most the events of one ``journal_window``; with a healthy sink, at most
+the events not yet written (``flush_interval`` plus the writes in progress). A journal that
+cannot be written (full disk, unwritable path) keeps events in memory up to ``max_queue``, drops
+the rest, logs one ERROR until it works again, and counts ``journal_errors``.
 
 A sink fails by raising anything but cancellation: a ``SystemExit``, ``GeneratorExit`` or other
 ``BaseException`` from ``write()`` fails that write only (logged, retried or journaled like any
@@ -115,6 +122,14 @@ class _LaneConfig:
     journal_window: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A live batch written while the lane goes on to the next one."""
+
+    events: list[TraceEvent]
+    finished: anyio.Event
+
+
 def _sink_name(sink: TraceSink) -> str:
     return getattr(sink, "name", None) or type(sink).__name__
 
@@ -132,10 +147,16 @@ class _Lane:
         self.journal: Journal | None = None
         self.config = config
         self.queue: deque[TraceEvent] = deque()
-        #: the live batch being written (taken from ``queue``), and whether it is journaled
-        self.inflight: list[TraceEvent] = []
+        #: live batches being written (taken from ``queue``, oldest first), and whether all of
+        #: them are journaled
+        self.outstanding: list[list[TraceEvent]] = []
+        self._outstanding_events = 0  # their length (``offer`` reads it per event)
         self.inflight_journaled = False
-        self.write_started = 0.0
+        #: live batches at once (the sink's ``concurrent_writes``), while it is healthy
+        self.depth = max(1, int(getattr(sink, "concurrent_writes", 1)))
+        self._background: list[_Write] = []  # pipelined writes, oldest first
+        self._attempts: dict[int, float] = {}  # start of each write attempt in progress
+        self._foreground = False
         self.failing = False
         self.written = self.dropped = self.failed_writes = self.journal_errors = 0
         self._journal_broken = False
@@ -144,8 +165,8 @@ class _Lane:
         self._closing = anyio.Event()
         #: a write failed during shutdown: the sink is down, leave the journal to the next bus
         self._failed_while_closing = False
-        self._write_scope: anyio.CancelScope | None = None  # of the write in progress
-        self.busy = self.running = False
+        self._write_scopes: set[anyio.CancelScope] = set()  # of the writes in progress
+        self.running = False
         self.drained = anyio.Event()
         self.exited = anyio.Event()
         self._wake = anyio.Event()
@@ -154,6 +175,17 @@ class _Lane:
         self._journal_retry_at = 0.0
         self._drop_log = _Throttle()
         self._fail_log = _Throttle()
+
+    @property
+    def inflight(self) -> list[TraceEvent]:
+        """The events of the live batches being written, in posting order."""
+        if len(self.outstanding) == 1:
+            return self.outstanding[0]
+        return [event for batch in self.outstanding for event in batch]
+
+    @property
+    def busy(self) -> bool:
+        return self._foreground or bool(self._background)
 
     # -- producer side (event loop, never awaits, never raises) -------------------------------
 
@@ -166,7 +198,7 @@ class _Lane:
             self.overflow([event])
         elif self.in_memory < self.config.max_queue:
             self.queue.append(event)
-            if len(self.queue) == 1 or len(self.queue) >= self.config.batch_size:
+            if len(self.queue) == 1 or len(self.queue) == self.config.batch_size:
                 self._wake.set()
         else:
             self.overflow([event])
@@ -196,7 +228,7 @@ class _Lane:
     @property
     def in_memory(self) -> int:
         """Events only this process holds (queue and an unjournaled in-flight batch)."""
-        return len(self.queue) + (0 if self.inflight_journaled else len(self.inflight))
+        return len(self.queue) + (0 if self.inflight_journaled else self._outstanding_events)
 
     def _journal_failed(self, exc: BaseException) -> None:
         self.journal_errors += 1
@@ -237,7 +269,8 @@ class _Lane:
 
     def degrade_if_stuck(self, now: float) -> None:
         """A write pending for more than ``journal_window``: treat the sink as failing."""
-        if self.busy and self.inflight and now - self.write_started > self.config.journal_window:
+        started = min(self._attempts.values(), default=now)
+        if self.busy and self.outstanding and now - started > self.config.journal_window:
             if not self.failing:
                 log.warning(
                     "trace sink %s: a write is pending for more than %.1fs; journaling events",
@@ -253,17 +286,17 @@ class _Lane:
         """Shutdown: stop waiting for a failing write whose batch is journaled already (the
         next process replays it), so that a database that is down does not hold the stop for
         the whole grace period."""
-        scope = self._write_scope
-        if self.closing and self.failing and self.inflight_journaled and scope is not None:
-            if not scope.cancel_called:
-                log.info(
-                    "trace sink %s: not waiting for a stuck write at shutdown; its %d event(s) "
-                    "are in the journal %s for the next process",
-                    self.name,
-                    len(self.inflight),
-                    self.journal.path if self.journal else None,
-                )
-            scope.cancel()
+        scopes = [scope for scope in self._write_scopes if not scope.cancel_called]
+        if self.closing and self.failing and self.inflight_journaled and scopes:
+            log.info(
+                "trace sink %s: not waiting for a stuck write at shutdown; its %d event(s) "
+                "are in the journal %s for the next process",
+                self.name,
+                len(self.inflight),
+                self.journal.path if self.journal else None,
+            )
+            for scope in scopes:
+                scope.cancel()
 
     def _drop(self, events: Sequence[TraceEvent], why: str) -> None:
         if not events:
@@ -289,21 +322,71 @@ class _Lane:
                 try:
                     await self._write_forever()
                 except Exception:
-                    self.busy = False
+                    self._reset_writes()
                     log.exception("trace sink %s: writer failed; restarting", self.name)
                     await anyio.sleep(self.config.retry_max)
         finally:
             self.exited.set()
 
+    def _reset_writes(self) -> None:
+        """After an unexpected writer error: unconfirmed live events go back to the queue."""
+        if not self.inflight_journaled:
+            self.queue.extendleft(reversed(self.inflight))
+        self._set_outstanding([])
+        self.inflight_journaled = False
+        self._background = []
+        self._attempts.clear()
+        self._foreground = False
+
     async def _write_forever(self) -> None:
-        while True:
-            batch, from_journal = await self._next_batch()
-            self.busy = True
-            if await self._deliver(batch, from_journal):
-                self._confirm(batch, from_journal)
-            self.inflight = []
+        async with anyio.create_task_group() as tg:
+            while True:
+                while len(self._background) >= self.depth:
+                    await self._background[0].finished.wait()
+                batch, from_journal = await self._next_batch()
+                if not from_journal and self._may_pipeline():
+                    after = self._background[-1].finished if self._background else None
+                    write = _Write(batch, anyio.Event())
+                    self._background.append(write)
+                    tg.start_soon(self._write_behind, write, after)
+                    continue
+                while self._background:
+                    await self._background[-1].finished.wait()
+                self._foreground = True
+                if await self._deliver(batch, from_journal):
+                    self._confirm(batch, from_journal)
+                if not from_journal:
+                    self._finished(batch)
+                self._foreground = False
+
+    def _set_outstanding(self, batches: list[list[TraceEvent]]) -> None:
+        self.outstanding = batches
+        self._outstanding_events = sum(len(batch) for batch in batches)
+
+    def _may_pipeline(self) -> bool:
+        """Whether the next live batch may be written while others are: with a sink that takes
+        overlapping writes, while it is healthy and a working journal holds nothing of ours."""
+        journal_ok = self.journal is not None and not self._journal_broken
+        return self.depth > 1 and journal_ok and not self.failing and not self.inflight_journaled
+
+    async def _write_behind(self, write: _Write, after: anyio.Event | None) -> None:
+        """A pipelined live batch (the sink commits overlapping writes in order)."""
+        try:
+            if await self._deliver(write.events, False, after):
+                self._confirm(write.events, False)
+            self._finished(write.events)
+        finally:  # cancelled (shutdown): the batch stays outstanding, for ``spill()``
+            self._background.remove(write)
+            write.finished.set()
+            self._wake.set()
+
+    def _finished(self, batch: list[TraceEvent]) -> None:
+        """``batch`` is written or journaled: no longer held by this lane."""
+        self._set_outstanding([b for b in self.outstanding if b is not batch])
+        now = time.monotonic()  # a later write's pending time counts from now (it waited)
+        self._attempts = {key: max(started, now) for key, started in self._attempts.items()}
+        if not self.outstanding:
             self.inflight_journaled = False
-            self.busy = False
 
     async def _next_batch(self) -> tuple[list[TraceEvent], bool]:
         while True:
@@ -312,15 +395,17 @@ class _Lane:
                 if events:
                     self._prefer_journal = False
                     return events, True
-            if self.queue and (not self.failing or self.journal is None or self._journal_broken):
+            may_take = not self.failing or self.journal is None or self._journal_broken
+            if self.queue and may_take and not (self.outstanding and self.inflight_journaled):
                 await self._fill()
-                if self.queue:
+                if self.queue and not (self.outstanding and self.inflight_journaled):
                     size = min(self.config.batch_size, len(self.queue))
-                    self.inflight = [self.queue.popleft() for _ in range(size)]
+                    batch = [self.queue.popleft() for _ in range(size)]
+                    self._set_outstanding([*self.outstanding, batch])
                     self._prefer_journal = True
-                    return self.inflight, False
+                    return batch, False
                 continue
-            if self.closing:
+            if self.closing and not self.busy:
                 self.drained.set()
             if self.idle:
                 self._idle.set()
@@ -331,6 +416,8 @@ class _Lane:
         write fails (what the journal holds is safe on disk, the queue is not)."""
         journal = self.journal
         if journal is None or self._failed_while_closing or not journal.has_backlog:
+            return False
+        if self._background:  # how they end decides (a failure while closing: no replay)
             return False
         if time.monotonic() < self._journal_retry_at:
             return False
@@ -382,16 +469,20 @@ class _Lane:
         with anyio.move_on_after(delay):
             await self._closing.wait()
 
-    async def _deliver(self, batch: list[TraceEvent], from_journal: bool) -> bool:
-        """Write ``batch``; on failure retry with capped, jittered exponential backoff.
+    async def _deliver(
+        self, batch: list[TraceEvent], from_journal: bool, after: anyio.Event | None = None
+    ) -> bool:
+        """Write ``batch``; on failure retry with capped, jittered exponential backoff (a
+        pipelined batch only once the writes before it, ``after``, are done).
 
         A live batch that fails is journaled (with the queue) instead of retried, when the
         lane has a working journal: returns False then (the batch will come back from there).
         """
         attempt = 0
         while True:
-            self.write_started = time.monotonic()
-            scope = self._write_scope = anyio.CancelScope()
+            self._attempts[id(batch)] = time.monotonic()
+            scope = anyio.CancelScope()
+            self._write_scopes.add(scope)
             try:
                 with scope, anyio.fail_after(self.config.write_timeout):
                     await self.sink.write(batch)
@@ -408,9 +499,12 @@ class _Lane:
                 if delay is None:
                     return False
                 await self._pause(delay)
+                if after is not None:
+                    await after.wait()
                 continue
             finally:
-                self._write_scope = None
+                self._write_scopes.discard(scope)
+                self._attempts.pop(id(batch), None)
             if attempt or self.failing:
                 log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
             self.failing = False
@@ -469,7 +563,7 @@ class _Lane:
         remaining = [] if self.inflight_journaled else list(self.inflight)
         remaining += self.queue
         self.queue.clear()
-        self.inflight = []
+        self._set_outstanding([])
         self.closed = True
         self.overflow(remaining)
         return len(remaining)

@@ -123,6 +123,10 @@ TraceEvent = JobExecutionEvent | JobStatusTraceEvent
 @runtime_checkable
 class TraceSink(Protocol):
     """Where trace events go. ``write`` receives batches in posting order; it may raise, in which
-    case the bus retries the batch later (so writes must be idempotent by event ``id``)."""
+    case the bus retries the batch later (so writes must be idempotent by event ``id``).
+
+    A sink may declare ``concurrent_writes = n`` (n > 1) to get up to n overlapping ``write``
+    calls; it must then commit them in call order and fail a call whose predecessor, still in
+    progress when it began, fails (see ``TraceBus``)."""
 
     async def write(self, batch: Sequence[TraceEvent]) -> None: ...

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .._urls import TracingURL, parse_tracing_url
-from ._events import JobExecutionEvent, JobStatusTraceEvent, State, TraceEvent
+from ._events import (
+    ExecutionSource,
+    ExecutionType,
+    JobExecutionEvent,
+    JobStatusTraceEvent,
+    Source,
+    State,
+    TraceEvent,
+)
 from ._rows import (
     OriginalTaskIds,
     PreparedBatch,
@@ -88,7 +97,12 @@ WHERE s.task_id = u.task_id AND s.original_task_id = '' AND s.state <> $3
 async def create_pool(
     url: TracingURL, *, max_size: int = 4, connect_timeout: float = 10.0
 ) -> asyncpg.Pool:
-    """A lazy asyncpg pool (no connection until first use, no background task)."""
+    """A lazy asyncpg pool (no connection until first use, no background task).
+
+    A released connection has an open transaction rolled back, no more: asyncpg's default reset
+    (``RESET ALL``, ``UNLISTEN *``...) costs a round trip per release, and nothing here sets
+    session state (locks and settings are transaction-scoped).
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn=url.connect_dsn,  # credentials apart: asyncpg's DSN errors cannot echo them
         user=url.username,
@@ -97,8 +111,13 @@ async def create_pool(
         max_size=max_size,
         timeout=connect_timeout,
         command_timeout=60,
+        reset=_keep_session,
     )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset beyond rolling back a transaction: none."""
 
 
 async def ensure_schema(conn: PoolConnectionProxy[Any]) -> None:
@@ -175,16 +194,19 @@ class _Rows:
     def __init__(self, written: WrittenColumns) -> None:
         ex, st = written.executions, written.statuses
         self._ex_text = [text_fitter(ex, n) for n in ("id", "job_name", "task_id", "hostname")]
-        self._ex_ip, self._ex_source = text_fitter(ex, "ip"), text_fitter(ex, "execution_source")
+        self._ex_ip = text_fitter(ex, "ip")
+        self._ex_source = _enum_texts(ex, "execution_source", ExecutionSource)
         self._ex_cause = long_text_fitter(ex, "failure_cause")
         self._ex_start, self._ex_complete = (_time_binder(ex, n) for n in _EXECUTION_TIMES)
         success = ex.get("is_success")
         self._success_as_int = success is not None and success.kind == INTEGER
         self._st_text = [
             text_fitter(st, n)
-            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id", "source")
+            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id")
         ]
-        self._st_type, self._st_state = text_fitter(st, "execution_type"), text_fitter(st, "state")
+        self._st_source = _enum_texts(st, "source", Source)
+        self._st_type = _enum_texts(st, "execution_type", ExecutionType)
+        self._st_state = _enum_texts(st, "state", State)
         self._st_message = long_text_fitter(st, "message")
         self._st_created = _time_binder(st, "creation_time")
         items = st.get("sharding_item")
@@ -206,7 +228,7 @@ class _Rows:
             fhost(e.hostname),
             self._ex_ip(e.ip),
             e.sharding_item,
-            self._ex_source(e.execution_source.value),
+            self._ex_source[e.execution_source],
             self._ex_cause(e.failure_cause),
             int(e.is_success) if self._success_as_int else e.is_success,
             self._ex_start(e.start_time),
@@ -215,17 +237,17 @@ class _Rows:
         return row if self._ex_pick is None else self._ex_pick(row)
 
     def status(self, e: JobStatusTraceEvent, original: str | None) -> Row:
-        fid, fjob, foriginal, ftask, fslave, fsource = self._st_text
+        fid, fjob, foriginal, ftask, fslave = self._st_text
         row = (
             fid(e.id),
             fjob(e.job_name),
             None if original is None else foriginal(original),
             ftask(e.task_id),
             fslave(e.slave_id),
-            fsource(e.source.value),
-            self._st_type(e.execution_type.value),
+            self._st_source[e.source],
+            self._st_type[e.execution_type],
             self._items_text(e.sharding_items),
-            self._st_state(e.state.value),
+            self._st_state[e.state],
             self._st_message(e.message),
             self._st_created(e.creation_time),
         )
@@ -241,6 +263,12 @@ class _Rows:
 
 
 _EXECUTION_TIMES = ("start_time", "complete_time")
+
+
+def _enum_texts(layout: TableLayout, column: str, kind: type[StrEnum]) -> dict[Any, str]:
+    """Every member's text as the column takes it (looked up per row, not fitted per row)."""
+    fit = text_fitter(layout, column)
+    return {member: fit(member.value) for member in kind}
 
 
 def _picker(present: Sequence[str], full: Sequence[str]) -> Callable[[Row], Row] | None:
@@ -307,6 +335,47 @@ class _Split:
             (self.looked_up if lookup and original is None else self.new_statuses).append(row)
         self.backfill = prepared.backfill if sql.backfill else []
 
+    @property
+    def ids(self) -> set[str]:
+        """Ids of the rows ``COPY`` creates (the first column of both tables)."""
+        found = {str(row[0]) for row in self.new_executions}
+        found.update(str(row[0]) for row in self.new_statuses)
+        return found
+
+
+class EarlierBatchFailed(Exception):
+    """A batch not written because the batch written before it failed (they commit in order)."""
+
+
+class _Turn:
+    """One write's place in the order of writes (the next write waits on it)."""
+
+    def __init__(self, prepared: PreparedBatch) -> None:
+        self.sent = anyio.Event()  # its statements are all sent (or it ended)
+        self.done = anyio.Event()
+        self.ok = False
+        #: ids of the rows it writes
+        self.ids = {e.id for e in prepared.executions}
+        self.ids.update(status.id for status, _ in prepared.statuses)
+
+    @staticmethod
+    async def clear_of(turn: _Turn | None, split: _Split | None) -> None:
+        """Wait until creating ``split``'s rows cannot block ``turn``'s statements: those rows
+        share no id with ``turn``'s (else, and before the statements are known, until all of
+        ``turn``'s statements are sent). A later write never holds up an earlier one."""
+        if turn is None or turn.sent.is_set():
+            return
+        if split is None or not split.ids.isdisjoint(turn.ids):
+            await turn.sent.wait()
+
+    @staticmethod
+    async def committed(turn: _Turn | None) -> None:
+        """Wait for ``turn``'s write to end; raise ``EarlierBatchFailed`` unless it committed."""
+        if turn is not None:
+            await turn.done.wait()
+            if not turn.ok:
+                raise EarlierBatchFailed("the trace batch written before this one failed")
+
 
 class PostgresSink:
     """Writes trace batches to PostgreSQL; creates the schema on its first connection.
@@ -318,6 +387,9 @@ class PostgresSink:
         journal_path: overflow journal used by :class:`TraceBus` for this sink.
         create_schema: create missing tables/indexes on the first write.
     """
+
+    #: the bus may write this many batches at once (they commit in order: see ``write``)
+    concurrent_writes = 2
 
     def __init__(
         self,
@@ -342,6 +414,7 @@ class PostgresSink:
         self._statements: _Statements | None = None
         self._copy_works = True
         self._set_based_left = 0
+        self._last_turn: _Turn | None = None  # of the latest write
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r})"
@@ -355,28 +428,53 @@ class PostgresSink:
             return self._pool
 
     async def write(self, batch: Sequence[TraceEvent]) -> None:
-        """Write ``batch`` in one transaction (idempotent by event id)."""
+        """Write ``batch`` in one transaction (idempotent by event id).
+
+        Writes may overlap (the bus pipelines them). One that begins while the previous one
+        is in progress creates its rows alongside (after it, if they share an id), but applies
+        completions, looks rows up and commits only once the previous one has committed; if
+        that one fails, so does this one (``EarlierBatchFailed``). So batches commit in order.
+        """
         prepared = prepare_batch(batch, self._originals)
-        pool = await self._get_pool()
-        async with pool.acquire(timeout=self._connect_timeout) as conn:
-            if not self._schema_ready:
-                await ensure_schema(conn)
-                self._schema_ready = True
-            if self._statements is None:
-                self._statements = _Statements(*await read_layouts(conn))
+        previous, turn = self._last_turn, _Turn(prepared)
+        self._last_turn = turn
+        if previous is not None and previous.done.is_set():
+            previous = None  # ended before this write began: its caller knows how it went
+        try:
             sql = self._statements
-            try:
-                await self._write_rows(conn, sql, _Split(prepared, sql))
-            except BaseException as exc:
-                if not isinstance(exc, asyncpg.PostgresError):
-                    # Cut mid-operation (connection lost, the write cancelled): the protocol's
-                    # state is unknown, so the pool must neither reset nor reuse it (a reset
-                    # on it raises out of the pool's release, even into the event loop).
-                    conn.terminate()
-                raise
+            split = None if sql is None else _Split(prepared, sql)
+            await _Turn.clear_of(previous, split)
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                try:
+                    if not self._schema_ready:
+                        await ensure_schema(conn)
+                        self._schema_ready = True
+                    if sql is None or split is None:
+                        sql = self._statements = _Statements(*await read_layouts(conn))
+                        split = _Split(prepared, sql)
+                    await self._write_rows(conn, sql, split, previous, turn)
+                    turn.ok = True
+                    turn.done.set()  # committed: the next write need not wait for the release
+                except BaseException as exc:
+                    if not isinstance(exc, asyncpg.PostgresError | EarlierBatchFailed):
+                        # Cut mid-operation (connection lost, the write cancelled): the
+                        # protocol's state is unknown, so the pool must neither reset nor reuse
+                        # it (a reset on it raises out of the pool's release, even into the
+                        # event loop).
+                        conn.terminate()
+                    raise
+        finally:
+            turn.sent.set()
+            turn.done.set()
 
     async def _write_rows(
-        self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
+        self,
+        conn: PoolConnectionProxy[Any],
+        sql: _Statements,
+        split: _Split,
+        previous: _Turn | None,
+        turn: _Turn,
     ) -> None:
         copy_error: Exception | None = None
         if self._set_based_left > 0:
@@ -385,13 +483,18 @@ class PostgresSink:
             try:
                 async with conn.transaction():
                     await self._copy(conn, sql, split)
+                    await _Turn.committed(previous)
+                    await self._dependent(conn, sql, split)
+                    turn.sent.set()
                 return
             except asyncpg.UniqueViolationError:
                 self._set_based_left = _SET_BASED_AFTER_CONFLICT
             except (asyncpg.PostgresError, asyncpg.DataError) as exc:
                 copy_error = exc
+        await _Turn.committed(previous)
         async with conn.transaction():
             await self._set_based(conn, sql, split)
+            turn.sent.set()
         if copy_error is not None:  # what COPY could not write, INSERT did: stay with INSERT
             self._copy_works = False
             log.warning(
@@ -403,15 +506,20 @@ class PostgresSink:
 
     @staticmethod
     async def _copy(conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split) -> None:
-        """The rows the batch creates by ``COPY``; the others by statement."""
+        """The rows the batch creates, by ``COPY`` (they depend on no earlier batch)."""
         if split.new_executions:
             table, columns = sql.copy_executions
             await conn.copy_records_to_table(table, records=split.new_executions, columns=columns)
-        if split.completions:
-            await conn.execute(sql.upsert, *_columns(split.completions))
         if split.new_statuses:
             table, columns = sql.copy_statuses
             await conn.copy_records_to_table(table, records=split.new_statuses, columns=columns)
+
+    async def _dependent(
+        self, conn: PoolConnectionProxy[Any], sql: _Statements, split: _Split
+    ) -> None:
+        """Completions, looked-up and back-filled statuses: rows of earlier batches."""
+        if split.completions:
+            await conn.execute(sql.upsert, *_columns(split.completions))
         await PostgresSink._finish_statuses(conn, sql, split.looked_up, split.backfill)
 
     @staticmethod
