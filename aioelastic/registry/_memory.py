@@ -13,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from functools import partial
 from itertools import count
+from typing import cast
 
 from .._errors import (
     BadVersionError,
@@ -52,17 +53,38 @@ log = logging.getLogger("aioelastic.registry")
 _session_ids = count(1)
 
 
-@dataclass
+_LEAF: frozenset[str] = frozenset()  # the children of every node that has none (one object)
+
+
 class _Node:
-    data: bytes
-    version: int = 0
-    mtime: float = field(default_factory=time.time)
-    ephemeral_owner: int = 0
-    seq: int = 0
-    children: set[str] = field(default_factory=set)
+    """One node; ``children`` is the shared ``_LEAF`` until it has some (most nodes never do:
+    at a thousand jobs an empty set per leaf was a tenth of the heap)."""
+
+    __slots__ = ("children", "data", "ephemeral_owner", "mtime", "seq", "version")
+
+    def __init__(self, data: bytes, ephemeral_owner: int = 0) -> None:
+        self.data = data
+        self.version = 0
+        self.mtime = time.time()
+        self.ephemeral_owner = ephemeral_owner
+        self.seq = 0
+        self.children: AbstractSet[str] = _LEAF
 
     def stat(self) -> Stat:
         return Stat(self.version, self.mtime, self.ephemeral_owner, len(self.children))
+
+    def add_child(self, name: str) -> None:
+        if self.children is _LEAF:
+            self.children = {name}
+        else:
+            cast(set[str], self.children).add(name)
+
+    def discard_child(self, name: str) -> None:
+        if name in self.children:
+            kids = cast(set[str], self.children)
+            kids.discard(name)
+            if not kids:
+                self.children = _LEAF
 
 
 def _parent(path: str) -> str:
@@ -143,7 +165,7 @@ class MemoryStore:
         parent.seq += sequential
         node = self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
         name = path.rsplit("/", 1)[1]
-        parent.children.add(name)
+        parent.add_child(name)
         if self.undo is not None:
             self.undo.append(partial(self._uncreate, path, parent, name, seq))
         fired = self._fire(self.data_watches, path, WatchEventType.CREATED)
@@ -173,7 +195,7 @@ class MemoryStore:
             raise NotEmptyError(path)
         del self.nodes[path]
         parent, name = self.nodes[_parent(path)], path.rsplit("/", 1)[1]
-        parent.children.discard(name)
+        parent.discard_child(name)
         if self.undo is not None:
             self.undo.append(partial(self._undelete, path, node, parent, name))
         fired = self._fire(self.data_watches, path, WatchEventType.DELETED)
@@ -184,12 +206,12 @@ class MemoryStore:
 
     def _uncreate(self, path: str, parent: _Node, name: str, seq: int) -> None:
         del self.nodes[path]
-        parent.children.discard(name)
+        parent.discard_child(name)
         parent.seq = seq
 
     def _undelete(self, path: str, node: _Node, parent: _Node, name: str) -> None:
         self.nodes[path] = node
-        parent.children.add(name)
+        parent.add_child(name)
 
     def check(self, path: str, version: int) -> None:
         node = self._node(path)
