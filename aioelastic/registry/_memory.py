@@ -13,11 +13,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from collections.abc import Set as AbstractSet
 from contextlib import AsyncExitStack
 from functools import partial
 from itertools import count
-from typing import cast
 
 from .._errors import (
     BadVersionError,
@@ -53,12 +51,12 @@ log = logging.getLogger("aioelastic.registry")
 _session_ids = count(1)
 
 
-_LEAF: frozenset[str] = frozenset()  # the children of every node that has none (one object)
+_SMALL = 8  # children kept in a tuple up to this many, in a set beyond
 
 
 class _Node:
-    """One node; ``children`` is the shared ``_LEAF`` until it has some (most nodes never do:
-    at a thousand jobs an empty set per leaf was a tenth of the heap)."""
+    """One node. ``children`` is a tuple while there are few (most nodes have none or one: at
+    a thousand jobs a set per node was a fifth of the heap), a set beyond ``_SMALL``."""
 
     __slots__ = ("children", "data", "ephemeral_owner", "mtime", "seq", "version")
 
@@ -68,23 +66,24 @@ class _Node:
         self.mtime = time.time()
         self.ephemeral_owner = ephemeral_owner
         self.seq = 0
-        self.children: AbstractSet[str] = _LEAF
+        self.children: tuple[str, ...] | set[str] = ()
 
     def stat(self) -> Stat:
         return Stat(self.version, self.mtime, self.ephemeral_owner, len(self.children))
 
     def add_child(self, name: str) -> None:
-        if self.children is _LEAF:
-            self.children = {name}
-        else:
-            cast(set[str], self.children).add(name)
+        kids = self.children
+        if isinstance(kids, set):
+            kids.add(name)
+        elif name not in kids:
+            self.children = (*kids, name) if len(kids) < _SMALL else {*kids, name}
 
     def discard_child(self, name: str) -> None:
-        if name in self.children:
-            kids = cast(set[str], self.children)
+        kids = self.children
+        if isinstance(kids, set):
             kids.discard(name)
-            if not kids:
-                self.children = _LEAF
+        elif name in kids:
+            self.children = tuple(k for k in kids if k != name)
 
 
 def _parent(path: str) -> str:
