@@ -801,49 +801,52 @@ class JobCoordinator:
         return False
 
     async def _reshard(self) -> bool:
-        if self._reshard_lock is None:
-            self._reshard_lock = anyio.Lock()
-        async with self._reshard_lock:
-            if not (self.is_leader and self.reshard_pending()):
-                return False
-            members = self.available_instances()
-            if not members:
-                return False
-            total = self.config.sharding_total_count
-            assignment = shard(self.config.sharding_strategy, members, self.paths.job, total)
-            owners = {item: inst for inst, items in assignment.items() for item in items}
-            ops: list[Op] = []
-            for item in range(total):
-                ops += self._owner_ops(item, owners[item])
-            for name in self.view.children(self.paths.sharding):
-                if name.isdigit() and int(name) >= total:
-                    ops += self._delete_item_ops(int(name))
-            ops.append(DeleteOp(self.paths.sharding_necessary))
-            try:
-                await self._write_reshard(ops)
-            except TransactionFailedError as exc:
-                log.info(
-                    "%s: reshard raced with a change (%s); will retry",
-                    self.paths.job,
-                    exc,
-                    extra=self.log_fields,
-                )
-                return False
-            self._members_sharded = frozenset(members)
+        lock = self._reshard_lock
+        if lock is None:
+            lock = self._reshard_lock = anyio.Lock()
+        try:
+            async with lock:
+                return await self._reshard_locked()
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._reshard_lock = None  # 0.7 KiB per job: most jobs reshard once, at start
+
+    async def _reshard_locked(self) -> bool:
+        if not (self.is_leader and self.reshard_pending()):
+            return False
+        members = self.available_instances()
+        if not members:
+            return False
+        total = self.config.sharding_total_count
+        assignment = shard(self.config.sharding_strategy, members, self.paths.job, total)
+        owners = {item: inst for inst, items in assignment.items() for item in items}
+        ops: list[Op] = []
+        for item in range(total):
+            ops += self._owner_ops(item, owners[item])
+        for name in self.view.children(self.paths.sharding):
+            if name.isdigit() and int(name) >= total:
+                ops += self._delete_item_ops(int(name))
+        ops.append(DeleteOp(self.paths.sharding_necessary))
+        try:
+            await self._write_reshard(ops)
+        except TransactionFailedError as exc:
             log.info(
-                "%s: resharded over %d instance(s): %s",
+                "%s: reshard raced with a change (%s); will retry",
                 self.paths.job,
-                len(members),
-                {
-                    k: v if total <= 100 else f"{len(v)} items"
-                    for k, v in sorted(assignment.items())
-                },
+                exc,
                 extra=self.log_fields,
             )
-            notify_observers(
-                self.observers, "reshard_committed", self.paths.job, len(members), total
-            )
-            return True
+            return False
+        self._members_sharded = frozenset(members)
+        log.info(
+            "%s: resharded over %d instance(s): %s",
+            self.paths.job,
+            len(members),
+            {k: v if total <= 100 else f"{len(v)} items" for k, v in sorted(assignment.items())},
+            extra=self.log_fields,
+        )
+        notify_observers(self.observers, "reshard_committed", self.paths.job, len(members), total)
+        return True
 
     async def _write_reshard(self, ops: list[Op]) -> None:
         """Write a reshard's ops (the flag's delete last) in multi-ops that fit a packet. With
