@@ -34,9 +34,17 @@ async def main(args: argparse.Namespace) -> None:
         scheduler.add_job(probe, name=f"job{i:04d}", cron=args.cron)
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)
+        started = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
         await anyio.sleep(args.settle)
         gc.collect()
-        heap = tracemalloc.get_traced_memory()[0] - base_mem
+        current, peak = tracemalloc.get_traced_memory()
+        heap = current - base_mem
+        print(
+            f"traced KiB per job: at start {(started[0] - base_mem) / 1024 / args.jobs:.2f}, "
+            f"peak while starting {(started[1] - base_mem) / 1024 / args.jobs:.2f}, "
+            f"peak after {(peak - base_mem) / 1024 / args.jobs:.2f}"
+        )
         snap = tracemalloc.take_snapshot()
         scheduler.stop()
     stats = snap.compare_to(base, args.group)
