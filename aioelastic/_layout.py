@@ -18,6 +18,11 @@ def namespace_root(namespace: str) -> str:
     return f"/{namespace}"
 
 
+#: One tuple per distinct parts, shared by every job's cache (items are small ints: job ``a``'s
+#: ``("sharding", 0, "instance")`` is job ``b``'s). Only fixed and per-item parts get here.
+_PARTS: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class JobPaths:
     """Paths of one job's nodes under ``/{namespace}/{job}``."""
@@ -38,7 +43,7 @@ class JobPaths:
     def _p(self, *parts: object) -> str:
         path = self._cache.get(parts)
         if path is None:
-            path = self._cache[parts] = self._u(*parts)
+            path = self._cache[_PARTS.setdefault(parts, parts)] = self._u(*parts)
         return path
 
     def _u(self, *parts: object) -> str:
