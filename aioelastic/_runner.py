@@ -127,7 +127,7 @@ class JobRunner:
         self._grace = grace_period
         self.in_flight = 0
         """Fires and runs of this job in progress on this instance."""
-        self.claiming: set[int] = set()
+        self.claiming: frozenset[int] = frozenset()
         """Items of requested fires started here that may not hold their marks yet."""
         self._stop = False
         self._driving: anyio.CancelScope | None = None  # the steps' scope: stopping cancels it
@@ -144,10 +144,7 @@ class JobRunner:
         view, wake = self.coordinator.view, self._poke
         self._leader_changes = view.subscribe(self.coordinator.leader_relevant, wake)
         self._marks_pending = False
-        self._watch_changes = view.subscribe(
-            lambda path: self.coordinator.watch_relevant(path, marks_pending=self._marks_pending),
-            wake,
-        )
+        self._watch_changes = view.subscribe(self._watch_relevant, wake)
         self._repair_changes = view.subscribe(self.coordinator.repair_relevant, wake)
         self._claim_changes = view.subscribe(self.executor.ownerships.relevant, wake)
         self._config_raw: bytes | None = None
@@ -311,14 +308,14 @@ class JobRunner:
         """Run the items of a requested fire's ``contexts`` (a dependent job's, a catch-up),
         listeners included, creating each item's ``claim`` node with its running mark."""
         if self._fires is not None and not self._stopping:
-            self.claiming.update(contexts.items)
+            self.claiming |= frozenset(contexts.items)
             self._fires.start(self._guarded(self._run_requested(contexts, claim)))
 
     async def _run_requested(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
         try:
             await self.executor.run(contexts, claim=claim)
         finally:
-            self.claiming.difference_update(contexts.items)
+            self.claiming -= frozenset(contexts.items)
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1
@@ -344,6 +341,9 @@ class JobRunner:
         self.start_fire(ExecutionSource.NORMAL_TRIGGER, scheduled)
 
     # -- steps --
+
+    def _watch_relevant(self, path: str) -> bool:
+        return self.coordinator.watch_relevant(path, marks_pending=self._marks_pending)
 
     def _poke(self) -> None:
         """A subscription saw a change its step acts on: wake the steps."""
