@@ -60,10 +60,10 @@ class _Node:
 
     __slots__ = ("children", "data", "ephemeral_owner", "mtime", "seq", "version")
 
-    def __init__(self, data: bytes, ephemeral_owner: int = 0) -> None:
+    def __init__(self, data: bytes, ephemeral_owner: int = 0, mtime: float | None = None) -> None:
         self.data = data
         self.version = 0
-        self.mtime = time.time()
+        self.mtime = time.time() if mtime is None else mtime
         self.ephemeral_owner = ephemeral_owner
         self.seq = 0
         self.children: tuple[str, ...] | set[str] = ()
@@ -109,6 +109,9 @@ class MemoryStore:
         self.child_watches: dict[str, list[tuple[int, Watcher]]] = {}
         self.tree_watches: list[tuple[int, str, Watcher]] = []  # session, root, watcher
         self.undo: _Undo | None = None  # set during a multi-op: mutations log their inverse
+        # Set during a multi-op: its time, as ZooKeeper stamps every op of a transaction
+        # (one float for all the nodes it writes, not one each).
+        self.now: float | None = None
 
     def _tree(
         self, path: str, kind: WatchEventType, node: _Node | None
@@ -162,7 +165,7 @@ class MemoryStore:
         if path in self.nodes:
             raise NodeExistsError(path)
         parent.seq += sequential
-        node = self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
+        node = self.nodes[path] = _Node(data, ephemeral_owner, self.now)
         name = path.rsplit("/", 1)[1]
         parent.add_child(name)
         if self.undo is not None:
@@ -180,7 +183,8 @@ class MemoryStore:
             raise BadVersionError(f"{path}: version {node.version}, expected {version}")
         if self.undo is not None:
             self.undo.append(partial(_unset, node, node.data, node.version, node.mtime))
-        node.data, node.version, node.mtime = data, node.version + 1, time.time()
+        now = time.time() if self.now is None else self.now
+        node.data, node.version, node.mtime = data, node.version + 1, now
         fired = self._fire(self.data_watches, path, WatchEventType.CHANGED)
         return node.stat(), fired + self._tree(path, WatchEventType.CHANGED, node)
 
@@ -426,7 +430,7 @@ class MemoryRegistry(ListenerBase):
         # Apply for real, each mutation logging its inverse: undone newest first if an op fails.
         store = self.store
         undo: _Undo = []
-        store.undo = undo
+        store.undo, store.now = undo, time.time()
         fired: list[tuple[Watcher, WatchEvent]] = []
         try:
             for index, op in enumerate(ops):
@@ -437,7 +441,7 @@ class MemoryRegistry(ListenerBase):
                         step()
                     raise TransactionFailedError(index, exc) from exc
         finally:
-            store.undo = None
+            store.undo = store.now = None
         self._notify_watchers(fired)
 
     def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:
