@@ -17,9 +17,8 @@ import logging
 import math
 import weakref
 from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -27,7 +26,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
-from ._memory import MemoryRegistry, _Node
+from ._memory import _SMALL, MemoryRegistry, _Node
 from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
 __all__ = ["JobView", "SharedView", "Subscription", "TreeView", "View", "shared_view_of"]
@@ -35,9 +34,6 @@ __all__ = ["JobView", "SharedView", "Subscription", "TreeView", "View", "shared_
 log = logging.getLogger("aioelastic.view")
 
 _Event = WatchEvent | SessionEvent
-
-
-_LEAF: frozenset[str] = frozenset()  # the children of every node that has none (one object)
 
 
 def _join(path: str, child: str) -> str:
@@ -432,7 +428,8 @@ class SharedView:
         self._store = registry.store.nodes if isinstance(registry, MemoryRegistry) else None
         self._data: dict[str, bytes] = {}
         self._stats: dict[str, Stat] = {}
-        self._children: dict[str, AbstractSet[str]] = {}  # ``_LEAF`` for a node without any
+        # Names in a tuple while a node has few (most have none or one), a set beyond.
+        self._children: dict[str, tuple[str, ...] | set[str]] = {}
         self._unknown: set[str] = set()  # deferred nodes whose data is not read yet
         # Per job (``_job_key``): items not applied yet, and the paths they wait to be read.
         self._queues: dict[str, list[_Item]] = {}
@@ -642,14 +639,14 @@ class SharedView:
         if self._store is not None:
             return  # the store holds the node
         children = self._children
-        children.setdefault(path, _LEAF)
+        children.setdefault(path, ())
         parent, _, name = path.rpartition("/")
         if path != self.root and parent in children:
             kids = children[parent]
-            if kids is _LEAF:
-                children[parent] = {name}
-            else:
-                cast(set[str], kids).add(name)
+            if isinstance(kids, set):
+                kids.add(name)
+            elif name not in kids:
+                children[parent] = (*kids, name) if len(kids) < _SMALL else {*kids, name}
 
     def _set(self, path: str, data: bytes, stat: Stat) -> None:
         self._add(path)
@@ -673,16 +670,17 @@ class SharedView:
         parent, _, name = path.rpartition("/")
         kids = self._children.get(parent)
         if kids is not None and name in kids:
-            if len(kids) == 1:
-                self._children[parent] = _LEAF
+            if isinstance(kids, set):
+                kids.discard(name)
             else:
-                cast(set[str], kids).discard(name)
+                self._children[parent] = tuple(k for k in kids if k != name)
 
     def _apply_kids(self, path: str, kids: list[str]) -> None:
         """A children listing (loading): names the view holds but the listing lacks are gone."""
         if path not in self._children:
             return
-        for gone in self._children[path] - set(kids):
+        listed = set(kids)
+        for gone in [k for k in self._children[path] if k not in listed]:
             self._drop(_join(path, gone))
 
     def _signal_soon(self) -> None:
