@@ -833,50 +833,55 @@ class JobCoordinator:
         return self._lock
 
     async def _reshard(self) -> bool:
-        lock = self._reshard_lock
         try:
-            async with lock:
-                return await self._reshard_locked()
+            return await self._reshard_once()
         finally:
-            if self._lock is lock and not lock.locked() and not lock.statistics().tasks_waiting:
+            lock = self._lock
+            if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
                 self._lock = None
 
-    async def _reshard_locked(self) -> bool:
-        if not (self.is_leader and self.reshard_pending()):
-            return False
-        members = self.available_instances()
-        if not members:
-            return False
-        total = self.config.sharding_total_count
-        assignment = shard(self.config.sharding_strategy, members, self.paths.job, total)
-        owners = {item: inst for inst, items in assignment.items() for item in items}
-        ops: list[Op] = []
-        for item in range(total):
-            ops += self._owner_ops(item, owners[item])
-        for name in self.view.children(self.paths.sharding):
-            if name.isdigit() and int(name) >= total:
-                ops += self._delete_item_ops(int(name))
-        ops.append(DeleteOp(self.paths.sharding_necessary))
-        try:
-            await self._write_reshard(ops)
-        except TransactionFailedError as exc:
+    async def _reshard_once(self) -> bool:
+        async with self._reshard_lock:
+            if not (self.is_leader and self.reshard_pending()):
+                return False
+            members = self.available_instances()
+            if not members:
+                return False
+            total = self.config.sharding_total_count
+            assignment = shard(self.config.sharding_strategy, members, self.paths.job, total)
+            owners = {item: inst for inst, items in assignment.items() for item in items}
+            ops: list[Op] = []
+            for item in range(total):
+                ops += self._owner_ops(item, owners[item])
+            for name in self.view.children(self.paths.sharding):
+                if name.isdigit() and int(name) >= total:
+                    ops += self._delete_item_ops(int(name))
+            ops.append(DeleteOp(self.paths.sharding_necessary))
+            try:
+                await self._write_reshard(ops)
+            except TransactionFailedError as exc:
+                log.info(
+                    "%s: reshard raced with a change (%s); will retry",
+                    self.paths.job,
+                    exc,
+                    extra=self.log_fields,
+                )
+                return False
+            self._members_sharded = _shared(frozenset(members))
             log.info(
-                "%s: reshard raced with a change (%s); will retry",
+                "%s: resharded over %d instance(s): %s",
                 self.paths.job,
-                exc,
+                len(members),
+                {
+                    k: v if total <= 100 else f"{len(v)} items"
+                    for k, v in sorted(assignment.items())
+                },
                 extra=self.log_fields,
             )
-            return False
-        self._members_sharded = _shared(frozenset(members))
-        log.info(
-            "%s: resharded over %d instance(s): %s",
-            self.paths.job,
-            len(members),
-            {k: v if total <= 100 else f"{len(v)} items" for k, v in sorted(assignment.items())},
-            extra=self.log_fields,
-        )
-        notify_observers(self.observers, "reshard_committed", self.paths.job, len(members), total)
-        return True
+            notify_observers(
+                self.observers, "reshard_committed", self.paths.job, len(members), total
+            )
+            return True
 
     async def _write_reshard(self, ops: list[Op]) -> None:
         """Write a reshard's ops (the flag's delete last) in multi-ops that fit a packet. With
