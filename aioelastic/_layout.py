@@ -3,8 +3,7 @@ values its status nodes hold."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 __all__ = ["DISABLED", "ENABLED", "SHUTDOWN", "JobPaths", "namespace_root"]
 
@@ -19,10 +18,9 @@ def namespace_root(namespace: str) -> str:
     return f"/{namespace}"
 
 
-@lru_cache(maxsize=65536)
-def _join(namespace: str, job: str, parts: tuple[object, ...]) -> str:
-    # Paths are rebuilt on every fire for every item: cache the strings.
-    return "/".join([f"/{namespace}/{job}", *map(str, parts)])
+#: One tuple per distinct parts, shared by every job's cache (items are small ints: job ``a``'s
+#: ``("sharding", 0, "instance")`` is job ``b``'s). Only fixed and per-item parts get here.
+_PARTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +29,25 @@ class JobPaths:
 
     namespace: str
     job: str
+    # Paths are rebuilt on every fire for every item: each instance keeps the strings of the
+    # paths that are fixed or per item (bounded by the job's items), keyed by their parts; paths
+    # with an instance id or a fire key in them are joined on each call (``_u``).
+    _cache: dict[tuple[object, ...], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def root(self) -> str:
         return f"/{self.namespace}/{self.job}"
 
     def _p(self, *parts: object) -> str:
-        return _join(self.namespace, self.job, parts)
+        path = self._cache.get(parts)
+        if path is None:
+            path = self._cache[_PARTS.setdefault(parts, parts)] = self._u(*parts)
+        return path
+
+    def _u(self, *parts: object) -> str:
+        return "/".join([self.root, *map(str, parts)])
 
     @property
     def config(self) -> str:
@@ -48,14 +58,14 @@ class JobPaths:
         return self._p("servers")
 
     def server(self, host: str) -> str:
-        return self._p("servers", host)
+        return self._u("servers", host)
 
     @property
     def instances(self) -> str:
         return self._p("instances")
 
     def instance(self, instance_id: str) -> str:
-        return self._p("instances", instance_id)
+        return self._u("instances", instance_id)
 
     @property
     def sharding(self) -> str:
@@ -136,12 +146,12 @@ class JobPaths:
 
     def dependents_done(self, key: str | None = None, item: int | None = None) -> str:
         """The items of the upstream fire ``key`` that completed (data: task id, outcome)."""
-        base = self._p("dependents", "done") if key is None else self._p("dependents", "done", key)
+        base = self._p("dependents", "done") if key is None else self._u("dependents", "done", key)
         return base if item is None else f"{base}/{item}"
 
     def dependents_claimed(self, key: str) -> str:
         """Created by the one instance that requests the dependents' fires of fire ``key``."""
-        return self._p("dependents", "done", key, "claimed")
+        return self._u("dependents", "done", key, "claimed")
 
     @property
     def requests(self) -> str:
@@ -149,15 +159,15 @@ class JobPaths:
         return self._p("requests")
 
     def request(self, key: str) -> str:
-        return self._p("requests", key)
+        return self._u("requests", key)
 
     def request_upstream(self, key: str, upstream: str) -> str:
         """Upstream ``upstream`` completed fire ``key`` (data: its task ids, all succeeded?)."""
-        return self._p("requests", key, f"up-{upstream}")
+        return self._u("requests", key, f"up-{upstream}")
 
     def request_ran(self, key: str, item: int | None = None) -> str:
         """Items of the dependent job claimed for the request ``key`` (each runs once)."""
-        base = self._p("requests", key, "ran")
+        base = self._u("requests", key, "ran")
         return base if item is None else f"{base}/{item}"
 
     # -- bounded catch-up (an aioelastic extension) --
@@ -173,11 +183,11 @@ class JobPaths:
 
     def catchup_request(self, key: str) -> str:
         """A catch-up fire requested (data: the missed fire times it stands for)."""
-        return self._p("catchup", "requests", key)
+        return self._u("catchup", "requests", key)
 
     def catchup_ran(self, key: str, item: int | None = None) -> str:
         """Items claimed for the catch-up fire ``key`` (each runs once)."""
-        base = self._p("catchup", "requests", key, "ran")
+        base = self._u("catchup", "requests", key, "ran")
         return base if item is None else f"{base}/{item}"
 
     @property
@@ -185,7 +195,7 @@ class JobPaths:
         return self._p("trigger")
 
     def trigger(self, instance_id: str) -> str:
-        return self._p("trigger", instance_id)
+        return self._u("trigger", instance_id)
 
     @property
     def system_time(self) -> str:

@@ -54,10 +54,18 @@ async def create_all(registry: Registry, ops: Sequence[CreateOp]) -> None:
 class _ClearBatch:
     """Marks to delete in the next clear, and its outcome for those who wait on it."""
 
+    __slots__ = ("_done", "error", "paths")
+
     def __init__(self) -> None:
         self.paths: list[str] = []
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None  # made when first used: most batches never are
         self.error: RegistryError | None = None
+
+    @property
+    def done(self) -> anyio.Event:
+        if self._done is None:
+            self._done = anyio.Event()
+        return self._done
 
 
 class RunMarks:

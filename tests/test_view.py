@@ -8,7 +8,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from aioelastic.registry import CreateOp, DeleteOp, Registry, SetOp
+from aioelastic.registry import CreateOp, DeleteOp, MemoryRegistry, Registry, SetOp
 from aioelastic.registry._view import _LAZY_DELAY, SharedView, TreeView, View
 from tests.conftest import Backend
 from tests.harness.helpers import eventually
@@ -194,4 +194,24 @@ async def test_a_shared_view_reads_others_marks_only_if_they_stay(
             until=lambda data: data == b"other",
             what="the mark's data read once it stayed",
         )
+        tg.cancel_scope.cancel()
+
+
+async def test_the_embedded_shared_view_reads_the_store_itself(
+    registry: Registry, job: str, backend: Backend
+) -> None:
+    if not isinstance(registry, MemoryRegistry):
+        pytest.skip("only the embedded registry's store can be read in place")
+    async with anyio.create_task_group() as tg:
+        shared = SharedView(registry, backend.root)
+        assert await shared.start(tg)
+        view = shared.job(job)
+        node = registry.store.nodes[f"{job}/a"]
+        assert view.get(f"{job}/a") is node.data  # the store's bytes: no copy of them
+        node.mtime = 12.5  # as a test moves a node's age: the view sees the store at once
+        stat = view.stat(f"{job}/a")
+        assert stat is not None and stat.mtime == 12.5
+        # Outside the view's root, nothing (as a copy of the subtree would have it).
+        await registry.create("/elsewhere", b"x")
+        assert not shared.exists("/elsewhere") and shared.get("/elsewhere") is None
         tg.cancel_scope.cancel()

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from functools import partial
 from itertools import count
 
@@ -52,17 +51,39 @@ log = logging.getLogger("aioelastic.registry")
 _session_ids = count(1)
 
 
-@dataclass
+_SMALL = 8  # children kept in a tuple up to this many, in a set beyond
+
+
 class _Node:
-    data: bytes
-    version: int = 0
-    mtime: float = field(default_factory=time.time)
-    ephemeral_owner: int = 0
-    seq: int = 0
-    children: set[str] = field(default_factory=set)
+    """One node. ``children`` is a tuple while there are few (most nodes have none or one: at
+    a thousand jobs a set per node was a fifth of the heap), a set beyond ``_SMALL``."""
+
+    __slots__ = ("children", "data", "ephemeral_owner", "mtime", "seq", "version")
+
+    def __init__(self, data: bytes, ephemeral_owner: int = 0, mtime: float | None = None) -> None:
+        self.data = data
+        self.version = 0
+        self.mtime = time.time() if mtime is None else mtime
+        self.ephemeral_owner = ephemeral_owner
+        self.seq = 0
+        self.children: tuple[str, ...] | set[str] = ()
 
     def stat(self) -> Stat:
         return Stat(self.version, self.mtime, self.ephemeral_owner, len(self.children))
+
+    def add_child(self, name: str) -> None:
+        kids = self.children
+        if isinstance(kids, set):
+            kids.add(name)
+        elif name not in kids:
+            self.children = (*kids, name) if len(kids) < _SMALL else {*kids, name}
+
+    def discard_child(self, name: str) -> None:
+        kids = self.children
+        if isinstance(kids, set):
+            kids.discard(name)
+        elif name in kids:
+            self.children = tuple(k for k in kids if k != name)
 
 
 def _parent(path: str) -> str:
@@ -88,6 +109,9 @@ class MemoryStore:
         self.child_watches: dict[str, list[tuple[int, Watcher]]] = {}
         self.tree_watches: list[tuple[int, str, Watcher]] = []  # session, root, watcher
         self.undo: _Undo | None = None  # set during a multi-op: mutations log their inverse
+        # Set during a multi-op: its time, as ZooKeeper stamps every op of a transaction
+        # (one float for all the nodes it writes, not one each).
+        self.now: float | None = None
 
     def _tree(
         self, path: str, kind: WatchEventType, node: _Node | None
@@ -141,9 +165,9 @@ class MemoryStore:
         if path in self.nodes:
             raise NodeExistsError(path)
         parent.seq += sequential
-        node = self.nodes[path] = _Node(data, ephemeral_owner=ephemeral_owner)
+        node = self.nodes[path] = _Node(data, ephemeral_owner, self.now)
         name = path.rsplit("/", 1)[1]
-        parent.children.add(name)
+        parent.add_child(name)
         if self.undo is not None:
             self.undo.append(partial(self._uncreate, path, parent, name, seq))
         fired = self._fire(self.data_watches, path, WatchEventType.CREATED)
@@ -159,7 +183,8 @@ class MemoryStore:
             raise BadVersionError(f"{path}: version {node.version}, expected {version}")
         if self.undo is not None:
             self.undo.append(partial(_unset, node, node.data, node.version, node.mtime))
-        node.data, node.version, node.mtime = data, node.version + 1, time.time()
+        now = time.time() if self.now is None else self.now
+        node.data, node.version, node.mtime = data, node.version + 1, now
         fired = self._fire(self.data_watches, path, WatchEventType.CHANGED)
         return node.stat(), fired + self._tree(path, WatchEventType.CHANGED, node)
 
@@ -173,7 +198,7 @@ class MemoryStore:
             raise NotEmptyError(path)
         del self.nodes[path]
         parent, name = self.nodes[_parent(path)], path.rsplit("/", 1)[1]
-        parent.children.discard(name)
+        parent.discard_child(name)
         if self.undo is not None:
             self.undo.append(partial(self._undelete, path, node, parent, name))
         fired = self._fire(self.data_watches, path, WatchEventType.DELETED)
@@ -184,12 +209,12 @@ class MemoryStore:
 
     def _uncreate(self, path: str, parent: _Node, name: str, seq: int) -> None:
         del self.nodes[path]
-        parent.children.discard(name)
+        parent.discard_child(name)
         parent.seq = seq
 
     def _undelete(self, path: str, node: _Node, parent: _Node, name: str) -> None:
         self.nodes[path] = node
-        parent.children.add(name)
+        parent.add_child(name)
 
     def check(self, path: str, version: int) -> None:
         node = self._node(path)
@@ -405,7 +430,7 @@ class MemoryRegistry(ListenerBase):
         # Apply for real, each mutation logging its inverse: undone newest first if an op fails.
         store = self.store
         undo: _Undo = []
-        store.undo = undo
+        store.undo, store.now = undo, time.time()
         fired: list[tuple[Watcher, WatchEvent]] = []
         try:
             for index, op in enumerate(ops):
@@ -416,7 +441,7 @@ class MemoryRegistry(ListenerBase):
                         step()
                     raise TransactionFailedError(index, exc) from exc
         finally:
-            store.undo = None
+            store.undo = store.now = None
         self._notify_watchers(fired)
 
     def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:

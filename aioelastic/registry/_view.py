@@ -26,6 +26,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
+from ._memory import _SMALL, MemoryRegistry, _Node
 from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
 __all__ = ["JobView", "SharedView", "Subscription", "TreeView", "View", "shared_view_of"]
@@ -414,14 +415,21 @@ class SharedView:
     intents of other instances are kept with unknown data (``get`` is None) and read only if
     they outlive ``_LAZY_DELAY``. After a new connection or session the subtree is read again,
     level by level with pipelined requests.
+
+    On the embedded registry the view keeps no copy: it reads the ``MemoryStore`` itself (whose
+    changes, multi-ops included, are atomic and whose events carry their data), and the events
+    only drive the signals, ``fresh`` and the reloads as they do for ZooKeeper.
     """
 
     def __init__(self, registry: Registry, root: str) -> None:
         self._registry = registry
         self.root = root
+        self._prefix = root.rstrip("/") + "/"
+        self._store = registry.store.nodes if isinstance(registry, MemoryRegistry) else None
         self._data: dict[str, bytes] = {}
         self._stats: dict[str, Stat] = {}
-        self._children: dict[str, set[str]] = {}
+        # Names in a tuple while a node has few (most have none or one), a set beyond.
+        self._children: dict[str, tuple[str, ...] | set[str]] = {}
         self._unknown: set[str] = set()  # deferred nodes whose data is not read yet
         # Per job (``_job_key``): items not applied yet, and the paths they wait to be read.
         self._queues: dict[str, list[_Item]] = {}
@@ -504,16 +512,34 @@ class SharedView:
         return self._loading or bool(self._to_read or self._unresolved)
 
     def get(self, path: str) -> bytes | None:
+        if self._store is not None:
+            node = self._stored(path)
+            return None if node is None else node.data
         return self._data.get(path)
 
     def stat(self, path: str) -> Stat | None:
+        if self._store is not None:
+            node = self._stored(path)
+            return None if node is None else node.stat()
         return self._stats.get(path)
 
     def exists(self, path: str) -> bool:
+        if self._store is not None:
+            return self._stored(path) is not None
         return path in self._data or path in self._unknown
 
     def children(self, path: str) -> list[str]:
+        if self._store is not None:
+            node = self._stored(path)
+            return [] if node is None else sorted(node.children)
         return sorted(self._children.get(path, ()))
+
+    def _stored(self, path: str) -> _Node | None:
+        """The embedded registry's node at ``path``, if it is in the view's subtree."""
+        assert self._store is not None
+        if path == self.root or path.startswith(self._prefix):
+            return self._store.get(path)
+        return None
 
     def subscribe(
         self, root: str, relevant: Callable[[str], bool], wake: Callable[[], None] | None = None
@@ -610,18 +636,29 @@ class SharedView:
 
     def _add(self, path: str) -> None:
         self._batch.add(path)
-        self._children.setdefault(path, set())
+        if self._store is not None:
+            return  # the store holds the node
+        children = self._children
+        children.setdefault(path, ())
         parent, _, name = path.rpartition("/")
-        if path != self.root and parent in self._children:
-            self._children[parent].add(name)
+        if path != self.root and parent in children:
+            kids = children[parent]
+            if isinstance(kids, set):
+                kids.add(name)
+            elif name not in kids:
+                children[parent] = (*kids, name) if len(kids) < _SMALL else {*kids, name}
 
     def _set(self, path: str, data: bytes, stat: Stat) -> None:
         self._add(path)
-        self._unknown.discard(path)
-        self._lazy.pop(path, None)
-        self._data[path], self._stats[path] = data, stat
+        if self._store is None:
+            self._unknown.discard(path)
+            self._lazy.pop(path, None)
+            self._data[path], self._stats[path] = data, stat
 
     def _drop(self, path: str) -> None:
+        if self._store is not None:
+            self._batch.add(path)  # the store deletes leaves only: each node has its event
+            return
         if path in self._data or path in self._unknown:
             self._batch.add(path)
         for kid in self._children.pop(path, ()):
@@ -631,14 +668,19 @@ class SharedView:
         self._unknown.discard(path)
         self._lazy.pop(path, None)
         parent, _, name = path.rpartition("/")
-        if parent in self._children:
-            self._children[parent].discard(name)
+        kids = self._children.get(parent)
+        if kids is not None and name in kids:
+            if isinstance(kids, set):
+                kids.discard(name)
+            else:
+                self._children[parent] = tuple(k for k in kids if k != name)
 
     def _apply_kids(self, path: str, kids: list[str]) -> None:
         """A children listing (loading): names the view holds but the listing lacks are gone."""
         if path not in self._children:
             return
-        for gone in self._children[path] - set(kids):
+        listed = set(kids)
+        for gone in [k for k in self._children[path] if k not in listed]:
             self._drop(_join(path, gone))
 
     def _signal_soon(self) -> None:
@@ -707,6 +749,8 @@ class SharedView:
             stats.clear()
             kids.clear()
             await self._registry.read_many(level, on_value)
+            if self._store is not None:
+                break  # one round trip, as a load: the view reads the store itself
             parents = [p for p in level if p in stats and stats[p].num_children]
             await self._registry.read_many([], on_value, children=parents)
             level = [_join(p, k) for p in parents for k in kids.get(p, ())]
