@@ -29,6 +29,7 @@ from .._errors import (
 from .._urls import RegistryURL
 from ._base import ListenerBase
 from ._limits import check_request, create_size, set_size, transaction_size
+from ._names import Names, with_name, without_name
 from ._paths import validate_path
 from ._protocol import (
     CheckOp,
@@ -51,12 +52,8 @@ log = logging.getLogger("aioelastic.registry")
 _session_ids = count(1)
 
 
-_SMALL = 8  # children kept in a tuple up to this many, in a set beyond
-
-
 class _Node:
-    """One node. ``children`` is a tuple while there are few (most nodes have none or one: at
-    a thousand jobs a set per node was a fifth of the heap), a set beyond ``_SMALL``."""
+    """One node; ``children`` as ``_names`` keeps them."""
 
     __slots__ = ("children", "data", "ephemeral_owner", "mtime", "seq", "version")
 
@@ -66,24 +63,16 @@ class _Node:
         self.mtime = time.time() if mtime is None else mtime
         self.ephemeral_owner = ephemeral_owner
         self.seq = 0
-        self.children: tuple[str, ...] | set[str] = ()
+        self.children: Names = ()
 
     def stat(self) -> Stat:
         return Stat(self.version, self.mtime, self.ephemeral_owner, len(self.children))
 
     def add_child(self, name: str) -> None:
-        kids = self.children
-        if isinstance(kids, set):
-            kids.add(name)
-        elif name not in kids:
-            self.children = (*kids, name) if len(kids) < _SMALL else {*kids, name}
+        self.children = with_name(self.children, name)
 
     def discard_child(self, name: str) -> None:
-        kids = self.children
-        if isinstance(kids, set):
-            kids.discard(name)
-        elif name in kids:
-            self.children = tuple(k for k in kids if k != name)
+        self.children = without_name(self.children, name)
 
 
 def _parent(path: str) -> str:

@@ -26,7 +26,8 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import NoNodeError, RegistryError, SessionLostError
-from ._memory import _SMALL, MemoryRegistry, _Node
+from ._memory import MemoryRegistry, _Node
+from ._names import Names, with_name, without_name
 from ._protocol import Registry, SessionEvent, SessionState, Stat, WatchEvent, WatchEventType
 
 __all__ = ["JobView", "SharedView", "Subscription", "TreeView", "View", "shared_view_of"]
@@ -428,8 +429,7 @@ class SharedView:
         self._store = registry.store.nodes if isinstance(registry, MemoryRegistry) else None
         self._data: dict[str, bytes] = {}
         self._stats: dict[str, Stat] = {}
-        # Names in a tuple while a node has few (most have none or one), a set beyond.
-        self._children: dict[str, tuple[str, ...] | set[str]] = {}
+        self._children: dict[str, Names] = {}
         self._unknown: set[str] = set()  # deferred nodes whose data is not read yet
         # Per job (``_job_key``): items not applied yet, and the paths they wait to be read.
         self._queues: dict[str, list[_Item]] = {}
@@ -642,11 +642,7 @@ class SharedView:
         children.setdefault(path, ())
         parent, _, name = path.rpartition("/")
         if path != self.root and parent in children:
-            kids = children[parent]
-            if isinstance(kids, set):
-                kids.add(name)
-            elif name not in kids:
-                children[parent] = (*kids, name) if len(kids) < _SMALL else {*kids, name}
+            children[parent] = with_name(children[parent], name)
 
     def _set(self, path: str, data: bytes, stat: Stat) -> None:
         self._add(path)
@@ -669,11 +665,8 @@ class SharedView:
         self._lazy.pop(path, None)
         parent, _, name = path.rpartition("/")
         kids = self._children.get(parent)
-        if kids is not None and name in kids:
-            if isinstance(kids, set):
-                kids.discard(name)
-            else:
-                self._children[parent] = tuple(k for k in kids if k != name)
+        if kids is not None:
+            self._children[parent] = without_name(kids, name)
 
     def _apply_kids(self, path: str, kids: list[str]) -> None:
         """A children listing (loading): names the view holds but the listing lacks are gone."""
