@@ -5,6 +5,7 @@ Every invalid value raises ``ConfigError`` naming the field and the bad value.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -262,7 +263,7 @@ class JobConfig(BaseModel):
 
     def trigger(self) -> CronTrigger | None:
         """The cron trigger, or None for a one-off job (runs only when triggered)."""
-        return CronTrigger(self.cron, self.time_zone) if self.cron else None
+        return _shared_trigger(self.cron, self.time_zone) if self.cron else None
 
     def to_registry(self) -> bytes:
         """The JSON stored in the registry's ``config`` node (code-only fields left out)."""
@@ -425,3 +426,10 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with ``overrides`` (None values ignored) on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_trigger(cron: str, time_zone: str) -> CronTrigger:
+    """One (immutable) trigger for equal expressions: the timer computes a second's next fire
+    time once for all jobs that share it."""
+    return CronTrigger(cron, time_zone)

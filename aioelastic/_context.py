@@ -32,10 +32,15 @@ class ShardingContexts:
     """A manual fire: its trigger's id (the same on every instance the trigger reached)."""
     catch_up: bool = False
     """A catch-up fire (source MISFIRE, but no misfire re-run: there are no marks to take)."""
+    sorted_items: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+    """``items`` as a tuple, sorted once (the fire path reads it many times)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sorted_items", tuple(sorted(self.sharding_item_parameters)))
 
     @property
     def items(self) -> list[int]:
-        return sorted(self.sharding_item_parameters)
+        return list(self.sorted_items)
 
     def for_item(
         self, item: int, lost: ClaimLost | None = None, session_id: int = 0

@@ -457,7 +457,16 @@ class CronTrigger:
     Python compares two datetimes that share a tzinfo by wall time, ignoring ``fold``.
     """
 
-    __slots__ = ("_expression", "_hours", "_minutes", "_months", "_schedule", "_seconds", "_zone")
+    __slots__ = (
+        "_expression",
+        "_hash",
+        "_hours",
+        "_minutes",
+        "_months",
+        "_schedule",
+        "_seconds",
+        "_zone",
+    )
 
     def __init__(self, expression: str, time_zone: str = "UTC") -> None:
         if not isinstance(expression, str):
@@ -473,6 +482,7 @@ class CronTrigger:
         self._minutes = compiled.minutes
         self._hours = compiled.hours
         self._months = compiled.months
+        self._hash = hash((self._schedule, self._zone.key))
 
     @property
     def expression(self) -> str:
@@ -493,7 +503,7 @@ class CronTrigger:
         return self._schedule == other._schedule and self._zone.key == other._zone.key
 
     def __hash__(self) -> int:
-        return hash((self._schedule, self._zone.key))
+        return self._hash
 
     def next_fire_time(self, after: datetime) -> datetime | None:
         """First fire time strictly after the aware datetime ``after``, in the trigger's zone."""

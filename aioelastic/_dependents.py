@@ -172,10 +172,10 @@ class Dependents:
             contexts = await self._upstream_started(contexts)
         if not self.downstream:
             return contexts
-        self._unrecorded[contexts.task_id] = (set(contexts.items), set())
+        self._unrecorded[contexts.task_id] = (set(contexts.sorted_items), set())
         if contexts.execution_type is ExecutionType.FAILOVER:
             return contexts
-        for item in contexts.items:
+        for item in contexts.sorted_items:
             key = key_of(contexts) if misfired is None else misfired.get(item, MANUAL)
             self._keys[(contexts.task_id, item)] = key
             path = self.paths.dependents_fire(item, self.instance_id)
@@ -190,9 +190,13 @@ class Dependents:
             return
         paths: list[str] = []
         if self.config.after and contexts.upstream_fire is not None:
-            paths += [self.paths.dependents_upstream(i, self.instance_id) for i in contexts.items]
+            paths += [
+                self.paths.dependents_upstream(i, self.instance_id) for i in contexts.sorted_items
+            ]
         if self.downstream:
-            paths += [self.paths.dependents_fire(i, self.instance_id) for i in contexts.items]
+            paths += [
+                self.paths.dependents_fire(i, self.instance_id) for i in contexts.sorted_items
+            ]
         with contextlib.suppress(RegistryError):
             for path in paths:
                 with contextlib.suppress(NoNodeError):
@@ -203,7 +207,7 @@ class Dependents:
         (fenced, cancelled by shutdown) never reaches ``item_done``; its records in the
         registry stay for a failover run elsewhere."""
         self._unrecorded.pop(contexts.task_id, None)
-        for item in contexts.items:
+        for item in contexts.sorted_items:
             self._keys.pop((contexts.task_id, item), None)
             self._upstream_runs.pop((contexts.task_id, item), None)
 
@@ -215,13 +219,13 @@ class Dependents:
                 record = _dumps(
                     {"fire": contexts.upstream_fire, "task_ids": contexts.upstream_task_ids}
                 )
-                for item in contexts.items:
+                for item in contexts.sorted_items:
                     path = self.paths.dependents_upstream(item, self.instance_id)
                     await _put(self.registry, path, record)
             return contexts
         task_ids: list[str] = []
         fire: str | None = None
-        for item in contexts.items:
+        for item in contexts.sorted_items:
             found = await self._dead_records(self.paths.dependents_upstream(item))
             if not found:
                 continue

@@ -203,7 +203,7 @@ class JobExecutor:
         if not await self._listeners(contexts, before=True, cluster_once=False):
             if failover_run:  # the fire was aborted: give the takeover back
                 with anyio.move_on_after(5, shield=True), contextlib.suppress(RegistryError):
-                    await self.coordinator.marks.release_failover(contexts.items)
+                    await self.coordinator.marks.release_failover(contexts.sorted_items)
             return False
         ran = await self.execute(contexts, quiet_conflict=True, claim=claim)
         await self._listeners(contexts, before=False, cluster_once=False)
@@ -242,7 +242,7 @@ class JobExecutor:
     async def _misfire(self, contexts: ShardingContexts) -> None:
         if self.config.misfire:
             fire = self.dependents.misfire_key(contexts) if self.dependents is not None else b""
-            await self.coordinator.marks.mark_misfire(contexts.items, fire)
+            await self.coordinator.marks.mark_misfire(contexts.sorted_items, fire)
         self._status(
             contexts,
             State.TASK_FINISHED,
@@ -259,7 +259,7 @@ class JobExecutor:
     ) -> bool:
         """Run the items of ``contexts`` under running marks (and ``claim`` nodes, see
         ``run``). False if they could not be claimed (another fire holds one)."""
-        items = contexts.items
+        items = contexts.sorted_items
         if not items:
             self._status(
                 contexts, State.TASK_FINISHED, f"Sharding item for job '{self._job}' is empty."
@@ -376,7 +376,7 @@ class JobExecutor:
         misfired: Mapping[int, str] | None,
         claims: Sequence[str],
     ) -> None:
-        items, marks = contexts.items, self.coordinator.marks
+        items, marks = contexts.sorted_items, self.coordinator.marks
         failover_run = contexts.execution_type is ExecutionType.FAILOVER
         if self.dependents is not None:
             await self.dependents.fire_aborted(contexts)
@@ -403,13 +403,13 @@ class JobExecutor:
             "%s: fire %s items %s (%s) took %.3fs: %s",
             self._job,
             short_task_id(contexts.task_id),
-            list(contexts.items),
+            list(contexts.sorted_items),
             source,
             duration,
             outcome,
             extra=self._fields(
                 contexts,
-                items=list(contexts.items),
+                items=list(contexts.sorted_items),
                 duration=round(duration, 6),
                 outcome="failed" if failed else "ok",
                 failed_items=failed,
@@ -441,7 +441,7 @@ class JobExecutor:
                 sharding_item=item,
                 execution_source=contexts.execution_source,
             )
-            for item in contexts.items
+            for item in contexts.sorted_items
         }
 
     async def _run_one(
@@ -619,7 +619,7 @@ class JobExecutor:
                 task_id=contexts.task_id,
                 slave_id=self.coordinator.identity.instance_id,
                 execution_type=contexts.execution_type,
-                sharding_items=tuple(contexts.items),
+                sharding_items=contexts.sorted_items,
                 state=state,
                 message=message,
                 original_task_id=contexts.task_id,
@@ -668,11 +668,11 @@ class JobExecutor:
     async def _distributed_once(
         self, listener: DistributedOnceListener, contexts: ShardingContexts, *, before: bool
     ) -> None:
-        if not contexts.items:
+        if not contexts.sorted_items:
             return
         kind = "started" if before else "completed"
         timeout = listener.started_timeout if before else listener.completed_timeout
-        if await self.coordinator.once.wait_all(kind, contexts.items, timeout):
+        if await self.coordinator.once.wait_all(kind, contexts.sorted_items, timeout):
             hook = listener.before_all_started if before else listener.after_all_completed
             await hook(contexts)
 

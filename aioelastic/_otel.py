@@ -16,6 +16,7 @@ A failed item records its exception and has status ERROR; so does its fire.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,11 +39,19 @@ _NO_SPAN = contextlib.nullcontext()
 _provider_set = False
 
 
+# The API's own global, read directly: ``get_tracer_provider()`` looks up an environment
+# variable on each call (2.5 us, twice per fire). If it is not there, ask the API as before.
+_UNSET_GLOBAL = object()
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 def _no_provider() -> bool:
     """No tracer provider is set yet: every span would be a no-op, so none is made (checked
     on each call until one is set, so a provider set later is followed; it cannot be unset)."""
     global _provider_set
     if not _provider_set:
+        if getattr(_trace, "_TRACER_PROVIDER", _UNSET_GLOBAL) is None and not _ENV_PROVIDER:
+            return True
         _provider_set = not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
     return not _provider_set
 

@@ -308,14 +308,14 @@ class JobRunner:
         """Run the items of a requested fire's ``contexts`` (a dependent job's, a catch-up),
         listeners included, creating each item's ``claim`` node with its running mark."""
         if self._fires is not None and not self._stopping:
-            self.claiming |= frozenset(contexts.items)
+            self.claiming |= frozenset(contexts.sorted_items)
             self._fires.start(self._guarded(self._run_requested(contexts, claim)))
 
     async def _run_requested(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
         try:
             await self.executor.run(contexts, claim=claim)
         finally:
-            self.claiming -= frozenset(contexts.items)
+            self.claiming -= frozenset(contexts.sorted_items)
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1

@@ -82,13 +82,28 @@ class Timer:
             entry._queued = False
             self._stale += 1
 
-    def _schedule(self, entry: CronEntry, now: datetime | None = None) -> None:
+    def _schedule(
+        self,
+        entry: CronEntry,
+        now: datetime | None = None,
+        memo: dict[tuple[CronTrigger, datetime], datetime | None] | None = None,
+    ) -> None:
+        """Queue ``entry``'s next fire time; ``memo`` shares results between the entries of one
+        pass (jobs on the same trigger and last fire time: one computation for all)."""
         self._unqueue(entry)
         entry._generation += 1
         trigger = entry._trigger()
         now = now or datetime.now(UTC)
         after = max(now, entry.last) if entry.last else now
-        entry.next = trigger.next_fire_time(after) if trigger else None
+        if trigger is None:
+            entry.next = None
+        elif memo is None:
+            entry.next = trigger.next_fire_time(after)
+        else:
+            key = (trigger, after)
+            if key not in memo:
+                memo[key] = trigger.next_fire_time(after)
+            entry.next = memo[key]
         if entry.next is None:
             return
         at = entry.next.timestamp()
@@ -114,9 +129,10 @@ class Timer:
             entry.last = scheduled
             entry._fire(scheduled)
         wall = datetime.now(UTC)
+        memo: dict[tuple[CronTrigger, datetime], datetime | None] = {}
         for entry in due:
             if entry.next is entry.last:  # neither removed nor rescheduled by the fire
-                self._schedule(entry, wall)
+                self._schedule(entry, wall, memo)
         if self._stale > 64 and self._stale > len(heap) // 2:
             self._heap = [slot for slot in heap if slot[2] == slot[3]._generation]
             heapq.heapify(self._heap)
