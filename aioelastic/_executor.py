@@ -707,7 +707,13 @@ class JobExecutor:
                     extra=extra,
                 )
             else:
-                log.error("job %r failed: %s", self._job, _describe(exc), exc_info=exc, extra=extra)
+                # A registry failure (the session lost mid-fire, say) hits every job at once:
+                # its message says it all, and formatting a thousand tracebacks in one loop
+                # pass blocked the loop past the stall limit (the watchdog then killed us).
+                trace = None if isinstance(exc, RegistryError) else exc
+                log.error(
+                    "job %r failed: %s", self._job, _describe(exc), exc_info=trace, extra=extra
+                )
             return False
         try:
             result = handler(self._job, exc)

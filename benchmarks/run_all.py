@@ -139,6 +139,7 @@ class Services:
     pg: PostgresServer | None  # None: baselines off
     workdir: Path
     before: Path | None = None  # aioelastic's package at the --before revision
+    partial: Path | None = None  # where the sections measured so far are kept
 
     def before_env(self) -> dict[str, str]:
         assert self.before is not None
@@ -652,12 +653,21 @@ async def run(
     plan: Plan, svc: Services, only: frozenset[str] = frozenset(SECTIONS)
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(svc)}
+
+    def keep() -> None:  # what is measured so far survives a crash of this process
+        if svc.partial is not None:
+            svc.partial.write_text(json.dumps(results, indent=1))
+
     results["lag"] = await lag_section(plan, svc)
+    keep()
     results["throughput"] = await throughput_section(plan, svc)
+    keep()
     if "coordination" in only:
         results["coordination"] = await coordination_section(plan, svc)
+        keep()
     if "recovery" in only:
         results["recovery"] = await recovery_section(plan, svc)
+        keep()
     if "scale" in only:
         results["scale"] = await scale_section(plan)
     results["machine"]["load_average_at_end"] = os.getloadavg()
@@ -717,7 +727,10 @@ def main() -> None:
         zk.start()
         before = export_revision(args.before, workdir / "before") if args.before else None
         only = frozenset(args.only.split(",")) if args.only else frozenset(SECTIONS)
-        results = anyio.run(run, plan, Services(zk, pg, workdir, before), only)
+        out.mkdir(parents=True, exist_ok=True)
+        partial = out / "run_all.partial.json"
+        results = anyio.run(run, plan, Services(zk, pg, workdir, before, partial), only)
+        partial.unlink(missing_ok=True)
         if args.before:
             results["machine"]["before_revision"] = args.before
     results["runtime_s"] = round(time.monotonic() - began, 1)

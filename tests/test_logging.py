@@ -232,3 +232,30 @@ async def test_the_stop_line_says_what_it_waits_for(caplog: pytest.LogCaptureFix
     [line] = _records(caplog, f"instance {scheduler.instance_id} stopping")
     assert line.getMessage().endswith("stopping: waiting up to 30s for 1 running item(s): slow [2]")
     assert _field(line, "running_items") == {"slow": [2]}
+
+
+async def test_a_registry_failure_of_a_fire_is_one_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A session lost mid-fire fails every job's fire at once: each logs one line (a thousand
+    formatted tracebacks in one loop pass blocked the loop past the stall limit)."""
+    from aioelastic._errors import SessionLostError
+
+    caplog.set_level(logging.INFO, logger="aioelastic")
+    scheduler = Scheduler(settings=Settings(registry_url=_memory_url("log-registry-error")))
+
+    @scheduler.job()
+    async def sync(ctx: ShardingContext) -> None:
+        pass
+
+    async with scheduler:
+        executor = scheduler._runners["sync"].executor
+        await executor.handle_error(SessionLostError("connection to 127.0.0.1:1 lost (closed)"))
+        await executor.handle_error(ValueError("a bug"))
+    registry_error, bug = _records(caplog, "job 'sync' failed: ")
+    assert registry_error.levelno == logging.ERROR
+    assert registry_error.getMessage() == (
+        "job 'sync' failed: SessionLostError: connection to 127.0.0.1:1 lost (closed)"
+    )
+    assert registry_error.exc_info is None
+    assert bug.exc_info is not None and isinstance(bug.exc_info[1], ValueError)
