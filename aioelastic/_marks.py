@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
+from ._batch import batch_of
 from ._config import JobConfig
 from ._errors import NodeExistsError, NoNodeError, RegistryError, TransactionFailedError
 from ._layout import JobPaths
@@ -243,7 +244,7 @@ class RunMarks:
     async def _delete_all(self, paths: Sequence[str]) -> None:
         for chunk in chunk_ops([DeleteOp(p) for p in paths]):
             try:
-                await self.registry.transaction(chunk)
+                await self._batched(chunk)
             except TransactionFailedError:
                 for op in chunk:  # some were not there (a stale view): delete the rest
                     try:
@@ -345,7 +346,7 @@ class RunMarks:
         applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
         chunks = chunk_ops(ops)
         if len(chunks) == 1:
-            await self.registry.transaction(ops)
+            await self._batched(ops)
             return
         applied: list[Op] = []
         for chunk in chunks:
@@ -358,6 +359,15 @@ class RunMarks:
                     raise TransactionFailedError(len(applied) + exc.index, exc.cause) from exc
                 raise
             applied += chunk
+
+    async def _batched(self, ops: Sequence[Op]) -> None:
+        """``registry.transaction(ops)``, sent with other jobs' of the same moment (the fires
+        of one tick) as one multi-op if the scheduler runs a batch (``TransactionBatch``)."""
+        batch = batch_of(self.registry)
+        if batch is None:
+            await self.registry.transaction(ops)
+        else:
+            await batch.transaction(ops)
 
     async def _undo(self, applied: Sequence[Op]) -> None:
         """Revert ops that were applied (creates deleted, deletes re-created and sets restored
