@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ._errors import SessionLostError, TransactionFailedError
@@ -82,6 +83,7 @@ class TransactionBatch:
         task_status.started()
         try:
             while True:
+                await anyio.lowlevel.checkpoint_if_cancelled()  # the flush below is shielded
                 if not self._queue:
                     self._wake = loop.create_future()
                     await self._wake  # idle until a submission (cancelled with the scheduler)

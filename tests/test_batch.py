@@ -1,0 +1,235 @@
+"""``TransactionBatch``: multi-ops of many callers sent as one, each caller getting the outcome
+it would have had alone (applied, or its own ``TransactionFailedError``), on both registries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from aioelastic._batch import TransactionBatch, batch_of
+from aioelastic._errors import (
+    NodeExistsError,
+    NoNodeError,
+    PacketTooLargeError,
+    SessionLostError,
+    TransactionFailedError,
+)
+from aioelastic.registry import CreateOp, DeleteOp, Op, Registry, SetOp
+from aioelastic.registry._limits import PACKET_LIMIT, transaction_size
+from tests.conftest import Backend
+from tests.harness.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+class Gated:
+    """The real registry, with its multi-ops counted and, while ``gate`` is closed, held
+    before they are sent; ``fail_next`` makes the next multi-op of several callers' ops fail
+    with a session loss before it is sent."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.sent: list[list[Op]] = []
+        self.gate: anyio.Event | None = None
+        self.held = anyio.Event()  # set when a multi-op waits at the closed gate
+        self.fail_combined = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.registry, name)
+
+    async def transaction(self, ops: Sequence[Op]) -> None:
+        if self.gate is not None:
+            self.held.set()
+            with anyio.fail_after(10):
+                await self.gate.wait()
+        self.sent.append(list(ops))
+        if self.fail_combined and len(ops) > 1:
+            raise SessionLostError("connection lost (injected)")
+        await self.registry.transaction(ops)
+
+
+@asynccontextmanager
+async def running(registry: Registry, budget: int | None = None) -> AsyncIterator[TransactionBatch]:
+    batch = TransactionBatch(registry) if budget is None else TransactionBatch(registry, budget)
+    async with anyio.create_task_group() as tg:
+        await tg.start(batch.run)
+        yield batch
+        tg.cancel_scope.cancel()
+
+
+async def submit_all(batch: TransactionBatch, calls: Sequence[Sequence[Op]]) -> list[object]:
+    """Submit every call in the same loop pass; each one's outcome (None or its error)."""
+    outcomes: list[object] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        try:
+            await batch.transaction(calls[i])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(one, i)
+    return outcomes
+
+
+async def test_the_multi_ops_of_one_moment_are_one_request_and_all_applied(
+    backend: Backend,
+) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        async with running(reg) as batch:
+            assert batch_of(reg) is batch
+            before = reg.request_count
+            calls = [[CreateOp(f"{root}/j{i}"), CreateOp(f"{root}/j{i}/running")] for i in range(8)]
+            assert await submit_all(batch, calls) == [None] * 8
+            assert reg.request_count - before == 1  # one multi-op for the eight callers
+        assert batch_of(reg) is None
+        assert sorted(await reg.get_children(root)) == [f"j{i}" for i in range(8)]
+        for i in range(8):
+            assert await reg.get_children(f"{root}/j{i}") == ["running"]
+
+
+async def test_one_conflicting_caller_fails_alone_and_the_others_are_applied_once(
+    backend: Backend,
+) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        await reg.create(f"{root}/taken")
+        for name in ("a", "c"):
+            await reg.create(f"{root}/{name}")
+        counted = Gated(reg)
+        async with running(counted) as batch:  # type: ignore[arg-type]
+            outcomes = await submit_all(
+                batch,
+                [
+                    [SetOp(f"{root}/a", b"A"), CreateOp(f"{root}/a1")],
+                    [CreateOp(f"{root}/b1"), CreateOp(f"{root}/taken"), CreateOp(f"{root}/b2")],
+                    [SetOp(f"{root}/c", b"C"), DeleteOp(f"{root}/c1-missing")],
+                    [CreateOp(f"{root}/d1")],
+                ],
+            )
+        a, b, c, d = outcomes
+        assert a is None and d is None
+        # Each failure is the caller's own, with the index into ITS ops.
+        assert isinstance(b, TransactionFailedError) and b.index == 1
+        assert isinstance(b.cause, NodeExistsError)
+        assert isinstance(c, TransactionFailedError) and c.index == 1
+        assert isinstance(c.cause, NoNodeError)
+        children = set(await reg.get_children(root))
+        assert {"a1", "d1"} <= children and not {"b1", "b2"} & children
+        # Applied exactly once: each set moved its node's version by one.
+        assert (await reg.get(f"{root}/a"))[1].version == 1
+        assert (await reg.get(f"{root}/c"))[1].version == 0  # its multi-op failed: not applied
+        assert len(counted.sent[0]) == 8  # tried together first
+
+
+async def test_a_lost_session_fails_every_caller_and_nothing_is_sent_again(
+    backend: Backend,
+) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        flaky = Gated(reg)
+        flaky.fail_combined = True
+        async with running(flaky) as batch:  # type: ignore[arg-type]
+            outcomes = await submit_all(batch, [[CreateOp(f"{root}/x{i}")] for i in range(3)])
+        assert all(isinstance(o, SessionLostError) for o in outcomes), outcomes
+        assert len(flaky.sent) == 1  # no fallback after an error that is not an op's
+        assert await reg.get_children(root) == []
+
+
+async def test_callers_that_do_not_fit_one_request_go_in_several_in_order(
+    backend: Backend,
+) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        counted = Gated(reg)
+        one = [CreateOp(f"{root}/n0", b"x" * 100)]
+        budget = 3 * (transaction_size(one) - transaction_size(())) + transaction_size(())
+        async with running(counted, budget) as batch:  # type: ignore[arg-type]
+            calls: list[list[Op]] = [[CreateOp(f"{root}/n{i}", b"x" * 100)] for i in range(7)]
+            calls.append([DeleteOp(f"{root}/n0")])  # after n0's create: order is kept
+            assert await submit_all(batch, calls) == [None] * 8
+        assert [len(ops) for ops in counted.sent] == [3, 3, 2]
+        assert sorted(await reg.get_children(root)) == [f"n{i}" for i in range(1, 7)]
+
+
+async def test_a_caller_too_big_for_a_packet_is_refused_alone(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        async with running(reg) as batch:
+            huge = [
+                CreateOp(f"{root}/h{i}", b"x" * 60_000) for i in range(PACKET_LIMIT // 60_000 + 1)
+            ]
+            outcomes = await submit_all(batch, [[CreateOp(f"{root}/ok")], huge])
+        assert outcomes[0] is None and isinstance(outcomes[1], PacketTooLargeError)
+        assert await reg.get_children(root) == ["ok"]
+
+
+async def test_a_caller_cancelled_before_the_send_has_nothing_applied(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        gated = Gated(reg)
+        gated.gate = anyio.Event()
+        async with running(gated) as batch:  # type: ignore[arg-type]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(batch.transaction, [CreateOp(f"{root}/first")])
+                with anyio.fail_after(5):
+                    await gated.held.wait()  # the first flush waits at the gate
+                tg.start_soon(batch.transaction, [CreateOp(f"{root}/after")])
+                scope = anyio.CancelScope()
+                gone = anyio.Event()
+
+                async def doomed() -> None:
+                    with scope:
+                        await batch.transaction([CreateOp(f"{root}/doomed")])
+                    gone.set()
+
+                tg.start_soon(doomed)
+                await eventually(lambda: len(batch._queue) == 2, what="both queued")
+                scope.cancel()
+                with anyio.fail_after(5):
+                    await gone.wait()
+                gated.gate.set()
+        assert sorted(await reg.get_children(root)) == ["after", "first"]
+
+
+async def test_a_stopped_batch_hands_unsent_calls_back_and_finishes_the_one_in_flight(
+    backend: Backend,
+) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        gated = Gated(reg)
+        gated.gate = anyio.Event()
+        batch = TransactionBatch(gated)  # type: ignore[arg-type]
+        outcomes: dict[str, object] = {}
+
+        async def call(name: str) -> None:
+            try:
+                await batch.transaction([CreateOp(f"{root}/{name}")])
+                outcomes[name] = None
+            except Exception as exc:
+                outcomes[name] = exc
+
+        async with anyio.create_task_group() as callers:
+            async with anyio.create_task_group() as service:
+                await service.start(batch.run)
+                callers.start_soon(call, "in-flight")
+                with anyio.fail_after(5):
+                    await gated.held.wait()
+                callers.start_soon(call, "queued")
+                await eventually(lambda: len(batch._queue) == 1, what="queued")
+                service.cancel_scope.cancel()  # the scheduler stops: the flush is shielded
+                gated.gate.set()
+        assert outcomes == {"in-flight": None, "queued": None}
+        assert sorted(await reg.get_children(root)) == ["in-flight", "queued"]
