@@ -2,9 +2,9 @@
 
 With a thousand jobs firing in the same second, each fire's running marks (and, when it ends,
 their deletion) are a multi-op of their own: a registry round trip each. ``TransactionBatch``
-sends the multi-ops submitted while the previous one was on its way (at least: all those of one
-loop pass) as ONE multi-op, in submission order, and gives each submitter exactly the outcome
-it would have had alone:
+sends a multi-op at once if nothing else is on its way, and those submitted while one is (the
+rest of the fires of the tick) together as ONE multi-op, in submission order, giving each
+submitter exactly the outcome it would have had alone:
 
 - the combined multi-op succeeds: every submitter's ops were applied (a multi-op applies its
   ops in order, so this is what sending them one after the other would have done);
@@ -70,6 +70,7 @@ class TransactionBatch:
         self._budget = budget
         self._queue: list[_Submission] = []
         self._taken: list[_Submission] = []  # being sent by the current flush
+        self._direct = 0  # transactions sent at once by their callers, not answered yet
         self._wake: asyncio.Future[None] | None = None
         self._open = False
         self.flushes = 0
@@ -115,6 +116,16 @@ class TransactionBatch:
             validate_path(op.path)
         size = transaction_size(ops)
         check_request(size, f"transaction of {len(ops)} ops on {ops[0].path}")
+        if not (self._queue or self._taken or self._direct):
+            # Nothing else on its way: send at once (no loop pass lost waiting for the batch;
+            # a completed item's failover intent is deleted as soon as without it). Callers
+            # arriving meanwhile are batched behind it, sent in order after it.
+            self._direct += 1
+            try:
+                await self.registry.transaction(ops)
+            finally:
+                self._direct -= 1
+            return
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(_Submission(ops, size, future))
         if self._wake is not None and not self._wake.done():

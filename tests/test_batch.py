@@ -34,7 +34,7 @@ class Gated:
         self.registry = registry
         self.sent: list[list[Op]] = []
         self.gate: anyio.Event | None = None
-        self.held = anyio.Event()  # set when a multi-op waits at the closed gate
+        self.waiting = 0  # multi-ops waiting at the closed gate
         self.fail_combined = False
 
     def __getattr__(self, name: str) -> object:
@@ -42,7 +42,7 @@ class Gated:
 
     async def transaction(self, ops: Sequence[Op]) -> None:
         if self.gate is not None:
-            self.held.set()
+            self.waiting += 1
             with anyio.fail_after(10):
                 await self.gate.wait()
         self.sent.append(list(ops))
@@ -60,8 +60,11 @@ async def running(registry: Registry, budget: int | None = None) -> AsyncIterato
         tg.cancel_scope.cancel()
 
 
-async def submit_all(batch: TransactionBatch, calls: Sequence[Sequence[Op]]) -> list[object]:
-    """Submit every call in the same loop pass; each one's outcome (None or its error)."""
+async def submit_all(
+    batch: TransactionBatch, calls: Sequence[Sequence[Op]], lead: Sequence[Op] = ()
+) -> list[object]:
+    """Submit every call in the same loop pass, after ``lead`` (sent at once, as the batch is
+    idle: the calls are batched behind it); each call's outcome (None or its error)."""
     outcomes: list[object] = [None] * len(calls)
 
     async def one(i: int) -> None:
@@ -71,6 +74,8 @@ async def submit_all(batch: TransactionBatch, calls: Sequence[Sequence[Op]]) -> 
             outcomes[i] = exc
 
     async with anyio.create_task_group() as tg:
+        if lead:
+            tg.start_soon(batch.transaction, lead)
         for i in range(len(calls)):
             tg.start_soon(one, i)
     return outcomes
@@ -85,11 +90,16 @@ async def test_the_multi_ops_of_one_moment_are_one_request_and_all_applied(
         async with running(reg) as batch:
             assert batch_of(reg) is batch
             before = reg.request_count
+            await batch.transaction([CreateOp(f"{root}/alone")])  # nothing else: sent at once
+            assert reg.request_count - before == 1 and batch.flushes == 0
             calls = [[CreateOp(f"{root}/j{i}"), CreateOp(f"{root}/j{i}/running")] for i in range(8)]
-            assert await submit_all(batch, calls) == [None] * 8
-            assert reg.request_count - before == 1  # one multi-op for the eight callers
+            lead = [CreateOp(f"{root}/lead")]
+            assert await submit_all(batch, calls, lead) == [None] * 8
+            # The lead at once, the eight callers that came meanwhile in one multi-op.
+            assert reg.request_count - before == 3 and batch.flushes == 1
         assert batch_of(reg) is None
-        assert sorted(await reg.get_children(root)) == [f"j{i}" for i in range(8)]
+        names = [f"j{i}" for i in range(8)]
+        assert sorted(await reg.get_children(root)) == sorted(["alone", "lead", *names])
         for i in range(8):
             assert await reg.get_children(f"{root}/j{i}") == ["running"]
 
@@ -113,6 +123,7 @@ async def test_one_conflicting_caller_fails_alone_and_the_others_are_applied_onc
                     [SetOp(f"{root}/c", b"C"), DeleteOp(f"{root}/c1-missing")],
                     [CreateOp(f"{root}/d1")],
                 ],
+                lead=[CreateOp(f"{root}/lead")],
             )
         a, b, c, d = outcomes
         assert a is None and d is None
@@ -126,7 +137,9 @@ async def test_one_conflicting_caller_fails_alone_and_the_others_are_applied_onc
         # Applied exactly once: each set moved its node's version by one.
         assert (await reg.get(f"{root}/a"))[1].version == 1
         assert (await reg.get(f"{root}/c"))[1].version == 0  # its multi-op failed: not applied
-        assert len(counted.sent[0]) == 8  # tried together first
+        # Together first (after the lead); then a alone (before the failing b), b alone, c and
+        # d together, which fails at c: c alone, d alone. Only failed multi-ops are re-sent.
+        assert [len(ops) for ops in counted.sent] == [1, 8, 2, 3, 3, 2, 1]
 
 
 async def test_a_lost_session_fails_every_caller_and_nothing_is_sent_again(
@@ -138,10 +151,11 @@ async def test_a_lost_session_fails_every_caller_and_nothing_is_sent_again(
         flaky = Gated(reg)
         flaky.fail_combined = True
         async with running(flaky) as batch:  # type: ignore[arg-type]
-            outcomes = await submit_all(batch, [[CreateOp(f"{root}/x{i}")] for i in range(3)])
+            calls = [[CreateOp(f"{root}/x{i}")] for i in range(3)]
+            outcomes = await submit_all(batch, calls, [CreateOp(f"{root}/lead")])
         assert all(isinstance(o, SessionLostError) for o in outcomes), outcomes
-        assert len(flaky.sent) == 1  # no fallback after an error that is not an op's
-        assert await reg.get_children(root) == []
+        assert len(flaky.sent) == 2  # the lead, the three: no fallback after a session loss
+        assert await reg.get_children(root) == ["lead"]
 
 
 async def test_callers_that_do_not_fit_one_request_go_in_several_in_order(
@@ -156,9 +170,9 @@ async def test_callers_that_do_not_fit_one_request_go_in_several_in_order(
         async with running(counted, budget) as batch:  # type: ignore[arg-type]
             calls: list[list[Op]] = [[CreateOp(f"{root}/n{i}", b"x" * 100)] for i in range(7)]
             calls.append([DeleteOp(f"{root}/n0")])  # after n0's create: order is kept
-            assert await submit_all(batch, calls) == [None] * 8
-        assert [len(ops) for ops in counted.sent] == [3, 3, 2]
-        assert sorted(await reg.get_children(root)) == [f"n{i}" for i in range(1, 7)]
+            assert await submit_all(batch, calls, [CreateOp(f"{root}/lead")]) == [None] * 8
+        assert [len(ops) for ops in counted.sent] == [1, 3, 3, 2]
+        assert sorted(await reg.get_children(root)) == ["lead"] + [f"n{i}" for i in range(1, 7)]
 
 
 async def test_a_caller_too_big_for_a_packet_is_refused_alone(backend: Backend) -> None:
@@ -170,8 +184,11 @@ async def test_a_caller_too_big_for_a_packet_is_refused_alone(backend: Backend) 
                 CreateOp(f"{root}/h{i}", b"x" * 60_000) for i in range(PACKET_LIMIT // 60_000 + 1)
             ]
             outcomes = await submit_all(batch, [[CreateOp(f"{root}/ok")], huge])
-        assert outcomes[0] is None and isinstance(outcomes[1], PacketTooLargeError)
-        assert await reg.get_children(root) == ["ok"]
+            assert outcomes[0] is None and isinstance(outcomes[1], PacketTooLargeError)
+            lead = [CreateOp(f"{root}/lead")]  # the same, batched behind another
+            outcomes = await submit_all(batch, [huge, [CreateOp(f"{root}/ok2")]], lead)
+            assert isinstance(outcomes[0], PacketTooLargeError) and outcomes[1] is None
+        assert sorted(await reg.get_children(root)) == ["lead", "ok", "ok2"]
 
 
 async def test_a_caller_cancelled_before_the_send_has_nothing_applied(backend: Backend) -> None:
@@ -182,9 +199,9 @@ async def test_a_caller_cancelled_before_the_send_has_nothing_applied(backend: B
         gated.gate = anyio.Event()
         async with running(gated) as batch:  # type: ignore[arg-type]
             async with anyio.create_task_group() as tg:
-                tg.start_soon(batch.transaction, [CreateOp(f"{root}/first")])
-                with anyio.fail_after(5):
-                    await gated.held.wait()  # the first flush waits at the gate
+                tg.start_soon(batch.transaction, [CreateOp(f"{root}/lead")])  # sent at once
+                tg.start_soon(batch.transaction, [CreateOp(f"{root}/flushed")])  # the batch's
+                await eventually(lambda: gated.waiting == 2, what="both held at the gate")
                 tg.start_soon(batch.transaction, [CreateOp(f"{root}/after")])
                 scope = anyio.CancelScope()
                 gone = anyio.Event()
@@ -200,7 +217,7 @@ async def test_a_caller_cancelled_before_the_send_has_nothing_applied(backend: B
                 with anyio.fail_after(5):
                     await gone.wait()
                 gated.gate.set()
-        assert sorted(await reg.get_children(root)) == ["after", "first"]
+        assert sorted(await reg.get_children(root)) == ["after", "flushed", "lead"]
 
 
 async def test_a_stopped_batch_hands_unsent_calls_back_and_finishes_the_one_in_flight(
@@ -224,12 +241,13 @@ async def test_a_stopped_batch_hands_unsent_calls_back_and_finishes_the_one_in_f
         async with anyio.create_task_group() as callers:
             async with anyio.create_task_group() as service:
                 await service.start(batch.run)
+                callers.start_soon(call, "lead")
                 callers.start_soon(call, "in-flight")
-                with anyio.fail_after(5):
-                    await gated.held.wait()
+                await eventually(lambda: gated.waiting == 2, what="both held at the gate")
                 callers.start_soon(call, "queued")
                 await eventually(lambda: len(batch._queue) == 1, what="queued")
                 service.cancel_scope.cancel()  # the scheduler stops: the flush is shielded
                 gated.gate.set()
-        assert outcomes == {"in-flight": None, "queued": None}
-        assert sorted(await reg.get_children(root)) == ["in-flight", "queued"]
+        assert outcomes == {"lead": None, "in-flight": None, "queued": None}
+        assert sorted(await reg.get_children(root)) == ["in-flight", "lead", "queued"]
+        assert len(gated.sent) == 3  # each once: the queued one by its caller
