@@ -9,9 +9,9 @@ submitter exactly the outcome it would have had alone:
 - the combined multi-op succeeds: every submitter's ops were applied (a multi-op applies its
   ops in order, so this is what sending them one after the other would have done);
 - it fails at an op (a multi-op is all or nothing: one job's conflicting create fails all):
-  nothing was applied; the submitters before the failing one are sent again together, the
-  failing one alone (it gets its own ``TransactionFailedError``, with the index into ITS ops,
-  from its own transaction), then those after it together, each step a real transaction;
+  nothing was applied; each submitter's multi-op is then sent on its own, all at once in
+  submission order, as without the batch: each gets its own outcome (success, or its own
+  ``TransactionFailedError`` with the index into ITS ops) from its own transaction;
 - it fails otherwise (the session is lost, no answer): every submitter of it gets that error,
   as each would have got it alone; nothing is sent twice.
 
@@ -156,31 +156,32 @@ class TransactionBatch:
             await self._send(group)
 
     async def _send(self, group: Sequence[_Submission]) -> None:
-        """Send ``group`` as one multi-op; on an op's failure, split it (module docstring)."""
+        """Send ``group`` as one multi-op; if an op fails, each submitter on its own."""
         pending = [s for s in group if not s.future.done()]  # cancelled ones are left out
-        while pending:
-            if len(pending) == 1:
-                await self._send_alone(pending[0])
-                return
-            ops = [op for sub in pending for op in sub.ops]
+        if len(pending) > 1:
             try:
-                await self.registry.transaction(ops)
-            except TransactionFailedError as exc:
-                culprit = _owner(pending, exc.index)
-                if culprit:
-                    await self._send(pending[:culprit])
-                await self._send_alone(pending[culprit])
-                pending = [s for s in pending[culprit + 1 :] if not s.future.done()]
-                continue
+                await self.registry.transaction([op for sub in pending for op in sub.ops])
+            except TransactionFailedError:
+                pass  # nothing was applied: each is sent on its own below
             except Exception as exc:  # the session, the connection: as for each alone
                 for sub in pending:
                     if not sub.future.done():
                         sub.future.set_exception(exc)
                 return
-            for sub in pending:
-                if not sub.future.done():
-                    sub.future.set_result(True)
+            else:
+                for sub in pending:
+                    if not sub.future.done():
+                        sub.future.set_result(True)
+                return
+            pending = [s for s in pending if not s.future.done()]
+        if len(pending) == 1:
+            await self._send_alone(pending[0])
             return
+        # All in flight at once, as without the batch (ZooKeeper answers a session's requests
+        # in the order sent, and these are sent in submission order).
+        async with anyio.create_task_group() as tg:
+            for sub in pending:
+                tg.start_soon(self._send_alone, sub)
 
     async def _send_alone(self, sub: _Submission) -> None:
         if sub.future.done():
@@ -193,13 +194,3 @@ class TransactionBatch:
             return
         if not sub.future.done():
             sub.future.set_result(True)
-
-
-def _owner(subs: Sequence[_Submission], index: int) -> int:
-    """Which submission holds op ``index`` of their combined ops (the last if out of range)."""
-    start = 0
-    for position, sub in enumerate(subs):
-        start += len(sub.ops)
-        if index < start:
-            return position
-    return len(subs) - 1

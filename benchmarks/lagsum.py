@@ -1,9 +1,20 @@
-import json,sys
+"""Summarise ``core_embedded.py lag`` JSON lines from stdin: lag min/p50/p99/max and count."""
+
+import json
+import sys
+
 for line in sys.stdin:
-    line=line.strip()
-    if not line.startswith("{"): continue
-    d=json.loads(line)
-    l=sorted(d.pop("lags_ms",[]))
-    if l:
-        d["lag_min"]=l[0]; d["p50"]=l[len(l)//2]; d["p99"]=l[int(len(l)*.99)]; d["max"]=l[-1]; d["n"]=len(l)
-    print({k:v for k,v in d.items() if not isinstance(v,list) or len(v)<5})
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    row = json.loads(line)
+    lags = sorted(row.pop("lags_ms", []))
+    if lags:
+        row |= {
+            "lag_min": lags[0],
+            "p50": lags[len(lags) // 2],
+            "p99": lags[int(len(lags) * 0.99)],
+            "max": lags[-1],
+            "n": len(lags),
+        }
+    print({k: v for k, v in row.items() if not isinstance(v, list) or len(v) < 5})

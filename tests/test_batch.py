@@ -137,9 +137,8 @@ async def test_one_conflicting_caller_fails_alone_and_the_others_are_applied_onc
         # Applied exactly once: each set moved its node's version by one.
         assert (await reg.get(f"{root}/a"))[1].version == 1
         assert (await reg.get(f"{root}/c"))[1].version == 0  # its multi-op failed: not applied
-        # Together first (after the lead); then a alone (before the failing b), b alone, c and
-        # d together, which fails at c: c alone, d alone. Only failed multi-ops are re-sent.
-        assert [len(ops) for ops in counted.sent] == [1, 8, 2, 3, 3, 2, 1]
+        # Together first (after the lead), which fails and applies nothing; then each alone.
+        assert [len(ops) for ops in counted.sent] == [1, 8, 2, 3, 2, 1]
 
 
 async def test_a_lost_session_fails_every_caller_and_nothing_is_sent_again(
