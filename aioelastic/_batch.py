@@ -9,9 +9,11 @@ submitter exactly the outcome it would have had alone:
 - the combined multi-op succeeds: every submitter's ops were applied (a multi-op applies its
   ops in order, so this is what sending them one after the other would have done);
 - it fails at an op (a multi-op is all or nothing: one job's conflicting create fails all):
-  nothing was applied; each submitter's multi-op is then sent on its own, all at once in
-  submission order, as without the batch: each gets its own outcome (success, or its own
-  ``TransactionFailedError`` with the index into ITS ops) from its own transaction;
+  nothing was applied; the submitter of that op sends its multi-op on its own (so it gets its
+  own outcome: success, or its own ``TransactionFailedError`` with the index into ITS ops) and
+  the others are sent together again. Submitters of one multi-op touch disjoint paths (one
+  touching a path an earlier one touches is sent on its own after them: two fires of one job),
+  so their order among themselves does not matter;
 - it fails otherwise (the session is lost, no answer): every submitter of it gets that error,
   as each would have got it alone; nothing is sent twice.
 
@@ -141,47 +143,58 @@ class TransactionBatch:
                 sub.future.set_exception(SessionLostError(f"{why}; outcome unknown"))
 
     async def _flush(self, subs: Sequence[_Submission]) -> None:
+        """Send ``subs`` in groups that fit a request. A submission touching a path an earlier
+        one of its group touches (two fires of one job, the later of which is bound to fail)
+        is sent on its own after the groups, in order: it never fails the others' multi-op."""
         self.flushes += 1
         header = transaction_size(())
         group: list[_Submission] = []
+        touched: set[str] = set()
+        later: list[_Submission] = []
+        later_paths: set[str] = set()
         size = header
         for sub in subs:
+            paths = {op.path for op in sub.ops}
+            if not (paths.isdisjoint(touched) and paths.isdisjoint(later_paths)):
+                later.append(sub)
+                later_paths |= paths
+                continue
             n = sub.size - header
             if group and size + n > self._budget:
                 await self._send(group)
                 group, size = [], header
+                touched = set()
             group.append(sub)
+            touched |= paths
             size += n
         if group:
             await self._send(group)
+        for sub in later:
+            await self._send_alone(sub)
 
     async def _send(self, group: Sequence[_Submission]) -> None:
-        """Send ``group`` as one multi-op; if an op fails, each submitter on its own."""
+        """Send ``group`` (submissions on disjoint paths) as one multi-op; if one submission's
+        op fails, that one is sent on its own (its own outcome) and the rest together again."""
         pending = [s for s in group if not s.future.done()]  # cancelled ones are left out
-        if len(pending) > 1:
+        while len(pending) > 1:
             try:
                 await self.registry.transaction([op for sub in pending for op in sub.ops])
-            except TransactionFailedError:
-                pass  # nothing was applied: each is sent on its own below
+            except TransactionFailedError as exc:  # nothing was applied
+                culprit = pending.pop(_owner(pending, exc.index))
+                await self._send_alone(culprit)
+                pending = [s for s in pending if not s.future.done()]
+                continue
             except Exception as exc:  # the session, the connection: as for each alone
                 for sub in pending:
                     if not sub.future.done():
                         sub.future.set_exception(exc)
                 return
-            else:
-                for sub in pending:
-                    if not sub.future.done():
-                        sub.future.set_result(True)
-                return
-            pending = [s for s in pending if not s.future.done()]
-        if len(pending) == 1:
-            await self._send_alone(pending[0])
-            return
-        # All in flight at once, as without the batch (ZooKeeper answers a session's requests
-        # in the order sent, and these are sent in submission order).
-        async with anyio.create_task_group() as tg:
             for sub in pending:
-                tg.start_soon(self._send_alone, sub)
+                if not sub.future.done():
+                    sub.future.set_result(True)
+            return
+        if pending:
+            await self._send_alone(pending[0])
 
     async def _send_alone(self, sub: _Submission) -> None:
         if sub.future.done():
@@ -194,3 +207,13 @@ class TransactionBatch:
             return
         if not sub.future.done():
             sub.future.set_result(True)
+
+
+def _owner(subs: Sequence[_Submission], index: int) -> int:
+    """Which submission holds op ``index`` of their combined ops (the last if out of range)."""
+    start = 0
+    for position, sub in enumerate(subs):
+        start += len(sub.ops)
+        if index < start:
+            return position
+    return len(subs) - 1

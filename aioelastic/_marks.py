@@ -137,8 +137,11 @@ class RunMarks:
             planned += [(op, _Role.INTENT, i) for i, op in intents.items()]
             planned += [(DeleteOp(self.paths.item_misfire(i)), _Role.MISFIRE, i) for i in misfired]
             planned += [(CreateOp(path, self._me), _Role.CLAIM, -1) for path in claims]
+            # Misfire re-runs and claims conflict by design (another re-run, another instance):
+            # sent on their own, so that they never fail the batch of the other jobs' fires.
+            batched = not misfired and not claims
             try:
-                await self._transaction_all_or_nothing([op for op, _, _ in planned])
+                await self._transaction_all_or_nothing([op for op, _, _ in planned], batched)
                 return True
             except TransactionFailedError as exc:
                 op, role, item = planned[exc.index]
@@ -161,7 +164,9 @@ class RunMarks:
         """Create a requested fire's ``claims`` all or none (a job without running marks);
         False if one exists or its request is gone."""
         try:
-            await self._transaction_all_or_nothing([CreateOp(path, self._me) for path in claims])
+            await self._transaction_all_or_nothing(
+                [CreateOp(path, self._me) for path in claims], batched=False
+            )
         except TransactionFailedError as exc:
             if isinstance(exc.cause, NodeExistsError | NoNodeError):
                 return False
@@ -341,12 +346,16 @@ class RunMarks:
             }
         return json.dumps(record, separators=(",", ":")).encode()
 
-    async def _transaction_all_or_nothing(self, ops: Sequence[Op]) -> None:
-        """One multi-op if ``ops`` fit a packet; else chunk by chunk, undoing the chunks already
-        applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
+    async def _transaction_all_or_nothing(self, ops: Sequence[Op], batched: bool) -> None:
+        """One multi-op if ``ops`` fit a packet (``batched``: through the batch); else chunk by
+        chunk, undoing the chunks already applied if a later one fails (then the error is
+        raised, with ``index`` into ``ops``)."""
         chunks = chunk_ops(ops)
         if len(chunks) == 1:
-            await self._batched(ops)
+            if batched:
+                await self._batched(ops)
+            else:
+                await self.registry.transaction(ops)
             return
         applied: list[Op] = []
         for chunk in chunks:

@@ -137,8 +137,9 @@ async def test_one_conflicting_caller_fails_alone_and_the_others_are_applied_onc
         # Applied exactly once: each set moved its node's version by one.
         assert (await reg.get(f"{root}/a"))[1].version == 1
         assert (await reg.get(f"{root}/c"))[1].version == 0  # its multi-op failed: not applied
-        # Together first (after the lead), which fails and applies nothing; then each alone.
-        assert [len(ops) for ops in counted.sent] == [1, 8, 2, 3, 2, 1]
+        # Together first (after the lead), failing at b: b alone, a c d together again,
+        # failing at c: c alone, a d together. Only failed multi-ops are sent again.
+        assert [len(ops) for ops in counted.sent] == [1, 8, 3, 5, 2, 3]
 
 
 async def test_a_lost_session_fails_every_caller_and_nothing_is_sent_again(
@@ -250,3 +251,19 @@ async def test_a_stopped_batch_hands_unsent_calls_back_and_finishes_the_one_in_f
         assert outcomes == {"lead": None, "in-flight": None, "queued": None}
         assert sorted(await reg.get_children(root)) == ["in-flight", "lead", "queued"]
         assert len(gated.sent) == 3  # each once: the queued one by its caller
+
+
+async def test_two_fires_of_one_job_in_a_batch_fail_only_the_later(backend: Backend) -> None:
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        counted = Gated(reg)
+        async with running(counted) as batch:  # type: ignore[arg-type]
+            mark: list[Op] = [CreateOp(f"{root}/job-running")]
+            calls: list[list[Op]] = [mark, [CreateOp(f"{root}/other")], mark]
+            outcomes = await submit_all(batch, calls, [CreateOp(f"{root}/lead")])
+        assert outcomes[0] is None and outcomes[1] is None
+        assert isinstance(outcomes[2], TransactionFailedError) and outcomes[2].index == 0
+        assert isinstance(outcomes[2].cause, NodeExistsError)
+        # The others' multi-op is not failed by it: the later one is sent on its own after.
+        assert [len(ops) for ops in counted.sent] == [1, 2, 1]
