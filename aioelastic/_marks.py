@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
+from ._batch import batch_of
 from ._config import JobConfig
 from ._errors import NodeExistsError, NoNodeError, RegistryError, TransactionFailedError
 from ._layout import JobPaths
@@ -136,8 +137,11 @@ class RunMarks:
             planned += [(op, _Role.INTENT, i) for i, op in intents.items()]
             planned += [(DeleteOp(self.paths.item_misfire(i)), _Role.MISFIRE, i) for i in misfired]
             planned += [(CreateOp(path, self._me), _Role.CLAIM, -1) for path in claims]
+            # Misfire re-runs and claims conflict by design (another re-run, another instance):
+            # sent on their own, so that they never fail the batch of the other jobs' fires.
+            batched = not misfired and not claims
             try:
-                await self._transaction_all_or_nothing([op for op, _, _ in planned])
+                await self._transaction_all_or_nothing([op for op, _, _ in planned], batched)
                 return True
             except TransactionFailedError as exc:
                 op, role, item = planned[exc.index]
@@ -160,7 +164,9 @@ class RunMarks:
         """Create a requested fire's ``claims`` all or none (a job without running marks);
         False if one exists or its request is gone."""
         try:
-            await self._transaction_all_or_nothing([CreateOp(path, self._me) for path in claims])
+            await self._transaction_all_or_nothing(
+                [CreateOp(path, self._me) for path in claims], batched=False
+            )
         except TransactionFailedError as exc:
             if isinstance(exc.cause, NodeExistsError | NoNodeError):
                 return False
@@ -243,7 +249,7 @@ class RunMarks:
     async def _delete_all(self, paths: Sequence[str]) -> None:
         for chunk in chunk_ops([DeleteOp(p) for p in paths]):
             try:
-                await self.registry.transaction(chunk)
+                await self._batched(chunk)
             except TransactionFailedError:
                 for op in chunk:  # some were not there (a stale view): delete the rest
                     try:
@@ -340,12 +346,16 @@ class RunMarks:
             }
         return json.dumps(record, separators=(",", ":")).encode()
 
-    async def _transaction_all_or_nothing(self, ops: Sequence[Op]) -> None:
-        """One multi-op if ``ops`` fit a packet; else chunk by chunk, undoing the chunks already
-        applied if a later one fails (then the error is raised, with ``index`` into ``ops``)."""
+    async def _transaction_all_or_nothing(self, ops: Sequence[Op], batched: bool) -> None:
+        """One multi-op if ``ops`` fit a packet (``batched``: through the batch); else chunk by
+        chunk, undoing the chunks already applied if a later one fails (then the error is
+        raised, with ``index`` into ``ops``)."""
         chunks = chunk_ops(ops)
         if len(chunks) == 1:
-            await self.registry.transaction(ops)
+            if batched:
+                await self._batched(ops)
+            else:
+                await self.registry.transaction(ops)
             return
         applied: list[Op] = []
         for chunk in chunks:
@@ -358,6 +368,15 @@ class RunMarks:
                     raise TransactionFailedError(len(applied) + exc.index, exc.cause) from exc
                 raise
             applied += chunk
+
+    async def _batched(self, ops: Sequence[Op]) -> None:
+        """``registry.transaction(ops)``, sent with other jobs' of the same moment (the fires
+        of one tick) as one multi-op if the scheduler runs a batch (``TransactionBatch``)."""
+        batch = batch_of(self.registry)
+        if batch is None:
+            await self.registry.transaction(ops)
+        else:
+            await batch.transaction(ops)
 
     async def _undo(self, applied: Sequence[Op]) -> None:
         """Revert ops that were applied (creates deleted, deletes re-created and sets restored

@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
+from ._batch import TransactionBatch
 from ._config import JobConfig, Settings, load_settings
 from ._coordination import InstanceIdentity, make_identity
 from ._dependents import attach_dependents, check_dependencies
@@ -303,6 +304,8 @@ class Scheduler:
                 self.loop_watchdog = self._watchdog(registry)
                 await guards.start(self.loop_watchdog.run)
                 await guards.start(timer.run)
+                # The running marks of all jobs' fires of a tick: one multi-op, not one each.
+                await guards.start(TransactionBatch(registry).run)
                 if self.registry_url.scheme == "zookeeper":
                     detector = PauseDetector(
                         self.registry_url.session_timeout * 2 / 3,
