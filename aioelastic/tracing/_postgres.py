@@ -421,6 +421,9 @@ class PostgresSink:
 
     #: the bus may write this many batches at once (they commit in order: see ``write``)
     concurrent_writes = 2
+    #: with a backlog, the bus may send batches up to this size (each is one transaction, so
+    #: one commit for more events; the bus sizes them to its recent write rate)
+    max_batch_size = 5000
 
     def __init__(
         self,
