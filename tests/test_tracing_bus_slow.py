@@ -4,6 +4,7 @@ failing big batch still goes to the journal, nothing lost)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -16,7 +17,7 @@ from aioelastic.tracing import TraceBus
 from aioelastic.tracing._events import TraceEvent
 from aioelastic.tracing._journal import Journal
 from tests.harness.helpers import eventually
-from tests.test_tracing_bus import events, ids
+from tests.test_tracing_bus import events, execution, ids
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +217,36 @@ async def test_a_failing_big_batch_goes_to_the_journal_and_nothing_is_lost(
     assert stats.journaled >= sink.failed[0]  # the failed batch went to the journal
     assert stats.dropped == 0
     assert set(ids(sink.events)) == set(ids(posted))
+
+
+async def test_a_slow_write_that_succeeds_is_not_replayed_again(tmp_path: Path) -> None:
+    """A write pending past the journal window sends its batch to the journal too; once it
+    succeeds, replay skips that copy (no second write, no conflicts) but writes what was
+    journaled meanwhile, including a completion sharing the id of a start it skips."""
+    sink = GatedSink()
+    start = execution(1)
+    first = [start, *events(9)]
+    completion = dataclasses.replace(start, complete_time=start.start_time, is_success=True)
+    later = [completion, *events(9)]
+    async with AsyncExitStack() as stack:
+        bus = TraceBus(
+            [sink],
+            batch_size=10,
+            flush_interval=0.01,
+            journal_path=tmp_path / "trace.journal",
+            journal_window=0.2,
+        )
+        await bus.start(stack)
+        for event in first:
+            bus.post(event)
+        await eventually(lambda: bus.stats()[0].failing, timeout=5)
+        for event in later:  # straight to the journal while the sink counts as failing
+            bus.post(event)
+        sink.gate.set()
+        await eventually(lambda: not bus.stats()[0].failing, timeout=10)
+        with anyio.fail_after(10):
+            await bus.flush()
+        stats = bus.stats()[0]
+    assert stats.journaled == len(first) + len(later)
+    assert sink.events == first + later  # each once, in posting order
+    assert stats.written == len(first) + len(later)

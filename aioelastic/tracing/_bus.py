@@ -79,6 +79,9 @@ _BACKLOG_WRITE_SHARE = 0.4
 #: this long (within the grace period) before it is abandoned to the journal; after a failed
 #: write, none.
 _SHUTDOWN_PATIENCE = 1.0
+#: Most events remembered as written twice (beyond, forgotten: replay writes them again, which the
+#: sinks take, idempotent by event id).
+_WRITTEN_TWICE_LIMIT = 100_000
 #: Weight of the latest write in the recent write rate (an exponential moving average).
 _RATE_WEIGHT = 0.25
 
@@ -198,6 +201,11 @@ class _Lane:
         )
         #: recent events per second of a write's pending time (None: no write measured yet)
         self._write_rate: float | None = None
+        #: events written from memory after they went to the journal too (a write pending past
+        #: ``journal_window`` that then succeeded): replay skips them (equal events, not ids:
+        #: a run's start and completion share its id)
+        self._written_twice: set[TraceEvent] = set()
+        self._replay_lines = 0  # lines of the journal batch being written
         self._prefer_journal = False
         self._journal_retry_at = 0.0
         self._drop_log = _Throttle()
@@ -487,14 +495,26 @@ class _Lane:
         return self._prefer_journal or not self.queue or self.failing
 
     async def _read_journal(self) -> list[TraceEvent]:
-        """The next journal batch; a disk error pauses replay (``retry_max``), never the lane."""
-        assert self.journal is not None
+        """The next journal batch, without the events this lane wrote from memory after they
+        were journaled (``_written_twice``); a disk error pauses replay (``retry_max``), never
+        the lane."""
+        journal = self.journal
+        assert journal is not None
         try:
-            self.journal.rotate()
-            return await self.journal.read(self.batch_limit(self.max_batch_size))
+            journal.rotate()
+            while True:
+                events = await journal.read(self.batch_limit(self.max_batch_size))
+                skip = self._written_twice
+                kept = [event for event in events if event not in skip] if skip else events
+                if kept or not events:
+                    self._replay_lines = len(events)
+                    if not journal.has_backlog or len(skip) > _WRITTEN_TWICE_LIMIT:
+                        skip.clear()
+                    return kept
+                journal.commit(len(events))  # all written already
         except OSError as exc:
             self._journal_retry_at = time.monotonic() + self.config.retry_max
-            log.error("trace journal %s: replay failed: %r", self.journal.path, exc)
+            log.error("trace journal %s: replay failed: %r", journal.path, exc)
             return []
 
     async def _fill(self) -> None:
@@ -617,7 +637,9 @@ class _Lane:
         self.written += len(batch)
         if from_journal:
             assert self.journal is not None
-            self.journal.commit(len(batch))
+            self.journal.commit(self._replay_lines)
+        elif self.inflight_journaled:  # a slow write that made it: its journal copy is spare
+            self._written_twice.update(batch)
 
     # -- shutdown --------------------------------------------------------------------------
 
