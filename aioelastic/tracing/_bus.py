@@ -15,7 +15,8 @@ whose predecessor (in progress when it began) failed; the lane retries a batch o
 ones before it are done, and replays the journal only with nothing else in progress.
 
 A sink with a ``max_batch_size`` above ``batch_size`` (``PostgresSink``) gets bigger batches while
-a backlog waits: as many events as its recent writes got through in 40 % of ``journal_window``.
+a backlog waits: as many events as its recent writes got through in 25 % of ``journal_window``
+(the slowest writes take several times the usual: they must stay within the window).
 
 A failing sink loses nothing to a kill -9: once a write fails (or has been pending for more than
 ``journal_window``, 100 ms; a pipelined write counts from the end of the one before it; a stall
@@ -74,7 +75,7 @@ log = logging.getLogger("aioelastic.tracing")
 _CLEANUP_TIMEOUT = 5.0
 #: With a backlog, a write takes as many events as recent writes wrote in this share of the
 #: journal window (a write pending past the whole window counts as stuck).
-_BACKLOG_WRITE_SHARE = 0.4
+_BACKLOG_WRITE_SHARE = 0.25
 #: At shutdown, a write that is only slow (pending past the journal window, none failed) gets
 #: this long (within the grace period) before it is abandoned to the journal; after a failed
 #: write, none.
@@ -477,7 +478,10 @@ class _Lane:
 
     def _measured(self, events: int, pending: float) -> None:
         """A write of ``events`` succeeded after ``pending`` seconds (as ``degrade_if_stuck``
-        counts them): update the recent write rate."""
+        counts them): update the recent write rate (from full batches: a few events'
+        write is mostly its fixed cost)."""
+        if events < self.config.batch_size:
+            return
         rate = events / max(pending, 1e-4)
         last = self._write_rate
         self._write_rate = rate if last is None else last + (rate - last) * _RATE_WEIGHT
@@ -703,7 +707,7 @@ class TraceBus:
         max_queue: events kept in memory per sink; beyond it they go to the sink's journal.
         batch_size: most events per ``write()`` (but see ``max_batch_size``).
         max_batch_size: with more than ``batch_size`` events waiting, a write may take up to
-            this many, as many as recent writes got through in 40 % of ``journal_window``
+            this many, as many as recent writes got through in 25 % of ``journal_window``
             (fewer transactions for a backlog; light load keeps ``batch_size`` and
             ``flush_interval``). None (default): the sink's own ``max_batch_size`` attribute
             if it has one (``PostgresSink``), else ``batch_size``.
