@@ -14,9 +14,10 @@ cleaned and fitted, times bound), and most go in by binary ``COPY`` (asyncpg enc
 ``COPY`` cannot ignore an id already present, so a batch that meets one (a retried batch, a
 replayed journal, a start arriving after its completion) is rolled back and written again with
 the set-based statements for every row: the upsert, and an insert of status rows that ignores
-ids already present (a retried batch adds nothing). The next few batches then skip the ``COPY``
-attempt. Both ways give the same rows. A late staging back-fills ``original_task_id`` with a
-further statement, only when it names an original task.
+ids already present (a retried batch adds nothing). After conflicts in a row, the next few
+batches (1, 2, 4, up to 8) skip the ``COPY`` attempt. Both ways give the same rows. A late
+staging back-fills ``original_task_id`` with a further statement, only when it names an
+original task.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ log = logging.getLogger("aioelastic.tracing")
 #: Arbitrary constant key of the advisory lock that serialises concurrent schema creation.
 _SCHEMA_LOCK_KEY = 0x61696F656C617374
 _PURGE_CHUNK = 10_000
-#: Batches written with the set-based statements alone after one met an id already present
-#: (retries and journal replays come in runs).
+#: Most batches written with the set-based statements alone after one met an id already
+#: present: after consecutive conflicts the run doubles (0, 1, 2, 4, ...) up to this (a replayed
+#: journal meets ids in runs), a lone conflict (a start replayed after its completion went
+#: live) costs the one batch.
 _SET_BASED_AFTER_CONFLICT = 8
 
 _BACKFILL_ORIGINALS = """
@@ -448,6 +451,7 @@ class PostgresSink:
         self._statements: _Statements | None = None
         self._copy_works = True
         self._set_based_left = 0
+        self._conflicts = 0  # COPY attempts in a row that met an id already present
         self._last_turn: _Turn | None = None  # of the latest write
 
     def __repr__(self) -> str:
@@ -520,9 +524,12 @@ class PostgresSink:
                     await _Turn.committed(previous)
                     await self._dependent(conn, sql, split)
                     turn.sent.set()
+                self._conflicts = 0
                 return
             except asyncpg.UniqueViolationError:
-                self._set_based_left = _SET_BASED_AFTER_CONFLICT
+                self._conflicts += 1
+                run = 0 if self._conflicts == 1 else 2 ** (self._conflicts - 2)
+                self._set_based_left = min(run, _SET_BASED_AFTER_CONFLICT)
             except (asyncpg.PostgresError, asyncpg.DataError) as exc:
                 copy_error = exc
         await _Turn.committed(previous)
