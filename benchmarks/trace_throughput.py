@@ -5,7 +5,8 @@ feeds each contender the same stream of events, shaped like real fires of a 4-it
 (staging, running, 4 item starts, 4 item completions, finished: 11 events per fire):
 
 a) ``bus``: ``TraceBus`` + ``PostgresSink`` (batches, one transaction each, binary COPY for the
-   rows a batch creates, two batches in flight on two connections, committed in order);
+   rows a batch creates, two batches in flight on two connections, committed in order; with a
+   backlog, batches above ``--batch-size`` as the sink's recent write rate allows);
    the producer posts as fast as it can while less than half of ``max_queue`` is unwritten (so
    normally nothing goes to the journal; a write pending past the 0.1 s journal window under
    load sends events there, counted as ``journaled``); the clock stops when everything is

@@ -405,19 +405,28 @@ async def test_copy_and_the_set_based_statements_write_the_same_rows(
 async def test_an_id_already_present_falls_back_to_the_set_based_statements(
     postgres_url: str,
 ) -> None:
+    """A batch meeting an id already present is written by the set-based statements; after a
+    lone conflict (a retry) the next batch tries COPY again, after conflicts in a row (a
+    replayed journal) the next batches skip the COPY attempt (1, 2, 4, up to 8)."""
+    runs = {n: run_events("job", n) for n in range(1, 16)}
     sink = PostgresSink(postgres_url)
     try:
-        first = run_events("job", 1)
-        await sink.write(first)
-        await sink.write(first[:3] + run_events("job", 2))  # a retry with new events
-        assert sink._set_based_left == 8  # the next batches skip the COPY attempt
-        for run in range(3, 12):
-            await sink.write(run_events("job", run))
-        assert sink._set_based_left == 0 and sink._copy_works
+        await sink.write(runs[1])
+        await sink.write(runs[1][:3] + runs[2])  # a retry with new events
+        assert sink._conflicts == 1 and sink._set_based_left == 0
+        await sink.write(runs[3])
+        assert sink._conflicts == 0  # COPY again
+        for n in range(4, 8):  # a replay: every batch meets ids already present
+            await sink.write(runs[n - 3][:3] + runs[n])
+        # conflicts at 4 and 5 (then one batch skips COPY: 6), again at 7: the next two skip it
+        assert sink._conflicts == 3 and sink._set_based_left == 2
+        for n in range(8, 16):
+            await sink.write(runs[n])
+        assert sink._set_based_left == 0 and sink._conflicts == 0 and sink._copy_works
     finally:
         await sink.aclose()
-    assert len(await executions(postgres_url)) == 2 * 11
-    assert len(await statuses(postgres_url)) == 3 * 11
+    assert len(await executions(postgres_url)) == 2 * 15
+    assert len(await statuses(postgres_url)) == 3 * 15
 
 
 class CopyRefusedSink(PostgresSink):

@@ -14,8 +14,13 @@ the next one's rows. Such a sink commits overlapping batches in posting order an
 whose predecessor (in progress when it began) failed; the lane retries a batch only once the
 ones before it are done, and replays the journal only with nothing else in progress.
 
+A sink with a ``max_batch_size`` above ``batch_size`` (``PostgresSink``) gets bigger batches while
+a backlog waits: as many events as its recent writes got through in 25 % of ``journal_window``
+(the slowest writes take several times the usual: they must stay within the window).
+
 A failing sink loses nothing to a kill -9: once a write fails (or has been pending for more than
-``journal_window``, 100 ms; a pipelined write counts from the end of the one before it), the
+``journal_window``, 100 ms; a pipelined write counts from the end of the one before it; a stall
+of the event loop itself, seen as the bus's tick coming late, does not count), the
 lane's queue and the unconfirmed batches are appended to its journal at once, and every event
 posted while the sink keeps failing goes straight to the journal (each line reaches the OS as it
 is written; the journal is fsync'd every ``journal_window``). So a process killed during a
@@ -35,9 +40,10 @@ other sinks are closed.
 Shutdown (the owner's exit stack unwinding): lanes flush their queues and journal backlogs for
 up to ``grace_period`` seconds, then stop; a sink that was failing gets one prompt attempt (its
 retry backoff is cut short), and once a write fails during shutdown the journal is left to the
-next process. Whatever is still queued (including an unconfirmed batch) is appended to the lane's
-journal and fsync'd, to be replayed by the next process. Finally the bus closes the sinks that
-have an ``aclose()`` method.
+next process. A failing write whose batch is journaled is not waited for; one that is only slow
+(pending past ``journal_window``, none failed) is, for up to a second. Whatever is still queued
+(including an unconfirmed batch) is appended to the lane's journal and fsync'd, to be replayed
+by the next process. Finally the bus closes the sinks that have an ``aclose()`` method.
 """
 
 from __future__ import annotations
@@ -67,6 +73,18 @@ log = logging.getLogger("aioelastic.tracing")
 
 #: Bound on each shutdown step that is not the flush itself (fsync, sink close, task exit).
 _CLEANUP_TIMEOUT = 5.0
+#: With a backlog, a write takes as many events as recent writes wrote in this share of the
+#: journal window (a write pending past the whole window counts as stuck).
+_BACKLOG_WRITE_SHARE = 0.25
+#: At shutdown, a write that is only slow (pending past the journal window, none failed) gets
+#: this long (within the grace period) before it is abandoned to the journal; after a failed
+#: write, none.
+_SHUTDOWN_PATIENCE = 1.0
+#: Most events remembered as written twice (beyond, forgotten: replay writes them again, which the
+#: sinks take, idempotent by event id).
+_WRITTEN_TWICE_LIMIT = 100_000
+#: Weight of the latest write in the recent write rate (an exponential moving average).
+_RATE_WEIGHT = 0.25
 
 
 @runtime_checkable
@@ -115,6 +133,8 @@ class _Throttle:
 class _LaneConfig:
     max_queue: int
     batch_size: int
+    #: None: the sink's own ``max_batch_size`` (or ``batch_size`` if it has none)
+    max_batch_size: int | None
     flush_interval: float
     write_timeout: float
     retry_initial: float
@@ -158,6 +178,8 @@ class _Lane:
         self._attempts: dict[int, float] = {}  # start of each write attempt in progress
         self._foreground = False
         self.failing = False
+        #: failing only because a write is pending past ``journal_window`` (none failed)
+        self.slow_only = False
         self.written = self.dropped = self.failed_writes = self.journal_errors = 0
         self._journal_broken = False
         self.closing = self.closed = False
@@ -171,6 +193,20 @@ class _Lane:
         self.exited = anyio.Event()
         self._wake = anyio.Event()
         self._idle = anyio.Event()
+        self._idle_set = False  # mirrors ``_idle.is_set()`` (``offer`` reads it per event)
+        self._max_queue, self._batch_size = config.max_queue, config.batch_size
+        #: most events per write with a backlog (the bus's, or the sink's ``max_batch_size``)
+        self.max_batch_size = max(
+            config.batch_size,
+            config.max_batch_size or int(getattr(sink, "max_batch_size", config.batch_size)),
+        )
+        #: recent events per second of a write's pending time (None: no write measured yet)
+        self._write_rate: float | None = None
+        #: events written from memory after they went to the journal too (a write pending past
+        #: ``journal_window`` that then succeeded): replay skips them (equal events, not ids:
+        #: a run's start and completion share its id)
+        self._written_twice: set[TraceEvent] = set()
+        self._replay_lines = 0  # lines of the journal batch being written
         self._prefer_journal = False
         self._journal_retry_at = 0.0
         self._drop_log = _Throttle()
@@ -190,15 +226,19 @@ class _Lane:
     # -- producer side (event loop, never awaits, never raises) -------------------------------
 
     def offer(self, event: TraceEvent) -> None:
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        if self._idle_set:
+            self._idle, self._idle_set = anyio.Event(), False
+        queue = self.queue
         if self.closed:
             self._drop([event], "the trace bus is stopped")
         elif self.failing and self.journal is not None and not self._journal_broken:
             self.overflow([event])
-        elif self.in_memory < self.config.max_queue:
-            self.queue.append(event)
-            if len(self.queue) == 1 or len(self.queue) == self.config.batch_size:
+        elif (
+            len(queue) + (0 if self.inflight_journaled else self._outstanding_events)
+            < self._max_queue
+        ):  # ``in_memory``, inline: this runs for every event
+            queue.append(event)
+            if len(queue) == 1 or len(queue) == self._batch_size:
                 self._wake.set()
         else:
             self.overflow([event])
@@ -267,6 +307,14 @@ class _Lane:
             self._journal_broken = False
             log.warning("trace journal %s: writable again", self.journal.path)
 
+    def excuse_stall(self, stalled: float, now: float) -> None:
+        """Don't count ``stalled`` seconds of the writes' pending time: the event loop stood
+        still (a long garbage collection, the CPU taken by other processes, a long callback),
+        so no reply could be read, and no event posted, meanwhile. A write is stuck if it is
+        pending for ``journal_window`` of the loop's running time."""
+        if stalled > 0:
+            self._attempts = {k: min(start + stalled, now) for k, start in self._attempts.items()}
+
     def degrade_if_stuck(self, now: float) -> None:
         """A write pending for more than ``journal_window``: treat the sink as failing."""
         started = min(self._attempts.values(), default=now)
@@ -277,7 +325,7 @@ class _Lane:
                     self.name,
                     self.config.journal_window,
                 )
-            self.failing = True
+            self.failing = self.slow_only = True
         if self.failing and (self.queue or (self.inflight and not self.inflight_journaled)):
             self.spill_while_failing()
         self.abandon_stuck_write()
@@ -285,9 +333,14 @@ class _Lane:
     def abandon_stuck_write(self) -> None:
         """Shutdown: stop waiting for a failing write whose batch is journaled already (the
         next process replays it), so that a database that is down does not hold the stop for
-        the whole grace period."""
+        the whole grace period. A write that is only slow (no write failed: it is pending past
+        ``journal_window``, as a first write that connects and creates the tables may be under
+        load) gets ``_SHUTDOWN_PATIENCE`` seconds to finish first."""
         scopes = [scope for scope in self._write_scopes if not scope.cancel_called]
         if self.closing and self.failing and self.inflight_journaled and scopes:
+            pending = time.monotonic() - min(self._attempts.values(), default=0.0)
+            if self.slow_only and pending < _SHUTDOWN_PATIENCE:
+                return  # the next tick looks again
             log.info(
                 "trace sink %s: not waiting for a stuck write at shutdown; its %d event(s) "
                 "are in the journal %s for the next process",
@@ -399,7 +452,7 @@ class _Lane:
             if self.queue and may_take and not (self.outstanding and self.inflight_journaled):
                 await self._fill()
                 if self.queue and not (self.outstanding and self.inflight_journaled):
-                    size = min(self.config.batch_size, len(self.queue))
+                    size = min(self.batch_limit(len(self.queue)), len(self.queue))
                     batch = [self.queue.popleft() for _ in range(size)]
                     self._set_outstanding([*self.outstanding, batch])
                     self._prefer_journal = True
@@ -409,7 +462,29 @@ class _Lane:
                 self.drained.set()
             if self.idle:
                 self._idle.set()
+                self._idle_set = True
             await self._sleep_until_woken(self._journal_retry_at - time.monotonic())
+
+    def batch_limit(self, waiting: int) -> int:
+        """Most events for the next write, ``waiting`` being written: ``batch_size``, or with a
+        backlog as many as recent writes got through in ``_BACKLOG_WRITE_SHARE`` of
+        ``journal_window`` (so a bigger batch is not mistaken for a stuck write), up to
+        ``max_batch_size``."""
+        size, rate = self.config.batch_size, self._write_rate
+        if rate is None or self.failing or waiting <= size or self.max_batch_size == size:
+            return size
+        fits = int(rate * self.config.journal_window * _BACKLOG_WRITE_SHARE)
+        return max(size, min(fits, self.max_batch_size))
+
+    def _measured(self, events: int, pending: float) -> None:
+        """A write of ``events`` succeeded after ``pending`` seconds (as ``degrade_if_stuck``
+        counts them): update the recent write rate (from full batches: a few events'
+        write is mostly its fixed cost)."""
+        if events < self.config.batch_size:
+            return
+        rate = events / max(pending, 1e-4)
+        last = self._write_rate
+        self._write_rate = rate if last is None else last + (rate - last) * _RATE_WEIGHT
 
     def _journal_turn(self) -> bool:
         """Replay journal backlog, alternating with the live queue; while closing, only until a
@@ -424,14 +499,26 @@ class _Lane:
         return self._prefer_journal or not self.queue or self.failing
 
     async def _read_journal(self) -> list[TraceEvent]:
-        """The next journal batch; a disk error pauses replay (``retry_max``), never the lane."""
-        assert self.journal is not None
+        """The next journal batch, without the events this lane wrote from memory after they
+        were journaled (``_written_twice``); a disk error pauses replay (``retry_max``), never
+        the lane."""
+        journal = self.journal
+        assert journal is not None
         try:
-            self.journal.rotate()
-            return await self.journal.read(self.config.batch_size)
+            journal.rotate()
+            while True:
+                events = await journal.read(self.batch_limit(self.max_batch_size))
+                skip = self._written_twice
+                kept = [event for event in events if event not in skip] if skip else events
+                if kept or not events:
+                    self._replay_lines = len(events)
+                    if not journal.has_backlog or len(skip) > _WRITTEN_TWICE_LIMIT:
+                        skip.clear()
+                    return kept
+                journal.commit(len(events))  # all written already
         except OSError as exc:
             self._journal_retry_at = time.monotonic() + self.config.retry_max
-            log.error("trace journal %s: replay failed: %r", self.journal.path, exc)
+            log.error("trace journal %s: replay failed: %r", journal.path, exc)
             return []
 
     async def _fill(self) -> None:
@@ -504,10 +591,11 @@ class _Lane:
                 continue
             finally:
                 self._write_scopes.discard(scope)
-                self._attempts.pop(id(batch), None)
+                pending = time.monotonic() - self._attempts.pop(id(batch), time.monotonic())
+            self._measured(len(batch), pending)
             if attempt or self.failing:
                 log.info("trace sink %s: write succeeded after %d retries", self.name, attempt)
-            self.failing = False
+            self.failing = self.slow_only = False
             return True
 
     def _failed(
@@ -516,7 +604,7 @@ class _Lane:
         """Count and log a failed write and journal what is in memory; the delay before the
         batch's next attempt, or None if it is left to the journal (not retried from memory)."""
         self.failed_writes += 1
-        self.failing = True
+        self.failing, self.slow_only = True, False
         delay = self._backoff(attempt)
         self._log_failure(exc, size, attempt, delay)
         if self.closing:
@@ -553,7 +641,9 @@ class _Lane:
         self.written += len(batch)
         if from_journal:
             assert self.journal is not None
-            self.journal.commit(len(batch))
+            self.journal.commit(self._replay_lines)
+        elif self.inflight_journaled:  # a slow write that made it: its journal copy is spare
+            self._written_twice.update(batch)
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -615,7 +705,12 @@ class TraceBus:
     Args:
         sinks: where events go; each gets every event, independently.
         max_queue: events kept in memory per sink; beyond it they go to the sink's journal.
-        batch_size: most events per ``write()``.
+        batch_size: most events per ``write()`` (but see ``max_batch_size``).
+        max_batch_size: with more than ``batch_size`` events waiting, a write may take up to
+            this many, as many as recent writes got through in 25 % of ``journal_window``
+            (fewer transactions for a backlog; light load keeps ``batch_size`` and
+            ``flush_interval``). None (default): the sink's own ``max_batch_size`` attribute
+            if it has one (``PostgresSink``), else ``batch_size``.
         flush_interval: longest wait (seconds) for a batch to fill before it is sent.
         grace_period: seconds allowed at shutdown to flush queues before spilling to journals.
         journal_path: the overflow journal of the bus's durable sink: the first sink that
@@ -637,6 +732,7 @@ class TraceBus:
         *,
         max_queue: int = 10_000,
         batch_size: int = 500,
+        max_batch_size: int | None = None,
         flush_interval: float = 0.2,
         grace_period: float = 5.0,
         journal_path: Path | None = None,
@@ -648,9 +744,12 @@ class TraceBus:
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ConfigError("max_queue/batch_size", (max_queue, batch_size), "must be >= 1")
+        if max_batch_size is not None and max_batch_size < batch_size:
+            raise ConfigError("max_batch_size", max_batch_size, f"must be >= {batch_size=}")
         self._config = _LaneConfig(
             max_queue=max_queue,
             batch_size=batch_size,
+            max_batch_size=max_batch_size,
             flush_interval=flush_interval,
             write_timeout=write_timeout,
             retry_initial=retry_initial,
@@ -761,14 +860,17 @@ class TraceBus:
         tick = min(self._config.journal_window, self._fsync_interval)
         last_sync = time.monotonic()
         while True:
+            slept_at = time.monotonic()
             await anyio.sleep(tick)
             now = time.monotonic()
+            stalled = max(now - slept_at - tick, 0.0)  # the loop stood still (see excuse_stall)
             periodic = now - last_sync >= self._fsync_interval
             if periodic:
                 last_sync = now
             for lane in self._lanes:
                 if lane.journal is None:
                     continue
+                lane.excuse_stall(stalled, now)
                 lane.degrade_if_stuck(now)
                 if periodic or lane.failing:
                     await self._sync_journal(lane.journal)

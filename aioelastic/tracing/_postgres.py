@@ -14,9 +14,10 @@ cleaned and fitted, times bound), and most go in by binary ``COPY`` (asyncpg enc
 ``COPY`` cannot ignore an id already present, so a batch that meets one (a retried batch, a
 replayed journal, a start arriving after its completion) is rolled back and written again with
 the set-based statements for every row: the upsert, and an insert of status rows that ignores
-ids already present (a retried batch adds nothing). The next few batches then skip the ``COPY``
-attempt. Both ways give the same rows. A late staging back-fills ``original_task_id`` with a
-further statement, only when it names an original task.
+ids already present (a retried batch adds nothing). After conflicts in a row, the next few
+batches (1, 2, 4, up to 8) skip the ``COPY`` attempt. Both ways give the same rows. A late
+staging back-fills ``original_task_id`` with a further statement, only when it names an
+original task.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ._events import (
     TraceEvent,
 )
 from ._rows import (
+    FittedTexts,
     OriginalTaskIds,
     PreparedBatch,
     WrittenColumns,
@@ -83,8 +85,10 @@ log = logging.getLogger("aioelastic.tracing")
 #: Arbitrary constant key of the advisory lock that serialises concurrent schema creation.
 _SCHEMA_LOCK_KEY = 0x61696F656C617374
 _PURGE_CHUNK = 10_000
-#: Batches written with the set-based statements alone after one met an id already present
-#: (retries and journal replays come in runs).
+#: Most batches written with the set-based statements alone after one met an id already
+#: present: after consecutive conflicts the run doubles (0, 1, 2, 4, ...) up to this (a replayed
+#: journal meets ids in runs), a lone conflict (a start replayed after its completion went
+#: live) costs the one batch.
 _SET_BASED_AFTER_CONFLICT = 8
 
 _BACKFILL_ORIGINALS = """
@@ -179,36 +183,50 @@ def _unnest(layout: TableLayout, columns: Sequence[str]) -> str:
 Row = tuple[object, ...]
 
 
-def _time_binder(layout: TableLayout, name: str) -> Callable[[datetime | None], object]:
+def _naive_utc(layout: TableLayout, name: str) -> bool:
+    """Whether the column is ``TIMESTAMP`` (times go in as naive UTC), not ``TIMESTAMPTZ``."""
     column = layout.get(name)
-    if column is not None and column.kind == TIMESTAMP:
-        return lambda value: None if value is None else to_utc(value).replace(tzinfo=None)
-    return lambda value: value
+    return column is not None and column.kind == TIMESTAMP
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    return None if value is None else to_utc(value).replace(tzinfo=None)
 
 
 class _Rows:
     """Rows of the tables as they are: tuples in their column order, text cleaned and fitted,
     values bound (``bind``) once. ``status_original`` is the position of ``original_task_id``
-    (None: the table has none)."""
+    (None: the table has none).
+
+    Built for every event the sink writes, so per row it makes as few Python calls as it can:
+    the texts that repeat (job names, hosts, task ids, messages) are fitted once and looked up
+    (``FittedTexts``), an event id is fitted only if it is not plain ASCII within its width.
+    """
 
     def __init__(self, written: WrittenColumns) -> None:
         ex, st = written.executions, written.statuses
-        self._ex_text = [text_fitter(ex, n) for n in ("id", "job_name", "task_id", "hostname")]
-        self._ex_ip = text_fitter(ex, "ip")
+        self._ex_id = _IdFitter(ex)
+        self._ex_job, self._ex_task, self._ex_host, self._ex_ip = (
+            FittedTexts(text_fitter(ex, n)) for n in ("job_name", "task_id", "hostname", "ip")
+        )
         self._ex_source = _enum_texts(ex, "execution_source", ExecutionSource)
         self._ex_cause = long_text_fitter(ex, "failure_cause")
-        self._ex_start, self._ex_complete = (_time_binder(ex, n) for n in _EXECUTION_TIMES)
+        self._ex_naive_start, self._ex_naive_complete = (
+            _naive_utc(ex, n) for n in _EXECUTION_TIMES
+        )
         success = ex.get("is_success")
         self._success_as_int = success is not None and success.kind == INTEGER
-        self._st_text = [
-            text_fitter(st, n)
-            for n in ("id", "job_name", "original_task_id", "task_id", "slave_id")
-        ]
+        self._st_id = _IdFitter(st)
+        self._st_job, self._st_original, self._st_task, self._st_slave = (
+            FittedTexts(text_fitter(st, n))
+            for n in ("job_name", "original_task_id", "task_id", "slave_id")
+        )
         self._st_source = _enum_texts(st, "source", Source)
         self._st_type = _enum_texts(st, "execution_type", ExecutionType)
         self._st_state = _enum_texts(st, "state", State)
-        self._st_message = long_text_fitter(st, "message")
-        self._st_created = _time_binder(st, "creation_time")
+        fit_message = long_text_fitter(st, "message")
+        self._st_message = FittedTexts(lambda text: fit_message(text) or "")
+        self._st_naive_created = _naive_utc(st, "creation_time")
         items = st.get("sharding_item")
         self._items_width = items.width if items is not None else None
         self._items: dict[tuple[int, ...], str] = {}
@@ -220,46 +238,62 @@ class _Rows:
         )
 
     def execution(self, e: JobExecutionEvent) -> Row:
-        fid, fjob, ftask, fhost = self._ex_text
+        cause = e.failure_cause
+        start, complete = e.start_time, e.complete_time
         row = (
-            fid(e.id),
-            fjob(e.job_name),
-            ftask(e.task_id),
-            fhost(e.hostname),
-            self._ex_ip(e.ip),
+            self._ex_id(e.id),
+            self._ex_job[e.job_name],
+            self._ex_task[e.task_id],
+            self._ex_host[e.hostname],
+            self._ex_ip[e.ip],
             e.sharding_item,
             self._ex_source[e.execution_source],
-            self._ex_cause(e.failure_cause),
+            None if cause is None else self._ex_cause(cause),
             int(e.is_success) if self._success_as_int else e.is_success,
-            self._ex_start(e.start_time),
-            self._ex_complete(e.complete_time),
+            _naive(start) if self._ex_naive_start else start,
+            _naive(complete) if self._ex_naive_complete else complete,
         )
         return row if self._ex_pick is None else self._ex_pick(row)
 
     def status(self, e: JobStatusTraceEvent, original: str | None) -> Row:
-        fid, fjob, foriginal, ftask, fslave = self._st_text
+        message, created = e.message, e.creation_time
+        items = self._items.get(e.sharding_items)
         row = (
-            fid(e.id),
-            fjob(e.job_name),
-            None if original is None else foriginal(original),
-            ftask(e.task_id),
-            fslave(e.slave_id),
+            self._st_id(e.id),
+            self._st_job[e.job_name],
+            None if original is None else self._st_original[original],
+            self._st_task[e.task_id],
+            self._st_slave[e.slave_id],
             self._st_source[e.source],
             self._st_type[e.execution_type],
-            self._items_text(e.sharding_items),
+            self._items_text(e.sharding_items) if items is None else items,
             self._st_state[e.state],
-            self._st_message(e.message),
-            self._st_created(e.creation_time),
+            None if message is None else self._st_message[message],
+            _naive(created) if self._st_naive_created else created,
         )
         return row if self._st_pick is None else self._st_pick(row)
 
     def _items_text(self, items: tuple[int, ...]) -> str:
-        text = self._items.get(items)
-        if text is None:
-            if len(self._items) >= 1024:  # the item sets of a process's jobs: few
-                self._items.clear()
-            text = self._items[items] = items_text(items, self._items_width)
+        if len(self._items) >= 1024:  # the item sets of a process's jobs: few
+            self._items.clear()
+        text = self._items[items] = items_text(items, self._items_width)
         return text
+
+
+class _IdFitter:
+    """An event id as its column takes it: as it is when plain ASCII within the width (ids are
+    unique, so not worth remembering), else cleaned and cut."""
+
+    __slots__ = ("_fit", "_width")
+
+    def __init__(self, layout: TableLayout) -> None:
+        self._fit = text_fitter(layout, "id")
+        column = layout.get("id")
+        self._width = column.width if column is not None and column.width is not None else -1
+
+    def __call__(self, value: str) -> str:
+        fits = self._width < 0 or len(value) <= self._width
+        return value if fits and value.isascii() and "\x00" not in value else self._fit(value)
 
 
 _EXECUTION_TIMES = ("start_time", "complete_time")
@@ -390,6 +424,9 @@ class PostgresSink:
 
     #: the bus may write this many batches at once (they commit in order: see ``write``)
     concurrent_writes = 2
+    #: with a backlog, the bus may send batches up to this size (each is one transaction, so
+    #: one commit for more events; the bus sizes them to its recent write rate)
+    max_batch_size = 5000
 
     def __init__(
         self,
@@ -414,6 +451,7 @@ class PostgresSink:
         self._statements: _Statements | None = None
         self._copy_works = True
         self._set_based_left = 0
+        self._conflicts = 0  # COPY attempts in a row that met an id already present
         self._last_turn: _Turn | None = None  # of the latest write
 
     def __repr__(self) -> str:
@@ -486,9 +524,12 @@ class PostgresSink:
                     await _Turn.committed(previous)
                     await self._dependent(conn, sql, split)
                     turn.sent.set()
+                self._conflicts = 0
                 return
             except asyncpg.UniqueViolationError:
-                self._set_based_left = _SET_BASED_AFTER_CONFLICT
+                self._conflicts += 1
+                run = 0 if self._conflicts == 1 else 2 ** (self._conflicts - 2)
+                self._set_based_left = min(run, _SET_BASED_AFTER_CONFLICT)
             except (asyncpg.PostgresError, asyncpg.DataError) as exc:
                 copy_error = exc
         await _Turn.committed(previous)

@@ -28,6 +28,7 @@ from ._schema import EXECUTION_COLUMNS, STATUS_COLUMNS, TableLayout, check_layou
 
 __all__ = [
     "MESSAGE_LIMIT",
+    "FittedTexts",
     "OriginalTaskIds",
     "PreparedBatch",
     "WrittenColumns",
@@ -118,6 +119,27 @@ def long_text_fitter(layout: TableLayout, column: str) -> Callable[[str | None],
         return None if value is None else cut_text(clean_text(value), limit)
 
     return fit
+
+
+class FittedTexts(dict[str, str]):
+    """``fit(value)`` by ``self[value]``, remembered: a column's texts mostly repeat (a job's
+    name, a host, a task id for each event of its fire), and a hit is one dictionary lookup.
+    Bounded: forgets everything past ``limit`` values; values longer than ``longest`` are
+    fitted each time (long messages rarely repeat)."""
+
+    __slots__ = ("_fit", "_limit", "_longest")
+
+    def __init__(self, fit: Callable[[str], str], limit: int = 4096, longest: int = 512) -> None:
+        super().__init__()
+        self._fit, self._limit, self._longest = fit, limit, longest
+
+    def __missing__(self, value: str) -> str:
+        fitted = self._fit(value)
+        if len(value) <= self._longest:
+            if len(self) >= self._limit:
+                self.clear()
+            self[value] = fitted
+        return fitted
 
 
 def execution_values(e: JobExecutionEvent, layout: TableLayout) -> dict[str, object]:
@@ -236,10 +258,17 @@ def prepare_batch(batch: Sequence[TraceEvent], originals: OriginalTaskIds) -> Pr
     statuses: dict[str, JobStatusTraceEvent] = {}
     for event in batch:
         if isinstance(event, JobExecutionEvent):
-            old = merged.get(event.id)
-            merged[event.id] = event if old is None else _merge(old, event)
+            key = event.id
+            old = merged.get(key)
             if event.complete_time is None:
-                started.add(event.id)
+                started.add(key)
+                merged[key] = event if old is None else _merge(old, event)
+            elif old is None:
+                merged[key] = event
+            elif old.complete_time is None and _same_run(old, event):
+                merged[key] = event  # the usual completion: its start with the outcome
+            else:
+                merged[key] = _merge(old, event)
         elif event.id not in statuses:
             statuses[event.id] = event
     resolved: dict[str, str | None] = {}
