@@ -411,11 +411,11 @@ class SharedView:
     share the wire's order), so a read's reply supersedes exactly the events before it. An
     event without data (ZooKeeper sends none) waits for a read of its node, and every later
     event of the same job waits behind it: readers see a state of the job's subtree the
-    registry had, never a mix (a multi-op never spans jobs; other jobs do not wait). Nodes this
-    session created need no read (WRITTEN carries their data); running marks and failover
-    intents of other instances are kept with unknown data (``get`` is None) and read only if
-    they outlive ``_LAZY_DELAY``. After a new connection or session the subtree is read again,
-    level by level with pipelined requests.
+    registry had, never a mix (a batched multi-op spans jobs, each job's part applied together;
+    other jobs do not wait). Nodes this session created need no read (WRITTEN carries their
+    data); running marks and failover intents of other instances are kept with unknown data
+    (``get`` is None) and read only if they outlive ``_LAZY_DELAY``. After a new connection or
+    session the subtree is read again, level by level with pipelined requests.
 
     On the embedded registry the view keeps no copy: it reads the ``MemoryStore`` itself (whose
     changes, multi-ops included, are atomic and whose events carry their data), and the events
@@ -580,7 +580,8 @@ class SharedView:
 
     def _enqueue(self, item: _Item, *, signal: bool = True) -> None:
         """Queue ``item`` behind its job's items waiting for a read, or apply it (and them)
-        now. Jobs never wait for each other: a multi-op stays within one job's subtree."""
+        now. Jobs never wait for each other: each job's part of a (batched) multi-op stays within
+        its subtree."""
         path = item.path
         key = _job_key(path)
         waiting = self._unresolved.get(key)
