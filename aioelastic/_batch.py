@@ -41,6 +41,10 @@ from .registry._protocol import Op, Registry
 
 __all__ = ["TransactionBatch", "batch_of"]
 
+#: Combined multi-ops a group may fail (each failure sends its culprit alone and the rest
+#: together again) before the rest are sent each on its own.
+_COMBINED_ATTEMPTS = 3
+
 #: A flush's deadline (the registry's own request timeout normally ends it much earlier).
 _FLUSH_DEADLINE = 30.0
 
@@ -176,10 +180,20 @@ class TransactionBatch:
         """Send ``group`` (submissions on disjoint paths) as one multi-op; if one submission's
         op fails, that one is sent on its own (its own outcome) and the rest together again."""
         pending = [s for s in group if not s.future.done()]  # cancelled ones are left out
+        failed = 0
         while len(pending) > 1:
+            if failed == _COMBINED_ATTEMPTS:
+                # Conflicts everywhere (an overloaded instance whose fires overlap): each
+                # failure would resend the whole group, quadratic in round trips. Send every
+                # submission on its own instead, all in flight at once.
+                async with anyio.create_task_group() as tg:
+                    for sub in pending:
+                        tg.start_soon(self._send_alone, sub)
+                return
             try:
                 await self.registry.transaction([op for sub in pending for op in sub.ops])
             except TransactionFailedError as exc:  # nothing was applied
+                failed += 1
                 culprit = pending.pop(_owner(pending, exc.index))
                 await self._send_alone(culprit)
                 pending = [s for s in pending if not s.future.done()]

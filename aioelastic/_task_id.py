@@ -39,6 +39,7 @@ __all__ = [
 #: ElasticJob's column width for task ids.
 TASK_ID_LIMIT = 255
 _SEP = "@-@"
+_RUN_LENGTH = 32  # the run part: 128 random bits in hex
 
 
 def _ranges(items: Iterable[int]) -> list[str]:
@@ -127,9 +128,6 @@ def _prefix(job: str, items: tuple[int, ...], kind: ExecutionType, instance_id: 
     plain = ",".join(map(str, items))
     joined = plain if len(plain) <= room else format_items(items, room)
     return _SEP.join((job, joined, kind.value, instance_id, ""))
-
-
-_RUN_LENGTH = 32
 
 
 def parse_task_id(task_id: str) -> TaskId:

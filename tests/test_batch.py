@@ -267,3 +267,30 @@ async def test_two_fires_of_one_job_in_a_batch_fail_only_the_later(backend: Back
         assert isinstance(outcomes[2].cause, NodeExistsError)
         # The others' multi-op is not failed by it: the later one is sent on its own after.
         assert [len(ops) for ops in counted.sent] == [1, 2, 1]
+
+
+async def test_many_conflicting_callers_are_not_resent_with_the_group_after_each_failure(
+    backend: Backend,
+) -> None:
+    """An overloaded moment where most callers conflict: after a few failed combined
+    multi-ops the rest go each on its own, not the whole group again after each failure."""
+    root = backend.root
+    async with backend.open() as reg:
+        await reg.create(root)
+        for i in range(0, 20, 2):
+            await reg.create(f"{root}/n{i}")  # every even caller's create conflicts
+        counted = Gated(reg)
+        async with running(counted) as batch:  # type: ignore[arg-type]
+            outcomes = await submit_all(
+                batch,
+                [[CreateOp(f"{root}/n{i}")] for i in range(20)],
+                lead=[CreateOp(f"{root}/lead")],
+            )
+        assert all(isinstance(outcomes[i], TransactionFailedError) for i in range(0, 20, 2))
+        assert all(outcomes[i] is None for i in range(1, 20, 2))
+        assert {f"n{i}" for i in range(20)} <= set(await reg.get_children(root))
+        # The lead, 3 failed combined multi-ops each with its culprit alone, then the 17 left
+        # each on its own, in flight at once: the ops sent stay linear in the callers (the
+        # group resent after each of the 10 failures sent 165 ops in 21 sequential requests).
+        assert len(counted.sent) == 1 + 3 * 2 + 17
+        assert sum(len(ops) for ops in counted.sent) == 1 + (20 + 19 + 18) + 3 + 17
