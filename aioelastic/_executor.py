@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +95,8 @@ class JobExecutor:
         self._item_scopes: dict[int, tuple[anyio.CancelScope, asyncio.Task[Any] | None]] = {}
         self._fenced: set[asyncio.Task[Any]] = set()  # item tasks fence() cancelled directly
         self._skipped = 0  # fires skipped in the current registry outage
+        self._firing = 0  # fires between their start and the end of their misfire re-runs
+        self._overlapping: list[ShardingContexts] | None = None  # ``overlapped``, being marked
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
         self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
@@ -136,6 +138,75 @@ class JobExecutor:
         skip unless the session is connected; let a pending reshard finish; take this
         instance's items; misfire if one still runs; listeners before; run the items
         (``execute``); re-run misfired items; listeners after."""
+        self._firing += 1
+        try:
+            items = await self._fire(source, scheduled, trigger)
+        finally:
+            self._firing -= 1
+        if items is not None:
+            await self._listeners(items, before=False)
+
+    @property
+    def firing(self) -> bool:
+        """A fire of this job is in its template here (from its start to the end of its
+        misfire re-runs): a fire that arrives meanwhile is ``overlapped``."""
+        return self._firing > 0
+
+    def overlapped(
+        self,
+        source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
+        scheduled: datetime | None = None,
+        trigger: bytes | None = None,
+    ) -> Coroutine[Any, Any, None] | None:
+        """A fire that arrives while this job's previous fire is still ``firing`` here (only
+        with ``monitor_execution``): misfired at once, as ElasticJob's job thread is busy and
+        Quartz misfires the trigger; the fire in progress re-runs the items once after its
+        run. Returns the coroutine that writes the misfire marks, or None when there is nothing
+        to write (every mark exists) or a write is in flight (it writes this fire's too): any
+        number of overdue fires cost one task and one write, however far behind an overloaded
+        instance is."""
+        coord = self.coordinator
+        notify_observers(self.observers, "fire_started", self._job, scheduled, datetime.now(UTC))
+        items = coord.local_items()
+        contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
+        if trigger:
+            contexts = dataclasses.replace(contexts, trigger=trigger.decode(errors="replace"))
+        self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
+        if not items:
+            self._status(
+                contexts, State.TASK_FINISHED, f"Sharding item for job '{self._job}' is empty."
+            )
+            return None
+        if self._overlapping is not None:
+            self._overlapping.append(contexts)
+            return None
+        if self.config.misfire and (
+            self.dependents is not None or not all(coord.is_misfired(i) for i in items)
+        ):  # (a dependent job's marks take each fire's key)
+            self._overlapping = [contexts]
+            return self._write_misfires()
+        self._status(contexts, State.TASK_FINISHED, _still_running(self._job, contexts))
+        return None
+
+    async def _write_misfires(self) -> None:
+        """Write the misfire marks of the ``overlapped`` fires (those arriving meanwhile join
+        the next write), each fire's status after its marks exist."""
+        try:
+            while self._overlapping:
+                fires, self._overlapping = self._overlapping, []
+                latest = fires[-1]  # its key: one re-run stands for them all
+                items = sorted({i for c in fires for i in c.sorted_items})
+                key = b"" if self.dependents is None else self.dependents.misfire_key(latest)
+                await self.coordinator.marks.mark_misfire(items, key)
+                for contexts in fires:
+                    self._status(contexts, State.TASK_FINISHED, _still_running(self._job, contexts))
+        finally:
+            self._overlapping = None
+
+    async def _fire(
+        self, source: ExecutionSource, scheduled: datetime | None, trigger: bytes | None
+    ) -> ShardingContexts | None:
+        """``fire`` up to the listeners after; the contexts they get (None: none)."""
         cfg, coord = self.config, self.coordinator
         started = datetime.now(UTC)
         notify_observers(self.observers, "fire_started", self._job, scheduled, started)
@@ -143,7 +214,7 @@ class JobExecutor:
             await coord.check_time_diff()
         except Exception as exc:
             if await self.handle_error(exc):
-                return  # "raise": the fire stops before any item runs (ElasticJob's)
+                return None  # "raise": the fire stops before any item runs (ElasticJob's)
         if coord.registry.session_state is not SessionState.CONNECTED:
             self._skipped += 1
             if self._skipped == 1:  # once per outage: the next ones are only counted
@@ -153,7 +224,7 @@ class JobExecutor:
                         "(further fires are skipped silently until the session is back)"
                     )
                 )
-            return
+            return None
         if self._skipped:
             log.warning(
                 "job %r: %d fire(s) skipped while the registry session was not connected",
@@ -170,9 +241,9 @@ class JobExecutor:
         self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
-            return
+            return None
         if not await self._listeners(contexts, before=True):
-            return
+            return None
         await self.execute(contexts)
         while self._misfire_due(items):
             again = self.contexts(
@@ -183,7 +254,7 @@ class JobExecutor:
             )
             if not await self.execute(again, quiet_conflict=True):
                 break
-        await self._listeners(contexts, before=False)
+        return contexts
 
     async def run(
         self,
@@ -246,8 +317,7 @@ class JobExecutor:
         self._status(
             contexts,
             State.TASK_FINISHED,
-            f"Previous job '{self._job}' - shardingItems '{contexts.items}' is still running, "
-            "misfired job will start after previous job completed.",
+            _still_running(self._job, contexts),
         )
 
     async def execute(
@@ -730,6 +800,13 @@ class JobExecutor:
                 extra=self._fields(contexts, item),
             )
         return False
+
+
+def _still_running(job: str, contexts: ShardingContexts) -> str:
+    return (
+        f"Previous job '{job}' - shardingItems '{contexts.items}' is still running, "
+        "misfired job will start after previous job completed."
+    )
 
 
 def _describe(exc: BaseException) -> str:

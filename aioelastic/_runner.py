@@ -287,8 +287,17 @@ class JobRunner:
         scheduled: datetime | None = None,
         trigger: bytes | None = None,
     ) -> None:
-        if self._fires is not None and not self._stopping and not self.coordinator.config_problem:
-            self._fires.start(self._guarded(self.executor.fire(source, scheduled, trigger=trigger)))
+        fires, executor = self._fires, self.executor
+        if fires is None or self._stopping or self.coordinator.config_problem:
+            return
+        if executor.firing and self.coordinator.config.monitor_execution:
+            # The previous fire still runs (or is still marking, or re-running a misfire):
+            # this one misfires without a task of its own unless it has marks to write.
+            work = executor.overlapped(source, scheduled, trigger)
+            if work is not None:
+                fires.start(self._guarded(work))
+            return
+        fires.start(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
 
     def _start_run(
         self,
