@@ -168,10 +168,7 @@ class JobExecutor:
         coord = self.coordinator
         notify_observers(self.observers, "fire_started", self._job, scheduled, datetime.now(UTC))
         items = coord.local_items()
-        contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
-        if trigger:
-            contexts = dataclasses.replace(contexts, trigger=trigger.decode(errors="replace"))
-        self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
+        contexts = self._staged(items, source, scheduled, trigger)
         if not items:
             self._status(
                 contexts, State.TASK_FINISHED, f"Sharding item for job '{self._job}' is empty."
@@ -185,23 +182,32 @@ class JobExecutor:
         ):  # (a dependent job's marks take each fire's key)
             self._overlapping = [contexts]
             return self._write_misfires()
-        self._status(contexts, State.TASK_FINISHED, _still_running(self._job, contexts))
+        self._misfired(contexts)
         return None
 
     async def _write_misfires(self) -> None:
         """Write the misfire marks of the ``overlapped`` fires (those arriving meanwhile join
-        the next write), each fire's status after its marks exist."""
+        the next write)."""
         try:
             while self._overlapping:
                 fires, self._overlapping = self._overlapping, []
-                latest = fires[-1]  # its key: one re-run stands for them all
-                items = sorted({i for c in fires for i in c.sorted_items})
-                key = b"" if self.dependents is None else self.dependents.misfire_key(latest)
-                await self.coordinator.marks.mark_misfire(items, key)
-                for contexts in fires:
-                    self._status(contexts, State.TASK_FINISHED, _still_running(self._job, contexts))
+                await self._misfire(*fires)
         finally:
             self._overlapping = None
+
+    def _staged(
+        self,
+        items: Sequence[int],
+        source: ExecutionSource,
+        scheduled: datetime | None,
+        trigger: bytes | None,
+    ) -> ShardingContexts:
+        """A cron or requested fire's contexts, its staging status posted."""
+        contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
+        if trigger:
+            contexts = dataclasses.replace(contexts, trigger=trigger.decode(errors="replace"))
+        self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
+        return contexts
 
     async def _fire(
         self, source: ExecutionSource, scheduled: datetime | None, trigger: bytes | None
@@ -235,10 +241,7 @@ class JobExecutor:
             self._skipped = 0
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
-        contexts = self.contexts(items, ExecutionType.READY, source, scheduled)
-        if trigger:
-            contexts = dataclasses.replace(contexts, trigger=trigger.decode(errors="replace"))
-        self._status(contexts, State.TASK_STAGING, f"Job '{self._job}' execute begin.")
+        contexts = self._staged(items, source, scheduled, trigger)
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
             return None
@@ -310,15 +313,26 @@ class JobExecutor:
             and any(coord.is_misfired(i) and coord.owner(i) == self._me for i in items)
         )
 
-    async def _misfire(self, contexts: ShardingContexts) -> None:
+    async def _misfire(self, *fires: ShardingContexts) -> None:
+        """Misfire ``fires`` (one, or the overlapped fires of a moment): one write of their
+        items' marks holding the latest fire's key (its one re-run stands for them all), then
+        each fire's status."""
         if self.config.misfire:
-            fire = self.dependents.misfire_key(contexts) if self.dependents is not None else b""
-            await self.coordinator.marks.mark_misfire(contexts.sorted_items, fire)
-        self._status(
-            contexts,
-            State.TASK_FINISHED,
-            _still_running(self._job, contexts),
-        )
+            latest = fires[-1]
+            fire = self.dependents.misfire_key(latest) if self.dependents is not None else b""
+            items = sorted({i for c in fires for i in c.sorted_items})
+            await self.coordinator.marks.mark_misfire(items, fire)
+        self._misfired(*fires)
+
+    def _misfired(self, *fires: ShardingContexts) -> None:
+        """Each misfired fire's status (ElasticJob's message)."""
+        for contexts in fires:
+            self._status(
+                contexts,
+                State.TASK_FINISHED,
+                f"Previous job '{self._job}' - shardingItems '{contexts.items}' is still "
+                "running, misfired job will start after previous job completed.",
+            )
 
     async def execute(
         self,
@@ -800,13 +814,6 @@ class JobExecutor:
                 extra=self._fields(contexts, item),
             )
         return False
-
-
-def _still_running(job: str, contexts: ShardingContexts) -> str:
-    return (
-        f"Previous job '{job}' - shardingItems '{contexts.items}' is still running, "
-        "misfired job will start after previous job completed."
-    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,7 +25,6 @@ from aioelastic import (
     ShardingContext,
     ShardingContexts,
 )
-from aioelastic.registry import MemoryStore
 from tests.harness.helpers import CaptureSink, completions, eventually, statuses
 
 from .conftest import Backend
@@ -99,15 +98,16 @@ async def test_fires_arriving_before_the_previous_fire_marked_its_items_misfire_
     assert len(misfired) == 2 * OVERDUE
 
 
+@pytest.mark.parametrize("misfire", [True, False], ids=["misfire", "no-misfire"])
 async def test_fires_arriving_while_the_items_run_cost_no_task_and_no_request(
-    backend: Backend,
+    backend: Backend, misfire: bool
 ) -> None:
     sink = CaptureSink()
     scheduler = Scheduler(settings=Settings(registry_url=backend.url), sinks=[sink])
     release = anyio.Event()
     runs: list[ExecutionSource] = []
 
-    @scheduler.job()
+    @scheduler.job(misfire=misfire)
     async def slow(ctx: ShardingContext) -> None:
         runs.append(ctx.execution_source)
         if len(runs) == 1:
@@ -119,42 +119,17 @@ async def test_fires_arriving_while_the_items_run_cost_no_task_and_no_request(
         overdue(scheduler, "slow", 1)
         await eventually(lambda: len(runs) == 1)
         overdue(scheduler, "slow", 1)
-        await eventually(lambda: coord.is_misfired(0))
+        if misfire:
+            await eventually(lambda: coord.is_misfired(0))
         tasks, requests = len(asyncio.all_tasks()), scheduler.registry.request_count
         for _ in range(5):  # five seconds' worth of fires of a far-behind instance
             overdue(scheduler, "slow", OVERDUE)
             assert len(asyncio.all_tasks()) <= tasks
             await anyio.lowlevel.checkpoint()
         assert scheduler.registry.request_count == requests
+        assert coord.is_misfired(0) is misfire  # without misfire: dropped, no marks
         release.set()
-        await sink.wait_for(lambda events: len(completions(events, "slow")) == 2)
-        await eventually(lambda: not coord.is_misfired(0))
-    assert runs == [ExecutionSource.NORMAL_TRIGGER, ExecutionSource.MISFIRE]
-
-
-async def test_without_misfire_overdue_fires_are_dropped_and_leave_no_marks() -> None:
-    sink = CaptureSink()
-    MemoryStore.reset("overload-nomisfire")
-    settings = Settings(registry_url="memory://overload-nomisfire/ns")
-    scheduler = Scheduler(settings=settings, sinks=[sink])
-    release = anyio.Event()
-    runs = 0
-
-    @scheduler.job(misfire=False)
-    async def skip(ctx: ShardingContext) -> None:
-        nonlocal runs
-        runs += 1
-        await release.wait()
-
-    async with scheduler:
-        coord = scheduler._runners["skip"].coordinator
-        await eventually(lambda: coord.local_items() == [0])
-        overdue(scheduler, "skip", 1)
-        await eventually(lambda: runs == 1)
-        requests = scheduler.registry.request_count
-        overdue(scheduler, "skip", OVERDUE)
-        assert scheduler.registry.request_count == requests and not coord.is_misfired(0)
-        release.set()
-        await sink.wait_for(lambda events: len(completions(events, "skip")) == 1)
-        await eventually(lambda: not coord.is_running(0))
-    assert runs == 1
+        await sink.wait_for(lambda events: len(completions(events, "slow")) == 1 + misfire)
+        await eventually(lambda: not coord.is_misfired(0) and not coord.is_running(0))
+    expected = [ExecutionSource.NORMAL_TRIGGER] + [ExecutionSource.MISFIRE] * misfire
+    assert runs == expected
