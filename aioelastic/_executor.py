@@ -97,6 +97,9 @@ class JobExecutor:
         self._skipped = 0  # fires skipped in the current registry outage
         self._firing = 0  # fires between their start and the end of their misfire re-runs
         self._overlapping: list[ShardingContexts] | None = None  # ``overlapped``, being marked
+        self.last_start: tuple[datetime, datetime] | None = None
+        """(scheduled, wall time) of the last cron fire that found items to run here (run or
+        misfired): the live missed-fire watch needs no view reads for it."""
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
         self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
@@ -166,8 +169,11 @@ class JobExecutor:
         number of overdue fires cost one task and one write, however far behind an overloaded
         instance is."""
         coord = self.coordinator
-        notify_observers(self.observers, "fire_started", self._job, scheduled, datetime.now(UTC))
+        started = datetime.now(UTC)
+        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
         items = coord.local_items()
+        if items and scheduled is not None:
+            self.last_start = (scheduled, started)
         contexts = self._staged(items, source, scheduled, trigger)
         if not items:
             self._status(
@@ -241,6 +247,8 @@ class JobExecutor:
             self._skipped = 0
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
+        if items and scheduled is not None:
+            self.last_start = (scheduled, datetime.now(UTC))  # after any wait for a reshard
         contexts = self._staged(items, source, scheduled, trigger)
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)

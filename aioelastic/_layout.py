@@ -23,6 +23,10 @@ def namespace_root(namespace: str) -> str:
 _PARTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 
 
+#: Paths whose ``parts`` one job keeps (its fixed and per-item paths stay well below).
+_SPLIT_LIMIT = 256
+
+
 @dataclass(frozen=True, slots=True)
 class JobPaths:
     """Paths of one job's nodes under ``/{namespace}/{job}``."""
@@ -35,10 +39,18 @@ class JobPaths:
     _cache: dict[tuple[object, ...], str] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # ``parts`` of the paths the view's changes name (a fire's marks, again every fire).
+    _split: dict[str, tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _root: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_root", f"/{self.namespace}/{self.job}")
 
     @property
     def root(self) -> str:
-        return f"/{self.namespace}/{self.job}"
+        return self._root
 
     def _p(self, *parts: object) -> str:
         path = self._cache.get(parts)
@@ -203,10 +215,17 @@ class JobPaths:
 
     def parts(self, path: str) -> tuple[str, ...]:
         """``path`` relative to the job's root, split (``()`` for the root, or outside it)."""
-        root = self.root
-        if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
-            return ()
-        return tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()
+        parts = self._split.get(path)
+        if parts is None:
+            root = self._root
+            if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
+                parts = ()
+            else:
+                parts = tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()
+            if len(self._split) >= _SPLIT_LIMIT:
+                self._split.clear()  # paths with fire keys or instance ids keep coming
+            self._split[path] = parts
+        return parts
 
     def persistent_skeleton(self) -> list[str]:
         """Persistent container nodes every job has (created once, never ephemeral)."""

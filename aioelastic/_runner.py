@@ -279,6 +279,11 @@ class JobRunner:
             )
             self.executor.fence()
 
+    @property
+    def last_start(self) -> tuple[datetime, datetime] | None:
+        """(due time, wall time) of the last cron fire that found items to run here."""
+        return self.executor.last_start
+
     # -- fires --
 
     def start_fire(

@@ -108,12 +108,15 @@ class MemoryStore:
         """The tree watches over ``path`` hear ``kind`` (with the node's data and stat)."""
         if not self.tree_watches:
             return []
-        data, stat = (node.data, node.stat()) if node is not None else (None, None)
-        return [
-            (w, WatchEvent(kind, path, data, stat))
-            for _, root, w in self.tree_watches
-            if path == root or path.startswith(root.rstrip("/") + "/")
-        ]
+        event: WatchEvent | None = None
+        out: list[tuple[Watcher, WatchEvent]] = []
+        for _, root, w in self.tree_watches:
+            if path == root or path.startswith(root if root == "/" else root + "/"):
+                if event is None:  # one event for every watch that hears it (it is frozen)
+                    data, stat = (node.data, node.stat()) if node is not None else (None, None)
+                    event = WatchEvent(kind, path, data, stat)
+                out.append((w, event))
+        return out
 
     @classmethod
     def named(cls, name: str) -> MemoryStore:
@@ -140,9 +143,16 @@ class MemoryStore:
         return [(w, WatchEvent(kind, path)) for _, w in entries]
 
     def create(
-        self, path: str, data: bytes, ephemeral_owner: int, sequential: bool
+        self,
+        path: str,
+        data: bytes,
+        ephemeral_owner: int,
+        sequential: bool,
+        *,
+        validated: bool = False,
     ) -> tuple[str, list[tuple[Watcher, WatchEvent]]]:
-        validate_path(path, sequential=sequential)
+        if not validated:  # a multi-op validates every path before applying any
+            validate_path(path, sequential=sequential)
         parent = self.nodes.get(_parent(path))
         if parent is None:
             raise NoNodeError(f"parent of {path} does not exist")
@@ -177,8 +187,12 @@ class MemoryStore:
         fired = self._fire(self.data_watches, path, WatchEventType.CHANGED)
         return node.stat(), fired + self._tree(path, WatchEventType.CHANGED, node)
 
-    def delete(self, path: str, version: int) -> list[tuple[Watcher, WatchEvent]]:
-        node = self._node(path)
+    def delete(
+        self, path: str, version: int, *, validated: bool = False
+    ) -> list[tuple[Watcher, WatchEvent]]:
+        node = self.nodes.get(path) if validated else self._node(path)
+        if node is None:
+            raise NoNodeError(path)
         if path == "/":
             raise RegistryError("cannot delete /")
         if version not in (-1, node.version):
@@ -436,11 +450,12 @@ class MemoryRegistry(ListenerBase):
     def _apply(self, op: Op) -> list[tuple[Watcher, WatchEvent]]:
         match op:
             case CreateOp(path, data, ephemeral):
-                return self.store.create(path, data, self._session_id if ephemeral else 0, False)[1]
+                owner = self._session_id if ephemeral else 0
+                return self.store.create(path, data, owner, False, validated=True)[1]
             case SetOp(path, data, version):
                 return self.store.set(path, data, version)[1]
             case DeleteOp(path, version):
-                return self.store.delete(path, version)
+                return self.store.delete(path, version, validated=True)
             case CheckOp(path, version):
                 self.store.check(path, version)
                 return []
