@@ -27,7 +27,6 @@ scheduler (``run``); without a running batch, transactions go to the registry di
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
 
 import anyio
@@ -48,12 +47,15 @@ _COMBINED_ATTEMPTS = 3
 #: A flush's deadline (the registry's own request timeout normally ends it much earlier).
 _FLUSH_DEADLINE = 30.0
 
-_batches: weakref.WeakKeyDictionary[Registry, TransactionBatch] = weakref.WeakKeyDictionary()
+# By the registry's id: a running batch holds its registry, so the id is not reused while the
+# entry exists (a WeakKeyDictionary lookup, made twice per fire, costs a weak reference each).
+_batches: dict[int, TransactionBatch] = {}
 
 
 def batch_of(registry: Registry) -> TransactionBatch | None:
     """The running batch of ``registry``'s session, if its scheduler runs one."""
-    return _batches.get(registry)
+    batch = _batches.get(id(registry))
+    return batch if batch is not None and batch.registry is registry else None
 
 
 class _Submission:
@@ -86,7 +88,7 @@ class TransactionBatch:
         """Send what is submitted until cancelled (then submissions go to the registry)."""
         loop = asyncio.get_running_loop()
         self._open = True
-        _batches[self.registry] = self
+        _batches[id(self.registry)] = self
         task_status.started()
         try:
             while True:
@@ -105,8 +107,8 @@ class TransactionBatch:
                 self._taken = []
         finally:
             self._open = False
-            if _batches.get(self.registry) is self:
-                del _batches[self.registry]
+            if _batches.get(id(self.registry)) is self:
+                del _batches[id(self.registry)]
             self._fail(self._taken, "the transaction batch stopped mid-send")
             for sub in self._queue:  # never sent: their callers send them themselves
                 if not sub.future.done():

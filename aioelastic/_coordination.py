@@ -119,6 +119,10 @@ def _instance_host(raw: bytes) -> str | None:
     return host if isinstance(host, str) else None
 
 
+#: The item nodes ``_suspicious`` checks (``sharding/{item}/{name}``).
+_CHECKED_MARKS = frozenset({"running", "failover", "instance"})
+
+
 def _node_text(raw: bytes | None) -> str | None:
     """A node's data as an instance id: None if empty, missing or not UTF-8."""
     if not raw:
@@ -521,10 +525,17 @@ class JobCoordinator:
 
     def _suspicious(self, path: str) -> str | None:
         """What is wrong with the node at ``path`` as the view shows it, or None."""
+        parts = self.paths.parts(path)
+        election = path == self.paths.leader_election_instance
+        if not (
+            election
+            or (len(parts) == 2 and parts[0] == "instances")
+            or (len(parts) == 3 and parts[0] == "sharding" and parts[2] in _CHECKED_MARKS)
+        ):
+            return None  # no node of another shape is checked (read nothing for it)
         stat, raw = self.view.stat(path), self.view.get(path)
         if stat is None or raw is None:
             return None
-        parts = self.paths.parts(path)
         persistent = not stat.ephemeral_owner
         if len(parts) == 2 and parts[0] == "instances" and persistent:
             return "persistent node where an instance's ephemeral node goes (no live instance)"
@@ -535,7 +546,7 @@ class JobCoordinator:
                 return "persistent takeover mark (no instance holds it): the item cannot run"
             if parts[2] == "instance" and raw and _node_text(raw) is None:
                 return f"owner is not an instance id ({raw[:40]!r}): the item cannot run"
-        if path == self.paths.leader_election_instance:
+        if election:
             if persistent:
                 return "persistent election node (no session holds it): no leader"
             if _node_text(raw) is None:

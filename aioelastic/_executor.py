@@ -47,6 +47,10 @@ Post = Callable[[TraceEvent], None]
 Fatal = Callable[[BaseException], None]
 
 
+#: Cron fires whose start ``started_at`` remembers (the watch falls back to reading the view).
+_STARTS_KEPT = 64
+
+
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -97,9 +101,9 @@ class JobExecutor:
         self._skipped = 0  # fires skipped in the current registry outage
         self._firing = 0  # fires between their start and the end of their misfire re-runs
         self._overlapping: list[ShardingContexts] | None = None  # ``overlapped``, being marked
-        self.last_start: tuple[datetime, datetime] | None = None
-        """(scheduled, wall time) of the last cron fire that found items to run here (run or
-        misfired): the live missed-fire watch needs no view reads for it."""
+        # Scheduled time -> wall time of the recent cron fires that found items to run here
+        # (run or misfired), oldest first: the missed-fire watch reads no view for them.
+        self._starts: dict[datetime, datetime] = {}
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
         self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
@@ -173,7 +177,7 @@ class JobExecutor:
         notify_observers(self.observers, "fire_started", self._job, scheduled, started)
         items = coord.local_items()
         if items and scheduled is not None:
-            self.last_start = (scheduled, started)
+            self._started(scheduled, started)
         contexts = self._staged(items, source, scheduled, trigger)
         if not items:
             self._status(
@@ -190,6 +194,17 @@ class JobExecutor:
             return self._write_misfires()
         self._misfired(contexts)
         return None
+
+    def _started(self, scheduled: datetime, wall: datetime) -> None:
+        starts = self._starts
+        starts.setdefault(scheduled, wall)
+        if len(starts) > _STARTS_KEPT:
+            del starts[next(iter(starts))]
+
+    def started_at(self, scheduled: datetime) -> datetime | None:
+        """When the cron fire scheduled at ``scheduled`` found items to run here (None: not
+        among the recent ones)."""
+        return self._starts.get(scheduled)
 
     async def _write_misfires(self) -> None:
         """Write the misfire marks of the ``overlapped`` fires (those arriving meanwhile join
@@ -248,7 +263,7 @@ class JobExecutor:
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
         if items and scheduled is not None:
-            self.last_start = (scheduled, datetime.now(UTC))  # after any wait for a reshard
+            self._started(scheduled, datetime.now(UTC))  # after any wait for a reshard
         contexts = self._staged(items, source, scheduled, trigger)
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)

@@ -259,9 +259,8 @@ class _Runner(Protocol):
     @property
     def coordinator(self) -> JobCoordinator: ...
 
-    @property
-    def last_start(self) -> tuple[datetime, datetime] | None:
-        """(due time, wall time) of the last cron fire that found items to run here."""
+    def started_at(self, due: datetime) -> datetime | None:
+        """When the cron fire due at ``due`` found items to run here, if it is a recent one."""
         ...
 
 
@@ -381,8 +380,8 @@ class MissedFireWatch:
             self._plan(job, due - timedelta(microseconds=1) if due is not None else None)
             return
         coord = runner.coordinator
-        start = runner.last_start
-        if start is not None and start[0] == due and start[1] <= due + tolerance:
+        start = runner.started_at(due)
+        if start is not None and start <= due + tolerance:
             pass  # started here on time: nothing to judge (the common case, no view reads)
         elif self._active() and coord.is_leader:
             late = (now - due).total_seconds() - self._tolerance

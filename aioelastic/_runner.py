@@ -279,10 +279,9 @@ class JobRunner:
             )
             self.executor.fence()
 
-    @property
-    def last_start(self) -> tuple[datetime, datetime] | None:
-        """(due time, wall time) of the last cron fire that found items to run here."""
-        return self.executor.last_start
+    def started_at(self, due: datetime) -> datetime | None:
+        """When the cron fire due at ``due`` found items to run here, if it is a recent one."""
+        return self.executor.started_at(due)
 
     # -- fires --
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +39,36 @@ async def test_entries_due_the_same_second_fire_in_one_pass() -> None:
     assert len({at for _, at in first}) == 1  # the same scheduled second
     assert all(at.microsecond == 0 and at.tzinfo is not None for _, at in first)
     assert len(timer) == 3  # each has its next fire time queued
+
+
+async def test_a_busy_second_lets_its_first_fires_run_before_starting_the_last() -> None:
+    # 300 fires due the same second: the first ones' tasks run (up to their bodies) before
+    # the timer has started the last ones, instead of every prelude going first.
+    timer = Timer()
+    events: list[str] = []
+    loop_tasks: set[asyncio.Task[None]] = set()
+
+    async def body(i: int) -> None:
+        events.append(f"ran {i}")
+
+    def fire(i: int) -> Callable[[datetime], None]:
+        def start(at: datetime) -> None:
+            events.append(f"started {i}")
+            task = asyncio.get_running_loop().create_task(body(i))
+            loop_tasks.add(task)
+            task.add_done_callback(loop_tasks.discard)
+
+        return start
+
+    for i in range(300):
+        timer.add(lambda: EVERY_SECOND, fire(i))
+    async with anyio.create_task_group() as tg:
+        await tg.start(timer.run)
+        await eventually(lambda: "ran 299" in events, 5, what="the last fire's body")
+        tg.cancel_scope.cancel()
+    started = [e for e in events if e.startswith("started")][:300]
+    assert sorted(started) == sorted(f"started {i}" for i in range(300))  # each once
+    assert events.index("ran 0") < events.index("started 299")
 
 
 async def test_fires_are_not_early_and_each_second_fires_once() -> None:
