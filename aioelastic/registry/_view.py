@@ -374,6 +374,10 @@ def _bare(path: str) -> bool:
     return len(parts) <= 3 and path.count("/") >= 2 and tuple(parts) in _BARE
 
 
+#: Paths whose job key ``SharedView`` keeps (cleared when full: fire keys keep coming).
+_KEYS_KEPT = 16384
+
+
 def _job_key(path: str) -> str:
     """``/ns/job`` of ``/ns/job/...`` (the part of the tree one job's subscriptions watch)."""
     parts = path.split("/", 3)
@@ -442,6 +446,7 @@ class SharedView:
         self._watcher = _Batched(self._on_event, self._on_events)
         self._changed: dict[str, anyio.Event] = {}  # job key -> signal
         self._subscriptions: dict[str, list[Subscription]] = {}
+        self._keys: dict[str, str] = {}  # path -> its job key (a fire's marks, every fire)
         self._batch: set[str] = set()
         self._everything = False
         self._signal_queued = False  # a deferred ``_signal`` is queued on the loop
@@ -692,18 +697,37 @@ class SharedView:
             return
         self._batch, self._everything = set(), False
         by_key: dict[str, list[str]] = {}
+        keys = self._keys
         for path in batch:
-            by_key.setdefault(_job_key(path), []).append(path)
+            key = keys.get(path)
+            if key is None:
+                if len(keys) >= _KEYS_KEPT:
+                    keys.clear()
+                key = keys[path] = _job_key(path)
+            paths = by_key.get(key)
+            if paths is None:
+                by_key[key] = [path]
+            else:
+                paths.append(path)
         if everything:
             for key in set(self._changed) | set(self._subscriptions):
                 by_key.setdefault(key, [])
+        changed, subscriptions = self._changed, self._subscriptions
         for key, paths in by_key.items():
-            event = self._changed.pop(key, None)
+            event = changed.pop(key, None)
             if event is not None:
                 event.set()
-            for subscription in self._subscriptions.get(key, ()):
-                if everything or any(subscription.relevant(p) for p in paths):
+            for subscription in subscriptions.get(key, ()):
+                if everything:
                     subscription.notify()
+                    continue
+                if subscription.pending:
+                    continue  # notified already, not yet taken: its owner will look
+                relevant = subscription.relevant
+                for path in paths:
+                    if relevant(path):
+                        subscription.notify()
+                        break
 
     # -- loading and reading --
 
