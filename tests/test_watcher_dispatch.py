@@ -79,3 +79,16 @@ def test_a_generator_of_pairs_with_an_unhashable_watcher_loses_none() -> None:
     events = [WatchEvent(WatchEventType.CREATED, p) for p in ("/a", "/b", "/a")]
     ListenerBase._notify_watchers((watcher, e) for e in events)
     assert got == ["/a", "/b"]
+
+
+def test_unequal_events_on_one_path_are_all_delivered_and_equal_ones_once() -> None:
+    # A multi-op that creates, deletes and re-creates a node: every event reaches a watcher;
+    # only an equal repeat (its data watch and child watch both hearing a deletion) is dropped.
+    got: list[WatchEvent] = []
+    watcher: Watcher = got.append
+    first = WatchEvent(WatchEventType.CREATED, "/n", b"1")
+    gone = WatchEvent(WatchEventType.DELETED, "/n")
+    again = WatchEvent(WatchEventType.CREATED, "/n", b"2")
+    repeat = WatchEvent(WatchEventType.DELETED, "/n")
+    ListenerBase._notify_watchers([(watcher, e) for e in (first, gone, repeat, again)])
+    assert got == [first, gone, again]

@@ -44,19 +44,18 @@ class ListenerBase:
     def _notify_watchers(fired: Iterable[tuple[Watcher, WatchEvent]]) -> None:
         """Call each watcher once per event, in order (a watcher with ``many`` gets all of its
         events in one call: a multi-op's, say); one that raises is logged, the rest go on."""
-        pairs = list(fired)
-        # A watcher on a node's data and children hears its deletion once.
-        try:
-            unique = list(dict.fromkeys(pairs))
-        except TypeError:  # an unhashable watcher
-            unique = []
-            for pair in pairs:
-                if pair not in unique:
-                    unique.append(pair)
         batches: dict[int, tuple[Watcher, list[WatchEvent]]] = {}
-        for watcher, event in unique:
-            batches.setdefault(id(watcher), (watcher, []))[1].append(event)
+        for watcher, event in fired:
+            batch = batches.get(id(watcher))
+            if batch is None:
+                batches[id(watcher)] = (watcher, [event])
+            else:
+                batch[1].append(event)
         for watcher, events in batches.values():
+            if len(events) > 1 and len({(e.type, e.path) for e in events}) < len(events):
+                # A watcher on a node's data and children hears its deletion once (equal
+                # events only: hashing every event, stat and all, is what this check spares).
+                events[:] = dict.fromkeys(events)
             many = getattr(watcher, "many", None)
             if many is not None and len(events) > 1:
                 _call_watcher(many, events)

@@ -569,12 +569,20 @@ class SharedView:
         self._signal()
 
     def _on_event(self, event: WatchEvent) -> None:
-        self._enqueue(event)
+        if self._store is not None:
+            self._on_events([event])
+        else:
+            self._enqueue(event)
 
     def _on_events(self, events: list[WatchEvent]) -> None:
         """Several events at once (a multi-op's own creates): waiters wake once, after all."""
-        for event in events:
-            self._enqueue(event, signal=False)
+        if self._store is not None:
+            # The embedded store holds every node and its tree events carry their data: an
+            # event only names a path whose subscribers to ask (nothing waits for a read).
+            self._batch.update([event.path for event in events])
+        else:
+            for event in events:
+                self._enqueue(event, signal=False)
         if not self._loading:
             self._signal_soon()
 
