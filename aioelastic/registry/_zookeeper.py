@@ -640,7 +640,10 @@ class ZooKeeperRegistry(ListenerBase):
         """Tree watchers whose root covers the server-side ``path``."""
         out: list[Watcher] = []
         for root, watchers in self._tree_watches.items():
-            if path == root or path.startswith(root.rstrip("/") + "/"):
+            # ``path`` is ``root`` or under it (no string built: three events per fire ask).
+            if path.startswith(root) and (
+                len(path) == len(root) or root[-1] == "/" or path[len(root)] == "/"
+            ):
                 out += watchers
         return out
 
