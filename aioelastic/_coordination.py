@@ -646,13 +646,16 @@ class JobCoordinator:
         """
         if self.server_disabled() or not self.holds_instance_node():
             return []
-        me = self.identity.instance_id
+        # Compared as bytes: ``owner(i) == me`` and ``failover_taker(i) in (None, me)`` without
+        # decoding each item's nodes (UTF-8 is one-to-one; an instance id is never empty).
+        me = self.identity.instance_id.encode()
+        view, paths = self.view, self.paths
         return [
             i
             for i in range(self.config.sharding_total_count)
-            if self.owner(i) == me
-            and not self.view.exists(self.paths.item_disabled(i))
-            and self.failover_taker(i) in (None, me)
+            if view.get(paths.item_instance(i)) == me
+            and not view.exists(paths.item_disabled(i))
+            and view.get(paths.item_failover(i)) in (None, me)
         ]
 
     def shutdown_requested(self) -> bool:
