@@ -47,8 +47,9 @@ Post = Callable[[TraceEvent], None]
 Fatal = Callable[[BaseException], None]
 
 
-#: Cron fires whose start ``started_at`` remembers (the watch falls back to reading the view).
-_STARTS_KEPT = 64
+#: Cron fires whose start ``take_start`` remembers until asked (past that, the missed-fire
+#: watch reads the view, as for a fire that did not start here).
+_STARTS_KEPT = 16
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
@@ -201,10 +202,18 @@ class JobExecutor:
         if len(starts) > _STARTS_KEPT:
             del starts[next(iter(starts))]
 
-    def started_at(self, scheduled: datetime) -> datetime | None:
+    def take_start(self, scheduled: datetime) -> datetime | None:
         """When the cron fire scheduled at ``scheduled`` found items to run here (None: not
-        among the recent ones)."""
-        return self._starts.get(scheduled)
+        among the recent ones), forgetting it and every earlier one."""
+        starts = self._starts
+        while starts:
+            first = next(iter(starts))
+            if first > scheduled:
+                break
+            wall = starts.pop(first)
+            if first == scheduled:
+                return wall
+        return None
 
     async def _write_misfires(self) -> None:
         """Write the misfire marks of the ``overlapped`` fires (those arriving meanwhile join

@@ -259,8 +259,9 @@ class _Runner(Protocol):
     @property
     def coordinator(self) -> JobCoordinator: ...
 
-    def started_at(self, due: datetime) -> datetime | None:
-        """When the cron fire due at ``due`` found items to run here, if it is a recent one."""
+    def take_start(self, due: datetime) -> datetime | None:
+        """When the cron fire due at ``due`` found items to run here, if it is a recent one
+        (it and earlier ones are forgotten)."""
         ...
 
 
@@ -380,7 +381,7 @@ class MissedFireWatch:
             self._plan(job, due - timedelta(microseconds=1) if due is not None else None)
             return
         coord = runner.coordinator
-        start = runner.started_at(due)
+        start = runner.take_start(due)
         if start is not None and start <= due + tolerance:
             pass  # started here on time: nothing to judge (the common case, no view reads)
         elif self._active() and coord.is_leader:

@@ -279,9 +279,10 @@ class JobRunner:
             )
             self.executor.fence()
 
-    def started_at(self, due: datetime) -> datetime | None:
-        """When the cron fire due at ``due`` found items to run here, if it is a recent one."""
-        return self.executor.started_at(due)
+    def take_start(self, due: datetime) -> datetime | None:
+        """When the cron fire due at ``due`` found items to run here, if it is a recent one
+        (it and earlier ones are forgotten: the missed-fire watch asks once per due time)."""
+        return self.executor.take_start(due)
 
     # -- fires --
 
