@@ -23,10 +23,6 @@ def namespace_root(namespace: str) -> str:
 _PARTS: dict[tuple[object, ...], tuple[object, ...]] = {}
 
 
-#: Paths whose ``parts`` one job keeps (its fixed and per-item paths stay well below).
-_SPLIT_LIMIT = 256
-
-
 @dataclass(frozen=True, slots=True)
 class JobPaths:
     """Paths of one job's nodes under ``/{namespace}/{job}``."""
@@ -39,9 +35,10 @@ class JobPaths:
     _cache: dict[tuple[object, ...], str] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    # ``parts`` of the paths the view's changes name (a fire's marks, again every fire).
-    _split: dict[str, tuple[str, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    # The last ``parts`` asked for: the subscriptions of one job ask for the same path in a row
+    # (a fire's running mark), and one entry costs no per-path memory.
+    _last: tuple[str, tuple[str, ...]] = field(
+        default=("", ()), init=False, repr=False, compare=False
     )
     _root: str = field(default="", init=False, repr=False, compare=False)
 
@@ -215,16 +212,15 @@ class JobPaths:
 
     def parts(self, path: str) -> tuple[str, ...]:
         """``path`` relative to the job's root, split (``()`` for the root, or outside it)."""
-        parts = self._split.get(path)
-        if parts is None:
-            root = self._root
-            if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
-                parts = ()
-            else:
-                parts = tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()
-            if len(self._split) >= _SPLIT_LIMIT:
-                self._split.clear()  # paths with fire keys or instance ids keep coming
-            self._split[path] = parts
+        last = self._last
+        if last[0] == path:
+            return last[1]
+        root = self._root
+        if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
+            parts: tuple[str, ...] = ()
+        else:
+            parts = tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()
+        object.__setattr__(self, "_last", (path, parts))
         return parts
 
     def persistent_skeleton(self) -> list[str]:

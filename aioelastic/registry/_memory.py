@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -165,7 +166,7 @@ class MemoryStore:
             raise NodeExistsError(path)
         parent.seq += sequential
         node = self.nodes[path] = _Node(data, ephemeral_owner, self.now)
-        name = path.rsplit("/", 1)[1]
+        name = sys.intern(path.rsplit("/", 1)[1])  # "running", "0", ...: one string for all jobs
         parent.add_child(name)
         if self.undo is not None:
             self.undo.append(partial(self._uncreate, path, parent, name, seq))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -711,7 +712,7 @@ class SharedView:
             if key is None:
                 if len(keys) >= _KEYS_KEPT:
                     keys.clear()
-                key = keys[path] = _job_key(path)
+                key = keys[path] = sys.intern(_job_key(path))  # one string per job
             paths = by_key.get(key)
             if paths is None:
                 by_key[key] = [path]
