@@ -533,7 +533,8 @@ class JobCoordinator:
             or (len(parts) == 3 and parts[0] == "sharding" and parts[2] in _CHECKED_MARKS)
         ):
             return None  # no node of another shape is checked (read nothing for it)
-        stat, raw = self.view.stat(path), self.view.get(path)
+        stat = self.view.stat(path)
+        raw = self.view.get(path) if stat is not None else None
         if stat is None or raw is None:
             return None
         persistent = not stat.ephemeral_owner

@@ -336,12 +336,12 @@ class JobExecutor:
         return item in self.running or self.coordinator.marks.running_elsewhere(item)
 
     def _misfire_due(self, items: Sequence[int]) -> bool:
-        coord = self.coordinator
+        coord, cfg = self.coordinator, self.config
         return (
-            self.config.misfire
-            and self.config.monitor_execution
-            and self._keep_going()
-            and not coord.reshard_pending()
+            cfg.misfire
+            and cfg.monitor_execution
+            and any(coord.is_misfired(i) for i in items)  # (usually none: one read each)
+            and self._keep_going()  # not stopping, no reshard pending
             and any(coord.is_misfired(i) and coord.owner(i) == self._me for i in items)
         )
 
