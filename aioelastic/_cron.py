@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._errors import ConfigError
 
-__all__ = ["CronTrigger"]
+__all__ = ["CronTrigger", "NextFireMemo", "next_fire_time"]
 
 MIN_YEAR = 1970
 MAX_YEAR = 2099
@@ -591,3 +591,20 @@ class CronTrigger:
         lo = now - int((earlier - later).total_seconds())
         transition = _first_at_offset(self._zone, lo, now, later)
         return _EPOCH + timedelta(seconds=transition) + earlier
+
+
+NextFireMemo = dict[tuple[CronTrigger, datetime], datetime | None]
+"""Next fire times computed in one pass over many jobs, by (trigger, after)."""
+
+
+def next_fire_time(
+    trigger: CronTrigger, after: datetime, memo: NextFireMemo | None = None
+) -> datetime | None:
+    """``trigger.next_fire_time(after)``, computed once per ``memo`` for jobs that share the
+    trigger (equal expressions share one object) and the instant."""
+    if memo is None:
+        return trigger.next_fire_time(after)
+    key = (trigger, after)
+    if key not in memo:
+        memo[key] = trigger.next_fire_time(after)
+    return memo[key]

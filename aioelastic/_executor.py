@@ -23,6 +23,7 @@ from ._errors import ItemCancelled, NoNodeError, RegistryError, SessionLostError
 from ._jobs import ItemRunner
 from ._listeners import DistributedOnceListener
 from ._logging import fields, short_task_id
+from ._missed import RecentStarts
 from ._observer import Observer, hook_name, notify_observers
 from ._otel import Spans
 from ._ownership import Ownerships
@@ -45,11 +46,6 @@ log = logging.getLogger("aioelastic.executor")
 
 Post = Callable[[TraceEvent], None]
 Fatal = Callable[[BaseException], None]
-
-
-#: Cron fires whose start ``take_start`` remembers until asked (past that, the missed-fire
-#: watch reads the view, as for a fire that did not start here).
-_STARTS_KEPT = 16
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
@@ -102,9 +98,9 @@ class JobExecutor:
         self._skipped = 0  # fires skipped in the current registry outage
         self._firing = 0  # fires between their start and the end of their misfire re-runs
         self._overlapping: list[ShardingContexts] | None = None  # ``overlapped``, being marked
-        # Scheduled time -> wall time of the recent cron fires that found items to run here
-        # (run or misfired), oldest first: the missed-fire watch reads no view for them.
-        self._starts: dict[datetime, datetime] = {}
+        self.starts = RecentStarts()
+        """The recent cron fires that found items to run here (run or misfired): the
+        missed-fire watch reads no view for them."""
         self._spans = Spans(coordinator.identity.instance_id)
         self.ownerships = Ownerships(coordinator.paths, coordinator.identity.instance_id)
         self.dependents: Dependents | None = None  # set when the job has dependents/upstreams
@@ -178,7 +174,7 @@ class JobExecutor:
         notify_observers(self.observers, "fire_started", self._job, scheduled, started)
         items = coord.local_items()
         if items and scheduled is not None:
-            self._started(scheduled, started)
+            self.starts.add(scheduled, started)
         contexts = self._staged(items, source, scheduled, trigger)
         if not items:
             self._status(
@@ -194,25 +190,6 @@ class JobExecutor:
             self._overlapping = [contexts]
             return self._write_misfires()
         self._misfired(contexts)
-        return None
-
-    def _started(self, scheduled: datetime, wall: datetime) -> None:
-        starts = self._starts
-        starts.setdefault(scheduled, wall)
-        if len(starts) > _STARTS_KEPT:
-            del starts[next(iter(starts))]
-
-    def take_start(self, scheduled: datetime) -> datetime | None:
-        """When the cron fire scheduled at ``scheduled`` found items to run here (None: not
-        among the recent ones), forgetting it and every earlier one."""
-        starts = self._starts
-        while starts:
-            first = next(iter(starts))
-            if first > scheduled:
-                break
-            wall = starts.pop(first)
-            if first == scheduled:
-                return wall
         return None
 
     async def _write_misfires(self) -> None:
@@ -272,7 +249,7 @@ class JobExecutor:
         await coord.wait_for_sharding(self._reshard_timeout)
         items = coord.local_items()
         if items and scheduled is not None:
-            self._started(scheduled, datetime.now(UTC))  # after any wait for a reshard
+            self.starts.add(scheduled, datetime.now(UTC))  # after any wait for a reshard
         contexts = self._staged(items, source, scheduled, trigger)
         if cfg.monitor_execution and any(self.is_running(i) for i in items):
             await self._misfire(contexts)
@@ -337,12 +314,13 @@ class JobExecutor:
 
     def _misfire_due(self, items: Sequence[int]) -> bool:
         coord, cfg = self.coordinator, self.config
+        if not (cfg.misfire and cfg.monitor_execution):
+            return False
+        misfired = [i for i in items if coord.is_misfired(i)]  # usually none: one read each
         return (
-            cfg.misfire
-            and cfg.monitor_execution
-            and any(coord.is_misfired(i) for i in items)  # (usually none: one read each)
+            bool(misfired)
             and self._keep_going()  # not stopping, no reshard pending
-            and any(coord.is_misfired(i) and coord.owner(i) == self._me for i in items)
+            and any(coord.owner(i) == self._me for i in misfired)
         )
 
     async def _misfire(self, *fires: ShardingContexts) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .registry._paths import is_at_or_under
+
 __all__ = ["DISABLED", "ENABLED", "SHUTDOWN", "JobPaths", "namespace_root"]
 
 #: ``servers/{host}`` data: the server runs its items, or an operator disabled it.
@@ -216,7 +218,7 @@ class JobPaths:
         if last[0] == path:
             return last[1]
         root = self._root
-        if not path.startswith(root) or (len(path) > len(root) and path[len(root)] != "/"):
+        if not is_at_or_under(path, root):
             parts: tuple[str, ...] = ()
         else:
             parts = tuple(path[len(root) + 1 :].split("/")) if len(path) > len(root) else ()

@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._config import JobConfig
-from ._cron import CronTrigger
+from ._cron import CronTrigger, NextFireMemo, next_fire_time
 from ._errors import ConfigError, JobNotFoundError
 from ._layout import DISABLED
 from ._observer import Observer, notify_observers
@@ -47,6 +47,7 @@ __all__ = [
     "MAX_DUE_TIMES",
     "MissedFire",
     "MissedFireWatch",
+    "RecentStarts",
     "due_times",
     "missed_fires",
     "missed_fires_of",
@@ -255,6 +256,37 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class RecentStarts:
+    """Due time -> wall time of a job's recent cron fires that found items to run on this
+    instance, oldest first; the missed-fire watch takes each once (``take``). At most ``kept``
+    are remembered: a fire past that is judged from the view, as one that did not start here."""
+
+    __slots__ = ("_kept", "_starts")
+
+    def __init__(self, kept: int = 16) -> None:
+        self._kept = kept
+        self._starts: dict[datetime, datetime] = {}
+
+    def add(self, due: datetime, wall: datetime) -> None:
+        starts = self._starts
+        starts.setdefault(due, wall)  # a fire's first start counts (not a later re-run)
+        if len(starts) > self._kept:
+            del starts[next(iter(starts))]
+
+    def take(self, due: datetime) -> datetime | None:
+        """When the fire due at ``due`` started here (None: not remembered), forgetting it and
+        every earlier one."""
+        starts = self._starts
+        while starts:
+            first = next(iter(starts))
+            if first > due:
+                break
+            wall = starts.pop(first)
+            if first == due:
+                return wall
+        return None
+
+
 class _Runner(Protocol):
     @property
     def coordinator(self) -> JobCoordinator: ...
@@ -264,8 +296,6 @@ class _Runner(Protocol):
         (it and earlier ones are forgotten)."""
         ...
 
-
-_Memo = dict[tuple[CronTrigger, datetime], datetime | None]
 
 #: A job is looked at again at least this often (a config change may bring its fires closer).
 _RECHECK = 60.0
@@ -327,7 +357,7 @@ class MissedFireWatch:
             wait = self._heap[0][0] - time.monotonic() if self._heap else 1.0
             await anyio.sleep(min(max(wait, 0.0), 1.0))  # new runners show within a second
             now, wall = time.monotonic(), datetime.now(UTC)
-            memo: _Memo = {}  # the jobs of one due time and trigger share one computation
+            memo: NextFireMemo = {}  # the jobs of one due time and trigger share one computation
             while self._heap and self._heap[0][0] <= now:
                 _, job = heapq.heappop(self._heap)
                 try:
@@ -346,7 +376,7 @@ class MissedFireWatch:
         job: str,
         after: datetime | None,
         now: datetime | None = None,
-        memo: _Memo | None = None,
+        memo: NextFireMemo | None = None,
     ) -> None:
         """Push the job's next check: its next due time (after ``after``, else now) plus the
         tolerance, or sooner (``_RECHECK``) to notice config changes."""
@@ -359,18 +389,13 @@ class MissedFireWatch:
         now = now or datetime.now(UTC)
         due: datetime | None = None
         if trigger is not None:
-            if memo is None or after is None:
-                due = trigger.next_fire_time(after or now)
-            else:
-                key = (trigger, after)
-                if key not in memo:
-                    memo[key] = trigger.next_fire_time(after)
-                due = memo[key]
+            # The checks of one due time share a computation (``after`` None: this job's now).
+            due = next_fire_time(trigger, after, memo) if after else trigger.next_fire_time(now)
         self._due[job] = (config, due)
         wait = _RECHECK if due is None else (due - now).total_seconds() + self._tolerance
         heapq.heappush(self._heap, (time.monotonic() + min(max(wait, 0.0), _RECHECK), job))
 
-    def _check(self, job: str, now: datetime, memo: _Memo) -> None:
+    def _check(self, job: str, now: datetime, memo: NextFireMemo) -> None:
         runner = self._runners.get(job)
         config, due = self._due.get(job, (None, None))
         if runner is None or runner.coordinator.config is not config:

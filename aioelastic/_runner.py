@@ -282,7 +282,7 @@ class JobRunner:
     def take_start(self, due: datetime) -> datetime | None:
         """When the cron fire due at ``due`` found items to run here, if it is a recent one
         (it and earlier ones are forgotten: the missed-fire watch asks once per due time)."""
-        return self.executor.take_start(due)
+        return self.executor.starts.take(due)
 
     # -- fires --
 

@@ -19,7 +19,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from ._cron import CronTrigger
+from ._cron import CronTrigger, NextFireMemo, next_fire_time
 
 __all__ = ["CronEntry", "Timer"]
 
@@ -90,7 +90,7 @@ class Timer:
         self,
         entry: CronEntry,
         now: datetime | None = None,
-        memo: dict[tuple[CronTrigger, datetime], datetime | None] | None = None,
+        memo: NextFireMemo | None = None,
     ) -> None:
         """Queue ``entry``'s next fire time; ``memo`` shares results between the entries of one
         pass (jobs on the same trigger and last fire time: one computation for all)."""
@@ -99,15 +99,7 @@ class Timer:
         trigger = entry._trigger()
         now = now or datetime.now(UTC)
         after = max(now, entry.last) if entry.last else now
-        if trigger is None:
-            entry.next = None
-        elif memo is None:
-            entry.next = trigger.next_fire_time(after)
-        else:
-            key = (trigger, after)
-            if key not in memo:
-                memo[key] = trigger.next_fire_time(after)
-            entry.next = memo[key]
+        entry.next = None if trigger is None else next_fire_time(trigger, after, memo)
         if entry.next is None:
             return
         at = entry.next.timestamp()
@@ -134,7 +126,7 @@ class Timer:
             entry.last = scheduled
             entry._fire(scheduled)
         wall = datetime.now(UTC)
-        memo: dict[tuple[CronTrigger, datetime], datetime | None] = {}
+        memo: NextFireMemo = {}
         for entry in due:
             if entry.next is entry.last:  # neither removed nor rescheduled by the fire
                 self._schedule(entry, wall, memo)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from aioelastic import CronTrigger, Observer, Operations, Scheduler, Settings, ShardingContext
-from aioelastic._missed import _Coverage, due_times, missed_fires
+from aioelastic._missed import RecentStarts, _Coverage, due_times, missed_fires
 from aioelastic.metrics import PrometheusMetrics
 from aioelastic.registry import MemoryStore
 from aioelastic.tracing import open_trace_store
@@ -61,6 +61,22 @@ def test_a_fire_counts_for_one_due_time_only() -> None:
     bounds = [None, *due, None]
     covered = [coverage.covers(d, tolerance, bounds[i], bounds[i + 2]) for i, d in enumerate(due)]
     assert covered == [k != 5 for k in range(10)]
+
+
+def test_recent_starts_answer_each_due_time_once_and_stay_bounded() -> None:
+    # The live watch asks once per due time: a start answers for its own due time only, an
+    # unknown one is None (the watch then reads the view), and asking forgets what is older.
+    starts = RecentStarts(kept=3)
+    for k in range(5):
+        starts.add(T0 + timedelta(seconds=k), T0 + timedelta(seconds=k, milliseconds=5))
+    assert starts.take(T0) is None  # evicted: more fires than kept
+    assert starts.take(T0 + timedelta(seconds=3)) == T0 + timedelta(seconds=3, milliseconds=5)
+    assert starts.take(T0 + timedelta(seconds=2)) is None  # forgotten with the take of 3
+    assert starts.take(T0 + timedelta(seconds=3, milliseconds=500)) is None  # never started
+    starts.add(T0 + timedelta(seconds=9), T0 + timedelta(seconds=9))
+    starts.add(T0 + timedelta(seconds=9), T0 + timedelta(seconds=20))  # a re-run: not a start
+    assert starts.take(T0 + timedelta(seconds=9)) == T0 + timedelta(seconds=9)
+    assert starts.take(T0 + timedelta(seconds=4)) is None  # taken with 9 (it was older)
 
 
 def memory_scheduler(tmp_path: Path, name: str, **settings: object) -> Scheduler:

@@ -34,6 +34,7 @@ from aioelastic.registry import (
     WatchEventType,
     ZooKeeperRegistry,
 )
+from aioelastic.registry._paths import is_at_or_under
 from tests.conftest import Backend
 from tests.harness.zookeeper import Recorder, barrier
 
@@ -452,6 +453,7 @@ async def test_a_tree_watch_hears_every_node_under_it_and_stays_armed(backend: B
     async with backend.open() as reg, backend.open() as other:
         await reg.create(f"{root}/w", make_parents=True)
         await reg.create(f"{root}/outside")
+        await reg.create(f"{root}/wx")  # a sibling whose name starts like the watched one's
         tree = Recorder()
         assert await reg.watch_tree(f"{root}/w", tree)
         await other.create(f"{root}/w/a", b"1")
@@ -459,6 +461,8 @@ async def test_a_tree_watch_hears_every_node_under_it_and_stays_armed(backend: B
         await other.set(f"{root}/w/a", b"2")
         await other.set(f"{root}/w/a", b"3")  # persistent: heard again
         await other.set(f"{root}/outside", b"x")
+        await other.set(f"{root}/wx", b"y")
+        await other.create(f"{root}/wx/z")
         await other.delete(f"{root}/w/a/b")
         await other.delete(f"{root}/w/a")
         await barrier(reg, other, f"{root}/w")
@@ -530,3 +534,19 @@ async def test_read_many_delivers_data_children_and_missing_nodes(backend: Backe
             ],
             key=str,
         )
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "under"),
+    [
+        ("/ns/w", "/ns/w", True),
+        ("/ns/w/a/b", "/ns/w", True),
+        ("/ns/wx", "/ns/w", False),  # a shared prefix is not a parent
+        ("/ns/wx/a", "/ns/w", False),
+        ("/ns", "/ns/w", False),
+        ("/ns/w", "/", True),
+        ("/", "/", True),
+    ],
+)
+def test_at_or_under_a_root_is_by_whole_names(path: str, root: str, under: bool) -> None:
+    assert is_at_or_under(path, root) is under

@@ -31,7 +31,7 @@ from .._urls import RegistryURL
 from ._base import ListenerBase
 from ._limits import check_request, create_size, set_size, transaction_size
 from ._names import Names, with_name, without_name
-from ._paths import validate_path
+from ._paths import is_at_or_under, validate_path
 from ._protocol import (
     CheckOp,
     CreateOp,
@@ -112,7 +112,7 @@ class MemoryStore:
         event: WatchEvent | None = None
         out: list[tuple[Watcher, WatchEvent]] = []
         for _, root, w in self.tree_watches:
-            if path == root or path.startswith(root if root == "/" else root + "/"):
+            if is_at_or_under(path, root):
                 if event is None:  # one event for every watch that hears it (it is frozen)
                     data, stat = (node.data, node.stat()) if node is not None else (None, None)
                     event = WatchEvent(kind, path, data, stat)

@@ -6,7 +6,14 @@ from functools import lru_cache
 
 from .._errors import RegistryError
 
-__all__ = ["invalid_path_reason", "validate_path"]
+__all__ = ["invalid_path_reason", "is_at_or_under", "validate_path"]
+
+
+def is_at_or_under(path: str, root: str) -> bool:
+    """``path`` is ``root`` or a node below it (no string is built: asked for every event)."""
+    return path.startswith(root) and (
+        len(path) == len(root) or root[-1] == "/" or path[len(root)] == "/"
+    )
 
 
 def _forbidden(code: int) -> bool:

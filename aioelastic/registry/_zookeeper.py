@@ -90,6 +90,7 @@ from .._errors import (
 from .._urls import RegistryURL
 from ._base import ListenerBase
 from ._limits import check_request, create_size, set_size, transaction_size
+from ._paths import is_at_or_under
 from ._paths import validate_path as _check_path
 from ._protocol import (
     CheckOp,
@@ -640,10 +641,7 @@ class ZooKeeperRegistry(ListenerBase):
         """Tree watchers whose root covers the server-side ``path``."""
         out: list[Watcher] = []
         for root, watchers in self._tree_watches.items():
-            # ``path`` is ``root`` or under it (no string built: three events per fire ask).
-            if path.startswith(root) and (
-                len(path) == len(root) or root[-1] == "/" or path[len(root)] == "/"
-            ):
+            if is_at_or_under(path, root):
                 out += watchers
         return out
 
