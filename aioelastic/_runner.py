@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -25,6 +24,7 @@ from ._executor import Fatal, JobExecutor, Post, is_cancellation
 from ._jobs import ItemRunner
 from ._layout import JobPaths
 from ._observer import Observer, notify_observers
+from ._owned import OwnedTasks
 from ._timer import CronEntry, Timer
 from .registry._protocol import Registry, SessionEvent, SessionState
 from .registry._view import JobView
@@ -41,60 +41,6 @@ _NO_GROUP: nullcontext[None] = nullcontext()  # ``async with`` where a job needs
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-class _Fires:
-    """A job's fires and runs in progress: plain asyncio tasks, owned here (no anyio task
-    group per fire), each in a cancel scope of its own. ``cancel`` cancels every one through
-    its scope, never ``Task.cancel()``: a native cancellation would cut through the shielded
-    cleanups of the executor and of job code (a script's kill sequence, clearing the marks);
-    ``wait`` waits for them."""
-
-    __slots__ = ("_idle", "_on_error", "error", "tasks")
-
-    def __init__(self, on_error: Callable[[], None]) -> None:
-        self._on_error = on_error
-        self.tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
-        self._idle: asyncio.Future[None] | None = None
-        self.error: BaseException | None = None
-        """The first exception that escaped a fire (a bug: fires handle their errors)."""
-
-    def start(self, work: Coroutine[Any, Any, None]) -> None:
-        scope = anyio.CancelScope()
-        task = asyncio.get_running_loop().create_task(_in_scope(scope, work))
-        self.tasks[task] = scope
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            if self.error is None:
-                self.error = exc
-            self.cancel()  # as a task group would: the job stops, its other fires are cancelled
-            self._on_error()
-        idle = self._idle
-        if not self.tasks and idle is not None and not idle.done():
-            idle.set_result(None)
-
-    def cancel(self) -> None:
-        for scope in self.tasks.values():
-            scope.cancel()
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until no fire is left (True) or ``timeout`` passes (False)."""
-        if self.tasks:
-            self._idle = idle = asyncio.get_running_loop().create_future()
-            try:
-                with anyio.move_on_after(timeout):
-                    await idle
-            finally:
-                self._idle = None
-        return not self.tasks
-
-
-async def _in_scope(scope: anyio.CancelScope, work: Coroutine[Any, Any, None]) -> None:
-    with scope:
-        await work
 
 
 #: After the grace period, how long a job's stop re-cancels fires that keep running (job code
@@ -140,7 +86,7 @@ class JobRunner:
         self._timer = timer
         self._cron: CronEntry | None = None
         self._trigger_of: tuple[JobConfig | None, CronTrigger | None] = (None, None)
-        self._fires: _Fires | None = None
+        self._fires: OwnedTasks | None = None
         self._cancel_at = math.inf  # when stopping cancels the fires left (after the grace)
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
@@ -204,7 +150,7 @@ class JobRunner:
                         await self.catchup.at_start()
                     except RegistryError as exc:
                         log.warning("%s: catch-up check failed: %s", self.name, exc)
-                self._fires = fires = _Fires(self.request_stop)
+                self._fires = fires = OwnedTasks(self.request_stop)
                 dependents = self.executor.dependents if coord.config.after else None
                 catchup = coord.config.catchup_window > 0
                 needs_loops = dependents is not None or catchup or self._timer is None
@@ -253,7 +199,7 @@ class JobRunner:
             self._fires = None
             self.registry.remove_session_listener(self._on_session)
 
-    async def _drain(self, fires: _Fires) -> None:
+    async def _drain(self, fires: OwnedTasks) -> None:
         """Wait for the fires left until ``_cancel_at``, then cancel them (their scopes keep
         re-delivering the cancellation to job code that swallows it) and wait up to
         ``_CANCELLED_WAIT`` for them to end."""
@@ -300,9 +246,9 @@ class JobRunner:
             # this one misfires without a task of its own unless it has marks to write.
             work = executor.overlapped(source, scheduled, trigger)
             if work is not None:
-                fires.start(self._guarded(work))
+                fires.start_soon(self._guarded(work))
             return
-        fires.start(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
+        fires.start_soon(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
 
     def _start_run(
         self,
@@ -316,14 +262,14 @@ class JobRunner:
         if self._fires is None or self._stopping:
             return
         contexts = self.executor.contexts(items, kind, source, None)
-        self._fires.start(self._guarded(self.executor.run(contexts, lost)))
+        self._fires.start_soon(self._guarded(self.executor.run(contexts, lost)))
 
     def start_contexts(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
         """Run the items of a requested fire's ``contexts`` (a dependent job's, a catch-up),
         listeners included, creating each item's ``claim`` node with its running mark."""
         if self._fires is not None and not self._stopping:
             self.claiming |= frozenset(contexts.sorted_items)
-            self._fires.start(self._guarded(self._run_requested(contexts, claim)))
+            self._fires.start_soon(self._guarded(self._run_requested(contexts, claim)))
 
     async def _run_requested(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
         try:
