@@ -17,7 +17,14 @@ from aioelastic._layout import JobPaths
 from aioelastic._urls import parse_registry_url
 from aioelastic.registry import CheckOp, CreateOp, DeleteOp, SetOp
 from aioelastic.registry._view import SharedView
-from aioelastic.registry._wire import _multi_reply, _reply, _watch_note, to_stat
+from aioelastic.registry._wire import (
+    Connection,
+    WatchNote,
+    _multi_reply,
+    _reply,
+    _watch_note,
+    to_stat,
+)
 from aioelastic.registry._zookeeper import ZooKeeperRegistry
 from tests.harness.helpers import eventually
 
@@ -31,6 +38,50 @@ def test_watch_notifications_decode_like_aiozk() -> None:
         frame = struct.pack("!iqi", -1, -1, 0) + body
         ours, theirs = _watch_note(frame, 16), protocol.WatchEvent.deserialize(body)
         assert (ours.type, ours.state, ours.path) == (theirs.type, theirs.state, theirs.path)
+
+
+def _frame(xid: int, body: bytes = b"") -> bytes:
+    payload = struct.pack("!iqi", xid, -1, 0) + body
+    return struct.pack("!i", len(payload)) + payload
+
+
+def _note(kind: int, path: str) -> bytes:
+    return _frame(-1, struct.pack("!iii", kind, 3, len(path.encode())) + path.encode())
+
+
+async def test_watch_events_of_one_read_are_delivered_together_before_the_next_reply() -> None:
+    """A read holding events, a reply, then more events: the events before the reply come in
+    one call, before the reply is handled; those after it in the next call."""
+    calls: list[tuple[list[tuple[int, str]], float | None]] = []
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        served: list[anyio.abc.SocketStream] = []
+        accepted = anyio.Event()
+
+        async def serve(stream: anyio.abc.SocketStream) -> None:
+            served.append(stream)
+            accepted.set()
+            await anyio.sleep_forever()
+
+        tg.start_soon(listener.serve, serve)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        conn = await Connection.open("127.0.0.1", port, 0)
+        conn.ping_sent_at = 5.0  # the ping reply in the middle clears it
+
+        def on_events(notes: list[WatchNote]) -> None:
+            calls.append(([(n.type, n.path) for n in notes], conn.ping_sent_at))
+
+        tg.start_soon(conn.run, on_events, lambda _: None)
+        with anyio.fail_after(10):
+            await accepted.wait()
+            blob = _note(1, "/ns/a") + _note(2, "/ns/b") + _frame(-2) + _note(3, "/ns/c")
+            await served[0].send(blob)  # one write: one read on our side
+            await eventually(lambda: len(calls) == 2, timeout=10)
+        assert calls == [([(1, "/ns/a"), (2, "/ns/b")], 5.0), ([(3, "/ns/c")], None)]
+        assert conn.ping_sent_at is None
+        tg.cancel_scope.cancel()
 
 
 def _header(kind: int, done: bool, err: int) -> bytes:

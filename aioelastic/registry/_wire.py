@@ -544,9 +544,11 @@ class Connection:
                 await self._write(protocol.PingRequest().serialize(_PING_XID))
 
     async def run(
-        self, on_event: Callable[[Any], None], on_closed: Callable[[Connection], None]
+        self, on_events: Callable[[list[WatchNote]], None], on_closed: Callable[[Connection], None]
     ) -> None:
-        """Read replies and watch events until the connection ends; then fail what waits."""
+        """Read replies and watch events until the connection ends; then fail what waits.
+        Consecutive watch events of one read go to ``on_events`` together (in wire order, and
+        before any reply that follows them)."""
         self._on_closed = on_closed
         reason = "closed"
         buffer = bytearray()
@@ -557,6 +559,7 @@ class Connection:
                 # their next requests together.
                 buffer += await self._reader.receive(_READ_CHUNK)
                 offset, end = 0, len(buffer)
+                notes: list[WatchNote] = []
                 while end - offset >= _SIZE.size:
                     (size,) = _SIZE.unpack_from(buffer, offset)
                     if not 0 <= size <= _MAX_FRAME:
@@ -567,7 +570,16 @@ class Connection:
                     if self.closed.is_set():
                         return  # aborted: nothing of this connection is delivered any more
                     offset = start + size
-                    self._dispatch(bytes(buffer[start:offset]), on_event)
+                    frame = bytes(buffer[start:offset])
+                    if _REPLY_HEADER.unpack_from(frame)[0] == _WATCH_XID:
+                        notes.append(_watch_note(frame, _REPLY_HEADER.size))
+                        continue
+                    if notes:
+                        on_events(notes)
+                        notes = []
+                    self._dispatch(frame)
+                if notes and not self.closed.is_set():
+                    on_events(notes)
                 del buffer[:offset]
         except CONNECTION_ERRORS as error:
             reason = repr(error)
@@ -577,12 +589,10 @@ class Connection:
         finally:
             self._shutdown(reason)
 
-    def _dispatch(self, frame: bytes, on_event: Callable[[Any], None]) -> None:
+    def _dispatch(self, frame: bytes) -> None:
+        """A reply (watch events go to ``run``'s ``on_events``)."""
         xid, zxid, err = _REPLY_HEADER.unpack_from(frame)
         body = frame[_REPLY_HEADER.size :]
-        if xid == _WATCH_XID:
-            on_event(_watch_note(frame, _REPLY_HEADER.size))
-            return
         if xid == _PING_XID:
             if self.ping_sent_at is not None:
                 self.acked_at = max(self.acked_at, self.ping_sent_at)

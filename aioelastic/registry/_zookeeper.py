@@ -114,6 +114,7 @@ from ._wire import (
     ReadRequest,
     RemoveWatchesRequest,
     ServerError,
+    WatchNote,
     acl_bytes,
     make_acl,
     map_error,
@@ -377,7 +378,7 @@ class ZooKeeperRegistry(ListenerBase):
         """Run one connection: reader, watch re-arming, CONNECTED, keepalive until it dies."""
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(conn.run, self._on_watch_event, self._on_connection_closed)
+                tg.start_soon(conn.run, self._on_watch_events, self._on_connection_closed)
                 if (not resumed or await self._rearm_watches(conn)) and (
                     await self._add_tree_watches(conn)
                 ):
@@ -623,18 +624,24 @@ class ZooKeeperRegistry(ListenerBase):
             log.info("ZooKeeper session 0x%x %s", self._session_id, state.value)
         self._notify_session(event)
 
-    def _on_watch_event(self, raw: Any) -> None:
-        event_type = _EVENT_TYPES.get(raw.type)
-        if event_type is None:
-            return  # a connection-state notification: our supervisor tracks state itself
-        event = WatchEvent(event_type, self._rel(raw.path))
-        fired = [(w, event) for w in self._watches.pop(event_type, raw.path)]
-        if self._tree_watches and event_type is not WatchEventType.CHILDREN:
-            pending = event_type is WatchEventType.CREATED and raw.path in self._inflight_creates
-            if pending:
-                self._flagged.add(raw.path)
-            tree_event = WatchEvent(event_type, event.path, pending=pending) if pending else event
-            fired += [(w, tree_event) for w in self._tree_watchers(raw.path)]
+    def _on_watch_events(self, raws: list[WatchNote]) -> None:
+        """The watch events of one read from the wire, delivered together: a tree watcher
+        (the shared view) takes them in one call."""
+        fired: list[tuple[Watcher, WatchEvent]] = []
+        for raw in raws:
+            event_type = _EVENT_TYPES.get(raw.type)
+            if event_type is None:
+                continue  # a connection-state notification: our supervisor tracks state itself
+            event = WatchEvent(event_type, self._rel(raw.path))
+            fired += [(w, event) for w in self._watches.pop(event_type, raw.path)]
+            if self._tree_watches and event_type is not WatchEventType.CHILDREN:
+                pending = (
+                    event_type is WatchEventType.CREATED and raw.path in self._inflight_creates
+                )
+                if pending:
+                    self._flagged.add(raw.path)
+                tree_event = WatchEvent(event_type, event.path, pending=True) if pending else event
+                fired += [(w, tree_event) for w in self._tree_watchers(raw.path)]
         self._notify_watchers(fired)
 
     def _tree_watchers(self, path: str) -> list[Watcher]:
