@@ -192,6 +192,30 @@ class JobExecutor:
         self._misfired(contexts)
         return None
 
+    def busy(self, scheduled: datetime | None) -> None:
+        """A cron fire that arrives while this job's previous fire is still ``firing`` here,
+        without ``monitor_execution`` (no running marks, so nothing to misfire on): skipped, as
+        ElasticJob's single job thread drops it (Quartz's misfire, "do nothing"); the same item
+        never runs twice at once on one instance."""
+        coord = self.coordinator
+        started = datetime.now(UTC)
+        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
+        items = coord.local_items()
+        if not items:
+            return
+        if scheduled is not None:
+            self.starts.add(scheduled, started)  # not a missed fire: skipped on purpose
+        contexts = self.contexts(
+            items, ExecutionType.READY, ExecutionSource.NORMAL_TRIGGER, scheduled
+        )
+        log.debug("job %r: previous fire still running here; fire skipped", self._job)
+        self._status(
+            contexts,
+            State.TASK_FINISHED,
+            f"Previous job '{self._job}' - shardingItems '{contexts.items}' is still running "
+            "on this instance; fire skipped (monitor_execution is off: no misfire re-run).",
+        )
+
     async def _write_misfires(self) -> None:
         """Write the misfire marks of the ``overlapped`` fires (those arriving meanwhile join
         the next write)."""

@@ -248,6 +248,9 @@ class JobRunner:
             if work is not None:
                 fires.start_soon(self._guarded(work))
             return
+        if executor.firing and source is ExecutionSource.NORMAL_TRIGGER:
+            executor.busy(scheduled)  # unmonitored: skipped, never run twice at once here
+            return
         fires.start_soon(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
 
     def _start_run(

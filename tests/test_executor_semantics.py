@@ -704,3 +704,50 @@ async def test_is_cancellation_tells_a_jobs_own_cancelled_error_from_a_real_canc
             seen.append(is_cancellation(BaseExceptionGroup("g", [exc, ValueError()])))
             raise
     assert seen == [True, True, True]
+
+
+async def test_without_monitor_execution_a_busy_job_skips_its_cron_fires(sink: CaptureSink) -> None:
+    """ElasticJob runs each job on a Quartz scheduler of one thread: with monitorExecution off
+    (no running marks to misfire on) a fire that comes while the previous one still runs is
+    dropped, so an item never runs twice at once on one instance. Ours too: the skipped fire
+    leaves a status row saying so and is not reported as a missed fire."""
+    MemoryStore.reset("unmonitored")
+    missed: list[datetime] = []
+
+    class Missed(Observer):
+        def missed_fire(self, job: str, due: datetime, reason: str) -> None:
+            missed.append(due)
+
+    scheduler = Scheduler(
+        settings=Settings(registry_url="memory://unmonitored/ns", shutdown_grace_period=5),
+        sinks=[sink],
+        observers=[Missed()],
+    )
+    running, peak, runs = 0, 0, 0
+    release = anyio.Event()
+
+    async def slow(ctx: ShardingContext) -> None:
+        nonlocal running, peak, runs
+        running += 1
+        runs += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+
+    scheduler.add_job(slow, name="slow", cron="* * * * * ?", monitor_execution=False)
+    skipped = "is still running on this instance; fire skipped"
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        await sink.wait_for(
+            lambda events: sum(skipped in getattr(e, "message", "") for e in events) >= 2,
+            timeout=15,
+            what="two fires skipped while the first runs",
+        )
+        assert (runs, peak) == (1, 1)
+        release.set()
+        await eventually(lambda: runs >= 2, 15)  # the job's next fire after it ended runs
+        scheduler.stop()
+    assert peak == 1
+    assert not missed
