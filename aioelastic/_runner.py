@@ -87,6 +87,9 @@ class JobRunner:
         self._cron: CronEntry | None = None
         self._trigger_of: tuple[JobConfig | None, CronTrigger | None] = (None, None)
         self._fires: OwnedTasks | None = None
+        # An operator's trigger that came while an unmonitored fire ran (ElasticJob's Quartz
+        # queues it for the job's one thread): its data, run when that fire ends.
+        self._queued: tuple[bytes | None] | None = None
         self._cancel_at = math.inf  # when stopping cancels the fires left (after the grace)
         self._registered_session = 0
         self._failover_seen: dict[int, float] = {}
@@ -248,8 +251,11 @@ class JobRunner:
             if work is not None:
                 fires.start_soon(self._guarded(work))
             return
-        if executor.firing and source is ExecutionSource.NORMAL_TRIGGER:
-            executor.busy(scheduled)  # unmonitored: skipped, never run twice at once here
+        if executor.firing:  # unmonitored: never run twice at once here
+            if scheduled is not None:
+                executor.busy(scheduled)  # a cron fire: skipped
+            else:
+                self._queued = (trigger,)  # an operator's: run once the fire in progress ends
             return
         fires.start_soon(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
 
@@ -290,6 +296,10 @@ class JobRunner:
             await self.executor.handle_error(exc)  # e.g. the registry failed mid-fire
         finally:
             self.in_flight -= 1
+            queued = self._queued
+            if queued is not None and not self.executor.firing:
+                self._queued = None
+                self.start_fire(ExecutionSource.NORMAL_TRIGGER, trigger=queued[0])
 
     # -- cron --
 

@@ -751,3 +751,45 @@ async def test_without_monitor_execution_a_busy_job_skips_its_cron_fires(sink: C
         scheduler.stop()
     assert peak == 1
     assert not missed
+
+
+async def test_without_monitor_execution_a_trigger_while_busy_runs_once_the_fire_ends(
+    sink: CaptureSink,
+) -> None:
+    """An operator's trigger is not dropped while the job is busy (ElasticJob's Quartz queues
+    it for the job's one thread): it runs once the fire in progress ends, never alongside it;
+    triggers arriving meanwhile collapse into that one run."""
+    MemoryStore.reset("unmonitored-trigger")
+    scheduler = Scheduler(
+        settings=Settings(registry_url="memory://unmonitored-trigger/ns", shutdown_grace_period=5),
+        sinks=[sink],
+    )
+    running, peak, runs = 0, 0, 0
+    release = anyio.Event()
+
+    async def slow(ctx: ShardingContext) -> None:
+        nonlocal running, peak, runs
+        running += 1
+        runs += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+
+    scheduler.add_job(slow, name="oneoff", monitor_execution=False)  # runs only when triggered
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        runner = scheduler._runners["oneoff"]
+        await scheduler.trigger("oneoff")
+        await eventually(lambda: runs == 1, 15)
+        for _ in range(2):
+            await scheduler.trigger("oneoff")
+            await eventually(lambda: not runner.coordinator.has_trigger(), 15)  # consumed
+        assert (runs, peak) == (1, 1)  # neither ran alongside the first
+        release.set()
+        await eventually(lambda: runs == 2 and runner.in_flight == 0, 15)
+        # Nothing is left that could run it again: no trigger node, none queued.
+        assert runner._queued is None and not runner.coordinator.has_trigger()
+        scheduler.stop()
+    assert (runs, peak) == (2, 1)
