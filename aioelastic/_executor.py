@@ -597,6 +597,8 @@ class JobExecutor:
                     failure = exc
                 finally:
                     del self._item_scopes[id(scope)]
+                    if not self._item_scopes:
+                        self._item_scopes = {}  # an emptied dict keeps its table
             if scope.cancelled_caught:
                 failure = ItemCancelled(f"item {item} cancelled: registry session lost")
         except anyio.get_cancelled_exc_class():

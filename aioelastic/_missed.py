@@ -282,6 +282,8 @@ class RecentStarts:
             if first > due:
                 break
             wall = starts.pop(first)
+            if not starts:
+                self._starts = {}  # an emptied dict keeps its table
             if first == due:
                 return wall
         return None

@@ -68,6 +68,8 @@ class Ownerships:
 
     def release(self, lost: ClaimLost) -> None:
         self._claims.pop(lost, None)
+        if not self._claims:
+            self._claims = {}  # an emptied dict keeps its table: 0.2 KiB per idle job
 
     def revoke_all(self, reason: str) -> None:
         """Every claim is lost (session lost, scheduler stopping)."""
