@@ -78,7 +78,7 @@ def test_a_generator_of_pairs_with_an_unhashable_watcher_loses_none() -> None:
     watcher = Unhashable()
     events = [WatchEvent(WatchEventType.CREATED, p) for p in ("/a", "/b", "/a")]
     ListenerBase._notify_watchers((watcher, e) for e in events)
-    assert got == ["/a", "/b"]
+    assert got == ["/a", "/b", "/a"]
 
 
 def test_unequal_events_on_one_path_are_all_delivered_and_equal_ones_once() -> None:
@@ -92,3 +92,19 @@ def test_unequal_events_on_one_path_are_all_delivered_and_equal_ones_once() -> N
     repeat = WatchEvent(WatchEventType.DELETED, "/n")
     ListenerBase._notify_watchers([(watcher, e) for e in (first, gone, repeat, again)])
     assert got == [first, gone, again]
+
+
+def test_a_node_deleted_created_and_deleted_again_reaches_the_watcher_as_all_three() -> None:
+    """ZooKeeper's notifications carry no data: the two deletions are equal events. Delivered
+    together (one read from the socket), the watcher must still hear all three, or a view ends
+    believing the node exists (a reshard flag seen as pending for good)."""
+    got: list[WatchEvent] = []
+    watcher: Watcher = got.append
+    flag = "/ns/job/leader/sharding/necessary"
+    events = [
+        WatchEvent(WatchEventType.DELETED, flag),
+        WatchEvent(WatchEventType.CREATED, flag),
+        WatchEvent(WatchEventType.DELETED, flag),
+    ]
+    ListenerBase._notify_watchers([(watcher, e) for e in events])
+    assert got == events

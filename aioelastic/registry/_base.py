@@ -52,16 +52,28 @@ class ListenerBase:
             else:
                 batch[1].append(event)
         for watcher, events in batches.values():
-            if len(events) > 1 and len({(e.type, e.path) for e in events}) < len(events):
-                # A watcher on a node's data and children hears its deletion once (equal
-                # events only: hashing every event, stat and all, is what this check spares).
-                events[:] = dict.fromkeys(events)
+            if len(events) > 1:
+                # A watcher on a node's data and children hears its deletion once: an event
+                # equal to the one just before it is dropped. Only adjacent ones: a node
+                # created, deleted and created again (ZooKeeper's events carry no data, so the
+                # two creations are equal) must reach the watcher as all three.
+                events[:] = _without_repeats(events)
             many = getattr(watcher, "many", None)
             if many is not None and len(events) > 1:
                 _call_watcher(many, events)
             else:
                 for event in events:  # each on its own: one failing event spoils no other
                     _call_watcher(watcher, event)
+
+
+def _without_repeats(events: list[WatchEvent]) -> list[WatchEvent]:
+    kept = [events[0]]
+    for event in events[1:]:
+        last = kept[-1]
+        if event.type is last.type and event.path == last.path and event == last:
+            continue
+        kept.append(event)
+    return kept
 
 
 def _call_watcher(watcher: Callable[[Any], None], arg: object) -> None:
