@@ -706,6 +706,24 @@ async def test_is_cancellation_tells_a_jobs_own_cancelled_error_from_a_real_canc
     assert seen == [True, True, True]
 
 
+class _Blocking:
+    """A job body that blocks until ``release`` is set, counting its runs and the most
+    running at once (``job`` is the ``async def`` to register)."""
+
+    def __init__(self) -> None:
+        self.running = self.peak = self.runs = 0
+        self.release = anyio.Event()
+
+    async def job(self, ctx: ShardingContext) -> None:
+        self.running += 1
+        self.runs += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+
+
 async def test_without_monitor_execution_a_busy_job_skips_its_cron_fires(sink: CaptureSink) -> None:
     """ElasticJob runs each job on a Quartz scheduler of one thread: with monitorExecution off
     (no running marks to misfire on) a fire that comes while the previous one still runs is
@@ -723,20 +741,9 @@ async def test_without_monitor_execution_a_busy_job_skips_its_cron_fires(sink: C
         sinks=[sink],
         observers=[Missed()],
     )
-    running, peak, runs = 0, 0, 0
-    release = anyio.Event()
+    slow = _Blocking()
 
-    async def slow(ctx: ShardingContext) -> None:
-        nonlocal running, peak, runs
-        running += 1
-        runs += 1
-        peak = max(peak, running)
-        try:
-            await release.wait()
-        finally:
-            running -= 1
-
-    scheduler.add_job(slow, name="slow", cron="* * * * * ?", monitor_execution=False)
+    scheduler.add_job(slow.job, name="slow", cron="* * * * * ?", monitor_execution=False)
     skipped = "is still running on this instance; fire skipped"
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)
@@ -745,11 +752,11 @@ async def test_without_monitor_execution_a_busy_job_skips_its_cron_fires(sink: C
             timeout=15,
             what="two fires skipped while the first runs",
         )
-        assert (runs, peak) == (1, 1)
-        release.set()
-        await eventually(lambda: runs >= 2, 15)  # the job's next fire after it ended runs
+        assert (slow.runs, slow.peak) == (1, 1)
+        slow.release.set()
+        await eventually(lambda: slow.runs >= 2, 15)  # the job's next fire after it ended runs
         scheduler.stop()
-    assert peak == 1
+    assert slow.peak == 1
     assert not missed
 
 
@@ -764,32 +771,21 @@ async def test_without_monitor_execution_a_trigger_while_busy_runs_once_the_fire
         settings=Settings(registry_url="memory://unmonitored-trigger/ns", shutdown_grace_period=5),
         sinks=[sink],
     )
-    running, peak, runs = 0, 0, 0
-    release = anyio.Event()
+    slow = _Blocking()
 
-    async def slow(ctx: ShardingContext) -> None:
-        nonlocal running, peak, runs
-        running += 1
-        runs += 1
-        peak = max(peak, running)
-        try:
-            await release.wait()
-        finally:
-            running -= 1
-
-    scheduler.add_job(slow, name="oneoff", monitor_execution=False)  # runs only when triggered
+    scheduler.add_job(slow.job, name="oneoff", monitor_execution=False)  # runs only when triggered
     async with anyio.create_task_group() as tg:
         await tg.start(scheduler.run)
         runner = scheduler._runners["oneoff"]
         await scheduler.trigger("oneoff")
-        await eventually(lambda: runs == 1, 15)
+        await eventually(lambda: slow.runs == 1, 15)
         for _ in range(2):
             await scheduler.trigger("oneoff")
             await eventually(lambda: not runner.coordinator.has_trigger(), 15)  # consumed
-        assert (runs, peak) == (1, 1)  # neither ran alongside the first
-        release.set()
-        await eventually(lambda: runs == 2 and runner.in_flight == 0, 15)
+        assert (slow.runs, slow.peak) == (1, 1)  # neither ran alongside the first
+        slow.release.set()
+        await eventually(lambda: slow.runs == 2 and runner.in_flight == 0, 15)
         # Nothing is left that could run it again: no trigger node, none queued.
         assert runner._queued is None and not runner.coordinator.has_trigger()
         scheduler.stop()
-    assert (runs, peak) == (2, 1)
+    assert (slow.runs, slow.peak) == (2, 1)
