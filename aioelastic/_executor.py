@@ -170,11 +170,7 @@ class JobExecutor:
         number of overdue fires cost one task and one write, however far behind an overloaded
         instance is."""
         coord = self.coordinator
-        started = datetime.now(UTC)
-        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
-        items = coord.local_items()
-        if items and scheduled is not None:
-            self.starts.add(scheduled, started)
+        items = self._arrived(scheduled)
         contexts = self._staged(items, source, scheduled, trigger)
         if not items:
             self._status(
@@ -192,19 +188,24 @@ class JobExecutor:
         self._misfired(contexts)
         return None
 
-    def busy(self, scheduled: datetime | None) -> None:
+    def _arrived(self, scheduled: datetime | None) -> list[int]:
+        """A fire that will not run now (``overlapped``, ``busy``) arrived: observers told, and
+        the missed-fire watch, if it has items here (it was not missed); those items."""
+        started = datetime.now(UTC)
+        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
+        items = self.coordinator.local_items()
+        if items and scheduled is not None:
+            self.starts.add(scheduled, started)
+        return items
+
+    def busy(self, scheduled: datetime) -> None:
         """A cron fire that arrives while this job's previous fire is still ``firing`` here,
         without ``monitor_execution`` (no running marks, so nothing to misfire on): skipped, as
         ElasticJob's single job thread drops it (Quartz's misfire, "do nothing"); the same item
         never runs twice at once on one instance."""
-        coord = self.coordinator
-        started = datetime.now(UTC)
-        notify_observers(self.observers, "fire_started", self._job, scheduled, started)
-        items = coord.local_items()
+        items = self._arrived(scheduled)
         if not items:
             return
-        if scheduled is not None:
-            self.starts.add(scheduled, started)  # not a missed fire: skipped on purpose
         contexts = self.contexts(
             items, ExecutionType.READY, ExecutionSource.NORMAL_TRIGGER, scheduled
         )

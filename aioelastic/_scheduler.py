@@ -355,6 +355,8 @@ class Scheduler:
                         runner.request_stop()
                         if self._forced:
                             runner.cancel_running()
+                    # No deadline of its own: each runner bounds its stop (deregistration 5 s,
+                    # the grace period, then _CANCELLED_WAIT for fires that ignore cancellation).
                     await jobs.wait(math.inf)
                 finally:
                     if jobs.tasks:  # cancelled from outside, or a start failed
