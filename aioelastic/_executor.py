@@ -137,12 +137,16 @@ class JobExecutor:
         source: ExecutionSource = ExecutionSource.NORMAL_TRIGGER,
         scheduled: datetime | None = None,
         trigger: bytes | None = None,
+        *,
+        reserved: bool = False,
     ) -> None:
         """One fire, ElasticJob's execution template: check the clock against the registry;
         skip unless the session is connected; let a pending reshard finish; take this
         instance's items; misfire if one still runs; listeners before; run the items
-        (``execute``); re-run misfired items; listeners after."""
-        self._firing += 1
+        (``execute``); re-run misfired items; listeners after. ``reserved``: the caller
+        counted it as ``firing`` already (``reserve``), when it started its task."""
+        if not reserved:
+            self._firing += 1
         try:
             items = await self._fire(source, scheduled, trigger)
         finally:
@@ -153,8 +157,18 @@ class JobExecutor:
     @property
     def firing(self) -> bool:
         """A fire of this job is in its template here (from its start to the end of its
-        misfire re-runs): a fire that arrives meanwhile is ``overlapped``."""
+        misfire re-runs; for a job without ``monitor_execution``, also a requested run): a
+        fire that arrives meanwhile is ``overlapped`` (or, unmonitored, ``busy``)."""
         return self._firing > 0
+
+    def reserve(self) -> None:
+        """Count a fire or run as ``firing`` from now, before its task takes its first step
+        (a check of ``firing`` in between must see it); ``release`` ends it, unless it is a
+        ``fire(reserved=True)``, which ends it itself."""
+        self._firing += 1
+
+    def release(self) -> None:
+        self._firing -= 1
 
     def overlapped(
         self,

@@ -99,9 +99,11 @@ async def claimable_items(runner: JobRunner, request: str, ran: Ran) -> list[int
         and not executor.is_running(i)
         and not coord.is_running(i)
     ]
-    if not items or not runner.keep_going():
+    if not items or not runner.keep_going() or runner.busy_unmonitored():
         return []
     await create_parents(registry, ran(None))
+    if runner.busy_unmonitored():  # checked last: no await until the run starts
+        return []  # the request stays; looked at again soon (``serve_requests``)
     return items
 
 

@@ -257,7 +257,10 @@ class JobRunner:
             else:
                 self._queued = (trigger,)  # an operator's: run once the fire in progress ends
             return
-        fires.start_soon(self._guarded(executor.fire(source, scheduled, trigger=trigger)))
+        executor.reserve()  # firing from now: a requested run checking meanwhile waits
+        fires.start_soon(
+            self._guarded(executor.fire(source, scheduled, trigger=trigger, reserved=True))
+        )
 
     def _start_run(
         self,
@@ -273,18 +276,33 @@ class JobRunner:
         contexts = self.executor.contexts(items, kind, source, None)
         self._fires.start_soon(self._guarded(self.executor.run(contexts, lost)))
 
+    def busy_unmonitored(self) -> bool:
+        """A job without ``monitor_execution`` has a fire or requested run in progress here:
+        with no running marks to conflict on, a requested run must wait for it (as a cron
+        fire is skipped and an operator's queued), or an item would run twice at once."""
+        return not self.coordinator.config.monitor_execution and self.executor.firing
+
     def start_contexts(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
         """Run the items of a requested fire's ``contexts`` (a dependent job's, a catch-up),
-        listeners included, creating each item's ``claim`` node with its running mark."""
+        listeners included, creating each item's ``claim`` node with its running mark. The
+        caller checked ``busy_unmonitored`` since its last await."""
         if self._fires is not None and not self._stopping:
             self.claiming |= frozenset(contexts.sorted_items)
-            self._fires.start_soon(self._guarded(self._run_requested(contexts, claim)))
+            # Unmonitored, the run counts as firing (its own marks guard a monitored one).
+            counted = not self.coordinator.config.monitor_execution
+            if counted:
+                self.executor.reserve()
+            self._fires.start_soon(self._guarded(self._run_requested(contexts, claim, counted)))
 
-    async def _run_requested(self, contexts: ShardingContexts, claim: Callable[[int], str]) -> None:
+    async def _run_requested(
+        self, contexts: ShardingContexts, claim: Callable[[int], str], counted: bool
+    ) -> None:
         try:
             await self.executor.run(contexts, claim=claim)
         finally:
             self.claiming -= frozenset(contexts.sorted_items)
+            if counted:
+                self.executor.release()
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         self.in_flight += 1

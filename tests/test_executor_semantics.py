@@ -789,3 +789,85 @@ async def test_without_monitor_execution_a_trigger_while_busy_runs_once_the_fire
         assert runner._queued is None and not runner.coordinator.has_trigger()
         scheduler.stop()
     assert (slow.runs, slow.peak) == (2, 1)
+
+
+def _unmonitored_dependent(
+    name: str, sink: CaptureSink, listeners: list[JobListener] | None = None
+) -> tuple[Scheduler, _Blocking]:
+    """A scheduler with ``extract`` and a dependent ``load`` without ``monitor_execution``
+    (its body blocks, see ``_Blocking``)."""
+    MemoryStore.reset(name)
+    scheduler = Scheduler(
+        settings=Settings(registry_url=f"memory://{name}/ns", shutdown_grace_period=5),
+        sinks=[sink],
+    )
+    slow = _Blocking()
+
+    @scheduler.job()
+    async def extract(ctx: ShardingContext) -> None:
+        pass
+
+    scheduler.add_job(
+        slow.job,
+        name="load",
+        after="extract",
+        monitor_execution=False,
+        listeners=listeners or [],
+    )
+    return scheduler, slow
+
+
+async def test_without_monitor_execution_a_trigger_waits_for_a_dependent_run(
+    sink: CaptureSink,
+) -> None:
+    """A dependent job's requested run is a fire of it like any other: without running marks,
+    an operator's trigger arriving while it runs waits for it (it used to run alongside, the
+    same item twice at once), and a second upstream fire's run waits too; none is lost."""
+    scheduler, slow = _unmonitored_dependent("unmonitored-dependent", sink)
+    async with scheduler:
+        runner = scheduler._runners["load"]
+        await scheduler.trigger("extract")
+        await eventually(lambda: slow.runs == 1, 15, what="the dependent's run")
+        await scheduler.trigger("load")
+        await eventually(lambda: runner._queued is not None, 15, what="the trigger queued")
+        await scheduler.trigger("extract")
+        await sink.wait_for(lambda events: len(completions(events, "extract")) == 2)
+        await anyio.sleep(1)  # the request loop looks again every 0.5 s: give it two looks
+        assert (slow.runs, slow.peak) == (1, 1)
+        slow.release.set()
+        await eventually(lambda: slow.runs == 3, 15, what="the trigger's and the second run")
+    assert slow.peak == 1
+
+
+async def test_without_monitor_execution_a_dependent_run_waits_for_a_fire_in_progress(
+    sink: CaptureSink,
+) -> None:
+    """The other way round: an upstream fire completing while the dependent's own fire (an
+    operator's) is still in its template here, even before its items started (a listener
+    still runs), does not start the requested run alongside; it runs once that fire ends."""
+    entered, leave = anyio.Event(), anyio.Event()
+
+    class Slow(JobListener):
+        async def before_job_executed(self, contexts: ShardingContexts) -> None:
+            if contexts.execution_source is ExecutionSource.NORMAL_TRIGGER and not (
+                contexts.upstream_fire
+            ):
+                entered.set()
+                await leave.wait()
+
+    scheduler, slow = _unmonitored_dependent("unmonitored-dependent-2", sink, [Slow()])
+    async with scheduler:
+        await scheduler.trigger("load")
+        with anyio.fail_after(15):
+            await entered.wait()
+        await scheduler.trigger("extract")
+        await sink.wait_for(lambda events: len(completions(events, "extract")) == 1)
+        await anyio.sleep(1)  # two looks of the request loop
+        assert slow.runs == 0  # the requested run did not start during the listener
+        leave.set()
+        await eventually(lambda: slow.runs == 1, 15, what="the operator's fire")
+        await anyio.sleep(1)
+        assert slow.runs == 1  # nor while the fire's item runs
+        slow.release.set()
+        await eventually(lambda: slow.runs == 2, 15, what="the dependent's run after it")
+    assert slow.peak == 1
