@@ -265,7 +265,7 @@ class Scheduler:
                     done.set()
 
         try:
-            async with anyio.create_task_group() as tg:
+            async with _single_errors(anyio.create_task_group()) as tg:
                 tg.start_soon(body)
                 try:
                     if await self._wait_started():
@@ -276,7 +276,11 @@ class Scheduler:
                     with anyio.move_on_after(self.settings.shutdown_grace_period + 10, shield=True):
                         await done.wait()
                     core.cancel()
-                    raise
+                    if self._error is None:
+                        raise
+                    # A job's "raise" met the cancellation (it failed while stopping): its
+                    # error wins, as a task group child's does, rather than vanish.
+                    raise self._error from None
         finally:
             self._set_state(RunState.STOPPED)
         if self._error is not None:

@@ -417,6 +417,47 @@ async def test_error_handler_raise_stops_the_scheduler(make_scheduler: MakeSched
                 await scheduler.run()
 
 
+@pytest.mark.parametrize("how", ["run", "async with"])
+async def test_a_raise_job_failing_while_cancelled_from_outside_is_raised_not_dropped(
+    make_scheduler: MakeScheduler, how: str
+) -> None:
+    """The host cancels the scheduler (its task group, a lifespan's) while a job with
+    ``error_handler="raise"`` runs; the item fails within the grace period. Its error comes out
+    of ``run()`` / ``async with`` as a task group child's would, not a silent cancellation (it
+    was neither raised nor logged), and the stop still leaves no running mark or instance."""
+    scheduler = make_scheduler(shutdown_grace_period=5)
+    started, go = anyio.Event(), anyio.Event()
+
+    @scheduler.job(error_handler="raise", sharding_total_count=2)
+    async def fatal(ctx: ShardingContext) -> None:
+        started.set()
+        await go.wait()
+        raise ValueError("failed while stopping")
+
+    async def serve(task_status: anyio.abc.TaskStatus[None]) -> None:
+        if how == "run":
+            await scheduler.run(task_status=task_status)
+        else:
+            async with scheduler:
+                task_status.started()
+                await anyio.sleep_forever()
+
+    errors: list[BaseException] = []
+    with anyio.fail_after(20):
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(serve)
+                await scheduler.trigger("fatal")
+                await started.wait()
+                tg.cancel_scope.cancel()  # the host stops it: the items get the grace period
+                go.set()  # and one fails meanwhile
+        except BaseExceptionGroup as group:
+            errors = list(group.exceptions)
+    assert [type(e) for e in errors] == [ValueError] and "failed while stopping" in str(errors[0])
+    store = MemoryStore.named(scheduler.settings.registry_url.get_secret_value().split("/")[2])
+    assert [p for p in store.nodes if p.endswith("/running") or "/instances/" in p] == []
+
+
 async def test_dataflow_jobs(make_scheduler: MakeScheduler, sink: CaptureSink) -> None:
     scheduler = make_scheduler()
     queue = {0: [[1, 2], [3], []], 1: [[10], []]}
