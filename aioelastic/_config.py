@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -264,6 +265,17 @@ class JobConfig(BaseModel):
     def trigger(self) -> CronTrigger | None:
         """The cron trigger, or None for a one-off job (runs only when triggered)."""
         return _shared_trigger(self.cron, self.time_zone) if self.cron else None
+
+    def check_fires(self) -> None:
+        """Raise ``ConfigError`` if the cron has no fire time left from now on (a February
+        30th, a year gone by): Quartz refuses to schedule such a trigger ("will never fire"),
+        where the job would otherwise sit idle without a word. Checked where a cron is set
+        (``add_job``, a config update), not on reading a stored one: it expires with time."""
+        trigger = self.trigger()
+        if trigger is not None and trigger.next_fire_time(datetime.now(UTC)) is None:
+            raise ConfigError(
+                "cron", self.cron, f"never fires: no time from now on matches it ({self.time_zone})"
+            )
 
     def to_registry(self) -> bytes:
         """The JSON stored in the registry's ``config`` node (code-only fields left out)."""

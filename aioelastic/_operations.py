@@ -543,7 +543,10 @@ class Operations:
         base = {k: v for k, v in stored.items() if k in JobConfig.model_fields}
         if custom:
             base.pop("error_handler")
-        new = JobConfig(**{**base, **changes, "name": name}).to_registry()
+        config = JobConfig(**{**base, **changes, "name": name})
+        if changes.keys() & {"cron", "time_zone"}:
+            config.check_fires()  # (a stored cron that expired since does not block others)
+        new = config.to_registry()
         if custom and "error_handler" not in changes:
             data = {**json.loads(new), "error_handler": "custom"}
             new = json.dumps(data, sort_keys=True).encode()

@@ -202,6 +202,7 @@ class Scheduler:
             job_config = JobConfig(name=name, **config)
         if job_config.name in self._jobs:
             raise ConfigError("name", job_config.name, "a job with this name is already registered")
+        job_config.check_fires()
         check_dependencies({n: s.config for n, s in self._jobs.items()}, job_config)
         self._jobs[job_config.name] = _JobSpec(job_config, make_item_runner(job))
         return job_config

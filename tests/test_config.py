@@ -130,6 +130,30 @@ def test_scheduler_rejects_duplicates_and_sync_jobs() -> None:
         s.add_job(job, name="other", cron="61 * * * * ?")
 
 
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 0 30 2 ?",
+        "0 0 0 31 4,6,9,11 ?",
+        "0 0 0 1 1 ? 2020",
+        "0 0 0 29 2 ? 2099",
+        "0 0 0 30W 2 ?",
+    ],
+)
+def test_a_cron_that_never_fires_is_refused_as_quartz_does(cron: str) -> None:
+    """Quartz refuses to schedule a trigger with no fire time ahead ("the given trigger will
+    never fire"); the job would sit idle without a word. A far but real fire time is fine."""
+    s = Scheduler()
+
+    async def job(ctx: object) -> None: ...
+
+    with pytest.raises(ConfigError, match="never fires") as info:
+        s.add_job(job, name="never", cron=cron)
+    assert info.value.field == "cron"
+    s.add_job(job, name="leap", cron="0 0 0 29 2 ? 2096")  # a leap year's February 29th
+    assert JobConfig(name="stored", cron=cron).cron == cron  # a stored one still reads
+
+
 def test_registry_json_round_trip_keeps_local_fields() -> None:
     local = JobConfig(name="j", cron="0/5 * * * * ?", sharding_total_count=2, overwrite=False)
     remote = JobConfig(name="j", cron="0 0 * * * ?", sharding_total_count=7, job_parameter="p")

@@ -154,6 +154,8 @@ async def test_operations_on_embedded_scheduler() -> None:
             await ops.update_job_config("settle", sharding_total_count=0)
         with pytest.raises(ConfigError, match="name"):
             await ops.update_job_config("settle", name="other")
+        with pytest.raises(ConfigError, match="never fires"):  # as add_job refuses it
+            await ops.update_job_config("settle", cron="0 0 0 30 2 ?")
 
         # items: a disabled item does not run
         await ops.disable_item("settle", 1)
@@ -346,3 +348,28 @@ async def test_job_brief_gives_the_next_fire_time_in_the_stored_zone() -> None:
         assert due.utcoffset() == timedelta(hours=9)
         assert timedelta(0) < due - datetime.now(UTC) <= timedelta(days=1)
         assert briefs["on_demand"].next_fire_time is None
+
+
+async def test_a_config_update_refuses_a_cron_that_never_fires_but_not_other_fields() -> None:
+    """Setting a cron with no fire time ahead is refused (Quartz: "will never fire"); a
+    stored cron that expired since (its last year went by) does not block other changes."""
+    url = memory_url()
+    scheduler = Scheduler(registry=url)
+
+    @scheduler.job(cron="0 0 0 1 1 ? 2099")
+    async def yearly(ctx: ShardingContext) -> None:
+        pass
+
+    async with scheduler:
+        ops = Operations.of(scheduler)
+        with pytest.raises(ConfigError, match="never fires"):
+            await ops.update_job_config("yearly", cron="0 0 0 1 1 ? 2020")
+        with pytest.raises(ConfigError, match="never fires"):
+            await ops.update_job_config("yearly", cron="0 0 0 30 2 ?")
+        assert (await ops.job_config("yearly"))["cron"] == "0 0 0 1 1 ? 2099"
+        # The stored cron expires (written as another writer would): other fields still change.
+        paths = JobPaths(parse_registry_url(url).namespace, "yearly")
+        stored = {**await ops.job_config("yearly"), "cron": "0 0 0 1 1 ? 2020"}
+        await scheduler.registry.set(paths.config, json.dumps(stored).encode())
+        new = await ops.update_job_config("yearly", description="expired")
+        assert (new["cron"], new["description"]) == ("0 0 0 1 1 ? 2020", "expired")
