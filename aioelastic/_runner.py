@@ -154,6 +154,7 @@ class JobRunner:
                     except RegistryError as exc:
                         log.warning("%s: catch-up check failed: %s", self.name, exc)
                 self._fires = fires = OwnedTasks(self.request_stop)
+                drained = False
                 dependents = self.executor.dependents if coord.config.after else None
                 catchup = coord.config.catchup_window > 0
                 needs_loops = dependents is not None or catchup or self._timer is None
@@ -189,8 +190,9 @@ class JobRunner:
                     # Running items get the grace period, then are cancelled.
                     self._cancel_at = anyio.current_time() + self._grace
                     await self._drain(fires)
+                    drained = True  # (fires left now were given up on: not waited for again)
                 finally:
-                    if fires.tasks:  # cancelled from outside, or a step failed
+                    if fires.tasks and not drained:  # cancelled from outside, or a step failed
                         self._cancel_at = anyio.current_time()
                         with anyio.CancelScope(shield=True):
                             await self._drain(fires)

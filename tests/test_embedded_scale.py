@@ -9,7 +9,7 @@ import tracemalloc
 import anyio
 import pytest
 
-from aioelastic import Scheduler, Settings, ShardingContext
+from aioelastic import Scheduler, Settings, ShardingContext, _runner
 from aioelastic.registry import MemoryStore
 from aioelastic.registry._view import Subscription
 
@@ -115,3 +115,40 @@ async def test_stop_cancels_a_fire_again_when_its_job_swallows_the_first_cancell
             await scheduler.trigger("stubborn")
             await started.wait()
     assert cancelled == [1]
+
+
+async def test_a_job_that_never_ends_once_cancelled_delays_the_stop_once_then_is_left_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Job code that catches every CancelledError: the stop waits the grace period, cancels it
+    # and waits _CANCELLED_WAIT once (it waited twice: 61 s instead of 31 s by default), then
+    # gives up on it with one ERROR, so a pod's terminationGracePeriodSeconds can bound it.
+    monkeypatch.setattr(_runner, "_CANCELLED_WAIT", 1.0)
+    MemoryStore.reset("scale-never")
+    scheduler = Scheduler(
+        settings=Settings(registry_url="memory://scale-never/ns", shutdown_grace_period=0.1)
+    )
+    started, release = anyio.Event(), anyio.Event()
+
+    @scheduler.job(cron="0 0 0 1 1 ? 2099")
+    async def stubborn(ctx: ShardingContext) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass  # (anyio's scope cancels each next await again)
+
+    with anyio.fail_after(20):
+        async with scheduler:
+            await scheduler.trigger("stubborn")
+            await started.wait()
+    try:
+        left = [r for r in caplog.records if "left behind" in r.getMessage()]
+        assert [r.levelname for r in left] == ["ERROR"]
+        assert "stubborn: 1 fire(s) still running" in left[0].getMessage()
+    finally:
+        release.set()  # the task left behind ends with the test
+        with anyio.fail_after(5):
+            while any("stubborn" in repr(t.get_coro()) for t in asyncio.all_tasks()):
+                await anyio.sleep(0.02)
