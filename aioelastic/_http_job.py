@@ -34,7 +34,7 @@ class HttpJobError(AioelasticError):
         self.status = status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class HttpJob:
     """One HTTP request per item: ``method url`` with ``data`` as the body (not for GET, HEAD,
     OPTIONS) and the item's sharding context as JSON in the ``shardingContext`` header, as
@@ -57,15 +57,28 @@ class HttpJob:
     body_limit: int = 500
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError("url", self.url, "must be an absolute http:// or https:// URL")
+        try:
+            parts = urlsplit(self.url)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            valid = valid and (parts.port is None or parts.port > 0)  # (.port checks the range)
+        except ValueError:  # e.g. "[::1", a port that is not a number
+            valid = False
+        if not valid:
+            raise ConfigError(
+                "url",
+                _redacted(self.url),
+                "must be an absolute http:// or https:// URL with a valid host and port",
+            )
         if self.method.upper() not in _METHODS:
             raise ConfigError("method", self.method, f"must be one of {sorted(_METHODS)}")
         if not self.timeout > 0:
             raise ConfigError("timeout", self.timeout, "must be > 0 seconds")
         if self.body_limit < 0:
             raise ConfigError("body_limit", self.body_limit, "must be >= 0")
+
+    def __repr__(self) -> str:
+        # The URL's credentials and query, the headers and the body may hold secrets.
+        return f"HttpJob({self.method.upper()} {_shown(self.url)!r})"
 
 
 def sharding_context_json(ctx: ShardingContext) -> str:
@@ -90,7 +103,7 @@ def http_runner(job: HttpJob) -> Callable[[ShardingContext, Callable[[], bool]],
         import httpx
     except ImportError:
         raise ConfigError(
-            "job", job.url, "HttpJob needs httpx: pip install 'aioelastic[http]'"
+            "job", _shown(job.url), "HttpJob needs httpx: pip install 'aioelastic[http]'"
         ) from None
     method = job.method.upper()
     content = None if method in _NO_BODY or job.data is None else job.data
@@ -125,8 +138,16 @@ def _check(job: HttpJob, method: str, response: httpx.Response) -> None:
     )
 
 
+def _redacted(url: str) -> str:
+    """What an unparsable ``url`` shows: everything before its last ``@`` (credentials, even
+    with an unescaped ``/`` in a password) and from its query on cut out."""
+    head = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = head.partition("://") if "://" in head else ("", "", head)
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
 def _shown(url: str) -> str:
-    """The URL without credentials or query (either may hold a secret)."""
+    """The (valid) URL without credentials or query (either may hold a secret)."""
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"

@@ -251,9 +251,41 @@ async def test_tls_verification_is_configurable(
         ({"url": "/relative"}, "url"),
         ({"url": "http://h/x", "method": "BREW"}, "method"),
         ({"url": "http://h/x", "timeout": 0}, "timeout"),
+        # Refused here, not by every fire (an OverflowError from connect(), a ValueError).
+        ({"url": "http://127.0.0.1:99999/x"}, "url"),
+        ({"url": "http://127.0.0.1:port/x"}, "url"),
+        ({"url": "http://[::1/x"}, "url"),
     ],
 )
 def test_http_job_settings_are_validated(kwargs: dict[str, Any], field_name: str) -> None:
     with pytest.raises(ConfigError) as info:
         HttpJob(**kwargs)
     assert info.value.field == field_name
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://user:s3cret@example.com/x?token=t0ken",
+        "http://user:s3cret@example.com:99999/x?token=t0ken",
+        "http://user:s3%2Fcret@[::1/x?token=t0ken",
+        "http://user:s3/cret@example.com/x?token=t0ken",  # an unescaped "/": netloc "user:s3"
+    ],
+)
+def test_a_refused_url_is_shown_without_its_credentials_or_query(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        HttpJob(url)
+    shown = f"{info.value} {info.value.value!r}"
+    assert "s3" not in shown and "t0ken" not in shown
+    assert "example.com" in shown or "[::1" in shown
+
+
+def test_an_http_job_repr_shows_no_secret() -> None:
+    job = HttpJob(
+        "https://user:s3cret@example.com/hook?token=t0ken",
+        headers={"Authorization": "Bearer b3arer"},
+        data='{"password": "d4ta"}',
+    )
+    shown = f"{job!r} {job}"
+    assert "example.com/hook" in shown
+    assert not any(s in shown for s in ("s3cret", "t0ken", "b3arer", "d4ta"))
