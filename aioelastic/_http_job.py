@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from ._context import ShardingContext
 from ._errors import AioelasticError, ConfigError
+from ._urls import redact_url
 
 if TYPE_CHECKING:
     import httpx
@@ -139,11 +140,9 @@ def _check(job: HttpJob, method: str, response: httpx.Response) -> None:
 
 
 def _redacted(url: str) -> str:
-    """What an unparsable ``url`` shows: everything before its last ``@`` (credentials, even
-    with an unescaped ``/`` in a password) and from its query on cut out."""
-    head = url.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = head.partition("://") if "://" in head else ("", "", head)
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+    """What an unparsable ``url`` shows: ``redact_url``'s (credentials cut out, even with an
+    unescaped ``/`` in a password) without its query (a token may be any parameter)."""
+    return redact_url(url.split("?", 1)[0].split("#", 1)[0])
 
 
 def _shown(url: str) -> str:
