@@ -2,8 +2,9 @@
 
 Replaces a sleeping task per job: the timer sleeps until the earliest fire time, then starts
 every fire due by now in one pass (the fires of one second start together), and computes each
-job's next fire time. Fire times are wall-clock instants; the sleep is re-checked against the
-wall clock on waking, so an early wake-up only sleeps again.
+job's next fire time. Fire times are wall-clock instants; the sleep (monotonic, at most
+``_WALL_RECHECK``) is re-checked against the wall clock on waking, so an early wake-up only
+sleeps again and a clock step either way is followed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ __all__ = ["CronEntry", "Timer"]
 
 #: Fires one timer pass starts before it lets them run (the rest start in the next passes).
 _PASS_FIRES = 64
+
+#: The longest the timer sleeps before looking at the wall clock again: the sleep runs on the
+#: monotonic clock, so a wall-clock step forward (NTP, a VM resumed) is seen within this much
+#: (under the missed-fire watch's tolerance), not after the whole sleep.
+_WALL_RECHECK = 1.0
 
 
 class CronEntry:
@@ -148,5 +154,5 @@ class Timer:
                 await anyio.lowlevel.checkpoint()
             delay = self._heap[0][0] - time.time() if self._heap else math.inf
             if delay > 0:
-                with anyio.move_on_after(delay):
+                with anyio.move_on_after(min(delay, _WALL_RECHECK)):
                     await self._wake.wait()

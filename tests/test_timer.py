@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
+import types
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -165,3 +167,26 @@ async def test_objects_frozen_by_someone_else_stay_frozen() -> None:
         assert gc.get_freeze_count() > frozen // 2  # not unfrozen (some were freed since)
     finally:
         gc.unfreeze()
+
+
+async def test_a_wall_clock_step_forward_fires_what_became_due_without_waiting_out_the_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The timer sleeps on the monotonic clock; cron times are wall-clock. A step forward (NTP
+    # correcting a drifted clock, a VM resumed after a suspend) made a fire due an hour ahead
+    # wait the whole hour more: the sleep is bounded so the wall clock is looked at again.
+    import aioelastic._timer as timer_module
+
+    at = datetime.fromtimestamp(int(time.time()) + 3600, UTC)
+    once = CronTrigger(f"{at.second} {at.minute} {at.hour} {at.day} {at.month} ? {at.year}")
+    timer, fired = Timer(), anyio.Event()
+    timer.add(lambda: once, lambda scheduled: fired.set())
+    async with anyio.create_task_group() as tg:
+        await tg.start(timer.run)
+        await anyio.sleep(0.1)  # asleep until the fire, an hour ahead
+        offset = 3601.0
+        fake = types.SimpleNamespace(time=lambda: time.time() + offset)
+        monkeypatch.setattr(timer_module, "time", fake)
+        with anyio.fail_after(5):
+            await fired.wait()
+        tg.cancel_scope.cancel()
