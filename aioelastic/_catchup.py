@@ -23,7 +23,7 @@ from ._errors import (
     BadVersionError,
     NoNodeError,
 )
-from ._layout import JobPaths
+from ._layout import JobPaths, is_number
 from ._requests import claimable_items, create_parents, run_claiming, serve_requests
 from .tracing._events import ExecutionSource, ExecutionType, State
 
@@ -169,7 +169,7 @@ class CatchUp:
         items = await claimable_items(runner, self.paths.catchup_request(key), ran)
         if not items:
             return False
-        scheduled = _at(int(key)) if key.isdigit() else None
+        scheduled = _at(int(key)) if is_number(key) else None
         contexts = dataclasses.replace(
             executor.contexts(items, ExecutionType.READY, ExecutionSource.MISFIRE, scheduled),
             catch_up=True,

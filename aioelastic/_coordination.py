@@ -41,7 +41,7 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._guarantee import Guarantee
-from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, is_number, item_of
 from ._marks import RunMarks
 from ._observer import Observer, notify_observers
 from ._sharding import order_instances, shard
@@ -540,7 +540,7 @@ class JobCoordinator:
         persistent = not stat.ephemeral_owner
         if len(parts) == 2 and parts[0] == "instances" and persistent:
             return "persistent node where an instance's ephemeral node goes (no live instance)"
-        if len(parts) == 3 and parts[0] == "sharding" and parts[1].isdigit():
+        if len(parts) == 3 and parts[0] == "sharding" and is_number(parts[1]):
             if parts[2] == "running" and persistent:
                 return "persistent running mark (no run holds it): the item cannot start"
             if parts[2] == "failover" and persistent:
@@ -562,8 +562,7 @@ class JobCoordinator:
         p = self.paths
         paths = [p.instance(i) for i in self.view.children(p.instances)]
         for name in self.view.children(p.sharding):
-            if name.isdigit():
-                item = int(name)
+            if (item := item_of(name)) is not None:
                 paths += [p.item_instance(item), p.item_running(item), p.item_failover(item)]
         paths.append(p.leader_election_instance)
         return {path: why for path in paths if (why := self._suspicious(path)) is not None}
@@ -597,7 +596,7 @@ class JobCoordinator:
         candidates = [p.leader_election_instance]
         if self.is_leader:
             candidates += [p.instance(i) for i in view.children(p.instances)]
-            for item in (int(n) for n in view.children(p.sharding) if n.isdigit()):
+            for item in (i for i in map(item_of, view.children(p.sharding)) if i is not None):
                 candidates += [p.item_running(item), p.item_failover(item)]
         deleted = []
         for path in candidates:
@@ -685,9 +684,9 @@ class JobCoordinator:
         """Items whose run was left unfinished by a dead runner and that nobody has taken."""
         out = []
         for name in self.view.children(self.paths.failover_items):
-            if not name.isdigit():
+            item = item_of(name)
+            if item is None:
                 continue
-            item = int(name)
             raw = self.view.get(self.paths.failover_item(item))
             if (
                 raw is not None
@@ -739,9 +738,8 @@ class JobCoordinator:
             owner = self.owner(item)
             if owner is None or (not self.config.static_sharding and owner not in live):
                 return False
-        return all(
-            int(name) < total for name in self.view.children(self.paths.sharding) if name.isdigit()
-        )
+        items = map(item_of, self.view.children(self.paths.sharding))
+        return all(item < total for item in items if item is not None)
 
     # -- which changes each loop cares about --
 
@@ -856,8 +854,9 @@ class JobCoordinator:
             for item in range(total):
                 ops += self._owner_ops(item, owners[item])
             for name in self.view.children(self.paths.sharding):
-                if name.isdigit() and int(name) >= total:
-                    ops += self._delete_item_ops(int(name))
+                number = item_of(name)
+                if number is not None and number >= total:
+                    ops += self._delete_item_ops(number)
             ops.append(DeleteOp(self.paths.sharding_necessary))
             try:
                 await self._write_reshard(ops)

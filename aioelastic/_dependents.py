@@ -40,7 +40,7 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
-from ._layout import JobPaths
+from ._layout import JobPaths, is_number, item_of
 from ._requests import claimable_items, create_parents, drop, run_claiming, serve_requests
 from .registry._limits import chunk_ops
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
@@ -78,7 +78,7 @@ def key_of(contexts: ShardingContexts) -> str:
 def key_time(key: str) -> int:
     """The epoch ms a fire key names (a trigger's id starts with its time), -1 if none."""
     head = key.removeprefix(f"{MANUAL}-").split("-", 1)[0]
-    return int(head) if head.isdigit() else -1
+    return int(head) if is_number(head) else -1
 
 
 def check_dependencies(jobs: Mapping[str, JobConfig], new: JobConfig) -> None:
@@ -275,7 +275,7 @@ class Dependents:
                 names = await self.registry.get_children(self.paths.dependents_done(fire))
             except NoNodeError:
                 continue  # claimed meanwhile
-            if expected() <= {int(n) for n in names if n.isdigit()}:
+            if expected() <= {i for i in map(item_of, names) if i is not None}:
                 await self._claim(fire, names)
 
     async def _record(
@@ -330,7 +330,7 @@ class Dependents:
         """Request the dependents' fires of the complete fire ``key``: one small multi-op that
         creates the set's ``claimed`` node (only one instance's can) with the requests (its
         size does not grow with the item count); then the set is deleted, chunk by chunk."""
-        items = [n for n in done if n.isdigit()]
+        items = [n for n in done if is_number(n)]
         records = await self._read_records(key, items)
         if records is None:
             return  # another instance is claiming it
@@ -395,7 +395,7 @@ class Dependents:
         a manual fire (not a scheduled time) for a dependent of several upstream jobs
         (``_join_ops``)."""
         mine = partial(downstream.request_upstream, upstream=self.paths.job)
-        if downstream.job in self._joins and not key.isdigit():
+        if downstream.job in self._joins and not is_number(key):
             return await self._join_ops(downstream, key, up)
         await create_parents(self.registry, downstream.request(key))
         exists = await self.registry.exists(mine(key))
@@ -447,7 +447,7 @@ class Dependents:
             names = await self.registry.get_children(downstream.requests)
         except NoNodeError:
             return []
-        return sorted((n for n in names if not n.isdigit()), key=lambda n: (key_time(n), n))
+        return sorted((n for n in names if not is_number(n)), key=lambda n: (key_time(n), n))
 
     async def _delete_set(self, key: str) -> None:
         """Delete a claimed fire's record (chunked: thousands of items do not fit a packet)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .registry._paths import is_at_or_under
 
-__all__ = ["DISABLED", "ENABLED", "SHUTDOWN", "JobPaths", "namespace_root"]
+__all__ = ["DISABLED", "ENABLED", "SHUTDOWN", "JobPaths", "is_number", "item_of", "namespace_root"]
 
 #: ``servers/{host}`` data: the server runs its items, or an operator disabled it.
 ENABLED = b"ENABLED"
@@ -18,6 +18,24 @@ SHUTDOWN = b"SHUTDOWN"
 
 def namespace_root(namespace: str) -> str:
     return f"/{namespace}"
+
+
+def is_number(name: str) -> bool:
+    """``name`` is what ``str()`` of a non-negative int writes (an item, a fire key's epoch
+    ms): ASCII digits, no leading zero, at most 18. ``str.isdigit`` alone passes names that
+    ``int()`` refuses ("\u00b2", 5,000 digits) or reads as another's number ("\u0661", "01")."""
+    return (
+        0 < len(name) <= 18
+        and name.isascii()
+        and name.isdigit()
+        and (name[0] != "0" or len(name) == 1)
+    )
+
+
+def item_of(name: str) -> int | None:
+    """The sharding item a child of ``sharding`` (or of the failover items, a dependent
+    fire's completions) stands for; None for a node of any other name (garbage)."""
+    return int(name) if is_number(name) else None
 
 
 #: One tuple per distinct parts, shared by every job's cache (items are small ints: job ``a``'s

@@ -36,7 +36,7 @@ from ._errors import (
     OperationRefusedError,
     SessionLostError,
 )
-from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, namespace_root
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, item_of, namespace_root
 from ._missed import DEFAULT_TOLERANCE, MissedFire, missed_fires
 from ._urls import RegistryURL, check_node_name, parse_registry_url
 from .registry import create_registry
@@ -398,7 +398,8 @@ class Operations:
             return JobStatus.SHARDING_FLAG
         owners = set()
         for item in await self._children(p.sharding):
-            owner = await self._data(p.item_instance(int(item))) if item.isdigit() else None
+            number = item_of(item)
+            owner = await self._data(p.item_instance(number)) if number is not None else None
             text, _ = _owner_text(owner)
             if text is not None:
                 owners.add(text)
@@ -467,7 +468,7 @@ class Operations:
             total = 0
         p = self.paths(name)
         live = set(await self._children(p.instances))
-        present = {int(c) for c in await self._children(p.sharding) if c.isdigit()}
+        present = {i for i in map(item_of, await self._children(p.sharding)) if i is not None}
         out = []
         for item in sorted(present | set(range(min(total, MAX_SHARDING_TOTAL_COUNT)))):
             owner, problem = _owner_text(await self._data(p.item_instance(item)))

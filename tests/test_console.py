@@ -121,6 +121,8 @@ def test_settings_have_no_default_password_and_hide_secrets(
     assert parse_bind("[::1]:8080") == ("::1", 8080)
     with pytest.raises(ConfigError):
         parse_bind("8080")
+    with pytest.raises(ConfigError):
+        parse_bind("127.0.0.1:\u00b2")  # (str.isdigit() is True, int() refuses it)
 
 
 def test_signer_refuses_altered_values() -> None:
@@ -529,6 +531,9 @@ async def test_history_pages_through_executions(tmp_path: Path) -> None:
         assert "30 row(s)." in window.text or "31 row(s)." in window.text
         bad = await client.get("/history", params={"since": "yesterday-ish"})
         assert bad.status_code == 200 and "ISO 8601" in bad.text
+        for odd in ("\u00b2", "-\u0661", "x", "-5"):  # "\u00b2": str.isdigit(), not int()
+            page = await client.get("/history", params={"job": "settle", "offset": odd})
+            assert page.status_code == 400, (odd, page.status_code)
 
 
 def test_charts_are_svg_for_any_data() -> None:

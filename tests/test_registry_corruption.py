@@ -325,3 +325,35 @@ async def test_items_running_when_the_root_is_deleted_are_cancelled(
             for r in caplog.records
         )
         await eventually(lambda: any("re-created" in r.getMessage() for r in caplog.records))
+
+
+GARBAGE_NAMES = {
+    "superscript-digit": "\u00b2",  # str.isdigit() is True, int() refuses it
+    "arabic-indic-digit": "\u0661",  # int() reads it as 1
+    "leading-zero": "01",  # int() reads it as 1
+    "5000-digits": "1" + "0" * 5000,  # int() refuses more than 4300 digits
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE_NAMES))
+@pytest.mark.parametrize("under", ["sharding", "failover-items"])
+async def test_a_node_whose_name_only_looks_like_an_item_is_ignored(
+    name: str, under: str, zk_url: str
+) -> None:
+    # One such node under a job's sharding killed the whole scheduler (a ValueError in the
+    # leader's assignment check), every job of the process with it; the CLI's sharding and
+    # status commands failed on it too. Only what str(item) writes names an item.
+    from aioelastic import Operations
+
+    async with cluster(zk_url) as c:
+        await c.bad_fires_again()
+        parent = c.paths.sharding if under == "sharding" else c.paths.failover_items
+        garbage = f"{parent}/{GARBAGE_NAMES[name]}"
+        await c.reg.create(garbage, b"0", make_parents=True)
+        await c.bad_fires_again()
+        await c.good_keeps_firing()
+        async with Operations(zk_url) as ops:
+            items = await ops.sharding("bad")
+            assert [i.item for i in items] == list(range(TOTAL))
+            assert (await ops.job("bad")).name == "bad"
+        assert await _get_or_none(c.reg, garbage) is not None  # not taken for an item's node

@@ -25,7 +25,13 @@ def add_console_parser(parser: argparse.ArgumentParser) -> None:
 def parse_bind(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+    if (
+        not sep
+        or not port.isascii()
+        or not port.isdigit()
+        or not 0 <= int(port) < 65536
+        or not host
+    ):
         raise ConfigError("bind", text, "use HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 

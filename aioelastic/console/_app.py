@@ -652,7 +652,7 @@ class Console:
             k: q.get(k, "").strip()
             for k in ("job", "instance", "since", "until", "outcome", "source", "state")
         }
-        offset = _int(q.get("offset") or "0")
+        offset = _offset(q.get("offset"))
         limit = 50
         page = charts = None
         search = live.search
@@ -735,7 +735,7 @@ class Console:
         ctx = self._ctx(request)
         live = self._serving()
         job = request.query_params.get("job", "").strip() or None
-        offset = _int(request.query_params.get("offset") or "0")
+        offset = _offset(request.query_params.get("offset"))
         page = await self._audit_page(ctx, live, job_name=job, offset=offset, limit=50)
         return self._render(
             request,
@@ -861,9 +861,21 @@ def _same(a: str, b: str) -> bool:
 
 
 def _int(text: str | None) -> int:
-    if text is None or not text.strip().lstrip("-").isdigit() or len(text) > 20:
+    digits = (text or "").strip().lstrip("-")
+    if text is None or not digits.isascii() or not digits.isdigit() or len(text) > 20:
         raise ConfigError("number", text, "must be an integer")
     return int(text)
+
+
+def _offset(text: str | None) -> int:
+    """A page's ``offset`` query parameter (400 unless a number >= 0)."""
+    try:
+        offset = _int(text or "0")
+    except ConfigError:
+        offset = -1
+    if offset < 0:
+        raise HTTPException(400, "offset must be a whole number >= 0")
+    return offset
 
 
 def _time(text: str) -> datetime | None:
