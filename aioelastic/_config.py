@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._cron import CronTrigger
 from ._errors import ConfigError
+from ._json import loads as loads_json
 from ._listeners import JobListener
 from ._retry import RetryBackoff
 from ._sharding import ShardingStrategy
@@ -310,7 +311,7 @@ class JobConfig(BaseModel):
 def decode_registry_config(raw: bytes) -> Mapping[str, Any]:
     """The registry's ``config`` node as a JSON object; ``ConfigError`` saying what is wrong."""
     try:
-        stored = json.loads(raw)
+        stored = loads_json(raw)
     except ValueError as exc:  # includes undecodable bytes and over-long integer literals
         raise ConfigError("config", raw[:200], f"registry config is not JSON: {exc}") from None
     if not isinstance(stored, dict):

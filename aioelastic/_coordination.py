@@ -41,6 +41,7 @@ from ._errors import (
     TransactionFailedError,
 )
 from ._guarantee import Guarantee
+from ._json import loads as loads_json
 from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, is_number, item_of
 from ._marks import RunMarks
 from ._observer import Observer, notify_observers
@@ -113,7 +114,7 @@ def make_identity(instance_id: str | None = None, host: str | None = None) -> In
 @lru_cache(maxsize=4096)
 def _instance_host(raw: bytes) -> str | None:
     try:
-        host = json.loads(raw).get("host")
+        host = loads_json(raw).get("host")
     except (ValueError, AttributeError):
         return None
     return host if isinstance(host, str) else None
@@ -136,7 +137,7 @@ def _node_text(raw: bytes | None) -> str | None:
 def _parse_intent(job: str, item: int, raw: bytes) -> tuple[str, JobExecutionEvent] | None:
     """The lost instance and the run's start event recorded in a failover intent, if any."""
     try:
-        record = json.loads(raw)
+        record = loads_json(raw)
         run = JobExecutionEvent(
             job_name=job,
             task_id=str(record["task_id"]),
@@ -673,7 +674,7 @@ class JobCoordinator:
     def _runner_alive(self, raw: bytes) -> bool:
         """Whether the run recorded in a failover intent still has its runner's session."""
         try:
-            record = json.loads(raw)
+            record = loads_json(raw)
             instance, session = record["instance"], int(record["session"])
         except (ValueError, KeyError, TypeError):
             return False

@@ -40,6 +40,7 @@ from ._errors import (
     RegistryError,
     TransactionFailedError,
 )
+from ._json import loads as loads_json
 from ._layout import JobPaths, is_number, item_of
 from ._requests import claimable_items, create_parents, drop, run_claiming, serve_requests
 from .registry._limits import chunk_ops
@@ -232,7 +233,7 @@ class Dependents:
             raw, instance = found[-1]
             self._upstream_runs[(contexts.task_id, item)] = instance
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                record = json.loads(raw)
+                record = loads_json(raw)
                 fire = str(record.get("fire"))
                 task_ids += [str(t) for t in record.get("task_ids", []) if str(t) not in task_ids]
         if not task_ids:
@@ -385,7 +386,7 @@ class Dependents:
             if raw is None:
                 return None
             try:
-                records.append(json.loads(raw))
+                records.append(loads_json(raw))
             except ValueError:
                 return None
         return records
@@ -489,7 +490,7 @@ class Dependents:
             if raw is None:
                 return None
             try:
-                out[upstream] = json.loads(raw)
+                out[upstream] = loads_json(raw)
             except ValueError:
                 out[upstream] = {"task_ids": [], "failed_items": ["?"]}
         return out

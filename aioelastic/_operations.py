@@ -36,6 +36,7 @@ from ._errors import (
     OperationRefusedError,
     SessionLostError,
 )
+from ._json import loads as loads_json
 from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, item_of, namespace_root
 from ._missed import DEFAULT_TOLERANCE, MissedFire, missed_fires
 from ._urls import RegistryURL, check_node_name, parse_registry_url
@@ -158,7 +159,7 @@ def _parse_instance(instance_id: str, raw: bytes) -> InstanceInfo:
     if raw == SHUTDOWN:
         return InstanceInfo(instance_id, None, None, None, None, shutting_down=True)
     try:
-        data = json.loads(raw)
+        data = loads_json(raw)
     except ValueError:
         data = None
     if not isinstance(data, dict):

@@ -37,6 +37,7 @@ BAD_CONFIGS = {
     "huge-literal": b'{"sharding_total_count": 1' + b"0" * 5000 + b"}",
     "too-many-items": b'{"sharding_total_count": 2000000000}',
     "bad-cron": b'{"cron": 5}',
+    "deep-nesting": b"[" * 100_000,  # json.loads raises RecursionError, not a ValueError
 }
 
 

@@ -148,6 +148,14 @@ def test_codec_round_trip() -> None:
     assert [decode_event(encode_event(e)) for e in originals] == originals
 
 
+@pytest.mark.parametrize("line", ["{torn", "[1]", "[" * 100_000])
+def test_a_damaged_journal_line_is_a_value_error(line: str) -> None:
+    # The replay skips a line that raises ValueError; nesting too deep for json was a
+    # RecursionError that stopped the replay instead.
+    with pytest.raises(ValueError):
+        decode_event(line)
+
+
 async def test_post_never_blocks_on_a_stalled_sink_and_other_sinks_keep_going() -> None:
     stalled, healthy = BlockedSink(), MemorySink()
     posted = events(3000)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from .._config import JobConfig, load_settings
 from .._errors import ConfigError, OperationRefusedError
+from .._json import loads as loads_json
 from .._operations import JobBrief, JobStatus, Operations
 from .._urls import RegistryURL
 from ..registry._paths import invalid_path_reason
@@ -73,7 +74,7 @@ def _assignment(text: str) -> tuple[str, Any]:
     if info is not None and info.annotation in (str, str | None) and raw != "null":
         return field, raw  # a text field: job_parameter=7 stays "7"
     try:
-        value = json.loads(raw)
+        value = loads_json(raw)
     except ValueError:
         value = raw  # a bare string: cron=0/5 * * * * ? needs no JSON quotes
     return field, value

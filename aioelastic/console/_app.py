@@ -31,6 +31,7 @@ from .._errors import (
     JobNotFoundError,
     SessionLostError,
 )
+from .._json import loads as loads_json
 from .._layout import namespace_root
 from .._missed import MissedFire, missed_fires, missed_fires_of
 from .._operations import JobBrief, Operations
@@ -895,7 +896,7 @@ def _query(values: dict[str, Any]) -> str:
 def _changes(stored: dict[str, Any], text: str) -> dict[str, Any]:
     """The fields the edited JSON changes (removing a field is refused: set it instead)."""
     try:
-        edited = json.loads(text)
+        edited = loads_json(text)
     except ValueError as exc:
         raise ConfigError("config", text[:80], f"not JSON: {exc}") from None
     if not isinstance(edited, dict):

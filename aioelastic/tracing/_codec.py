@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from .._json import loads as loads_json
 from ._events import (
     ExecutionSource,
     ExecutionType,
@@ -113,7 +114,7 @@ def _decode_status(data: dict[str, Any]) -> JobStatusTraceEvent:
 
 def decode_event(line: str) -> TraceEvent:
     """The event of one journal line; raises ``ValueError`` (or ``KeyError``) if it is damaged."""
-    data = json.loads(line)
+    data = loads_json(line)
     if not isinstance(data, dict):
         raise ValueError("journal line is not an object")
     if data.get("kind") == _EXECUTION:
