@@ -304,11 +304,14 @@ class Dependents:
     async def _lost_run(self, item: int) -> tuple[str, str | None]:
         """The instance and fire key of the dead run that a failover run of ``item`` replaces:
         the record of a run whose instance is gone (the latest fire if several)."""
-        found = await self._dead_records(self.paths.dependents_fire(item))
-        if not found:
+        keys = []
+        for raw, instance in await self._dead_records(self.paths.dependents_fire(item)):
+            with contextlib.suppress(UnicodeDecodeError):  # garbage names no fire
+                keys.append((raw.decode(), instance))
+        if not keys:
             return self.instance_id, None
-        raw, instance = max(found, key=lambda f: (key_time(f[0].decode()), f[0]))
-        return instance, raw.decode()
+        key, instance = max(keys, key=lambda k: (key_time(k[0]), k[0]))
+        return instance, key
 
     async def _dead_records(self, parent: str) -> list[tuple[bytes, str]]:
         """The data of ``parent``'s children named after an instance that is gone (oldest

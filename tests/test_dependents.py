@@ -861,3 +861,21 @@ async def test_completing_a_fire_reads_its_records_in_one_pipelined_call(
         await scheduler.trigger("extract")
         await eventually(lambda: len(runs.of("load")) == 1, 20, what="the dependent")
     assert gets == [] and 40 in reads
+
+
+async def test_a_failover_run_ignores_an_undecodable_fire_record_of_a_dead_run() -> None:
+    # The dead runs' fire records of an item name the upstream fire a takeover completes;
+    # bytes that are not UTF-8 (another client's garbage) raised UnicodeDecodeError from the
+    # takeover's completion, so the fire was never recorded and its dependents never fired.
+    name = f"lost-{uuid.uuid4().hex[:8]}"
+    MemoryStore.reset(name)
+    async with AsyncExitStack() as stack:
+        registry = MemoryRegistry(parse_registry_url(f"memory://{name}/ns"))
+        await registry.start(stack)
+        up = Dependents(registry, "ns", JobConfig(name="up"), ["down"], "inst-b")
+        parent = up.paths.dependents_fire(0)
+        await registry.create(f"{parent}/inst-dead", b"1733000000000", make_parents=True)
+        await registry.create(f"{parent}/inst-gone", b"\xff\xfe garbage")
+        assert await up._lost_run(0) == ("inst-dead", "1733000000000")
+        await registry.delete(f"{parent}/inst-dead")
+        assert await up._lost_run(0) == ("inst-b", None)  # nothing readable: as if none
