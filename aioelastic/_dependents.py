@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from ._json import loads as loads_json
 from ._layout import JobPaths, is_number, item_of
 from ._requests import claimable_items, create_parents, drop, run_claiming, serve_requests
 from .registry._limits import chunk_ops
+from .registry._paths import invalid_path_reason
 from .registry._protocol import CreateOp, DeleteOp, Op, Registry, SetOp
 from .tracing._events import ExecutionSource, ExecutionType, State
 
@@ -60,13 +62,25 @@ MANUAL = "manual"
 _CLAIM_TRIES = 20
 
 
+#: The longest trigger id a fire key holds as it is (ours: 13 digits, "-", 8 hex digits).
+_KEY_ID_MAX = 100
+
+
 def fire_key(scheduled: datetime | None, trigger: str | None = None) -> str:
     """The cluster-wide name of a fire: its scheduled time (epoch ms), or ``manual-{id}`` for
     a trigger (its id, written by the triggering side, is the same on every instance), or
-    ``manual`` for a trigger without an id (an older version's)."""
+    ``manual`` for a trigger without an id (an older version's). An id that no node name can
+    hold (another client's data: a control character, over ``_KEY_ID_MAX`` characters) is
+    named by its hash, the same on every instance."""
     if scheduled is not None:
         return str(round(scheduled.timestamp() * 1000))
-    return MANUAL if not trigger else f"{MANUAL}-{trigger.replace('/', '_')}"
+    if not trigger:
+        return MANUAL
+    key = f"{MANUAL}-{trigger.replace('/', '_')}"
+    if len(trigger) > _KEY_ID_MAX or invalid_path_reason(f"/{key}") is not None:
+        digest = hashlib.sha256(trigger.encode(errors="surrogatepass")).hexdigest()
+        key = f"{MANUAL}-{digest[:32]}"
+    return key
 
 
 def key_of(contexts: ShardingContexts) -> str:

@@ -180,6 +180,25 @@ def test_fire_keys_name_the_scheduled_time() -> None:
     assert key_time("manual") == -1
 
 
+@pytest.mark.parametrize("trigger", [b"\x01", b"\xff\xfe", b"x" * 300_000])
+async def test_a_trigger_id_that_names_no_node_still_fires_the_dependent(
+    make_scheduler: Callable[..., Scheduler], trigger: bytes
+) -> None:
+    # A trigger node written by another client with data no node name can hold (a control
+    # character, bytes that are not UTF-8, too long for a name): the fire's key was that data,
+    # its completions could not be recorded, and the dependent never fired.
+    assert fire_key(None, trigger.decode(errors="replace")).startswith("manual-")
+    scheduler, runs = make_scheduler(), Runs()
+    pipeline(scheduler, runs)
+    async with scheduler:
+        runner = scheduler._runners["extract"]
+        await runner.coordinator.view.wait_for(lambda: bool(runner.coordinator.local_items()), 10)
+        node = runner.coordinator.paths.trigger("inst-1")
+        await scheduler.registry.create(node, trigger, make_parents=True)
+        await eventually(lambda: len(runs.of("load")) == 2, 20, what="the dependent")
+    assert len(runs.of("extract")) == 3
+
+
 # -- across instance processes on a real ZooKeeper --
 
 IDS = ["inst-a", "inst-b", "inst-c"]  # inst-c sorts first: it owns extract's items 0 and 1
