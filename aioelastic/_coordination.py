@@ -370,10 +370,11 @@ class JobCoordinator:
         self.config = new
         return changed
 
-    async def _delete_if(self, path: str, version: int) -> bool:
-        """Delete ``path`` if it still is at ``version``; False if it changed or went."""
+    async def _delete_if(self, path: str, version: int, *, recursive: bool = False) -> bool:
+        """Delete ``path`` (with its subtree if ``recursive``) if it still is at ``version``;
+        False if it changed or went."""
         try:
-            await self.registry.delete(path, version=version)
+            await self.registry.delete(path, version=version, recursive=recursive)
         except (NoNodeError, BadVersionError, NotEmptyError):
             return False
         return True
@@ -603,7 +604,8 @@ class JobCoordinator:
         for path in candidates:
             stat = view.stat(path)
             if stat is not None and not stat.ephemeral_owner:
-                if await self._delete_if(path, stat.version):
+                # With what another client put under it (an ephemeral has no children).
+                if await self._delete_if(path, stat.version, recursive=True):
                     log.warning(
                         "%s: deleted stale persistent node %s", p.job, path, extra=self.log_fields
                     )

@@ -176,17 +176,21 @@ async def test_persistent_instance_node_of_this_instance_does_not_block_its_star
             await c.bad_fires_again()
 
 
+@pytest.mark.parametrize("child", [False, True], ids=["leaf", "with-a-child"])
 @pytest.mark.parametrize("kind", ["running", "failover"])
 async def test_persistent_item_mark_is_deleted_by_the_leader(
-    kind: str, zk_url: str, caplog: pytest.LogCaptureFixture
+    kind: str, child: bool, zk_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A persistent running mark blocks the item (every fire misfires); a persistent takeover
-    mark hides it from its owner. Both are ephemeral in ElasticJob: stale, so deleted."""
+    mark hides it from its owner. Both are ephemeral in ElasticJob: stale, so deleted (with
+    what another client put under it: an ephemeral has no children, so it was left)."""
     async with cluster(zk_url) as c:
         await c.bad_fires_again()
         mark = c.paths.item_running(1) if kind == "running" else c.paths.item_failover(1)
         # Replace whatever mark there is by a persistent one (as another client would).
-        await eventually(lambda: attempt(c.reg.create(mark, b"\xffsomeone")), 10)
+        ops: list[Op] = [CreateOp(mark, b"\xffsomeone")]
+        ops += [CreateOp(f"{mark}/child", b"x")] if child else []
+        await eventually(lambda: attempt(c.reg.transaction(ops)), 10)
         await eventually(lambda: errors(caplog, mark), timeout=10)
         await c.bad_fires_again(item=1)
         await c.good_keeps_firing()
