@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._guarantee import Guarantee
 from ._json import loads as loads_json
-from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, is_number, item_of
+from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, is_leaf, is_number, item_of
 from ._marks import RunMarks
 from ._observer import Observer, notify_observers
 from ._sharding import order_instances, shard
@@ -523,7 +523,10 @@ class JobCoordinator:
         appearing, a reported node changing (cheap: a fire's own marks never match)."""
         if path in self._structural:
             return True
-        return path in self._reported or self._suspicious(path) is not None
+        if path in self._reported or self._suspicious(path) is not None:
+            return True
+        parts = self.paths.parts(path)
+        return len(parts) > 1 and is_leaf(parts[:-1])  # a node under a leaf: garbage
 
     def _suspicious(self, path: str) -> str | None:
         """What is wrong with the node at ``path`` as the view shows it, or None."""
@@ -611,6 +614,43 @@ class JobCoordinator:
                     )
                     deleted.append(path)
         return deleted
+
+    async def prune_leaves(self) -> list[str]:
+        """The leader deletes what other clients created under nodes the layout keeps
+        childless (every delete of such a node fails: a reshard never ends, a mark never
+        clears, a trigger is never consumed); one WARNING each. Returns the leaves pruned."""
+        if not self.is_leader:
+            return []
+        pruned = []
+        for leaf in self._leaves_with_children():
+            children = sorted(self.view.children(leaf))
+            for name in children:
+                with contextlib.suppress(NoNodeError):
+                    await self.registry.delete(f"{leaf}/{name}", recursive=True)
+            log.warning(
+                "%s: deleted %s, created under %s by another client (a node that has no "
+                "children in the layout)",
+                self.paths.job,
+                ", ".join(children),
+                leaf,
+                extra=self.log_fields,
+            )
+            pruned.append(leaf)
+        return pruned
+
+    def _leaves_with_children(self) -> list[str]:
+        p, view = self.paths, self.view
+        parents = [p.root, p.instances, p.servers, p.triggers, p.failover_items]
+        parents += [p.leader_election, p.leader_sharding, p.catchup_last.rsplit("/", 1)[0]]
+        parents += [p.guarantee_started(), p.guarantee_completed()]
+        parents += [p.item(i) for i in map(item_of, view.children(p.sharding)) if i is not None]
+        out = []
+        for parent in parents:
+            for name in view.children(parent):
+                path = f"{parent}/{name}"
+                if is_leaf(p.parts(path)) and view.children(path):
+                    out.append(path)
+        return out
 
     # -- reads from the view --
 

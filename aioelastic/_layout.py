@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 from .registry._paths import is_at_or_under
 
-__all__ = ["DISABLED", "ENABLED", "SHUTDOWN", "JobPaths", "is_number", "item_of", "namespace_root"]
+__all__ = [
+    "DISABLED",
+    "ENABLED",
+    "SHUTDOWN",
+    "JobPaths",
+    "is_leaf",
+    "is_number",
+    "item_of",
+    "namespace_root",
+]
 
 #: ``servers/{host}`` data: the server runs its items, or an operator disabled it.
 ENABLED = b"ENABLED"
@@ -30,6 +39,28 @@ def is_number(name: str) -> bool:
         and name.isdigit()
         and (name[0] != "0" or len(name) == 1)
     )
+
+
+_ITEM_LEAVES = frozenset({"instance", "running", "misfire", "disabled", "failover"})
+_FIXED_LEAVES = frozenset(
+    {("config",), ("catchup", "last"), ("leader", "election", "instance")}
+    | {("leader", "sharding", "necessary")}
+)
+
+
+def is_leaf(parts: tuple[str, ...]) -> bool:
+    """A job's node (``parts`` relative to its root) that the layout keeps childless: a
+    status or a mark, whose deletes fail once another client created a node under it."""
+    n = len(parts)
+    if n == 2 and parts[0] in ("instances", "servers", "trigger"):
+        return True
+    if n == 3 and parts[0] == "sharding":
+        return parts[2] in _ITEM_LEAVES and is_number(parts[1])
+    if n == 3 and parts[0] == "guarantee":
+        return parts[1] in ("started", "completed") and is_number(parts[2])
+    if n == 4 and parts[:3] == ("leader", "failover", "items"):
+        return is_number(parts[3])
+    return parts in _FIXED_LEAVES
 
 
 def item_of(name: str) -> int | None:

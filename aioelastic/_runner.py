@@ -456,6 +456,8 @@ class JobRunner:
                 coord.report_problems()
                 if not coord.config_problem and await coord.repair_stale():
                     self._leader_changes.notify()
+                if await coord.prune_leaves():
+                    self._leader_changes.notify()  # e.g. a reshard that could not finish
             except RegistryError as exc:
                 log.debug("%s: repair step failed (%s)", self.name, exc, extra=self._extra)
                 return 0.5

@@ -362,3 +362,42 @@ async def test_a_node_whose_name_only_looks_like_an_item_is_ignored(
             assert [i.item for i in items] == list(range(TOTAL))
             assert (await ops.job("bad")).name == "bad"
         assert await _get_or_none(c.reg, garbage) is not None  # not taken for an item's node
+
+
+@pytest.mark.parametrize("leaf", ["necessary", "misfire", "trigger", "disabled"])
+async def test_a_node_created_under_a_leaf_is_deleted_by_the_leader(
+    leaf: str, zk_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A child under a node the layout keeps childless (zkCli's `create` one level too deep)
+    # made each delete of that node fail with NotEmptyError: a reshard never finished (the
+    # job stopped firing, without a word), every fire's marks failed (misfire), a trigger was
+    # never consumed, an item could never be enabled again.
+    from aioelastic import Operations
+
+    async with cluster(zk_url) as c:
+        await c.bad_fires_again()
+        node = {
+            "necessary": c.paths.sharding_necessary,
+            "misfire": c.paths.item_misfire(0),
+            "trigger": c.paths.trigger("inst-a"),
+            "disabled": c.paths.item_disabled(0),
+        }[leaf]
+        ops: list[Op] = [CreateOp(node, b""), CreateOp(f"{node}/child", b"x")]
+        await eventually(lambda: attempt(c.reg.transaction(ops)), 10)
+
+        def warned() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.levelno == logging.WARNING and f"under {node}" in r.getMessage()
+            ]
+
+        await eventually(warned, timeout=10)
+        assert await c.reg.exists(f"{node}/child") is None
+        if leaf == "disabled":
+            async with Operations(zk_url) as ops_api:
+                await ops_api.enable_item("bad", 0)
+        await c.bad_fires_again(item=0)
+        await c.bad_fires_again(item=1)
+        await c.good_keeps_firing()
+        assert len(warned()) == 1
