@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,17 @@ def make_scheduler(sink: CaptureSink) -> Callable[..., Scheduler]:
         return Scheduler(settings=s, sinks=[sink])
 
     return make
+
+
+@asynccontextmanager
+async def memory_registry(prefix: str) -> AsyncIterator[MemoryRegistry]:
+    """A started registry on an embedded store of its own."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    MemoryStore.reset(name)
+    async with AsyncExitStack() as stack:
+        registry = MemoryRegistry(parse_registry_url(f"memory://{name}/ns"))
+        await registry.start(stack)
+        yield registry
 
 
 class Runs:
@@ -826,11 +837,7 @@ async def test_two_manual_fires_of_a_join_at_once_open_one_request() -> None:
     # Fires of a and b complete at once on two instances; each finds no request waiting and
     # would open its own (two requests, each waiting for the other job forever): the version
     # check of the requests node fails the later one, which then fills the first.
-    name = f"join-{uuid.uuid4().hex[:8]}"
-    MemoryStore.reset(name)
-    async with AsyncExitStack() as stack:
-        registry = MemoryRegistry(parse_registry_url(f"memory://{name}/ns"))
-        await registry.start(stack)
+    async with memory_registry("join") as registry:
         joins = {"joined": ("a", "b")}
         da, db = (
             Dependents(registry, "ns", JobConfig(name=n), ["joined"], f"inst-{n}", joins)
@@ -886,11 +893,7 @@ async def test_a_failover_run_ignores_an_undecodable_fire_record_of_a_dead_run()
     # The dead runs' fire records of an item name the upstream fire a takeover completes;
     # bytes that are not UTF-8 (another client's garbage) raised UnicodeDecodeError from the
     # takeover's completion, so the fire was never recorded and its dependents never fired.
-    name = f"lost-{uuid.uuid4().hex[:8]}"
-    MemoryStore.reset(name)
-    async with AsyncExitStack() as stack:
-        registry = MemoryRegistry(parse_registry_url(f"memory://{name}/ns"))
-        await registry.start(stack)
+    async with memory_registry("lost") as registry:
         up = Dependents(registry, "ns", JobConfig(name="up"), ["down"], "inst-b")
         parent = up.paths.dependents_fire(0)
         await registry.create(f"{parent}/inst-dead", b"1733000000000", make_parents=True)
