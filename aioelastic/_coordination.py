@@ -782,7 +782,15 @@ class JobCoordinator:
             if owner is None or (not self.config.static_sharding and owner not in live):
                 return False
         items = map(item_of, self.view.children(self.paths.sharding))
-        return all(item < total for item in items if item is not None)
+        return all(
+            item < total or self._removed_but_running(item) for item in items if item is not None
+        )
+
+    def _removed_but_running(self, item: int) -> bool:
+        """``item`` (past the sharding count) has nothing left but the running mark of a run
+        still going on: its nodes go once that run ends (``_delete_item_ops``)."""
+        kids = self.view.children(self.paths.item(item))
+        return len(kids) == 1 and "running" in kids
 
     # -- which changes each loop cares about --
 
@@ -795,7 +803,11 @@ class JobCoordinator:
         if head in {"instances", "servers", "config"}:
             return True
         if head == "sharding":
-            return len(parts) <= 2 or parts[2] == "instance"
+            if len(parts) <= 2 or parts[2] == "instance":
+                return True
+            # The run of a removed item ended: its node can go now.
+            item = item_of(parts[1]) if parts[2] == "running" else None
+            return item is not None and item >= self.config.sharding_total_count
         return head == "leader" and parts[1:2] in (("election",), ("sharding",))
 
     def watch_relevant(self, path: str, *, marks_pending: bool) -> bool:
@@ -956,9 +968,14 @@ class JobCoordinator:
         return []
 
     def _delete_item_ops(self, item: int) -> list[Op]:
+        """The ops deleting a removed item's nodes, except the running mark of a run still
+        going on (and so its item node): with the count raised again before that run ends,
+        the item's new owner would not see it run and run it at the same time. The run's end
+        deletes the mark; a reshard then the node."""
         base = self.paths.item(item)
-        ops: list[Op] = [DeleteOp(f"{base}/{kid}") for kid in self.view.children(base)]
-        return [*ops, DeleteOp(base)]
+        kids = self.view.children(base)
+        ops: list[Op] = [DeleteOp(f"{base}/{kid}") for kid in kids if kid != "running"]
+        return ops if "running" in kids else [*ops, DeleteOp(base)]
 
     def reshard_retryable(self) -> bool:
         """A reshard is pending and this leader can write it (there is someone to shard over)."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from aioelastic import Scheduler, Settings, ShardingContext
@@ -121,3 +122,71 @@ async def test_a_second_scheduler_with_the_same_instance_id_fails_to_start(
         assert await first.registry.exists(coord.paths.instance("same")) == node
         assert coord.holds_instance_node() and coord.is_leader
         assert coord.local_items() == list(range(6))
+
+
+async def test_an_item_removed_and_added_back_while_it_runs_is_not_run_twice_at_once(
+    backend: Backend,
+) -> None:
+    # Shrinking the sharding count deleted the removed items' nodes, their running marks
+    # included: with the count raised again, the item's new owner ran it while the old run
+    # still went on (ElasticJob's leader waits for running items; ours relies on the marks).
+    from aioelastic import Operations
+
+    running_now: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
+    overlaps: list[tuple[int, str, set[str]]] = []
+    ran: list[tuple[str, int]] = []
+    release = anyio.Event()
+
+    def make_instance(instance_id: str, host: str) -> Scheduler:
+        s = Scheduler(
+            settings=Settings(registry_url=backend.url, instance_id=instance_id, host=host)
+        )
+
+        async def work(ctx: ShardingContext) -> None:
+            item = ctx.sharding_item
+            if running_now[item]:
+                overlaps.append((item, instance_id, set(running_now[item])))
+            running_now[item].add(instance_id)
+            ran.append((instance_id, item))
+            try:
+                if item == 2 and not release.is_set():
+                    await release.wait()
+            finally:
+                running_now[item].discard(instance_id)
+
+        s.add_job(work, name="job", sharding_total_count=3, misfire=True)
+        return s
+
+    a, b = make_instance("a", "h1"), make_instance("b", "h2")
+    hosts = {"a": "h1", "b": "h2"}
+    by_id = {"a": a, "b": b}
+    async with running(a, b), Operations(backend.url) as ops:
+        coord = a._runners["job"].coordinator
+
+        def settled(total: int) -> bool:
+            return not coord.reshard_pending() and all(
+                coord.owner(i) is not None for i in range(total)
+            )
+
+        await eventually(lambda: settled(3), 15, what="the first assignment")
+        first = coord.owner(2)
+        assert first is not None
+        other = "b" if first == "a" else "a"
+        await a.trigger("job")
+        await eventually(lambda: running_now[2] == {first}, 10, what="item 2 running")
+        await ops.update_job_config("job", sharding_total_count=2)
+        await eventually(lambda: coord.config.sharding_total_count == 2 and settled(2), 15)
+        await ops.disable_server("job", hosts[first])  # item 2 goes to the other instance
+        await ops.update_job_config("job", sharding_total_count=3)
+        await eventually(lambda: settled(3) and coord.owner(2) == other, 15, what="reassigned")
+        assert coord.is_running(2)  # the old run's mark is still there
+        before = len(ran)
+        await by_id[other].trigger("job")  # the fire finds item 2 running: it misfires
+        await eventually(lambda: coord.is_misfired(2), 15, what="the other's fire misfired")
+        # (Its items not running may be re-run at once; item 2 waits for the old run.)
+        assert not overlaps and (other, 2) not in ran[before:], (overlaps, ran[before:])
+        release.set()  # the old run ends: the other instance runs the misfired items once
+        await eventually(lambda: (other, 2) in ran[before:], 15, what="the misfire re-run")
+        await eventually(lambda: not coord.is_running(2), 10, what="the re-run's end")
+        assert set(ran[before:]) == {(other, 0), (other, 1), (other, 2)}
+    assert not overlaps, overlaps
