@@ -191,7 +191,7 @@ class JobConfig(BaseModel):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
+        if v is not None and not v > 0:  # (NaN too)
             raise ConfigError("timeout", v, "must be > 0 seconds (or None for no limit)")
         return v
 
@@ -390,9 +390,9 @@ class Settings(BaseSettings):
     """Log a WARNING with the blocking code's stack when the loop stalls this long (0: off)."""
     missed_fire_tolerance: float = Field(default=5.0, gt=0, le=3600)
     """Seconds after a cron fire's due time at which the job's leader judges it missed."""
-    trace_retention_days: float | None = Field(default=None, gt=0)
-    """Delete trace rows older than this many days (one instance per namespace, hourly);
-    None: keep everything."""
+    trace_retention_days: float | None = Field(default=None, gt=0, le=365_000)
+    """Delete trace rows older than this many days (one instance per namespace, hourly; at most
+    1000 years, a cutoff a date can hold); None: keep everything."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -423,7 +423,7 @@ class Settings(BaseSettings):
     @field_validator("shutdown_grace_period", "reshard_wait_timeout")
     @classmethod
     def _positive(cls, v: float, info: ValidationInfo) -> float:
-        if v < 0:
+        if not v >= 0:  # (NaN too)
             raise ConfigError(str(info.field_name), v, "durations must be >= 0")
         return v
 

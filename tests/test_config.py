@@ -90,6 +90,7 @@ def test_item_parameters_refused_as_elasticjob(raw: str) -> None:
         ({"sharding_item_parameters": "0:a"}, "sharding_item_parameters", "item=value"),
         ({"max_concurrency": 0}, "max_concurrency", "must be > 0"),
         ({"timeout": -1}, "timeout", "must be > 0"),
+        ({"timeout": float("nan")}, "timeout", "must be > 0"),  # fail_after(nan) never fires
         ({"max_time_diff_seconds": -5}, "max_time_diff_seconds", ">= 0"),
         ({"reconcile_interval_minutes": -1}, "reconcile_interval_minutes", ">= 0"),
         ({"sharding_strategy": "RANDOM"}, "sharding_strategy", "RANDOM"),
@@ -207,6 +208,12 @@ def test_bad_registry_url_hides_password() -> None:
         ("host", ""),
         ("shutdown_grace_period", -1.0),
         ("reshard_wait_timeout", -0.5),
+        # NaN passed "< 0": a stop then polled its grace period's end forever at full CPU.
+        ("shutdown_grace_period", float("nan")),
+        ("reshard_wait_timeout", float("nan")),
+        # No cutoff date that far back: every hourly purge failed with a ConfigError.
+        ("trace_retention_days", float("inf")),
+        ("trace_retention_days", 1e9),
     ],
 )
 def test_settings_validators_name_the_field(field: str, value: object) -> None:
