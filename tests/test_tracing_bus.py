@@ -148,6 +148,24 @@ def test_codec_round_trip() -> None:
     assert [decode_event(encode_event(e)) for e in originals] == originals
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"write_timeout": -1},  # every write timed out at once: all events to the journal
+        {"write_timeout": float("nan")},
+        {"retry_initial": 0},
+        {"grace_period": float("nan")},
+        {"flush_interval": -0.1},
+        {"journal_window": 0},
+    ],
+)
+def test_bus_durations_are_validated(bad: dict[str, float]) -> None:
+    (name,) = bad
+    with pytest.raises(ConfigError) as info:
+        TraceBus([MemorySink()], **bad)
+    assert info.value.field == name
+
+
 @pytest.mark.parametrize("line", ["{torn", "[1]", "[" * 100_000])
 def test_a_damaged_journal_line_is_a_value_error(line: str) -> None:
     # The replay skips a line that raises ValueError; nesting too deep for json was a

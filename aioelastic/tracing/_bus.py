@@ -746,6 +746,19 @@ class TraceBus:
             raise ConfigError("max_queue/batch_size", (max_queue, batch_size), "must be >= 1")
         if max_batch_size is not None and max_batch_size < batch_size:
             raise ConfigError("max_batch_size", max_batch_size, f"must be >= {batch_size=}")
+        durations = {
+            "flush_interval": (flush_interval, 0.0),
+            "grace_period": (grace_period, 0.0),
+            "journal_fsync_interval": (journal_fsync_interval, 0.0),
+            "write_timeout": (write_timeout, None),
+            "retry_initial": (retry_initial, None),
+            "retry_max": (retry_max, None),
+            "journal_window": (journal_window, None),
+        }
+        for name, (value, low) in durations.items():
+            # (``not >`` refuses NaN, which passes every ``<`` check and never times out)
+            if not (value >= low if low is not None else value > 0):
+                raise ConfigError(name, value, f"must be {'>= 0' if low is not None else '> 0'} s")
         self._config = _LaneConfig(
             max_queue=max_queue,
             batch_size=batch_size,
