@@ -78,6 +78,8 @@ class ScriptJob:
     def __post_init__(self) -> None:
         if not self.kill_after >= 0:
             raise ConfigError("kill_after", self.kill_after, "must be >= 0 seconds")
+        if self.stderr_limit < 0:
+            raise ConfigError("stderr_limit", self.stderr_limit, "must be >= 0 characters")
 
     @property
     def argv(self) -> list[str]:
@@ -191,7 +193,8 @@ def _script_runner(job: ScriptJob) -> ItemRunner:
             with anyio.CancelScope(shield=True):
                 await process.aclose()
         if returncode != 0:
-            stderr = tail.decode(errors="replace")[-job.stderr_limit :]
+            text = tail.decode(errors="replace")
+            stderr = text[max(len(text) - job.stderr_limit, 0) :]
             raise ScriptJobError(f"{argv[0]} exited with status {returncode}: {stderr}")
 
     return run_script
@@ -202,7 +205,7 @@ async def _keep_tail(process: Process, tail: bytearray, limit: int) -> None:
     assert process.stderr is not None
     async for chunk in process.stderr:
         tail += chunk
-        del tail[:-limit]
+        del tail[: max(len(tail) - limit, 0)]  # (not [:-limit]: with 0 it deletes nothing)
 
 
 async def _stop_group(process: Process, kill_after: float) -> None:

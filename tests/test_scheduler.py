@@ -521,6 +521,24 @@ async def test_script_jobs(
     )
 
 
+@pytest.mark.parametrize("limit", [0, 10])
+async def test_a_script_job_keeps_only_the_end_of_stderr_it_shows(
+    make_scheduler: MakeScheduler, sink: CaptureSink, limit: int
+) -> None:
+    # stderr_limit=0 kept the whole stderr in memory (a chatty script's gigabytes) and put it
+    # all into the failure cause; 0 now shows none of it.
+    scheduler = make_scheduler()
+    code = "import sys; sys.stderr.write('x' * 3_000_000 + 'END'); sys.exit(2)"
+    scheduler.add_job(ScriptJob([sys.executable, "-c", code], stderr_limit=limit), name="loud")
+    async with scheduler:
+        await scheduler.trigger("loud")
+        await sink.wait_for(lambda events: len(completions(events, "loud")) == 1)
+    (done,) = completions(sink.events, "loud")
+    cause = done.failure_cause or ""
+    assert "status 2" in cause and len(cause) < 10_000
+    assert ("END" in cause) == (limit > 0)
+
+
 async def test_trigger_errors(make_scheduler: MakeScheduler) -> None:
     scheduler = make_scheduler()
 

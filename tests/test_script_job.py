@@ -95,6 +95,8 @@ def test_kill_after_is_validated() -> None:
         ScriptJob("true", kill_after=-1)
     with pytest.raises(ConfigError, match="kill_after"):
         ScriptJob("true", kill_after=float("nan"))
+    with pytest.raises(ConfigError, match="stderr_limit"):
+        ScriptJob("true", stderr_limit=-1)
 
 
 SERVICE = textwrap.dedent(
