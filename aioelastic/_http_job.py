@@ -121,20 +121,29 @@ def http_runner(job: HttpJob) -> Callable[[ShardingContext, Callable[[], bool]],
             follow_redirects=job.follow_redirects,
             verify=job.verify,
         ) as client:
-            response = await client.request(method, job.url, content=content, headers=headers)
-        _check(job, method, response)
+            # Streamed: a 2xx body is never read, a failure's only as far as it is shown (an
+            # endpoint that streams, or sends gigabytes, would hold the item and its memory).
+            request = client.stream(method, job.url, content=content, headers=headers)
+            async with request as response:
+                if not 200 <= response.status_code < 300:
+                    raise await _failure(job, method, response)
 
     return run_http
 
 
-def _check(job: HttpJob, method: str, response: httpx.Response) -> None:
-    if 200 <= response.status_code < 300:
-        return
-    body = response.text[: job.body_limit]
-    more = "..." if len(response.text) > job.body_limit else ""
-    raise HttpJobError(
+async def _failure(job: HttpJob, method: str, response: httpx.Response) -> HttpJobError:
+    """The error of a non-2xx ``response``, with the start of its body (read that far)."""
+    head = bytearray()
+    limit = job.body_limit * 4 + 4  # UTF-8: at most 4 bytes a character (and one more)
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    text = bytes(head).decode(response.encoding or "utf-8", errors="replace")
+    more = "..." if len(text) > job.body_limit else ""
+    return HttpJobError(
         f"{method} {_shown(job.url)} returned {response.status_code} {response.reason_phrase}: "
-        f"{body}{more}",
+        f"{text[: job.body_limit]}{more}",
         response.status_code,
     )
 

@@ -3,6 +3,7 @@ ElasticJob sends it, non-2xx as failures, redirects and TLS verification configu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aioelastic import ConfigError, HttpJob, HttpJobError, Scheduler, Settings
@@ -49,6 +51,8 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
             server.requests.append(Request(self.command, self.path, dict(self.headers), body))
             if self.path.startswith("/fail"):
                 self._reply(503, b"overloaded: " + b"x" * 2000)
+            elif self.path.startswith("/endless"):  # a body that never ends (a stream)
+                self._endless(200 if "ok" in self.path else 500)
             elif self.path.startswith("/redirect"):
                 self.send_response(302)
                 self.send_header("Location", "/ok")
@@ -56,6 +60,13 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
             else:
                 self._reply(200, b"fine")
+
+        def _endless(self, status: int) -> None:
+            self.send_response(status)
+            self.end_headers()  # no length: the body runs until the connection closes
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(b"y" * 65536)
 
         def _reply(self, status: int, body: bytes) -> None:
             self.send_response(status)
@@ -197,6 +208,37 @@ async def test_a_non_2xx_response_fails_the_item_with_status_and_body_start(
     assert "secret" not in text and "k=v" not in text
     (row,) = completions(sink.events, "failing")
     assert not row.is_success and "returned 503" in (row.failure_cause or "")
+
+
+async def test_a_response_body_is_read_only_as_far_as_it_is_shown(
+    start_server: Callable[..., Server], scheduler: Scheduler, sink: CaptureSink
+) -> None:
+    # The whole body was read into memory before the status was looked at: an endpoint that
+    # streams (or sends gigabytes) held the item, and its memory grew, until the job's timeout.
+    server = start_server()
+    handler = Handler()
+    scheduler.add_job(HttpJob(f"{server.base}/endless-ok", method="GET"), name="stream-ok")
+    scheduler.add_job(
+        HttpJob(f"{server.base}/endless-fail", method="GET", body_limit=20),
+        name="stream-fail",
+        error_handler=handler,
+    )
+    with anyio.fail_after(15):
+        async with scheduler:
+            await scheduler.trigger("stream-ok")
+            await scheduler.trigger("stream-fail")
+            await sink.wait_for(
+                lambda events: (
+                    len(completions(events, "stream-ok"))
+                    == len(completions(events, "stream-fail"))
+                    == 1
+                )
+            )
+    (ok,) = completions(sink.events, "stream-ok")
+    assert ok.is_success
+    (error,) = handler.errors
+    assert isinstance(error, HttpJobError) and error.status == 500
+    assert str(error).endswith(": " + "y" * 20 + "...")
 
 
 async def test_redirects_are_followed_only_when_asked(
