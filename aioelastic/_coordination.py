@@ -623,10 +623,13 @@ class JobCoordinator:
             return []
         pruned = []
         for leaf in self._leaves_with_children():
-            children = sorted(self.view.children(leaf))
-            for name in children:
-                with contextlib.suppress(NoNodeError):
+            children = []
+            for name in sorted(self.view.children(leaf)):
+                with contextlib.suppress(NoNodeError):  # (gone with its leaf, e.g. just now)
                     await self.registry.delete(f"{leaf}/{name}", recursive=True)
+                    children.append(name)
+            if not children:
+                continue
             log.warning(
                 "%s: deleted %s, created under %s by another client (a node that has no "
                 "children in the layout)",
