@@ -531,6 +531,8 @@ async def test_history_pages_through_executions(tmp_path: Path) -> None:
         assert "30 row(s)." in window.text or "31 row(s)." in window.text
         bad = await client.get("/history", params={"since": "yesterday-ish"})
         assert bad.status_code == 200 and "ISO 8601" in bad.text
+        far = await client.get("/history", params={"since": "99999999999d"})  # OverflowError
+        assert far.status_code == 200 and "after the year 1" in far.text
         for odd in ("\u00b2", "-\u0661", "x", "-5"):  # "\u00b2": str.isdigit(), not int()
             page = await client.get("/history", params={"job": "settle", "offset": odd})
             assert page.status_code == 400, (odd, page.status_code)

@@ -144,8 +144,11 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     """ISO 8601 (naive means UTC) or a span ago: ``30s``, ``15m``, ``2h``, ``7d``."""
     match = _RELATIVE.match(value.strip())
     if match:
-        span = timedelta(**{_UNITS[match[2]]: float(match[1])})
-        return (now or datetime.now(UTC)) - span
+        try:
+            span = timedelta(**{_UNITS[match[2]]: float(match[1])})
+            return (now or datetime.now(UTC)) - span
+        except OverflowError:  # "99999999999d": no date that far back
+            raise ConfigError("time", value, "a span ago must stay after the year 1") from None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
