@@ -634,6 +634,9 @@ async def test_missed_fires_page_lists_due_times_no_instance_started(tmp_path: P
             assert all(d >= stopped.replace(microsecond=0) for d in due), (due, stopped)
             page = await client.get("/missed", params={"job": "tick", "since": since})
             assert "No missed fire in this window." in page.text  # 30 s tolerance: too soon
+            for odd in ("1e400", "-5", "nan", "x"):  # 1e400: OverflowError, a server error
+                page = await client.get("/missed", params={"since": since, "tolerance": odd})
+                assert page.status_code == 200 and "30 s used" in page.text, odd
     async with AsyncExitStack() as stack:
         ops = await stack.enter_async_context(Operations(f"memory://{name}/ns"))
         await stack.enter_async_context(console.serve(ops))

@@ -6,6 +6,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -761,10 +762,13 @@ class Console:
             ctx.banners.append(str(exc))
             since = datetime.now(UTC) - timedelta(hours=24)
         try:
-            tolerance = timedelta(seconds=float(q.get("tolerance") or 30))
+            seconds = float(q.get("tolerance") or 30)
         except ValueError:
-            ctx.banners.append("tolerance: not a number of seconds; 30 s used")
-            tolerance = timedelta(seconds=30)
+            seconds = math.nan
+        if not 0 <= seconds <= 3600:  # (NaN too; a negative one judged future fires missed)
+            ctx.banners.append("tolerance: not a number of seconds within 0..3600; 30 s used")
+            seconds = 30.0
+        tolerance = timedelta(seconds=seconds)
         rows: list[MissedFire] | None = None
         if live.search is not None:
             search = live.search
