@@ -256,8 +256,8 @@ class Operations:
     ) -> None:
         self.url = url
         self.namespace = check_node_name("namespace", namespace)
-        if not timeout > 0:  # (NaN too): every operation would time out at once, or never
-            raise ConfigError("timeout", timeout, "must be > 0 seconds")
+        if not timeout >= 0:  # (NaN too: no operation would ever time out)
+            raise ConfigError("timeout", timeout, "must be >= 0 seconds")
         self.timeout = timeout
         self._registry = registry
         self._stack: AsyncExitStack | None = None
