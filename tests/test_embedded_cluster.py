@@ -190,3 +190,32 @@ async def test_an_item_removed_and_added_back_while_it_runs_is_not_run_twice_at_
         await eventually(lambda: not coord.is_running(2), 10, what="the re-run's end")
         assert set(ran[before:]) == {(other, 0), (other, 1), (other, 2)}
     assert not overlaps, overlaps
+
+
+async def test_a_removed_items_node_goes_once_its_run_ends(backend: Backend) -> None:
+    # Its running mark stays while the run goes on (see above); the run's end wakes the
+    # leader, whose next reshard deletes the item's node.
+    from aioelastic import Operations
+
+    release, running_2 = anyio.Event(), anyio.Event()
+    scheduler = Scheduler(settings=Settings(registry_url=backend.url, instance_id="a"))
+
+    async def work(ctx: ShardingContext) -> None:
+        if ctx.sharding_item == 2:
+            running_2.set()
+            await release.wait()
+
+    scheduler.add_job(work, name="job", sharding_total_count=3)
+    async with scheduler, Operations(backend.url) as ops:
+        coord = scheduler._runners["job"].coordinator
+        sharding = coord.paths.sharding
+        await eventually(lambda: coord.owner(2) == "a", 10, what="assigned")
+        await scheduler.trigger("job")
+        await running_2.wait()
+        await ops.update_job_config("job", sharding_total_count=2)
+        await eventually(lambda: coord.config.sharding_total_count == 2, 10)
+        await eventually(lambda: list(coord.view.children(coord.paths.item(2))) == ["running"], 10)
+        assert [i.item for i in await ops.sharding("job")] == [0, 1, 2]  # still running
+        release.set()
+        await eventually(lambda: "2" not in coord.view.children(sharding), 10, what="removed")
+        assert [i.item for i in await ops.sharding("job")] == [0, 1]
