@@ -599,7 +599,10 @@ class JobExecutor:
                 try:
                     if limiter is not None:
                         async with limiter:
-                            await self._attempts(ctx, contexts, rows)
+                            if lost.is_set():  # its claim went while it waited for a slot
+                                failure = ItemCancelled(f"item {item} not started: {lost.reason}")
+                            else:
+                                await self._attempts(ctx, contexts, rows)
                     elif rows is None:
                         await self._call(ctx, contexts)
                     else:

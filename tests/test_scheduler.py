@@ -281,6 +281,35 @@ async def test_max_concurrency_limits_items(
     assert peak == 2
 
 
+async def test_items_waiting_for_a_slot_do_not_start_once_the_scheduler_stops(
+    make_scheduler: MakeScheduler, sink: CaptureSink
+) -> None:
+    # With max_concurrency, a fire's items wait for a slot. A stop gives the running ones the
+    # grace period; the waiting ones kept starting during it (their claim was already lost,
+    # ctx.lost set), only to be cancelled when it ended.
+    scheduler = make_scheduler(shutdown_grace_period=5)
+    started: list[int] = []
+    first = anyio.Event()
+
+    @scheduler.job(sharding_total_count=4, max_concurrency=1)
+    async def queued(ctx: ShardingContext) -> None:
+        started.append(ctx.sharding_item)
+        first.set()
+        await anyio.sleep(0.3)
+
+    with anyio.fail_after(10):
+        async with scheduler:
+            await scheduler.trigger("queued")
+            await first.wait()
+    assert len(started) == 1  # the running item finished in its grace period; no other began
+    done = {e.sharding_item: e for e in completions(sink.events, "queued")}
+    assert sorted(done) == [0, 1, 2, 3]
+    assert done[started[0]].is_success
+    for item in set(done) - set(started):
+        assert not done[item].is_success
+        assert "not started: the scheduler is stopping" in (done[item].failure_cause or "")
+
+
 async def test_timeout_cancels_item_and_records_failure(
     make_scheduler: MakeScheduler, sink: CaptureSink
 ) -> None:
