@@ -270,12 +270,19 @@ class JobConfig(BaseModel):
     def check_fires(self) -> None:
         """Raise ``ConfigError`` if the cron has no fire time left from now on (a February
         30th, a year gone by): Quartz refuses to schedule such a trigger ("will never fire"),
-        where the job would otherwise sit idle without a word. Checked where a cron is set
-        (``add_job``, a config update), not on reading a stored one: it expires with time."""
+        where the job would otherwise sit idle without a word; and a ``catchup_window`` on a
+        job without a cron. Checked where they are set (``add_job``, a config update), not on
+        reading a stored config: a cron expires with time."""
         trigger = self.trigger()
         if trigger is not None and trigger.next_fire_time(datetime.now(UTC)) is None:
             raise ConfigError(
                 "cron", self.cron, f"never fires: no time from now on matches it ({self.time_zone})"
+            )
+        if trigger is None and self.catchup_window > 0:  # it did nothing, without a word
+            raise ConfigError(
+                "catchup_window",
+                self.catchup_window,
+                "needs a cron: a job without one (one-off, dependent) has no fire to miss",
             )
 
     def to_registry(self) -> bytes:

@@ -548,7 +548,7 @@ class Operations:
         if custom:
             base.pop("error_handler")
         config = JobConfig(**{**base, **changes, "name": name})
-        if changes.keys() & {"cron", "time_zone"}:
+        if changes.keys() & {"cron", "time_zone", "catchup_window"}:
             config.check_fires()  # (a stored cron that expired since does not block others)
         new = config.to_registry()
         if custom and "error_handler" not in changes:

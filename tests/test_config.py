@@ -155,6 +155,21 @@ def test_a_cron_that_never_fires_is_refused_as_quartz_does(cron: str) -> None:
     assert JobConfig(name="stored", cron=cron).cron == cron  # a stored one still reads
 
 
+def test_a_catchup_window_without_a_cron_is_refused() -> None:
+    # A one-off or dependent job has no fire times to miss: the window did nothing, silently.
+    s = Scheduler()
+
+    async def job(ctx: object) -> None: ...
+
+    with pytest.raises(ConfigError) as info:
+        s.add_job(job, name="oneoff", catchup_window=3600)
+    assert info.value.field == "catchup_window"
+    s.add_job(job, name="up", cron="0 0 2 * * ?", catchup_window=3600)
+    with pytest.raises(ConfigError) as info:
+        s.add_job(job, name="down", after="up", catchup_window=3600)
+    assert info.value.field == "catchup_window"
+
+
 def test_registry_json_round_trip_keeps_local_fields() -> None:
     local = JobConfig(name="j", cron="0/5 * * * * ?", sharding_total_count=2, overwrite=False)
     remote = JobConfig(name="j", cron="0 0 * * * ?", sharding_total_count=7, job_parameter="p")
