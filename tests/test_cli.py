@@ -224,6 +224,35 @@ async def test_help_into_a_closed_pipe_is_quiet() -> None:
 # -- registry commands on ZooKeeper --------------------------------------------------------
 
 
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\u202e\x9b"  # a title, clear screen, RLO, CSI (C1)
+
+
+@pytest.mark.zookeeper
+async def test_registry_data_reaches_the_terminal_without_control_characters(
+    zk_url: str,
+) -> None:
+    # Any client may write a job's description or a node's data; the CLI printed them raw,
+    # so escape sequences in them reached the operator's terminal (retitle, clear, hide).
+    scheduler = Scheduler(registry=zk_url)
+
+    @scheduler.job(description=f"nightly {ESCAPES} settlement")
+    async def settle(ctx: ShardingContext) -> None: ...
+
+    reg = ("--registry", zk_url)
+    async with scheduler, Operations(zk_url) as ops:
+        await eventually(lambda: _status_is(ops, "settle", JobStatus.OK))
+        await ops.registry.create(
+            f"/{ops.namespace}/settle/odd", f"x{ESCAPES}y".encode(), make_parents=True
+        )
+        for args in (("jobs",), ("job", "show", "settle"), ("dump", "settle")):
+            shown = await cli(*reg, *args)
+            assert shown.code == 0, shown.err
+            assert not any(c in shown.out for c in "\x1b\x07\x9b\u202e"), (args, shown.out)
+            assert "\\x1b" in shown.out, (args, shown.out)  # escaped, still visible
+        as_json = await cli(*reg, "--json", "jobs")
+        assert as_json.json()[0]["description"] == f"nightly {ESCAPES} settlement"
+
+
 @pytest.mark.zookeeper
 async def test_registry_commands(zk_url: str) -> None:
     scheduler = Scheduler(registry=zk_url)
