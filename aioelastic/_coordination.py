@@ -643,12 +643,9 @@ class JobCoordinator:
 
     def _leaves_with_children(self) -> list[str]:
         p, view = self.paths, self.view
-        parents = [p.root, p.instances, p.servers, p.triggers, p.failover_items]
-        parents += [p.leader_election, p.leader_sharding, p.catchup_last.rsplit("/", 1)[0]]
-        parents += [p.guarantee_started(), p.guarantee_completed()]
-        parents += [p.item(i) for i in map(item_of, view.children(p.sharding)) if i is not None]
+        items = (i for i in map(item_of, view.children(p.sharding)) if i is not None)
         out = []
-        for parent in parents:
+        for parent in p.leaf_parents(items):
             for name in view.children(parent):
                 path = f"{parent}/{name}"
                 if is_leaf(p.parts(path)) and view.children(path):

@@ -3,6 +3,7 @@ values its status nodes hold."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .registry._paths import is_at_or_under
@@ -43,14 +44,19 @@ def is_number(name: str) -> bool:
 
 _ITEM_LEAVES = frozenset({"instance", "running", "misfire", "disabled", "failover"})
 _FIXED_LEAVES = frozenset(
-    {("config",), ("catchup", "last"), ("leader", "election", "instance")}
-    | {("leader", "sharding", "necessary")}
+    {
+        ("config",),
+        ("catchup", "last"),
+        ("leader", "election", "instance"),
+        ("leader", "sharding", "necessary"),
+    }
 )
 
 
 def is_leaf(parts: tuple[str, ...]) -> bool:
     """A job's node (``parts`` relative to its root) that the layout keeps childless: a
-    status or a mark, whose deletes fail once another client created a node under it."""
+    status or a mark, whose deletes fail once another client created a node under it. Their
+    parents are ``JobPaths.leaf_parents``: a new leaf goes into both."""
     n = len(parts)
     if n == 2 and parts[0] in ("instances", "servers", "trigger"):
         return True
@@ -231,6 +237,23 @@ class JobPaths:
         return base if item is None else f"{base}/{item}"
 
     # -- bounded catch-up (an aioelastic extension) --
+
+    def leaf_parents(self, items: Iterable[int]) -> list[str]:
+        """Every node with children that ``is_leaf`` takes for leaves (``items``: the job's
+        items, whose marks are leaves)."""
+        return [
+            self.root,  # config
+            self.instances,
+            self.servers,
+            self.triggers,
+            self.failover_items,
+            self.leader_election,
+            self.leader_sharding,
+            self._p("catchup"),
+            self.guarantee_started(),
+            self.guarantee_completed(),
+            *map(self.item, items),
+        ]
 
     @property
     def catchup_last(self) -> str:

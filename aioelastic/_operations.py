@@ -36,6 +36,7 @@ from ._errors import (
     OperationRefusedError,
     SessionLostError,
 )
+from ._escape import printable
 from ._json import loads as loads_json
 from ._layout import DISABLED, ENABLED, SHUTDOWN, JobPaths, item_of, namespace_root
 from ._missed import DEFAULT_TOLERANCE, MissedFire, missed_fires
@@ -191,9 +192,6 @@ def _owner_text(raw: bytes | None) -> tuple[str | None, str | None]:
         return raw.decode("utf-8", "backslashreplace"), "owner is not UTF-8 (leader reshards)"
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
-
-
 def _next_fire(cron: str | None, zone: str) -> datetime | None:
     if not cron:
         return None
@@ -205,7 +203,7 @@ def _next_fire(cron: str | None, zone: str) -> datetime | None:
 
 def _printable(data: bytes) -> str:
     """Node data as text: undecodable bytes and control characters escaped (``\\xNN``)."""
-    return data.decode("utf-8", "backslashreplace").translate(_CONTROL)
+    return printable(data.decode("utf-8", "backslashreplace"))
 
 
 def _count(stored: dict[str, Any]) -> int:

@@ -219,3 +219,41 @@ async def test_a_removed_items_node_goes_once_its_run_ends(backend: Backend) -> 
         release.set()
         await eventually(lambda: "2" not in coord.view.children(sharding), 10, what="removed")
         assert [i.item for i in await ops.sharding("job")] == [0, 1]
+
+
+async def test_a_removed_item_whose_run_loses_its_session_leaves_no_node_behind(
+    backend: Backend,
+) -> None:
+    # The attack on the kept running mark: the session that holds it ends mid-run (the
+    # ephemeral goes with it, the run is fenced). The leader must still delete the item's
+    # node, and the item must not run again.
+    from aioelastic import Operations
+
+    runs: list[int] = []
+    running_2 = anyio.Event()
+    scheduler = Scheduler(settings=Settings(registry_url=backend.url, instance_id="a"))
+
+    async def work(ctx: ShardingContext) -> None:
+        runs.append(ctx.sharding_item)
+        if ctx.sharding_item == 2:
+            running_2.set()
+            await anyio.sleep_forever()  # until fenced
+
+    scheduler.add_job(work, name="job", sharding_total_count=3)
+    async with scheduler, Operations(backend.url) as ops:
+        coord = scheduler._runners["job"].coordinator
+        await eventually(lambda: coord.owner(2) == "a", 10, what="assigned")
+        await scheduler.trigger("job")
+        await running_2.wait()
+        await ops.update_job_config("job", sharding_total_count=2)
+        await eventually(lambda: list(coord.view.children(coord.paths.item(2))) == ["running"], 10)
+        await backend.expire(scheduler.registry)
+        sharding = coord.paths.sharding
+
+        def removed() -> bool:  # (a view reloading after the new session shows no children)
+            kids = coord.view.children(sharding)
+            return coord.view.fresh and "0" in kids and "2" not in kids
+
+        await eventually(removed, 20, what="removed")
+        assert [i.item for i in await ops.sharding("job")] == [0, 1]
+    assert runs.count(2) == 1

@@ -20,7 +20,6 @@ from ..registry._paths import invalid_path_reason
 from ._format import (
     compact_time,
     parse_time,
-    printable,
     short_time,
     to_jsonable,
     write_json,
@@ -313,7 +312,6 @@ async def _dump(c: _Call) -> None:
         write_json(c.out, tree)
         return
     for path, data in tree.items():
-        data = printable(data.replace("\n", "\\n")) if data else data  # (a node's data is anyone's)
         c.out.write(f"{path} = {data}\n" if data else f"{path}\n")
 
 

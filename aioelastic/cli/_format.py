@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from .._errors import ConfigError
+from .._escape import printable
 
 __all__ = [
     "cause_line",
     "compact_time",
     "format_duration",
     "parse_time",
-    "printable",
     "short_source",
     "short_task_id",
     "short_time",
@@ -29,22 +29,6 @@ __all__ = [
 ]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-
-#: Characters a terminal acts on rather than shows (C0 but for tab and newline, DEL, C1, the
-#: bidirectional overrides and isolates), as visible escapes: registry data and trace text are
-#: anyone's, and an escape sequence in them would retitle, clear or rewrite the terminal.
-_UNPRINTABLE = {
-    code: f"\\x{code:02x}"
-    for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
-    if chr(code) not in "\t\n"
-} | {code: f"\\u{code:04x}" for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
-
-
-def printable(text: str) -> str:
-    """``text`` with the characters a terminal would act on shown as escapes (``\\x1b``)."""
-    return text.translate(_UNPRINTABLE)
-
-
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
